@@ -1,0 +1,328 @@
+//! The Rekindle guest SDK: write a segment rule, channel adapter or promo-tile plugin as a
+//! plain Rust type and export it with one macro.
+//!
+//! ```
+//! #![no_std]
+//! use rekindle_sdk::prelude::*;
+//!
+//! struct BigSpender;
+//!
+//! impl Rule for BigSpender {
+//!     fn describe() -> RuleInfo {
+//!         RuleInfo::new("big-spender", "1.0.0", "Lifetime value above a threshold")
+//!             .param(ParamSpec::number("min_ltv", 500.0, "Lifetime value to exceed"))
+//!             .reads(InputQuery::new().aggregate("lifetime_value"))
+//!     }
+//!
+//!     fn evaluate(ctx: &Context, profile: &Profile) -> Result<Verdict, String> {
+//!         let min = ctx.number("min_ltv")?;
+//!         let ltv = profile.aggregate_number("lifetime_value").unwrap_or(0.0);
+//!         Ok(Verdict::new(ltv > min, format!("lifetime value {ltv} vs {min}")))
+//!     }
+//! }
+//!
+//! rekindle_sdk::export_rule!(BigSpender);
+//! # fn main() {}
+//! ```
+//!
+//! Plugins are `#![no_std]`: the SDK brings the allocator and a panic handler that reports
+//! the panic message to the host, so a component imports nothing but the `rekindle:plugin`
+//! contract and runs unchanged in the host and at the CDN edge. Every export must be a pure
+//! function of its arguments; the time is `ctx.now`.
+
+#![no_std]
+
+#[cfg(not(target_arch = "wasm32"))]
+extern crate std;
+
+extern crate alloc;
+extern crate self as rekindle_sdk;
+
+mod describe;
+mod hashing;
+mod log;
+mod params;
+mod profile;
+mod rfm;
+mod template;
+mod time;
+
+pub use hashing::{
+    AdPlatform, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex,
+};
+pub use log::{log_line, log_level};
+pub use rfm::{RfmCutoffs, RfmScore};
+pub use template::render;
+pub use time::{DAY, HOUR, MINUTE, days, hours, minutes};
+
+/// Raw bindings generated from the WIT contract; prefer the re-exports at the crate root.
+pub mod bindings {
+    /// The `segment-rule` world.
+    pub mod rule {
+        wit_bindgen::generate!({
+            path: "../wit/since_v0.1.0",
+            world: "segment-rule",
+            pub_export_macro: true,
+            additional_derives: [PartialEq],
+            export_macro_name: "export",
+            default_bindings_module: "rekindle_sdk::bindings::rule",
+            runtime_path: "rekindle_sdk::__private::wit_bindgen::rt",
+        });
+    }
+
+    /// The `channel-adapter` world.
+    pub mod channel {
+        wit_bindgen::generate!({
+            path: "../wit/since_v0.1.0",
+            world: "channel-adapter",
+            pub_export_macro: true,
+            additional_derives: [PartialEq],
+            export_macro_name: "export",
+            default_bindings_module: "rekindle_sdk::bindings::channel",
+            runtime_path: "rekindle_sdk::__private::wit_bindgen::rt",
+            with: {
+                "rekindle:plugin/types@0.1.0": crate::bindings::rule::rekindle::plugin::types,
+                "rekindle:plugin/log@0.1.0": crate::bindings::rule::rekindle::plugin::log,
+            },
+        });
+    }
+
+    /// The `promo-tiles` world.
+    pub mod tiles {
+        wit_bindgen::generate!({
+            path: "../wit/since_v0.1.0",
+            world: "promo-tiles",
+            pub_export_macro: true,
+            additional_derives: [PartialEq],
+            export_macro_name: "export",
+            default_bindings_module: "rekindle_sdk::bindings::tiles",
+            runtime_path: "rekindle_sdk::__private::wit_bindgen::rt",
+            with: {
+                "rekindle:plugin/types@0.1.0": crate::bindings::rule::rekindle::plugin::types,
+                "rekindle:plugin/log@0.1.0": crate::bindings::rule::rekindle::plugin::log,
+            },
+        });
+    }
+}
+
+pub use bindings::channel::exports::rekindle::plugin::adapter::{
+    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest,
+    HttpResponse, Message, Outcome, Retry,
+};
+pub use bindings::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
+pub use bindings::rule::rekindle::plugin::log::Level;
+pub use bindings::rule::rekindle::plugin::types::{
+    Consent, ContactKind, ContactPoint, Context, Event, EventQuery, Field, InputQuery, Membership,
+    ParamKind, ParamSpec, Profile, Purpose, Timestamp, Value,
+};
+pub use bindings::tiles::exports::rekindle::plugin::tiles::{
+    Offer, Tile, TileRequest, TilesInfo,
+};
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A segment rule: decides whether one profile belongs to a segment.
+pub trait Rule {
+    /// Name, version, parameters and the input the rule reads.
+    fn describe() -> RuleInfo;
+    /// The verdict for one profile; `Err` says what was wrong with the input.
+    fn evaluate(ctx: &Context, profile: &Profile) -> Result<Verdict, String>;
+}
+
+/// A channel adapter: turns messages and audience changes into provider HTTP requests.
+pub trait Channel {
+    /// Kind, contact point, consent, hosts and secrets the adapter needs.
+    fn describe() -> AdapterInfo;
+
+    /// The requests that deliver one message.
+    fn deliver(_ctx: &Context, _message: &Message) -> Result<Vec<HttpRequest>, String> {
+        Err("this adapter does not deliver messages; it only syncs audiences".into())
+    }
+
+    /// The requests that add and remove audience members.
+    fn sync_audience(_ctx: &Context, _change: &AudienceChange) -> Result<Vec<HttpRequest>, String> {
+        Err("this adapter does not sync audiences; it only delivers messages".into())
+    }
+
+    /// What a provider response means. The default reads the status code: 2xx delivered,
+    /// 408, 429 and 5xx retry (honouring `Retry-After`), other 4xx failed.
+    fn interpret(_ctx: &Context, _request: &HttpRequest, response: &HttpResponse) -> Outcome {
+        Outcome::from_status(response)
+    }
+}
+
+/// A promo-tile decision: ranks and personalises offers for a page slot.
+pub trait Tiles {
+    /// Name, version, parameters and the input the plugin reads.
+    fn describe() -> TilesInfo;
+    /// Ranked tiles for the request; `profile` is `None` for an unknown visitor.
+    fn decide(
+        ctx: &Context,
+        request: &TileRequest,
+        profile: Option<&Profile>,
+        offers: &[Offer],
+    ) -> Result<Vec<Tile>, String>;
+}
+
+/// Exports a [`Rule`] implementation as the component's `segment-rule` world.
+#[macro_export]
+macro_rules! export_rule {
+    ($rule:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __RekindleRule;
+            impl $crate::bindings::rule::exports::rekindle::plugin::rule::Guest for __RekindleRule {
+                fn describe() -> $crate::RuleInfo {
+                    <$rule as $crate::Rule>::describe()
+                }
+                fn evaluate(
+                    ctx: $crate::Context,
+                    profile: $crate::Profile,
+                ) -> ::core::result::Result<$crate::Verdict, $crate::__private::String> {
+                    <$rule as $crate::Rule>::evaluate(&ctx, &profile)
+                }
+            }
+            $crate::bindings::rule::export!(__RekindleRule with_types_in $crate::bindings::rule);
+        };
+    };
+}
+
+/// Exports a [`Channel`] implementation as the component's `channel-adapter` world.
+#[macro_export]
+macro_rules! export_channel {
+    ($channel:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::__private::{String, Vec};
+            struct __RekindleChannel;
+            impl $crate::bindings::channel::exports::rekindle::plugin::adapter::Guest
+                for __RekindleChannel
+            {
+                fn describe() -> $crate::AdapterInfo {
+                    <$channel as $crate::Channel>::describe()
+                }
+                fn deliver(
+                    ctx: $crate::Context,
+                    message: $crate::Message,
+                ) -> ::core::result::Result<Vec<$crate::HttpRequest>, String> {
+                    <$channel as $crate::Channel>::deliver(&ctx, &message)
+                }
+                fn sync_audience(
+                    ctx: $crate::Context,
+                    change: $crate::AudienceChange,
+                ) -> ::core::result::Result<Vec<$crate::HttpRequest>, String> {
+                    <$channel as $crate::Channel>::sync_audience(&ctx, &change)
+                }
+                fn interpret(
+                    ctx: $crate::Context,
+                    request: $crate::HttpRequest,
+                    response: $crate::HttpResponse,
+                ) -> $crate::Outcome {
+                    <$channel as $crate::Channel>::interpret(&ctx, &request, &response)
+                }
+            }
+            $crate::bindings::channel::export!(__RekindleChannel with_types_in $crate::bindings::channel);
+        };
+    };
+}
+
+/// Exports a [`Tiles`] implementation as the component's `promo-tiles` world.
+#[macro_export]
+macro_rules! export_tiles {
+    ($tiles:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::__private::{String, Vec};
+            struct __RekindleTiles;
+            impl $crate::bindings::tiles::exports::rekindle::plugin::tiles::Guest for __RekindleTiles {
+                fn describe() -> $crate::TilesInfo {
+                    <$tiles as $crate::Tiles>::describe()
+                }
+                fn decide(
+                    ctx: $crate::Context,
+                    request: $crate::TileRequest,
+                    profile: Option<$crate::Profile>,
+                    offers: Vec<$crate::Offer>,
+                ) -> ::core::result::Result<Vec<$crate::Tile>, String> {
+                    <$tiles as $crate::Tiles>::decide(&ctx, &request, profile.as_ref(), &offers)
+                }
+            }
+            $crate::bindings::tiles::export!(__RekindleTiles with_types_in $crate::bindings::tiles);
+        };
+    };
+}
+
+/// What a plugin needs in scope: the traits, the types and `alloc`'s `String`, `Vec`,
+/// `format!` and `vec!`, since plugins are `#![no_std]`.
+pub mod prelude {
+    pub use crate::{
+        AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context,
+        Event, EventQuery, Field, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message,
+        Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile,
+        TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, days, hours, minutes,
+    };
+    pub use alloc::borrow::ToOwned;
+    pub use alloc::boxed::Box;
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec::Vec;
+    pub use alloc::{format, vec};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use alloc::format;
+    pub use alloc::string::String;
+    pub use alloc::vec::Vec;
+    pub use wit_bindgen;
+}
+
+// Without std nothing links wasi-libc, yet compiler-generated code calls its pure `memcpy`,
+// `memcmp` and friends; linking it supplies them and imports nothing.
+#[cfg(target_arch = "wasm32")]
+#[link(name = "c")]
+unsafe extern "C" {}
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+/// The canonical ABI's allocator entry point. Under std the standard library exports it;
+/// plugins are `no_std`, so the SDK does, over the global allocator.
+///
+/// # Safety
+/// Called only by the component model's canonical ABI, with a pointer this function returned.
+#[cfg(target_arch = "wasm32")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cabi_realloc(
+    old_ptr: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
+    use alloc::alloc::{Layout, alloc, realloc};
+    if new_len == 0 {
+        return align as *mut u8;
+    }
+    // SAFETY: the canonical ABI passes a power-of-two alignment and, for a non-empty old
+    // block, the pointer and length it was given by an earlier call.
+    let ptr = unsafe {
+        if old_len == 0 {
+            alloc(Layout::from_size_align_unchecked(new_len, align))
+        } else {
+            realloc(old_ptr, Layout::from_size_align_unchecked(old_len, align), new_len)
+        }
+    };
+    if ptr.is_null() {
+        core::arch::wasm32::unreachable()
+    }
+    ptr
+}
+
+/// Reports the panic to the host log (which turns it into the call's error) and traps.
+#[cfg(target_arch = "wasm32")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    log::report_panic(info);
+    core::arch::wasm32::unreachable()
+}

@@ -1,0 +1,58 @@
+//! Host bindings for the three plugin worlds, generated from `wit/since_v0.1.0`.
+//!
+//! The `types` and `log` interfaces are generated once (with the rule world) and shared by
+//! the other two worlds, so a `Profile` is one Rust type whatever the plugin kind.
+
+pub(crate) mod rule {
+    wasmtime::component::bindgen!({
+        path: "../../wit/since_v0.1.0",
+        world: "segment-rule",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub(crate) mod channel {
+    wasmtime::component::bindgen!({
+        path: "../../wit/since_v0.1.0",
+        world: "channel-adapter",
+        additional_derives: [PartialEq],
+        with: {
+            "rekindle:plugin/types": super::rule::rekindle::plugin::types,
+            "rekindle:plugin/log": super::rule::rekindle::plugin::log,
+        },
+    });
+}
+
+pub(crate) mod tiles {
+    wasmtime::component::bindgen!({
+        path: "../../wit/since_v0.1.0",
+        world: "promo-tiles",
+        additional_derives: [PartialEq],
+        with: {
+            "rekindle:plugin/types": super::rule::rekindle::plugin::types,
+            "rekindle:plugin/log": super::rule::rekindle::plugin::log,
+        },
+    });
+}
+
+/// The contract's types as the host sees them, one module for all three worlds.
+pub mod wit {
+    pub use super::channel::exports::rekindle::plugin::adapter::{
+        AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest,
+        HttpResponse, Message, Outcome, Retry,
+    };
+    pub use super::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
+    pub use super::rule::rekindle::plugin::log::Level;
+    pub use super::rule::rekindle::plugin::types::{
+        Consent, ContactKind, ContactPoint, Context, Event, EventQuery, Field, InputQuery,
+        Membership, ParamKind, ParamSpec, Profile, Purpose, Timestamp, Value,
+    };
+    pub use super::tiles::exports::rekindle::plugin::tiles::{Offer, Tile, TileRequest, TilesInfo};
+
+    /// The interface names a component exports to be a plugin of each kind, at version 0.1.
+    pub const RULE_EXPORT: &str = "rekindle:plugin/rule@0.1.0";
+    /// See [`RULE_EXPORT`].
+    pub const ADAPTER_EXPORT: &str = "rekindle:plugin/adapter@0.1.0";
+    /// See [`RULE_EXPORT`].
+    pub const TILES_EXPORT: &str = "rekindle:plugin/tiles@0.1.0";
+}

@@ -1,0 +1,62 @@
+//! Compiled components cached on disk, so a restart does not recompile.
+//!
+//! An artifact is keyed by the component's SHA-256 and the engine's compatibility hash, and
+//! only artifacts this cache wrote are ever deserialized.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::error::LoadError;
+
+pub(crate) struct ArtifactCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl ArtifactCache {
+    pub(crate) fn new(dir: PathBuf, engine: &Engine) -> ArtifactCache {
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        ArtifactCache { dir, engine_key: format!("{:016x}", hasher.finish()) }
+    }
+
+    fn path_for(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
+    }
+
+    /// Returns the compiled component, from disk when this engine compiled it before.
+    pub(crate) fn load_or_compile(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
+        let path = self.path_for(digest);
+        if path.exists() {
+            // SAFETY: the file is one this cache wrote for this engine's compatibility hash,
+            // named by the digest of the component it was compiled from.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(err) => tracing::warn!(path = %path.display(), "recompiling: {err}"),
+            }
+        }
+        let component =
+            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let serialized =
+            component.serialize().map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        write_atomically(&self.dir, &path, &serialized)
+            .map_err(|source| LoadError::Cache { path: path.display().to_string(), source })?;
+        Ok(component)
+    }
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half an artifact.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,289 @@
+//! One wasmtime engine for every plugin: pooling allocator, copy-on-write heaps, epoch
+//! interruption, and the per-call store with its limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use crate::bindings::rule::SegmentRule;
+use crate::bindings::wit::Level;
+use crate::cache::ArtifactCache;
+use crate::plugin::Kind;
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// What one call into a plugin may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time for instantiation plus the call.
+    pub deadline: Duration,
+    /// The most linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// The most bytes of output (strings and lists, added up) a call may return.
+    pub output_bytes: usize,
+    /// The most bytes of log lines kept per call; the rest is dropped and counted.
+    pub log_bytes: usize,
+}
+
+impl Limits {
+    const fn new(deadline_ms: u64, output_bytes: usize) -> Self {
+        Limits {
+            deadline: Duration::from_millis(deadline_ms),
+            memory_bytes: 32 << 20,
+            output_bytes,
+            log_bytes: 1024,
+        }
+    }
+}
+
+/// Limits for each plugin kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindLimits {
+    pub rule: Limits,
+    pub tiles: Limits,
+    pub channel: Limits,
+}
+
+impl Default for KindLimits {
+    fn default() -> Self {
+        KindLimits {
+            rule: Limits::new(10, 16 << 10),
+            tiles: Limits::new(10, 64 << 10),
+            // Adapters format whole messages and audience batches, so they get more room.
+            channel: Limits::new(50, 4 << 20),
+        }
+    }
+}
+
+impl KindLimits {
+    /// The limits for one kind.
+    pub fn of(&self, kind: Kind) -> Limits {
+        match kind {
+            Kind::Rule => self.rule,
+            Kind::Tiles => self.tiles,
+            Kind::Channel => self.channel,
+        }
+    }
+}
+
+/// How to build a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub limits: KindLimits,
+    /// Where compiled artifacts are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may be alive at once (the pooling allocator's size).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { limits: KindLimits::default(), cache_dir: None, max_instances: 1000 }
+    }
+}
+
+/// The shared wasmtime engine, linker and limits; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+pub(crate) struct RuntimeInner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<CallState>,
+    pub(crate) limits: KindLimits,
+    pub(crate) cache: Option<ArtifactCache>,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine, probing for the pooling allocator and falling back to on-demand
+    /// allocation where the address space cannot hold the pool.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, wasmtime::Error> {
+        let max_memory = [config.limits.rule, config.limits.tiles, config.limits.channel]
+            .iter()
+            .map(|l| l.memory_bytes)
+            .max()
+            .unwrap_or(32 << 20);
+        let engine = match Engine::new(&engine_config(Some((config.max_instances, max_memory)))) {
+            Ok(engine) => engine,
+            Err(err) => {
+                tracing::warn!("pooling allocator unavailable ({err}); using on-demand allocation");
+                Engine::new(&engine_config(None))?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        // The only imports a plugin gets: the contract's types and its log.
+        SegmentRule::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
+        let cache = config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                limits: config.limits,
+                cache,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The wasmtime engine, for tools that need to inspect components.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> KindLimits {
+        self.inner.limits
+    }
+}
+
+fn engine_config(pool: Option<(u32, usize)>) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    // Guest recursion is bounded well before it can exhaust the host thread's stack.
+    config.max_wasm_stack(512 << 10);
+    if let Some((instances, max_memory)) = pool {
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling.total_component_instances(instances);
+        pooling.total_core_instances(instances * 2);
+        pooling.total_memories(instances * 2);
+        pooling.total_tables(instances * 2);
+        pooling.max_memory_size(max_memory);
+        pooling.max_core_instances_per_component(8);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
+    config
+}
+
+/// Advances the engine's epoch every tick until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rekindle-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        EpochTicker { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The store data of one call: its limits and what the plugin logged.
+pub(crate) struct CallState {
+    plugin: Arc<str>,
+    memory_cap: usize,
+    log_cap: usize,
+    pub(crate) memory_exceeded: Option<usize>,
+    pub(crate) log: String,
+    pub(crate) log_dropped: usize,
+    pub(crate) panic: Option<String>,
+}
+
+/// Prefix the SDK's panic handler puts on the line it logs before trapping.
+const PANIC_PREFIX: &str = "panicked at ";
+
+impl CallState {
+    pub(crate) fn new(plugin: Arc<str>, limits: Limits) -> CallState {
+        CallState {
+            plugin,
+            memory_cap: limits.memory_bytes,
+            log_cap: limits.log_bytes,
+            memory_exceeded: None,
+            log: String::new(),
+            log_dropped: 0,
+            panic: None,
+        }
+    }
+}
+
+impl RuntimeInner {
+    /// A fresh store for one call, with its memory cap and deadline armed.
+    pub(crate) fn new_store(&self, plugin: Arc<str>, limits: Limits) -> Store<CallState> {
+        let mut store = Store::new(&self.engine, CallState::new(plugin, limits));
+        store.limiter(|state| state);
+        let ticks = limits.deadline.as_millis().max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+impl wasmtime::ResourceLimiter for CallState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_exceeded = Some(desired);
+            // Trapping here, rather than failing the grow, stops the guest at the allocation
+            // that broke the cap instead of at whatever its allocator does next.
+            wasmtime::bail!("memory cap of {} bytes exceeded", self.memory_cap);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl crate::bindings::rule::rekindle::plugin::types::Host for CallState {}
+
+impl crate::bindings::rule::rekindle::plugin::log::Host for CallState {
+    fn write(&mut self, level: Level, message: String) {
+        if let Some(rest) = message.strip_prefix(PANIC_PREFIX) {
+            self.panic = Some(format!("{PANIC_PREFIX}{rest}"));
+        }
+        // Beyond the cap lines are only counted, so a plugin logging in a loop cannot flood
+        // the host log either.
+        let room = self.log_cap.saturating_sub(self.log.len());
+        if message.len() + 1 > room {
+            self.log_dropped += message.len();
+            return;
+        }
+        let plugin = &*self.plugin;
+        match level {
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        self.log.push_str(&message);
+        self.log.push('\n');
+    }
+}

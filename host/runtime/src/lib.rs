@@ -1,0 +1,24 @@
+//! The Rekindle plugin runtime: loads WebAssembly components written against the
+//! `rekindle:plugin` contract, refuses what they may not import, and calls them in a fresh,
+//! limited sandbox per call.
+//!
+//! This crate wraps wasmtime and nothing else; the HTTP server lives in `rekindle-server`.
+
+mod bindings;
+mod cache;
+mod engine;
+mod error;
+mod input;
+pub mod json;
+mod params;
+mod plugin;
+mod policy;
+mod registry;
+
+pub use bindings::wit;
+pub use engine::{KindLimits, Limits, Runtime, RuntimeConfig};
+pub use error::{CallError, LoadError, RegistryError};
+pub use input::filter_profile;
+pub use params::{ParamError, merge_params};
+pub use plugin::{Kind, Plugin, PluginInfo};
+pub use registry::{Registry, SlotSummary, VersionSummary};

@@ -1,0 +1,441 @@
+//! One loaded component: its kind, its `describe()` answer, and calls into fresh instances.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use crate::bindings::channel::ChannelAdapterPre;
+use crate::bindings::rule::SegmentRulePre;
+use crate::bindings::tiles::PromoTilesPre;
+use crate::bindings::wit::{
+    AdapterInfo, AudienceChange, Context, HttpRequest, HttpResponse, Message, Offer, Outcome,
+    Profile, RuleInfo, Tile, TileRequest, TilesInfo, Verdict,
+};
+use crate::engine::{CallState, Limits, Runtime, RuntimeInner};
+use crate::error::{CallError, LoadError};
+use crate::policy;
+
+/// The three kinds of plugin, one per world of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// `segment-rule`: decides segment membership.
+    Rule,
+    /// `channel-adapter`: formats provider requests.
+    Channel,
+    /// `promo-tiles`: decides on-site tiles.
+    Tiles,
+}
+
+impl Kind {
+    /// The WIT world name.
+    pub fn world(self) -> &'static str {
+        match self {
+            Kind::Rule => "segment-rule",
+            Kind::Channel => "channel-adapter",
+            Kind::Tiles => "promo-tiles",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.world())
+    }
+}
+
+/// What `describe()` returned, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginInfo {
+    Rule(RuleInfo),
+    Channel(AdapterInfo),
+    Tiles(TilesInfo),
+}
+
+impl PluginInfo {
+    /// The plugin's own name.
+    pub fn name(&self) -> &str {
+        match self {
+            PluginInfo::Rule(i) => &i.name,
+            PluginInfo::Channel(i) => &i.name,
+            PluginInfo::Tiles(i) => &i.name,
+        }
+    }
+
+    /// The plugin's own version string.
+    pub fn version(&self) -> &str {
+        match self {
+            PluginInfo::Rule(i) => &i.version,
+            PluginInfo::Channel(i) => &i.version,
+            PluginInfo::Tiles(i) => &i.version,
+        }
+    }
+}
+
+enum Pre {
+    Rule(SegmentRulePre<CallState>),
+    Channel(ChannelAdapterPre<CallState>),
+    Tiles(PromoTilesPre<CallState>),
+}
+
+/// A loaded, pre-linked component. Every call gets a fresh store and instance, so nothing
+/// leaks between profiles or tenants.
+pub struct Plugin {
+    runtime: Arc<RuntimeInner>,
+    pre: Pre,
+    kind: Kind,
+    info: PluginInfo,
+    digest: String,
+    size: usize,
+    imports: Vec<String>,
+    label: Arc<str>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("kind", &self.kind).field("label", &self.label).finish()
+    }
+}
+
+impl Plugin {
+    /// Validates, compiles (or loads from the cache), links and describes a component.
+    pub fn load(runtime: &Runtime, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        let inner = &runtime.inner;
+        policy::check_format(bytes)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = match &inner.cache {
+            Some(cache) => cache.load_or_compile(&inner.engine, &digest, bytes)?,
+            None => Component::new(&inner.engine, bytes)
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+        };
+        let imports = policy::check_imports(&inner.engine, &component)?;
+        let kind = policy::detect_kind(&inner.engine, &component)?;
+        let instance_pre = inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
+        let pre = match kind {
+            Kind::Rule => Pre::Rule(SegmentRulePre::new(instance_pre).map_err(invalid)?),
+            Kind::Channel => Pre::Channel(ChannelAdapterPre::new(instance_pre).map_err(invalid)?),
+            Kind::Tiles => Pre::Tiles(PromoTilesPre::new(instance_pre).map_err(invalid)?),
+        };
+        let label: Arc<str> = format!("{}:{}", kind.world(), &digest[..12]).into();
+        let mut plugin = Plugin {
+            runtime: inner.clone(),
+            pre,
+            kind,
+            // Replaced right below by what describe() says.
+            info: PluginInfo::Rule(RuleInfo {
+                name: String::new(),
+                version: String::new(),
+                summary: String::new(),
+                params: Vec::new(),
+                input: empty_query(),
+            }),
+            digest,
+            size: bytes.len(),
+            imports,
+            label,
+        };
+        plugin.info = plugin.call_describe().map_err(|e| LoadError::Describe(Box::new(e)))?;
+        if plugin.info.name().trim().is_empty() {
+            return Err(LoadError::Describe(Box::new(CallError::BadOutput(
+                "describe() returned an empty name".into(),
+            ))));
+        }
+        plugin.label =
+            format!("{}@{} ({})", plugin.info.name(), plugin.info.version(), &plugin.digest[..12])
+                .into();
+        Ok(plugin)
+    }
+
+    /// The plugin kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// What `describe()` returned at load.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Hex SHA-256 of the component bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The interfaces the component imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// `name@version (digest)`, the tag its log lines carry.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn limits(&self) -> Limits {
+        self.runtime.limits.of(self.kind)
+    }
+
+    fn call_describe(&self) -> Result<PluginInfo, CallError> {
+        let limits = self.limits();
+        match &self.pre {
+            Pre::Rule(pre) => self
+                .run(|store| {
+                    let instance = pre.instantiate(&mut *store)?;
+                    instance.rekindle_plugin_rule().call_describe(store)
+                })
+                .map(PluginInfo::Rule),
+            Pre::Channel(pre) => self
+                .run(|store| {
+                    let instance = pre.instantiate(&mut *store)?;
+                    instance.rekindle_plugin_adapter().call_describe(store)
+                })
+                .map(PluginInfo::Channel),
+            Pre::Tiles(pre) => self
+                .run(|store| {
+                    let instance = pre.instantiate(&mut *store)?;
+                    instance.rekindle_plugin_tiles().call_describe(store)
+                })
+                .map(PluginInfo::Tiles),
+        }
+        .and_then(|info| check_size(info, limits))
+    }
+
+    /// Evaluates a segment rule for one profile, already cut down to its declared input.
+    pub fn evaluate(&self, ctx: &Context, profile: &Profile) -> Result<Verdict, CallError> {
+        let Pre::Rule(pre) = &self.pre else {
+            return Err(CallError::WrongKind { function: "evaluate", kind: self.kind });
+        };
+        let verdict = self.run(|store| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance.rekindle_plugin_rule().call_evaluate(store, ctx, profile)
+        })?;
+        check_size(verdict.map_err(CallError::Plugin)?, self.limits())
+    }
+
+    /// Ranks and personalises tiles for a slot.
+    pub fn decide(
+        &self,
+        ctx: &Context,
+        request: &TileRequest,
+        profile: Option<&Profile>,
+        offers: &[Offer],
+    ) -> Result<Vec<Tile>, CallError> {
+        let Pre::Tiles(pre) = &self.pre else {
+            return Err(CallError::WrongKind { function: "decide", kind: self.kind });
+        };
+        let tiles = self.run(|store| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance.rekindle_plugin_tiles().call_decide(store, ctx, request, profile, offers)
+        })?;
+        let tiles = check_size(tiles.map_err(CallError::Plugin)?, self.limits())?;
+        if tiles.len() > request.max_tiles as usize {
+            return Err(CallError::BadOutput(format!(
+                "returned {} tiles for a slot of {}",
+                tiles.len(),
+                request.max_tiles
+            )));
+        }
+        if let Some(tile) = tiles.iter().find(|t| !offers.iter().any(|o| o.id == t.offer_id)) {
+            return Err(CallError::BadOutput(format!(
+                "tile refers to offer `{}`, which was not among the candidates",
+                tile.offer_id
+            )));
+        }
+        Ok(tiles)
+    }
+
+    /// The requests that deliver one rendered message.
+    pub fn deliver(&self, ctx: &Context, message: &Message) -> Result<Vec<HttpRequest>, CallError> {
+        let Pre::Channel(pre) = &self.pre else {
+            return Err(CallError::WrongKind { function: "deliver", kind: self.kind });
+        };
+        let requests = self.run(|store| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance.rekindle_plugin_adapter().call_deliver(store, ctx, message)
+        })?;
+        check_size(requests.map_err(CallError::Plugin)?, self.limits())
+    }
+
+    /// The requests that apply one audience change.
+    pub fn sync_audience(
+        &self,
+        ctx: &Context,
+        change: &AudienceChange,
+    ) -> Result<Vec<HttpRequest>, CallError> {
+        let Pre::Channel(pre) = &self.pre else {
+            return Err(CallError::WrongKind { function: "sync-audience", kind: self.kind });
+        };
+        let requests = self.run(|store| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance.rekindle_plugin_adapter().call_sync_audience(store, ctx, change)
+        })?;
+        check_size(requests.map_err(CallError::Plugin)?, self.limits())
+    }
+
+    /// What a provider's response to one of the adapter's requests means.
+    pub fn interpret(
+        &self,
+        ctx: &Context,
+        request: &HttpRequest,
+        response: &HttpResponse,
+    ) -> Result<Outcome, CallError> {
+        let Pre::Channel(pre) = &self.pre else {
+            return Err(CallError::WrongKind { function: "interpret", kind: self.kind });
+        };
+        let outcome = self.run(|store| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance.rekindle_plugin_adapter().call_interpret(store, ctx, request, response)
+        })?;
+        check_size(outcome, self.limits())
+    }
+
+    /// Runs `f` in a fresh store and turns every wasmtime failure into a typed error.
+    fn run<R>(
+        &self,
+        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let limits = self.limits();
+        let mut store = self.runtime.new_store(self.label.clone(), limits);
+        let result = f(&mut store);
+        let state = store.data();
+        if state.log_dropped > 0 {
+            tracing::warn!(plugin = &*self.label, "dropped {} bytes of log", state.log_dropped);
+        }
+        result.map_err(|err| classify(err, state, limits))
+    }
+}
+
+fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallError {
+    if let Some(wanted) = state.memory_exceeded {
+        return CallError::OutOfMemory { wanted, cap: limits.memory_bytes };
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => CallError::Timeout(limits.deadline),
+        Some(wasmtime::Trap::StackOverflow) => CallError::Trap("stack overflow".into()),
+        Some(wasmtime::Trap::UnreachableCodeReached) if state.panic.is_some() => {
+            CallError::Trap(state.panic.clone().unwrap_or_default())
+        }
+        Some(trap) => CallError::Trap(trap.to_string()),
+        None if err.to_string().contains("instance count") || err.to_string().contains("pool") => {
+            CallError::Instantiate(format!("{err:#}"))
+        }
+        None => CallError::Trap(format!("{err:#}")),
+    }
+}
+
+fn empty_query() -> crate::bindings::wit::InputQuery {
+    crate::bindings::wit::InputQuery {
+        events: Vec::new(),
+        traits: Vec::new(),
+        aggregates: Vec::new(),
+        consents: false,
+        contacts: false,
+        segments: false,
+    }
+}
+
+/// Refuses output larger than the kind's limit, counted as the bytes of its strings and lists.
+fn check_size<T: OutputSize>(value: T, limits: Limits) -> Result<T, CallError> {
+    let size = value.output_size();
+    if size > limits.output_bytes {
+        return Err(CallError::BadOutput(format!(
+            "output is {size} bytes; the limit is {} bytes",
+            limits.output_bytes
+        )));
+    }
+    Ok(value)
+}
+
+/// Roughly how many bytes a plugin's output occupies.
+trait OutputSize {
+    fn output_size(&self) -> usize;
+}
+
+impl OutputSize for String {
+    fn output_size(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: OutputSize> OutputSize for Option<T> {
+    fn output_size(&self) -> usize {
+        self.as_ref().map_or(0, OutputSize::output_size)
+    }
+}
+
+impl<T: OutputSize> OutputSize for Vec<T> {
+    fn output_size(&self) -> usize {
+        self.iter().map(OutputSize::output_size).sum::<usize>() + self.len()
+    }
+}
+
+impl<A: OutputSize, B: OutputSize> OutputSize for (A, B) {
+    fn output_size(&self) -> usize {
+        self.0.output_size() + self.1.output_size()
+    }
+}
+
+impl OutputSize for u8 {
+    fn output_size(&self) -> usize {
+        1
+    }
+}
+
+impl OutputSize for Verdict {
+    fn output_size(&self) -> usize {
+        self.reason.len() + self.label.output_size()
+    }
+}
+
+impl OutputSize for Tile {
+    fn output_size(&self) -> usize {
+        self.offer_id.len()
+            + self.title.len()
+            + self.body.len()
+            + self.image.output_size()
+            + self.link.len()
+            + self.voucher.output_size()
+            + self.reason.len()
+            + 8
+    }
+}
+
+impl OutputSize for HttpRequest {
+    fn output_size(&self) -> usize {
+        self.url.len() + self.headers.output_size() + self.body.len()
+    }
+}
+
+impl OutputSize for Outcome {
+    fn output_size(&self) -> usize {
+        match self {
+            Outcome::Delivered(id) => id.output_size(),
+            Outcome::RetryLater(retry) => retry.reason.len() + 4,
+            Outcome::Failed(reason) | Outcome::NotEligible(reason) => reason.len(),
+        }
+    }
+}
+
+impl OutputSize for PluginInfo {
+    fn output_size(&self) -> usize {
+        // describe() is called once per load; a generous fixed bound is enough.
+        let text = |s: &String| s.len();
+        match self {
+            PluginInfo::Rule(i) => text(&i.name) + text(&i.summary) + i.params.len() * 64,
+            PluginInfo::Channel(i) => text(&i.name) + text(&i.summary) + i.params.len() * 64,
+            PluginInfo::Tiles(i) => text(&i.name) + text(&i.summary) + i.params.len() * 64,
+        }
+    }
+}

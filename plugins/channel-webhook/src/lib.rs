@@ -1,0 +1,117 @@
+//! The generic webhook adapter: each message, or audience change, becomes one JSON POST to
+//! the URL the operator configures. The bearer token is a `{{secret:WEBHOOK_TOKEN}}`
+//! placeholder the host fills in, so the plugin never sees it.
+#![no_std]
+
+use rekindle_sdk::prelude::*;
+use serde_json::json;
+
+/// The adapter; callable natively for tests.
+pub struct Webhook;
+
+impl Channel for Webhook {
+    fn describe() -> AdapterInfo {
+        AdapterInfo::new("webhook", env!("CARGO_PKG_VERSION"), "POSTs messages and audience changes as JSON", ChannelKind::Webhook)
+            .host("*")
+            .secret("WEBHOOK_TOKEN")
+            .param(ParamSpec::text("url", "", "Where to POST; its host must be on the operator's allowlist"))
+    }
+
+    fn deliver(ctx: &Context, message: &Message) -> Result<Vec<HttpRequest>, String> {
+        let body = json!({
+            "type": "message",
+            "idempotency_key": message.idempotency_key,
+            "profile_id": message.profile_id,
+            "to": message.to,
+            "subject": message.subject,
+            "text": message.text,
+            "html": message.html,
+            "link": message.link,
+            "image": message.image,
+            "data": message.data.iter().map(|f| (f.name.clone(), value_json(&f.value))).collect::<serde_json::Map<_, _>>(),
+        });
+        Ok(vec![post(ctx, &message.idempotency_key, &body)?])
+    }
+
+    fn sync_audience(ctx: &Context, change: &AudienceChange) -> Result<Vec<HttpRequest>, String> {
+        let ids = |members: &[AudienceMember]| members.iter().map(|m| m.profile_id.clone()).collect::<Vec<_>>();
+        let body = json!({ "type": "audience", "audience": change.audience, "add": ids(&change.add), "remove": ids(&change.remove) });
+        Ok(vec![post(ctx, &change.audience, &body)?])
+    }
+}
+
+fn post(ctx: &Context, key: &str, body: &serde_json::Value) -> Result<HttpRequest, String> {
+    let url = ctx.text("url")?;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("parameter `url` must be an http(s) URL, got `{url}`"));
+    }
+    Ok(HttpRequest {
+        method: HttpMethod::Post,
+        url: url.into(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("idempotency-key".into(), key.into()),
+            ("authorization".into(), "Bearer {{secret:WEBHOOK_TOKEN}}".into()),
+        ],
+        body: serde_json::to_vec(body).map_err(|e| e.to_string())?,
+    })
+}
+
+fn value_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(b) => json!(b),
+        Value::Integer(i) => json!(i),
+        Value::Number(n) => json!(n),
+        Value::Text(s) => json!(s),
+        Value::Json(text) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
+    }
+}
+
+rekindle_sdk::export_channel!(Webhook);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(url: &str) -> Context {
+        Context { now: 0, params: vec![Field { name: "url".into(), value: Value::Text(url.into()) }] }
+    }
+
+    fn message() -> Message {
+        Message {
+            idempotency_key: "run-1:step-2:webhook".into(), profile_id: "ann".into(), to: "ann@example.com".into(),
+            subject: Some("We miss you".into()), text: "Come back".into(), html: None, link: None, image: None,
+            data: vec![Field { name: "voucher".into(), value: Value::Text("BACK10".into()) }],
+        }
+    }
+
+    #[test]
+    fn delivers_one_json_post_with_a_secret_placeholder() {
+        let requests = Webhook::deliver(&ctx("https://hooks.example.com/in"), &message()).unwrap();
+        assert_eq!(requests.len(), 1);
+        let request = &requests[0];
+        assert_eq!(request.url, "https://hooks.example.com/in");
+        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v.contains("{{secret:WEBHOOK_TOKEN}}")));
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["data"]["voucher"], "BACK10");
+        assert_eq!(body["idempotency_key"], "run-1:step-2:webhook");
+    }
+
+    #[test]
+    fn refuses_a_url_that_is_not_http() {
+        let err = Webhook::deliver(&ctx("ftp://x"), &message()).unwrap_err();
+        assert!(err.contains("`url`"), "{err}");
+        let err = Webhook::deliver(&ctx(""), &message()).unwrap_err();
+        assert!(err.contains("`url`"), "{err}");
+    }
+
+    #[test]
+    fn reads_status_codes_into_outcomes() {
+        let response = |status| HttpResponse { status, headers: vec![("Retry-After".into(), "30".into())], body: vec![] };
+        let request = Webhook::deliver(&ctx("https://h/x"), &message()).unwrap().remove(0);
+        assert_eq!(Webhook::interpret(&ctx(""), &request, &response(204)), Outcome::Delivered(None));
+        assert!(matches!(Webhook::interpret(&ctx(""), &request, &response(429)), Outcome::RetryLater(r) if r.after_seconds == Some(30)));
+        assert!(matches!(Webhook::interpret(&ctx(""), &request, &response(400)), Outcome::Failed(_)));
+    }
+}

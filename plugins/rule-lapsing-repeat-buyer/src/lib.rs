@@ -1,0 +1,91 @@
+//! Lapsing repeat buyers (seed 001): at least `min_orders` orders, and the days since the
+//! last order reach the customer's own average gap between orders plus `grace_days`. A
+//! customer who buys every 60 days qualifies on day 68, not on day 67.
+#![no_std]
+
+use rekindle_sdk::prelude::*;
+
+const ORDER: &str = "Order Completed";
+
+/// The rule; its logic is also callable natively, for benchmarks and tests.
+pub struct LapsingRepeatBuyer;
+
+impl Rule for LapsingRepeatBuyer {
+    fn describe() -> RuleInfo {
+        RuleInfo::new("lapsing-repeat-buyer", env!("CARGO_PKG_VERSION"), "Repeat buyers overdue by more than their usual gap")
+            .param(ParamSpec::integer("min_orders", 2, "Orders a customer needs to count as a repeat buyer"))
+            .param(ParamSpec::number("grace_days", 8.0, "Days beyond the customer's average gap before they count as lapsing"))
+            .reads(InputQuery::new().events(ORDER))
+    }
+
+    fn evaluate(ctx: &Context, profile: &Profile) -> Result<Verdict, String> {
+        let min_orders = ctx.integer("min_orders")?;
+        let grace = ctx.number("grace_days")?;
+        let orders = profile.count(ORDER) as i64;
+        let (Some(gap), Some(since)) = (profile.average_interval_days(ORDER), profile.days_since(ORDER, ctx.now)) else {
+            return Ok(Verdict::not_member(format!("{orders} order(s); needs {min_orders} to have a usual gap")));
+        };
+        if orders < min_orders {
+            return Ok(Verdict::not_member(format!("{orders} order(s); needs {min_orders}")));
+        }
+        let due = gap + grace;
+        let reason = format!("last order {since:.1} days ago; usual gap {gap:.1} + {grace} grace = {due:.1}");
+        Ok(Verdict::new(since >= due, reason))
+    }
+}
+
+rekindle_sdk::export_rule!(LapsingRepeatBuyer);
+
+#[cfg(test)]
+mod tests {
+    use rekindle_sdk::{DAY, days};
+
+    use super::*;
+
+    fn ctx(now_day: i64) -> Context {
+        Context { now: days(now_day), params: vec![
+            Field { name: "min_orders".into(), value: Value::Integer(2) },
+            Field { name: "grace_days".into(), value: Value::Number(8.0) },
+        ] }
+    }
+
+    fn buyer(order_days: &[i64]) -> Profile {
+        let events = order_days.iter().map(|d| Event { name: ORDER.into(), timestamp: days(*d), properties: vec![] }).collect();
+        Profile { id: "p".into(), traits: vec![], events, consents: vec![], contacts: vec![], segments: vec![], aggregates: vec![], timezone: None }
+    }
+
+    fn member(now_day: i64, orders: &[i64]) -> bool {
+        LapsingRepeatBuyer::evaluate(&ctx(now_day), &buyer(orders)).unwrap().member
+    }
+
+    #[test]
+    fn a_sixty_day_buyer_lapses_on_day_68_not_67() {
+        // Orders on days 0, 60, 120: a 60-day cycle; the last order is day 120.
+        assert!(!member(120 + 67, &[0, 60, 120]));
+        assert!(member(120 + 68, &[0, 60, 120]));
+        let just_before = Context { now: days(188) - 1, ..ctx(0) };
+        assert!(!LapsingRepeatBuyer::evaluate(&just_before, &buyer(&[0, 60, 120])).unwrap().member);
+        assert_eq!(DAY, 86_400_000);
+    }
+
+    #[test]
+    fn one_order_is_never_lapsing() {
+        assert!(!member(1000, &[0]));
+        assert!(!member(1000, &[]));
+    }
+
+    #[test]
+    fn operator_parameters_move_the_threshold() {
+        let mut strict = ctx(120 + 61);
+        strict.params[1].value = Value::Number(1.0);
+        assert!(LapsingRepeatBuyer::evaluate(&strict, &buyer(&[0, 60, 120])).unwrap().member);
+        strict.params[0].value = Value::Integer(4);
+        assert!(!LapsingRepeatBuyer::evaluate(&strict, &buyer(&[0, 60, 120])).unwrap().member);
+    }
+
+    #[test]
+    fn a_missing_parameter_is_an_error_naming_it() {
+        let err = LapsingRepeatBuyer::evaluate(&Context { now: 0, params: vec![] }, &buyer(&[0, 60])).unwrap_err();
+        assert!(err.contains("min_orders"), "{err}");
+    }
+}
