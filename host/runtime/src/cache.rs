@@ -35,10 +35,12 @@ impl ArtifactCache {
         bytes: &[u8],
     ) -> Result<Component, LoadError> {
         let path = self.path_for(digest);
-        if path.exists() {
+        // Read into memory rather than mmap: a file truncated under a live mapping would
+        // take the process down with SIGBUS.
+        if let Ok(artifact) = std::fs::read(&path) {
             // SAFETY: the file is one this cache wrote for this engine's compatibility hash,
             // named by the digest of the component it was compiled from.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(component) => return Ok(component),
                 Err(err) => tracing::warn!(path = %path.display(), "recompiling: {err}"),
             }

@@ -6,8 +6,8 @@
 use serde_json::{Map, Value as Json, json};
 
 use crate::bindings::wit::{
-    AdapterInfo, ChannelKind, Consent, ContactKind, ContactPoint, Context, Event, EventQuery,
-    Field, HttpMethod, HttpRequest, InputQuery, Membership, Offer, Outcome, ParamKind, ParamSpec,
+    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, Consent, ContactKind, ContactPoint, Context, Event, EventQuery,
+    Field, HttpMethod, HttpRequest, InputQuery, Membership, Message, Offer, Outcome, ParamKind, ParamSpec,
     Profile, Purpose, RuleInfo, Tile, TileRequest, TilesInfo, Timestamp, Value, Verdict,
 };
 use crate::plugin::PluginInfo;
@@ -457,6 +457,112 @@ pub fn outcome_to_json(outcome: &Outcome) -> Json {
         }),
         Outcome::Failed(reason) => json!({ "outcome": "failed", "reason": reason }),
         Outcome::NotEligible(reason) => json!({ "outcome": "not_eligible", "reason": reason }),
+    }
+}
+
+/// Why [`invoke`] could not produce an answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvokeError {
+    /// A field of the input is missing or malformed.
+    #[error(transparent)]
+    Input(#[from] JsonError),
+    /// An operator parameter does not fit the plugin's declaration.
+    #[error(transparent)]
+    Param(#[from] crate::ParamError),
+    /// The plugin failed.
+    #[error(transparent)]
+    Call(#[from] crate::CallError),
+}
+
+fn field_or_null<'a>(input: &'a Json, key: &str) -> &'a Json {
+    input.get(key).unwrap_or(&Json::Null)
+}
+
+/// A rendered message from its JSON form.
+pub fn message_from_json(json: &Json) -> Result<Message, JsonError> {
+    let path = "message";
+    let map = object(json, path)?;
+    Ok(Message {
+        idempotency_key: string(map, "idempotency_key", path)?,
+        profile_id: string(map, "profile_id", path)?,
+        to: string(map, "to", path)?,
+        subject: opt_string(map, "subject", path)?,
+        text: string(map, "text", path)?,
+        html: opt_string(map, "html", path)?,
+        link: opt_string(map, "link", path)?,
+        image: opt_string(map, "image", path)?,
+        data: fields_from_json(map.get("data"), "message.data")?,
+    })
+}
+
+/// An audience change from `{"audience", "add": [...], "remove": [...]}`.
+pub fn audience_change_from_json(json: &Json) -> Result<AudienceChange, JsonError> {
+    let path = "audience_change";
+    let map = object(json, path)?;
+    let members = |key: &str| -> Result<Vec<AudienceMember>, JsonError> {
+        array(map, key, path)?
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let at = format!("{path}.{key}[{i}]");
+                let m = object(m, &at)?;
+                let list = |k: &str| -> Result<Vec<String>, JsonError> {
+                    array(m, k, &at)?
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| err(&format!("{at}.{k}"), "must be strings")))
+                        .collect()
+                };
+                Ok(AudienceMember { profile_id: string(m, "profile_id", &at)?, emails: list("emails")?, phones: list("phones")? })
+            })
+            .collect()
+    };
+    Ok(AudienceChange { audience: string(map, "audience", path)?, add: members("add")?, remove: members("remove")? })
+}
+
+/// Calls a plugin with a JSON input and answers in JSON: the local test harness behind
+/// `rekindle plugin run` and the admin API's invoke endpoint.
+///
+/// The input is `{"context": {...}}` plus, by kind: `"profile"` for a rule; `"request"`,
+/// `"offers"` and an optional `"profile"` for tiles; `"message"` or `"audience_change"` for
+/// a channel adapter. Parameters are merged over the plugin's defaults and profiles are cut
+/// to its declared input, exactly as the host does in production.
+pub fn invoke(plugin: &crate::Plugin, input: &Json) -> Result<Json, InvokeError> {
+    let mut ctx = context_from_json(field_or_null(input, "context"))?;
+    match plugin.info() {
+        PluginInfo::Rule(info) => {
+            ctx.params = crate::merge_params(&info.params, &ctx.params)?;
+            let profile = profile_from_json(field_or_null(input, "profile"))?;
+            let profile = crate::filter_profile(&profile, &info.input, ctx.now);
+            Ok(json!({ "verdict": verdict_to_json(&plugin.evaluate(&ctx, &profile)?) }))
+        }
+        PluginInfo::Tiles(info) => {
+            ctx.params = crate::merge_params(&info.params, &ctx.params)?;
+            let request = tile_request_from_json(field_or_null(input, "request"))?;
+            let profile = match input.get("profile") {
+                None | Some(Json::Null) => None,
+                Some(p) => Some(crate::filter_profile(&profile_from_json(p)?, &info.input, ctx.now)),
+            };
+            let offers = match input.get("offers") {
+                Some(Json::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| offer_from_json(o, &format!("offers[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
+                _ => return Err(err("offers", "must be an array of offers").into()),
+            };
+            Ok(json!({ "tiles": tiles_to_json(&plugin.decide(&ctx, &request, profile.as_ref(), &offers)?) }))
+        }
+        PluginInfo::Channel(info) => {
+            ctx.params = crate::merge_params(&info.params, &ctx.params)?;
+            let requests = if let Some(message) = input.get("message") {
+                plugin.deliver(&ctx, &message_from_json(message)?)?
+            } else if let Some(change) = input.get("audience_change") {
+                plugin.sync_audience(&ctx, &audience_change_from_json(change)?)?
+            } else {
+                return Err(err("message", "a channel adapter needs `message` or `audience_change`").into());
+            };
+            Ok(json!({ "requests": requests_to_json(&requests) }))
+        }
     }
 }
 

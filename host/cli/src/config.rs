@@ -1,0 +1,76 @@
+//! `rekindle.toml`: where to listen, where state lives, which plugins to load, and limits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rekindle_runtime::KindLimits;
+use serde::Deserialize;
+
+/// The server configuration; every field has a default and command-line flags override it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub plugins_dir: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub max_instances: u32,
+    pub limits: LimitsConfig,
+}
+
+/// Per-kind limits, in milliseconds and mebibytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub rule_deadline_ms: u64,
+    pub tiles_deadline_ms: u64,
+    pub channel_deadline_ms: u64,
+    pub memory_mib: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            plugins_dir: None,
+            admin_token: None,
+            max_instances: 1000,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let defaults = KindLimits::default();
+        LimitsConfig {
+            rule_deadline_ms: defaults.rule.deadline.as_millis() as u64,
+            tiles_deadline_ms: defaults.tiles.deadline.as_millis() as u64,
+            channel_deadline_ms: defaults.channel.deadline.as_millis() as u64,
+            memory_mib: defaults.rule.memory_bytes >> 20,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; errors name the file, and TOML's message names the line.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a valid Rekindle config", path.display()))
+    }
+
+    /// The runtime limits these settings describe.
+    pub fn kind_limits(&self) -> KindLimits {
+        let mut limits = KindLimits::default();
+        limits.rule.deadline = Duration::from_millis(self.limits.rule_deadline_ms);
+        limits.tiles.deadline = Duration::from_millis(self.limits.tiles_deadline_ms);
+        limits.channel.deadline = Duration::from_millis(self.limits.channel_deadline_ms);
+        for kind in [&mut limits.rule, &mut limits.tiles, &mut limits.channel] {
+            kind.memory_bytes = self.limits.memory_mib << 20;
+        }
+        limits
+    }
+}

@@ -1,0 +1,90 @@
+//! The `rekindle` command line: `serve`, `plugin inspect`, `plugin run` and `plugin new`.
+
+mod config;
+mod plugin;
+mod scaffold;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Rekindle wins back lapsing customers with sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "rekindle", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server with the plugins of a directory.
+    Serve(serve::ServeArgs),
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a component's world, describe() output, imports, size and SHA-256.
+    Inspect {
+        /// The .wasm component.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a component once with a JSON input, as the host would: the local test harness.
+    Run {
+        /// The .wasm component.
+        file: PathBuf,
+        /// A JSON file with "context" and, by kind, "profile", "request"/"offers" or "message".
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Create a plugin crate that builds and passes its test on the first try.
+    New {
+        /// Crate name, such as `rule-vip` or `channel-acme-sms`.
+        name: String,
+        /// What kind of plugin.
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+        /// Where to create it; defaults to ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The guest SDK to depend on; defaults to this checkout's `guest-sdk`.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+}
+
+/// The plugin kinds `plugin new` scaffolds.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PluginKind {
+    Rule,
+    Channel,
+    Tiles,
+}
+
+/// Parses the command line and runs it; errors print with their context chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Plugin(PluginCommand::Inspect { file, json }) => plugin::inspect(&file, json),
+        Command::Plugin(PluginCommand::Run { file, input }) => plugin::run(&file, &input),
+        Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {
+            scaffold::new_plugin(&name, kind, dir, sdk_path)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

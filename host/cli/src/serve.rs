@@ -1,0 +1,132 @@
+//! `rekindle serve`: load the plugins, restore the slots, and serve HTTP until stopped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rekindle_runtime::{Registry, Runtime, RuntimeConfig};
+use rekindle_server::{AppState, SlotStore};
+
+use crate::config::Config;
+
+/// Flags for `rekindle serve`; each overrides the config file.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A rekindle.toml file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, such as 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where uploaded components, slot state and compiled artifacts live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A directory of .wasm components; each seeds the slot named after its file.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Bearer token for the admin API; without one the admin API is disabled.
+    #[arg(long, env = "REKINDLE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
+        )
+        .init();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config.listen = args.listen.unwrap_or(config.listen);
+    config.data_dir = args.data_dir.unwrap_or(config.data_dir);
+    config.plugins_dir = args.plugins.or(config.plugins_dir);
+    config.admin_token = args.admin_token.or(config.admin_token);
+
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: config.kind_limits(),
+        cache_dir: Some(config.data_dir.join("cache")),
+        max_instances: config.max_instances,
+    })
+    .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
+    let registry = Arc::new(Registry::new(runtime));
+    let slot_store = Arc::new(SlotStore::open(config.data_dir.join("slots"))?);
+    for slot in slot_store.restore(&registry)? {
+        tracing::info!(slot, "restored slot");
+    }
+    if let Some(dir) = &config.plugins_dir {
+        seed_from_dir(&registry, &slot_store, dir)?;
+    }
+    if config.admin_token.is_none() {
+        tracing::warn!("no admin token: the admin API is disabled (set REKINDLE_ADMIN_TOKEN)");
+    }
+    let state = AppState {
+        registry,
+        slot_store: Some(slot_store),
+        admin_token: config.admin_token.map(Into::into),
+    };
+    let listen = config.listen;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, rekindle_server::app(state)).with_graceful_shutdown(shutdown()).await?;
+        Ok(())
+    })
+}
+
+/// Uploads every component of `dir`; a slot without an active version gets it activated,
+/// while a slot an operator already manages keeps its active version.
+fn seed_from_dir(registry: &Registry, store: &SlotStore, dir: &Path) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading plugins directory {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    files.sort();
+    for file in files {
+        let slot = slot_name(&file);
+        let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let uploaded = registry.upload(&slot, &bytes).with_context(|| format!("loading {}", file.display()))?;
+        store.record_upload(&slot, &uploaded.digest, &bytes)?;
+        let managed = registry.slots().into_iter().any(|s| s.slot == slot && s.active.is_some());
+        if managed {
+            if !uploaded.active {
+                tracing::info!(slot, version = uploaded.version, "{} uploaded; the active version stays", file.display());
+            }
+            continue;
+        }
+        registry.activate(&slot, uploaded.version)?;
+        store.record_activate(&slot, uploaded.version)?;
+        tracing::info!(slot, version = uploaded.version, name = uploaded.name, "loaded {}", file.display());
+    }
+    Ok(())
+}
+
+/// `rule_lapsing_repeat_buyer.wasm` seeds slot `rule-lapsing-repeat-buyer`.
+fn slot_name(file: &Path) -> String {
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    stem.to_lowercase().replace('_', "-")
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,146 @@
+//! The admin API, behind a bearer token: upload components into slots, activate a version,
+//! roll back, list slots, and invoke a slot's plugin with a JSON input to try it.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rekindle_runtime::json::{self, InvokeError, info_to_json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+/// Components are small, but partners' adapters may bundle tables; 32 MiB is ample.
+const MAX_COMPONENT_BYTES: usize = 32 << 20;
+
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/slots", get(list_slots))
+        .route(
+            "/admin/slots/{slot}/versions",
+            post(upload).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
+        .route("/admin/slots/{slot}/activate", post(activate))
+        .route("/admin/slots/{slot}/rollback", post(rollback))
+        .route("/admin/slots/{slot}", get(describe))
+        .route("/admin/slots/{slot}/invoke", post(invoke))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return Err(ApiError::Unauthorized("the admin API is disabled: start the server with an admin token"));
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized("send `Authorization: Bearer <admin token>`"))?;
+    if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::Unauthorized("wrong admin token"));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn list_slots(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "slots": state.registry.slots() }))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    #[serde(default)]
+    activate: bool,
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    Path(slot): Path<String>,
+    Query(query): Query<UploadQuery>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::field("body", "the request body must be the component's bytes"));
+    }
+    let registry = state.registry.clone();
+    let (slot, uploaded) = blocking(move || {
+        let uploaded = registry.upload(&slot, &body)?;
+        if let Some(store) = &state.slot_store {
+            store.record_upload(&slot, &uploaded.digest, &body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        let uploaded = if query.activate {
+            let active = registry.activate(&slot, uploaded.version)?;
+            if let Some(store) = &state.slot_store {
+                store.record_activate(&slot, active.version).map_err(|e| ApiError::Internal(e.to_string()))?;
+            }
+            active
+        } else {
+            uploaded
+        };
+        Ok::<_, ApiError>((slot, uploaded))
+    })
+    .await??;
+    tracing::info!(slot, version = uploaded.version, digest = uploaded.digest, "component uploaded");
+    Ok((StatusCode::CREATED, Json(json!({ "slot": slot, "version": uploaded }))))
+}
+
+#[derive(Deserialize)]
+struct ActivateBody {
+    version: u32,
+}
+
+async fn activate(State(state): State<AppState>, Path(slot): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let value = parse_json(&body)?;
+    let ActivateBody { version } = serde_json::from_value(value)
+        .map_err(|_| ApiError::field("version", "`version` must be a positive whole number"))?;
+    let active = state.registry.activate(&slot, version)?;
+    if let Some(store) = &state.slot_store {
+        store.record_activate(&slot, version).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    tracing::info!(slot, version, "version activated");
+    Ok(Json(json!({ "slot": slot, "active": active })))
+}
+
+async fn rollback(State(state): State<AppState>, Path(slot): Path<String>) -> Result<Json<Value>, ApiError> {
+    let active = state.registry.rollback(&slot)?;
+    if let Some(store) = &state.slot_store {
+        store.record_rollback(&slot).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    tracing::info!(slot, version = active.version, "rolled back");
+    Ok(Json(json!({ "slot": slot, "active": active })))
+}
+
+async fn describe(State(state): State<AppState>, Path(slot): Path<String>) -> Result<Json<Value>, ApiError> {
+    let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
+    Ok(Json(json!({ "slot": slot, "digest": plugin.digest(), "describe": info_to_json(plugin.info()) })))
+}
+
+async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let input = parse_json(&body)?;
+    let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
+    let call = plugin.clone();
+    let mut answer = blocking(move || json::invoke(&call, &input)).await?.map_err(|e| match e {
+        InvokeError::Input(e) => ApiError::from(e),
+        InvokeError::Param(e) => ApiError::from(e),
+        InvokeError::Call(e) => ApiError::Plugin(e),
+    })?;
+    answer["plugin"] = json!({ "name": plugin.info().name(), "version": plugin.info().version(), "digest": plugin.digest() });
+    Ok(Json(answer))
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
+        code: "malformed_json",
+        message: format!("the body is not valid JSON: {e}"),
+        field: None,
+    })
+}
+
+/// Runs plugin work off the async workers: a call may take its whole deadline.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("plugin task failed: {e}")))
+}

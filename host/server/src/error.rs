@@ -1,0 +1,107 @@
+//! The one API error type: 4xx say what was wrong, 5xx are logged and hidden.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rekindle_runtime::{CallError, LoadError, RegistryError};
+use serde_json::json;
+
+/// An error answered as `{"error": {"code", "message", "field"?}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request was malformed; `field` names the JSON path at fault when there is one.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String, field: Option<String> },
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The uploaded component cannot be used.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The plugin failed while handling the request.
+    #[error("{0}")]
+    Plugin(CallError),
+    /// Anything else; details go to the log only.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 naming the field at fault.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest { code: "invalid_field", message: message.into(), field: Some(field.into()) }
+    }
+
+    /// The HTTP status for this error.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Plugin(CallError::NotLoaded(_)) => StatusCode::NOT_FOUND,
+            ApiError::Plugin(CallError::WrongKind { .. }) => StatusCode::CONFLICT,
+            ApiError::Plugin(CallError::Plugin(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            // The plugin misbehaved, not the caller or the host.
+            ApiError::Plugin(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unprocessable(_) => "invalid_component",
+            ApiError::Plugin(e) => e.code(),
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!("internal error: {detail}");
+        }
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        if let ApiError::BadRequest { field: Some(field), .. } = &self {
+            error["field"] = json!(field);
+        }
+        (self.status_code(), Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> ApiError {
+        match err {
+            RegistryError::InvalidSlot(_) => ApiError::field("slot", err.to_string()),
+            RegistryError::UnknownSlot(_) | RegistryError::UnknownVersion { .. } => ApiError::NotFound(err.to_string()),
+            RegistryError::NothingToRollBack(_) => ApiError::Conflict(err.to_string()),
+            RegistryError::Load(LoadError::WrongWorld { .. }) => ApiError::Conflict(err.to_string()),
+            RegistryError::Load(LoadError::Cache { .. }) => ApiError::Internal(err.to_string()),
+            RegistryError::Load(_) => ApiError::Unprocessable(err.to_string()),
+        }
+    }
+}
+
+impl From<rekindle_runtime::json::JsonError> for ApiError {
+    fn from(err: rekindle_runtime::json::JsonError) -> ApiError {
+        ApiError::field(err.path.clone(), err.to_string())
+    }
+}
+
+impl From<rekindle_runtime::ParamError> for ApiError {
+    fn from(err: rekindle_runtime::ParamError) -> ApiError {
+        ApiError::field("context.params", err.to_string())
+    }
+}
