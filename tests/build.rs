@@ -23,7 +23,7 @@ fn crates_in(dir: &Path) -> Vec<String> {
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest.parent().expect("tests/ sits in the workspace root").to_path_buf();
-    for watched in ["plugins", "tests/hostile", "guest-sdk", "wit", "Cargo.lock"] {
+    for watched in ["plugins", "tests/hostile", "guest-sdk", "wit", "Cargo.lock", ".cargo"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let crates: Vec<String> =

@@ -38,7 +38,10 @@ extern crate std;
 extern crate alloc;
 extern crate self as rekindle_sdk;
 
+#[cfg(target_arch = "wasm32")]
+mod bump;
 mod describe;
+mod fmt;
 mod hashing;
 mod log;
 mod params;
@@ -47,6 +50,8 @@ mod rfm;
 mod template;
 mod time;
 
+pub use fmt::OneDecimal;
+pub use profile::Occurrence;
 pub use hashing::{
     AdPlatform, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex,
 };
@@ -112,8 +117,8 @@ pub use bindings::channel::exports::rekindle::plugin::adapter::{
 pub use bindings::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
 pub use bindings::rule::rekindle::plugin::log::Level;
 pub use bindings::rule::rekindle::plugin::types::{
-    Consent, ContactKind, ContactPoint, Context, Event, EventQuery, Field, InputQuery, Membership,
-    ParamKind, ParamSpec, Profile, Purpose, Timestamp, Value,
+    Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries, Field, InputQuery,
+    Membership, ParamKind, ParamSpec, Profile, PropertyColumn, Purpose, Timestamp, Value,
 };
 pub use bindings::tiles::exports::rekindle::plugin::tiles::{
     Offer, Tile, TileRequest, TilesInfo,
@@ -169,6 +174,11 @@ pub trait Tiles {
 #[macro_export]
 macro_rules! export_rule {
     ($rule:ty) => {
+        // Natively (unit tests) there is nothing to export, but the type still counts as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() = || {
+            let _ = <$rule as $crate::Rule>::describe;
+        };
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __RekindleRule;
@@ -192,6 +202,11 @@ macro_rules! export_rule {
 #[macro_export]
 macro_rules! export_channel {
     ($channel:ty) => {
+        // Natively (unit tests) there is nothing to export, but the type still counts as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() = || {
+            let _ = <$channel as $crate::Channel>::describe;
+        };
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::{String, Vec};
@@ -231,6 +246,11 @@ macro_rules! export_channel {
 #[macro_export]
 macro_rules! export_tiles {
     ($tiles:ty) => {
+        // Natively (unit tests) there is nothing to export, but the type still counts as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() = || {
+            let _ = <$tiles as $crate::Tiles>::describe;
+        };
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::{String, Vec};
@@ -258,8 +278,8 @@ macro_rules! export_tiles {
 pub mod prelude {
     pub use crate::{
         AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context,
-        Event, EventQuery, Field, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message,
-        Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile,
+        EventQuery, EventSeries, Field, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message,
+        Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile,
         TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, days, hours, minutes,
     };
     pub use alloc::borrow::ToOwned;
@@ -285,7 +305,7 @@ unsafe extern "C" {}
 
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: bump::BumpAllocator = bump::BumpAllocator::new();
 
 /// The canonical ABI's allocator entry point. Under std the standard library exports it;
 /// plugins are `no_std`, so the SDK does, over the global allocator.

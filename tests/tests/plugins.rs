@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use rekindle_runtime::json::{invoke, profile_from_json};
 use rekindle_runtime::wit::{Offer, TileRequest, Value};
 use rekindle_runtime::{Kind, Plugin, PluginInfo, Registry, Runtime, RuntimeConfig, filter_profile, merge_params};
+use rekindle_tests::native::{to_sdk_context, to_sdk_profile};
 use rekindle_tests::{DAY, buyer, component, components, context, realistic_profile};
 use serde_json::json;
 
@@ -55,9 +56,11 @@ fn declared_input_filter_keeps_only_orders_and_the_verdict_is_unchanged() {
     let now = 800 * DAY;
     let full = realistic_profile(now);
     let cut = filter_profile(&full, &info.input, now);
-    assert_eq!(full.events.len(), 200);
-    assert_eq!(cut.events.len(), 20);
-    assert!(cut.events.iter().all(|e| e.name == "Order Completed" && e.properties.is_empty()));
+    assert_eq!(full.events.iter().map(|s| s.timestamps.len()).sum::<usize>(), 200);
+    assert_eq!(cut.events.len(), 1);
+    assert_eq!(cut.events[0].name, "Order Completed");
+    assert_eq!(cut.events[0].timestamps.len(), 20);
+    assert!(cut.events[0].properties.is_empty());
     let ctx = defaults(&plugin, now);
     assert_eq!(plugin.evaluate(&ctx, &full).unwrap(), plugin.evaluate(&ctx, &cut).unwrap());
 }
@@ -257,43 +260,4 @@ fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> 
 
 fn chrono_ms(rfc3339: &str) -> i64 {
     rekindle_runtime::json::timestamp_from_json(Some(&json!(rfc3339)), "t").unwrap()
-}
-
-fn to_sdk_context(ctx: &rekindle_runtime::wit::Context) -> rekindle_sdk::Context {
-    rekindle_sdk::Context { now: ctx.now, params: ctx.params.iter().map(sdk_field).collect() }
-}
-
-fn sdk_field(f: &rekindle_runtime::wit::Field) -> rekindle_sdk::Field {
-    use rekindle_runtime::wit::Value as H;
-    use rekindle_sdk::Value as G;
-    let value = match &f.value {
-        H::Null => G::Null,
-        H::Boolean(b) => G::Boolean(*b),
-        H::Integer(i) => G::Integer(*i),
-        H::Number(n) => G::Number(*n),
-        H::Text(s) => G::Text(s.clone()),
-        H::Json(s) => G::Json(s.clone()),
-    };
-    rekindle_sdk::Field { name: f.name.clone(), value }
-}
-
-fn to_sdk_profile(p: &rekindle_runtime::wit::Profile) -> rekindle_sdk::Profile {
-    rekindle_sdk::Profile {
-        id: p.id.clone(),
-        traits: p.traits.iter().map(sdk_field).collect(),
-        events: p
-            .events
-            .iter()
-            .map(|e| rekindle_sdk::Event {
-                name: e.name.clone(),
-                timestamp: e.timestamp,
-                properties: e.properties.iter().map(sdk_field).collect(),
-            })
-            .collect(),
-        consents: vec![],
-        contacts: vec![],
-        segments: vec![],
-        aggregates: p.aggregates.iter().map(sdk_field).collect(),
-        timezone: p.timezone.clone(),
-    }
 }

@@ -7,6 +7,8 @@ use anyhow::{Context as _, bail};
 use crate::PluginKind;
 
 const CARGO_TOML: &str = include_str!("templates/Cargo.toml.tmpl");
+/// The repository's own `.cargo/config.toml`: the plugin stack size the host is tuned for.
+const CARGO_CONFIG: &str = include_str!("../../../.cargo/config.toml");
 const RULE: &str = include_str!("templates/rule.rs.tmpl");
 const CHANNEL: &str = include_str!("templates/channel.rs.tmpl");
 const TILES: &str = include_str!("templates/tiles.rs.tmpl");
@@ -61,6 +63,8 @@ pub fn new_plugin(name: &str, kind: PluginKind, dir: Option<PathBuf>, sdk_path: 
     std::fs::write(dir.join("Cargo.toml"), fill(CARGO_TOML))?;
     std::fs::write(dir.join("src/lib.rs"), fill(source))?;
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    std::fs::create_dir_all(dir.join(".cargo"))?;
+    std::fs::write(dir.join(".cargo/config.toml"), CARGO_CONFIG)?;
     let wasm = format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
     println!("Created {} in {}", name, dir.display());
     println!();

@@ -44,8 +44,8 @@ pub mod wit {
     pub use super::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
     pub use super::rule::rekindle::plugin::log::Level;
     pub use super::rule::rekindle::plugin::types::{
-        Consent, ContactKind, ContactPoint, Context, Event, EventQuery, Field, InputQuery,
-        Membership, ParamKind, ParamSpec, Profile, Purpose, Timestamp, Value,
+        Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries, Field, InputQuery,
+        Membership, ParamKind, PropertyColumn, ParamSpec, Profile, Purpose, Timestamp, Value,
     };
     pub use super::tiles::exports::rekindle::plugin::tiles::{Offer, Tile, TileRequest, TilesInfo};
 

@@ -1,73 +1,72 @@
 //! The declared-input filter: a plugin receives only what its `describe()` said it reads.
 
-use crate::bindings::wit::{Event, InputQuery, Profile, Timestamp};
+use crate::bindings::wit::{EventSeries, Field, InputQuery, Profile, PropertyColumn, Timestamp};
 
 /// Cuts a profile down to what `query` declares, as seen at `now`.
 ///
-/// Events are kept when their name is declared and they fall within the look-back; of
-/// those only the most recent `limit` are kept, oldest first, with only the declared
-/// properties. Traits and aggregates are kept by name; consents, contacts and segments only
-/// when asked for.
+/// Of each declared event name, the occurrences within the look-back and not after `now`
+/// are kept, then only the most recent `limit` of them, with only the declared property
+/// columns. Traits and aggregates are kept by name, and consents, contacts and segments
+/// whole; a section the query does not ask for is `None`.
 pub fn filter_profile(profile: &Profile, query: &InputQuery, now: Timestamp) -> Profile {
-    let mut events: Vec<Event> = Vec::new();
+    let mut events: Vec<EventSeries> = Vec::new();
     for wanted in &query.events {
+        let Some(series) = profile.events.iter().find(|s| s.name == wanted.name) else { continue };
         let since = wanted
             .lookback_seconds
-            .map(|secs| now.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)));
-        let matching: Vec<&Event> = profile
-            .events
+            .map_or(i64::MIN, |secs| now.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)));
+        // Timestamps are sorted, so the kept occurrences are one contiguous range.
+        let mut lo = series.timestamps.partition_point(|t| *t < since);
+        let hi = series.timestamps.partition_point(|t| *t <= now);
+        if let Some(limit) = wanted.limit {
+            lo = lo.max(hi.saturating_sub(limit as usize));
+        }
+        if lo >= hi {
+            continue;
+        }
+        let properties = series
+            .properties
             .iter()
-            .filter(|e| e.name == wanted.name && e.timestamp <= now)
-            .filter(|e| since.is_none_or(|since| e.timestamp >= since))
+            .filter(|column| wanted.properties.contains(&column.name))
+            .map(|column| PropertyColumn { name: column.name.clone(), values: column.values[lo..hi].to_vec() })
             .collect();
-        let skip = match wanted.limit {
-            Some(limit) => matching.len().saturating_sub(limit as usize),
-            None => 0,
-        };
-        events.extend(matching.into_iter().skip(skip).map(|e| Event {
-            name: e.name.clone(),
-            timestamp: e.timestamp,
-            properties: e
-                .properties
-                .iter()
-                .filter(|p| wanted.properties.iter().any(|name| *name == p.name))
-                .cloned()
-                .collect(),
-        }));
+        events.push(EventSeries { name: series.name.clone(), timestamps: series.timestamps[lo..hi].to_vec(), properties });
     }
-    events.sort_by_key(|e| e.timestamp);
+    let named = |fields: &Option<Vec<Field>>, names: &[String]| {
+        (!names.is_empty()).then(|| {
+            fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect::<Vec<_>>()
+        })
+    };
     Profile {
         id: profile.id.clone(),
-        traits: profile.traits.iter().filter(|t| query.traits.contains(&t.name)).cloned().collect(),
+        traits: named(&profile.traits, &query.traits),
         events,
-        consents: if query.consents { profile.consents.clone() } else { Vec::new() },
-        contacts: if query.contacts { profile.contacts.clone() } else { Vec::new() },
-        segments: if query.segments { profile.segments.clone() } else { Vec::new() },
-        aggregates: profile
-            .aggregates
-            .iter()
-            .filter(|a| query.aggregates.contains(&a.name))
-            .cloned()
-            .collect(),
+        consents: whole(query.consents, &profile.consents),
+        contacts: whole(query.contacts, &profile.contacts),
+        segments: whole(query.segments, &profile.segments),
+        aggregates: named(&profile.aggregates, &query.aggregates),
         timezone: profile.timezone.clone(),
     }
+}
+
+/// A whole section when the plugin asked for it, else `None`.
+fn whole<T: Clone>(wanted: bool, section: &Option<Vec<T>>) -> Option<Vec<T>> {
+    wanted.then(|| section.clone().unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::wit::{EventQuery, Field, Value};
+    use crate::bindings::wit::{EventQuery, Value};
 
     const DAY: i64 = 86_400_000;
 
-    fn event(name: &str, at: i64) -> Event {
-        Event {
+    fn series(name: &str, days: &[i64]) -> EventSeries {
+        let column = |name: &str, value: Value| PropertyColumn { name: name.into(), values: vec![value; days.len()] };
+        EventSeries {
             name: name.into(),
-            timestamp: at,
-            properties: vec![
-                Field { name: "revenue".into(), value: Value::Number(10.0) },
-                Field { name: "noise".into(), value: Value::Text("x".into()) },
-            ],
+            timestamps: days.iter().map(|d| d * DAY).collect(),
+            properties: vec![column("revenue", Value::Number(10.0)), column("noise", Value::Text("x".into()))],
         }
     }
 
@@ -76,21 +75,15 @@ mod tests {
         let now = 100 * DAY;
         let profile = Profile {
             id: "p".into(),
-            traits: vec![Field { name: "first_name".into(), value: Value::Text("Ann".into()) }],
-            events: vec![
-                event("Order Completed", 10 * DAY),
-                event("Page Viewed", 50 * DAY),
-                event("Order Completed", 60 * DAY),
-                event("Order Completed", 90 * DAY),
-                event("Order Completed", 101 * DAY),
-            ],
-            consents: vec![],
-            contacts: vec![],
-            segments: vec![],
-            aggregates: vec![Field { name: "order_count".into(), value: Value::Integer(4) }],
+            traits: Some(vec![Field { name: "first_name".into(), value: Value::Text("Ann".into()) }]),
+            events: vec![series("Order Completed", &[10, 60, 90, 101]), series("Page Viewed", &[50])],
+            consents: Some(vec![]),
+            contacts: Some(vec![]),
+            segments: Some(vec![]),
+            aggregates: Some(vec![Field { name: "order_count".into(), value: Value::Integer(4) }]),
             timezone: None,
         };
-        let query = InputQuery {
+        let mut query = InputQuery {
             events: vec![EventQuery {
                 name: "Order Completed".into(),
                 lookback_seconds: Some(60 * 86_400),
@@ -105,9 +98,18 @@ mod tests {
         };
         let cut = filter_profile(&profile, &query, now);
         assert_eq!(cut.events.len(), 1, "{:?}", cut.events);
-        assert_eq!(cut.events[0].timestamp, 90 * DAY);
+        assert_eq!(cut.events[0].timestamps, [90 * DAY]);
         assert_eq!(cut.events[0].properties.len(), 1);
-        assert!(cut.traits.is_empty());
-        assert_eq!(cut.aggregates.len(), 1);
+        assert_eq!(cut.events[0].properties[0].values, [Value::Number(10.0)]);
+        assert_eq!(cut.traits, None, "undeclared sections are not sent");
+        assert_eq!(cut.consents, None);
+        assert_eq!(cut.aggregates.map(|a| a.len()), Some(1));
+
+        // The look-back includes its first instant; nothing after `now` is ever passed.
+        query.events[0].limit = None;
+        query.events[0].lookback_seconds = Some(40 * 86_400);
+        assert_eq!(filter_profile(&profile, &query, now).events[0].timestamps, [60 * DAY, 90 * DAY]);
+        query.events[0].lookback_seconds = Some(5 * 86_400);
+        assert!(filter_profile(&profile, &query, now).events.is_empty());
     }
 }

@@ -6,9 +6,9 @@
 use serde_json::{Map, Value as Json, json};
 
 use crate::bindings::wit::{
-    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, Consent, ContactKind, ContactPoint, Context, Event, EventQuery,
+    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries,
     Field, HttpMethod, HttpRequest, InputQuery, Membership, Message, Offer, Outcome, ParamKind, ParamSpec,
-    Profile, Purpose, RuleInfo, Tile, TileRequest, TilesInfo, Timestamp, Value, Verdict,
+    Profile, PropertyColumn, Purpose, RuleInfo, Tile, TileRequest, TilesInfo, Timestamp, Value, Verdict,
 };
 use crate::plugin::PluginInfo;
 
@@ -159,17 +159,22 @@ pub fn contact_kind_name(kind: ContactKind) -> &'static str {
 pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
     let path = "profile";
     let map = object(json, path)?;
-    let mut events = Vec::new();
+    // Flat events in, series by name out: (name, [(time, properties)]) in first-seen order.
+    let mut grouped: Vec<(String, Vec<(Timestamp, Vec<Field>)>)> = Vec::new();
     for (i, event) in array(map, "events", path)?.iter().enumerate() {
         let at = format!("{path}.events[{i}]");
         let e = object(event, &at)?;
-        events.push(Event {
-            name: string(e, "name", &at)?,
-            timestamp: timestamp_from_json(e.get("timestamp"), &format!("{at}.timestamp"))?,
-            properties: fields_from_json(e.get("properties"), &format!("{at}.properties"))?,
-        });
+        let name = string(e, "name", &at)?;
+        let occurrence = (
+            timestamp_from_json(e.get("timestamp"), &format!("{at}.timestamp"))?,
+            fields_from_json(e.get("properties"), &format!("{at}.properties"))?,
+        );
+        match grouped.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, list)) => list.push(occurrence),
+            None => grouped.push((name, vec![occurrence])),
+        }
     }
-    events.sort_by_key(|e| e.timestamp);
+    let events = grouped.into_iter().map(|(name, occurrences)| series_from(name, occurrences)).collect();
     let consents = match map.get("consents") {
         None | Some(Json::Null) => Vec::new(),
         Some(Json::Object(c)) => {
@@ -217,12 +222,12 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
     }
     Ok(Profile {
         id: string(map, "id", path)?,
-        traits: fields_from_json(map.get("traits"), &format!("{path}.traits"))?,
+        traits: Some(fields_from_json(map.get("traits"), &format!("{path}.traits"))?),
         events,
-        consents,
-        contacts,
-        segments,
-        aggregates: fields_from_json(map.get("aggregates"), &format!("{path}.aggregates"))?,
+        consents: Some(consents),
+        contacts: Some(contacts),
+        segments: Some(segments),
+        aggregates: Some(fields_from_json(map.get("aggregates"), &format!("{path}.aggregates"))?),
         timezone: opt_string(map, "timezone", path)?,
     })
 }
@@ -231,23 +236,57 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
 pub fn profile_to_json(profile: &Profile) -> Json {
     json!({
         "id": profile.id,
-        "traits": fields_to_json(&profile.traits),
-        "events": profile.events.iter().map(|e| json!({
-            "name": e.name,
-            "timestamp": timestamp_to_json(e.timestamp),
-            "properties": fields_to_json(&e.properties),
-        })).collect::<Vec<_>>(),
-        "consents": Json::Object(profile.consents.iter()
+        "traits": fields_to_json(profile.traits.as_deref().unwrap_or_default()),
+        "events": flat_events(profile),
+        "consents": Json::Object(profile.consents.iter().flatten()
             .map(|c| (purpose_name(c.purpose).to_string(), json!(c.granted))).collect()),
-        "contacts": profile.contacts.iter().map(|c| json!({
+        "contacts": profile.contacts.iter().flatten().map(|c| json!({
             "kind": contact_kind_name(c.kind), "address": c.address, "active": c.active,
         })).collect::<Vec<_>>(),
-        "segments": profile.segments.iter().map(|m| json!({
+        "segments": profile.segments.iter().flatten().map(|m| json!({
             "segment": m.segment, "label": m.label, "since": timestamp_to_json(m.since),
         })).collect::<Vec<_>>(),
-        "aggregates": fields_to_json(&profile.aggregates),
+        "aggregates": fields_to_json(profile.aggregates.as_deref().unwrap_or_default()),
         "timezone": profile.timezone,
     })
+}
+
+/// One event series from its occurrences in any order: sorted by time, with one column per
+/// property seen, `null` where an occurrence lacks it.
+pub fn series_from(name: String, mut occurrences: Vec<(Timestamp, Vec<Field>)>) -> EventSeries {
+    occurrences.sort_by_key(|(at, _)| *at);
+    let mut properties: Vec<PropertyColumn> = Vec::new();
+    for (row, (_, fields)) in occurrences.iter().enumerate() {
+        for field in fields {
+            let column = match properties.iter().position(|c| c.name == field.name) {
+                Some(i) => &mut properties[i],
+                None => {
+                    properties.push(PropertyColumn { name: field.name.clone(), values: vec![Value::Null; occurrences.len()] });
+                    properties.last_mut().expect("just pushed")
+                }
+            };
+            column.values[row] = field.value.clone();
+        }
+    }
+    EventSeries { name, timestamps: occurrences.iter().map(|(at, _)| *at).collect(), properties }
+}
+
+/// Every occurrence as `{"name", "timestamp", "properties"}`, oldest first.
+fn flat_events(profile: &Profile) -> Json {
+    let mut flat: Vec<(Timestamp, Json)> = Vec::new();
+    for series in &profile.events {
+        for (row, at) in series.timestamps.iter().enumerate() {
+            let properties: Map<String, Json> = series
+                .properties
+                .iter()
+                .filter(|c| !matches!(c.values.get(row), None | Some(Value::Null)))
+                .map(|c| (c.name.clone(), value_to_json(&c.values[row])))
+                .collect();
+            flat.push((*at, json!({ "name": series.name, "timestamp": timestamp_to_json(*at), "properties": properties })));
+        }
+    }
+    flat.sort_by_key(|(at, _)| *at);
+    Json::Array(flat.into_iter().map(|(_, event)| event).collect())
 }
 
 /// A call context from `{"now": ..., "params": {...}}`.
@@ -582,7 +621,7 @@ mod tests {
             "aggregates": {"order_count": 1},
         });
         let profile = profile_from_json(&input).unwrap();
-        assert_eq!(profile.events[0].timestamp, 1_767_312_000_000);
+        assert_eq!(profile.events[0].timestamps, [1_767_312_000_000]);
         let back = profile_from_json(&profile_to_json(&profile)).unwrap();
         assert_eq!(back, profile);
 

@@ -224,6 +224,20 @@ impl Plugin {
         check_size(verdict.map_err(CallError::Plugin)?, self.limits())
     }
 
+    /// One instance of a rule kept for many calls, for batch callers and benchmarks that
+    /// want the boundary cost without instantiation. Unlike [`Plugin::evaluate`], state the
+    /// guest keeps in its memory survives from one call to the next, so use it only for
+    /// profiles of one tenant.
+    pub fn rule_instance(&self) -> Result<RuleInstance, CallError> {
+        let Pre::Rule(pre) = &self.pre else {
+            return Err(CallError::WrongKind { function: "evaluate", kind: self.kind });
+        };
+        let limits = self.limits();
+        let mut store = self.runtime.new_store(self.label.clone(), limits);
+        let bindings = pre.instantiate(&mut store).map_err(|e| classify(e, store.data(), limits))?;
+        Ok(RuleInstance { store, bindings, limits })
+    }
+
     /// Ranks and personalises tiles for a slot.
     pub fn decide(
         &self,
@@ -317,6 +331,24 @@ impl Plugin {
     }
 }
 
+/// A rule instance reused across calls; see [`Plugin::rule_instance`].
+pub struct RuleInstance {
+    store: Store<CallState>,
+    bindings: crate::bindings::rule::SegmentRule,
+    limits: Limits,
+}
+
+impl RuleInstance {
+    /// Evaluates one profile, with the deadline re-armed for this call.
+    pub fn evaluate(&mut self, ctx: &Context, profile: &Profile) -> Result<Verdict, CallError> {
+        let ticks = self.limits.deadline.as_millis().max(1) as u64;
+        self.store.set_epoch_deadline(ticks);
+        let result = self.bindings.rekindle_plugin_rule().call_evaluate(&mut self.store, ctx, profile);
+        let verdict = result.map_err(|e| classify(e, self.store.data(), self.limits))?;
+        check_size(verdict.map_err(CallError::Plugin)?, self.limits)
+    }
+}
+
 fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallError {
     if let Some(wanted) = state.memory_exceeded {
         return CallError::OutOfMemory { wanted, cap: limits.memory_bytes };
@@ -324,6 +356,13 @@ fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallErro
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => CallError::Timeout(limits.deadline),
         Some(wasmtime::Trap::StackOverflow) => CallError::Trap("stack overflow".into()),
+        // A Rust guest's shadow stack sits at the bottom of linear memory, so overflowing it
+        // shows up as an access below address zero rather than as a native stack overflow.
+        Some(wasmtime::Trap::MemoryOutOfBounds) => CallError::Trap(
+            "out of bounds memory access; in a Rust plugin this usually means a stack overflow \
+             (deep or endless recursion in a 64 KiB stack)"
+                .into(),
+        ),
         Some(wasmtime::Trap::UnreachableCodeReached) if state.panic.is_some() => {
             CallError::Trap(state.panic.clone().unwrap_or_default())
         }

@@ -3,6 +3,7 @@
 //! customer who buys every 60 days qualifies on day 68, not on day 67.
 #![no_std]
 
+use rekindle_sdk::OneDecimal as D;
 use rekindle_sdk::prelude::*;
 
 const ORDER: &str = "Order Completed";
@@ -29,7 +30,7 @@ impl Rule for LapsingRepeatBuyer {
             return Ok(Verdict::not_member(format!("{orders} order(s); needs {min_orders}")));
         }
         let due = gap + grace;
-        let reason = format!("last order {since:.1} days ago; usual gap {gap:.1} + {grace} grace = {due:.1}");
+        let reason = format!("last order {} days ago; usual gap {} + {} grace = {}", D(since), D(gap), D(grace), D(due));
         Ok(Verdict::new(since >= due, reason))
     }
 }
@@ -50,8 +51,9 @@ mod tests {
     }
 
     fn buyer(order_days: &[i64]) -> Profile {
-        let events = order_days.iter().map(|d| Event { name: ORDER.into(), timestamp: days(*d), properties: vec![] }).collect();
-        Profile { id: "p".into(), traits: vec![], events, consents: vec![], contacts: vec![], segments: vec![], aggregates: vec![], timezone: None }
+        let mut profile = Profile::empty("p");
+        profile.events.push(EventSeries::at(ORDER, order_days.iter().map(|d| days(*d))));
+        profile
     }
 
     fn member(now_day: i64, orders: &[i64]) -> bool {
@@ -62,7 +64,9 @@ mod tests {
     fn a_sixty_day_buyer_lapses_on_day_68_not_67() {
         // Orders on days 0, 60, 120: a 60-day cycle; the last order is day 120.
         assert!(!member(120 + 67, &[0, 60, 120]));
-        assert!(member(120 + 68, &[0, 60, 120]));
+        let verdict = LapsingRepeatBuyer::evaluate(&ctx(188), &buyer(&[0, 60, 120])).unwrap();
+        assert!(verdict.member);
+        assert_eq!(verdict.reason, "last order 68.0 days ago; usual gap 60.0 + 8.0 grace = 68.0");
         let just_before = Context { now: days(188) - 1, ..ctx(0) };
         assert!(!LapsingRepeatBuyer::evaluate(&just_before, &buyer(&[0, 60, 120])).unwrap().member);
         assert_eq!(DAY, 86_400_000);

@@ -91,10 +91,10 @@ mod tests {
     fn ann() -> Profile {
         Profile {
             id: "ann".into(),
-            traits: vec![Field { name: "first_name".into(), value: Value::Text("Ann".into()) }],
-            events: vec![], consents: vec![], contacts: vec![],
-            segments: vec![Membership { segment: "lapsing".into(), label: None, since: 0 }],
-            aggregates: vec![Field { name: "favourite_category".into(), value: Value::Text("shoes".into()) }],
+            traits: Some(vec![Field { name: "first_name".into(), value: Value::Text("Ann".into()) }]),
+            events: vec![], consents: None, contacts: None,
+            segments: Some(vec![Membership { segment: "lapsing".into(), label: None, since: 0 }]),
+            aggregates: Some(vec![Field { name: "favourite_category".into(), value: Value::Text("shoes".into()) }]),
             timezone: None,
         }
     }

@@ -1,0 +1,166 @@
+//! The `rekindle` binary as a user meets it: inspect and run real components, and scaffold
+//! plugins of every kind that build, pass their test, and load into `rekindle serve`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rekindle_tests::components;
+use serde_json::{Value, json};
+
+fn rekindle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rekindle"))
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("spawning rekindle")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+#[test]
+fn inspect_shows_world_describe_imports_and_digest() {
+    let out = run(rekindle().args(["plugin", "inspect", "--json", components::RULE_LAPSING_REPEAT_BUYER]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["world"], "segment-rule");
+    assert_eq!(report["describe"]["name"], "lapsing-repeat-buyer");
+    assert_eq!(report["describe"]["params"][1]["name"], "grace_days");
+    assert_eq!(report["imports"], json!(["rekindle:plugin/log@0.1.0", "rekindle:plugin/types@0.1.0"]));
+    assert_eq!(report["sha256"].as_str().unwrap().len(), 64);
+    assert!(report["size"].as_u64().unwrap() > 1000);
+
+    let out = run(rekindle().args(["plugin", "inspect", components::HOSTILE_FORBIDDEN_IMPORT]));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("hostile_forbidden_import.wasm cannot be loaded"), "{err}");
+    assert!(err.contains("`acme:net/http-client`"), "{err}");
+
+    let out = run(rekindle().args(["plugin", "inspect", "Cargo.toml"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not a WebAssembly file"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn run_calls_a_component_with_a_json_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("case.json");
+    std::fs::write(
+        &case,
+        json!({
+            "context": {"now": "2026-05-09T00:00:00Z", "params": {"grace_days": 8}},
+            "profile": {"id": "ann", "events": [
+                {"name": "Order Completed", "timestamp": "2026-01-01T00:00:00Z"},
+                {"name": "Order Completed", "timestamp": "2026-03-02T00:00:00Z"}]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = run(rekindle().args(["plugin", "run", components::RULE_LAPSING_REPEAT_BUYER, "--input"]).arg(&case));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["verdict"]["member"], true, "{answer}");
+
+    std::fs::write(&case, r#"{"context": {"now": 0}, "profile": {"id": 5}}"#).unwrap();
+    let out = run(rekindle().args(["plugin", "run", components::RULE_LAPSING_REPEAT_BUYER, "--input"]).arg(&case));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("profile.id: must be a string"), "{}", text(&out.stderr));
+}
+
+/// Kills the server when the test ends, pass or fail.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cargo(dir: &Path, args: &[&str]) {
+    let target = workspace_root().join("target/scaffold");
+    let out = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("running cargo");
+    assert!(out.status.success(), "cargo {args:?} in {} failed:\n{}", dir.display(), text(&out.stderr));
+}
+
+#[tokio::test]
+async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for kind in ["rule", "channel", "tiles"] {
+        let name = format!("my-{kind}");
+        let dir = work.path().join(&name);
+        let out = run(rekindle().args(["plugin", "new", &name, "--kind", kind, "--dir"]).arg(&dir));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let printed = text(&out.stdout);
+        assert!(printed.contains("cargo build --release --target wasm32-wasip2"), "{printed}");
+        cargo(&dir, &["test", "--quiet"]);
+        cargo(&dir, &["build", "--release", "--target", "wasm32-wasip2", "--quiet"]);
+        let wasm = workspace_root().join(format!("target/scaffold/wasm32-wasip2/release/my_{kind}.wasm"));
+        std::fs::copy(&wasm, plugins.join(format!("my_{kind}.wasm"))).unwrap();
+    }
+    let again = run(rekindle().args(["plugin", "new", "my-rule", "--kind", "rule", "--dir"]).arg(work.path().join("my-rule")));
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
+
+    let port = free_port();
+    let _server = Server(
+        rekindle()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--plugins"])
+            .arg(&plugins)
+            .arg("--data-dir")
+            .arg(work.path().join("data"))
+            .env("REKINDLE_ADMIN_TOKEN", "scaffold-token")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health")).send().await {
+            let health: Value = r.json().await.unwrap();
+            assert_eq!(health["active_slots"], 3, "{health}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let invoke = |slot: &str, body: Value| {
+        let request = http.post(format!("{base}/admin/slots/{slot}/invoke")).bearer_auth("scaffold-token").json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let verdict = invoke("my-rule", json!({"context": {"now": "2026-02-01T00:00:00Z"}, "profile": {"id": "a", "events": [
+        {"name": "Order Completed", "timestamp": "2026-01-20T00:00:00Z"},
+        {"name": "Order Completed", "timestamp": "2026-01-25T00:00:00Z"}]}})).await;
+    assert_eq!(verdict["verdict"]["member"], true, "{verdict}");
+    let tiles = invoke("my-tiles", json!({"context": {"now": 0}, "request": {"slot": "home", "max_tiles": 1},
+        "offers": [{"id": "o1", "slot": "home", "title": "Hi {{first_name|there}}", "link": "/"}]})).await;
+    assert_eq!(tiles["tiles"][0]["title"], "Hi there", "{tiles}");
+    let requests = invoke("my-channel", json!({"context": {"now": 0}, "message": {"idempotency_key": "k",
+        "profile_id": "a", "to": "+15551234567", "text": "hello"}})).await;
+    assert_eq!(requests["requests"][0]["url"], "https://api.acme-sms.example/v1/messages", "{requests}");
+}
