@@ -160,7 +160,7 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
     let path = "profile";
     let map = object(json, path)?;
     // Flat events in, series by name out: (name, [(time, properties)]) in first-seen order.
-    let mut grouped: Vec<(String, Vec<(Timestamp, Vec<Field>)>)> = Vec::new();
+    let mut grouped: Vec<(String, Vec<Row>)> = Vec::new();
     for (i, event) in array(map, "events", path)?.iter().enumerate() {
         let at = format!("{path}.events[{i}]");
         let e = object(event, &at)?;
@@ -251,9 +251,12 @@ pub fn profile_to_json(profile: &Profile) -> Json {
     })
 }
 
+/// One occurrence: when, and its properties.
+pub type Row = (Timestamp, Vec<Field>);
+
 /// One event series from its occurrences in any order: sorted by time, with one column per
 /// property seen, `null` where an occurrence lacks it.
-pub fn series_from(name: String, mut occurrences: Vec<(Timestamp, Vec<Field>)>) -> EventSeries {
+pub fn series_from(name: String, mut occurrences: Vec<Row>) -> EventSeries {
     occurrences.sort_by_key(|(at, _)| *at);
     let mut properties: Vec<PropertyColumn> = Vec::new();
     for (row, (_, fields)) in occurrences.iter().enumerate() {
