@@ -4,7 +4,10 @@
 //! are wasted work, and its bookkeeping touches extra pages that each cost a page fault on
 //! a fresh heap. Bumping a pointer touches only the bytes handed out. When the last live
 //! allocation is freed (after a call, once the host has read the results) the heap starts
-//! over from its base, so an instance reused for many calls does not grow either.
+//! over from its base, so an instance reused for many calls does not grow either, as long
+//! as the plugin frees everything it allocates. A plugin that keeps an allocation alive
+//! across calls (a lazily built table, `Box::leak`) stops the reset, and a reused instance
+//! then grows until its memory cap; the host's fresh instance per call never sees this.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;

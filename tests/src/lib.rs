@@ -9,6 +9,17 @@ pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+/// A runtime whose deadlines are generous, for tests that check anything but time: a test
+/// thread descheduled for a few milliseconds on a busy machine must not fail a healthy call.
+pub fn patient_runtime() -> rekindle_runtime::Runtime {
+    rekindle_runtime::Runtime::new(rekindle_runtime::RuntimeConfig {
+        limits: rekindle_runtime::KindLimits::default().with_deadline(std::time::Duration::from_secs(5)),
+        max_instances: 100,
+        cache_dir: None,
+    })
+    .expect("engine")
+}
+
 /// One day in milliseconds.
 pub const DAY: i64 = 86_400_000;
 

@@ -12,7 +12,7 @@ use rekindle_tests::{DAY, buyer, component, components, context, realistic_profi
 use serde_json::json;
 
 fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig { max_instances: 50, ..RuntimeConfig::default() }).expect("engine")
+    rekindle_tests::patient_runtime()
 }
 
 fn lapsing(runtime: &Runtime) -> Plugin {
@@ -151,6 +151,9 @@ fn swaps_are_atomic_in_flight_calls_never_fail_and_rollback_restores() {
     let runtime = runtime();
     let registry = Arc::new(Registry::new(runtime));
     let rule = component(components::RULE_LAPSING_REPEAT_BUYER);
+    for bad in ["", "..", ".", "Lapsing", "a/b"] {
+        assert!(matches!(registry.upload(bad, &rule), Err(rekindle_runtime::RegistryError::InvalidSlot(_))), "{bad:?}");
+    }
     let v1 = registry.install("lapsing", &rule).unwrap();
     assert_eq!(v1.version, 1);
     // The same bytes again are the same version, not a new one.
@@ -206,7 +209,11 @@ fn swaps_are_atomic_in_flight_calls_never_fail_and_rollback_restores() {
 #[test]
 fn compiled_artifacts_are_cached_on_disk_and_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = || RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), max_instances: 10, ..RuntimeConfig::default() };
+    let config = || RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 10,
+        limits: rekindle_runtime::KindLimits::default().with_deadline(std::time::Duration::from_secs(5)),
+    };
     let first = Runtime::new(config()).unwrap();
     let plugin = lapsing(&first);
     let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).collect();

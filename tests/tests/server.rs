@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rekindle_runtime::{Registry, Runtime, RuntimeConfig};
+use rekindle_runtime::Registry;
 use rekindle_server::{AppState, SlotStore, app};
 use rekindle_tests::{component, components};
 use serde_json::{Value, json};
@@ -15,11 +15,11 @@ const TOKEN: &str = "test-admin-token";
 
 /// Starts a server over the slot store in `data`, restoring what it recorded.
 async fn start(data: &Path) -> SocketAddr {
-    let runtime = Runtime::new(RuntimeConfig { max_instances: 100, ..RuntimeConfig::default() }).unwrap();
+    let runtime = rekindle_tests::patient_runtime();
     let registry = Arc::new(Registry::new(runtime));
     let store = Arc::new(SlotStore::open(data.join("slots")).unwrap());
     store.restore(&registry).unwrap();
-    let state = AppState { registry, slot_store: Some(store), admin_token: Some(TOKEN.into()) };
+    let state = AppState::new(registry, Some(store), Some(TOKEN.into()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
@@ -110,8 +110,11 @@ async fn upload_activate_invoke_rollback_and_clear_errors() {
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("version")));
     let (status, _) = client.admin_post("/admin/slots/lapsing/activate", r#"{"version": 9}"#).await;
     assert_eq!(status, 404);
-    let (status, body) = client.admin_post("/admin/slots/Bad%20Slot/versions", rule.clone()).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("slot")));
+    // (`..` itself never reaches the server: HTTP clients resolve dot segments.)
+    for bad_slot in ["Bad%20Slot", ".hidden", "a..b%2F"] {
+        let (status, body) = client.admin_post(&format!("/admin/slots/{bad_slot}/versions"), rule.clone()).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("slot")), "{bad_slot}: {body}");
+    }
 
     // Components that cannot serve the slot are refused with the reason.
     let (status, body) = client.admin_post("/admin/slots/lapsing/versions", "not wasm at all").await;

@@ -36,6 +36,9 @@ enum PluginCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The deadline for describe(), in milliseconds; the host's default when omitted.
+        #[arg(long)]
+        deadline_ms: Option<u64>,
     },
     /// Call a component once with a JSON input, as the host would: the local test harness.
     Run {
@@ -44,6 +47,9 @@ enum PluginCommand {
         /// A JSON file with "context" and, by kind, "profile", "request"/"offers" or "message".
         #[arg(long)]
         input: PathBuf,
+        /// The call's deadline in milliseconds; the host's default for the kind when omitted.
+        #[arg(long)]
+        deadline_ms: Option<u64>,
     },
     /// Create a plugin crate that builds and passes its test on the first try.
     New {
@@ -74,8 +80,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Plugin(PluginCommand::Inspect { file, json }) => plugin::inspect(&file, json),
-        Command::Plugin(PluginCommand::Run { file, input }) => plugin::run(&file, &input),
+        Command::Plugin(PluginCommand::Inspect { file, json, deadline_ms }) => plugin::inspect(&file, json, deadline_ms),
+        Command::Plugin(PluginCommand::Run { file, input, deadline_ms }) => plugin::run(&file, &input, deadline_ms),
         Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {
             scaffold::new_plugin(&name, kind, dir, sdk_path)
         }

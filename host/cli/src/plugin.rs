@@ -1,20 +1,25 @@
 //! `rekindle plugin inspect` and `rekindle plugin run`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use rekindle_runtime::{Plugin, Runtime, RuntimeConfig, json};
+use rekindle_runtime::{KindLimits, Plugin, Runtime, RuntimeConfig, json};
 use serde_json::json;
 
-fn load(file: &Path) -> anyhow::Result<Plugin> {
+fn load(file: &Path, deadline_ms: Option<u64>) -> anyhow::Result<Plugin> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let runtime = Runtime::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() })
+    let mut limits = KindLimits::default();
+    if let Some(ms) = deadline_ms {
+        limits = limits.with_deadline(Duration::from_millis(ms));
+    }
+    let runtime = Runtime::new(RuntimeConfig { max_instances: 4, limits, cache_dir: None })
         .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
     Plugin::load(&runtime, &bytes).with_context(|| format!("{} cannot be loaded", file.display()))
 }
 
-pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<()> {
-    let plugin = load(file)?;
+pub fn inspect(file: &Path, as_json: bool, deadline_ms: Option<u64>) -> anyhow::Result<()> {
+    let plugin = load(file, deadline_ms)?;
     let describe = json::info_to_json(plugin.info());
     if as_json {
         let report = json!({
@@ -38,8 +43,8 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(file: &Path, input: &Path) -> anyhow::Result<()> {
-    let plugin = load(file)?;
+pub fn run(file: &Path, input: &Path, deadline_ms: Option<u64>) -> anyhow::Result<()> {
+    let plugin = load(file, deadline_ms)?;
     let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", input.display()))?;

@@ -25,8 +25,22 @@ fn valid_crate_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
-/// `rule-vip` becomes `RuleVip`.
+/// Names the prelude already brings into a plugin's scope.
+const PRELUDE: &[&str] = &[
+    "AdapterInfo", "AudienceChange", "AudienceMember", "Box", "Channel", "ChannelKind", "ContactKind",
+    "Context", "EventQuery", "EventSeries", "Field", "HttpMethod", "HttpRequest", "HttpResponse",
+    "InputQuery", "Message", "Occurrence", "Offer", "Outcome", "ParamKind", "ParamSpec", "Profile",
+    "Purpose", "Rule", "RuleInfo", "String", "Tile", "TileRequest", "Tiles", "TilesInfo", "Timestamp",
+    "ToOwned", "ToString", "Value", "Vec", "Verdict",
+];
+
+/// `rule-vip` becomes `RuleVip`; a name the prelude already uses gets `Plugin` appended.
 fn type_name(name: &str) -> String {
+    let ty = camel_case(name);
+    if PRELUDE.contains(&ty.as_str()) { format!("{ty}Plugin") } else { ty }
+}
+
+fn camel_case(name: &str) -> String {
     name.split(['-', '_'])
         .filter(|part| !part.is_empty())
         .map(|part| {
@@ -86,6 +100,8 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(type_name("rule-vip_buyers"), "RuleVipBuyers");
+        assert_eq!(type_name("rule"), "RulePlugin");
+        assert_eq!(type_name("tiles"), "TilesPlugin");
         assert!(valid_crate_name("channel-acme"));
         assert!(!valid_crate_name("1rule"));
         assert!(!valid_crate_name("Rule"));

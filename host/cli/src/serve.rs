@@ -63,11 +63,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.admin_token.is_none() {
         tracing::warn!("no admin token: the admin API is disabled (set REKINDLE_ADMIN_TOKEN)");
     }
-    let state = AppState {
-        registry,
-        slot_store: Some(slot_store),
-        admin_token: config.admin_token.map(Into::into),
-    };
+    let state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into));
     let listen = config.listen;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -100,7 +96,7 @@ fn seed_from_dir(registry: &Registry, store: &SlotStore, dir: &Path) -> anyhow::
             continue;
         }
         registry.activate(&slot, uploaded.version)?;
-        store.record_activate(&slot, uploaded.version)?;
+        store.record_activate(&slot, &uploaded.digest)?;
         tracing::info!(slot, version = uploaded.version, name = uploaded.name, "loaded {}", file.display());
     }
     Ok(())

@@ -27,7 +27,7 @@ fn workspace_root() -> PathBuf {
 
 #[test]
 fn inspect_shows_world_describe_imports_and_digest() {
-    let out = run(rekindle().args(["plugin", "inspect", "--json", components::RULE_LAPSING_REPEAT_BUYER]));
+    let out = run(rekindle().args(["plugin", "inspect", "--deadline-ms", "5000", "--json", components::RULE_LAPSING_REPEAT_BUYER]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["world"], "segment-rule");
@@ -63,13 +63,13 @@ fn run_calls_a_component_with_a_json_case() {
         .to_string(),
     )
     .unwrap();
-    let out = run(rekindle().args(["plugin", "run", components::RULE_LAPSING_REPEAT_BUYER, "--input"]).arg(&case));
+    let out = run(rekindle().args(["plugin", "run", "--deadline-ms", "5000", components::RULE_LAPSING_REPEAT_BUYER, "--input"]).arg(&case));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["verdict"]["member"], true, "{answer}");
 
     std::fs::write(&case, r#"{"context": {"now": 0}, "profile": {"id": 5}}"#).unwrap();
-    let out = run(rekindle().args(["plugin", "run", components::RULE_LAPSING_REPEAT_BUYER, "--input"]).arg(&case));
+    let out = run(rekindle().args(["plugin", "run", "--deadline-ms", "5000", components::RULE_LAPSING_REPEAT_BUYER, "--input"]).arg(&case));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("profile.id: must be a string"), "{}", text(&out.stderr));
 }
@@ -120,10 +120,19 @@ async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
 
+    // Generous deadlines: the cargo builds above may still be winding down on two cores.
+    let config = work.path().join("rekindle.toml");
+    std::fs::write(&config, "[limits]\nrule_deadline_ms = 5000\ntiles_deadline_ms = 5000\nchannel_deadline_ms = 5000\n").unwrap();
+    let bad = run(rekindle().args(["serve", "--config"]).arg(work.path().join("my-rule/Cargo.toml")));
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("is not a valid Rekindle config"), "{}", text(&bad.stderr));
     let port = free_port();
     let _server = Server(
         rekindle()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--plugins"])
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--plugins"])
             .arg(&plugins)
             .arg("--data-dir")
             .arg(work.path().join("data"))

@@ -49,8 +49,10 @@ impl ArtifactCache {
             Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let serialized =
             component.serialize().map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        write_atomically(&self.dir, &path, &serialized)
-            .map_err(|source| LoadError::Cache { path: path.display().to_string(), source })?;
+        // A cache that cannot be written costs a recompile next time, not this load.
+        if let Err(err) = write_atomically(&self.dir, &path, &serialized) {
+            tracing::warn!(path = %path.display(), "not caching the compiled component: {err}");
+        }
         Ok(component)
     }
 }
@@ -58,7 +60,10 @@ impl ArtifactCache {
 /// Writes through a temporary file and a rename, so a crash never leaves half an artifact.
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Unique per writer, so two loads of the same component never share a temporary file.
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

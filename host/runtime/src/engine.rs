@@ -65,6 +65,15 @@ impl Default for KindLimits {
 }
 
 impl KindLimits {
+    /// The same deadline for every kind, for tools and tests where wall-clock time is not
+    /// what is being checked.
+    pub fn with_deadline(mut self, deadline: Duration) -> KindLimits {
+        for limits in [&mut self.rule, &mut self.tiles, &mut self.channel] {
+            limits.deadline = deadline;
+        }
+        self
+    }
+
     /// The limits for one kind.
     pub fn of(&self, kind: Kind) -> Limits {
         match kind {
@@ -125,7 +134,8 @@ impl Runtime {
         // The only imports a plugin gets: the contract's types and its log.
         SegmentRule::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
         let cache = config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
-        let ticker = EpochTicker::start(engine.clone());
+        // Without the ticker no deadline would ever fire, so failing to start it is fatal.
+        let ticker = EpochTicker::start(engine.clone())?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -179,7 +189,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<EpochTicker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -189,9 +199,8 @@ impl EpochTicker {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
-            })
-            .ok();
-        EpochTicker { stop, thread }
+            })?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
     }
 }
 
@@ -208,6 +217,8 @@ impl Drop for EpochTicker {
 pub(crate) struct CallState {
     plugin: Arc<str>,
     memory_cap: usize,
+    /// Bytes of linear memory across all of the instance's memories.
+    memory_total: usize,
     log_cap: usize,
     pub(crate) memory_exceeded: Option<usize>,
     pub(crate) log: String,
@@ -223,6 +234,7 @@ impl CallState {
         CallState {
             plugin,
             memory_cap: limits.memory_bytes,
+            memory_total: 0,
             log_cap: limits.log_bytes,
             memory_exceeded: None,
             log: String::new(),
@@ -247,16 +259,19 @@ impl RuntimeInner {
 impl wasmtime::ResourceLimiter for CallState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
-            self.memory_exceeded = Some(desired);
+        // The cap is for the whole instance: a component may hold several core memories.
+        let total = self.memory_total + desired.saturating_sub(current);
+        if total > self.memory_cap {
+            self.memory_exceeded = Some(total);
             // Trapping here, rather than failing the grow, stops the guest at the allocation
             // that broke the cap instead of at whatever its allocator does next.
             wasmtime::bail!("memory cap of {} bytes exceeded", self.memory_cap);
         }
+        self.memory_total = total;
         Ok(true)
     }
 

@@ -21,8 +21,8 @@ pub enum LoadError {
     ForbiddenImport { import: String, hint: &'static str },
     /// The component exports none of the plugin interfaces.
     #[error(
-        "the component exports none of rekindle:plugin/rule, adapter or tiles at version 0.1 \
-         (it exports: {exports})"
+        "the component exports none of rekindle:plugin/rule@0.1.0, rekindle:plugin/adapter@0.1.0 \
+         or rekindle:plugin/tiles@0.1.0 (it exports: {exports})"
     )]
     NotAPlugin { exports: String },
     /// The component is a plugin of another kind than the slot holds.
@@ -88,7 +88,7 @@ impl CallError {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The slot name is empty or has characters outside `[a-z0-9._-]`.
-    #[error("invalid slot name `{0}`: use 1 to 64 of a-z, 0-9, '.', '_' and '-'")]
+    #[error("invalid slot name `{0}`: use 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit")]
     InvalidSlot(String),
     /// No slot of that name.
     #[error("no slot named `{0}`")]

@@ -20,6 +20,11 @@ pub struct JsonError {
     pub problem: String,
 }
 
+/// The most events one JSON profile may carry.
+pub const MAX_EVENTS: usize = 10_000;
+/// The most distinct event property names one JSON profile may use.
+pub const MAX_PROPERTY_NAMES: usize = 100;
+
 fn err(path: &str, problem: impl Into<String>) -> JsonError {
     JsonError { path: path.to_string(), problem: problem.into() }
 }
@@ -161,7 +166,13 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
     let map = object(json, path)?;
     // Flat events in, series by name out: (name, [(time, properties)]) in first-seen order.
     let mut grouped: Vec<(String, Vec<Row>)> = Vec::new();
-    for (i, event) in array(map, "events", path)?.iter().enumerate() {
+    let mut series_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut property_names: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let events = array(map, "events", path)?;
+    if events.len() > MAX_EVENTS {
+        return Err(err(&format!("{path}.events"), format!("has {} events; at most {MAX_EVENTS} are accepted", events.len())));
+    }
+    for (i, event) in events.iter().enumerate() {
         let at = format!("{path}.events[{i}]");
         let e = object(event, &at)?;
         let name = string(e, "name", &at)?;
@@ -169,9 +180,17 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
             timestamp_from_json(e.get("timestamp"), &format!("{at}.timestamp"))?,
             fields_from_json(e.get("properties"), &format!("{at}.properties"))?,
         );
-        match grouped.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, list)) => list.push(occurrence),
-            None => grouped.push((name, vec![occurrence])),
+        // Columns are dense, so distinct property names multiply memory by the event count.
+        property_names.extend(occurrence.1.iter().map(|f| f.name.clone()));
+        if property_names.len() > MAX_PROPERTY_NAMES {
+            return Err(err(&format!("{at}.properties"), format!("more than {MAX_PROPERTY_NAMES} distinct property names across the events")));
+        }
+        match series_of.get(&name) {
+            Some(&index) => grouped[index].1.push(occurrence),
+            None => {
+                series_of.insert(name.clone(), grouped.len());
+                grouped.push((name, vec![occurrence]));
+            }
         }
     }
     let events = grouped.into_iter().map(|(name, occurrences)| series_from(name, occurrences)).collect();
@@ -259,16 +278,14 @@ pub type Row = (Timestamp, Vec<Field>);
 pub fn series_from(name: String, mut occurrences: Vec<Row>) -> EventSeries {
     occurrences.sort_by_key(|(at, _)| *at);
     let mut properties: Vec<PropertyColumn> = Vec::new();
+    let mut column_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (row, (_, fields)) in occurrences.iter().enumerate() {
         for field in fields {
-            let column = match properties.iter().position(|c| c.name == field.name) {
-                Some(i) => &mut properties[i],
-                None => {
-                    properties.push(PropertyColumn { name: field.name.clone(), values: vec![Value::Null; occurrences.len()] });
-                    properties.last_mut().expect("just pushed")
-                }
-            };
-            column.values[row] = field.value.clone();
+            let index = *column_of.entry(field.name.clone()).or_insert_with(|| {
+                properties.push(PropertyColumn { name: field.name.clone(), values: vec![Value::Null; occurrences.len()] });
+                properties.len() - 1
+            });
+            properties[index].values[row] = field.value.clone();
         }
     }
     EventSeries { name, timestamps: occurrences.iter().map(|(at, _)| *at).collect(), properties }
@@ -631,6 +648,11 @@ mod tests {
         let bad = json!({"id": "u1", "events": [{"name": "x", "timestamp": "yesterday"}]});
         let e = profile_from_json(&bad).unwrap_err();
         assert_eq!(e.path, "profile.events[0].timestamp");
+        let many: Vec<Json> = (0..=MAX_PROPERTY_NAMES)
+            .map(|i| json!({"name": "e", "timestamp": i, "properties": {format!("p{i}"): 1}}))
+            .collect();
+        let e = profile_from_json(&json!({"id": "u1", "events": many})).unwrap_err();
+        assert_eq!(e.path, format!("profile.events[{MAX_PROPERTY_NAMES}].properties"));
         let bad = json!({"id": "u1", "consents": {"fax": true}});
         assert_eq!(profile_from_json(&bad).unwrap_err().path, "profile.consents.fax");
     }

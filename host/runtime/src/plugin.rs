@@ -416,7 +416,8 @@ impl<T: OutputSize> OutputSize for Option<T> {
 
 impl<T: OutputSize> OutputSize for Vec<T> {
     fn output_size(&self) -> usize {
-        self.iter().map(OutputSize::output_size).sum::<usize>() + self.len()
+        // Each element also costs its own size on the host, even when it holds nothing.
+        self.iter().map(OutputSize::output_size).sum::<usize>() + self.len() * size_of::<T>()
     }
 }
 
@@ -469,12 +470,8 @@ impl OutputSize for Outcome {
 
 impl OutputSize for PluginInfo {
     fn output_size(&self) -> usize {
-        // describe() is called once per load; a generous fixed bound is enough.
-        let text = |s: &String| s.len();
-        match self {
-            PluginInfo::Rule(i) => text(&i.name) + text(&i.summary) + i.params.len() * 64,
-            PluginInfo::Channel(i) => text(&i.name) + text(&i.summary) + i.params.len() * 64,
-            PluginInfo::Tiles(i) => text(&i.name) + text(&i.summary) + i.params.len() * 64,
-        }
+        // describe() runs once per load, so measuring its whole JSON form is cheap enough,
+        // and it counts every string: names, docs, defaults, hosts, secrets, the query.
+        serde_json::to_string(&crate::json::info_to_json(self)).map_or(usize::MAX, |s| s.len())
     }
 }

@@ -49,6 +49,8 @@ impl ApiError {
             ApiError::Plugin(CallError::NotLoaded(_)) => StatusCode::NOT_FOUND,
             ApiError::Plugin(CallError::WrongKind { .. }) => StatusCode::CONFLICT,
             ApiError::Plugin(CallError::Plugin(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Every sandbox is busy: the host is at capacity, the plugin did nothing wrong.
+            ApiError::Plugin(CallError::Instantiate(_)) => StatusCode::SERVICE_UNAVAILABLE,
             // The plugin misbehaved, not the caller or the host.
             ApiError::Plugin(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,6 +91,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::NothingToRollBack(_) => ApiError::Conflict(err.to_string()),
             RegistryError::Load(LoadError::WrongWorld { .. }) => ApiError::Conflict(err.to_string()),
             RegistryError::Load(LoadError::Cache { .. }) => ApiError::Internal(err.to_string()),
+            RegistryError::Load(LoadError::Describe(ref call)) if matches!(**call, CallError::Instantiate(_)) => {
+                ApiError::Plugin((**call).clone())
+            }
             RegistryError::Load(_) => ApiError::Unprocessable(err.to_string()),
         }
     }

@@ -2,7 +2,8 @@
 //! serves exactly what was active before.
 //!
 //! Layout: `DIR/<slot>/<sha256>.wasm` for each version, and `DIR/<slot>/slot.json` holding
-//! the version order and the log of activations and rollbacks.
+//! the version order and the log of activations (by digest, so a version number that came
+//! out differently on replay can never activate the wrong component) and rollbacks.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -28,10 +29,10 @@ struct SlotFile {
     ops: Vec<Op>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Op {
-    Activate(u32),
+    Activate(String),
     Rollback,
 }
 
@@ -93,9 +94,9 @@ impl SlotStore {
         self.write(slot, &file)
     }
 
-    /// Records an activation.
-    pub fn record_activate(&self, slot: &str, version: u32) -> Result<(), SlotStoreError> {
-        self.append(slot, Op::Activate(version))
+    /// Records an activation of the version with `digest`.
+    pub fn record_activate(&self, slot: &str, digest: &str) -> Result<(), SlotStoreError> {
+        self.append(slot, Op::Activate(digest.to_string()))
     }
 
     /// Records a rollback.
@@ -123,14 +124,22 @@ impl SlotStore {
         for slot in slots {
             let file = self.read(&slot)?;
             let fail = |source| SlotStoreError::Restore { slot: slot.clone(), source };
+            let mut versions = std::collections::HashMap::new();
             for digest in &file.versions {
                 let path = self.dir.join(&slot).join(format!("{digest}.wasm"));
                 let bytes = std::fs::read(&path).map_err(io(&path))?;
-                registry.upload(&slot, &bytes).map_err(fail)?;
+                let uploaded = registry.upload(&slot, &bytes).map_err(fail)?;
+                versions.insert(digest.as_str(), uploaded.version);
             }
             for op in &file.ops {
                 match op {
-                    Op::Activate(version) => registry.activate(&slot, *version).map(drop),
+                    Op::Activate(digest) => match versions.get(digest.as_str()) {
+                        Some(version) => registry.activate(&slot, *version).map(drop),
+                        None => {
+                            tracing::warn!(slot, digest, "activation of a component that was never stored; skipped");
+                            Ok(())
+                        }
+                    },
                     Op::Rollback => registry.rollback(&slot).map(drop),
                 }
                 .map_err(fail)?;

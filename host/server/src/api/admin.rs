@@ -68,6 +68,7 @@ async fn upload(
     }
     let registry = state.registry.clone();
     let (slot, uploaded) = blocking(move || {
+        let _write = state.admin_write();
         let uploaded = registry.upload(&slot, &body)?;
         if let Some(store) = &state.slot_store {
             store.record_upload(&slot, &uploaded.digest, &body).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -75,7 +76,7 @@ async fn upload(
         let uploaded = if query.activate {
             let active = registry.activate(&slot, uploaded.version)?;
             if let Some(store) = &state.slot_store {
-                store.record_activate(&slot, active.version).map_err(|e| ApiError::Internal(e.to_string()))?;
+                store.record_activate(&slot, &active.digest).map_err(|e| ApiError::Internal(e.to_string()))?;
             }
             active
         } else {
@@ -97,15 +98,17 @@ async fn activate(State(state): State<AppState>, Path(slot): Path<String>, body:
     let value = parse_json(&body)?;
     let ActivateBody { version } = serde_json::from_value(value)
         .map_err(|_| ApiError::field("version", "`version` must be a positive whole number"))?;
+    let _write = state.admin_write();
     let active = state.registry.activate(&slot, version)?;
     if let Some(store) = &state.slot_store {
-        store.record_activate(&slot, version).map_err(|e| ApiError::Internal(e.to_string()))?;
+        store.record_activate(&slot, &active.digest).map_err(|e| ApiError::Internal(e.to_string()))?;
     }
     tracing::info!(slot, version, "version activated");
     Ok(Json(json!({ "slot": slot, "active": active })))
 }
 
 async fn rollback(State(state): State<AppState>, Path(slot): Path<String>) -> Result<Json<Value>, ApiError> {
+    let _write = state.admin_write();
     let active = state.registry.rollback(&slot)?;
     if let Some(store) = &state.slot_store {
         store.record_rollback(&slot).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -1,4 +1,4 @@
-//! Returns a verdict whose reason is 4 MiB; the output limit must refuse it.
+//! Returns a verdict whose reason is 1 MiB; the output limit must refuse it.
 #![no_std]
 use rekindle_sdk::prelude::*;
 
@@ -11,7 +11,7 @@ impl Rule for Verbose {
     }
 
     fn evaluate(_: &Context, _: &Profile) -> Result<Verdict, String> {
-        Ok(Verdict::member("x".repeat(4 << 20)))
+        Ok(Verdict::member("x".repeat(1 << 20)))
     }
 }
 
