@@ -18,6 +18,18 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub max_instances: u32,
     pub limits: LimitsConfig,
+    /// The SQLite database; defaults to `DATA_DIR/rekindle.db`.
+    pub sqlite_path: Option<PathBuf>,
+    /// Sources that may send events, each with its write key.
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One event source (a website, an app) and its write key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub write_key: String,
 }
 
 /// Per-kind limits, in milliseconds and mebibytes.
@@ -39,6 +51,8 @@ impl Default for Config {
             admin_token: None,
             max_instances: 1000,
             limits: LimitsConfig::default(),
+            sqlite_path: None,
+            sources: Vec::new(),
         }
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use rekindle_runtime::{Registry, Runtime, RuntimeConfig};
-use rekindle_server::{AppState, SlotStore};
+use rekindle_server::{AppState, Ingestion, SlotStore};
+use rekindle_store::{EventMapping, Store};
 
-use crate::config::Config;
+use crate::config::{Config, SourceConfig};
 
 /// Flags for `rekindle serve`; each overrides the config file.
 #[derive(clap::Args)]
@@ -28,6 +29,18 @@ pub struct ServeArgs {
     /// Bearer token for the admin API; without one the admin API is disabled.
     #[arg(long, env = "REKINDLE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// An event source as NAME=WRITE_KEY; repeat for several.
+    #[arg(long = "source", value_parser = parse_source)]
+    sources: Vec<SourceConfig>,
+}
+
+fn parse_source(text: &str) -> Result<SourceConfig, String> {
+    match text.split_once('=') {
+        Some((name, key)) if !name.is_empty() && !key.is_empty() => {
+            Ok(SourceConfig { name: name.to_string(), write_key: key.to_string() })
+        }
+        _ => Err(format!("`{text}` is not NAME=WRITE_KEY")),
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -45,6 +58,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.data_dir = args.data_dir.unwrap_or(config.data_dir);
     config.plugins_dir = args.plugins.or(config.plugins_dir);
     config.admin_token = args.admin_token.or(config.admin_token);
+    config.sources.extend(args.sources);
 
     let runtime = Runtime::new(RuntimeConfig {
         limits: config.kind_limits(),
@@ -63,7 +77,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.admin_token.is_none() {
         tracing::warn!("no admin token: the admin API is disabled (set REKINDLE_ADMIN_TOKEN)");
     }
-    let state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into));
+    let sqlite_path = config.sqlite_path.clone().unwrap_or_else(|| config.data_dir.join("rekindle.db"));
+    let store = Store::open_sqlite(&sqlite_path, EventMapping::default())
+        .with_context(|| format!("opening the customer database {}", sqlite_path.display()))?;
+    tracing::info!(path = %sqlite_path.display(), "customer data on SQLite");
+    if config.sources.is_empty() {
+        tracing::warn!("no event sources: ingestion refuses every write key (add --source NAME=WRITE_KEY)");
+    }
+    let sources = config.sources.iter().map(|s| (s.write_key.clone(), s.name.clone())).collect();
+    let state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
+        .with_ingestion(Ingestion { store, sources });
     let listen = config.listen;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

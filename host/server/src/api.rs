@@ -2,3 +2,6 @@
 
 pub(crate) mod admin;
 pub(crate) mod health;
+pub(crate) mod ingest;
+pub(crate) mod profiles;
+pub(crate) mod segment;

@@ -24,6 +24,15 @@ pub enum ApiError {
     /// The uploaded component cannot be used.
     #[error("{0}")]
     Unprocessable(String),
+    /// The body is over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A part of the host this request needs is not configured or not running.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The store failed; details go to the log only.
+    #[error("the store could not complete the request")]
+    Store(String),
     /// The plugin failed while handling the request.
     #[error("{0}")]
     Plugin(CallError),
@@ -53,7 +62,9 @@ impl ApiError {
             ApiError::Plugin(CallError::Instantiate(_)) => StatusCode::SERVICE_UNAVAILABLE,
             // The plugin misbehaved, not the caller or the host.
             ApiError::Plugin(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,13 +77,16 @@ impl ApiError {
             ApiError::Unprocessable(_) => "invalid_component",
             ApiError::Plugin(e) => e.code(),
             ApiError::Internal(_) => "internal",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Store(_) => "store",
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
+        if let ApiError::Internal(detail) | ApiError::Store(detail) = &self {
             tracing::error!("internal error: {detail}");
         }
         let mut error = json!({ "code": self.code(), "message": self.to_string() });

@@ -5,10 +5,12 @@ mod api;
 mod error;
 mod slots;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use rekindle_runtime::Registry;
+use rekindle_store::Store;
 
 pub use error::ApiError;
 pub use slots::{SlotStore, SlotStoreError};
@@ -24,12 +26,27 @@ pub struct AppState {
     /// Serialises admin changes, so the registry and the slot store record them in the
     /// same order.
     admin_writes: Arc<Mutex<()>>,
+    /// Customer data: the store and the sources allowed to send to it.
+    pub ingestion: Option<Arc<Ingestion>>,
+}
+
+/// The customer-data store and the sources that may write to it.
+pub struct Ingestion {
+    pub store: Store,
+    /// Write key to source name.
+    pub sources: HashMap<String, String>,
 }
 
 impl AppState {
     /// The state for `app`.
     pub fn new(registry: Arc<Registry>, slot_store: Option<Arc<SlotStore>>, admin_token: Option<Arc<str>>) -> AppState {
-        AppState { registry, slot_store, admin_token, admin_writes: Arc::new(Mutex::new(())) }
+        AppState { registry, slot_store, admin_token, admin_writes: Arc::new(Mutex::new(())), ingestion: None }
+    }
+
+    /// Adds customer data: ingestion, profiles and the catalog.
+    pub fn with_ingestion(mut self, ingestion: Ingestion) -> AppState {
+        self.ingestion = Some(Arc::new(ingestion));
+        self
     }
 
     fn admin_write(&self) -> MutexGuard<'_, ()> {
@@ -39,5 +56,10 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    Router::new().merge(api::health::router()).merge(api::admin::router(state.clone())).with_state(state)
+    Router::new()
+        .merge(api::health::router())
+        .merge(api::admin::router(state.clone()))
+        .merge(api::ingest::router().layer(axum::extract::DefaultBodyLimit::max(api::segment::MAX_BATCH_BYTES * 2)))
+        .merge(api::profiles::router(state.clone()))
+        .with_state(state)
 }

@@ -31,7 +31,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub(crate) async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
     let Some(expected) = state.admin_token.as_deref() else {
         return Err(ApiError::Unauthorized("the admin API is disabled: start the server with an admin token"));
     };

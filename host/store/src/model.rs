@@ -1,0 +1,168 @@
+//! What the store takes in and hands out.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The kinds of Segment message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    Track,
+    Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+/// The consent purposes a profile can grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    Email,
+    Sms,
+    Push,
+    Ads,
+}
+
+impl Purpose {
+    /// Every purpose, in a fixed order.
+    pub const ALL: [Purpose; 4] = [Purpose::Email, Purpose::Sms, Purpose::Push, Purpose::Ads];
+
+    /// The purpose's name in JSON and in the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Email => "email",
+            Purpose::Sms => "sms",
+            Purpose::Push => "push",
+            Purpose::Ads => "ads",
+        }
+    }
+
+    /// The purpose called `name`, if any.
+    pub fn parse(name: &str) -> Option<Purpose> {
+        Purpose::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// One validated, normalised message ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The write key's source name; message ids are unique per source.
+    pub source: String,
+    pub message_id: String,
+    pub kind: MessageKind,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    /// For `alias`: the id being merged into `user_id`.
+    pub previous_id: Option<String>,
+    /// The event name for track (page and screen calls become `Page Viewed` and
+    /// `Screen Viewed`); `None` for identify, group and alias.
+    pub event: Option<String>,
+    pub properties: Map<String, Value>,
+    pub traits: Map<String, Value>,
+    /// When it happened, in ms, corrected for the client's clock skew.
+    pub timestamp: i64,
+    pub received_at: i64,
+    pub timezone: Option<String>,
+    pub consents: Vec<(Purpose, bool)>,
+    /// A device push token, and whether it is active (false when revoked).
+    pub push_token: Option<(String, bool)>,
+}
+
+/// What an ingest call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    pub accepted: usize,
+    /// Messages whose id the source had already sent.
+    pub duplicates: usize,
+}
+
+/// Which events and properties feed the computed traits (Segment's e-commerce spec by
+/// default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventMapping {
+    pub order_completed: String,
+    /// Property names tried in order for an order's value.
+    pub revenue_properties: Vec<String>,
+    pub products_property: String,
+    pub category_property: String,
+}
+
+impl Default for EventMapping {
+    fn default() -> Self {
+        EventMapping {
+            order_completed: "Order Completed".into(),
+            revenue_properties: vec!["revenue".into(), "total".into()],
+            products_property: "products".into(),
+            category_property: "category".into(),
+        }
+    }
+}
+
+/// Computed traits of one profile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Computed {
+    pub order_count: i64,
+    pub lifetime_value: f64,
+    pub first_order_at: Option<i64>,
+    pub last_order_at: Option<i64>,
+    /// Units bought per category.
+    #[serde(skip)]
+    pub category_counts: Map<String, Value>,
+}
+
+/// A contact point as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Contact {
+    pub kind: String,
+    pub address: String,
+    pub active: bool,
+    pub updated_at: i64,
+}
+
+/// One consent as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Consent {
+    pub purpose: Purpose,
+    pub granted: bool,
+    pub updated_at: i64,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    pub name: String,
+    pub timestamp: i64,
+    pub properties: Value,
+}
+
+/// Everything the store knows about one person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRecord {
+    pub id: String,
+    pub user_ids: Vec<String>,
+    pub anonymous_ids: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub timezone: Option<String>,
+    /// Trait name to (value, when it was set).
+    pub traits: Vec<(String, Value, i64)>,
+    pub computed: Computed,
+    pub consents: Vec<Consent>,
+    pub contacts: Vec<Contact>,
+    /// Most recent first.
+    pub recent_events: Vec<StoredEvent>,
+}
+
+/// A catalog product.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub category: Option<String>,
+    pub price: Option<f64>,
+    pub url: Option<String>,
+    pub image: Option<String>,
+    pub in_stock: bool,
+}

@@ -1,0 +1,242 @@
+//! Segment-compatible ingestion and unified profiles, over a real socket on the real SQLite
+//! store: auth, limits, gzip, deduplication, clock skew, identity stitching, last-write-wins
+//! traits, computed traits, consents, erasure and the catalog.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rekindle_runtime::Registry;
+use rekindle_server::{AppState, Ingestion, app};
+use rekindle_store::{EventMapping, Store};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-token";
+const WRITE_KEY: &str = "web-write-key";
+
+struct Host {
+    http: reqwest::Client,
+    base: String,
+}
+
+async fn start(data: &Path) -> Host {
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    let store = Store::open_sqlite(&data.join("rekindle.db"), EventMapping::default()).unwrap();
+    let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    Host { http: reqwest::Client::new(), base }
+}
+
+impl Host {
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = tokio::time::timeout(Duration::from_secs(30), request.send()).await.expect("timed out").expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)).basic_auth(WRITE_KEY, Some("")).json(&body)).await
+    }
+
+    async fn profile(&self, id: &str) -> (u16, Value) {
+        self.send(self.http.get(format!("{}/v1/profiles/{id}", self.base)).bearer_auth(ADMIN)).await
+    }
+}
+
+fn order(id: &str, user: &str, at: &str, revenue: f64, category: &str) -> Value {
+    json!({"type": "track", "messageId": id, "userId": user, "event": "Order Completed", "timestamp": at,
+           "properties": {"revenue": revenue, "products": [{"sku": "s", "category": category, "quantity": 1}]}})
+}
+
+#[tokio::test]
+async fn tracks_identifies_and_builds_the_profile() {
+    let data = tempfile::tempdir().unwrap();
+    let host = start(data.path()).await;
+    // Before login: an anonymous visitor browses and adds to cart.
+    let (status, body) = host.post("/v1/page", json!({"anonymousId": "anon-1", "name": "Shoes", "messageId": "m1",
+        "timestamp": "2026-01-01T09:00:00Z"})).await;
+    assert_eq!((status, body), (200, json!({"success": true})));
+    host.post("/v1/track", json!({"anonymousId": "anon-1", "event": "Product Added", "messageId": "m2",
+        "timestamp": "2026-01-01T09:01:00Z", "properties": {"sku": "s-1"}})).await;
+    // Login stitches the anonymous history onto the user.
+    let (status, _) = host.post("/v1/identify", json!({"userId": "ann", "anonymousId": "anon-1", "messageId": "m3",
+        "timestamp": "2026-01-01T09:02:00Z",
+        "traits": {"first_name": "Ann", "email": "Ann@Example.com", "phone": "+15551234567"},
+        "context": {"timezone": "Europe/Paris", "consent": {"categoryPreferences": {"email": true, "sms": false}}}})).await;
+    assert_eq!(status, 200);
+    let (status, _) = host.post("/v1/batch", json!({"batch": [
+        order("o1", "ann", "2026-01-10T10:00:00Z", 40.0, "shoes"),
+        order("o2", "ann", "2026-03-11T10:00:00Z", 60.5, "tops"),
+        order("o3", "ann", "2026-05-10T10:00:00Z", 20.0, "shoes"),
+    ]})).await;
+    assert_eq!(status, 200);
+
+    let (status, p) = host.profile("ann").await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["user_ids"], json!(["ann"]));
+    assert_eq!(p["anonymous_ids"], json!(["anon-1"]));
+    assert_eq!(p["traits"]["first_name"], "Ann");
+    assert_eq!(p["timezone"], "Europe/Paris");
+    assert_eq!(p["computed"]["order_count"], 3);
+    assert_eq!(p["computed"]["lifetime_value"], 120.5);
+    assert_eq!(p["computed"]["avg_days_between_orders"], 60.0);
+    assert_eq!(p["computed"]["favourite_category"], "shoes");
+    assert_eq!(p["computed"]["last_order_at"], "2026-05-10T10:00:00.000Z");
+    assert_eq!(p["consents"]["email"]["granted"], true);
+    assert_eq!(p["consents"]["sms"]["granted"], false);
+    let contacts = p["contacts"].as_array().unwrap();
+    assert!(contacts.iter().any(|c| c["kind"] == "email" && c["address"] == "ann@example.com"), "{contacts:?}");
+    assert!(contacts.iter().any(|c| c["kind"] == "phone"));
+    let names: Vec<&str> = p["recent_events"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Order Completed", "Order Completed", "Order Completed", "Product Added", "Page Viewed"]);
+    // The same person answers to every id.
+    assert_eq!(host.profile("anon-1").await.1["id"], p["id"]);
+    assert_eq!(host.profile(p["id"].as_str().unwrap()).await.1["id"], p["id"]);
+}
+
+#[tokio::test]
+async fn merging_an_anonymous_profile_that_already_has_history() {
+    let data = tempfile::tempdir().unwrap();
+    let host = start(data.path()).await;
+    host.post("/v1/identify", json!({"userId": "bob", "messageId": "a", "timestamp": "2026-01-01T00:00:00Z",
+        "traits": {"plan": "old"}})).await;
+    host.post("/v1/track", json!({"anonymousId": "phone-7", "messageId": "b", "event": "Order Completed",
+        "timestamp": "2026-02-01T00:00:00Z", "properties": {"total": 15}})).await;
+    host.post("/v1/identify", json!({"anonymousId": "phone-7", "messageId": "c", "timestamp": "2026-02-02T00:00:00Z",
+        "traits": {"plan": "new"}})).await;
+    // Two profiles so far; logging in on the phone joins them.
+    let (status, body) = host.post("/v1/track", json!({"userId": "bob", "anonymousId": "phone-7", "messageId": "d",
+        "event": "Order Completed", "timestamp": "2026-03-01T00:00:00Z", "properties": {"revenue": 5}})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, p) = host.profile("bob").await;
+    assert_eq!(p["anonymous_ids"], json!(["phone-7"]));
+    assert_eq!(p["computed"]["order_count"], 2, "{p}");
+    assert_eq!(p["computed"]["lifetime_value"], 20.0);
+    assert_eq!(p["traits"]["plan"], "new", "the later trait wins");
+    // An alias joins an old id too.
+    host.post("/v1/track", json!({"userId": "bob-legacy", "messageId": "e", "event": "Page Viewed"})).await;
+    let (status, _) = host.post("/v1/alias", json!({"userId": "bob", "previousId": "bob-legacy", "messageId": "f"})).await;
+    assert_eq!(status, 200);
+    let (_, p) = host.profile("bob-legacy").await;
+    assert_eq!(p["user_ids"], json!(["bob", "bob-legacy"]));
+}
+
+#[tokio::test]
+async fn traits_are_last_write_wins_by_event_time_and_clock_skew_is_corrected() {
+    let data = tempfile::tempdir().unwrap();
+    let host = start(data.path()).await;
+    host.post("/v1/identify", json!({"userId": "cy", "messageId": "1", "timestamp": "2026-05-01T00:00:00Z", "traits": {"tier": "gold"}})).await;
+    // Arrives later but happened earlier: it must not overwrite.
+    host.post("/v1/identify", json!({"userId": "cy", "messageId": "2", "timestamp": "2026-04-01T00:00:00Z", "traits": {"tier": "silver"}})).await;
+    assert_eq!(host.profile("cy").await.1["traits"]["tier"], "gold");
+
+    // A device clock one year fast: the event is placed 2 s before the server received it.
+    let before = chrono::Utc::now();
+    host.post("/v1/batch", json!({"sentAt": "2027-11-23T00:00:02Z", "batch": [
+        {"type": "track", "userId": "cy", "messageId": "3", "event": "Skewed", "timestamp": "2027-11-23T00:00:00Z"}]})).await;
+    let (_, p) = host.profile("cy").await;
+    let at = chrono::DateTime::parse_from_rfc3339(p["recent_events"][0]["timestamp"].as_str().unwrap()).unwrap();
+    let skew = (before - at.with_timezone(&chrono::Utc)).num_milliseconds();
+    assert!((1_000..10_000).contains(&skew), "placed {skew} ms before receipt");
+}
+
+#[tokio::test]
+async fn retries_never_double_count_and_bad_batches_write_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let host = start(data.path()).await;
+    let batch = json!({"batch": [order("o1", "dee", "2026-01-01T00:00:00Z", 10.0, "tops"),
+                                 order("o2", "dee", "2026-02-01T00:00:00Z", 10.0, "tops")]});
+    for _ in 0..3 {
+        assert_eq!(host.post("/v1/batch", batch.clone()).await.0, 200);
+    }
+    assert_eq!(host.profile("dee").await.1["computed"]["order_count"], 2);
+
+    let (status, body) = host.post("/v1/batch", json!({"batch": [
+        order("o3", "eve", "2026-01-01T00:00:00Z", 10.0, "tops"),
+        {"type": "track", "event": "Order Completed", "messageId": "o4"}]})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["field"], "batch[1].userId");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("batch[1]:"), "{body}");
+    assert_eq!(host.profile("eve").await.0, 404, "a rejected batch writes nothing");
+
+    let (status, body) = host.send(host.http.post(format!("{}/v1/track", host.base)).basic_auth(WRITE_KEY, Some(""))
+        .header("content-type", "application/json").body("{oops")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("malformed_json")));
+}
+
+#[tokio::test]
+async fn write_keys_gzip_and_size_limits() {
+    let data = tempfile::tempdir().unwrap();
+    let host = start(data.path()).await;
+    let msg = json!({"userId": "fay", "event": "Page Viewed", "messageId": "g1"});
+    let (status, body) = host.send(host.http.post(format!("{}/v1/track", host.base)).basic_auth("nope", Some("")).json(&msg)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (status, _) = host.send(host.http.post(format!("{}/v1/track", host.base)).json(&msg)).await;
+    assert_eq!(status, 401);
+    // The write key may also travel in the body, as some clients send it.
+    let mut with_key = msg.clone();
+    with_key["writeKey"] = json!(WRITE_KEY);
+    with_key["messageId"] = json!("g0");
+    assert_eq!(host.send(host.http.post(format!("{}/v1/track", host.base)).json(&with_key)).await.0, 200);
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json!({"batch": [{"type": "track", "userId": "fay", "event": "Zipped", "messageId": "g2"}]}).to_string().as_bytes()).unwrap();
+    let (status, _) = host.send(host.http.post(format!("{}/v1/batch", host.base)).basic_auth(WRITE_KEY, Some(""))
+        .header("content-encoding", "gzip").header("content-type", "application/json").body(gz.finish().unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(host.profile("fay").await.1["recent_events"][0]["name"], "Zipped");
+
+    let big = json!({"userId": "fay", "event": "Big", "messageId": "g3", "properties": {"blob": "x".repeat(33 * 1024)}});
+    let (status, body) = host.post("/v1/track", big.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("too_large")));
+    let (status, body) = host.post("/v1/batch", json!({"batch": [big]})).await;
+    assert_eq!(status, 413);
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("batch[0]"), "{body}");
+    let many: Vec<Value> = (0..40).map(|i| json!({"type": "track", "userId": "fay", "event": "Bulk", "messageId": format!("b{i}"),
+        "properties": {"blob": "y".repeat(15 * 1024)}})).collect();
+    assert_eq!(host.post("/v1/batch", json!({"batch": many})).await.0, 413);
+}
+
+#[tokio::test]
+async fn consents_erasure_catalog_and_restart() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let host = start(data.path()).await;
+        host.post("/v1/identify", json!({"userId": "gus", "anonymousId": "a-gus", "messageId": "1", "traits": {"email": "g@x.io"}})).await;
+        host.post("/v1/track", json!({"userId": "gus", "messageId": "2", "event": "Order Completed", "properties": {"revenue": 9}})).await;
+        let consent = |body: Value| host.http.post(format!("{}/v1/profiles/gus/consents", host.base)).bearer_auth(ADMIN).json(&body);
+        assert_eq!(host.send(consent(json!({"push": true, "ads": false}))).await.0, 200);
+        let (status, body) = host.send(consent(json!({"fax": true}))).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("fax")));
+        assert_eq!(host.profile("gus").await.1["consents"]["push"]["granted"], true);
+        assert_eq!(host.send(host.http.get(format!("{}/v1/profiles/gus", host.base))).await.0, 401, "profiles need the admin token");
+
+        let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
+            .json(&json!({"products": [{"id": "p1", "name": "Runner", "category": "shoes", "price": 80, "url": "/p1"},
+                                       {"id": "p2", "name": "Tee", "category": "tops", "in_stock": false}]}))).await;
+        assert_eq!((status, body["upserted"].as_i64()), (200, Some(2)));
+        let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
+            .json(&json!([{"id": "p3", "price": -1}]))).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("products[0].name")));
+    }
+    // A restart on the same file keeps everything.
+    let host = start(data.path()).await;
+    let (status, p) = host.profile("a-gus").await;
+    assert_eq!(status, 200);
+    assert_eq!(p["computed"]["order_count"], 1);
+
+    let erase = host.send(host.http.delete(format!("{}/v1/profiles/gus", host.base)).bearer_auth(ADMIN)).await;
+    assert_eq!(erase.0, 204);
+    assert_eq!(host.profile("gus").await.0, 404);
+    assert_eq!(host.profile("a-gus").await.0, 404);
+    let store = Store::open_sqlite(&data.path().join("rekindle.db"), EventMapping::default()).unwrap();
+    for (table, rows) in store.table_counts().await.unwrap() {
+        let expected = if table == "products" { 2 } else { 0 };
+        assert_eq!(rows, expected, "{table} still holds {rows} rows after erasure");
+    }
+    assert_eq!(host.send(host.http.delete(format!("{}/v1/profiles/gus", host.base)).bearer_auth(ADMIN)).await.0, 404);
+}
