@@ -1,6 +1,7 @@
 //! The `rekindle` command line: `serve`, `plugin inspect`, `plugin run` and `plugin new`.
 
 mod config;
+mod demo;
 mod plugin;
 mod scaffold;
 mod serve;
@@ -25,6 +26,15 @@ enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Demo data.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Send a deterministic, realistic shop to a running host through its ingestion API.
+    Generate(demo::GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -80,6 +90,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Demo(DemoCommand::Generate(args)) => demo::generate(args),
         Command::Plugin(PluginCommand::Inspect { file, json, deadline_ms }) => plugin::inspect(&file, json, deadline_ms),
         Command::Plugin(PluginCommand::Run { file, input, deadline_ms }) => plugin::run(&file, &input, deadline_ms),
         Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {

@@ -173,3 +173,56 @@ async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
         "profile_id": "a", "to": "+15551234567", "text": "hello"}})).await;
     assert_eq!(requests["requests"][0]["url"], "https://api.acme-sms.example/v1/messages", "{requests}");
 }
+
+#[tokio::test]
+async fn demo_generate_fills_a_running_host_and_is_idempotent() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = Server(
+        rekindle()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--source", "demo=demo-key", "--data-dir"])
+            .arg(work.path().join("data"))
+            .env("REKINDLE_ADMIN_TOKEN", "demo-admin")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{base}/health")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let generate = || {
+        rekindle()
+            .args(["demo", "generate", "--profiles", "60", "--seed", "1", "--now", "2026-11-23T00:00:00Z", "--url", &base])
+            .args(["--write-key", "demo-key"])
+            .env("REKINDLE_ADMIN_TOKEN", "demo-admin")
+            .output()
+            .unwrap()
+    };
+    let first = generate();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).contains("for 60 customers"), "{}", text(&first.stdout));
+    let order_counts = || async {
+        let mut counts = Vec::new();
+        for i in 0..60 {
+            let response = http.get(format!("{base}/v1/profiles/user-{i}")).bearer_auth("demo-admin").send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let profile: Value = response.json().await.unwrap();
+            counts.push(profile["computed"]["order_count"].as_i64().unwrap());
+        }
+        counts
+    };
+    let before = order_counts().await;
+    assert!(before.iter().filter(|n| **n >= 2).count() >= 10, "some repeat buyers: {before:?}");
+    assert!(before.iter().any(|n| *n == 0), "some never bought: {before:?}");
+    // Message ids derive from the seed, so a second run stores nothing new.
+    assert!(generate().status.success());
+    assert_eq!(order_counts().await, before);
+    let bad_key = rekindle().args(["demo", "generate", "--profiles", "1", "--url", &base, "--write-key", "wrong"]).output().unwrap();
+    assert!(!bad_key.status.success());
+    assert!(text(&bad_key.stderr).contains("401"), "{}", text(&bad_key.stderr));
+}
