@@ -20,6 +20,71 @@ pub fn patient_runtime() -> rekindle_runtime::Runtime {
     .expect("engine")
 }
 
+/// The databases the store runs on; every store test runs on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Opens an empty store on `backend`: an SQLite file under `dir`, or a fresh database on
+/// the PostgreSQL server named by `REKINDLE_TEST_POSTGRES` (which `scripts/test` starts).
+///
+/// Returns `None` only outside CI when no PostgreSQL server is configured; in CI a missing
+/// server fails the test, as the project promises.
+pub async fn open_store(backend: Backend, dir: &std::path::Path) -> Option<rekindle_store::Store> {
+    use rekindle_store::{EventMapping, Store};
+    match backend {
+        Backend::Sqlite => Some(Store::open_sqlite(&dir.join("rekindle.db"), EventMapping::default()).expect("SQLite")),
+        Backend::Postgres => {
+            let url = fresh_postgres_database().await?;
+            Some(Store::open_postgres(&url, EventMapping::default()).await.expect("PostgreSQL store"))
+        }
+    }
+}
+
+/// Creates an empty database on the test PostgreSQL server and returns its URL; see
+/// [`open_store`] for when it returns `None`.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let Ok(admin_url) = std::env::var("REKINDLE_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "REKINDLE_TEST_POSTGRES is not set: PostgreSQL tests must run in CI (scripts/test starts a server)"
+        );
+        eprintln!("skipping the PostgreSQL run: set REKINDLE_TEST_POSTGRES or use scripts/test");
+        return None;
+    };
+    let name = format!("rekindle_test_{}", uuid::Uuid::new_v4().simple());
+    let create = format!("CREATE DATABASE {name}");
+    let url = admin_url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut client =
+            postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
+        client.batch_execute(&create).expect("creating the test database");
+        // Closed here, off the async threads: the blocking client may not close on them.
+        drop(client);
+    })
+    .await
+    .expect("create task");
+    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+    Some(format!("{base}/{name}"))
+}
+
+/// Runs an async test body once per backend, as `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Backend::Sqlite).await })+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Backend::Postgres).await })+
+        }
+    };
+}
+
 /// One day in milliseconds.
 pub const DAY: i64 = 86_400_000;
 

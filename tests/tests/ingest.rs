@@ -10,6 +10,16 @@ use std::time::Duration;
 use rekindle_runtime::Registry;
 use rekindle_server::{AppState, Ingestion, app};
 use rekindle_store::{EventMapping, Store};
+use rekindle_tests::Backend;
+
+rekindle_tests::on_each_backend!(
+    tracks_identifies_and_builds_the_profile,
+    merging_an_anonymous_profile_that_already_has_history,
+    traits_are_last_write_wins_by_event_time_and_clock_skew_is_corrected,
+    retries_never_double_count_and_bad_batches_write_nothing,
+    write_keys_gzip_and_size_limits,
+    consents_erasure_and_catalog,
+);
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-token";
@@ -20,15 +30,15 @@ struct Host {
     base: String,
 }
 
-async fn start(data: &Path) -> Host {
+async fn start(backend: Backend, data: &Path) -> Option<Host> {
     let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    let store = Store::open_sqlite(&data.join("rekindle.db"), EventMapping::default()).unwrap();
+    let store = rekindle_tests::open_store(backend, data).await?;
     let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
-    Host { http: reqwest::Client::new(), base }
+    Some(Host { http: reqwest::Client::new(), base })
 }
 
 impl Host {
@@ -52,10 +62,9 @@ fn order(id: &str, user: &str, at: &str, revenue: f64, category: &str) -> Value 
            "properties": {"revenue": revenue, "products": [{"sku": "s", "category": category, "quantity": 1}]}})
 }
 
-#[tokio::test]
-async fn tracks_identifies_and_builds_the_profile() {
+async fn tracks_identifies_and_builds_the_profile(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
-    let host = start(data.path()).await;
+    let Some(host) = start(backend, data.path()).await else { return };
     // Before login: an anonymous visitor browses and adds to cart.
     let (status, body) = host.post("/v1/page", json!({"anonymousId": "anon-1", "name": "Shoes", "messageId": "m1",
         "timestamp": "2026-01-01T09:00:00Z"})).await;
@@ -98,10 +107,9 @@ async fn tracks_identifies_and_builds_the_profile() {
     assert_eq!(host.profile(p["id"].as_str().unwrap()).await.1["id"], p["id"]);
 }
 
-#[tokio::test]
-async fn merging_an_anonymous_profile_that_already_has_history() {
+async fn merging_an_anonymous_profile_that_already_has_history(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
-    let host = start(data.path()).await;
+    let Some(host) = start(backend, data.path()).await else { return };
     host.post("/v1/identify", json!({"userId": "bob", "messageId": "a", "timestamp": "2026-01-01T00:00:00Z",
         "traits": {"plan": "old"}})).await;
     host.post("/v1/track", json!({"anonymousId": "phone-7", "messageId": "b", "event": "Order Completed",
@@ -125,10 +133,9 @@ async fn merging_an_anonymous_profile_that_already_has_history() {
     assert_eq!(p["user_ids"], json!(["bob", "bob-legacy"]));
 }
 
-#[tokio::test]
-async fn traits_are_last_write_wins_by_event_time_and_clock_skew_is_corrected() {
+async fn traits_are_last_write_wins_by_event_time_and_clock_skew_is_corrected(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
-    let host = start(data.path()).await;
+    let Some(host) = start(backend, data.path()).await else { return };
     host.post("/v1/identify", json!({"userId": "cy", "messageId": "1", "timestamp": "2026-05-01T00:00:00Z", "traits": {"tier": "gold"}})).await;
     // Arrives later but happened earlier: it must not overwrite.
     host.post("/v1/identify", json!({"userId": "cy", "messageId": "2", "timestamp": "2026-04-01T00:00:00Z", "traits": {"tier": "silver"}})).await;
@@ -144,10 +151,9 @@ async fn traits_are_last_write_wins_by_event_time_and_clock_skew_is_corrected() 
     assert!((1_000..10_000).contains(&skew), "placed {skew} ms before receipt");
 }
 
-#[tokio::test]
-async fn retries_never_double_count_and_bad_batches_write_nothing() {
+async fn retries_never_double_count_and_bad_batches_write_nothing(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
-    let host = start(data.path()).await;
+    let Some(host) = start(backend, data.path()).await else { return };
     let batch = json!({"batch": [order("o1", "dee", "2026-01-01T00:00:00Z", 10.0, "tops"),
                                  order("o2", "dee", "2026-02-01T00:00:00Z", 10.0, "tops")]});
     for _ in 0..3 {
@@ -168,10 +174,9 @@ async fn retries_never_double_count_and_bad_batches_write_nothing() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("malformed_json")));
 }
 
-#[tokio::test]
-async fn write_keys_gzip_and_size_limits() {
+async fn write_keys_gzip_and_size_limits(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
-    let host = start(data.path()).await;
+    let Some(host) = start(backend, data.path()).await else { return };
     let msg = json!({"userId": "fay", "event": "Page Viewed", "messageId": "g1"});
     let (status, body) = host.send(host.http.post(format!("{}/v1/track", host.base)).basic_auth("nope", Some("")).json(&msg)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
@@ -201,42 +206,51 @@ async fn write_keys_gzip_and_size_limits() {
     assert_eq!(host.post("/v1/batch", json!({"batch": many})).await.0, 413);
 }
 
-#[tokio::test]
-async fn consents_erasure_catalog_and_restart() {
+async fn consents_erasure_and_catalog(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
-    {
-        let host = start(data.path()).await;
-        host.post("/v1/identify", json!({"userId": "gus", "anonymousId": "a-gus", "messageId": "1", "traits": {"email": "g@x.io"}})).await;
-        host.post("/v1/track", json!({"userId": "gus", "messageId": "2", "event": "Order Completed", "properties": {"revenue": 9}})).await;
-        let consent = |body: Value| host.http.post(format!("{}/v1/profiles/gus/consents", host.base)).bearer_auth(ADMIN).json(&body);
-        assert_eq!(host.send(consent(json!({"push": true, "ads": false}))).await.0, 200);
-        let (status, body) = host.send(consent(json!({"fax": true}))).await;
-        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("fax")));
-        assert_eq!(host.profile("gus").await.1["consents"]["push"]["granted"], true);
-        assert_eq!(host.send(host.http.get(format!("{}/v1/profiles/gus", host.base))).await.0, 401, "profiles need the admin token");
+    let Some(host) = start(backend, data.path()).await else { return };
+    host.post("/v1/identify", json!({"userId": "gus", "anonymousId": "a-gus", "messageId": "1", "traits": {"email": "g@x.io"}})).await;
+    host.post("/v1/track", json!({"userId": "gus", "messageId": "2", "event": "Order Completed", "properties": {"revenue": 9}})).await;
+    let consent = |body: Value| host.http.post(format!("{}/v1/profiles/gus/consents", host.base)).bearer_auth(ADMIN).json(&body);
+    assert_eq!(host.send(consent(json!({"push": true, "ads": false}))).await.0, 200);
+    let (status, body) = host.send(consent(json!({"fax": true}))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("fax")));
+    assert_eq!(host.profile("gus").await.1["consents"]["push"]["granted"], true);
+    assert_eq!(host.send(host.http.get(format!("{}/v1/profiles/gus", host.base))).await.0, 401, "profiles need the admin token");
 
-        let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
-            .json(&json!({"products": [{"id": "p1", "name": "Runner", "category": "shoes", "price": 80, "url": "/p1"},
-                                       {"id": "p2", "name": "Tee", "category": "tops", "in_stock": false}]}))).await;
-        assert_eq!((status, body["upserted"].as_i64()), (200, Some(2)));
-        let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
-            .json(&json!([{"id": "p3", "price": -1}]))).await;
-        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("products[0].name")));
-    }
-    // A restart on the same file keeps everything.
-    let host = start(data.path()).await;
-    let (status, p) = host.profile("a-gus").await;
-    assert_eq!(status, 200);
-    assert_eq!(p["computed"]["order_count"], 1);
+    let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
+        .json(&json!({"products": [{"id": "p1", "name": "Runner", "category": "shoes", "price": 80, "url": "/p1"},
+                                   {"id": "p2", "name": "Tee", "category": "tops", "in_stock": false}]}))).await;
+    assert_eq!((status, body["upserted"].as_i64()), (200, Some(2)));
+    let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
+        .json(&json!([{"id": "p3", "price": -1}]))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("products[0].name")));
+    assert_eq!(host.profile("a-gus").await.1["computed"]["order_count"], 1);
 
     let erase = host.send(host.http.delete(format!("{}/v1/profiles/gus", host.base)).bearer_auth(ADMIN)).await;
     assert_eq!(erase.0, 204);
     assert_eq!(host.profile("gus").await.0, 404);
     assert_eq!(host.profile("a-gus").await.0, 404);
+    assert_eq!(host.send(host.http.delete(format!("{}/v1/profiles/gus", host.base)).bearer_auth(ADMIN)).await.0, 404);
+}
+
+#[tokio::test]
+async fn erasure_leaves_no_row_and_sqlite_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let host = start(Backend::Sqlite, data.path()).await.expect("SQLite");
+        host.post("/v1/identify", json!({"userId": "hal", "anonymousId": "a-hal", "messageId": "1",
+            "traits": {"email": "h@x.io"}, "context": {"consent": {"categoryPreferences": {"email": true}}}})).await;
+        host.post("/v1/track", json!({"userId": "hal", "messageId": "2", "event": "Order Completed",
+            "properties": {"revenue": 9, "products": [{"category": "tops"}]}})).await;
+    }
+    // A restart on the same file keeps everything.
+    let host = start(Backend::Sqlite, data.path()).await.expect("SQLite");
+    let (status, p) = host.profile("a-hal").await;
+    assert_eq!((status, p["computed"]["order_count"].as_i64()), (200, Some(1)));
+    assert_eq!(host.send(host.http.delete(format!("{}/v1/profiles/hal", host.base)).bearer_auth(ADMIN)).await.0, 204);
     let store = Store::open_sqlite(&data.path().join("rekindle.db"), EventMapping::default()).unwrap();
     for (table, rows) in store.table_counts().await.unwrap() {
-        let expected = if table == "products" { 2 } else { 0 };
-        assert_eq!(rows, expected, "{table} still holds {rows} rows after erasure");
+        assert_eq!(rows, 0, "{table} still holds {rows} rows after erasure");
     }
-    assert_eq!(host.send(host.http.delete(format!("{}/v1/profiles/gus", host.base)).bearer_auth(ADMIN)).await.0, 404);
 }

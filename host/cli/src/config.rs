@@ -20,6 +20,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The SQLite database; defaults to `DATA_DIR/rekindle.db`.
     pub sqlite_path: Option<PathBuf>,
+    /// A PostgreSQL URL; when set, customer data lives there instead of SQLite, so several
+    /// hosts can share it.
+    pub postgres_url: Option<String>,
     /// Sources that may send events, each with its write key.
     pub sources: Vec<SourceConfig>,
 }
@@ -52,6 +55,7 @@ impl Default for Config {
             max_instances: 1000,
             limits: LimitsConfig::default(),
             sqlite_path: None,
+            postgres_url: None,
             sources: Vec::new(),
         }
     }

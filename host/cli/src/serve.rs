@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Bearer token for the admin API; without one the admin API is disabled.
     #[arg(long, env = "REKINDLE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Keep customer data in PostgreSQL (postgres://user@host:port/db) instead of SQLite.
+    #[arg(long, env = "REKINDLE_POSTGRES_URL", hide_env_values = true)]
+    postgres: Option<String>,
     /// An event source as NAME=WRITE_KEY; repeat for several.
     #[arg(long = "source", value_parser = parse_source)]
     sources: Vec<SourceConfig>,
@@ -59,6 +62,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.plugins_dir = args.plugins.or(config.plugins_dir);
     config.admin_token = args.admin_token.or(config.admin_token);
     config.sources.extend(args.sources);
+    config.postgres_url = args.postgres.or(config.postgres_url);
 
     let runtime = Runtime::new(RuntimeConfig {
         limits: config.kind_limits(),
@@ -77,10 +81,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.admin_token.is_none() {
         tracing::warn!("no admin token: the admin API is disabled (set REKINDLE_ADMIN_TOKEN)");
     }
-    let sqlite_path = config.sqlite_path.clone().unwrap_or_else(|| config.data_dir.join("rekindle.db"));
-    let store = Store::open_sqlite(&sqlite_path, EventMapping::default())
-        .with_context(|| format!("opening the customer database {}", sqlite_path.display()))?;
-    tracing::info!(path = %sqlite_path.display(), "customer data on SQLite");
+    let store = open_store(&config)?;
     if config.sources.is_empty() {
         tracing::warn!("no event sources: ingestion refuses every write key (add --source NAME=WRITE_KEY)");
     }
@@ -94,6 +95,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         axum::serve(listener, rekindle_server::app(state)).with_graceful_shutdown(shutdown()).await?;
         Ok(())
     })
+}
+
+/// The customer-data store the configuration names: PostgreSQL when a URL is given,
+/// otherwise the embedded SQLite file.
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    if let Some(url) = &config.postgres_url {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let store = runtime
+            .block_on(Store::open_postgres(url, EventMapping::default()))
+            .context("opening the customer database on PostgreSQL")?;
+        tracing::info!("customer data on PostgreSQL");
+        return Ok(store);
+    }
+    let path = config.sqlite_path.clone().unwrap_or_else(|| config.data_dir.join("rekindle.db"));
+    let store = Store::open_sqlite(&path, EventMapping::default())
+        .with_context(|| format!("opening the customer database {}", path.display()))?;
+    tracing::info!(path = %path.display(), "customer data on SQLite");
+    Ok(store)
 }
 
 /// Uploads every component of `dir`; a slot without an active version gets it activated,

@@ -2,7 +2,10 @@
 //! and the catalog. SQLite is the embedded default.
 
 mod computed;
+mod db;
+mod logic;
 mod model;
+mod postgres;
 mod sqlite;
 
 use std::path::Path;
@@ -33,56 +36,82 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The customer-data store.
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// The customer-data store, on SQLite or PostgreSQL; the same logic runs on both.
 pub struct Store {
-    backend: sqlite::SqliteStore,
+    backend: Backend,
+}
+
+/// Runs one closure on whichever backend is open; each arm instantiates it for that
+/// backend's connection type.
+macro_rules! on_backend {
+    ($self:ident.$method:ident(|$db:ident, $mapping:ident| $body:expr)) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$method(move |$db, $mapping| $body).await,
+            Backend::Postgres(b) => b.$method(move |$db, $mapping| $body).await,
+        }
+    };
 }
 
 impl Store {
     /// Opens (creating if needed) an SQLite database file and applies pending migrations.
     pub fn open_sqlite(path: &Path, mapping: EventMapping) -> Result<Store, StoreError> {
-        Ok(Store { backend: sqlite::SqliteStore::open(path, mapping)? })
+        Ok(Store { backend: Backend::Sqlite(sqlite::SqliteStore::open(path, mapping)?) })
+    }
+
+    /// Connects to PostgreSQL (`postgres://user@host:port/db`) and applies pending
+    /// migrations; several hosts may share one database.
+    pub async fn open_postgres(url: &str, mapping: EventMapping) -> Result<Store, StoreError> {
+        let url = url.to_string();
+        let store = tokio::task::spawn_blocking(move || postgres::PgStore::open(&url, mapping))
+            .await
+            .map_err(|e| StoreError::Database(format!("connecting: {e}")))??;
+        Ok(Store { backend: Backend::Postgres(store) })
+    }
+
+    /// Which database this store runs on: `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
     }
 
     /// Stores a batch atomically: every message or none. Resolves once committed.
     pub async fn ingest(&self, messages: Vec<Message>) -> Result<IngestReport, StoreError> {
-        self.backend.write(move |tx, mapping| sqlite::ingest(tx, mapping, &messages)).await
+        on_backend!(self.write(|db, mapping| logic::ingest(db, mapping, &messages)))
     }
 
     /// The profile that `id` (a profile id, userId or anonymousId) names.
     pub async fn profile(&self, id: &str, recent_events: usize) -> Result<Option<ProfileRecord>, StoreError> {
         let id = id.to_string();
-        self.backend.read(move |conn| sqlite::read_profile(conn, &id, recent_events)).await
+        on_backend!(self.read(|db, _mapping| logic::read_profile(db, &id, recent_events)))
     }
 
     /// Erases the person `id` names from every table; false when nobody matched.
     pub async fn delete_profile(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.backend.write(move |tx, _| sqlite::delete_profile(tx, &id)).await
+        on_backend!(self.write(|db, _mapping| logic::delete_profile(db, &id)))
     }
 
     /// Records consents given through the consent API; false when nobody matched.
     pub async fn set_consents(&self, id: &str, consents: Vec<(Purpose, bool)>, at: i64) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.backend
-            .write(move |tx, _| {
-                let Some(profile) = sqlite::resolve_id(tx, &id)? else { return Ok(false) };
-                for (purpose, granted) in consents {
-                    sqlite::upsert_consent(tx, &profile, purpose, granted, at)?;
-                }
-                Ok(true)
-            })
-            .await
+        on_backend!(self.write(|db, _mapping| logic::set_consents(db, &id, &consents, at)))
     }
 
     /// Inserts or replaces catalog products.
     pub async fn upsert_products(&self, products: Vec<Product>) -> Result<usize, StoreError> {
         let at = now_ms();
-        self.backend.write(move |tx, _| sqlite::upsert_products(tx, &products, at)).await
+        on_backend!(self.write(|db, _mapping| logic::upsert_products(db, &products, at)))
     }
 
     /// Row counts per table.
     pub async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.backend.read(sqlite::table_counts).await
+        on_backend!(self.read(|db, _mapping| logic::table_counts(db)))
     }
 }

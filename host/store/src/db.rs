@@ -1,0 +1,122 @@
+//! The little SQL the store logic needs, over either driver: parameters and values as
+//! plain enums, and one dialect (`?N` placeholders, `ON CONFLICT`) that both SQLite and
+//! PostgreSQL accept once the placeholders are rewritten for PostgreSQL.
+
+use crate::StoreError;
+
+/// A query parameter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum P<'a> {
+    Text(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    OptText(Option<&'a str>),
+    OptInt(Option<i64>),
+    OptFloat(Option<f64>),
+}
+
+/// A column value as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum V {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub(crate) struct Row(pub(crate) Vec<V>);
+
+impl Row {
+    fn get(&self, i: usize) -> &V {
+        self.0.get(i).unwrap_or(&V::Null)
+    }
+
+    pub(crate) fn text(&self, i: usize) -> String {
+        self.opt_text(i).unwrap_or_default()
+    }
+
+    pub(crate) fn opt_text(&self, i: usize) -> Option<String> {
+        match self.get(i) {
+            V::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn int(&self, i: usize) -> i64 {
+        self.opt_int(i).unwrap_or(0)
+    }
+
+    pub(crate) fn opt_int(&self, i: usize) -> Option<i64> {
+        match self.get(i) {
+            V::Int(n) => Some(*n),
+            V::Float(f) => Some(*f as i64),
+            V::Bool(b) => Some(i64::from(*b)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn float(&self, i: usize) -> f64 {
+        match self.get(i) {
+            V::Float(f) => *f,
+            V::Int(n) => *n as f64,
+            _ => 0.0,
+        }
+    }
+
+    /// SQLite has no boolean type: 0 and 1 come back as integers.
+    pub(crate) fn bool(&self, i: usize) -> bool {
+        match self.get(i) {
+            V::Bool(b) => *b,
+            V::Int(n) => *n != 0,
+            _ => false,
+        }
+    }
+}
+
+/// A connection or transaction of either backend.
+pub(crate) trait Db {
+    /// Runs a statement; returns the rows it changed.
+    fn execute(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64, StoreError>;
+    /// Runs a query; returns every row.
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>, StoreError>;
+
+    /// Serialises writers that touch the same identities. SQLite's single writer needs
+    /// nothing; PostgreSQL takes transaction-scoped advisory locks, since several hosts
+    /// may ingest for the same person at once.
+    fn lock_identities(&mut self, _keys: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The first row, if any.
+    fn query_opt(&mut self, sql: &str, params: &[P<'_>]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+/// Rewrites `?N` placeholders as PostgreSQL's `$N`.
+pub(crate) fn dollar_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_placeholders() {
+        assert_eq!(dollar_placeholders("SELECT ?1, ?12 WHERE a = '?'"), "SELECT $1, $12 WHERE a = '?'");
+    }
+}

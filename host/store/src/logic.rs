@@ -1,0 +1,376 @@
+//! What the store does, written once over [`Db`] for both backends: identity resolution
+//! and merging, ingestion, computed traits, erasure and reads.
+
+use serde_json::{Map, Value};
+
+use crate::StoreError;
+use crate::db::{Db, P, Row};
+use crate::model::{
+    Computed, Consent, Contact, EventMapping, IngestReport, Message, Product, ProfileRecord, Purpose, StoredEvent,
+};
+
+fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
+    let row = db.query_opt("SELECT profile_id FROM identities WHERE kind = ?1 AND value = ?2", &[P::Text(kind), P::Text(value)])?;
+    Ok(row.map(|r| r.text(0)))
+}
+
+fn link(db: &mut impl Db, kind: &str, value: &str, profile: &str) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO identities (kind, value, profile_id) VALUES (?1, ?2, ?3) ON CONFLICT (kind, value) DO NOTHING",
+        &[P::Text(kind), P::Text(value), P::Text(profile)],
+    )
+    .map(drop)
+}
+
+fn has_user_identity(db: &mut impl Db, profile: &str) -> Result<bool, StoreError> {
+    let row = db.query_opt("SELECT 1 FROM identities WHERE profile_id = ?1 AND kind = 'user' LIMIT 1", &[P::Text(profile)])?;
+    Ok(row.is_some())
+}
+
+fn create_profile(db: &mut impl Db, at: i64) -> Result<String, StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    db.execute("INSERT INTO profiles (id, created_at, updated_at) VALUES (?1, ?2, ?2)", &[P::Text(&id), P::Int(at)])?;
+    Ok(id)
+}
+
+/// Folds an anonymous-only profile into another: its identities, events, traits, contacts
+/// and consents move over (later writes win), and the computed traits are recomputed.
+fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping) -> Result<(), StoreError> {
+    let both = [P::Text(source), P::Text(target)];
+    let source_only = [P::Text(source)];
+    for sql in [
+        "UPDATE identities SET profile_id = ?2 WHERE profile_id = ?1",
+        "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
+        "INSERT INTO traits (profile_id, name, value, updated_at)
+             SELECT ?2, name, value, updated_at FROM traits WHERE profile_id = ?1
+             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+             WHERE excluded.updated_at > traits.updated_at",
+        "INSERT INTO contacts (profile_id, kind, address, active, updated_at)
+             SELECT ?2, kind, address, active, updated_at FROM contacts WHERE profile_id = ?1
+             ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at
+             WHERE excluded.updated_at > contacts.updated_at",
+        "INSERT INTO consents (profile_id, purpose, granted, updated_at)
+             SELECT ?2, purpose, granted, updated_at FROM consents WHERE profile_id = ?1
+             ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
+             WHERE excluded.updated_at > consents.updated_at",
+        "UPDATE profiles SET timezone = (SELECT timezone FROM profiles WHERE id = ?1),
+                             timezone_at = (SELECT timezone_at FROM profiles WHERE id = ?1)
+             WHERE id = ?2 AND COALESCE(timezone_at, -1) < COALESCE((SELECT timezone_at FROM profiles WHERE id = ?1), -1)",
+    ] {
+        db.execute(sql, &both)?;
+    }
+    for table in ["traits", "contacts", "consents", "computed"] {
+        db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &source_only)?;
+    }
+    db.execute("DELETE FROM profiles WHERE id = ?1", &source_only)?;
+    let mut computed = Computed::default();
+    let rows = db.query(
+        "SELECT timestamp, properties FROM events WHERE profile_id = ?1 AND name = ?2",
+        &[P::Text(target), P::Text(&mapping.order_completed)],
+    )?;
+    for row in rows {
+        let properties: Map<String, Value> = serde_json::from_str(&row.text(1)).unwrap_or_default();
+        computed.add_order(mapping, row.int(0), &properties);
+    }
+    save_computed(db, target, &computed)
+}
+
+fn computed_from(row: &Row) -> Computed {
+    Computed {
+        order_count: row.int(0),
+        lifetime_value: row.float(1),
+        first_order_at: row.opt_int(2),
+        last_order_at: row.opt_int(3),
+        category_counts: serde_json::from_str(&row.text(4)).unwrap_or_default(),
+    }
+}
+
+fn load_computed(db: &mut impl Db, profile: &str) -> Result<Computed, StoreError> {
+    let row = db.query_opt(
+        "SELECT order_count, lifetime_value, first_order_at, last_order_at, category_counts FROM computed WHERE profile_id = ?1",
+        &[P::Text(profile)],
+    )?;
+    Ok(row.as_ref().map(computed_from).unwrap_or_default())
+}
+
+fn save_computed(db: &mut impl Db, profile: &str, c: &Computed) -> Result<(), StoreError> {
+    if c.order_count == 0 {
+        return Ok(());
+    }
+    let categories = Value::Object(c.category_counts.clone()).to_string();
+    db.execute(
+        "INSERT INTO computed (profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (profile_id) DO UPDATE SET order_count = excluded.order_count, lifetime_value = excluded.lifetime_value,
+             first_order_at = excluded.first_order_at, last_order_at = excluded.last_order_at,
+             category_counts = excluded.category_counts",
+        &[
+            P::Text(profile),
+            P::Int(c.order_count),
+            P::Float(c.lifetime_value),
+            P::OptInt(c.first_order_at),
+            P::OptInt(c.last_order_at),
+            P::Text(&categories),
+        ],
+    )
+    .map(drop)
+}
+
+/// Resolves which profile a message belongs to, creating and merging as identities demand.
+fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping) -> Result<String, StoreError> {
+    let by_user = match &msg.user_id {
+        Some(u) => lookup(db, "user", u)?,
+        None => None,
+    };
+    let by_anonymous = match &msg.anonymous_id {
+        Some(a) => lookup(db, "anonymous", a)?,
+        None => None,
+    };
+    let profile = match (by_user, by_anonymous) {
+        (Some(user), Some(anonymous)) if user != anonymous => {
+            // History from before login joins the user, unless the anonymous profile is
+            // already someone else's (a shared device): then the two stay apart.
+            if !has_user_identity(db, &anonymous)? {
+                merge(db, &anonymous, &user, mapping)?;
+            }
+            user
+        }
+        (Some(user), _) => user,
+        (None, Some(anonymous)) => anonymous,
+        (None, None) => create_profile(db, msg.received_at)?,
+    };
+    if let Some(u) = &msg.user_id {
+        link(db, "user", u, &profile)?;
+    }
+    if let Some(a) = &msg.anonymous_id {
+        link(db, "anonymous", a, &profile)?;
+    }
+    if let Some(previous) = &msg.previous_id {
+        let earlier = match lookup(db, "user", previous)? {
+            Some(p) => Some(p),
+            None => lookup(db, "anonymous", previous)?,
+        };
+        match earlier {
+            Some(earlier) if earlier != profile => merge(db, &earlier, &profile, mapping)?,
+            Some(_) => {}
+            None => {
+                link(db, "user", previous, &profile)?;
+                link(db, "anonymous", previous, &profile)?;
+            }
+        }
+    }
+    Ok(profile)
+}
+
+fn upsert_trait(db: &mut impl Db, profile: &str, name: &str, value: &Value, at: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO traits (profile_id, name, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+         WHERE excluded.updated_at >= traits.updated_at",
+        &[P::Text(profile), P::Text(name), P::Text(&value.to_string()), P::Int(at)],
+    )
+    .map(drop)
+}
+
+fn upsert_contact(db: &mut impl Db, profile: &str, kind: &str, address: &str, active: bool, at: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO contacts (profile_id, kind, address, active, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at
+         WHERE excluded.updated_at >= contacts.updated_at",
+        &[P::Text(profile), P::Text(kind), P::Text(address), P::Bool(active), P::Int(at)],
+    )
+    .map(drop)
+}
+
+fn upsert_consent(db: &mut impl Db, profile: &str, purpose: Purpose, granted: bool, at: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO consents (profile_id, purpose, granted, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
+         WHERE excluded.updated_at >= consents.updated_at",
+        &[P::Text(profile), P::Text(purpose.name()), P::Bool(granted), P::Int(at)],
+    )
+    .map(drop)
+}
+
+/// Every identity a batch touches, sorted, for [`Db::lock_identities`].
+fn identity_keys(messages: &[Message]) -> Vec<String> {
+    let mut keys: Vec<String> = messages
+        .iter()
+        .flat_map(|m| [&m.user_id, &m.anonymous_id, &m.previous_id])
+        .flatten()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Stores a batch of messages; duplicates (by source and message id) are skipped.
+pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Message]) -> Result<IngestReport, StoreError> {
+    db.lock_identities(&identity_keys(messages))?;
+    let mut report = IngestReport::default();
+    for msg in messages {
+        let fresh = db.execute(
+            "INSERT INTO messages (source, message_id, received_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source, message_id) DO NOTHING",
+            &[P::Text(&msg.source), P::Text(&msg.message_id), P::Int(msg.received_at)],
+        )?;
+        if fresh == 0 {
+            report.duplicates += 1;
+            continue;
+        }
+        report.accepted += 1;
+        let profile = resolve(db, msg, mapping)?;
+        db.execute(
+            "UPDATE profiles SET updated_at = ?2 WHERE id = ?1 AND updated_at < ?2",
+            &[P::Text(&profile), P::Int(msg.received_at)],
+        )?;
+        if let Some(zone) = &msg.timezone {
+            db.execute(
+                "UPDATE profiles SET timezone = ?2, timezone_at = ?3 WHERE id = ?1 AND COALESCE(timezone_at, -1) <= ?3",
+                &[P::Text(&profile), P::Text(zone), P::Int(msg.timestamp)],
+            )?;
+        }
+        for (name, value) in &msg.traits {
+            upsert_trait(db, &profile, name, value, msg.timestamp)?;
+            let address = value.as_str().map(str::trim).filter(|a| !a.is_empty());
+            match (name.as_str(), address) {
+                ("email", Some(email)) => upsert_contact(db, &profile, "email", &email.to_lowercase(), true, msg.timestamp)?,
+                ("phone", Some(phone)) => upsert_contact(db, &profile, "phone", phone, true, msg.timestamp)?,
+                _ => {}
+            }
+        }
+        if let Some((token, active)) = &msg.push_token {
+            upsert_contact(db, &profile, "push_token", token, *active, msg.timestamp)?;
+        }
+        for (purpose, granted) in &msg.consents {
+            upsert_consent(db, &profile, *purpose, *granted, msg.timestamp)?;
+        }
+        if let Some(event) = &msg.event {
+            let properties = Value::Object(msg.properties.clone()).to_string();
+            db.execute(
+                "INSERT INTO events (profile_id, name, timestamp, properties, message_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[P::Text(&profile), P::Text(event), P::Int(msg.timestamp), P::Text(&properties), P::Text(&msg.message_id)],
+            )?;
+            if *event == mapping.order_completed {
+                let mut computed = load_computed(db, &profile)?;
+                computed.add_order(mapping, msg.timestamp, &msg.properties);
+                save_computed(db, &profile, &computed)?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The profile an id names: a profile id, a userId or an anonymousId.
+pub(crate) fn resolve_id(db: &mut impl Db, id: &str) -> Result<Option<String>, StoreError> {
+    if db.query_opt("SELECT id FROM profiles WHERE id = ?1", &[P::Text(id)])?.is_some() {
+        return Ok(Some(id.to_string()));
+    }
+    match lookup(db, "user", id)? {
+        Some(p) => Ok(Some(p)),
+        None => lookup(db, "anonymous", id),
+    }
+}
+
+/// Records consents given through the consent API; false when nobody matched.
+pub(crate) fn set_consents(db: &mut impl Db, id: &str, consents: &[(Purpose, bool)], at: i64) -> Result<bool, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
+    for (purpose, granted) in consents {
+        upsert_consent(db, &profile, *purpose, *granted, at)?;
+    }
+    Ok(true)
+}
+
+/// Erases a person from every table; false when no profile matched.
+pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
+    for table in ["events", "traits", "contacts", "consents", "computed", "identities"] {
+        db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &[P::Text(&profile)])?;
+    }
+    db.execute("DELETE FROM profiles WHERE id = ?1", &[P::Text(&profile)])?;
+    Ok(true)
+}
+
+/// Inserts or replaces catalog products.
+pub(crate) fn upsert_products(db: &mut impl Db, products: &[Product], at: i64) -> Result<usize, StoreError> {
+    for p in products {
+        db.execute(
+            "INSERT INTO products (id, name, category, price, url, image, in_stock, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, category = excluded.category, price = excluded.price,
+                 url = excluded.url, image = excluded.image, in_stock = excluded.in_stock, updated_at = excluded.updated_at",
+            &[
+                P::Text(&p.id),
+                P::Text(&p.name),
+                P::OptText(p.category.as_deref()),
+                P::OptFloat(p.price),
+                P::OptText(p.url.as_deref()),
+                P::OptText(p.image.as_deref()),
+                P::Bool(p.in_stock),
+                P::Int(at),
+            ],
+        )?;
+    }
+    Ok(products.len())
+}
+
+/// Everything about one profile, with its `recent` latest events.
+pub(crate) fn read_profile(db: &mut impl Db, id: &str, recent: usize) -> Result<Option<ProfileRecord>, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(None) };
+    let Some(row) = db.query_opt("SELECT created_at, updated_at, timezone FROM profiles WHERE id = ?1", &[P::Text(&profile)])? else {
+        return Ok(None);
+    };
+    let who = [P::Text(&profile)];
+    let (mut user_ids, mut anonymous_ids) = (Vec::new(), Vec::new());
+    for r in db.query("SELECT kind, value FROM identities WHERE profile_id = ?1 ORDER BY value", &who)? {
+        if r.text(0) == "user" { user_ids.push(r.text(1)) } else { anonymous_ids.push(r.text(1)) }
+    }
+    let traits = db
+        .query("SELECT name, value, updated_at FROM traits WHERE profile_id = ?1 ORDER BY name", &who)?
+        .into_iter()
+        .map(|r| (r.text(0), serde_json::from_str(&r.text(1)).unwrap_or(Value::Null), r.int(2)))
+        .collect();
+    let consents = db
+        .query("SELECT purpose, granted, updated_at FROM consents WHERE profile_id = ?1 ORDER BY purpose", &who)?
+        .into_iter()
+        .filter_map(|r| Some(Consent { purpose: Purpose::parse(&r.text(0))?, granted: r.bool(1), updated_at: r.int(2) }))
+        .collect();
+    let contacts = db
+        .query("SELECT kind, address, active, updated_at FROM contacts WHERE profile_id = ?1 ORDER BY kind, address", &who)?
+        .into_iter()
+        .map(|r| Contact { kind: r.text(0), address: r.text(1), active: r.bool(2), updated_at: r.int(3) })
+        .collect();
+    let recent_events = db
+        .query(
+            "SELECT name, timestamp, properties FROM events WHERE profile_id = ?1 ORDER BY timestamp DESC, id DESC LIMIT ?2",
+            &[P::Text(&profile), P::Int(recent as i64)],
+        )?
+        .into_iter()
+        .map(|r| StoredEvent { name: r.text(0), timestamp: r.int(1), properties: serde_json::from_str(&r.text(2)).unwrap_or(Value::Null) })
+        .collect();
+    let computed = load_computed(db, &profile)?;
+    Ok(Some(ProfileRecord {
+        id: profile,
+        user_ids,
+        anonymous_ids,
+        created_at: row.int(0),
+        updated_at: row.int(1),
+        timezone: row.opt_text(2),
+        traits,
+        computed,
+        consents,
+        contacts,
+        recent_events,
+    }))
+}
+
+/// How many rows each table holds, for tests of erasure and for operators.
+pub(crate) fn table_counts(db: &mut impl Db) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut counts = Vec::new();
+    for table in ["profiles", "identities", "events", "traits", "contacts", "consents", "computed", "products"] {
+        let n = db.query_opt(&format!("SELECT COUNT(*) FROM {table}"), &[])?.map_or(0, |r| r.int(0));
+        counts.push((table.to_string(), n));
+    }
+    Ok(counts)
+}

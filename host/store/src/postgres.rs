@@ -1,0 +1,248 @@
+//! The PostgreSQL backend, for several Rekindle hosts sharing state. Each request runs in
+//! its own transaction on a pooled connection; writers touching the same identities are
+//! serialised with transaction-scoped advisory locks, and a transaction that loses a
+//! deadlock or serialisation race is retried.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+
+use crate::StoreError;
+use crate::db::{Db, P, Row, V, dollar_placeholders};
+use crate::model::EventMapping;
+
+/// Migrations, applied in order once each.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_profiles.sql"))];
+
+/// Any constant works; it only has to be the same on every host.
+const MIGRATION_LOCK: i64 = 0x5245_4b49_4e44_4c45;
+
+/// Attempts for a transaction that loses a deadlock or serialisation race.
+const ATTEMPTS: usize = 5;
+
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+pub(crate) struct PgStore {
+    url: String,
+    idle: Arc<Mutex<Vec<Conn>>>,
+    mapping: Arc<EventMapping>,
+}
+
+fn db(e: &postgres::Error) -> StoreError {
+    StoreError::Database(match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    })
+}
+
+fn retryable(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "40001" || c.code() == "40P01")
+}
+
+/// A transaction, with the connection's prepared statements, as a [`Db`].
+pub(crate) struct PgTx<'a> {
+    tx: postgres::Transaction<'a>,
+    statements: &'a mut HashMap<String, Statement>,
+    /// The driver error behind the last failure, kept to tell retryable races apart.
+    last_error: Option<postgres::Error>,
+}
+
+fn boxed(p: &P<'_>) -> Box<dyn ToSql + Sync> {
+    match *p {
+        P::Text(s) => Box::new(s.to_string()),
+        P::Int(i) => Box::new(i),
+        P::Float(f) => Box::new(f),
+        P::Bool(b) => Box::new(b),
+        P::OptText(s) => Box::new(s.map(str::to_string)),
+        P::OptInt(i) => Box::new(i),
+        P::OptFloat(f) => Box::new(f),
+    }
+}
+
+impl PgTx<'_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(&dollar_placeholders(sql))?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl Db for PgTx<'_> {
+    fn execute(&mut self, sql: &str, params: &[P<'_>]) -> Result<u64, StoreError> {
+        let values: Vec<Box<dyn ToSql + Sync>> = params.iter().map(boxed).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|b| b.as_ref()).collect();
+        let result = self.statement(sql).and_then(|s| self.tx.execute(&s, &refs));
+        result.map_err(|e| {
+            let err = db(&e);
+            self.last_error = Some(e);
+            err
+        })
+    }
+
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>, StoreError> {
+        let values: Vec<Box<dyn ToSql + Sync>> = params.iter().map(boxed).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|b| b.as_ref()).collect();
+        let rows = match self.statement(sql).and_then(|s| self.tx.query(&s, &refs)) {
+            Ok(rows) => rows,
+            Err(e) => {
+                let err = db(&e);
+                self.last_error = Some(e);
+                return Err(err);
+            }
+        };
+        rows.iter().map(row_values).collect()
+    }
+
+    fn lock_identities(&mut self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?1, 0))", &[P::Text(key)])?;
+        }
+        Ok(())
+    }
+}
+
+fn row_values(row: &postgres::Row) -> Result<Row, StoreError> {
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let get_err = |e: postgres::Error| StoreError::Database(format!("column {}: {e}", column.name()));
+        let value = match *column.type_() {
+            Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(get_err)?.map_or(V::Null, V::Int),
+            Type::INT4 => row.try_get::<_, Option<i32>>(i).map_err(get_err)?.map_or(V::Null, |n| V::Int(n.into())),
+            Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map_err(get_err)?.map_or(V::Null, V::Float),
+            Type::BOOL => row.try_get::<_, Option<bool>>(i).map_err(get_err)?.map_or(V::Null, V::Bool),
+            Type::VOID => V::Null,
+            _ => row.try_get::<_, Option<String>>(i).map_err(get_err)?.map_or(V::Null, V::Text),
+        };
+        values.push(value);
+    }
+    Ok(Row(values))
+}
+
+impl PgStore {
+    pub(crate) fn open(url: &str, mapping: EventMapping) -> Result<PgStore, StoreError> {
+        let mut client = Client::connect(url, NoTls).map_err(|e| db(&e))?;
+        // One host migrates at a time; the others wait, then find nothing left to do.
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).map_err(|e| db(&e))?;
+        let migrated = migrate(&mut client);
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).map_err(|e| db(&e))?;
+        migrated?;
+        let conn = Conn { client, statements: HashMap::new() };
+        Ok(PgStore { url: url.to_string(), idle: Arc::new(Mutex::new(vec![conn])), mapping: Arc::new(mapping) })
+    }
+
+    /// Runs `work` in a transaction, retrying lost races; resolves once committed.
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        work: impl Fn(&mut PgTx<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (url, idle, mapping) = (self.url.clone(), self.idle.clone(), self.mapping.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = checkout(&url, &idle)?;
+            let result = (|| {
+                for attempt in 1..=ATTEMPTS {
+                    let Conn { client, statements } = &mut conn;
+                    let tx = client.transaction().map_err(|e| db(&e))?;
+                    let mut pg = PgTx { tx, statements, last_error: None };
+                    match work(&mut pg, &mapping) {
+                        Ok(value) => match pg.tx.commit() {
+                            Ok(()) => return Ok(value),
+                            Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
+                            Err(e) => return Err(db(&e)),
+                        },
+                        Err(err) => {
+                            let again = pg.last_error.as_ref().is_some_and(retryable);
+                            drop(pg);
+                            if again && attempt < ATTEMPTS {
+                                tracing::debug!(attempt, "retrying a transaction that lost a race: {err}");
+                                continue;
+                            }
+                            return Err(err);
+                        }
+                    }
+                }
+                Err(StoreError::Database("gave up after repeated deadlocks".into()))
+            })();
+            checkin(&idle, conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("write task failed: {e}")))?
+    }
+
+    /// Runs `work` in a read-only transaction.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        work: impl Fn(&mut PgTx<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (url, idle, mapping) = (self.url.clone(), self.idle.clone(), self.mapping.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = checkout(&url, &idle)?;
+            let result = (|| {
+                let Conn { client, statements } = &mut conn;
+                let tx = client.build_transaction().read_only(true).start().map_err(|e| db(&e))?;
+                let mut pg = PgTx { tx, statements, last_error: None };
+                let value = work(&mut pg, &mapping)?;
+                pg.tx.commit().map_err(|e| db(&e))?;
+                Ok(value)
+            })();
+            checkin(&idle, conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The blocking client shuts its connection down with a blocking call, which panics
+        // on an async runtime thread, where the store is usually dropped.
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new().name("rekindle-pg-close".into()).spawn(move || drop(idle));
+        }
+    }
+}
+
+fn checkout(url: &str, idle: &Mutex<Vec<Conn>>) -> Result<Conn, StoreError> {
+    let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    match pooled {
+        Some(conn) if !conn.client.is_closed() => Ok(conn),
+        _ => Ok(Conn { client: Client::connect(url, NoTls).map_err(|e| db(&e))?, statements: HashMap::new() }),
+    }
+}
+
+fn checkin(idle: &Mutex<Vec<Conn>>, conn: Conn) {
+    if !conn.client.is_closed() {
+        idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .map_err(|e| db(&e))?;
+    for (version, sql) in MIGRATIONS {
+        let applied = client
+            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+            .map_err(|e| db(&e))?
+            .is_some();
+        if applied {
+            continue;
+        }
+        let mut tx = client.transaction().map_err(|e| db(&e))?;
+        tx.batch_execute(sql).map_err(|e| StoreError::Migration { version: *version, message: db(&e).to_string() })?;
+        tx.execute("INSERT INTO schema_migrations VALUES ($1, $2)", &[version, &crate::now_ms()]).map_err(|e| db(&e))?;
+        tx.commit().map_err(|e| db(&e))?;
+        tracing::info!(version, "applied PostgreSQL migration");
+    }
+    Ok(())
+}
