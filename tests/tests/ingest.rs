@@ -216,6 +216,15 @@ async fn consents_erasure_and_catalog(backend: Backend) {
     let (status, body) = host.send(consent(json!({"fax": true}))).await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("fax")));
     assert_eq!(host.profile("gus").await.1["consents"]["push"]["granted"], true);
+    // A push token arrives with an event, then the push provider reports it dead.
+    host.post("/v1/identify", json!({"userId": "gus", "messageId": "3", "context": {"device": {"token": "tok-9"}}})).await;
+    let revoke = host.http.post(format!("{}/v1/profiles/gus/contacts", host.base)).bearer_auth(ADMIN)
+        .json(&json!({"kind": "push_token", "address": "tok-9", "active": false}));
+    assert_eq!(host.send(revoke).await.0, 200);
+    let contacts = host.profile("gus").await.1["contacts"].clone();
+    assert!(contacts.as_array().unwrap().iter().any(|c| c["kind"] == "push_token" && c["active"] == false), "{contacts}");
+    let bad = host.http.post(format!("{}/v1/profiles/gus/contacts", host.base)).bearer_auth(ADMIN).json(&json!({"kind": "fax", "address": "1", "active": true}));
+    assert_eq!(host.send(bad).await.1["error"]["field"], "kind");
     assert_eq!(host.send(host.http.get(format!("{}/v1/profiles/gus", host.base))).await.0, 401, "profiles need the admin token");
 
     let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)

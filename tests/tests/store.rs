@@ -101,3 +101,23 @@ async fn two_hosts_share_one_postgres_database() {
     }
     assert_eq!(a.table_counts().await.unwrap().iter().find(|t| t.0 == "profiles").unwrap().1, 4);
 }
+
+/// The events behind computed traits are configurable: a shop that sends `Purchase` with a
+/// `amount` property gets the same traits.
+#[tokio::test]
+async fn a_custom_event_mapping_feeds_the_computed_traits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = rekindle_store::EventMapping {
+        order_completed: "Purchase".into(),
+        revenue_properties: vec!["amount".into()],
+        products_property: "items".into(),
+        category_property: "department".into(),
+    };
+    let store = rekindle_store::Store::open_sqlite(&dir.path().join("db"), mapping).unwrap();
+    let purchase = msg("p1", Some("ivy"), None, Some("Purchase"), 5, json!({}), json!({"amount": 12.5, "items": [{"department": "garden"}]}));
+    let order = msg("p2", Some("ivy"), None, Some("Order Completed"), 6, json!({}), json!({"revenue": 99}));
+    store.ingest(vec![purchase, order]).await.unwrap();
+    let p = store.profile("ivy", 0).await.unwrap().unwrap();
+    assert_eq!((p.computed.order_count, p.computed.lifetime_value), (1, 12.5));
+    assert_eq!(p.computed.favourite_category().as_deref(), Some("garden"));
+}

@@ -104,6 +104,13 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::set_consents(db, &id, &consents, at)))
     }
 
+    /// Marks a contact point (`email`, `phone` or `push_token`) active or revoked; false
+    /// when nobody matched.
+    pub async fn set_contact(&self, id: &str, kind: &str, address: &str, active: bool, at: i64) -> Result<bool, StoreError> {
+        let (id, kind, address) = (id.to_string(), kind.to_string(), address.to_string());
+        on_backend!(self.write(|db, _mapping| logic::set_contact(db, &id, &kind, &address, active, at)))
+    }
+
     /// Inserts or replaces catalog products.
     pub async fn upsert_products(&self, products: Vec<Product>) -> Result<usize, StoreError> {
         let at = now_ms();

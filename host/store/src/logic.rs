@@ -282,6 +282,14 @@ pub(crate) fn set_consents(db: &mut impl Db, id: &str, consents: &[(Purpose, boo
     Ok(true)
 }
 
+/// Marks a contact point active or not (a provider reported a push token dead, a bounce),
+/// adding it if new; false when nobody matched.
+pub(crate) fn set_contact(db: &mut impl Db, id: &str, kind: &str, address: &str, active: bool, at: i64) -> Result<bool, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
+    upsert_contact(db, &profile, kind, address, active, at)?;
+    Ok(true)
+}
+
 /// Erases a person from every table; false when no profile matched.
 pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(false) };

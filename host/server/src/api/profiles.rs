@@ -16,6 +16,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/profiles/{id}", get(read).delete(erase))
         .route("/v1/profiles/{id}/consents", post(consents))
+        .route("/v1/profiles/{id}/contacts", post(contacts))
         .route("/v1/catalog/products", post(products))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
@@ -105,6 +106,29 @@ async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: B
         updates.push((purpose, granted));
     }
     if !store.set_consents(&id, updates, rekindle_store::now_ms()).await.map_err(|e| ApiError::Store(e.to_string()))? {
+        return Err(ApiError::NotFound(format!("no profile for `{id}`")));
+    }
+    Ok(Json(json!({ "success": true })))
+}
+
+/// `{"kind": "push_token", "address": "...", "active": false}`: how delivery feedback
+/// (a dead push token, a hard bounce) reaches the profile.
+async fn contacts(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let store = &ingestion(&state)?.store;
+    let body = parse_json(&body)?;
+    let kind = match body.get("kind").and_then(Value::as_str) {
+        Some(kind @ ("email" | "phone" | "push_token")) => kind,
+        _ => return Err(ApiError::field("kind", "`kind` must be email, phone or push_token")),
+    };
+    let address = body
+        .get("address")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ApiError::field("address", "`address` must be a non-empty string"))?;
+    let address = if kind == "email" { address.to_lowercase() } else { address.to_string() };
+    let active = body.get("active").and_then(Value::as_bool).ok_or_else(|| ApiError::field("active", "`active` must be true or false"))?;
+    if !store.set_contact(&id, kind, &address, active, rekindle_store::now_ms()).await.map_err(|e| ApiError::Store(e.to_string()))? {
         return Err(ApiError::NotFound(format!("no profile for `{id}`")));
     }
     Ok(Json(json!({ "success": true })))
