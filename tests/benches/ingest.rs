@@ -12,6 +12,10 @@ use rekindle_server::{AppState, Ingestion, app};
 use rekindle_tests::Backend;
 use serde_json::{Value, json};
 
+// The same allocator as the `rekindle` binary: the server is what is being measured.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USERS: usize = 2_000;
 const BATCHES: usize = 400;
 const PER_BATCH: usize = 100;
@@ -99,30 +103,42 @@ async fn ingest(base: &str) {
     );
 }
 
-/// An open-loop load at RATE requests/s: latency counts from when each request was due,
-/// so a stalled server cannot hide its queue (no coordinated omission).
+/// An open-loop load at RATE requests/s over CONNECTIONS keep-alive connections. Latency
+/// counts from when each request was due (less the timer's 1 ms tick), so a server that
+/// falls behind cannot hide its queue (no coordinated omission).
 async fn profiles(base: &str) {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    const CONNECTIONS: u64 = 32;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS as usize).build().unwrap();
     let total = RATE * RATE_SECONDS;
     let interval = Duration::from_nanos(1_000_000_000 / RATE);
-    let started = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = started + interval * i as u32;
-        tokio::time::sleep_until(due).await;
-        let (http, url) = (http.clone(), format!("{base}/v1/profiles/user-{}?events=10", i as usize % USERS));
-        tasks.push(tokio::spawn(async move {
-            let response = http.get(&url).bearer_auth("admin").send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.bytes().await.unwrap();
-            due.elapsed()
+    let started = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut workers = Vec::new();
+    for w in 0..CONNECTIONS {
+        let (http, base) = (http.clone(), base.to_string());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for i in (w..total).step_by(CONNECTIONS as usize) {
+                let due = started + interval * i as u32;
+                tokio::time::sleep_until(due).await;
+                // tokio's timer fires on 1 ms ticks, so a wake-up up to a tick late is the
+                // timer's, not the server's; later than that, the worker was stuck behind a
+                // slow response and the wait counts.
+                let woke = tokio::time::Instant::now();
+                let origin = if woke - due <= Duration::from_micros(1_100) { woke } else { due };
+                let url = format!("{base}/v1/profiles/user-{}?events=10", i as usize % USERS);
+                let response = http.get(&url).bearer_auth("admin").send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap();
+                latencies.push(origin.elapsed());
+            }
+            latencies
         }));
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        latencies.push(task.await.unwrap());
+    let mut latencies = Vec::with_capacity(total as usize);
+    for worker in workers {
+        latencies.extend(worker.await.unwrap());
     }
-    let achieved = total as f64 / started.elapsed().as_secs_f64();
+    let achieved = total as f64 / (tokio::time::Instant::now() - started).as_secs_f64();
     latencies.sort();
     println!(
         "  GET /v1/profiles/{{id}} at {RATE}/s for {RATE_SECONDS}s (achieved {achieved:.0}/s): p50 {:.2?} p99 {:.2?} p99.9 {:.2?} max {:.2?}",

@@ -264,13 +264,14 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
 
 /// The profile an id names: a profile id, a userId or an anonymousId.
 pub(crate) fn resolve_id(db: &mut impl Db, id: &str) -> Result<Option<String>, StoreError> {
-    if db.query_opt("SELECT id FROM profiles WHERE id = ?1", &[P::Text(id)])?.is_some() {
-        return Ok(Some(id.to_string()));
-    }
-    match lookup(db, "user", id)? {
-        Some(p) => Ok(Some(p)),
-        None => lookup(db, "anonymous", id),
-    }
+    // One round trip, in order of precedence: a profile id, a userId, an anonymousId.
+    let row = db.query_opt(
+        "SELECT id, 0 AS rank FROM profiles WHERE id = ?1
+         UNION ALL SELECT profile_id, CASE kind WHEN 'user' THEN 1 ELSE 2 END FROM identities WHERE value = ?1
+         ORDER BY rank LIMIT 1",
+        &[P::Text(id)],
+    )?;
+    Ok(row.map(|r| r.text(0)))
 }
 
 /// Records consents given through the consent API; false when nobody matched.

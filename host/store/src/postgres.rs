@@ -14,7 +14,10 @@ use crate::db::{Db, P, Row, V, dollar_placeholders};
 use crate::model::EventMapping;
 
 /// Migrations, applied in order once each.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_profiles.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_profiles.sql")),
+    (2, include_str!("../migrations/postgres/0002_lookups.sql")),
+];
 
 /// Any constant works; it only has to be the same on every host.
 const MIGRATION_LOCK: i64 = 0x5245_4b49_4e44_4c45;

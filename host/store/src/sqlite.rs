@@ -14,7 +14,10 @@ use crate::db::{Db, P, Row, V};
 use crate::model::EventMapping;
 
 /// Migrations, applied in order once each.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_profiles.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_profiles.sql")),
+    (2, include_str!("../migrations/sqlite/0002_lookups.sql")),
+];
 
 /// Requests one commit may carry; a bound keeps a burst from delaying the first reply.
 const MAX_GROUP: usize = 64;
@@ -103,14 +106,16 @@ impl SqliteStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs `work` on a read connection off the async threads.
+    /// Runs `work` on a read connection, inline. A read of one profile is a few indexed
+    /// lookups on local pages, tens of microseconds: cheaper to run on the async worker than
+    /// to hand to a blocking thread and back, which costs two context switches.
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
         let mapping = self.mapping.clone();
-        tokio::task::spawn_blocking(move || {
+        (move || {
             let conn = match readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 Some(conn) => conn,
                 None => {
@@ -126,9 +131,7 @@ impl SqliteStore {
             let result = work(&mut Lite(&conn), &mapping);
             readers.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
             result
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+        })()
     }
 }
 
