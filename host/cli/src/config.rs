@@ -26,42 +26,7 @@ pub struct Config {
     /// Sources that may send events, each with its write key.
     pub sources: Vec<SourceConfig>,
     /// Which events and properties feed the computed traits.
-    pub events: EventsConfig,
-}
-
-/// The event names and properties behind the computed traits (Segment's e-commerce spec
-/// by default).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EventsConfig {
-    pub order_completed: String,
-    pub revenue_properties: Vec<String>,
-    pub products_property: String,
-    pub category_property: String,
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        let d = rekindle_store::EventMapping::default();
-        EventsConfig {
-            order_completed: d.order_completed,
-            revenue_properties: d.revenue_properties,
-            products_property: d.products_property,
-            category_property: d.category_property,
-        }
-    }
-}
-
-impl EventsConfig {
-    /// The store's form of this mapping.
-    pub fn mapping(&self) -> rekindle_store::EventMapping {
-        rekindle_store::EventMapping {
-            order_completed: self.order_completed.clone(),
-            revenue_properties: self.revenue_properties.clone(),
-            products_property: self.products_property.clone(),
-            category_property: self.category_property.clone(),
-        }
-    }
+    pub events: rekindle_store::EventMapping,
 }
 
 /// One event source (a website, an app) and its write key.
@@ -93,7 +58,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sqlite_path: None,
             postgres_url: None,
-            events: EventsConfig::default(),
+            events: rekindle_store::EventMapping::default(),
             sources: Vec::new(),
         }
     }

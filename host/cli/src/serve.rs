@@ -103,13 +103,13 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
     if let Some(url) = &config.postgres_url {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let store = runtime
-            .block_on(Store::open_postgres(url, config.events.mapping()))
+            .block_on(Store::open_postgres(url, config.events.clone()))
             .context("opening the customer database on PostgreSQL")?;
         tracing::info!("customer data on PostgreSQL");
         return Ok(store);
     }
     let path = config.sqlite_path.clone().unwrap_or_else(|| config.data_dir.join("rekindle.db"));
-    let store = Store::open_sqlite(&path, config.events.mapping())
+    let store = Store::open_sqlite(&path, config.events.clone())
         .with_context(|| format!("opening the customer database {}", path.display()))?;
     tracing::info!(path = %path.display(), "customer data on SQLite");
     Ok(store)

@@ -1,6 +1,7 @@
 //! The `rekindle` binary as a user meets it: inspect and run real components, and scaffold
 //! plugins of every kind that build, pass their test, and load into `rekindle serve`.
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -88,6 +89,30 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Starts `rekindle serve` with `args` on a free port; returns it with its base URL once
+/// `/health` answers.
+async fn serve(args: &[&OsStr], token: &str) -> (Server, String) {
+    let port = free_port();
+    let server = Server(
+        rekindle()
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("REKINDLE_ADMIN_TOKEN", token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while reqwest::get(format!("{base}/health")).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (server, base)
+}
+
 fn cargo(dir: &Path, args: &[&str]) {
     let target = workspace_root().join("target/scaffold");
     let out = Command::new(env!("CARGO"))
@@ -126,34 +151,12 @@ async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
     let bad = run(rekindle().args(["serve", "--config"]).arg(work.path().join("my-rule/Cargo.toml")));
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("is not a valid Rekindle config"), "{}", text(&bad.stderr));
-    let port = free_port();
-    let _server = Server(
-        rekindle()
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--plugins"])
-            .arg(&plugins)
-            .arg("--data-dir")
-            .arg(work.path().join("data"))
-            .env("REKINDLE_ADMIN_TOKEN", "scaffold-token")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let data = work.path().join("data");
+    let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
+    let (_server, base) = serve(&args, "scaffold-token").await;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/health")).send().await {
-            let health: Value = r.json().await.unwrap();
-            assert_eq!(health["active_slots"], 3, "{health}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let health: Value = http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["active_slots"], 3, "{health}");
     let invoke = |slot: &str, body: Value| {
         let request = http.post(format!("{base}/admin/slots/{slot}/invoke")).bearer_auth("scaffold-token").json(&body);
         async move {
@@ -177,24 +180,10 @@ async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
 #[tokio::test]
 async fn demo_generate_fills_a_running_host_and_is_idempotent() {
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _server = Server(
-        rekindle()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--source", "demo=demo-key", "--data-dir"])
-            .arg(work.path().join("data"))
-            .env("REKINDLE_ADMIN_TOKEN", "demo-admin")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let data = work.path().join("data");
+    let args = [OsStr::new("--source"), OsStr::new("demo=demo-key"), OsStr::new("--data-dir"), data.as_os_str()];
+    let (_server, base) = serve(&args, "demo-admin").await;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let generate = || {
         rekindle()
             .args(["demo", "generate", "--profiles", "60", "--seed", "1", "--now", "2026-11-23T00:00:00Z", "--url", &base])

@@ -1,6 +1,6 @@
 //! What the store takes in and hands out.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The kinds of Segment message.
@@ -79,8 +79,9 @@ pub struct IngestReport {
 }
 
 /// Which events and properties feed the computed traits (Segment's e-commerce spec by
-/// default).
-#[derive(Debug, Clone, PartialEq)]
+/// default); `[events]` in `rekindle.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EventMapping {
     pub order_completed: String,
     /// Property names tried in order for an order's value.
