@@ -268,3 +268,34 @@ fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> 
 fn chrono_ms(rfc3339: &str) -> i64 {
     rekindle_runtime::json::timestamp_from_json(Some(&json!(rfc3339)), "t").unwrap()
 }
+
+#[test]
+fn every_shipped_plugin_loads_and_imports_only_the_contract() {
+    let runtime = runtime();
+    let shipped: Vec<_> = components::ALL.iter().filter(|(name, _)| !name.starts_with("hostile-")).collect();
+    assert!(shipped.len() >= 10, "{shipped:?}");
+    for (name, path) in shipped {
+        let plugin = Plugin::load(&runtime, &component(path)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(plugin.imports().iter().all(|i| i.starts_with("rekindle:plugin/")), "{name} imports {:?}", plugin.imports());
+    }
+}
+
+/// The seed rules' default thresholds, through the Wasm components as the host calls them.
+#[test]
+fn seed_rule_boundaries_hold_through_wasm() {
+    let runtime = runtime();
+    let verdict = |path: &str, now: &str, profile: serde_json::Value| {
+        let plugin = Plugin::load(&runtime, &component(path)).unwrap();
+        invoke(&plugin, &json!({"context": {"now": now}, "profile": profile})).unwrap()["verdict"]["member"].as_bool().unwrap()
+    };
+    let cart = |added: &str| json!({"id": "c", "events": [{"name": "Product Added", "timestamp": added}]});
+    assert!(!verdict(components::RULE_ABANDONED_CART, "2026-11-23T10:29:00Z", cart("2026-11-23T10:00:00Z")), "29 minutes");
+    assert!(verdict(components::RULE_ABANDONED_CART, "2026-11-23T10:31:00Z", cart("2026-11-23T10:00:00Z")), "31 minutes");
+    let last_order = |at: &str| json!({"id": "w", "aggregates": {"last_order_at": chrono_ms(at), "order_count": 1, "lifetime_value": 501.0}});
+    for (now, expected) in [("2026-02-14T00:00:00Z", false), ("2026-02-15T00:00:00Z", true), ("2026-04-01T00:00:00Z", true), ("2026-04-02T00:00:00Z", false)] {
+        assert_eq!(verdict(components::RULE_WIN_BACK_WINDOW, now, last_order("2026-01-01T00:00:00Z")), expected, "win-back at {now}");
+    }
+    assert!(verdict(components::RULE_ONE_TIME_ABOUT_TO_SLEEP, "2026-07-01T00:00:00Z", last_order("2026-01-01T00:00:00Z")));
+    assert!(!verdict(components::RULE_ONE_TIME_ABOUT_TO_SLEEP, "2026-06-29T00:00:00Z", last_order("2026-01-01T00:00:00Z")));
+    assert!(verdict(components::RULE_HIGH_LTV, "2026-01-02T00:00:00Z", last_order("2026-01-01T00:00:00Z")));
+}
