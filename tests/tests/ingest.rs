@@ -19,6 +19,7 @@ rekindle_tests::on_each_backend!(
     retries_never_double_count_and_bad_batches_write_nothing,
     write_keys_gzip_and_size_limits,
     consents_erasure_and_catalog,
+    rules_evaluate_stored_profiles,
 );
 use serde_json::{Value, json};
 
@@ -32,6 +33,13 @@ struct Host {
 
 async fn start(backend: Backend, data: &Path) -> Option<Host> {
     let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    for (slot, path) in [
+        ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
+        ("win-back", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
+        ("abandoned-cart", rekindle_tests::components::RULE_ABANDONED_CART),
+    ] {
+        registry.install(slot, &rekindle_tests::component(path)).unwrap();
+    }
     let store = rekindle_tests::open_store(backend, data).await?;
     let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
@@ -262,4 +270,43 @@ async fn erasure_leaves_no_row_and_sqlite_survives_a_restart() {
     for (table, rows) in store.table_counts().await.unwrap() {
         assert_eq!(rows, 0, "{table} still holds {rows} rows after erasure");
     }
+}
+
+/// Ingest, store, evaluate: the shipped rules on profiles built from stored events and
+/// computed traits, at their boundaries.
+async fn rules_evaluate_stored_profiles(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    let (status, _) = host.post("/v1/batch", json!({"batch": [
+        order("o1", "ann", "2026-01-01T10:00:00Z", 40.0, "shoes"),
+        order("o2", "ann", "2026-03-02T10:00:00Z", 40.0, "shoes"),
+        {"type": "track", "messageId": "c1", "userId": "cat", "event": "Product Added", "timestamp": "2026-11-23T10:00:00Z"},
+    ]})).await;
+    assert_eq!(status, 200);
+    let host = &host;
+    let evaluate = |slot: &str, who: &str, now: &str| {
+        let request = host.http.post(format!("{}/admin/slots/{slot}/evaluate/{who}", host.base)).bearer_auth(ADMIN).json(&json!({"now": now}));
+        async move { host.send(request).await }
+    };
+    // A 60-day buyer: the last order was 2026-03-02T10:00, so day 68 begins 2026-05-09T10:00.
+    let (status, body) = evaluate("lapsing", "ann", "2026-05-09T09:59:59Z").await;
+    assert_eq!((status, body["verdict"]["member"].as_bool()), (200, Some(false)), "{body}");
+    let (_, body) = evaluate("lapsing", "ann", "2026-05-09T10:00:00Z").await;
+    assert_eq!(body["verdict"]["member"], true, "{body}");
+    assert_eq!(body["verdict"]["reason"], "last order 68.0 days ago; usual gap 60.0 + 8.0 grace = 68.0");
+    // The same data through the computed traits: 44 whole days out, 45 in.
+    assert_eq!(evaluate("win-back", "ann", "2026-04-16T09:00:00Z").await.1["verdict"]["member"], false);
+    assert_eq!(evaluate("win-back", "ann", "2026-04-16T10:00:00Z").await.1["verdict"]["member"], true);
+    assert_eq!(evaluate("abandoned-cart", "cat", "2026-11-23T10:29:00Z").await.1["verdict"]["member"], false);
+    assert_eq!(evaluate("abandoned-cart", "cat", "2026-11-23T10:31:00Z").await.1["verdict"]["member"], true);
+    // Parameters override the defaults; unknown ones are refused by name.
+    let request = host.http.post(format!("{}/admin/slots/lapsing/evaluate/ann", host.base)).bearer_auth(ADMIN)
+        .json(&json!({"now": "2026-05-09T09:59:59Z", "params": {"grace_days": 7}}));
+    assert_eq!(host.send(request).await.1["verdict"]["member"], true);
+    let request = host.http.post(format!("{}/admin/slots/lapsing/evaluate/ann", host.base)).bearer_auth(ADMIN)
+        .json(&json!({"params": {"grace": 7}}));
+    let (status, body) = host.send(request).await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown parameter `grace`"), "{body}");
+    assert_eq!(evaluate("lapsing", "nobody", "2026-05-09T10:00:00Z").await.0, 404);
 }

@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+mod evaluate;
 mod slots;
 
 use std::collections::HashMap;

@@ -92,6 +92,13 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::read_profile(db, &id, recent_events)))
     }
 
+    /// The `name` events of the person `id` names with timestamps in `[since, until]`,
+    /// oldest first; only the latest `limit` when given. What a rule declared it reads.
+    pub async fn events(&self, id: &str, name: &str, since: i64, until: i64, limit: Option<u32>) -> Result<Vec<StoredEvent>, StoreError> {
+        let (id, name) = (id.to_string(), name.to_string());
+        on_backend!(self.read(|db, _mapping| logic::events(db, &id, &name, since, until, limit)))
+    }
+
     /// Erases the person `id` names from every table; false when nobody matched.
     pub async fn delete_profile(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();

@@ -374,6 +374,31 @@ pub(crate) fn read_profile(db: &mut impl Db, id: &str, recent: usize) -> Result<
     }))
 }
 
+/// A profile's `name` events in `[since, until]`, oldest first; only the latest `limit`
+/// when given.
+pub(crate) fn events(
+    db: &mut impl Db,
+    id: &str,
+    name: &str,
+    since: i64,
+    until: i64,
+    limit: Option<u32>,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(Vec::new()) };
+    let limit = limit.map_or(i64::MAX, i64::from);
+    let mut rows = db.query(
+        "SELECT timestamp, properties FROM events
+         WHERE profile_id = ?1 AND name = ?2 AND timestamp >= ?3 AND timestamp <= ?4
+         ORDER BY timestamp DESC, id DESC LIMIT ?5",
+        &[P::Text(&profile), P::Text(name), P::Int(since), P::Int(until), P::Int(limit)],
+    )?;
+    rows.reverse();
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredEvent { name: name.to_string(), timestamp: r.int(0), properties: serde_json::from_str(&r.text(1)).unwrap_or(Value::Null) })
+        .collect())
+}
+
 /// How many rows each table holds, for tests of erasure and for operators.
 pub(crate) fn table_counts(db: &mut impl Db) -> Result<Vec<(String, i64)>, StoreError> {
     let mut counts = Vec::new();

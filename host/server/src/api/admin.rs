@@ -28,6 +28,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/admin/slots/{slot}/rollback", post(rollback))
         .route("/admin/slots/{slot}", get(describe))
         .route("/admin/slots/{slot}/invoke", post(invoke))
+        .route("/admin/slots/{slot}/evaluate/{profile}", post(evaluate_stored))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -133,6 +134,37 @@ async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, body: B
     })?;
     answer["plugin"] = json!({ "name": plugin.info().name(), "version": plugin.info().version(), "digest": plugin.digest() });
     Ok(Json(answer))
+}
+
+/// Evaluates a rule slot for a stored profile, as segment evaluation will: the rule gets
+/// exactly what it declared, read from the store. The body may set `now` and `params`.
+async fn evaluate_stored(
+    State(state): State<AppState>,
+    Path((slot, profile_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let ingestion = state.ingestion.as_deref().ok_or(ApiError::Unavailable("customer data is not configured on this host"))?;
+    let options = if body.is_empty() { json!({}) } else { parse_json(&body)? };
+    let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
+    let rekindle_runtime::PluginInfo::Rule(info) = plugin.info() else {
+        return Err(ApiError::Conflict(format!("slot `{slot}` holds a {} plugin, not a segment rule", plugin.kind())));
+    };
+    let now = match options.get("now") {
+        None | Some(Value::Null) => rekindle_store::now_ms(),
+        at => json::timestamp_from_json(at, "now")?,
+    };
+    let overrides = json::fields_from_json(options.get("params"), "params")?;
+    let ctx = rekindle_runtime::wit::Context { now, params: rekindle_runtime::merge_params(&info.params, &overrides)? };
+    let profile = crate::evaluate::rule_profile(&ingestion.store, &profile_id, &info.input, now)
+        .await
+        .map_err(|e| ApiError::Store(e.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("no profile for `{profile_id}`")))?;
+    let call = plugin.clone();
+    let verdict = blocking(move || call.evaluate(&ctx, &profile)).await?.map_err(ApiError::Plugin)?;
+    Ok(Json(json!({
+        "verdict": json::verdict_to_json(&verdict),
+        "plugin": { "name": plugin.info().name(), "version": plugin.info().version(), "digest": plugin.digest() },
+    })))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
