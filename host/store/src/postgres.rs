@@ -141,43 +141,53 @@ impl PgStore {
         Ok(PgStore { url: url.to_string(), idle: Arc::new(Mutex::new(vec![conn])), mapping: Arc::new(mapping) })
     }
 
+    /// Runs `work` with a pooled connection on a blocking thread, returning the connection
+    /// to the pool afterwards.
+    async fn with_connection<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Conn, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (url, idle, mapping) = (self.url.clone(), self.idle.clone(), self.mapping.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = checkout(&url, &idle)?;
+            let result = work(&mut conn, &mapping);
+            checkin(&idle, conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("database task failed: {e}")))?
+    }
+
     /// Runs `work` in a transaction, retrying lost races; resolves once committed.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         work: impl Fn(&mut PgTx<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (url, idle, mapping) = (self.url.clone(), self.idle.clone(), self.mapping.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = checkout(&url, &idle)?;
-            let result = (|| {
-                for attempt in 1..=ATTEMPTS {
-                    let Conn { client, statements } = &mut conn;
-                    let tx = client.transaction().map_err(|e| db(&e))?;
-                    let mut pg = PgTx { tx, statements, last_error: None };
-                    match work(&mut pg, &mapping) {
-                        Ok(value) => match pg.tx.commit() {
-                            Ok(()) => return Ok(value),
-                            Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
-                            Err(e) => return Err(db(&e)),
-                        },
-                        Err(err) => {
-                            let again = pg.last_error.as_ref().is_some_and(retryable);
-                            drop(pg);
-                            if again && attempt < ATTEMPTS {
-                                tracing::debug!(attempt, "retrying a transaction that lost a race: {err}");
-                                continue;
-                            }
-                            return Err(err);
+        self.with_connection(move |conn, mapping| {
+            for attempt in 1..=ATTEMPTS {
+                let Conn { client, statements } = &mut *conn;
+                let tx = client.transaction().map_err(|e| db(&e))?;
+                let mut pg = PgTx { tx, statements, last_error: None };
+                match work(&mut pg, mapping) {
+                    Ok(value) => match pg.tx.commit() {
+                        Ok(()) => return Ok(value),
+                        Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
+                        Err(e) => return Err(db(&e)),
+                    },
+                    Err(err) => {
+                        let again = pg.last_error.as_ref().is_some_and(retryable);
+                        drop(pg);
+                        if again && attempt < ATTEMPTS {
+                            tracing::debug!(attempt, "retrying a transaction that lost a race: {err}");
+                            continue;
                         }
+                        return Err(err);
                     }
                 }
-                Err(StoreError::Database("gave up after repeated deadlocks".into()))
-            })();
-            checkin(&idle, conn);
-            result
+            }
+            Err(StoreError::Database("gave up after repeated deadlocks".into()))
         })
         .await
-        .map_err(|e| StoreError::Database(format!("write task failed: {e}")))?
     }
 
     /// Runs `work` in a read-only transaction.
@@ -185,22 +195,15 @@ impl PgStore {
         &self,
         work: impl Fn(&mut PgTx<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (url, idle, mapping) = (self.url.clone(), self.idle.clone(), self.mapping.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = checkout(&url, &idle)?;
-            let result = (|| {
-                let Conn { client, statements } = &mut conn;
-                let tx = client.build_transaction().read_only(true).start().map_err(|e| db(&e))?;
-                let mut pg = PgTx { tx, statements, last_error: None };
-                let value = work(&mut pg, &mapping)?;
-                pg.tx.commit().map_err(|e| db(&e))?;
-                Ok(value)
-            })();
-            checkin(&idle, conn);
-            result
+        self.with_connection(move |conn, mapping| {
+            let Conn { client, statements } = conn;
+            let tx = client.build_transaction().read_only(true).start().map_err(|e| db(&e))?;
+            let mut pg = PgTx { tx, statements, last_error: None };
+            let value = work(&mut pg, mapping)?;
+            pg.tx.commit().map_err(|e| db(&e))?;
+            Ok(value)
         })
         .await
-        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
     }
 }
 
