@@ -20,6 +20,7 @@ rekindle_tests::on_each_backend!(
     write_keys_gzip_and_size_limits,
     consents_erasure_and_catalog,
     rules_evaluate_stored_profiles,
+    segments_backfill_and_follow_events_in_real_time,
 );
 use serde_json::{Value, json};
 
@@ -309,4 +310,68 @@ async fn rules_evaluate_stored_profiles(backend: Backend) {
     assert_eq!(status, 400);
     assert!(body["error"]["message"].as_str().unwrap().contains("unknown parameter `grace`"), "{body}");
     assert_eq!(evaluate("lapsing", "nobody", "2026-05-09T10:00:00Z").await.0, 404);
+}
+
+fn days_ago(days: f64) -> String {
+    let at = chrono::Utc::now() - chrono::Duration::milliseconds((days * 86_400_000.0) as i64);
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A segment defined over existing data is backfilled; a real-time segment follows new
+/// events: entry on a cart, exit on the order, each with the rule's reason.
+async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    let host = &host;
+    host.post("/v1/batch", json!({"batch": [
+        order("a1", "ann", &days_ago(130.0), 40.0, "shoes"), order("a2", "ann", &days_ago(70.0), 40.0, "shoes"),
+        order("b1", "bob", &days_ago(20.0), 40.0, "tops"), order("b2", "bob", &days_ago(10.0), 40.0, "tops"),
+    ]})).await;
+    let define = |body: Value| async move {
+        host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&body)).await
+    };
+    let members = |name: &'static str| async move {
+        let url = format!("{}/v1/segments/{}/members", host.base, name.replace(' ', "%20"));
+        let (status, body) = host.send(host.http.get(url).bearer_auth(ADMIN)).await;
+        assert_eq!(status, 200, "{body}");
+        body["members"].as_array().unwrap().iter().map(|m| m["profile_id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let id_of = |who: &'static str| async move { host.profile(who).await.1["id"].as_str().unwrap().to_string() };
+
+    let (status, body) = define(json!({"name": "Lapsing repeat buyers", "slot": "lapsing", "schedule": "daily"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["evaluated"].as_u64(), body["members"].as_u64()), (Some(2), Some(1)), "{body}");
+    assert_eq!(members("Lapsing repeat buyers").await, [id_of("ann").await]);
+    let (_, ann) = host.profile("ann").await;
+    assert_eq!(ann["segments"][0]["segment"], "Lapsing repeat buyers");
+    assert!(ann["segments"][0]["reason"].as_str().unwrap().starts_with("last order 70.0 days ago"), "{ann}");
+
+    // Definitions are checked field by field.
+    assert_eq!(define(json!({"name": "x", "slot": "nope"})).await.1["error"]["field"], "slot");
+    assert_eq!(define(json!({"name": "x", "slot": "lapsing", "schedule": "hourly"})).await.1["error"]["field"], "schedule");
+    assert_eq!(define(json!({"name": "x", "slot": "lapsing", "params": {"grace": 1}})).await.1["error"]["field"], "params");
+    assert_eq!(define(json!({"slot": "lapsing"})).await.1["error"]["field"], "name");
+
+    // Real time: a cart enters the segment at once (no wait), the order takes it out.
+    let (status, body) = define(json!({"name": "carts", "slot": "abandoned-cart", "schedule": "realtime", "params": {"wait_minutes": 0}})).await;
+    assert_eq!(status, 200, "{body}");
+    host.post("/v1/track", json!({"userId": "cat", "messageId": "c1", "event": "Product Added", "timestamp": days_ago(0.001)})).await;
+    let eventually = |want: bool| async move {
+        let started = std::time::Instant::now();
+        loop {
+            let cat = host.profile("cat").await.1;
+            let inside = cat["segments"].as_array().is_some_and(|s| s.iter().any(|m| m["segment"] == "carts"));
+            if inside == want {
+                return cat;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "cat never {} the segment: {cat}", if want { "entered" } else { "left" });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let cat = eventually(true).await;
+    assert!(cat["segments"][0]["reason"].as_str().unwrap().contains("with no order"), "{cat}");
+    host.post("/v1/track", json!({"userId": "cat", "messageId": "c2", "event": "Order Completed", "timestamp": days_ago(0.0),
+        "properties": {"revenue": 5}})).await;
+    eventually(false).await;
+    assert!(members("carts").await.is_empty());
 }

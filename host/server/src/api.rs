@@ -5,3 +5,4 @@ pub(crate) mod health;
 pub(crate) mod ingest;
 pub(crate) mod profiles;
 pub(crate) mod segment;
+pub(crate) mod segments;

@@ -1,10 +1,10 @@
 //! Builds the contract's `Profile` for a rule from the store: only what the rule's input
 //! query declares, with the computed traits as aggregates.
 
-use rekindle_runtime::json::{series_from, value_from_json};
-use rekindle_runtime::wit::{Consent, ContactKind, ContactPoint, Field, InputQuery, Profile, Purpose, Value};
-use rekindle_runtime::filter_profile;
-use rekindle_store::{Computed, Store, StoreError};
+use rekindle_runtime::json::{fields_from_json, series_from, value_from_json};
+use rekindle_runtime::wit::{Consent, ContactKind, ContactPoint, Context, Field, InputQuery, Membership, Profile, Purpose, Value};
+use rekindle_runtime::{PluginInfo, Registry, filter_profile, merge_params};
+use rekindle_store::{Change, Computed, SegmentDefinition, Store, StoreError};
 
 fn purpose(p: rekindle_store::Purpose) -> Purpose {
     match p {
@@ -80,10 +80,92 @@ pub(crate) async fn rule_profile(store: &Store, id: &str, query: &InputQuery, no
                 })
                 .collect(),
         ),
-        // Memberships arrive with segment evaluation.
-        segments: Some(Vec::new()),
+        segments: Some(
+            store
+                .memberships(&record.id)
+                .await?
+                .into_iter()
+                .map(|m| Membership { segment: m.segment, label: m.label, since: m.since })
+                .collect(),
+        ),
         aggregates: Some(aggregates(&record.computed)),
         timezone: record.timezone.clone(),
     };
     Ok(Some(filter_profile(&full, query, now)))
+}
+
+/// Why a segment could not be evaluated for a profile.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EvaluateError {
+    #[error("{0}")]
+    Definition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the rule failed: {0}")]
+    Call(#[from] rekindle_runtime::CallError),
+}
+
+/// The segment's rule context at `now`: its parameters over the rule's defaults.
+pub(crate) fn segment_context(registry: &Registry, def: &SegmentDefinition, now: i64) -> Result<(std::sync::Arc<rekindle_runtime::Plugin>, Context), EvaluateError> {
+    let plugin = registry.get(&def.slot).map_err(|e| EvaluateError::Definition(format!("slot: {e}")))?;
+    let PluginInfo::Rule(info) = plugin.info() else {
+        return Err(EvaluateError::Definition(format!("slot: `{}` holds a {} plugin, not a segment rule", def.slot, plugin.kind())));
+    };
+    let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| EvaluateError::Definition(e.to_string()))?;
+    let params = merge_params(&info.params, &overrides).map_err(|e| EvaluateError::Definition(format!("params: {e}")))?;
+    Ok((plugin, Context { now, params }))
+}
+
+/// Evaluates one segment for one profile and records the verdict; `None` when the profile
+/// does not exist or nothing changed.
+pub(crate) async fn evaluate_segment(
+    registry: &Registry,
+    store: &Store,
+    def: &SegmentDefinition,
+    profile_id: &str,
+    now: i64,
+) -> Result<Option<Change>, EvaluateError> {
+    let (plugin, ctx) = segment_context(registry, def, now)?;
+    let PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by segment_context") };
+    let Some(profile) = rule_profile(store, profile_id, &info.input, now).await? else { return Ok(None) };
+    let id = profile.id.clone();
+    let call = plugin.clone();
+    let verdict = tokio::task::spawn_blocking(move || call.evaluate(&ctx, &profile))
+        .await
+        .map_err(|e| EvaluateError::Definition(format!("evaluation task failed: {e}")))??;
+    Ok(store
+        .record_verdict(&def.name, &id, verdict.member, verdict.label, verdict.reason, plugin.digest().to_string(), now)
+        .await?)
+}
+
+/// Re-evaluates the real-time segments of the people ingested messages touched, in the
+/// background, so ingestion is acknowledged without waiting for rules.
+pub(crate) async fn realtime_loop(
+    registry: std::sync::Arc<Registry>,
+    ingestion: std::sync::Arc<crate::Ingestion>,
+    mut touched: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+) {
+    while let Some(mut ids) = touched.recv().await {
+        // Take everything already queued, so a burst is evaluated once per person.
+        while let Ok(more) = touched.try_recv() {
+            ids.extend(more);
+        }
+        ids.sort();
+        ids.dedup();
+        let segments = match ingestion.store.segments().await {
+            Ok(all) => all.into_iter().filter(|s| s.schedule == "realtime").collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!("real-time evaluation cannot read segments: {e}");
+                continue;
+            }
+        };
+        let now = rekindle_store::now_ms();
+        for def in &segments {
+            for id in &ids {
+                if let Err(e) = evaluate_segment(&registry, &ingestion.store, def, id, now).await {
+                    tracing::warn!(segment = def.name, "real-time evaluation skipped a profile: {e}");
+                }
+            }
+        }
+    }
 }

@@ -11,8 +11,8 @@ mod sqlite;
 use std::path::Path;
 
 pub use model::{
-    Computed, Consent, Contact, EventMapping, IngestReport, Message, MessageKind, Product, ProfileRecord, Purpose,
-    StoredEvent,
+    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipRecord, Message, MessageKind, Product,
+    ProfileRecord, Purpose, SegmentDefinition, StoredEvent,
 };
 
 /// Why a store operation failed.
@@ -122,6 +122,51 @@ impl Store {
     pub async fn upsert_products(&self, products: Vec<Product>) -> Result<usize, StoreError> {
         let at = now_ms();
         on_backend!(self.write(|db, _mapping| logic::upsert_products(db, &products, at)))
+    }
+
+    /// Creates or replaces a segment definition.
+    pub async fn upsert_segment(&self, def: SegmentDefinition) -> Result<(), StoreError> {
+        let at = now_ms();
+        on_backend!(self.write(|db, _mapping| logic::upsert_segment(db, &def, at)))
+    }
+
+    /// Every segment definition, by name.
+    pub async fn segments(&self) -> Result<Vec<SegmentDefinition>, StoreError> {
+        on_backend!(self.read(|db, _mapping| logic::segments(db)))
+    }
+
+    /// Applies one rule verdict to a membership; returns the entry or exit it caused.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_verdict(
+        &self,
+        segment: &str,
+        profile_id: &str,
+        member: bool,
+        label: Option<String>,
+        reason: String,
+        digest: String,
+        at: i64,
+    ) -> Result<Option<Change>, StoreError> {
+        let (segment, profile_id) = (segment.to_string(), profile_id.to_string());
+        on_backend!(self.write(|db, _mapping| logic::record_verdict(db, &segment, &profile_id, member, label.as_deref(), &reason, &digest, at)))
+    }
+
+    /// A page of a segment's members, ordered by profile id, after `after`.
+    pub async fn members(&self, segment: &str, after: &str, limit: usize) -> Result<Vec<MembershipRecord>, StoreError> {
+        let (segment, after) = (segment.to_string(), after.to_string());
+        on_backend!(self.read(|db, _mapping| logic::members(db, &segment, &after, limit)))
+    }
+
+    /// The segments the person `id` names belongs to.
+    pub async fn memberships(&self, id: &str) -> Result<Vec<MembershipRecord>, StoreError> {
+        let id = id.to_string();
+        on_backend!(self.read(|db, _mapping| logic::memberships(db, &id)))
+    }
+
+    /// A page of profile ids after `after`, for backfills and scheduled runs.
+    pub async fn profile_ids(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let after = after.to_string();
+        on_backend!(self.read(|db, _mapping| logic::profile_ids(db, &after, limit)))
     }
 
     /// Row counts per table.

@@ -6,7 +6,8 @@ use serde_json::{Map, Value};
 use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
-    Computed, Consent, Contact, EventMapping, IngestReport, Message, Product, ProfileRecord, Purpose, StoredEvent,
+    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipRecord, Message, Product, ProfileRecord, Purpose,
+    SegmentDefinition, StoredEvent,
 };
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
@@ -294,7 +295,7 @@ pub(crate) fn set_contact(db: &mut impl Db, id: &str, kind: &str, address: &str,
 /// Erases a person from every table; false when no profile matched.
 pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
-    for table in ["events", "traits", "contacts", "consents", "computed", "identities"] {
+    for table in ["events", "traits", "contacts", "consents", "computed", "identities", "memberships", "membership_log"] {
         db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &[P::Text(&profile)])?;
     }
     db.execute("DELETE FROM profiles WHERE id = ?1", &[P::Text(&profile)])?;
@@ -402,9 +403,120 @@ pub(crate) fn events(
 /// How many rows each table holds, for tests of erasure and for operators.
 pub(crate) fn table_counts(db: &mut impl Db) -> Result<Vec<(String, i64)>, StoreError> {
     let mut counts = Vec::new();
-    for table in ["profiles", "identities", "events", "traits", "contacts", "consents", "computed", "products"] {
+    for table in [
+        "profiles", "identities", "events", "traits", "contacts", "consents", "computed", "products", "memberships", "membership_log",
+    ] {
         let n = db.query_opt(&format!("SELECT COUNT(*) FROM {table}"), &[])?.map_or(0, |r| r.int(0));
         counts.push((table.to_string(), n));
     }
     Ok(counts)
+}
+
+/// Creates or replaces a segment definition.
+pub(crate) fn upsert_segment(db: &mut impl Db, def: &SegmentDefinition, at: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO segments (name, slot, params, schedule, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT (name) DO UPDATE SET slot = excluded.slot, params = excluded.params, schedule = excluded.schedule,
+             updated_at = excluded.updated_at",
+        &[P::Text(&def.name), P::Text(&def.slot), P::Text(&def.params.to_string()), P::Text(&def.schedule), P::Int(at)],
+    )
+    .map(drop)
+}
+
+/// Every segment definition, by name.
+pub(crate) fn segments(db: &mut impl Db) -> Result<Vec<SegmentDefinition>, StoreError> {
+    Ok(db
+        .query("SELECT name, slot, params, schedule FROM segments ORDER BY name", &[])?
+        .into_iter()
+        .map(|r| SegmentDefinition {
+            name: r.text(0),
+            slot: r.text(1),
+            params: serde_json::from_str(&r.text(2)).unwrap_or(Value::Null),
+            schedule: r.text(3),
+        })
+        .collect())
+}
+
+/// Applies one verdict: enters, exits or refreshes the membership, logging entries and
+/// exits with their reason and the plugin digest.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_verdict(
+    db: &mut impl Db,
+    segment: &str,
+    profile: &str,
+    member: bool,
+    label: Option<&str>,
+    reason: &str,
+    digest: &str,
+    at: i64,
+) -> Result<Option<Change>, StoreError> {
+    let current = db.query_opt("SELECT 1 FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])?;
+    let change = match (current.is_some(), member) {
+        (false, true) => {
+            db.execute(
+                "INSERT INTO memberships (segment, profile_id, label, reason, digest, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[P::Text(segment), P::Text(profile), P::OptText(label), P::Text(reason), P::Text(digest), P::Int(at)],
+            )?;
+            Some(Change::Enter)
+        }
+        (true, true) => {
+            db.execute(
+                "UPDATE memberships SET label = ?3, reason = ?4, digest = ?5 WHERE segment = ?1 AND profile_id = ?2",
+                &[P::Text(segment), P::Text(profile), P::OptText(label), P::Text(reason), P::Text(digest)],
+            )?;
+            None
+        }
+        (true, false) => {
+            db.execute("DELETE FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])?;
+            Some(Change::Exit)
+        }
+        (false, false) => None,
+    };
+    if let Some(change) = change {
+        let name = if change == Change::Enter { "enter" } else { "exit" };
+        db.execute(
+            "INSERT INTO membership_log (segment, profile_id, change, at, label, reason, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            &[P::Text(segment), P::Text(profile), P::Text(name), P::Int(at), P::OptText(label), P::Text(reason), P::Text(digest)],
+        )?;
+    }
+    Ok(change)
+}
+
+fn membership_from(r: &Row) -> MembershipRecord {
+    MembershipRecord { segment: r.text(0), profile_id: r.text(1), label: r.opt_text(2), reason: r.text(3), digest: r.text(4), since: r.int(5) }
+}
+
+/// A page of a segment's members, by profile id after `after`.
+pub(crate) fn members(db: &mut impl Db, segment: &str, after: &str, limit: usize) -> Result<Vec<MembershipRecord>, StoreError> {
+    Ok(db
+        .query(
+            "SELECT segment, profile_id, label, reason, digest, since FROM memberships
+             WHERE segment = ?1 AND profile_id > ?2 ORDER BY profile_id LIMIT ?3",
+            &[P::Text(segment), P::Text(after), P::Int(limit as i64)],
+        )?
+        .iter()
+        .map(membership_from)
+        .collect())
+}
+
+/// The memberships of the person `id` names.
+pub(crate) fn memberships(db: &mut impl Db, id: &str) -> Result<Vec<MembershipRecord>, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(Vec::new()) };
+    Ok(db
+        .query(
+            "SELECT segment, profile_id, label, reason, digest, since FROM memberships WHERE profile_id = ?1 ORDER BY segment",
+            &[P::Text(&profile)],
+        )?
+        .iter()
+        .map(membership_from)
+        .collect())
+}
+
+/// A page of profile ids after `after`, for backfills and scheduled runs.
+pub(crate) fn profile_ids(db: &mut impl Db, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    Ok(db
+        .query("SELECT id FROM profiles WHERE id > ?1 ORDER BY id LIMIT ?2", &[P::Text(after), P::Int(limit as i64)])?
+        .into_iter()
+        .map(|r| r.text(0))
+        .collect())
 }

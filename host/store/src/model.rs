@@ -156,6 +156,36 @@ pub struct ProfileRecord {
     pub recent_events: Vec<StoredEvent>,
 }
 
+/// A segment: a rule slot, its parameters and when it is re-evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentDefinition {
+    pub name: String,
+    pub slot: String,
+    /// Operator parameters as a JSON object.
+    pub params: Value,
+    /// `realtime`, `daily`, `weekly` or `biweekly`.
+    pub schedule: String,
+}
+
+/// One current membership.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MembershipRecord {
+    pub segment: String,
+    pub profile_id: String,
+    pub label: Option<String>,
+    pub reason: String,
+    pub digest: String,
+    pub since: i64,
+}
+
+/// What a verdict changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Enter,
+    Exit,
+}
+
 /// A catalog product.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Product {

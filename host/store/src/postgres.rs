@@ -17,6 +17,7 @@ use crate::model::EventMapping;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_profiles.sql")),
     (2, include_str!("../migrations/postgres/0002_lookups.sql")),
+    (3, include_str!("../migrations/postgres/0003_segments.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

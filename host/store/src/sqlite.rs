@@ -17,6 +17,7 @@ use crate::model::EventMapping;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_profiles.sql")),
     (2, include_str!("../migrations/sqlite/0002_lookups.sql")),
+    (3, include_str!("../migrations/sqlite/0003_segments.sql")),
 ];
 
 /// Requests one commit may carry; a bound keeps a burst from delaying the first reply.

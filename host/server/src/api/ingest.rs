@@ -78,8 +78,13 @@ fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Value, ApiEr
     })
 }
 
-async fn store(ingestion: &Ingestion, messages: Vec<Message>) -> Result<Json<Value>, ApiError> {
+async fn store(state: &AppState, ingestion: &Ingestion, messages: Vec<Message>) -> Result<Json<Value>, ApiError> {
+    let touched: Vec<String> = messages.iter().filter_map(|m| m.user_id.clone().or_else(|| m.anonymous_id.clone())).collect();
     let report = ingestion.store.ingest(messages).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    if let Some(realtime) = &state.realtime {
+        // The evaluator outlives every request; a closed queue only means shutdown.
+        let _ = realtime.sender.send(touched);
+    }
     tracing::debug!(accepted = report.accepted, duplicates = report.duplicates, "ingested");
     Ok(Json(json!({ "success": true })))
 }
@@ -89,7 +94,7 @@ async fn ingest_one(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let value = decode(&headers, &body, MAX_MESSAGE_BYTES)?;
     let source = source(ingestion, &headers, &value)?;
     let message = parse_message(&value, Some(kind), "message", source, rekindle_store::now_ms(), None)?;
-    store(ingestion, vec![message]).await
+    store(&state, ingestion, vec![message]).await
 }
 
 async fn ingest_batch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -117,5 +122,5 @@ async fn ingest_batch(State(state): State<AppState>, headers: HeaderMap, body: B
         }
         messages.push(parse_message(item, None, &at, &source, received_at, sent_at)?);
     }
-    store(ingestion, messages).await
+    store(&state, ingestion, messages).await
 }

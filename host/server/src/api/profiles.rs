@@ -77,7 +77,13 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>, Query(query
     let recent = query.events.unwrap_or(50).min(1000);
     let profile = store.profile(&id, recent).await.map_err(|e| ApiError::Store(e.to_string()))?;
     let profile = profile.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
-    Ok(Json(profile_json(&profile, rekindle_store::now_ms())))
+    let memberships = store.memberships(&profile.id).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let mut body = profile_json(&profile, rekindle_store::now_ms());
+    body["segments"] = memberships
+        .iter()
+        .map(|m| json!({ "segment": m.segment, "label": m.label, "reason": m.reason, "since": rfc3339(m.since), "digest": m.digest }))
+        .collect();
+    Ok(Json(body))
 }
 
 async fn erase(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
