@@ -346,6 +346,28 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
     assert_eq!(ann["segments"][0]["segment"], "Lapsing repeat buyers");
     assert!(ann["segments"][0]["reason"].as_str().unwrap().starts_with("last order 70.0 days ago"), "{ann}");
 
+    // Preview: who would qualify with a grace of 0, compared with the live segment.
+    let preview = |body: Value| async move {
+        host.send(host.http.post(format!("{}/v1/segments/preview", host.base)).bearer_auth(ADMIN).json(&body)).await
+    };
+    let (status, body) = preview(json!({"slot": "lapsing", "params": {"grace_days": 0}, "compare": "Lapsing repeat buyers"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["count"].as_u64(), body["compare"]["enters"].as_u64(), body["compare"]["leaves"].as_u64()), (Some(2), Some(1), Some(0)), "{body}");
+    assert_eq!(body["compare"]["enter_sample"][0], id_of("bob").await);
+    // Replay as of 80 days ago: ann had one order then, so nobody qualifies.
+    let (_, body) = preview(json!({"slot": "lapsing", "at": days_ago(80.0), "compare": "Lapsing repeat buyers"})).await;
+    assert_eq!((body["count"].as_u64(), body["compare"]["leaves"].as_u64()), (Some(0), Some(1)), "{body}");
+    // Computed traits are replayed too: 80 days ago ann's last order (then) was 50 days old,
+    // inside the 45-90 window; today's traits would put it in the future.
+    let (_, body) = preview(json!({"slot": "win-back", "at": days_ago(80.0)})).await;
+    assert_eq!(body["count"], 1, "{body}");
+    assert_eq!(body["sample"][0]["profile_id"], id_of("ann").await);
+    let (_, body) = preview(json!({"slot": "win-back"})).await;
+    assert_eq!(body["count"], 1, "today ann's last order is 70 days old too: {body}");
+    assert_eq!(preview(json!({"slot": "lapsing", "compare": "nope"})).await.1["error"]["field"], "compare");
+    // A preview changes no membership.
+    assert_eq!(members("Lapsing repeat buyers").await, [id_of("ann").await]);
+
     // Definitions are checked field by field.
     assert_eq!(define(json!({"name": "x", "slot": "nope"})).await.1["error"]["field"], "slot");
     assert_eq!(define(json!({"name": "x", "slot": "lapsing", "schedule": "hourly"})).await.1["error"]["field"], "schedule");

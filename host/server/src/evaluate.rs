@@ -35,7 +35,16 @@ pub(crate) fn aggregates(c: &Computed) -> Vec<Field> {
 
 /// The profile `id` names, cut to `query` as seen at `now`; `None` when nobody matched.
 pub(crate) async fn rule_profile(store: &Store, id: &str, query: &InputQuery, now: i64) -> Result<Option<Profile>, StoreError> {
-    let Some(record) = store.profile(id, 0).await? else { return Ok(None) };
+    profile_at(store, id, query, now, false).await
+}
+
+/// As [`rule_profile`]; with `replay`, the computed traits are refolded from the events up
+/// to `now`, so a past `now` sees the customer as they were then.
+pub(crate) async fn profile_at(store: &Store, id: &str, query: &InputQuery, now: i64, replay: bool) -> Result<Option<Profile>, StoreError> {
+    let Some(mut record) = store.profile(id, 0).await? else { return Ok(None) };
+    if replay && !query.aggregates.is_empty() {
+        record.computed = store.computed_as_of(&record.id, now).await?;
+    }
     let mut events = Vec::new();
     for wanted in &query.events {
         let since = wanted

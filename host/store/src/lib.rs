@@ -169,6 +169,12 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::profile_ids(db, &after, limit)))
     }
 
+    /// The computed traits of the person `id` names as they stood at `until`.
+    pub async fn computed_as_of(&self, id: &str, until: i64) -> Result<Computed, StoreError> {
+        let id = id.to_string();
+        on_backend!(self.read(|db, mapping| logic::computed_as_of(db, mapping, &id, until)))
+    }
+
     /// Row counts per table.
     pub async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::table_counts(db)))

@@ -520,3 +520,19 @@ pub(crate) fn profile_ids(db: &mut impl Db, after: &str, limit: usize) -> Result
         .map(|r| r.text(0))
         .collect())
 }
+
+/// The computed traits as they stood at `until`, refolded from the order events up to then:
+/// what a replay as of a past time must see.
+pub(crate) fn computed_as_of(db: &mut impl Db, mapping: &EventMapping, id: &str, until: i64) -> Result<Computed, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(Computed::default()) };
+    let mut computed = Computed::default();
+    let rows = db.query(
+        "SELECT timestamp, properties FROM events WHERE profile_id = ?1 AND name = ?2 AND timestamp <= ?3",
+        &[P::Text(&profile), P::Text(&mapping.order_completed), P::Int(until)],
+    )?;
+    for row in rows {
+        let properties: Map<String, Value> = serde_json::from_str(&row.text(1)).unwrap_or_default();
+        computed.add_order(mapping, row.int(0), &properties);
+    }
+    Ok(computed)
+}

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::require_token;
-use crate::evaluate::{EvaluateError, evaluate_segment, segment_context};
+use crate::evaluate::{EvaluateError, evaluate_segment, profile_at, segment_context};
 use crate::{ApiError, AppState, Ingestion};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
@@ -19,6 +19,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/segments", get(list).post(define))
         .route("/v1/segments/{name}/members", get(members))
+        .route("/v1/segments/preview", axum::routing::post(preview))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
@@ -34,7 +35,7 @@ fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiEr
             _ => Err(ApiError::field(key, format!("`{key}` must be a non-empty string of at most 200 characters"))),
         }
     };
-    let name = text("name")?;
+    let name = if body.get("name").is_none() && body.get("preview").is_some() { "preview".to_string() } else { text("name")? };
     let slot = text("slot")?;
     let schedule = match body.get("schedule") {
         None => "daily".to_string(),
@@ -114,4 +115,94 @@ async fn members(State(state): State<AppState>, Path(name): Path<String>, Query(
     let members = store.members(&name, page.after.as_deref().unwrap_or(""), limit).await.map_err(|e| ApiError::Store(e.to_string()))?;
     let next = (members.len() == limit).then(|| members.last().map(|m| m.profile_id.clone())).flatten();
     Ok(Json(json!({ "segment": name, "members": members, "next": next })))
+}
+
+/// Who would qualify: evaluates a candidate slot and parameters as of any time over stored
+/// history, without touching memberships, and compares with a defined segment's members.
+///
+/// Body: `{"slot", "params"?, "at"?, "compare"?: segment name, "sample"?: 10}`.
+async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let store = &ingestion(&state)?.store;
+    let mut body: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
+    body["preview"] = json!(true);
+    let def = definition(&state, &body)?;
+    let (at, replay) = match body.get("at") {
+        None | Some(Value::Null) => (rekindle_store::now_ms(), false),
+        at => (rekindle_runtime::json::timestamp_from_json(at, "at")?, true),
+    };
+    let sample_size = body.get("sample").and_then(Value::as_u64).unwrap_or(10).min(100) as usize;
+    let compare = match body.get("compare").and_then(Value::as_str) {
+        Some(name) => {
+            if !store.segments().await.map_err(|e| ApiError::Store(e.to_string()))?.iter().any(|s| s.name == name) {
+                return Err(ApiError::field("compare", format!("no segment named `{name}`")));
+            }
+            Some(name.to_string())
+        }
+        None => None,
+    };
+    let (plugin, ctx) = segment_context(&state.registry, &def, at).map_err(|e| ApiError::field("slot", e.to_string()))?;
+    let rekindle_runtime::PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by definition") };
+    let input = info.input.clone();
+    let (mut members, mut sample, mut evaluated, mut failed) = (Vec::new(), Vec::new(), 0usize, 0usize);
+    let mut after = String::new();
+    loop {
+        let page = store.profile_ids(&after, 500).await.map_err(|e| ApiError::Store(e.to_string()))?;
+        let Some(last) = page.last().cloned() else { break };
+        let mut profiles = Vec::with_capacity(page.len());
+        for id in &page {
+            if let Some(profile) = profile_at(store, id, &input, at, replay).await.map_err(|e| ApiError::Store(e.to_string()))? {
+                profiles.push(profile);
+            }
+        }
+        // One blocking hop per page: the calls themselves take microseconds each.
+        let (call, ctx) = (plugin.clone(), ctx.clone());
+        let verdicts = tokio::task::spawn_blocking(move || {
+            profiles.into_iter().map(|p| (p.id.clone(), call.evaluate(&ctx, &p))).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("preview task failed: {e}")))?;
+        for (id, verdict) in verdicts {
+            match verdict {
+                Ok(v) => {
+                    evaluated += 1;
+                    if v.member {
+                        if sample.len() < sample_size {
+                            sample.push(json!({ "profile_id": id, "reason": v.reason, "label": v.label }));
+                        }
+                        members.push(id);
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!(profile = id, "preview call failed: {e}");
+                }
+            }
+        }
+        after = last;
+    }
+    let mut answer = json!({
+        "slot": def.slot, "at": rekindle_runtime::json::timestamp_to_json(at), "digest": plugin.digest(),
+        "evaluated": evaluated, "failed": failed, "count": members.len(), "sample": sample,
+    });
+    if let Some(name) = compare {
+        let mut current = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = store.members(&name, &cursor, 1000).await.map_err(|e| ApiError::Store(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            cursor = last.profile_id.clone();
+            current.extend(page.into_iter().map(|m| m.profile_id));
+        }
+        let now: std::collections::HashSet<&String> = members.iter().collect();
+        let before: std::collections::HashSet<&String> = current.iter().collect();
+        let enters: Vec<&&String> = now.difference(&before).collect();
+        let leaves: Vec<&&String> = before.difference(&now).collect();
+        answer["compare"] = json!({
+            "segment": name, "current": current.len(), "enters": enters.len(), "leaves": leaves.len(),
+            "enter_sample": enters.iter().take(sample_size).collect::<Vec<_>>(),
+            "leave_sample": leaves.iter().take(sample_size).collect::<Vec<_>>(),
+        });
+    }
+    Ok(Json(answer))
 }
