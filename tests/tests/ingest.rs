@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rekindle_runtime::Registry;
-use rekindle_server::{AppState, Ingestion, app};
+use rekindle_server::{AppState, Clock, Ingestion, app};
 use rekindle_store::{EventMapping, Store};
 use rekindle_tests::Backend;
 
@@ -21,6 +21,7 @@ rekindle_tests::on_each_backend!(
     consents_erasure_and_catalog,
     rules_evaluate_stored_profiles,
     segments_backfill_and_follow_events_in_real_time,
+    scheduled_runs_catch_changes_that_come_with_time_alone,
 );
 use serde_json::{Value, json};
 
@@ -33,6 +34,11 @@ struct Host {
 }
 
 async fn start(backend: Backend, data: &Path) -> Option<Host> {
+    start_with(backend, data, Clock::default(), Duration::from_secs(60)).await
+}
+
+/// A host whose segment evaluation runs on `clock`, looking for due runs every `tick`.
+async fn start_with(backend: Backend, data: &Path, clock: Clock, tick: Duration) -> Option<Host> {
     let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
     for (slot, path) in [
         ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
@@ -43,7 +49,7 @@ async fn start(backend: Backend, data: &Path) -> Option<Host> {
     }
     let store = rekindle_tests::open_store(backend, data).await?;
     let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
-    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources }).with_clock(clock, tick);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
@@ -396,4 +402,36 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
         "properties": {"revenue": 5}})).await;
     eventually(false).await;
     assert!(members("carts").await.is_empty());
+}
+
+/// A buyer who turns lapsing at day 68 with no new event: the daily run catches it.
+async fn scheduled_runs_catch_changes_that_come_with_time_alone(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let day = 86_400_000;
+    let clock = Clock::manual(chrono::DateTime::parse_from_rfc3339("2026-05-08T10:00:00Z").unwrap().timestamp_millis());
+    let Some(host) = start_with(backend, data.path(), clock.clone(), Duration::from_millis(20)).await else { return };
+    let host = &host;
+    host.post("/v1/batch", json!({"batch": [
+        order("a1", "ann", "2026-01-01T10:00:00Z", 40.0, "shoes"), order("a2", "ann", "2026-03-02T10:00:00Z", 40.0, "shoes"),
+    ]})).await;
+    let (status, body) = host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN)
+        .json(&json!({"name": "lapsing", "slot": "lapsing", "schedule": "daily"}))).await;
+    assert_eq!((status, body["members"].as_u64()), (200, Some(0)), "day 67: {body}");
+    let in_segment = || async move {
+        host.profile("ann").await.1["segments"].as_array().is_some_and(|s| s.iter().any(|m| m["segment"] == "lapsing"))
+    };
+    // Half a day later the daily run is not due yet, and nothing changes.
+    clock.advance(day / 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!in_segment().await);
+    // Day 68 arrives with no new event; the next daily run enters ann.
+    clock.advance(day / 2);
+    let started = std::time::Instant::now();
+    while !in_segment().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "the scheduled run never entered ann");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, ann) = host.profile("ann").await;
+    assert_eq!(ann["segments"][0]["since"], "2026-05-09T10:00:00.000Z", "{ann}");
+    assert!(ann["segments"][0]["reason"].as_str().unwrap().starts_with("last order 68.0 days ago"), "{ann}");
 }

@@ -147,11 +147,92 @@ pub(crate) async fn evaluate_segment(
         .await?)
 }
 
+/// Evaluates a segment over every stored profile at `now`, two profiles at a time so both
+/// cores work (each call runs on a blocking thread). Returns (evaluated, failed).
+pub(crate) async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<(usize, usize), StoreError> {
+    let (mut after, mut evaluated, mut failed) = (String::new(), 0usize, 0usize);
+    loop {
+        let page = store.profile_ids(&after, 500).await?;
+        let Some(last) = page.last().cloned() else { break };
+        let (left, right) = page.split_at(page.len() / 2);
+        let lane = |ids: &'_ [String]| {
+            let ids = ids.to_vec();
+            async move {
+                let (mut ok, mut bad) = (0, 0);
+                for id in &ids {
+                    match evaluate_segment(registry, store, def, id, now).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => {
+                            bad += 1;
+                            tracing::warn!(segment = def.name, "evaluation skipped a profile: {e}");
+                        }
+                    }
+                }
+                (ok, bad)
+            }
+        };
+        let ((a_ok, a_bad), (b_ok, b_bad)) = tokio::join!(lane(left), lane(right));
+        evaluated += a_ok + b_ok;
+        failed += a_bad + b_bad;
+        after = last;
+    }
+    Ok((evaluated, failed))
+}
+
+/// How often a schedule re-evaluates everyone. Real-time segments are also swept, since
+/// some change with time alone (a cart becomes abandoned 30 minutes after the last event).
+pub(crate) fn period(schedule: &str) -> i64 {
+    const MINUTE: i64 = 60_000;
+    match schedule {
+        "realtime" => 15 * MINUTE,
+        "weekly" => 7 * 24 * 60 * MINUTE,
+        "biweekly" => 14 * 24 * 60 * MINUTE,
+        _ => 24 * 60 * MINUTE,
+    }
+}
+
+/// Every `tick`, runs the segments whose period has passed since their last run.
+pub(crate) async fn schedule_loop(
+    registry: std::sync::Arc<Registry>,
+    ingestion: std::sync::Arc<crate::Ingestion>,
+    clock: crate::Clock,
+    tick: std::time::Duration,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let segments = match ingestion.store.segments().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!("the scheduler cannot read segments: {e}");
+                continue;
+            }
+        };
+        for def in segments {
+            let now = clock.now();
+            if def.last_run.is_some_and(|at| now - at < period(&def.schedule)) {
+                continue;
+            }
+            match run_segment(&registry, &ingestion.store, &def, now).await {
+                Ok((evaluated, failed)) => {
+                    tracing::info!(segment = def.name, evaluated, failed, "scheduled run");
+                    if let Err(e) = ingestion.store.mark_run(&def.name, now).await {
+                        tracing::error!(segment = def.name, "could not record the run: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(segment = def.name, "scheduled run failed: {e}"),
+            }
+        }
+    }
+}
+
 /// Re-evaluates the real-time segments of the people ingested messages touched, in the
 /// background, so ingestion is acknowledged without waiting for rules.
 pub(crate) async fn realtime_loop(
     registry: std::sync::Arc<Registry>,
     ingestion: std::sync::Arc<crate::Ingestion>,
+    clock: crate::Clock,
     mut touched: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
 ) {
     while let Some(mut ids) = touched.recv().await {
@@ -168,7 +249,7 @@ pub(crate) async fn realtime_loop(
                 continue;
             }
         };
-        let now = rekindle_store::now_ms();
+        let now = clock.now();
         for def in &segments {
             for id in &ids {
                 if let Err(e) = evaluate_segment(&registry, &ingestion.store, def, id, now).await {

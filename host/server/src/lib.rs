@@ -7,7 +7,9 @@ mod evaluate;
 mod slots;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
 use rekindle_runtime::Registry;
@@ -30,6 +32,10 @@ pub struct AppState {
     /// Customer data: the store and the sources allowed to send to it.
     pub ingestion: Option<Arc<Ingestion>>,
     pub(crate) realtime: Option<Arc<Realtime>>,
+    /// The time segments are evaluated at.
+    pub clock: Clock,
+    /// How often the scheduler looks for segments that are due.
+    pub schedule_tick: Duration,
 }
 
 /// The customer-data store and the sources that may write to it.
@@ -37,6 +43,33 @@ pub struct Ingestion {
     pub store: Store,
     /// Write key to source name.
     pub sources: HashMap<String, String>,
+}
+
+/// The time segment evaluation runs at: the system clock, or a manual one that tests and
+/// simulations move by hand.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<AtomicI64>>);
+
+impl Clock {
+    /// A clock standing at `ms` until moved.
+    pub fn manual(ms: i64) -> Clock {
+        Clock(Some(Arc::new(AtomicI64::new(ms))))
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn now(&self) -> i64 {
+        match &self.0 {
+            Some(ms) => ms.load(Ordering::SeqCst),
+            None => rekindle_store::now_ms(),
+        }
+    }
+
+    /// Moves a manual clock forward; no effect on the system clock.
+    pub fn advance(&self, ms: i64) {
+        if let Some(at) = &self.0 {
+            at.fetch_add(ms, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The queue from ingestion to real-time segment evaluation.
@@ -48,7 +81,16 @@ pub(crate) struct Realtime {
 impl AppState {
     /// The state for `app`.
     pub fn new(registry: Arc<Registry>, slot_store: Option<Arc<SlotStore>>, admin_token: Option<Arc<str>>) -> AppState {
-        AppState { registry, slot_store, admin_token, admin_writes: Arc::new(Mutex::new(())), ingestion: None, realtime: None }
+        AppState {
+            registry,
+            slot_store,
+            admin_token,
+            admin_writes: Arc::new(Mutex::new(())),
+            ingestion: None,
+            realtime: None,
+            clock: Clock::default(),
+            schedule_tick: Duration::from_secs(60),
+        }
     }
 
     /// Adds customer data: ingestion, profiles and the catalog.
@@ -56,6 +98,13 @@ impl AppState {
         self.ingestion = Some(Arc::new(ingestion));
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         self.realtime = Some(Arc::new(Realtime { sender, receiver: Mutex::new(Some(receiver)) }));
+        self
+    }
+
+    /// Evaluates segments at `clock`'s time, checking for due runs every `tick`.
+    pub fn with_clock(mut self, clock: Clock, tick: Duration) -> AppState {
+        self.clock = clock;
+        self.schedule_tick = tick;
         self
     }
 
@@ -70,7 +119,8 @@ pub fn app(state: AppState) -> Router {
     if let (Some(ingestion), Some(realtime)) = (&state.ingestion, &state.realtime) {
         let receiver = realtime.receiver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(receiver) = receiver {
-            tokio::spawn(evaluate::realtime_loop(state.registry.clone(), ingestion.clone(), receiver));
+            tokio::spawn(evaluate::realtime_loop(state.registry.clone(), ingestion.clone(), state.clock.clone(), receiver));
+            tokio::spawn(evaluate::schedule_loop(state.registry.clone(), ingestion.clone(), state.clock.clone(), state.schedule_tick));
         }
     }
     Router::new()

@@ -130,6 +130,12 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::upsert_segment(db, &def, at)))
     }
 
+    /// Records that a segment was evaluated over every profile at `at`.
+    pub async fn mark_run(&self, name: &str, at: i64) -> Result<(), StoreError> {
+        let name = name.to_string();
+        on_backend!(self.write(|db, _mapping| logic::mark_run(db, &name, at)))
+    }
+
     /// Every segment definition, by name.
     pub async fn segments(&self) -> Result<Vec<SegmentDefinition>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::segments(db)))

@@ -426,15 +426,21 @@ pub(crate) fn upsert_segment(db: &mut impl Db, def: &SegmentDefinition, at: i64)
 /// Every segment definition, by name.
 pub(crate) fn segments(db: &mut impl Db) -> Result<Vec<SegmentDefinition>, StoreError> {
     Ok(db
-        .query("SELECT name, slot, params, schedule FROM segments ORDER BY name", &[])?
+        .query("SELECT name, slot, params, schedule, last_run FROM segments ORDER BY name", &[])?
         .into_iter()
         .map(|r| SegmentDefinition {
             name: r.text(0),
             slot: r.text(1),
             params: serde_json::from_str(&r.text(2)).unwrap_or(Value::Null),
             schedule: r.text(3),
+            last_run: r.opt_int(4),
         })
         .collect())
+}
+
+/// Records that a segment was evaluated over every profile at `at`.
+pub(crate) fn mark_run(db: &mut impl Db, name: &str, at: i64) -> Result<(), StoreError> {
+    db.execute("UPDATE segments SET last_run = ?2 WHERE name = ?1", &[P::Text(name), P::Int(at)]).map(drop)
 }
 
 /// Applies one verdict: enters, exits or refreshes the membership, logging entries and

@@ -165,6 +165,8 @@ pub struct SegmentDefinition {
     pub params: Value,
     /// `realtime`, `daily`, `weekly` or `biweekly`.
     pub schedule: String,
+    /// When it was last evaluated over every profile.
+    pub last_run: Option<i64>,
 }
 
 /// One current membership.

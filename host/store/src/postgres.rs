@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_profiles.sql")),
     (2, include_str!("../migrations/postgres/0002_lookups.sql")),
     (3, include_str!("../migrations/postgres/0003_segments.sql")),
+    (4, include_str!("../migrations/postgres/0004_segment_runs.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

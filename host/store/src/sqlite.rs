@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_profiles.sql")),
     (2, include_str!("../migrations/sqlite/0002_lookups.sql")),
     (3, include_str!("../migrations/sqlite/0003_segments.sql")),
+    (4, include_str!("../migrations/sqlite/0004_segment_runs.sql")),
 ];
 
 /// Requests one commit may carry; a bound keeps a burst from delaying the first reply.

@@ -150,7 +150,7 @@ async fn evaluate_stored(
         return Err(ApiError::Conflict(format!("slot `{slot}` holds a {} plugin, not a segment rule", plugin.kind())));
     };
     let now = match options.get("now") {
-        None | Some(Value::Null) => rekindle_store::now_ms(),
+        None | Some(Value::Null) => state.clock.now(),
         at => json::timestamp_from_json(at, "now")?,
     };
     let overrides = json::fields_from_json(options.get("params"), "params")?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::require_token;
-use crate::evaluate::{EvaluateError, evaluate_segment, profile_at, segment_context};
+use crate::evaluate::{EvaluateError, profile_at, run_segment, segment_context};
 use crate::{ApiError, AppState, Ingestion};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
@@ -47,7 +47,7 @@ fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiEr
         Some(Value::Object(map)) => Value::Object(map.clone()),
         Some(_) => return Err(ApiError::field("params", "`params` must be an object")),
     };
-    let def = SegmentDefinition { name, slot, params, schedule };
+    let def = SegmentDefinition { name, slot, params, schedule, last_run: None };
     // Resolving the rule and merging the parameters now reports a bad definition at once.
     segment_context(&state.registry, &def, 0).map_err(|e| match e {
         EvaluateError::Definition(message) if message.starts_with("slot") => ApiError::field("slot", message),
@@ -63,22 +63,9 @@ async fn define(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
     let def = definition(&state, &body)?;
     store.upsert_segment(def.clone()).await.map_err(|e| ApiError::Store(e.to_string()))?;
     // Backfill: evaluate the new definition over every stored profile.
-    let now = rekindle_store::now_ms();
-    let (mut after, mut evaluated, mut failed) = (String::new(), 0usize, 0usize);
-    loop {
-        let page = store.profile_ids(&after, 500).await.map_err(|e| ApiError::Store(e.to_string()))?;
-        let Some(last) = page.last().cloned() else { break };
-        for id in &page {
-            match evaluate_segment(&state.registry, store, &def, id, now).await {
-                Ok(_) => evaluated += 1,
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(segment = def.name, "backfill skipped a profile: {e}");
-                }
-            }
-        }
-        after = last;
-    }
+    let now = state.clock.now();
+    let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    store.mark_run(&def.name, now).await.map_err(|e| ApiError::Store(e.to_string()))?;
     let members = count_members(store, &def.name).await?;
     tracing::info!(segment = def.name, evaluated, failed, members, "segment defined and backfilled");
     Ok(Json(json!({ "segment": def, "evaluated": evaluated, "failed": failed, "members": members })))
@@ -128,7 +115,7 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     body["preview"] = json!(true);
     let def = definition(&state, &body)?;
     let (at, replay) = match body.get("at") {
-        None | Some(Value::Null) => (rekindle_store::now_ms(), false),
+        None | Some(Value::Null) => (state.clock.now(), false),
         at => (rekindle_runtime::json::timestamp_from_json(at, "at")?, true),
     };
     let sample_size = body.get("sample").and_then(Value::as_u64).unwrap_or(10).min(100) as usize;
