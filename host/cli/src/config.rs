@@ -27,6 +27,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Which events and properties feed the computed traits.
     pub events: rekindle_store::EventMapping,
+    /// Segments defined at start-up: `[[segments]]` with name, slot, params and schedule.
+    pub segments: Vec<toml::Table>,
 }
 
 /// One event source (a website, an app) and its write key.
@@ -59,6 +61,7 @@ impl Default for Config {
             sqlite_path: None,
             postgres_url: None,
             events: rekindle_store::EventMapping::default(),
+            segments: Vec::new(),
             sources: Vec::new(),
         }
     }

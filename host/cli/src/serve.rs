@@ -89,7 +89,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
         .with_ingestion(Ingestion { store, sources });
     let listen = config.listen;
+    let segments = config.segments.clone();
+    let config_name = args.config.as_ref().map_or("the config".to_string(), |p| p.display().to_string());
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        for (i, table) in segments.iter().enumerate() {
+            let definition = serde_json::to_value(table).context("reading a [[segments]] entry")?;
+            rekindle_server::define_segment(&state, &definition)
+                .await
+                .map_err(|e| anyhow::anyhow!("{config_name}: segments[{i}]: {e}"))?;
+        }
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         axum::serve(listener, rekindle_server::app(state)).with_graceful_shutdown(shutdown()).await?;

@@ -215,3 +215,32 @@ async fn demo_generate_fills_a_running_host_and_is_idempotent() {
     assert!(!bad_key.status.success());
     assert!(text(&bad_key.stderr).contains("401"), "{}", text(&bad_key.stderr));
 }
+
+#[tokio::test]
+async fn segments_in_the_config_file_are_defined_at_start_up() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(components::RULE_LAPSING_REPEAT_BUYER, plugins.join("rule_lapsing_repeat_buyer.wasm")).unwrap();
+    let config = work.path().join("rekindle.toml");
+    std::fs::write(&config, r#"
+[[segments]]
+name = "Lapsing repeat buyers"
+slot = "rule-lapsing-repeat-buyer"
+schedule = "daily"
+params = { grace_days = 10 }
+"#).unwrap();
+    let data = work.path().join("data");
+    let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
+    let (server, base) = serve(&args, "cfg-admin").await;
+    let segments: Value = reqwest::Client::new().get(format!("{base}/v1/segments")).bearer_auth("cfg-admin").send().await.unwrap().json().await.unwrap();
+    assert_eq!(segments["segments"][0]["name"], "Lapsing repeat buyers", "{segments}");
+    assert_eq!(segments["segments"][0]["params"]["grace_days"], 10);
+    drop(server);
+
+    std::fs::write(&config, "[[segments]]\nname = \"x\"\nslot = \"nope\"\n").unwrap();
+    let bad = run(rekindle().arg("serve").arg("--config").arg(&config).arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"]));
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(err.contains("rekindle.toml: segments[0]: slot:"), "{err}");
+}

@@ -5,4 +5,4 @@ pub(crate) mod health;
 pub(crate) mod ingest;
 pub(crate) mod profiles;
 pub(crate) mod segment;
-pub(crate) mod segments;
+pub mod segments;

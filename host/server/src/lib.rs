@@ -15,6 +15,7 @@ use axum::Router;
 use rekindle_runtime::Registry;
 use rekindle_store::Store;
 
+pub use api::segments::define_segment;
 pub use error::ApiError;
 pub use slots::{SlotStore, SlotStoreError};
 

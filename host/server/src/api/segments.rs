@@ -57,10 +57,16 @@ fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiEr
 }
 
 async fn define(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
-    let def = definition(&state, &body)?;
+    define_segment(&state, &body).await.map(Json)
+}
+
+/// Validates, stores and backfills one segment definition given as JSON
+/// (`{"name", "slot", "params"?, "schedule"?}`); the API and the config file both use it.
+pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, ApiError> {
+    let store = &ingestion(state)?.store;
+    let def = definition(state, body)?;
     store.upsert_segment(def.clone()).await.map_err(|e| ApiError::Store(e.to_string()))?;
     // Backfill: evaluate the new definition over every stored profile.
     let now = state.clock.now();
@@ -68,7 +74,7 @@ async fn define(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
     store.mark_run(&def.name, now).await.map_err(|e| ApiError::Store(e.to_string()))?;
     let members = count_members(store, &def.name).await?;
     tracing::info!(segment = def.name, evaluated, failed, members, "segment defined and backfilled");
-    Ok(Json(json!({ "segment": def, "evaluated": evaluated, "failed": failed, "members": members })))
+    Ok(json!({ "segment": def, "evaluated": evaluated, "failed": failed, "members": members }))
 }
 
 async fn count_members(store: &rekindle_store::Store, segment: &str) -> Result<usize, ApiError> {
