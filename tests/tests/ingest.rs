@@ -22,6 +22,7 @@ rekindle_tests::on_each_backend!(
     rules_evaluate_stored_profiles,
     segments_backfill_and_follow_events_in_real_time,
     scheduled_runs_catch_changes_that_come_with_time_alone,
+    rfm_cutoffs_come_from_the_population,
 );
 use serde_json::{Value, json};
 
@@ -44,6 +45,7 @@ async fn start_with(backend: Backend, data: &Path, clock: Clock, tick: Duration)
         ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
         ("win-back", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
         ("abandoned-cart", rekindle_tests::components::RULE_ABANDONED_CART),
+        ("rfm", rekindle_tests::components::RULE_RFM_WIN_BACK),
     ] {
         registry.install(slot, &rekindle_tests::component(path)).unwrap();
     }
@@ -434,4 +436,30 @@ async fn scheduled_runs_catch_changes_that_come_with_time_alone(backend: Backend
     let (_, ann) = host.profile("ann").await;
     assert_eq!(ann["segments"][0]["since"], "2026-05-09T10:00:00.000Z", "{ann}");
     assert!(ann["segments"][0]["reason"].as_str().unwrap().starts_with("last order 68.0 days ago"), "{ann}");
+}
+
+/// `"auto"` RFM cutoffs are the population's quintiles, computed for each run.
+async fn rfm_cutoffs_come_from_the_population(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    // Customer r{i}: i + 1 orders of 10 × (i + 1) each, the last 5 + 20 i days ago. The
+    // most frequent, biggest spenders are also the longest gone.
+    let mut batch = Vec::new();
+    for i in 0..10usize {
+        for k in 0..=i {
+            let ago = 5.0 + 20.0 * i as f64 + 3.0 * k as f64;
+            batch.push(order(&format!("r{i}-{k}"), &format!("r{i}"), &days_ago(ago), 10.0 * (i + 1) as f64, "shoes"));
+        }
+    }
+    assert_eq!(host.post("/v1/batch", json!({ "batch": batch })).await.0, 200);
+    let auto = json!({"recency_days_cutoffs": "auto", "frequency_cutoffs": "auto", "monetary_cutoffs": "auto"});
+    let (status, body) = host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN)
+        .json(&json!({"name": "rfm", "slot": "rfm", "params": auto}))).await;
+    assert_eq!(status, 200, "{body}");
+    // Quintiles over ten buyers: F 3,5,7,9; M 90,250,490,810; R 45,85,125,165 days.
+    // F ≥ 4, M ≥ 4 and R ≤ 2 leaves r6, r7, r8 and r9.
+    assert_eq!(body["members"], 4, "{body}");
+    let (_, r6) = host.profile("r6").await;
+    assert!(r6["segments"][0]["reason"].as_str().unwrap().starts_with("R2 F4 M4"), "{r6}");
+    assert_eq!(host.profile("r5").await.1["segments"], json!([]));
 }

@@ -147,9 +147,44 @@ pub(crate) async fn evaluate_segment(
         .await?)
 }
 
+/// Parameters an RFM rule takes as population quintile cutoffs; `"auto"` asks the host to
+/// compute them, because a plugin sees one profile at a time.
+const RFM_CUTOFFS: [&str; 3] = ["recency_days_cutoffs", "frequency_cutoffs", "monetary_cutoffs"];
+
+/// Four cutoffs splitting `values` into quintiles, as "a,b,c,d".
+fn quintile_cutoffs(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    let at = |k: usize| values.get(values.len() * k / 5).copied().unwrap_or(0.0);
+    (1..=4).map(|k| format!("{}", (at(k) * 100.0).round() / 100.0)).collect::<Vec<_>>().join(",")
+}
+
+/// The definition with every `"auto"` RFM cutoff replaced by the population's quintiles at
+/// `now`; unchanged when it asks for none.
+pub(crate) async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, now: i64) -> Result<SegmentDefinition, StoreError> {
+    let wants_auto = RFM_CUTOFFS.iter().any(|name| def.params.get(name).and_then(|v| v.as_str()) == Some("auto"));
+    if !wants_auto {
+        return Ok(def.clone());
+    }
+    let population = store.rfm_population(now).await?;
+    let columns = [
+        population.iter().map(|p| p.0).collect::<Vec<_>>(),
+        population.iter().map(|p| p.1).collect(),
+        population.iter().map(|p| p.2).collect(),
+    ];
+    let mut resolved = def.clone();
+    for (name, values) in RFM_CUTOFFS.iter().zip(columns) {
+        if resolved.params.get(name).and_then(|v| v.as_str()) == Some("auto") {
+            resolved.params[*name] = serde_json::Value::String(quintile_cutoffs(values));
+        }
+    }
+    tracing::debug!(segment = def.name, params = %resolved.params, "RFM cutoffs for this run");
+    Ok(resolved)
+}
+
 /// Evaluates a segment over every stored profile at `now`, two profiles at a time so both
 /// cores work (each call runs on a blocking thread). Returns (evaluated, failed).
 pub(crate) async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<(usize, usize), StoreError> {
+    let def = &resolve_auto_params(store, def, now).await?;
     let (mut after, mut evaluated, mut failed) = (String::new(), 0usize, 0usize);
     loop {
         let page = store.profile_ids(&after, 500).await?;
@@ -251,11 +286,30 @@ pub(crate) async fn realtime_loop(
         };
         let now = clock.now();
         for def in &segments {
+            let def = match resolve_auto_params(&ingestion.store, def, now).await {
+                Ok(def) => def,
+                Err(e) => {
+                    tracing::error!(segment = def.name, "real-time evaluation cannot compute cutoffs: {e}");
+                    continue;
+                }
+            };
+            let def = &def;
             for id in &ids {
                 if let Err(e) = evaluate_segment(&registry, &ingestion.store, def, id, now).await {
                     tracing::warn!(segment = def.name, "real-time evaluation skipped a profile: {e}");
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quintile_cutoffs_split_the_population() {
+        assert_eq!(quintile_cutoffs((1..=10).map(f64::from).collect()), "3,5,7,9");
+        assert_eq!(quintile_cutoffs(vec![]), "0,0,0,0");
     }
 }

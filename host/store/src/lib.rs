@@ -181,6 +181,11 @@ impl Store {
         on_backend!(self.read(|db, mapping| logic::computed_as_of(db, mapping, &id, until)))
     }
 
+    /// (days since the last order at `now`, order count, lifetime value) of every buyer.
+    pub async fn rfm_population(&self, now: i64) -> Result<Vec<(f64, f64, f64)>, StoreError> {
+        on_backend!(self.read(|db, _mapping| logic::rfm_population(db, now)))
+    }
+
     /// Row counts per table.
     pub async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::table_counts(db)))

@@ -542,3 +542,13 @@ pub(crate) fn computed_as_of(db: &mut impl Db, mapping: &EventMapping, id: &str,
     }
     Ok(computed)
 }
+
+/// (days since the last order at `now`, order count, lifetime value) of every buyer: the
+/// population RFM cutoffs are computed from.
+pub(crate) fn rfm_population(db: &mut impl Db, now: i64) -> Result<Vec<(f64, f64, f64)>, StoreError> {
+    Ok(db
+        .query("SELECT last_order_at, order_count, lifetime_value FROM computed WHERE order_count > 0", &[])?
+        .into_iter()
+        .map(|r| ((now - r.int(0)) as f64 / 86_400_000.0, r.int(1) as f64, r.float(2)))
+        .collect())
+}
