@@ -4,6 +4,7 @@ mod config;
 mod demo;
 mod plugin;
 mod scaffold;
+mod segment;
 mod serve;
 
 use std::path::PathBuf;
@@ -29,6 +30,15 @@ enum Command {
     /// Demo data.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Segments on a running host.
+    #[command(subcommand)]
+    Segment(SegmentCommand),
+}
+
+#[derive(Subcommand)]
+enum SegmentCommand {
+    /// Who would qualify for a rule and parameters, as of any time, without changing anything.
+    Preview(segment::PreviewArgs),
 }
 
 #[derive(Subcommand)]
@@ -91,6 +101,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Demo(DemoCommand::Generate(args)) => demo::generate(args),
+        Command::Segment(SegmentCommand::Preview(args)) => segment::preview(args),
         Command::Plugin(PluginCommand::Inspect { file, json, deadline_ms }) => plugin::inspect(&file, json, deadline_ms),
         Command::Plugin(PluginCommand::Run { file, input, deadline_ms }) => plugin::run(&file, &input, deadline_ms),
         Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {

@@ -244,3 +244,45 @@ params = { grace_days = 10 }
     let err = text(&bad.stderr);
     assert!(err.contains("rekindle.toml: segments[0]: slot:"), "{err}");
 }
+
+#[tokio::test]
+async fn segment_preview_compares_a_candidate_with_the_live_segment() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(components::RULE_LAPSING_REPEAT_BUYER, plugins.join("rule_lapsing_repeat_buyer.wasm")).unwrap();
+    let data = work.path().join("data");
+    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--source"), OsStr::new("demo=demo-key"), OsStr::new("--data-dir"), data.as_os_str()];
+    let (_server, base) = serve(&args, "pv-admin").await;
+    let now = chrono_now_day();
+    let generate = run(rekindle()
+        .args(["demo", "generate", "--profiles", "300", "--seed", "3", "--now", &now, "--url", &base, "--write-key", "demo-key"]));
+    assert!(generate.status.success(), "{}", text(&generate.stderr));
+    let defined: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/segments"))
+        .bearer_auth("pv-admin")
+        .json(&json!({"name": "lapsing", "slot": "rule-lapsing-repeat-buyer"}))
+        .send().await.unwrap().json().await.unwrap();
+    let live = defined["members"].as_u64().unwrap();
+    assert!(live > 0, "{defined}");
+
+    let preview = run(rekindle()
+        .args(["segment", "preview", "--slot", "rule-lapsing-repeat-buyer", "--param", "grace_days=0", "--compare", "lapsing"])
+        .args(["--at", &now, "--url", &base, "--admin-token", "pv-admin"]));
+    assert!(preview.status.success(), "{}", text(&preview.stderr));
+    let out = text(&preview.stdout);
+    // A grace of 0 is looser than 8: everyone in the live segment stays, and more enter.
+    assert!(out.contains("of 300 profiles would qualify"), "{out}");
+    assert!(out.contains(&format!("compared with `lapsing` ({live} members)")), "{out}");
+    assert!(out.contains(" 0 would leave"), "{out}");
+    assert!(!out.contains(" 0 would enter"), "{out}");
+
+    let bad = run(rekindle().args(["segment", "preview", "--slot", "nope", "--url", &base, "--admin-token", "pv-admin"]));
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("400"), "{}", text(&bad.stderr));
+}
+
+/// Today at 00:00 UTC, as `demo generate` defaults to.
+fn chrono_now_day() -> String {
+    chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

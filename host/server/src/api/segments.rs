@@ -113,7 +113,9 @@ async fn members(State(state): State<AppState>, Path(name): Path<String>, Query(
 /// Who would qualify: evaluates a candidate slot and parameters as of any time over stored
 /// history, without touching memberships, and compares with a defined segment's members.
 ///
-/// Body: `{"slot", "params"?, "at"?, "compare"?: segment name, "sample"?: 10}`.
+/// Body: `{"slot", "params"?, "at"?, "compare"?: segment name, "sample"?: 10}`. With
+/// `"limit"` it covers only that many profiles after `"after"` and returns the page's
+/// member ids and the `next` cursor, so a client can show progress over a long run.
 async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let store = &ingestion(&state)?.store;
     let mut body: Value = serde_json::from_slice(&body)
@@ -138,9 +140,18 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     let rekindle_runtime::PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by definition") };
     let input = info.input.clone();
     let (mut members, mut sample, mut evaluated, mut failed) = (Vec::new(), Vec::new(), 0usize, 0usize);
-    let mut after = String::new();
+    let mut after = body.get("after").and_then(Value::as_str).unwrap_or("").to_string();
+    let paged = match body.get("limit") {
+        None | Some(Value::Null) => None,
+        Some(n) => Some(n.as_u64().filter(|n| (1..=1000).contains(n)).ok_or_else(|| ApiError::field("limit", "`limit` must be from 1 to 1000"))? as usize),
+    };
+    if paged.is_some() && compare.is_some() {
+        return Err(ApiError::field("compare", "`compare` needs a whole run; page without it and compare the member ids"));
+    }
+    let mut next = None;
     loop {
-        let page = store.profile_ids(&after, 500).await.map_err(|e| ApiError::Store(e.to_string()))?;
+        let size = paged.unwrap_or(500);
+        let page = store.profile_ids(&after, size).await.map_err(|e| ApiError::Store(e.to_string()))?;
         let Some(last) = page.last().cloned() else { break };
         let mut profiles = Vec::with_capacity(page.len());
         for id in &page {
@@ -172,12 +183,24 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
                 }
             }
         }
+        if paged.is_some() {
+            next = (page.len() == size).then_some(last);
+            break;
+        }
         after = last;
     }
     let mut answer = json!({
         "slot": def.slot, "at": rekindle_runtime::json::timestamp_to_json(at), "digest": plugin.digest(),
         "evaluated": evaluated, "failed": failed, "count": members.len(), "sample": sample,
     });
+    if paged.is_some() {
+        answer["member_ids"] = json!(members);
+        answer["next"] = json!(next);
+        if body.get("after").and_then(Value::as_str).unwrap_or("").is_empty() {
+            let counts = store.table_counts().await.map_err(|e| ApiError::Store(e.to_string()))?;
+            answer["total_profiles"] = json!(counts.iter().find(|(t, _)| t == "profiles").map_or(0, |(_, n)| *n));
+        }
+    }
     if let Some(name) = compare {
         let mut current = Vec::new();
         let mut cursor = String::new();
