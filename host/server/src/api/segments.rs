@@ -72,6 +72,7 @@ pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, Api
     let now = state.clock.now();
     let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await.map_err(|e| ApiError::Store(e.to_string()))?;
     store.mark_run(&def.name, now).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let def = SegmentDefinition { last_run: Some(now), ..def };
     let members = count_members(store, &def.name).await?;
     tracing::info!(segment = def.name, evaluated, failed, members, "segment defined and backfilled");
     Ok(json!({ "segment": def, "evaluated": evaluated, "failed": failed, "members": members }))
