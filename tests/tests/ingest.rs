@@ -404,6 +404,15 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
         "properties": {"revenue": 5}})).await;
     eventually(false).await;
     assert!(members("carts").await.is_empty());
+    // The log has both, in order, with the rule's reasons.
+    let (status, log) = host.send(host.http.get(format!("{}/v1/segments/carts/changes", host.base)).bearer_auth(ADMIN)).await;
+    assert_eq!(status, 200, "{log}");
+    let changes: Vec<&str> = log["changes"].as_array().unwrap().iter().map(|c| c["change"].as_str().unwrap()).collect();
+    assert_eq!(changes, ["enter", "exit"], "{log}");
+    assert!(log["changes"][1]["reason"].as_str().unwrap().contains("ordered after"), "{log}");
+    let next = log["next"].as_i64().unwrap();
+    let (_, rest) = host.send(host.http.get(format!("{}/v1/segments/carts/changes?after={next}", host.base)).bearer_auth(ADMIN)).await;
+    assert_eq!(rest["changes"], json!([]));
 }
 
 /// A buyer who turns lapsing at day 68 with no new event: the daily run catches it.

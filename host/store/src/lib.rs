@@ -11,8 +11,8 @@ mod sqlite;
 use std::path::Path;
 
 pub use model::{
-    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipRecord, Message, MessageKind, Product,
-    ProfileRecord, Purpose, SegmentDefinition, StoredEvent,
+    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, MessageKind,
+    Product, ProfileRecord, Purpose, SegmentDefinition, StoredEvent,
 };
 
 /// Why a store operation failed.
@@ -161,6 +161,13 @@ impl Store {
     pub async fn members(&self, segment: &str, after: &str, limit: usize) -> Result<Vec<MembershipRecord>, StoreError> {
         let (segment, after) = (segment.to_string(), after.to_string());
         on_backend!(self.read(|db, _mapping| logic::members(db, &segment, &after, limit)))
+    }
+
+    /// A segment's entries and exits after log id `after`, oldest first: what journeys and
+    /// ad audiences consume.
+    pub async fn changes(&self, segment: &str, after: i64, limit: usize) -> Result<Vec<MembershipChange>, StoreError> {
+        let segment = segment.to_string();
+        on_backend!(self.read(|db, _mapping| logic::changes(db, &segment, after, limit)))
     }
 
     /// The segments the person `id` names belongs to.

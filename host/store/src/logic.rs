@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
-    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipRecord, Message, Product, ProfileRecord, Purpose,
-    SegmentDefinition, StoredEvent,
+    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, Product,
+    ProfileRecord, Purpose, SegmentDefinition, StoredEvent,
 };
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
@@ -550,5 +550,27 @@ pub(crate) fn rfm_population(db: &mut impl Db, now: i64) -> Result<Vec<(f64, f64
         .query("SELECT last_order_at, order_count, lifetime_value FROM computed WHERE order_count > 0", &[])?
         .into_iter()
         .map(|r| ((now - r.int(0)) as f64 / 86_400_000.0, r.int(1) as f64, r.float(2)))
+        .collect())
+}
+
+/// A segment's entries and exits after log id `after`, oldest first.
+pub(crate) fn changes(db: &mut impl Db, segment: &str, after: i64, limit: usize) -> Result<Vec<MembershipChange>, StoreError> {
+    Ok(db
+        .query(
+            "SELECT id, segment, profile_id, change, at, label, reason, digest FROM membership_log
+             WHERE segment = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            &[P::Text(segment), P::Int(after), P::Int(limit as i64)],
+        )?
+        .into_iter()
+        .map(|r| MembershipChange {
+            id: r.int(0),
+            segment: r.text(1),
+            profile_id: r.text(2),
+            change: r.text(3),
+            at: r.int(4),
+            label: r.opt_text(5),
+            reason: r.text(6),
+            digest: r.text(7),
+        })
         .collect())
 }

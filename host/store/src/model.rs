@@ -180,6 +180,20 @@ pub struct MembershipRecord {
     pub since: i64,
 }
 
+/// One entry or exit from the membership log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MembershipChange {
+    /// Increasing; the cursor for reading on.
+    pub id: i64,
+    pub segment: String,
+    pub profile_id: String,
+    pub change: String,
+    pub at: i64,
+    pub label: Option<String>,
+    pub reason: String,
+    pub digest: String,
+}
+
 /// What a verdict changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

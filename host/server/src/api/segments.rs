@@ -19,6 +19,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/segments", get(list).post(define))
         .route("/v1/segments/{name}/members", get(members))
+        .route("/v1/segments/{name}/changes", get(changes))
         .route("/v1/segments/preview", axum::routing::post(preview))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
@@ -222,4 +223,22 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         });
     }
     Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+struct ChangesPage {
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// Entries and exits in order, read on with `after` = the last `id` seen.
+async fn changes(State(state): State<AppState>, Path(name): Path<String>, Query(page): Query<ChangesPage>) -> Result<Json<Value>, ApiError> {
+    let store = &ingestion(&state)?.store;
+    if !store.segments().await.map_err(|e| ApiError::Store(e.to_string()))?.iter().any(|s| s.name == name) {
+        return Err(ApiError::NotFound(format!("no segment named `{name}`")));
+    }
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let changes = store.changes(&name, page.after.unwrap_or(0), limit).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let next = changes.last().map(|c| c.id);
+    Ok(Json(json!({ "segment": name, "changes": changes, "next": next })))
 }
