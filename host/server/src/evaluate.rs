@@ -142,6 +142,16 @@ pub(crate) async fn evaluate_segment(
     let verdict = tokio::task::spawn_blocking(move || call.evaluate(&ctx, &profile))
         .await
         .map_err(|e| EvaluateError::Definition(format!("evaluation task failed: {e}")))??;
+    // Most verdicts change nothing; checking with a read first spares the writer, which
+    // re-checks inside its transaction whenever something does change.
+    let current = store.membership(&def.name, &id).await?;
+    let unchanged = match &current {
+        None => !verdict.member,
+        Some(m) => verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == plugin.digest(),
+    };
+    if unchanged {
+        return Ok(None);
+    }
     Ok(store
         .record_verdict(&def.name, &id, verdict.member, verdict.label, verdict.reason, plugin.digest().to_string(), now)
         .await?)

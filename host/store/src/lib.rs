@@ -170,6 +170,12 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::changes(db, &segment, after, limit)))
     }
 
+    /// One profile's membership of one segment (by profile id), if any.
+    pub async fn membership(&self, segment: &str, profile_id: &str) -> Result<Option<MembershipRecord>, StoreError> {
+        let (segment, profile_id) = (segment.to_string(), profile_id.to_string());
+        on_backend!(self.read(|db, _mapping| logic::membership(db, &segment, &profile_id)))
+    }
+
     /// The segments the person `id` names belongs to.
     pub async fn memberships(&self, id: &str) -> Result<Vec<MembershipRecord>, StoreError> {
         let id = id.to_string();

@@ -574,3 +574,14 @@ pub(crate) fn changes(db: &mut impl Db, segment: &str, after: i64, limit: usize)
         })
         .collect())
 }
+
+/// One profile's membership of one segment, if any.
+pub(crate) fn membership(db: &mut impl Db, segment: &str, profile: &str) -> Result<Option<MembershipRecord>, StoreError> {
+    Ok(db
+        .query_opt(
+            "SELECT segment, profile_id, label, reason, digest, since FROM memberships WHERE segment = ?1 AND profile_id = ?2",
+            &[P::Text(segment), P::Text(profile)],
+        )?
+        .as_ref()
+        .map(membership_from))
+}
