@@ -119,6 +119,12 @@ impl From<rekindle_runtime::json::JsonError> for ApiError {
     }
 }
 
+impl From<rekindle_store::StoreError> for ApiError {
+    fn from(err: rekindle_store::StoreError) -> ApiError {
+        ApiError::Store(err.to_string())
+    }
+}
+
 impl From<rekindle_runtime::ParamError> for ApiError {
     fn from(err: rekindle_runtime::ParamError) -> ApiError {
         ApiError::field("context.params", err.to_string())

@@ -109,6 +109,11 @@ impl AppState {
         self
     }
 
+    /// Customer data, or a 503 naming what is missing.
+    pub(crate) fn customer_data(&self) -> Result<&Ingestion, ApiError> {
+        self.ingestion.as_deref().ok_or(ApiError::Unavailable("customer data is not configured on this host"))
+    }
+
     fn admin_write(&self) -> MutexGuard<'_, ()> {
         self.admin_writes.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -143,7 +143,7 @@ async fn evaluate_stored(
     Path((slot, profile_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let ingestion = state.ingestion.as_deref().ok_or(ApiError::Unavailable("customer data is not configured on this host"))?;
+    let ingestion = state.customer_data()?;
     let options = if body.is_empty() { json!({}) } else { parse_json(&body)? };
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
     let rekindle_runtime::PluginInfo::Rule(info) = plugin.info() else {
@@ -157,7 +157,7 @@ async fn evaluate_stored(
     let ctx = rekindle_runtime::wit::Context { now, params: rekindle_runtime::merge_params(&info.params, &overrides)? };
     let profile = crate::evaluate::rule_profile(&ingestion.store, &profile_id, &info.input, now)
         .await
-        .map_err(|e| ApiError::Store(e.to_string()))?
+        ?
         .ok_or_else(|| ApiError::NotFound(format!("no profile for `{profile_id}`")))?;
     let call = plugin.clone();
     let verdict = blocking(move || call.evaluate(&ctx, &profile)).await?.map_err(ApiError::Plugin)?;

@@ -30,9 +30,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/import", post(ingest_batch))
 }
 
-fn ingestion(state: &AppState) -> Result<&Ingestion, ApiError> {
-    state.ingestion.as_deref().ok_or(ApiError::Unavailable("ingestion is not configured on this host"))
-}
 
 /// The source whose write key the request carries (Basic auth user name, or `writeKey`).
 fn source<'a>(ingestion: &'a Ingestion, headers: &HeaderMap, body: &Value) -> Result<&'a str, ApiError> {
@@ -78,9 +75,10 @@ fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Value, ApiEr
     })
 }
 
-async fn store(state: &AppState, ingestion: &Ingestion, messages: Vec<Message>) -> Result<Json<Value>, ApiError> {
+async fn store(state: &AppState, messages: Vec<Message>) -> Result<Json<Value>, ApiError> {
+    let ingestion = state.customer_data()?;
     let touched: Vec<String> = messages.iter().filter_map(|m| m.user_id.clone().or_else(|| m.anonymous_id.clone())).collect();
-    let report = ingestion.store.ingest(messages).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let report = ingestion.store.ingest(messages).await?;
     if let Some(realtime) = &state.realtime {
         // The evaluator outlives every request; a closed queue only means shutdown.
         let _ = realtime.sender.send(touched);
@@ -90,15 +88,15 @@ async fn store(state: &AppState, ingestion: &Ingestion, messages: Vec<Message>) 
 }
 
 async fn ingest_one(State(state): State<AppState>, headers: HeaderMap, body: Bytes, kind: MessageKind) -> Result<Json<Value>, ApiError> {
-    let ingestion = ingestion(&state)?;
+    let ingestion = state.customer_data()?;
     let value = decode(&headers, &body, MAX_MESSAGE_BYTES)?;
     let source = source(ingestion, &headers, &value)?;
     let message = parse_message(&value, Some(kind), "message", source, rekindle_store::now_ms(), None)?;
-    store(&state, ingestion, vec![message]).await
+    store(&state, vec![message]).await
 }
 
 async fn ingest_batch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let ingestion = ingestion(&state)?;
+    let ingestion = state.customer_data()?;
     let value = decode(&headers, &body, MAX_BATCH_BYTES)?;
     let source = source(ingestion, &headers, &value)?.to_string();
     let Some(Value::Array(items)) = value.get("batch") else {
@@ -122,5 +120,5 @@ async fn ingest_batch(State(state): State<AppState>, headers: HeaderMap, body: B
         }
         messages.push(parse_message(item, None, &at, &source, received_at, sent_at)?);
     }
-    store(&state, ingestion, messages).await
+    store(&state, messages).await
 }

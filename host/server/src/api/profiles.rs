@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::require_token;
-use crate::{ApiError, AppState, Ingestion};
+use crate::{ApiError, AppState};
 
 pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -21,9 +21,6 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
-fn ingestion(state: &AppState) -> Result<&Ingestion, ApiError> {
-    state.ingestion.as_deref().ok_or(ApiError::Unavailable("customer data is not configured on this host"))
-}
 
 fn rfc3339(ms: i64) -> Value {
     chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
@@ -73,11 +70,11 @@ struct ReadQuery {
 }
 
 async fn read(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<ReadQuery>) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
+    let store = &state.customer_data()?.store;
     let recent = query.events.unwrap_or(50).min(1000);
-    let profile = store.profile(&id, recent).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let profile = store.profile(&id, recent).await?;
     let profile = profile.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
-    let memberships = store.memberships(&profile.id).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let memberships = store.memberships(&profile.id).await?;
     let mut body = profile_json(&profile, rekindle_store::now_ms());
     body["segments"] = memberships
         .iter()
@@ -87,8 +84,8 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>, Query(query
 }
 
 async fn erase(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let store = &ingestion(&state)?.store;
-    if store.delete_profile(&id).await.map_err(|e| ApiError::Store(e.to_string()))? {
+    let store = &state.customer_data()?.store;
+    if store.delete_profile(&id).await? {
         tracing::info!("erased a profile on request");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -101,7 +98,7 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
+    let store = &state.customer_data()?.store;
     let Value::Object(map) = parse_json(&body)? else {
         return Err(ApiError::field("body", "send an object such as {\"email\": true, \"sms\": false}"));
     };
@@ -111,7 +108,7 @@ async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: B
         let granted = granted.as_bool().ok_or_else(|| ApiError::field(name.clone(), format!("`{name}` must be true or false")))?;
         updates.push((purpose, granted));
     }
-    if !store.set_consents(&id, updates, rekindle_store::now_ms()).await.map_err(|e| ApiError::Store(e.to_string()))? {
+    if !store.set_consents(&id, updates, rekindle_store::now_ms()).await? {
         return Err(ApiError::NotFound(format!("no profile for `{id}`")));
     }
     Ok(Json(json!({ "success": true })))
@@ -120,7 +117,7 @@ async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: B
 /// `{"kind": "push_token", "address": "...", "active": false}`: how delivery feedback
 /// (a dead push token, a hard bounce) reaches the profile.
 async fn contacts(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
+    let store = &state.customer_data()?.store;
     let body = parse_json(&body)?;
     let kind = match body.get("kind").and_then(Value::as_str) {
         Some(kind @ ("email" | "phone" | "push_token")) => kind,
@@ -134,7 +131,7 @@ async fn contacts(State(state): State<AppState>, Path(id): Path<String>, body: B
         .ok_or_else(|| ApiError::field("address", "`address` must be a non-empty string"))?;
     let address = if kind == "email" { address.to_lowercase() } else { address.to_string() };
     let active = body.get("active").and_then(Value::as_bool).ok_or_else(|| ApiError::field("active", "`active` must be true or false"))?;
-    if !store.set_contact(&id, kind, &address, active, rekindle_store::now_ms()).await.map_err(|e| ApiError::Store(e.to_string()))? {
+    if !store.set_contact(&id, kind, &address, active, rekindle_store::now_ms()).await? {
         return Err(ApiError::NotFound(format!("no profile for `{id}`")));
     }
     Ok(Json(json!({ "success": true })))
@@ -173,7 +170,7 @@ fn product(item: &Value, at: &str) -> Result<Product, ApiError> {
 }
 
 async fn products(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
+    let store = &state.customer_data()?.store;
     let value = parse_json(&body)?;
     let items = match &value {
         Value::Array(items) => items.clone(),
@@ -184,6 +181,6 @@ async fn products(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
         _ => return Err(ApiError::field("products", "send a product, an array of products, or {\"products\": [...]}")),
     };
     let products = items.iter().enumerate().map(|(i, p)| product(p, &format!("products[{i}]"))).collect::<Result<Vec<_>, _>>()?;
-    let n = store.upsert_products(products).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let n = store.upsert_products(products).await?;
     Ok(Json(json!({ "success": true, "upserted": n })))
 }

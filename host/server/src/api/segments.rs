@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::admin::require_token;
 use crate::evaluate::{EvaluateError, profile_at, run_segment, segment_context};
-use crate::{ApiError, AppState, Ingestion};
+use crate::{ApiError, AppState};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
 
@@ -24,9 +24,6 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
-fn ingestion(state: &AppState) -> Result<&Ingestion, ApiError> {
-    state.ingestion.as_deref().ok_or(ApiError::Unavailable("customer data is not configured on this host"))
-}
 
 /// A definition from JSON, every field checked, the rule's parameters included.
 fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiError> {
@@ -66,13 +63,13 @@ async fn define(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
 /// Validates, stores and backfills one segment definition given as JSON
 /// (`{"name", "slot", "params"?, "schedule"?}`); the API and the config file both use it.
 pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, ApiError> {
-    let store = &ingestion(state)?.store;
+    let store = &state.customer_data()?.store;
     let def = definition(state, body)?;
-    store.upsert_segment(def.clone()).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    store.upsert_segment(def.clone()).await?;
     // Backfill: evaluate the new definition over every stored profile.
     let now = state.clock.now();
-    let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await.map_err(|e| ApiError::Store(e.to_string()))?;
-    store.mark_run(&def.name, now).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await?;
+    store.mark_run(&def.name, now).await?;
     let def = SegmentDefinition { last_run: Some(now), ..def };
     let members = count_members(store, &def.name).await?;
     tracing::info!(segment = def.name, evaluated, failed, members, "segment defined and backfilled");
@@ -82,7 +79,7 @@ pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, Api
 async fn count_members(store: &rekindle_store::Store, segment: &str) -> Result<usize, ApiError> {
     let (mut after, mut count) = (String::new(), 0);
     loop {
-        let page = store.members(segment, &after, 1000).await.map_err(|e| ApiError::Store(e.to_string()))?;
+        let page = store.members(segment, &after, 1000).await?;
         let Some(last) = page.last() else { return Ok(count) };
         count += page.len();
         after = last.profile_id.clone();
@@ -90,8 +87,8 @@ async fn count_members(store: &rekindle_store::Store, segment: &str) -> Result<u
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
-    let segments = store.segments().await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let store = &state.customer_data()?.store;
+    let segments = store.segments().await?;
     Ok(Json(json!({ "segments": segments })))
 }
 
@@ -102,12 +99,10 @@ struct Page {
 }
 
 async fn members(State(state): State<AppState>, Path(name): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
-    if !store.segments().await.map_err(|e| ApiError::Store(e.to_string()))?.iter().any(|s| s.name == name) {
-        return Err(ApiError::NotFound(format!("no segment named `{name}`")));
-    }
+    let store = &state.customer_data()?.store;
+    require_segment(store, &name).await?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let members = store.members(&name, page.after.as_deref().unwrap_or(""), limit).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let members = store.members(&name, page.after.as_deref().unwrap_or(""), limit).await?;
     let next = (members.len() == limit).then(|| members.last().map(|m| m.profile_id.clone())).flatten();
     Ok(Json(json!({ "segment": name, "members": members, "next": next })))
 }
@@ -119,7 +114,7 @@ async fn members(State(state): State<AppState>, Path(name): Path<String>, Query(
 /// `"limit"` it covers only that many profiles after `"after"` and returns the page's
 /// member ids and the `next` cursor, so a client can show progress over a long run.
 async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
+    let store = &state.customer_data()?.store;
     let mut body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
     body["preview"] = json!(true);
@@ -130,12 +125,10 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     };
     let sample_size = body.get("sample").and_then(Value::as_u64).unwrap_or(10).min(100) as usize;
     let compare = match body.get("compare").and_then(Value::as_str) {
-        Some(name) => {
-            if !store.segments().await.map_err(|e| ApiError::Store(e.to_string()))?.iter().any(|s| s.name == name) {
-                return Err(ApiError::field("compare", format!("no segment named `{name}`")));
-            }
-            Some(name.to_string())
-        }
+        Some(name) => match require_segment(store, name).await {
+            Err(ApiError::NotFound(message)) => return Err(ApiError::field("compare", message)),
+            other => other.map(|()| Some(name.to_string()))?,
+        },
         None => None,
     };
     let (plugin, ctx) = segment_context(&state.registry, &def, at).map_err(|e| ApiError::field("slot", e.to_string()))?;
@@ -153,11 +146,11 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     let mut next = None;
     loop {
         let size = paged.unwrap_or(500);
-        let page = store.profile_ids(&after, size).await.map_err(|e| ApiError::Store(e.to_string()))?;
+        let page = store.profile_ids(&after, size).await?;
         let Some(last) = page.last().cloned() else { break };
         let mut profiles = Vec::with_capacity(page.len());
         for id in &page {
-            if let Some(profile) = profile_at(store, id, &input, at, replay).await.map_err(|e| ApiError::Store(e.to_string()))? {
+            if let Some(profile) = profile_at(store, id, &input, at, replay).await? {
                 profiles.push(profile);
             }
         }
@@ -199,7 +192,7 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         answer["member_ids"] = json!(members);
         answer["next"] = json!(next);
         if body.get("after").and_then(Value::as_str).unwrap_or("").is_empty() {
-            let counts = store.table_counts().await.map_err(|e| ApiError::Store(e.to_string()))?;
+            let counts = store.table_counts().await?;
             answer["total_profiles"] = json!(counts.iter().find(|(t, _)| t == "profiles").map_or(0, |(_, n)| *n));
         }
     }
@@ -207,7 +200,7 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         let mut current = Vec::new();
         let mut cursor = String::new();
         loop {
-            let page = store.members(&name, &cursor, 1000).await.map_err(|e| ApiError::Store(e.to_string()))?;
+            let page = store.members(&name, &cursor, 1000).await?;
             let Some(last) = page.last() else { break };
             cursor = last.profile_id.clone();
             current.extend(page.into_iter().map(|m| m.profile_id));
@@ -233,12 +226,19 @@ struct ChangesPage {
 
 /// Entries and exits in order, read on with `after` = the last `id` seen.
 async fn changes(State(state): State<AppState>, Path(name): Path<String>, Query(page): Query<ChangesPage>) -> Result<Json<Value>, ApiError> {
-    let store = &ingestion(&state)?.store;
-    if !store.segments().await.map_err(|e| ApiError::Store(e.to_string()))?.iter().any(|s| s.name == name) {
-        return Err(ApiError::NotFound(format!("no segment named `{name}`")));
-    }
+    let store = &state.customer_data()?.store;
+    require_segment(store, &name).await?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let changes = store.changes(&name, page.after.unwrap_or(0), limit).await.map_err(|e| ApiError::Store(e.to_string()))?;
+    let changes = store.changes(&name, page.after.unwrap_or(0), limit).await?;
     let next = changes.last().map(|c| c.id);
     Ok(Json(json!({ "segment": name, "changes": changes, "next": next })))
+}
+
+/// A 404 unless a segment of that name is defined.
+async fn require_segment(store: &rekindle_store::Store, name: &str) -> Result<(), ApiError> {
+    if store.segments().await?.iter().any(|s| s.name == name) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("no segment named `{name}`")))
+    }
 }
