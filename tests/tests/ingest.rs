@@ -23,6 +23,7 @@ rekindle_tests::on_each_backend!(
     segments_backfill_and_follow_events_in_real_time,
     scheduled_runs_catch_changes_that_come_with_time_alone,
     rfm_cutoffs_come_from_the_population,
+    a_rule_failing_mid_batch_costs_only_its_own_verdicts,
 );
 use serde_json::{Value, json};
 
@@ -46,6 +47,7 @@ async fn start_with(backend: Backend, data: &Path, clock: Clock, tick: Duration)
         ("win-back", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
         ("abandoned-cart", rekindle_tests::components::RULE_ABANDONED_CART),
         ("rfm", rekindle_tests::components::RULE_RFM_WIN_BACK),
+        ("flaky", rekindle_tests::components::HOSTILE_PANICS_SOMETIMES),
     ] {
         registry.install(slot, &rekindle_tests::component(path)).unwrap();
     }
@@ -471,4 +473,31 @@ async fn rfm_cutoffs_come_from_the_population(backend: Backend) {
     let (_, r6) = host.profile("r6").await;
     assert!(r6["segments"][0]["reason"].as_str().unwrap().starts_with("R2 F4 M4"), "{r6}");
     assert_eq!(host.profile("r5").await.1["segments"], json!([]));
+}
+
+/// A rule that traps for one profile in the middle of a page loses that verdict only: the
+/// profiles after it in the same slice (evaluated on the same, replaced, instance) and the
+/// other segments of the same run still get theirs.
+async fn a_rule_failing_mid_batch_costs_only_its_own_verdicts(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    let host = &host;
+    // Created first, so the failing profile leads its page.
+    host.post("/v1/track", json!({"userId": "boom", "messageId": "x0", "event": "Boom", "timestamp": days_ago(1.0)})).await;
+    let mut batch = Vec::new();
+    for n in 0..9 {
+        batch.push(order(&format!("o{n}a"), &format!("u{n}"), &days_ago(130.0), 40.0, "shoes"));
+        batch.push(order(&format!("o{n}b"), &format!("u{n}"), &days_ago(70.0), 40.0, "shoes"));
+    }
+    host.post("/v1/batch", json!({ "batch": batch })).await;
+    let define = |body: Value| async move {
+        host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&body)).await
+    };
+    let (status, body) = define(json!({"name": "flaky", "slot": "flaky"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["evaluated"].as_u64(), body["failed"].as_u64(), body["members"].as_u64()), (Some(9), Some(1), Some(9)), "{body}");
+    let (_, body) = define(json!({"name": "lapsing", "slot": "lapsing"})).await;
+    assert_eq!((body["evaluated"].as_u64(), body["failed"].as_u64(), body["members"].as_u64()), (Some(10), Some(0), Some(9)), "{body}");
+    let (_, boom) = host.profile("boom").await;
+    assert_eq!(boom["segments"], json!([]), "{boom}");
 }

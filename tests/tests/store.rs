@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 
-use rekindle_store::{Message, MessageKind};
+use rekindle_store::{EventNeed, InputNeeds, Message, MessageKind, Scope, VerdictWrite};
 use rekindle_tests::Backend;
 
-rekindle_tests::on_each_backend!(anonymous_history_merges_into_the_user_on_login, concurrent_writers_each_get_their_answer);
+rekindle_tests::on_each_backend!(
+    anonymous_history_merges_into_the_user_on_login,
+    concurrent_writers_each_get_their_answer,
+    bulk_rule_inputs_page_through_everyone_with_what_rules_declared
+);
 use serde_json::{Map, Value, json};
 
 fn msg(id: &str, user: Option<&str>, anonymous: Option<&str>, event: Option<&str>, at: i64, traits: Value, properties: Value) -> Message {
@@ -120,4 +124,72 @@ async fn a_custom_event_mapping_feeds_the_computed_traits() {
     let p = store.profile("ivy", 0).await.unwrap().unwrap();
     assert_eq!((p.computed.order_count, p.computed.lifetime_value), (1, 12.5));
     assert_eq!(p.computed.favourite_category().as_deref(), Some("garden"));
+}
+
+/// The bulk read behind scheduled runs gives each profile exactly what the per-profile
+/// reads would: events in the window, the latest `limit`, properties only when asked, and
+/// current memberships; pages cover everyone once; ids resolve userIds.
+async fn bulk_rule_inputs_page_through_everyone_with_what_rules_declared(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let mut batch = Vec::new();
+    for user in 0..25 {
+        let who = format!("user-{user:02}");
+        batch.push(msg(&format!("{who}-id"), Some(&who), None, None, 1, json!({"first_name": format!("N{user}")}), json!({})));
+        for k in 0..user % 4 {
+            let at = 1_000 * (k + 1) as i64;
+            batch.push(msg(&format!("{who}-o{k}"), Some(&who), None, Some("Order Completed"), at, json!({}), json!({"revenue": 10, "k": k})));
+        }
+        batch.push(msg(&format!("{who}-v"), Some(&who), None, Some("Page Viewed"), 500, json!({}), json!({})));
+    }
+    store.ingest(batch).await.unwrap();
+    let bob = store.profile("user-03", 0).await.unwrap().unwrap().id;
+    let written = store
+        .record_verdicts(
+            vec![VerdictWrite {
+                segment: "vip".into(),
+                profile_id: bob.clone(),
+                member: true,
+                label: Some("gold".into()),
+                reason: "because".into(),
+                digest: "d".into(),
+            }],
+            9,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+
+    let needs = InputNeeds {
+        traits: true,
+        computed: true,
+        events: vec![
+            EventNeed { name: "Order Completed".into(), since: 1_500, until: 10_000, limit: Some(1), properties: true },
+            EventNeed { name: "Page Viewed".into(), since: 0, until: 10_000, limit: None, properties: false },
+        ],
+        ..InputNeeds::default()
+    };
+    let (mut seen, mut after) = (Vec::new(), String::new());
+    loop {
+        let page = store.rule_inputs(Scope::After { after: after.clone(), limit: 7 }, needs.clone()).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 7);
+        after = last.id.clone();
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), 25, "every profile once");
+    let inputs = store.rule_inputs(Scope::Ids(vec!["user-03".into(), "nobody".into(), bob.clone()]), needs.clone()).await.unwrap();
+    assert_eq!(inputs.len(), 1, "a userId resolves, unknown ids are skipped, each person once");
+    let three = &inputs[0];
+    assert_eq!(seen.iter().find(|p| p.id == bob), Some(three), "both scopes read the same");
+    assert_eq!(three.traits, [("first_name".to_string(), json!("N3"))]);
+    assert_eq!(three.computed.order_count, 3);
+    // Orders at 1000, 2000, 3000: the window drops the first, the limit keeps the latest.
+    assert_eq!(three.events[0], [(3_000, json!({"revenue": 10, "k": 2}))]);
+    assert_eq!(three.events[1], [(500, Value::Null)], "properties only when asked");
+    assert_eq!(three.memberships.len(), 1);
+    assert_eq!((three.memberships[0].label.as_deref(), three.memberships[0].since), (Some("gold"), 9));
+    assert!(three.consents.is_empty() && three.contacts.is_empty(), "sections not asked for stay empty");
+    let none = seen.iter().find(|p| p.traits[0].1 == json!("N0")).unwrap();
+    assert_eq!((none.computed.order_count, none.events[0].len()), (0, 0));
 }

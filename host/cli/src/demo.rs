@@ -117,10 +117,16 @@ impl Customer<'_> {
 }
 
 /// Every message of the demo shop, deterministic for `seed` and `now`.
-pub fn messages(profiles: usize, seed: u64, now: i64) -> Vec<Value> {
+#[cfg(test)]
+fn messages(profiles: usize, seed: u64, now: i64) -> Vec<Value> {
+    customers(profiles, seed, now).flatten().collect()
+}
+
+/// The demo shop one customer's messages at a time, so a million customers never sit in
+/// memory at once.
+pub fn customers(profiles: usize, seed: u64, now: i64) -> impl Iterator<Item = Vec<Value>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut all = Vec::new();
-    for index in 0..profiles {
+    (0..profiles).map(move |index| {
         let favourite = rng.random_range(0..CATEGORIES.len());
         let mut c = Customer { rng: &mut rng, seed, index, messages: Vec::new(), favourite };
         let name = NAMES[index % NAMES.len()];
@@ -177,9 +183,8 @@ pub fn messages(profiles: usize, seed: u64, now: i64) -> Vec<Value> {
                 c.browse(at);
             }
         }
-        all.append(&mut c.messages);
-    }
-    all
+        c.messages
+    })
 }
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -187,7 +192,6 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         Some(text) => chrono::DateTime::parse_from_rfc3339(text).with_context(|| format!("--now {text:?} is not RFC 3339"))?.timestamp_millis(),
         None => chrono::Utc::now().timestamp_millis() / DAY * DAY,
     };
-    let messages = messages(args.profiles, args.seed, now);
     // A generous timeout: the first batches may wait on a cold disk.
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let base = args.url.trim_end_matches('/').to_string();
@@ -198,20 +202,47 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
                 bail!("loading the catalog: {} {}", response.status(), response.text().await.unwrap_or_default());
             }
         }
-        let mut sent = 0;
-        for chunk in messages.chunks(250) {
-            let response = http
-                .post(format!("{base}/v1/batch"))
-                .basic_auth(&args.write_key, Some(""))
-                .json(&json!({ "batch": chunk }))
-                .send()
-                .await
-                .with_context(|| format!("sending to {base}"))?;
-            if !response.status().is_success() {
-                bail!("{base} refused a batch: {} {}", response.status(), response.text().await.unwrap_or_default());
-            }
-            sent += chunk.len();
+        let progress = indicatif::ProgressBar::new(args.profiles as u64).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} customers, {per_sec}, {eta} left")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        if args.profiles < 20_000 {
+            progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
+        // A few batches in flight keep both of the server's cores busy; one at a time
+        // leaves it idle during every round trip.
+        let mut in_flight = tokio::task::JoinSet::new();
+        let (mut sent, mut batch, mut customers_in_batch) = (0usize, Vec::with_capacity(300), 0u64);
+        let mut customers = customers(args.profiles, args.seed, now).peekable();
+        while let Some(messages) = customers.next() {
+            batch.extend(messages);
+            customers_in_batch += 1;
+            if batch.len() < 250 && customers.peek().is_some() {
+                continue;
+            }
+            if in_flight.len() >= 4
+                && let Some(result) = in_flight.join_next().await
+            {
+                result.context("a sender stopped")??;
+            }
+            sent += batch.len();
+            let request = http.post(format!("{base}/v1/batch")).basic_auth(&args.write_key, Some("")).json(&json!({ "batch": batch }));
+            batch = Vec::with_capacity(300);
+            let (base, progress, done) = (base.clone(), progress.clone(), customers_in_batch);
+            customers_in_batch = 0;
+            in_flight.spawn(async move {
+                let response = request.send().await.with_context(|| format!("sending to {base}"))?;
+                if !response.status().is_success() {
+                    bail!("{base} refused a batch: {} {}", response.status(), response.text().await.unwrap_or_default());
+                }
+                progress.inc(done);
+                Ok(())
+            });
+        }
+        while let Some(result) = in_flight.join_next().await {
+            result.context("a sender stopped")??;
+        }
+        progress.finish_and_clear();
         println!("sent {sent} messages for {} customers (seed {}, now {})", args.profiles, args.seed, iso(now));
         Ok(())
     })

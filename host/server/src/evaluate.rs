@@ -2,18 +2,11 @@
 //! query declares, with the computed traits as aggregates.
 
 use rekindle_runtime::json::{fields_from_json, series_from, value_from_json};
-use rekindle_runtime::wit::{Consent, ContactKind, ContactPoint, Context, Field, InputQuery, Membership, Profile, Purpose, Value};
-use rekindle_runtime::{PluginInfo, Registry, filter_profile, merge_params};
-use rekindle_store::{Change, Computed, SegmentDefinition, Store, StoreError};
+use rekindle_runtime::wit::{Context, Field, InputQuery, Membership, Profile, Value};
 
-fn purpose(p: rekindle_store::Purpose) -> Purpose {
-    match p {
-        rekindle_store::Purpose::Email => Purpose::Email,
-        rekindle_store::Purpose::Sms => Purpose::Sms,
-        rekindle_store::Purpose::Push => Purpose::Push,
-        rekindle_store::Purpose::Ads => Purpose::Ads,
-    }
-}
+use crate::batch::{Plan, WasmEvaluator, consents, contact_points};
+use rekindle_runtime::{PluginInfo, Registry, filter_profile, merge_params};
+use rekindle_store::{Computed, SegmentDefinition, Store, StoreError};
 
 /// The computed traits as the aggregates rules read: times in ms, values as numbers.
 pub(crate) fn aggregates(c: &Computed) -> Vec<Field> {
@@ -71,24 +64,8 @@ pub(crate) async fn profile_at(store: &Store, id: &str, query: &InputQuery, now:
         id: record.id.clone(),
         traits: Some(record.traits.iter().map(|(name, value, _)| Field { name: name.clone(), value: value_from_json(value) }).collect()),
         events,
-        consents: Some(
-            record.consents.iter().map(|c| Consent { purpose: purpose(c.purpose), granted: c.granted, updated_at: c.updated_at }).collect(),
-        ),
-        contacts: Some(
-            record
-                .contacts
-                .iter()
-                .filter_map(|c| {
-                    let kind = match c.kind.as_str() {
-                        "email" => ContactKind::Email,
-                        "phone" => ContactKind::Phone,
-                        "push_token" => ContactKind::PushToken,
-                        _ => return None,
-                    };
-                    Some(ContactPoint { kind, address: c.address.clone(), active: c.active })
-                })
-                .collect(),
-        ),
+        consents: Some(consents(&record.consents)),
+        contacts: Some(contact_points(&record.contacts)),
         segments: Some(
             store
                 .memberships(&record.id)
@@ -105,11 +82,14 @@ pub(crate) async fn profile_at(store: &Store, id: &str, query: &InputQuery, now:
 
 /// Why a segment could not be evaluated for a profile.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum EvaluateError {
+pub enum EvaluateError {
+    /// The definition names a missing slot, a plugin of another kind or bad parameters.
     #[error("{0}")]
     Definition(String),
+    /// The store could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The rule trapped, timed out or returned bad output.
     #[error("the rule failed: {0}")]
     Call(#[from] rekindle_runtime::CallError),
 }
@@ -123,38 +103,6 @@ pub(crate) fn segment_context(registry: &Registry, def: &SegmentDefinition, now:
     let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| EvaluateError::Definition(e.to_string()))?;
     let params = merge_params(&info.params, &overrides).map_err(|e| EvaluateError::Definition(format!("params: {e}")))?;
     Ok((plugin, Context { now, params }))
-}
-
-/// Evaluates one segment for one profile and records the verdict; `None` when the profile
-/// does not exist or nothing changed.
-pub(crate) async fn evaluate_segment(
-    registry: &Registry,
-    store: &Store,
-    def: &SegmentDefinition,
-    profile_id: &str,
-    now: i64,
-) -> Result<Option<Change>, EvaluateError> {
-    let (plugin, ctx) = segment_context(registry, def, now)?;
-    let PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by segment_context") };
-    let Some(profile) = rule_profile(store, profile_id, &info.input, now).await? else { return Ok(None) };
-    let id = profile.id.clone();
-    let call = plugin.clone();
-    let verdict = tokio::task::spawn_blocking(move || call.evaluate(&ctx, &profile))
-        .await
-        .map_err(|e| EvaluateError::Definition(format!("evaluation task failed: {e}")))??;
-    // Most verdicts change nothing; checking with a read first spares the writer, which
-    // re-checks inside its transaction whenever something does change.
-    let current = store.membership(&def.name, &id).await?;
-    let unchanged = match &current {
-        None => !verdict.member,
-        Some(m) => verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == plugin.digest(),
-    };
-    if unchanged {
-        return Ok(None);
-    }
-    Ok(store
-        .record_verdict(&def.name, &id, verdict.member, verdict.label, verdict.reason, plugin.digest().to_string(), now)
-        .await?)
 }
 
 /// Parameters an RFM rule takes as population quintile cutoffs; `"auto"` asks the host to
@@ -191,37 +139,15 @@ pub(crate) async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, 
     Ok(resolved)
 }
 
-/// Evaluates a segment over every stored profile at `now`, two profiles at a time so both
-/// cores work (each call runs on a blocking thread). Returns (evaluated, failed).
-pub(crate) async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<(usize, usize), StoreError> {
-    let def = &resolve_auto_params(store, def, now).await?;
-    let (mut after, mut evaluated, mut failed) = (String::new(), 0usize, 0usize);
-    loop {
-        let page = store.profile_ids(&after, 500).await?;
-        let Some(last) = page.last().cloned() else { break };
-        let (left, right) = page.split_at(page.len() / 2);
-        let lane = |ids: &'_ [String]| {
-            let ids = ids.to_vec();
-            async move {
-                let (mut ok, mut bad) = (0, 0);
-                for id in &ids {
-                    match evaluate_segment(registry, store, def, id, now).await {
-                        Ok(_) => ok += 1,
-                        Err(e) => {
-                            bad += 1;
-                            tracing::warn!(segment = def.name, "evaluation skipped a profile: {e}");
-                        }
-                    }
-                }
-                (ok, bad)
-            }
-        };
-        let ((a_ok, a_bad), (b_ok, b_bad)) = tokio::join!(lane(left), lane(right));
-        evaluated += a_ok + b_ok;
-        failed += a_bad + b_bad;
-        after = last;
+/// Evaluates a segment over every stored profile at `now`, in pages on both cores.
+/// Returns (evaluated, failed).
+pub(crate) async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<(usize, usize), EvaluateError> {
+    let (plan, refused) = Plan::new(registry, store, std::slice::from_ref(def), now).await?;
+    if let Some((_, e)) = refused.into_iter().next() {
+        return Err(e);
     }
-    Ok((evaluated, failed))
+    let report = crate::batch::run_all(store, std::sync::Arc::new(plan), std::sync::Arc::new(WasmEvaluator)).await?;
+    Ok((report.evaluations(), report.failures()))
 }
 
 /// How often a schedule re-evaluates everyone. Real-time segments are also swept, since
@@ -254,20 +180,35 @@ pub(crate) async fn schedule_loop(
                 continue;
             }
         };
-        for def in segments {
-            let now = clock.now();
-            if def.last_run.is_some_and(|at| now - at < period(&def.schedule)) {
+        // Every due segment goes into one run, so each page of profiles is read once.
+        let now = clock.now();
+        let due: Vec<_> = segments.into_iter().filter(|def| def.last_run.is_none_or(|at| now - at >= period(&def.schedule))).collect();
+        if due.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let (plan, refused) = match Plan::new(&registry, &ingestion.store, &due, now).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                tracing::error!("the scheduler cannot plan a run: {e}");
                 continue;
             }
-            match run_segment(&registry, &ingestion.store, &def, now).await {
-                Ok((evaluated, failed)) => {
-                    tracing::info!(segment = def.name, evaluated, failed, "scheduled run");
-                    if let Err(e) = ingestion.store.mark_run(&def.name, now).await {
-                        tracing::error!(segment = def.name, "could not record the run: {e}");
+        };
+        for (segment, e) in refused {
+            tracing::error!(segment, "scheduled run skipped: {e}");
+        }
+        let names: Vec<String> = plan.segments.iter().map(|s| s.def.name.clone()).collect();
+        match crate::batch::run_all(&ingestion.store, std::sync::Arc::new(plan), std::sync::Arc::new(WasmEvaluator)).await {
+            Ok(report) => {
+                for (name, (evaluated, failed)) in names.iter().zip(&report.per_segment) {
+                    tracing::info!(segment = name, evaluated, failed, "scheduled run");
+                    if let Err(e) = ingestion.store.mark_run(name, now).await {
+                        tracing::error!(segment = name, "could not record the run: {e}");
                     }
                 }
-                Err(e) => tracing::error!(segment = def.name, "scheduled run failed: {e}"),
+                tracing::info!(profiles = report.profiles, changes = report.changes, took = ?started.elapsed(), "scheduled run finished");
             }
+            Err(e) => tracing::error!("scheduled run failed: {e}"),
         }
     }
 }
@@ -278,15 +219,13 @@ pub(crate) async fn realtime_loop(
     registry: std::sync::Arc<Registry>,
     ingestion: std::sync::Arc<crate::Ingestion>,
     clock: crate::Clock,
-    mut touched: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    mut touched: tokio::sync::mpsc::UnboundedReceiver<Vec<rekindle_store::Touch>>,
 ) {
-    while let Some(mut ids) = touched.recv().await {
+    while let Some(mut touches) = touched.recv().await {
         // Take everything already queued, so a burst is evaluated once per person.
         while let Ok(more) = touched.try_recv() {
-            ids.extend(more);
+            touches.extend(more);
         }
-        ids.sort();
-        ids.dedup();
         let segments = match ingestion.store.segments().await {
             Ok(all) => all.into_iter().filter(|s| s.schedule == "realtime").collect::<Vec<_>>(),
             Err(e) => {
@@ -295,20 +234,23 @@ pub(crate) async fn realtime_loop(
             }
         };
         let now = clock.now();
-        for def in &segments {
-            let def = match resolve_auto_params(&ingestion.store, def, now).await {
-                Ok(def) => def,
-                Err(e) => {
-                    tracing::error!(segment = def.name, "real-time evaluation cannot compute cutoffs: {e}");
-                    continue;
-                }
-            };
-            let def = &def;
-            for id in &ids {
-                if let Err(e) = evaluate_segment(&registry, &ingestion.store, def, id, now).await {
-                    tracing::warn!(segment = def.name, "real-time evaluation skipped a profile: {e}");
-                }
+        let (plan, refused) = match Plan::new(&registry, &ingestion.store, &segments, now).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                tracing::error!("real-time evaluation cannot plan: {e}");
+                continue;
             }
+        };
+        for (segment, e) in refused {
+            tracing::warn!(segment, "real-time evaluation skipped a segment: {e}");
+        }
+        let mut ids: Vec<String> = touches.into_iter().filter(|t| plan.reads(t)).map(|t| t.profile_id).collect();
+        ids.sort();
+        ids.dedup();
+        let (people, started) = (ids.len(), std::time::Instant::now());
+        match crate::batch::run_ids(&ingestion.store, std::sync::Arc::new(plan), std::sync::Arc::new(WasmEvaluator), ids).await {
+            Ok(report) => tracing::debug!(people, changes = report.changes, took = ?started.elapsed(), "real-time evaluation"),
+            Err(e) => tracing::error!("real-time evaluation failed: {e}"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! caller's business, so tests can serve it on any port.
 
 mod api;
+pub mod batch;
 mod error;
 mod evaluate;
 mod slots;
@@ -17,6 +18,7 @@ use rekindle_store::Store;
 
 pub use api::segments::define_segment;
 pub use error::ApiError;
+pub use evaluate::EvaluateError;
 pub use slots::{SlotStore, SlotStoreError};
 
 /// What every handler can reach.
@@ -75,8 +77,8 @@ impl Clock {
 
 /// The queue from ingestion to real-time segment evaluation.
 pub(crate) struct Realtime {
-    pub(crate) sender: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
-    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Vec<String>>>>,
+    pub(crate) sender: tokio::sync::mpsc::UnboundedSender<Vec<rekindle_store::Touch>>,
+    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Vec<rekindle_store::Touch>>>>,
 }
 
 impl AppState {

@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub use model::{
     Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, MessageKind,
-    Product, ProfileRecord, Purpose, SegmentDefinition, StoredEvent,
+    EventNeed, InputNeeds, Product, ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite,
 };
 
 /// Why a store operation failed.
@@ -197,6 +197,21 @@ impl Store {
     /// (days since the last order at `now`, order count, lifetime value) of every buyer.
     pub async fn rfm_population(&self, now: i64) -> Result<Vec<(f64, f64, f64)>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::rfm_population(db, now)))
+    }
+
+    /// What `needs` asks for about the profiles `scope` covers: the bulk read behind
+    /// scheduled runs and real-time batches, a few queries per page instead of per profile.
+    pub async fn rule_inputs(&self, scope: Scope, needs: InputNeeds) -> Result<Vec<RuleInput>, StoreError> {
+        on_backend!(self.read_bulk(|db, _mapping| logic::rule_inputs(db, &scope, &needs)))
+    }
+
+    /// Applies many verdicts in one transaction, each as [`Store::record_verdict`] would;
+    /// returns how many entered or left.
+    pub async fn record_verdicts(&self, verdicts: Vec<VerdictWrite>, at: i64) -> Result<usize, StoreError> {
+        if verdicts.is_empty() {
+            return Ok(0);
+        }
+        on_backend!(self.write(|db, _mapping| logic::record_verdicts(db, &verdicts, at)))
     }
 
     /// Row counts per table.

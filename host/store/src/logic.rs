@@ -1,13 +1,15 @@
 //! What the store does, written once over [`Db`] for both backends: identity resolution
 //! and merging, ingestion, computed traits, erasure and reads.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
     Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, Product,
-    ProfileRecord, Purpose, SegmentDefinition, StoredEvent,
+    ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, InputNeeds, Touch, VerdictWrite,
 };
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
@@ -259,6 +261,15 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
                 save_computed(db, &profile, &computed)?;
             }
         }
+        // Identifying messages may merge two profiles, which moves any kind of data.
+        let may_merge = (msg.user_id.is_some() && msg.anonymous_id.is_some()) || msg.previous_id.is_some();
+        let changes_more =
+            msg.event.is_none() || may_merge || !msg.traits.is_empty() || !msg.consents.is_empty() || msg.push_token.is_some();
+        report.touched.push(Touch {
+            event: if changes_more { None } else { msg.event.clone() },
+            order: msg.event.as_ref() == Some(&mapping.order_completed),
+            profile_id: profile,
+        });
     }
     Ok(report)
 }
@@ -584,4 +595,168 @@ pub(crate) fn membership(db: &mut impl Db, segment: &str, profile: &str) -> Resu
         )?
         .as_ref()
         .map(membership_from))
+}
+
+/// What `needs` asks for about the profiles `scope` covers, read with one query per section
+/// for a whole page rather than one per profile.
+pub(crate) fn rule_inputs(db: &mut impl Db, scope: &Scope, needs: &InputNeeds) -> Result<Vec<RuleInput>, StoreError> {
+    let input = |r: &Row| RuleInput { id: r.text(0), timezone: r.opt_text(1), events: vec![Vec::new(); needs.events.len()], ..Default::default() };
+    match scope {
+        Scope::After { after, limit } => {
+            let mut inputs: Vec<RuleInput> = db
+                .query("SELECT id, timezone FROM profiles WHERE id > ?1 ORDER BY id LIMIT ?2", &[P::Text(after), P::Int(*limit as i64)])?
+                .iter()
+                .map(input)
+                .collect();
+            if let (Some(first), Some(last)) = (inputs.first().map(|i| i.id.clone()), inputs.last().map(|i| i.id.clone())) {
+                fill_inputs(db, &mut inputs, &first, &last, needs)?;
+            }
+            Ok(inputs)
+        }
+        Scope::Ids(ids) => {
+            let mut all: Vec<RuleInput> = Vec::with_capacity(ids.len());
+            let mut seen = std::collections::HashSet::new();
+            for id in ids {
+                let Some(profile) = resolve_id(db, id)? else { continue };
+                if !seen.insert(profile.clone()) {
+                    continue;
+                }
+                let Some(row) = db.query_opt("SELECT id, timezone FROM profiles WHERE id = ?1", &[P::Text(&profile)])? else { continue };
+                let mut one = vec![input(&row)];
+                fill_inputs(db, &mut one, &profile, &profile, needs)?;
+                all.append(&mut one);
+            }
+            Ok(all)
+        }
+    }
+}
+
+/// Fills `inputs`, the profiles with ids in `[first, last]`, section by section.
+fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &str, needs: &InputNeeds) -> Result<(), StoreError> {
+    let at: HashMap<String, usize> = inputs.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+    let range = [P::Text(first), P::Text(last)];
+    // One profile is an equality, so the (profile_id, name, timestamp) index seeks straight
+    // to one name's events; a range on the first column could only filter names in a scan.
+    let who = if first == last { "profile_id = ?1 AND profile_id = ?2" } else { "profile_id >= ?1 AND profile_id <= ?2" };
+    each_row(
+        db,
+        &at,
+        inputs,
+        &format!("SELECT profile_id, segment, label, reason, digest, since FROM memberships WHERE {who}"),
+        &range,
+        |p, r| {
+            p.memberships.push(MembershipRecord {
+                segment: r.text(1),
+                profile_id: r.text(0),
+                label: r.opt_text(2),
+                reason: r.text(3),
+                digest: r.text(4),
+                since: r.int(5),
+            })
+        },
+    )?;
+    if needs.traits {
+        each_row(
+            db,
+            &at,
+            inputs,
+            &format!("SELECT profile_id, name, value FROM traits WHERE {who}"),
+            &range,
+            |p, r| p.traits.push((r.text(1), serde_json::from_str(&r.text(2)).unwrap_or(Value::Null))),
+        )?;
+    }
+    if needs.consents {
+        each_row(
+            db,
+            &at,
+            inputs,
+            &format!("SELECT profile_id, purpose, granted, updated_at FROM consents WHERE {who}"),
+            &range,
+            |p, r| {
+                if let Some(purpose) = Purpose::parse(&r.text(1)) {
+                    p.consents.push(Consent { purpose, granted: r.bool(2), updated_at: r.int(3) });
+                }
+            },
+        )?;
+    }
+    if needs.contacts {
+        each_row(
+            db,
+            &at,
+            inputs,
+            &format!("SELECT profile_id, kind, address, active, updated_at FROM contacts WHERE {who}"),
+            &range,
+            |p, r| p.contacts.push(Contact { kind: r.text(1), address: r.text(2), active: r.bool(3), updated_at: r.int(4) }),
+        )?;
+    }
+    if needs.computed {
+        each_row(
+            db,
+            &at,
+            inputs,
+            &format!(
+                "SELECT profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts FROM computed WHERE {who}"
+            ),
+            &range,
+            |p, r| p.computed = computed_from(&Row(r.0[1..].to_vec())),
+        )?;
+    }
+    for (n, need) in needs.events.iter().enumerate() {
+        // Properties are only selected when wanted; the empty text parses to nothing. A
+        // limit is applied in the query, per profile, so a rule that wants the last view of
+        // someone with thousands never reads the other thousands.
+        let columns = format!("profile_id, timestamp, id, {}", if need.properties { "properties" } else { "''" });
+        let filter = format!("{who} AND name = ?3 AND timestamp >= ?4 AND timestamp <= ?5");
+        let sql = match need.limit {
+            None => format!("SELECT {columns} FROM events WHERE {filter}"),
+            // One profile: the index walks back from the newest and stops at the limit.
+            Some(_) if first == last => format!("SELECT {columns} FROM events WHERE {filter} ORDER BY timestamp DESC, id DESC LIMIT ?6"),
+            Some(_) => format!(
+                "SELECT * FROM (SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY profile_id ORDER BY timestamp DESC, id DESC) AS n
+                 FROM events WHERE {filter}) AS recent WHERE n <= ?6"
+            ),
+        };
+        let limit = i64::from(need.limit.unwrap_or(u32::MAX));
+        let mut rows: Vec<(usize, i64, i64, Value)> = Vec::new();
+        let params = [range[0], range[1], P::Text(&need.name), P::Int(need.since), P::Int(need.until), P::Int(limit)];
+        for row in db.query(&sql, &params[..if need.limit.is_some() { 6 } else { 5 }])? {
+            if let Some(&i) = at.get(&row.text(0)) {
+                let properties = if need.properties { serde_json::from_str(&row.text(3)).unwrap_or(Value::Null) } else { Value::Null };
+                rows.push((i, row.int(1), row.int(2), properties));
+            }
+        }
+        rows.sort_by_key(|r| (r.0, r.1, r.2));
+        for (i, timestamp, _, properties) in rows {
+            inputs[i].events[n].push((timestamp, properties));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a query over a range of profiles and hands each row to the input it belongs to.
+fn each_row(
+    db: &mut impl Db,
+    at: &HashMap<String, usize>,
+    inputs: &mut [RuleInput],
+    sql: &str,
+    params: &[P<'_>],
+    mut apply: impl FnMut(&mut RuleInput, &Row),
+) -> Result<(), StoreError> {
+    for row in db.query(sql, params)? {
+        if let Some(&i) = at.get(&row.text(0)) {
+            apply(&mut inputs[i], &row);
+        }
+    }
+    Ok(())
+}
+
+/// Applies verdicts in one transaction; returns how many entered or left.
+pub(crate) fn record_verdicts(db: &mut impl Db, verdicts: &[VerdictWrite], at: i64) -> Result<usize, StoreError> {
+    let mut changes = 0;
+    for v in verdicts {
+        changes += usize::from(
+            record_verdict(db, &v.segment, &v.profile_id, v.member, v.label.as_deref(), &v.reason, &v.digest, at)?.is_some(),
+        );
+    }
+    Ok(changes)
 }

@@ -71,11 +71,27 @@ pub struct Message {
 }
 
 /// What an ingest call did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IngestReport {
     pub accepted: usize,
     /// Messages whose id the source had already sent.
     pub duplicates: usize,
+    /// The profile each accepted message landed on, and what it changed there.
+    #[serde(skip)]
+    pub touched: Vec<Touch>,
+}
+
+/// What one accepted message changed on a profile: real-time evaluation re-runs only the
+/// segments whose rules read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    /// The profile, after identity resolution and any merge.
+    pub profile_id: String,
+    /// The event recorded; `None` for messages that change traits, consents, contacts or
+    /// identities, which any rule may read.
+    pub event: Option<String>,
+    /// The event is the order event, which also moves the computed traits.
+    pub order: bool,
 }
 
 /// Which events and properties feed the computed traits (Segment's e-commerce spec by
@@ -212,4 +228,62 @@ pub struct Product {
     pub url: Option<String>,
     pub image: Option<String>,
     pub in_stock: bool,
+}
+
+/// Which profiles a bulk read covers.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// The next `limit` profiles by id after `after`: a page of a full run.
+    After { after: String, limit: usize },
+    /// The people these ids name (profile ids, userIds or anonymousIds; unknown ones are
+    /// skipped, each person is read once): the people an ingest touched.
+    Ids(Vec<String>),
+}
+
+/// One event name a bulk read fetches, with its window and per-profile limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventNeed {
+    pub name: String,
+    pub since: i64,
+    pub until: i64,
+    /// Keep only each profile's latest `limit`.
+    pub limit: Option<u32>,
+    /// Whether the properties are wanted; parsing them is most of an event's cost.
+    pub properties: bool,
+}
+
+/// The sections a bulk read fetches: the union of what a run's rules declared.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputNeeds {
+    pub traits: bool,
+    pub consents: bool,
+    pub contacts: bool,
+    pub computed: bool,
+    pub events: Vec<EventNeed>,
+}
+
+/// What a batch of rules may read about one profile; sections not asked for stay empty.
+/// Memberships are always read, since a run compares every verdict with them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleInput {
+    pub id: String,
+    pub timezone: Option<String>,
+    pub traits: Vec<(String, Value)>,
+    pub consents: Vec<Consent>,
+    pub contacts: Vec<Contact>,
+    pub computed: Computed,
+    pub memberships: Vec<MembershipRecord>,
+    /// Per [`InputNeeds::events`] entry, in the same order: (timestamp, properties) oldest first.
+    pub events: Vec<Vec<(i64, Value)>>,
+}
+
+/// A verdict to apply in a batch; see [`crate::Store::record_verdicts`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictWrite {
+    pub segment: String,
+    pub profile_id: String,
+    pub member: bool,
+    pub label: Option<String>,
+    pub reason: String,
+    pub digest: String,
 }

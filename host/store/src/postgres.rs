@@ -207,6 +207,14 @@ impl PgStore {
         })
         .await
     }
+
+    /// A read that may take a while; PostgreSQL reads already run off the async workers.
+    pub(crate) async fn read_bulk<T: Send + 'static>(
+        &self,
+        work: impl Fn(&mut PgTx<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.read(work).await
+    }
 }
 
 impl Drop for PgStore {

@@ -115,26 +115,51 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let readers = self.readers.clone();
-        let mapping = self.mapping.clone();
-        (move || {
-            let conn = match readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-                Some(conn) => conn,
-                None => {
-                    let conn = Connection::open_with_flags(
-                        &readers.path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )
-                    .map_err(db)?;
-                    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
-                    conn
-                }
-            };
-            let result = work(&mut Lite(&conn), &mapping);
-            readers.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-            result
-        })()
+        read_now(&self.readers, &self.mapping, work)
     }
+
+    /// Runs `work` on a read connection on a blocking thread: for reads of whole pages of
+    /// profiles, which take milliseconds and would stall the requests sharing an async worker.
+    pub(crate) async fn read_bulk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (readers, mapping) = (self.readers.clone(), self.mapping.clone());
+        tokio::task::spawn_blocking(move || read_now(&readers, &mapping, work))
+            .await
+            .map_err(|e| StoreError::Database(format!("database task failed: {e}")))?
+    }
+}
+
+/// Runs `work` on an idle read connection, opening one when none is idle.
+fn read_now<T>(
+    readers: &Readers,
+    mapping: &EventMapping,
+    work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let conn = match readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+        Some(conn) => conn,
+        None => {
+            let conn = Connection::open_with_flags(&readers.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(db)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+            conn
+        }
+    };
+    // One read transaction for the whole request: a consistent snapshot, and SQLite keeps
+    // its page cache across the statements instead of revalidating it against the WAL
+    // (and re-reading every page) at each one while ingestion writes.
+    let result = match conn.unchecked_transaction() {
+        Ok(tx) => {
+            let result = work(&mut Lite(&tx), mapping);
+            // A read-only transaction: ending it cannot lose anything.
+            let _ = tx.finish();
+            result
+        }
+        Err(e) => Err(db(e)),
+    };
+    readers.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    result
 }
 
 fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, mapping: EventMapping) {

@@ -77,11 +77,12 @@ fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Value, ApiEr
 
 async fn store(state: &AppState, messages: Vec<Message>) -> Result<Json<Value>, ApiError> {
     let ingestion = state.customer_data()?;
-    let touched: Vec<String> = messages.iter().filter_map(|m| m.user_id.clone().or_else(|| m.anonymous_id.clone())).collect();
-    let report = ingestion.store.ingest(messages).await?;
-    if let Some(realtime) = &state.realtime {
+    let mut report = ingestion.store.ingest(messages).await?;
+    if let Some(realtime) = &state.realtime
+        && !report.touched.is_empty()
+    {
         // The evaluator outlives every request; a closed queue only means shutdown.
-        let _ = realtime.sender.send(touched);
+        let _ = realtime.sender.send(std::mem::take(&mut report.touched));
     }
     tracing::debug!(accepted = report.accepted, duplicates = report.duplicates, "ingested");
     Ok(Json(json!({ "success": true })))

@@ -68,7 +68,10 @@ pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, Api
     store.upsert_segment(def.clone()).await?;
     // Backfill: evaluate the new definition over every stored profile.
     let now = state.clock.now();
-    let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await?;
+    let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await.map_err(|e| match e {
+        EvaluateError::Store(e) => ApiError::from(e),
+        other => ApiError::field("slot", other.to_string()),
+    })?;
     store.mark_run(&def.name, now).await?;
     let def = SegmentDefinition { last_run: Some(now), ..def };
     let members = count_members(store, &def.name).await?;

@@ -1,0 +1,374 @@
+//! Evaluating many profiles against many segments at once, the way scheduled runs,
+//! backfills and real-time batches do: a page of profiles is read with a few queries (the
+//! union of what the segments' rules declared), evaluated on both cores, and only the
+//! verdicts that change something are written, in one transaction per page.
+
+use std::sync::Arc;
+
+use rekindle_runtime::json::{series_from, value_from_json};
+use rekindle_runtime::wit::{Consent, ContactKind, ContactPoint, Context, Field, InputQuery, Membership, Profile, Purpose, Verdict};
+use rekindle_runtime::{CallError, Plugin, PluginInfo, Registry, RuleInstance, filter_profile};
+use rekindle_store::{EventNeed, InputNeeds, RuleInput, Scope, SegmentDefinition, Store, StoreError, VerdictWrite};
+
+use crate::evaluate::{EvaluateError, aggregates, resolve_auto_params, segment_context};
+
+/// Profiles read and evaluated together; large enough that per-page costs (queries, task
+/// hand-offs, the write transaction) vanish, small enough to keep memory flat.
+pub const PAGE: usize = 1000;
+
+/// One segment ready to evaluate: its rule, its context at the run's time and what the
+/// rule reads.
+pub struct PlannedSegment {
+    pub def: SegmentDefinition,
+    pub plugin: Arc<Plugin>,
+    pub ctx: Context,
+    pub query: InputQuery,
+}
+
+/// Segments to evaluate together at one `now`, and the union of what their rules read.
+pub struct Plan {
+    pub now: i64,
+    pub segments: Vec<PlannedSegment>,
+    needs: InputNeeds,
+    /// Per entry of `needs.events`, the property names any rule wants.
+    properties: Vec<Vec<String>>,
+}
+
+/// How a run went, per segment in plan order and overall.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunReport {
+    pub profiles: usize,
+    /// Per planned segment: (evaluated, failed).
+    pub per_segment: Vec<(usize, usize)>,
+    /// Entries and exits written.
+    pub changes: usize,
+}
+
+impl RunReport {
+    /// Evaluations that produced a verdict, over every segment.
+    pub fn evaluations(&self) -> usize {
+        self.per_segment.iter().map(|s| s.0).sum()
+    }
+
+    /// Evaluations that failed, over every segment.
+    pub fn failures(&self) -> usize {
+        self.per_segment.iter().map(|s| s.1).sum()
+    }
+}
+
+impl Plan {
+    /// Resolves each definition's rule, parameters (RFM cutoffs included) and input at
+    /// `now`. Segments that cannot run are returned beside the plan with the reason.
+    pub async fn new(
+        registry: &Registry,
+        store: &Store,
+        defs: &[SegmentDefinition],
+        now: i64,
+    ) -> Result<(Plan, Vec<(String, EvaluateError)>), StoreError> {
+        let (mut segments, mut refused) = (Vec::new(), Vec::new());
+        for def in defs {
+            let def = resolve_auto_params(store, def, now).await?;
+            match segment_context(registry, &def, now) {
+                Ok((plugin, ctx)) => {
+                    let PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by segment_context") };
+                    let query = info.input.clone();
+                    segments.push(PlannedSegment { def, plugin, ctx, query });
+                }
+                Err(e) => refused.push((def.name.clone(), e)),
+            }
+        }
+        Ok((Plan::from_segments(segments, now), refused))
+    }
+
+    /// A plan over segments already resolved.
+    pub fn from_segments(segments: Vec<PlannedSegment>, now: i64) -> Plan {
+        let mut needs = InputNeeds::default();
+        let mut properties: Vec<Vec<String>> = Vec::new();
+        for s in &segments {
+            let q = &s.query;
+            needs.traits |= !q.traits.is_empty();
+            needs.computed |= !q.aggregates.is_empty();
+            needs.consents |= q.consents;
+            needs.contacts |= q.contacts;
+            for wanted in &q.events {
+                let since = wanted
+                    .lookback_seconds
+                    .map_or(i64::MIN, |secs| now.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)));
+                match needs.events.iter().position(|e| e.name == wanted.name) {
+                    Some(i) => {
+                        let need = &mut needs.events[i];
+                        need.since = need.since.min(since);
+                        need.limit = need.limit.zip(wanted.limit).map(|(a, b)| a.max(b));
+                        need.properties |= !wanted.properties.is_empty();
+                        for p in &wanted.properties {
+                            if !properties[i].contains(p) {
+                                properties[i].push(p.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        needs.events.push(EventNeed {
+                            name: wanted.name.clone(),
+                            since,
+                            until: now,
+                            limit: wanted.limit,
+                            properties: !wanted.properties.is_empty(),
+                        });
+                        properties.push(wanted.properties.clone());
+                    }
+                }
+            }
+        }
+        Plan { now, segments, needs, properties }
+    }
+
+    /// The contract profile holding everything any planned rule reads about `input`; each
+    /// rule then sees it cut to its own query.
+    pub fn profile(&self, input: &RuleInput) -> Profile {
+        let events = self
+            .needs
+            .events
+            .iter()
+            .zip(&self.properties)
+            .zip(&input.events)
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|((need, wanted), rows)| {
+                let rows = rows
+                    .iter()
+                    .map(|(at, props)| {
+                        let fields = wanted
+                            .iter()
+                            .filter_map(|name| props.get(name).map(|v| Field { name: name.clone(), value: value_from_json(v) }))
+                            .collect();
+                        (*at, fields)
+                    })
+                    .collect();
+                series_from(need.name.clone(), rows)
+            })
+            .collect();
+        Profile {
+            id: input.id.clone(),
+            traits: Some(input.traits.iter().map(|(name, value)| Field { name: name.clone(), value: value_from_json(value) }).collect()),
+            events,
+            consents: Some(consents(&input.consents)),
+            contacts: Some(contact_points(&input.contacts)),
+            segments: Some(
+                input.memberships.iter().map(|m| Membership { segment: m.segment.clone(), label: m.label.clone(), since: m.since }).collect(),
+            ),
+            aggregates: Some(aggregates(&input.computed)),
+            timezone: input.timezone.clone(),
+        }
+    }
+
+    /// Whether `touch` can change any planned segment's verdict: it changed something
+    /// besides events, or recorded an event (or an order, for rules reading aggregates) that
+    /// a rule reads.
+    pub fn reads(&self, touch: &rekindle_store::Touch) -> bool {
+        match &touch.event {
+            None => true,
+            Some(name) => (touch.order && self.needs.computed) || self.needs.events.iter().any(|e| &e.name == name),
+        }
+    }
+
+    /// What the store must read for this plan.
+    pub fn needs(&self) -> &InputNeeds {
+        &self.needs
+    }
+}
+
+/// Stored consents as the contract's.
+pub(crate) fn consents(stored: &[rekindle_store::Consent]) -> Vec<Consent> {
+    stored.iter().map(|c| Consent { purpose: purpose(c.purpose), granted: c.granted, updated_at: c.updated_at }).collect()
+}
+
+/// Stored contact points as the contract's; kinds the contract does not know are left out.
+pub(crate) fn contact_points(stored: &[rekindle_store::Contact]) -> Vec<ContactPoint> {
+    stored
+        .iter()
+        .filter_map(|c| {
+            let kind = match c.kind.as_str() {
+                "email" => ContactKind::Email,
+                "phone" => ContactKind::Phone,
+                "push_token" => ContactKind::PushToken,
+                _ => return None,
+            };
+            Some(ContactPoint { kind, address: c.address.clone(), active: c.active })
+        })
+        .collect()
+}
+
+fn purpose(p: rekindle_store::Purpose) -> Purpose {
+    match p {
+        rekindle_store::Purpose::Email => Purpose::Email,
+        rekindle_store::Purpose::Sms => Purpose::Sms,
+        rekindle_store::Purpose::Push => Purpose::Push,
+        rekindle_store::Purpose::Ads => Purpose::Ads,
+    }
+}
+
+/// Runs rules for one thread of a batch. The host's is [`WasmEvaluator`]; benchmarks plug
+/// in native Rust to measure what the sandbox costs on the same pipeline.
+pub trait Evaluator: Send + Sync + 'static {
+    /// One thread's evaluation state.
+    type Worker: Worker;
+    /// A worker for one slice of a page.
+    fn worker(&self, plan: &Plan) -> Self::Worker;
+}
+
+/// Evaluates planned segments for profiles, one thread's share.
+pub trait Worker {
+    /// The verdict of planned segment `index` for `profile` (already cut to its query).
+    fn evaluate(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Verdict, CallError>;
+}
+
+/// Evaluates with the sandboxed components. Within one page slice each rule keeps one
+/// instance: rules are pure functions of their input, the SDK's allocator starts over
+/// after every call, and instantiating costs four times the call itself. An instance that
+/// fails is thrown away, so a trap never leaks into the next profile's verdict.
+pub struct WasmEvaluator;
+
+impl Evaluator for WasmEvaluator {
+    type Worker = WasmWorker;
+
+    fn worker(&self, plan: &Plan) -> WasmWorker {
+        WasmWorker { instances: plan.segments.iter().map(|_| None).collect() }
+    }
+}
+
+/// [`WasmEvaluator`]'s per-thread instances.
+pub struct WasmWorker {
+    instances: Vec<Option<RuleInstance>>,
+}
+
+impl Worker for WasmWorker {
+    fn evaluate(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Verdict, CallError> {
+        let segment = &plan.segments[index];
+        let slot = &mut self.instances[index];
+        let instance = match slot {
+            Some(instance) => instance,
+            None => slot.insert(segment.plugin.rule_instance()?),
+        };
+        let verdict = instance.evaluate(&segment.ctx, profile);
+        if verdict.is_err() {
+            *slot = None;
+        }
+        verdict
+    }
+}
+
+/// One slice's outcome: verdicts that change something, and per-segment counts.
+struct SliceResult {
+    writes: Vec<VerdictWrite>,
+    per_segment: Vec<(usize, usize)>,
+    first_error: Option<(String, CallError)>,
+}
+
+/// Evaluates every planned segment for `inputs` and keeps the verdicts that differ from
+/// the stored membership.
+fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) -> SliceResult {
+    let mut result = SliceResult { writes: Vec::new(), per_segment: vec![(0, 0); plan.segments.len()], first_error: None };
+    for input in inputs {
+        let full = plan.profile(input);
+        for (index, segment) in plan.segments.iter().enumerate() {
+            let profile = filter_profile(&full, &segment.query, plan.now);
+            match worker.evaluate(plan, index, &profile) {
+                Ok(verdict) => {
+                    result.per_segment[index].0 += 1;
+                    let current = input.memberships.iter().find(|m| m.segment == segment.def.name);
+                    let unchanged = match current {
+                        None => !verdict.member,
+                        Some(m) => {
+                            verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == segment.plugin.digest()
+                        }
+                    };
+                    if !unchanged {
+                        result.writes.push(VerdictWrite {
+                            segment: segment.def.name.clone(),
+                            profile_id: input.id.clone(),
+                            member: verdict.member,
+                            label: verdict.label,
+                            reason: verdict.reason,
+                            digest: segment.plugin.digest().to_string(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    result.per_segment[index].1 += 1;
+                    result.first_error.get_or_insert_with(|| (segment.def.name.clone(), e));
+                }
+            }
+        }
+    }
+    result
+}
+
+/// Evaluates a page on `lanes` threads and writes what changed.
+async fn evaluate_page<E: Evaluator>(
+    store: &Store,
+    plan: &Arc<Plan>,
+    evaluator: &Arc<E>,
+    inputs: Vec<RuleInput>,
+    lanes: usize,
+    report: &mut RunReport,
+) -> Result<(), StoreError> {
+    let inputs = Arc::new(inputs);
+    let per_lane = inputs.len().div_ceil(lanes.max(1)).max(1);
+    let tasks: Vec<_> = (0..inputs.len())
+        .step_by(per_lane)
+        .map(|start| {
+            let (plan, evaluator, inputs) = (plan.clone(), evaluator.clone(), inputs.clone());
+            tokio::task::spawn_blocking(move || {
+                let end = (start + per_lane).min(inputs.len());
+                let mut worker = evaluator.worker(&plan);
+                evaluate_slice(&plan, &mut worker, &inputs[start..end])
+            })
+        })
+        .collect();
+    let mut writes = Vec::new();
+    for task in tasks {
+        let slice = task.await.map_err(|e| StoreError::Database(format!("evaluation task failed: {e}")))?;
+        for (total, (ok, bad)) in report.per_segment.iter_mut().zip(slice.per_segment) {
+            total.0 += ok;
+            total.1 += bad;
+        }
+        if let Some((segment, e)) = slice.first_error {
+            tracing::warn!(segment, "evaluation failed for some profiles; the first: {e}");
+        }
+        writes.extend(slice.writes);
+    }
+    report.profiles += inputs.len();
+    report.changes += store.record_verdicts(writes, plan.now).await?;
+    Ok(())
+}
+
+/// Evaluates the plan over every stored profile, a page at a time; the next page is read
+/// while the current one is evaluated. Uses both cores.
+pub async fn run_all<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Arc<E>) -> Result<RunReport, StoreError> {
+    let mut report = RunReport { per_segment: vec![(0, 0); plan.segments.len()], ..RunReport::default() };
+    if plan.segments.is_empty() {
+        return Ok(report);
+    }
+    let read = |after: String| store.rule_inputs(Scope::After { after, limit: PAGE }, plan.needs.clone());
+    let mut page = read(String::new()).await?;
+    while let Some(last) = page.last().map(|p| p.id.clone()) {
+        let (evaluated, next) = tokio::join!(evaluate_page(store, &plan, &evaluator, page, 2, &mut report), read(last));
+        evaluated?;
+        page = next?;
+    }
+    Ok(report)
+}
+
+/// Evaluates the plan for the profiles `ids` names (profile ids), on one thread: the
+/// real-time path, where a batch is the people one burst of ingestion touched.
+pub async fn run_ids<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Arc<E>, ids: Vec<String>) -> Result<RunReport, StoreError> {
+    let mut report = RunReport { per_segment: vec![(0, 0); plan.segments.len()], ..RunReport::default() };
+    if plan.segments.is_empty() || ids.is_empty() {
+        return Ok(report);
+    }
+    for chunk in ids.chunks(PAGE) {
+        let inputs = store.rule_inputs(Scope::Ids(chunk.to_vec()), plan.needs.clone()).await?;
+        let lanes = if inputs.len() >= 64 { 2 } else { 1 };
+        evaluate_page(store, &plan, &evaluator, inputs, lanes, &mut report).await?;
+    }
+    Ok(report)
+}
