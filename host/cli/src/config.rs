@@ -29,6 +29,20 @@ pub struct Config {
     pub events: rekindle_store::EventMapping,
     /// Segments defined at start-up: `[[segments]]` with name, slot, params and schedule.
     pub segments: Vec<toml::Table>,
+    /// Promo-tile settings: `[tiles] origins = ["https://shop.example"]`.
+    pub tiles: TilesConfig,
+    /// Page slots defined at start-up: `[[tile_slots]]` with name, plugin, max_tiles,
+    /// params and fallback tiles.
+    pub tile_slots: Vec<toml::Table>,
+    /// Offers defined at start-up: `[[offers]]`, as `POST /v1/offers` takes them.
+    pub offers: Vec<toml::Table>,
+}
+
+/// `[tiles]`: which browser origins may ask for tiles and send events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TilesConfig {
+    pub origins: Vec<String>,
 }
 
 /// One event source (a website, an app) and its write key.
@@ -63,6 +77,9 @@ impl Default for Config {
             events: rekindle_store::EventMapping::default(),
             segments: Vec::new(),
             sources: Vec::new(),
+            tiles: TilesConfig::default(),
+            tile_slots: Vec::new(),
+            offers: Vec::new(),
         }
     }
 }

@@ -87,9 +87,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let sources = config.sources.iter().map(|s| (s.write_key.clone(), s.name.clone())).collect();
     let state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
-        .with_ingestion(Ingestion { store, sources });
+        .with_ingestion(Ingestion { store, sources })
+        .with_tile_origins(config.tiles.origins.clone());
     let listen = config.listen;
-    let segments = config.segments.clone();
+    let (segments, tile_slots, offers) = (config.segments.clone(), config.tile_slots.clone(), config.offers.clone());
     let config_name = args.config.as_ref().map_or("the config".to_string(), |p| p.display().to_string());
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         for (i, table) in segments.iter().enumerate() {
@@ -97,6 +98,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             rekindle_server::define_segment(&state, &definition)
                 .await
                 .map_err(|e| anyhow::anyhow!("{config_name}: segments[{i}]: {e}"))?;
+        }
+        for (i, table) in tile_slots.iter().enumerate() {
+            let definition = serde_json::to_value(table).context("reading a [[tile_slots]] entry")?;
+            rekindle_server::define_tile_slot(&state, &definition)
+                .await
+                .map_err(|e| anyhow::anyhow!("{config_name}: tile_slots[{i}]: {e}"))?;
+        }
+        for (i, table) in offers.iter().enumerate() {
+            let definition = serde_json::to_value(table).context("reading an [[offers]] entry")?;
+            rekindle_server::define_offer(&state, &definition)
+                .await
+                .map_err(|e| anyhow::anyhow!("{config_name}: offers[{i}]: {e}"))?;
         }
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);

@@ -245,6 +245,38 @@ params = { grace_days = 10 }
     assert!(err.contains("rekindle.toml: segments[0]: slot:"), "{err}");
 }
 
+/// The shipped demo configuration loads as it is: its segments, page slots and offers are
+/// defined at start-up, and the home page slot answers a visitor.
+#[tokio::test]
+async fn the_shipped_demo_config_defines_tile_slots_and_offers() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for (name, path) in components::ALL {
+        if name.starts_with("rule-") || name.starts_with("tiles-") {
+            std::fs::copy(path, plugins.join(format!("{}.wasm", name.replace('-', "_")))).unwrap();
+        }
+    }
+    let config = workspace_root().join("examples/demo.toml");
+    let data = work.path().join("data");
+    let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
+    let (server, base) = serve(&args, "cfg-admin").await;
+    let http = reqwest::Client::new();
+    let catalog: Value = http.get(format!("{base}/v1/offers")).bearer_auth("cfg-admin").send().await.unwrap().json().await.unwrap();
+    assert_eq!(catalog["slots"].as_array().unwrap().len(), 2, "{catalog}");
+    assert_eq!(catalog["offers"].as_array().unwrap().len(), 7, "{catalog}");
+    let tiles: Value = http.get(format!("{base}/v1/tiles?slot=home-hero&anonymousId=a1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((tiles["fallback"].as_bool(), tiles["tiles"][0]["offer_id"].as_str()), (Some(false), Some("new-arrivals")), "{tiles}");
+    drop(server);
+
+    let broken = work.path().join("broken.toml");
+    std::fs::write(&broken, "[[offers]]\nid = \"x\"\nslot = \"home\"\ntitle = \"t\"\nlink = \"/x\"\nholdout_percent = 200\n").unwrap();
+    let bad = run(rekindle().arg("serve").arg("--config").arg(&broken).arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"]));
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(err.contains("broken.toml: offers[0]:") && err.contains("holdout_percent"), "{err}");
+}
+
 #[tokio::test]
 async fn segment_preview_compares_a_candidate_with_the_live_segment() {
     let work = tempfile::tempdir().unwrap();

@@ -2,6 +2,11 @@
 
 use crate::bindings::wit::{EventSeries, Field, InputQuery, Profile, PropertyColumn, Timestamp};
 
+/// A query that reads nothing: the input of a plugin that declares none.
+pub fn empty_query() -> InputQuery {
+    InputQuery { events: Vec::new(), traits: Vec::new(), aggregates: Vec::new(), consents: false, contacts: false, segments: false }
+}
+
 /// Cuts a profile down to what `query` declares, as seen at `now`.
 ///
 /// Of each declared event name, the occurrences within the look-back and not after `now`

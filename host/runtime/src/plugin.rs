@@ -134,7 +134,7 @@ impl Plugin {
                 version: String::new(),
                 summary: String::new(),
                 params: Vec::new(),
-                input: empty_query(),
+                input: crate::input::empty_query(),
             }),
             digest,
             size: bytes.len(),
@@ -371,17 +371,6 @@ fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallErro
             CallError::Instantiate(format!("{err:#}"))
         }
         None => CallError::Trap(format!("{err:#}")),
-    }
-}
-
-fn empty_query() -> crate::bindings::wit::InputQuery {
-    crate::bindings::wit::InputQuery {
-        events: Vec::new(),
-        traits: Vec::new(),
-        aggregates: Vec::new(),
-        consents: false,
-        contacts: false,
-        segments: false,
     }
 }
 

@@ -6,3 +6,4 @@ pub(crate) mod ingest;
 pub(crate) mod profiles;
 pub(crate) mod segment;
 pub mod segments;
+pub(crate) mod tiles;

@@ -29,8 +29,14 @@ pub struct PlannedSegment {
 pub struct Plan {
     pub now: i64,
     pub segments: Vec<PlannedSegment>,
+    reads: Reads,
+}
+
+/// The union of several plugins' declared input at one `now`: what to read from the store,
+/// and how to build the contract profile that every one of them is then cut from.
+pub struct Reads {
     needs: InputNeeds,
-    /// Per entry of `needs.events`, the property names any rule wants.
+    /// Per entry of `needs.events`, the property names any plugin wants.
     properties: Vec<Vec<String>>,
 }
 
@@ -82,10 +88,43 @@ impl Plan {
 
     /// A plan over segments already resolved.
     pub fn from_segments(segments: Vec<PlannedSegment>, now: i64) -> Plan {
+        let reads = Reads::new(segments.iter().map(|s| &s.query), now);
+        Plan { now, segments, reads }
+    }
+
+    /// Whether `touch` can change any planned segment's verdict: it changed something
+    /// besides events, or recorded an event (or an order, for rules reading aggregates) that
+    /// a rule reads.
+    pub fn reads(&self, touch: &rekindle_store::Touch) -> bool {
+        match &touch.event {
+            None => true,
+            Some(name) => (touch.order && self.reads.needs.computed) || self.reads.needs.events.iter().any(|e| &e.name == name),
+        }
+    }
+
+    /// The contract profile holding everything any planned rule reads about `input`; each
+    /// rule then sees it cut to its own query.
+    pub fn profile(&self, input: &RuleInput) -> Profile {
+        self.reads.profile(input)
+    }
+
+    /// What the store must read for this plan.
+    pub fn needs(&self) -> &InputNeeds {
+        &self.reads.needs
+    }
+}
+
+impl Reads {
+    /// What the store must read.
+    pub fn needs(&self) -> &InputNeeds {
+        &self.needs
+    }
+
+    /// The union of `queries` as seen at `now`.
+    pub fn new<'a>(queries: impl IntoIterator<Item = &'a InputQuery>, now: i64) -> Reads {
         let mut needs = InputNeeds::default();
         let mut properties: Vec<Vec<String>> = Vec::new();
-        for s in &segments {
-            let q = &s.query;
+        for q in queries {
             needs.traits |= !q.traits.is_empty();
             needs.computed |= !q.aggregates.is_empty();
             needs.consents |= q.consents;
@@ -119,11 +158,11 @@ impl Plan {
                 }
             }
         }
-        Plan { now, segments, needs, properties }
+        Reads { needs, properties }
     }
 
-    /// The contract profile holding everything any planned rule reads about `input`; each
-    /// rule then sees it cut to its own query.
+    /// The contract profile holding everything any of the plugins reads about `input`;
+    /// each then sees it cut to its own query.
     pub fn profile(&self, input: &RuleInput) -> Profile {
         let events = self
             .needs
@@ -160,20 +199,6 @@ impl Plan {
         }
     }
 
-    /// Whether `touch` can change any planned segment's verdict: it changed something
-    /// besides events, or recorded an event (or an order, for rules reading aggregates) that
-    /// a rule reads.
-    pub fn reads(&self, touch: &rekindle_store::Touch) -> bool {
-        match &touch.event {
-            None => true,
-            Some(name) => (touch.order && self.needs.computed) || self.needs.events.iter().any(|e| &e.name == name),
-        }
-    }
-
-    /// What the store must read for this plan.
-    pub fn needs(&self) -> &InputNeeds {
-        &self.needs
-    }
 }
 
 /// Stored consents as the contract's.
@@ -348,7 +373,7 @@ pub async fn run_all<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Ar
     if plan.segments.is_empty() {
         return Ok(report);
     }
-    let read = |after: String| store.rule_inputs(Scope::After { after, limit: PAGE }, plan.needs.clone());
+    let read = |after: String| store.rule_inputs(Scope::After { after, limit: PAGE }, plan.needs().clone());
     let mut page = read(String::new()).await?;
     while let Some(last) = page.last().map(|p| p.id.clone()) {
         let (evaluated, next) = tokio::join!(evaluate_page(store, &plan, &evaluator, page, 2, &mut report), read(last));
@@ -366,7 +391,7 @@ pub async fn run_ids<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Ar
         return Ok(report);
     }
     for chunk in ids.chunks(PAGE) {
-        let inputs = store.rule_inputs(Scope::Ids(chunk.to_vec()), plan.needs.clone()).await?;
+        let inputs = store.rule_inputs(Scope::Ids(chunk.to_vec()), plan.needs().clone()).await?;
         let lanes = if inputs.len() >= 64 { 2 } else { 1 };
         evaluate_page(store, &plan, &evaluator, inputs, lanes, &mut report).await?;
     }

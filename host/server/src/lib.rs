@@ -6,6 +6,7 @@ pub mod batch;
 mod error;
 mod evaluate;
 mod slots;
+pub mod tiles;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,6 +18,7 @@ use rekindle_runtime::Registry;
 use rekindle_store::Store;
 
 pub use api::segments::define_segment;
+pub use api::tiles::{define_offer, define_tile_slot};
 pub use error::ApiError;
 pub use evaluate::EvaluateError;
 pub use slots::{SlotStore, SlotStoreError};
@@ -39,6 +41,8 @@ pub struct AppState {
     pub clock: Clock,
     /// How often the scheduler looks for segments that are due.
     pub schedule_tick: Duration,
+    /// Promo-tile offers, slots and decisions.
+    pub tiles: Arc<tiles::TileService>,
 }
 
 /// The customer-data store and the sources that may write to it.
@@ -93,7 +97,15 @@ impl AppState {
             realtime: None,
             clock: Clock::default(),
             schedule_tick: Duration::from_secs(60),
+            tiles: Arc::new(tiles::TileService::new(Vec::new())),
         }
+    }
+
+    /// Lets pages on `origins` (such as `https://shop.example`) call the tile and event
+    /// endpoints from the browser.
+    pub fn with_tile_origins(mut self, origins: Vec<String>) -> AppState {
+        self.tiles = Arc::new(tiles::TileService::new(origins));
+        self
     }
 
     /// Adds customer data: ingestion, profiles and the catalog.
@@ -131,11 +143,44 @@ pub fn app(state: AppState) -> Router {
             tokio::spawn(evaluate::schedule_loop(state.registry.clone(), ingestion.clone(), state.clock.clone(), state.schedule_tick));
         }
     }
+    if let Some(ingestion) = &state.ingestion {
+        tokio::spawn(tiles_refresh_loop(state.clone(), ingestion.clone()));
+    }
+    // Browsers on the configured origins call decisions and send events; nothing else.
+    let cors = (!state.tiles.origins.is_empty()).then(|| {
+        use axum::http::{HeaderName, Method, header};
+        let origins: Vec<axum::http::HeaderValue> = state.tiles.origins.iter().filter_map(|o| o.parse().ok()).collect();
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_NONE_MATCH, HeaderName::from_static("content-encoding")])
+            .expose_headers([header::ETAG])
+    });
+    let browser = Router::new()
+        .merge(api::ingest::router().layer(axum::extract::DefaultBodyLimit::max(api::segment::MAX_BATCH_BYTES * 2)))
+        .merge(api::tiles::public_router());
+    let browser = match cors {
+        Some(cors) => browser.layer(cors),
+        None => browser,
+    };
     Router::new()
         .merge(api::health::router())
         .merge(api::admin::router(state.clone()))
-        .merge(api::ingest::router().layer(axum::extract::DefaultBodyLimit::max(api::segment::MAX_BATCH_BYTES * 2)))
+        .merge(browser)
         .merge(api::profiles::router(state.clone()))
         .merge(api::segments::router(state.clone()))
+        .merge(api::tiles::admin_router(state.clone()))
         .with_state(state)
+}
+
+/// Loads the tile catalog at start and re-reads it every few seconds, so offers changed on
+/// another host sharing the database show up here too.
+async fn tiles_refresh_loop(state: AppState, ingestion: Arc<Ingestion>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        interval.tick().await;
+        if let Err(e) = state.tiles.reload(&ingestion.store, &state.registry).await {
+            tracing::warn!("could not refresh the tile catalog: {e}");
+        }
+    }
 }

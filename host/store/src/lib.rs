@@ -10,6 +10,7 @@ mod sqlite;
 
 use std::path::Path;
 
+pub use logic::TileDocument;
 pub use model::{
     Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, MessageKind,
     EventNeed, InputNeeds, Product, ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite,
@@ -212,6 +213,23 @@ impl Store {
             return Ok(0);
         }
         on_backend!(self.write(|db, _mapping| logic::record_verdicts(db, &verdicts, at)))
+    }
+
+    /// Creates or replaces an offer (in `slot`) or a page slot, given as validated JSON.
+    pub async fn upsert_tile_document(&self, kind: TileDocument, id: &str, slot: &str, definition: String) -> Result<(), StoreError> {
+        let (id, slot, at) = (id.to_string(), slot.to_string(), now_ms());
+        on_backend!(self.write(|db, _mapping| logic::upsert_tile_document(db, kind, &id, &slot, &definition, at)))
+    }
+
+    /// Deletes an offer or a page slot; false when there was none.
+    pub async fn delete_tile_document(&self, kind: TileDocument, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        on_backend!(self.write(|db, _mapping| logic::delete_tile_document(db, kind, &id)))
+    }
+
+    /// Every offer or page slot as (id, JSON text, updated at), by id.
+    pub async fn tile_documents(&self, kind: TileDocument) -> Result<Vec<(String, String, i64)>, StoreError> {
+        on_backend!(self.read(|db, _mapping| logic::tile_documents(db, kind)))
     }
 
     /// Row counts per table.

@@ -760,3 +760,45 @@ pub(crate) fn record_verdicts(db: &mut impl Db, verdicts: &[VerdictWrite], at: i
     }
     Ok(changes)
 }
+
+/// Where tile documents live: offers (with their slot) or page slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileDocument {
+    Offer,
+    Slot,
+}
+
+/// Creates or replaces an offer (`slot` set) or a page slot, as JSON text.
+pub(crate) fn upsert_tile_document(db: &mut impl Db, kind: TileDocument, id: &str, slot: &str, definition: &str, at: i64) -> Result<(), StoreError> {
+    match kind {
+        TileDocument::Offer => db.execute(
+            "INSERT INTO offers (id, slot, definition, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET slot = excluded.slot, definition = excluded.definition, updated_at = excluded.updated_at",
+            &[P::Text(id), P::Text(slot), P::Text(definition), P::Int(at)],
+        ),
+        TileDocument::Slot => db.execute(
+            "INSERT INTO tile_slots (name, definition, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, updated_at = excluded.updated_at",
+            &[P::Text(id), P::Text(definition), P::Int(at)],
+        ),
+    }
+    .map(drop)
+}
+
+/// Deletes an offer or a page slot; false when there was none.
+pub(crate) fn delete_tile_document(db: &mut impl Db, kind: TileDocument, id: &str) -> Result<bool, StoreError> {
+    let sql = match kind {
+        TileDocument::Offer => "DELETE FROM offers WHERE id = ?1",
+        TileDocument::Slot => "DELETE FROM tile_slots WHERE name = ?1",
+    };
+    Ok(db.execute(sql, &[P::Text(id)])? > 0)
+}
+
+/// Every offer or page slot as (id, JSON text, updated at), by id.
+pub(crate) fn tile_documents(db: &mut impl Db, kind: TileDocument) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let sql = match kind {
+        TileDocument::Offer => "SELECT id, definition, updated_at FROM offers ORDER BY id",
+        TileDocument::Slot => "SELECT name, definition, updated_at FROM tile_slots ORDER BY name",
+    };
+    Ok(db.query(sql, &[])?.into_iter().map(|r| (r.text(0), r.text(1), r.int(2))).collect())
+}

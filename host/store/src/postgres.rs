@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_lookups.sql")),
     (3, include_str!("../migrations/postgres/0003_segments.sql")),
     (4, include_str!("../migrations/postgres/0004_segment_runs.sql")),
+    (5, include_str!("../migrations/postgres/0005_tiles.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_lookups.sql")),
     (3, include_str!("../migrations/sqlite/0003_segments.sql")),
     (4, include_str!("../migrations/sqlite/0004_segment_runs.sql")),
+    (5, include_str!("../migrations/sqlite/0005_tiles.sql")),
 ];
 
 /// Requests one commit may carry; a bound keeps a burst from delaying the first reply.

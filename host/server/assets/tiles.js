@@ -1,0 +1,125 @@
+/* Rekindle promo tiles: fills every <div data-rekindle-slot="..."> on the page and reports
+ * impressions and clicks as "Promo Viewed" and "Promo Clicked" events. No dependencies.
+ *
+ *   <script src="https://HOST/v1/tiles.js" data-write-key="KEY" data-user-id="OPTIONAL" async></script>
+ *
+ * Visitors without a user id get an anonymous id kept in localStorage (analytics.js's, when
+ * the page has one). window.rekindle.refresh() decides again, e.g. after a login. */
+(function () {
+  "use strict";
+  var script = document.currentScript;
+  if (!script) return;
+  var base = new URL(script.src, location.href).origin;
+  var writeKey = script.getAttribute("data-write-key") || "";
+
+  function anonymousId() {
+    try {
+      var ajs = localStorage.getItem("ajs_anonymous_id");
+      if (ajs) return ajs.replace(/^"|"$/g, "");
+      var own = localStorage.getItem("rekindle_anonymous_id");
+      if (own) return own;
+      own = (crypto.randomUUID && crypto.randomUUID()) || String(Math.random()).slice(2) + Date.now();
+      localStorage.setItem("rekindle_anonymous_id", own);
+      return own;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  var visitor = { userId: script.getAttribute("data-user-id") || null, anonymousId: anonymousId() };
+
+  function messageId() {
+    return (crypto.randomUUID && crypto.randomUUID()) || String(Math.random()).slice(2) + Date.now();
+  }
+
+  // text/plain keeps these simple cross-origin requests: no preflight round trip.
+  function send(path, body, beacon) {
+    var text = JSON.stringify(body);
+    if (beacon && navigator.sendBeacon) {
+      return navigator.sendBeacon(base + path, new Blob([text], { type: "text/plain" }));
+    }
+    return fetch(base + path, { method: "POST", body: text, headers: { "Content-Type": "text/plain" }, keepalive: true });
+  }
+
+  function track(event, tile, slot) {
+    send("/v1/track", {
+      writeKey: writeKey, type: "track", event: event, messageId: messageId(), timestamp: new Date().toISOString(),
+      userId: visitor.userId, anonymousId: visitor.anonymousId,
+      properties: { decision_id: tile.decision_id, offer_id: tile.offer_id, slot: slot, fallback: !!tile.fallback, url: location.href }
+    }, true);
+  }
+
+  var seen = {};
+  var observer = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (entry) {
+      if (!entry.isIntersecting) return;
+      var el = entry.target;
+      observer.unobserve(el);
+      if (seen[el.__rekindle.tile.decision_id]) return;
+      seen[el.__rekindle.tile.decision_id] = true;
+      track("Promo Viewed", el.__rekindle.tile, el.__rekindle.slot);
+    });
+  }, { threshold: 0.5 }) : null;
+
+  function text(tag, className, value) {
+    var el = document.createElement(tag);
+    el.className = className;
+    el.textContent = value;
+    return el;
+  }
+
+  function render(container, decision) {
+    container.textContent = "";
+    container.setAttribute("data-rekindle-fallback", decision.fallback ? "true" : "false");
+    (decision.tiles || []).forEach(function (tile) {
+      tile.fallback = decision.fallback;
+      var a = document.createElement("a");
+      a.className = "rekindle-tile";
+      a.href = tile.link;
+      a.setAttribute("data-offer-id", tile.offer_id);
+      a.setAttribute("data-decision-id", tile.decision_id);
+      if (tile.image) {
+        var img = document.createElement("img");
+        img.src = tile.image;
+        img.alt = "";
+        a.appendChild(img);
+      }
+      a.appendChild(text("strong", "rekindle-title", tile.title));
+      if (tile.body) a.appendChild(text("span", "rekindle-body", tile.body));
+      if (tile.voucher) a.appendChild(text("code", "rekindle-voucher", tile.voucher));
+      a.__rekindle = { tile: tile, slot: decision.slot };
+      a.addEventListener("click", function () { track("Promo Clicked", tile, decision.slot); });
+      container.appendChild(a);
+      if (observer) observer.observe(a); else track("Promo Viewed", tile, decision.slot);
+    });
+    container.dispatchEvent(new CustomEvent("rekindle:rendered", { bubbles: true, detail: decision }));
+  }
+
+  function refresh() {
+    var containers = Array.prototype.slice.call(document.querySelectorAll("[data-rekindle-slot]"));
+    var slots = [];
+    containers.forEach(function (c) {
+      var slot = c.getAttribute("data-rekindle-slot");
+      if (slots.indexOf(slot) < 0) slots.push(slot);
+    });
+    if (!slots.length) return Promise.resolve();
+    var body = { slots: slots, userId: visitor.userId, anonymousId: visitor.anonymousId, url: location.href };
+    return send("/v1/tiles", body, false)
+      .then(function (response) { return response.ok ? response.json() : { decisions: [] }; })
+      .then(function (answer) {
+        (answer.decisions || []).forEach(function (decision) {
+          containers.forEach(function (c) {
+            if (c.getAttribute("data-rekindle-slot") === decision.slot) render(c, decision);
+          });
+        });
+      })
+      // The page keeps whatever it shows without tiles: a failed decision is never an error.
+      .catch(function () {});
+  }
+
+  window.rekindle = {
+    refresh: refresh,
+    identify: function (userId) { visitor.userId = userId; return refresh(); }
+  };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", refresh); else refresh();
+})();

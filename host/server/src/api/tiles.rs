@@ -1,0 +1,211 @@
+//! Promo tiles over HTTP. Public: `GET`/`POST /v1/tiles` (decisions, with CORS for the
+//! configured origins, `Cache-Control: private` and an ETag) and `/v1/tiles.js`, the
+//! website snippet. Behind the admin token: offers, page slots and counters.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use rekindle_store::TileDocument;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::api::admin::require_token;
+use crate::tiles::{Visitor, catalog_json, parse_offer, parse_slot, stored_text};
+use crate::{AppState, ApiError};
+
+/// The website snippet, served as is.
+const TILES_JS: &str = include_str!("../../assets/tiles.js");
+
+/// Routes anyone may call: decisions and the snippet.
+pub(crate) fn public_router() -> Router<AppState> {
+    Router::new().route("/v1/tiles", get(decide_one).post(decide_many)).route("/v1/tiles.js", get(snippet))
+}
+
+/// Routes behind the admin token.
+pub(crate) fn admin_router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/offers", get(list).post(create_offer))
+        .route("/v1/offers/{id}", put(replace_offer).delete(delete_offer))
+        .route("/v1/tile-slots", get(list).post(create_slot))
+        .route("/v1/tile-slots/{name}", put(replace_slot).delete(delete_slot))
+        .route("/admin/tiles/stats", get(stats))
+        .route_layer(axum::middleware::from_fn_with_state(state, require_token))
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })
+}
+
+/// Validates and stores an offer given as JSON, then refreshes the snapshot; the API and
+/// the config file both use it.
+pub async fn define_offer(state: &AppState, body: &Value) -> Result<Value, ApiError> {
+    let store = &state.customer_data()?.store;
+    let offer = parse_offer(body)?;
+    store.upsert_tile_document(TileDocument::Offer, &offer.offer.id, &offer.offer.slot, stored_text(&offer.json)).await?;
+    state.tiles.reload(store, &state.registry).await?;
+    Ok(offer.json)
+}
+
+/// Validates and stores a page slot given as JSON, then refreshes the snapshot.
+pub async fn define_tile_slot(state: &AppState, body: &Value) -> Result<Value, ApiError> {
+    let store = &state.customer_data()?.store;
+    let slot = parse_slot(body, &state.registry)?;
+    store.upsert_tile_document(TileDocument::Slot, &slot.name, "", stored_text(&slot.json)).await?;
+    state.tiles.reload(store, &state.registry).await?;
+    Ok(slot.json)
+}
+
+async fn create_offer(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    define_offer(&state, &parse_json(&body)?).await.map(Json)
+}
+
+/// The path names the offer; a body without an id takes it, one with another id is refused.
+fn with_path_id(mut body: Value, key: &str, id: &str) -> Result<Value, ApiError> {
+    match body.get(key) {
+        None => {
+            if let Some(map) = body.as_object_mut() {
+                map.insert(key.into(), json!(id));
+            }
+            Ok(body)
+        }
+        Some(Value::String(given)) if given == id => Ok(body),
+        Some(other) => Err(ApiError::field(key, format!("`{key}` is {other} but the path says {id:?}"))),
+    }
+}
+
+async fn replace_offer(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = with_path_id(parse_json(&body)?, "id", &id)?;
+    define_offer(&state, &body).await.map(Json)
+}
+
+async fn create_slot(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    define_tile_slot(&state, &parse_json(&body)?).await.map(Json)
+}
+
+async fn replace_slot(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = with_path_id(parse_json(&body)?, "name", &name)?;
+    define_tile_slot(&state, &body).await.map(Json)
+}
+
+async fn remove(state: &AppState, kind: TileDocument, id: &str, what: &str) -> Result<Json<Value>, ApiError> {
+    let store = &state.customer_data()?.store;
+    if !store.delete_tile_document(kind, id).await? {
+        return Err(ApiError::NotFound(format!("no {what} `{id}`")));
+    }
+    state.tiles.reload(store, &state.registry).await?;
+    Ok(Json(json!({"deleted": id})))
+}
+
+async fn delete_offer(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    remove(&state, TileDocument::Offer, &id, "offer").await
+}
+
+async fn delete_slot(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    remove(&state, TileDocument::Slot, &name, "tile slot").await
+}
+
+async fn list(State(state): State<AppState>) -> Json<Value> {
+    Json(catalog_json(&state.tiles.catalog()))
+}
+
+async fn stats(State(state): State<AppState>) -> Json<Value> {
+    let (decisions, fallbacks) = state.tiles.counts();
+    Json(json!({"decisions": decisions, "fallbacks": fallbacks}))
+}
+
+async fn snippet() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
+        TILES_JS,
+    )
+}
+
+fn optional_text(value: Option<&Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= 200 => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
+        Some(_) => Err(ApiError::field(field, format!("`{field}` must be a string of at most 200 characters"))),
+    }
+}
+
+/// Serialises an answer with `Cache-Control: private` and an ETag over the body, answering
+/// 304 when the page already holds this exact answer.
+fn cached(headers: &HeaderMap, answer: &Value) -> Response {
+    let body = answer.to_string();
+    let hash = Sha256::digest(body.as_bytes());
+    let etag = format!("\"{}\"", hash[..10].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|given| given.split(',').any(|tag| tag.trim().trim_start_matches("W/") == etag));
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    response
+}
+
+async fn decide_one(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<Vec<(String, String)>>) -> Result<Response, ApiError> {
+    let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| json!(v));
+    let slot = optional_text(get("slot").as_ref(), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot to fill"))?;
+    let visitor = Visitor {
+        user_id: optional_text(get("userId").as_ref(), "userId")?,
+        anonymous_id: optional_text(get("anonymousId").as_ref(), "anonymousId")?,
+    };
+    let url = optional_text(get("url").as_ref(), "url")?;
+    let store = state.ingestion.as_deref().map(|i| &i.store);
+    let answer = state
+        .tiles
+        .decide(&state.registry, store, &slot, &visitor, url, state.clock.now())
+        .await
+        .ok_or_else(|| ApiError::NotFound(format!("no tile slot `{slot}`")))?;
+    Ok(cached(&headers, &answer))
+}
+
+async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let body = parse_json(&body)?;
+    let Some(Value::Array(slots)) = body.get("slots") else {
+        return Err(ApiError::field("slots", "`slots` must be a list of slot names"));
+    };
+    if slots.is_empty() || slots.len() > 20 {
+        return Err(ApiError::field("slots", "`slots` must name from 1 to 20 slots"));
+    }
+    let names = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s {
+            Value::String(name) => Ok(name.clone()),
+            Value::Object(o) => match o.get("slot") {
+                Some(Value::String(name)) => Ok(name.clone()),
+                _ => Err(ApiError::field(format!("slots[{i}].slot"), "each slot object needs a `slot` name")),
+            },
+            _ => Err(ApiError::field(format!("slots[{i}]"), "each entry is a slot name")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let visitor = Visitor {
+        user_id: optional_text(body.get("userId"), "userId")?,
+        anonymous_id: optional_text(body.get("anonymousId"), "anonymousId")?,
+    };
+    let url = optional_text(body.get("url"), "url")?;
+    let store = state.ingestion.as_deref().map(|i| &i.store);
+    let now = state.clock.now();
+    let mut decisions = Vec::with_capacity(names.len());
+    for name in names {
+        // An unknown slot must not cost the page its other slots.
+        decisions.push(match state.tiles.decide(&state.registry, store, &name, &visitor, url.clone(), now).await {
+            Some(answer) => answer,
+            None => json!({"slot": name, "error": format!("no tile slot `{name}`"), "fallback": true, "tiles": []}),
+        });
+    }
+    Ok(cached(&headers, &json!({ "decisions": decisions })))
+}

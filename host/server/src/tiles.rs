@@ -1,0 +1,392 @@
+//! Promo tiles: offers and page slots (validated, stored, and kept as an in-memory
+//! snapshot), and the decision itself. A decision never fails the page: when the slot's
+//! plugin is missing, traps, times out or returns bad output, the slot's configured
+//! fallback tiles are served, marked as a fallback and counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use rekindle_runtime::json::{JsonError, fields_from_json, offer_from_json, timestamp_from_json};
+use rekindle_runtime::wit::{Context, InputQuery, Offer, Profile, Tile, TileRequest};
+use rekindle_runtime::{PluginInfo, Registry, filter_profile, merge_params};
+use rekindle_store::{Scope, Store, StoreError, TileDocument};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::ApiError;
+use crate::batch::Reads;
+
+/// The registry slot a page slot uses when its definition names none.
+pub const DEFAULT_PLUGIN: &str = "tiles-basic";
+
+/// An offer as the operator defined it: the contract's offer plus what the host checks
+/// before the plugin sees it (the start of validity and trait conditions).
+#[derive(Debug, Clone)]
+pub struct OfferDef {
+    pub offer: Offer,
+    /// Not shown before this time.
+    pub valid_from: Option<i64>,
+    /// Traits the visitor must have, with these exact values.
+    pub traits: Vec<(String, Value)>,
+    /// The definition as stored and listed.
+    pub json: Value,
+}
+
+/// A tile served when the plugin cannot decide.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FallbackTile {
+    pub offer_id: Option<String>,
+    pub title: String,
+    pub body: String,
+    pub image: Option<String>,
+    pub link: String,
+}
+
+/// A page slot: which plugin decides it, how many tiles it shows, and what to show when
+/// the plugin cannot decide.
+#[derive(Debug, Clone)]
+pub struct SlotDef {
+    pub name: String,
+    pub plugin: String,
+    pub max_tiles: u32,
+    pub params: Value,
+    pub fallback: Vec<FallbackTile>,
+    pub json: Value,
+}
+
+/// Every slot and its offers, as the decision endpoint reads them.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub slots: HashMap<String, SlotDef>,
+    /// Offers by slot, in id order.
+    pub offers: HashMap<String, Vec<OfferDef>>,
+}
+
+/// The tile service's shared state.
+pub struct TileService {
+    catalog: ArcSwap<Catalog>,
+    decisions: AtomicU64,
+    fallbacks: AtomicU64,
+    /// Serialises reloads, so a slow periodic one cannot overwrite a newer snapshot.
+    reloading: tokio::sync::Mutex<()>,
+    /// Origins allowed to call the tile and event endpoints from a browser.
+    pub origins: Vec<String>,
+}
+
+fn field_error(e: JsonError) -> ApiError {
+    ApiError::field(e.path.clone(), e.to_string())
+}
+
+/// Validates an offer definition; errors name the field.
+pub fn parse_offer(json: &Value) -> Result<OfferDef, ApiError> {
+    let offer = offer_from_json(json, "offer").map_err(field_error)?;
+    let map = json.as_object().ok_or_else(|| ApiError::field("offer", "an offer is a JSON object"))?;
+    if offer.id.trim().is_empty() || offer.id.len() > 200 {
+        return Err(ApiError::field("offer.id", "`id` must be a non-empty string of at most 200 characters"));
+    }
+    if offer.slot.trim().is_empty() {
+        return Err(ApiError::field("offer.slot", "`slot` must name a page slot"));
+    }
+    for (name, value) in [("link", Some(&offer.link)), ("image", offer.image.as_ref())] {
+        if let Some(url) = value
+            && !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+        {
+            return Err(ApiError::field(format!("offer.{name}"), format!("`{name}` must be an http(s) URL or a path starting with /")));
+        }
+    }
+    let valid_from = match map.get("valid_from") {
+        None | Some(Value::Null) => None,
+        at => Some(timestamp_from_json(at, "offer.valid_from").map_err(field_error)?),
+    };
+    if let (Some(from), Some(until)) = (valid_from, offer.valid_until)
+        && from >= until
+    {
+        return Err(ApiError::field("offer.valid_until", "`valid_until` must be after `valid_from`"));
+    }
+    let traits = match map.get("traits") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(conditions)) => conditions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(_) => return Err(ApiError::field("offer.traits", "`traits` must be an object of trait name to required value")),
+    };
+    const KNOWN: [&str; 16] = [
+        "id", "slot", "priority", "include_segments", "exclude_segments", "traits", "category", "valid_from", "valid_until",
+        "title", "body", "image", "link", "voucher", "holdout_percent", "attributes",
+    ];
+    if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::field(format!("offer.{unknown}"), format!("unknown field `{unknown}`; offers take {}", KNOWN.join(", "))));
+    }
+    Ok(OfferDef { offer, valid_from, traits, json: json.clone() })
+}
+
+/// Validates a page slot definition against the registry; errors name the field.
+pub fn parse_slot(json: &Value, registry: &Registry) -> Result<SlotDef, ApiError> {
+    let map = json.as_object().ok_or_else(|| ApiError::field("slot", "a slot is a JSON object"))?;
+    let text = |key: &str, default: Option<&str>| -> Result<String, ApiError> {
+        match (map.get(key), default) {
+            (Some(Value::String(s)), _) if !s.trim().is_empty() && s.len() <= 200 => Ok(s.trim().to_string()),
+            (None, Some(default)) => Ok(default.to_string()),
+            _ => Err(ApiError::field(format!("slot.{key}"), format!("`{key}` must be a non-empty string of at most 200 characters"))),
+        }
+    };
+    let name = text("name", None)?;
+    let plugin = text("plugin", Some(DEFAULT_PLUGIN))?;
+    let max_tiles = match map.get("max_tiles") {
+        None => 1,
+        Some(n) => n
+            .as_u64()
+            .filter(|n| (1..=20).contains(n))
+            .ok_or_else(|| ApiError::field("slot.max_tiles", "`max_tiles` must be a whole number from 1 to 20"))? as u32,
+    };
+    let params = match map.get("params") {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::Object(p)) => Value::Object(p.clone()),
+        Some(_) => return Err(ApiError::field("slot.params", "`params` must be an object")),
+    };
+    // A plugin may be uploaded after the slot is defined; one that is there must fit.
+    if let Ok(found) = registry.get(&plugin) {
+        let PluginInfo::Tiles(info) = found.info() else {
+            return Err(ApiError::field("slot.plugin", format!("`{plugin}` holds a {} plugin, not a promo-tiles one", found.kind())));
+        };
+        let overrides = fields_from_json(Some(&params), "slot.params").map_err(field_error)?;
+        merge_params(&info.params, &overrides).map_err(|e| ApiError::field("slot.params", e.to_string()))?;
+    }
+    let fallback = match map.get("fallback") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tiles)) => tiles
+            .iter()
+            .enumerate()
+            .map(|(i, t)| fallback_tile(t, &format!("slot.fallback[{i}]")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::field("slot.fallback", "`fallback` must be a list of tiles")),
+    };
+    Ok(SlotDef { name, plugin, max_tiles, params, fallback, json: json.clone() })
+}
+
+fn fallback_tile(json: &Value, path: &str) -> Result<FallbackTile, ApiError> {
+    let map = json.as_object().ok_or_else(|| ApiError::field(path, "a fallback tile is an object with title, link and optionally body, image, offer_id"))?;
+    let get = |key: &str, required: bool| -> Result<Option<String>, ApiError> {
+        match map.get(key) {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            None | Some(Value::Null) if !required => Ok(None),
+            _ => Err(ApiError::field(format!("{path}.{key}"), format!("`{key}` must be a string"))),
+        }
+    };
+    Ok(FallbackTile {
+        offer_id: get("offer_id", false)?,
+        title: get("title", true)?.unwrap_or_default(),
+        body: get("body", false)?.unwrap_or_default(),
+        image: get("image", false)?,
+        link: get("link", true)?.unwrap_or_default(),
+    })
+}
+
+/// Who is asking for tiles.
+#[derive(Debug, Clone, Default)]
+pub struct Visitor {
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+}
+
+impl Visitor {
+    fn id(&self) -> Option<&str> {
+        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+    }
+}
+
+impl TileService {
+    /// An empty service allowing `origins`; call [`TileService::reload`] to load the store's.
+    pub fn new(origins: Vec<String>) -> TileService {
+        TileService {
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            decisions: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            reloading: tokio::sync::Mutex::new(()),
+            origins,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// Rebuilds the snapshot from the store. Stored documents were validated when written;
+    /// one that no longer parses (a plugin changed) is skipped with a warning.
+    pub async fn reload(&self, store: &Store, registry: &Registry) -> Result<(), StoreError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut catalog = Catalog::default();
+        for (name, text, _) in store.tile_documents(TileDocument::Slot).await? {
+            match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|v| parse_slot(&v, registry).map_err(|e| e.to_string())) {
+                Ok(slot) => {
+                    catalog.slots.insert(name, slot);
+                }
+                Err(e) => tracing::warn!(slot = name, "skipping a stored tile slot: {e}"),
+            }
+        }
+        for (id, text, _) in store.tile_documents(TileDocument::Offer).await? {
+            match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|v| parse_offer(&v).map_err(|e| e.to_string())) {
+                Ok(offer) => catalog.offers.entry(offer.offer.slot.clone()).or_default().push(offer),
+                Err(e) => tracing::warn!(offer = id, "skipping a stored offer: {e}"),
+            }
+        }
+        self.catalog.store(Arc::new(catalog));
+        Ok(())
+    }
+
+    /// (decisions, fallbacks) served since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.decisions.load(Ordering::Relaxed), self.fallbacks.load(Ordering::Relaxed))
+    }
+
+    /// Decides one slot for a visitor at `now`; `None` when the slot is not defined. Every
+    /// failure past that point becomes the slot's fallback tiles.
+    pub async fn decide(
+        &self,
+        registry: &Registry,
+        store: Option<&Store>,
+        slot: &str,
+        visitor: &Visitor,
+        page_url: Option<String>,
+        now: i64,
+    ) -> Option<Value> {
+        let catalog = self.catalog();
+        let def = catalog.slots.get(slot)?;
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+        let offers = catalog.offers.get(slot).map(Vec::as_slice).unwrap_or_default();
+        Some(match self.personalised(registry, store, def, offers, visitor, page_url, now).await {
+            Ok(answer) => answer,
+            Err(why) => {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(slot, "serving fallback tiles: {why}");
+                fallback_answer(def, visitor)
+            }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn personalised(
+        &self,
+        registry: &Registry,
+        store: Option<&Store>,
+        def: &SlotDef,
+        offers: &[OfferDef],
+        visitor: &Visitor,
+        page_url: Option<String>,
+        now: i64,
+    ) -> Result<Value, String> {
+        let plugin = registry.get(&def.plugin).map_err(|e| format!("plugin: {e}"))?;
+        let PluginInfo::Tiles(info) = plugin.info() else {
+            return Err(format!("`{}` holds a {} plugin, not a promo-tiles one", def.plugin, plugin.kind()));
+        };
+        let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| e.to_string())?;
+        let params = merge_params(&info.params, &overrides).map_err(|e| e.to_string())?;
+        let full = match (store, visitor.id()) {
+            (Some(store), Some(id)) => visitor_profile(store, &info.input, offers, id, now).await.map_err(|e| format!("reading the visitor: {e}"))?,
+            _ => None,
+        };
+        let candidates: Vec<Offer> = offers
+            .iter()
+            .filter(|o| o.valid_from.is_none_or(|from| from <= now) && o.offer.valid_until.is_none_or(|until| now < until))
+            .filter(|o| o.traits.iter().all(|(name, want)| full.as_ref().is_some_and(|p| has_trait(p, name, want))))
+            .map(|o| o.offer.clone())
+            .collect();
+        let profile = full.as_ref().map(|p| filter_profile(p, &info.input, now));
+        let request = TileRequest { slot: def.name.clone(), page_url, max_tiles: def.max_tiles };
+        let ctx = Context { now, params };
+        let tiles = plugin.decide(&ctx, &request, profile.as_ref(), &candidates).map_err(|e| format!("the plugin failed: {e}"))?;
+        let who = profile.as_ref().map_or("anonymous", |p| p.id.as_str());
+        let tiles: Vec<Value> = tiles.iter().map(|t| tile_json(t, &def.name, who, &def.plugin, plugin.digest())).collect();
+        Ok(json!({
+            "slot": def.name,
+            "fallback": false,
+            "known_visitor": profile.is_some(),
+            "plugin": {"slot": def.plugin, "digest": plugin.digest(), "version": info.version},
+            "tiles": tiles,
+        }))
+    }
+}
+
+/// The visitor's contract profile with what the plugin reads and what the offers' trait
+/// conditions need; `None` for someone Rekindle has never seen.
+async fn visitor_profile(store: &Store, query: &InputQuery, offers: &[OfferDef], id: &str, now: i64) -> Result<Option<Profile>, StoreError> {
+    let mut conditions = rekindle_runtime::empty_query();
+    for offer in offers {
+        for (name, _) in &offer.traits {
+            if !conditions.traits.contains(name) {
+                conditions.traits.push(name.clone());
+            }
+        }
+    }
+    let reads = Reads::new([query, &conditions], now);
+    let inputs = store.rule_inputs(Scope::Ids(vec![id.to_string()]), reads.needs().clone()).await?;
+    Ok(inputs.first().map(|input| reads.profile(input)))
+}
+
+fn has_trait(profile: &Profile, name: &str, want: &Value) -> bool {
+    let value = rekindle_runtime::json::value_from_json(want);
+    profile.traits.iter().flatten().any(|f| f.name == name && f.value == value)
+}
+
+/// A stable id for one tile shown to one visitor by one plugin build, so impressions and
+/// clicks can be joined to the decision, and repeated identical answers share an ETag.
+fn decision_id(slot: &str, visitor: &str, offer: &str, digest: &str) -> String {
+    let hash = Sha256::digest(format!("{slot}\n{visitor}\n{offer}\n{digest}").as_bytes());
+    hash[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tile_json(tile: &Tile, slot: &str, visitor: &str, plugin_slot: &str, digest: &str) -> Value {
+    json!({
+        "decision_id": decision_id(slot, visitor, &tile.offer_id, digest),
+        "offer_id": tile.offer_id,
+        "title": tile.title,
+        "body": tile.body,
+        "image": tile.image,
+        "link": tile.link,
+        "voucher": tile.voucher,
+        "plugin": {"slot": plugin_slot, "digest": digest},
+    })
+}
+
+fn fallback_answer(def: &SlotDef, visitor: &Visitor) -> Value {
+    let who = visitor.id().unwrap_or("anonymous");
+    let tiles: Vec<Value> = def
+        .fallback
+        .iter()
+        .take(def.max_tiles as usize)
+        .enumerate()
+        .map(|(i, t)| {
+            let offer = t.offer_id.clone().unwrap_or_else(|| format!("fallback-{i}"));
+            json!({
+                "decision_id": decision_id(&def.name, who, &offer, "fallback"),
+                "offer_id": offer,
+                "title": t.title,
+                "body": t.body,
+                "image": t.image,
+                "link": t.link,
+                "voucher": null,
+                "plugin": null,
+            })
+        })
+        .collect();
+    json!({"slot": def.name, "fallback": true, "known_visitor": false, "plugin": null, "tiles": tiles})
+}
+
+/// Offers and slots listed for operators.
+pub fn catalog_json(catalog: &Catalog) -> Value {
+    let mut slots: Vec<&SlotDef> = catalog.slots.values().collect();
+    slots.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut offers: Vec<&OfferDef> = catalog.offers.values().flatten().collect();
+    offers.sort_by(|a, b| a.offer.id.cmp(&b.offer.id));
+    json!({
+        "slots": slots.iter().map(|s| &s.json).collect::<Vec<_>>(),
+        "offers": offers.iter().map(|o| &o.json).collect::<Vec<_>>(),
+    })
+}
+
+/// The canonical text stored for a definition.
+pub fn stored_text(json: &Value) -> String {
+    let sorted: Map<String, Value> = json.as_object().cloned().unwrap_or_default();
+    Value::Object(sorted).to_string()
+}

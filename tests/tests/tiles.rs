@@ -1,0 +1,219 @@
+//! Promo tiles through a real socket: offers and slots validated field by field, personal
+//! decisions from the shipped `tiles-basic` component, the anonymous decision, HTTP caching
+//! and CORS, and the fail-safe: a plugin that traps, loops or lies yields the slot's
+//! fallback tiles, never a 5xx.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rekindle_runtime::Registry;
+use rekindle_server::{AppState, Ingestion, app};
+use rekindle_tests::Backend;
+use serde_json::{Value, json};
+
+rekindle_tests::on_each_backend!(offers_and_slots_are_validated_field_by_field, decisions_are_personal_cached_and_fail_safe);
+
+const ADMIN: &str = "admin-token";
+const WRITE_KEY: &str = "web-key";
+const SHOP: &str = "https://shop.example";
+
+struct Host {
+    http: reqwest::Client,
+    base: String,
+}
+
+async fn start(backend: Backend, data: &Path) -> Option<Host> {
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    for (slot, path) in [
+        ("tiles-basic", rekindle_tests::components::TILES_BASIC),
+        ("failing-tiles", rekindle_tests::components::HOSTILE_TILES),
+        ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
+    ] {
+        registry.install(slot, &rekindle_tests::component(path)).unwrap();
+    }
+    let store = rekindle_tests::open_store(backend, data).await?;
+    let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
+    let state = AppState::new(registry, None, Some(ADMIN.into()))
+        .with_ingestion(Ingestion { store, sources })
+        .with_tile_origins(vec![SHOP.into()]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    Some(Host { http: reqwest::Client::new(), base })
+}
+
+impl Host {
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = tokio::time::timeout(Duration::from_secs(30), request.send()).await.expect("timed out").expect("request");
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.request(method, format!("{}{path}", self.base)).bearer_auth(ADMIN).json(&body)).await
+    }
+
+    async fn offer(&self, body: Value) -> (u16, Value) {
+        self.admin(reqwest::Method::POST, "/v1/offers", body).await
+    }
+
+    async fn slot(&self, body: Value) -> (u16, Value) {
+        self.admin(reqwest::Method::POST, "/v1/tile-slots", body).await
+    }
+
+    async fn tiles(&self, query: &str) -> (u16, Value) {
+        self.send(self.http.get(format!("{}/v1/tiles?{query}", self.base))).await
+    }
+}
+
+fn days_ago(days: f64) -> String {
+    let at = chrono::Utc::now() - chrono::Duration::milliseconds((days * 86_400_000.0) as i64);
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn offers_and_slots_are_validated_field_by_field(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    let good = json!({"id": "o1", "slot": "home", "title": "Hi", "link": "https://shop.example/sale"});
+    assert_eq!(host.offer(good.clone()).await.0, 200);
+    let field = |(status, body): (u16, Value)| {
+        assert_eq!(status, 400, "{body}");
+        body["error"]["field"].as_str().unwrap_or_default().to_string()
+    };
+    let with = |key: &str, value: Value| {
+        let mut offer = good.clone();
+        offer[key] = value;
+        offer
+    };
+    assert_eq!(field(host.offer(with("holdout_percent", json!(101))).await), "offer.holdout_percent");
+    assert_eq!(field(host.offer(with("link", json!("javascript:alert(1)"))).await), "offer.link");
+    assert_eq!(field(host.offer(with("valid_until", json!("tomorrow"))).await), "offer.valid_until");
+    assert_eq!(field(host.offer(with("traits", json!(["plan"]))).await), "offer.traits");
+    assert_eq!(field(host.offer(with("include_segments", json!([1]))).await), "offer.include_segments[0]");
+    assert_eq!(field(host.offer(with("colour", json!("red"))).await), "offer.colour");
+    let mut no_title = good.clone();
+    no_title.as_object_mut().unwrap().remove("title");
+    assert_eq!(field(host.offer(no_title).await), "offer.title");
+    let backwards = json!({"id": "o2", "slot": "home", "title": "Hi", "link": "/x",
+                           "valid_from": "2026-12-01T00:00:00Z", "valid_until": "2026-11-01T00:00:00Z"});
+    assert_eq!(field(host.offer(backwards).await), "offer.valid_until");
+    let (status, body) = host.admin(reqwest::Method::PUT, "/v1/offers/other", good.clone()).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("id")), "{body}");
+
+    assert_eq!(host.slot(json!({"name": "home", "max_tiles": 2})).await.0, 200);
+    assert_eq!(field(host.slot(json!({"name": "x", "max_tiles": 0})).await), "slot.max_tiles");
+    assert_eq!(field(host.slot(json!({"name": "x", "plugin": "lapsing"})).await), "slot.plugin");
+    assert_eq!(field(host.slot(json!({"name": "x", "params": {"nope": 1}})).await), "slot.params");
+    assert_eq!(field(host.slot(json!({"name": "x", "fallback": [{"title": "t"}]})).await), "slot.fallback[0].link");
+    assert_eq!(field(host.slot(json!({"max_tiles": 1})).await), "slot.name");
+
+    // What was accepted is all still there, and nothing refused was stored.
+    let (_, listed) = host.admin(reqwest::Method::GET, "/v1/offers", Value::Null).await;
+    assert_eq!(listed["offers"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["slots"][0]["name"], "home");
+    let (status, _) = host.admin(reqwest::Method::DELETE, "/v1/offers/o1", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(host.admin(reqwest::Method::DELETE, "/v1/offers/o1", Value::Null).await.0, 404);
+    assert_eq!(host.send(host.http.post(format!("{}/v1/offers", host.base)).json(&good)).await.0, 401, "offers need the admin token");
+}
+
+async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    let host = &host;
+    let track = |body: Value| async move {
+        host.send(host.http.post(format!("{}/v1/batch", host.base)).basic_auth(WRITE_KEY, Some("")).json(&json!({"batch": body}))).await
+    };
+    let order = |id: &str, at: String| json!({"type": "track", "messageId": id, "userId": "ann", "event": "Order Completed", "timestamp": at,
+        "properties": {"revenue": 40, "products": [{"category": "shoes"}]}});
+    track(json!([
+        {"type": "identify", "messageId": "i1", "userId": "ann", "traits": {"first_name": "Ann", "plan": "silver"}},
+        order("a1", days_ago(130.0)), order("a2", days_ago(70.0)),
+    ])).await;
+    let (status, body) = host.admin(reqwest::Method::POST, "/v1/segments", json!({"name": "lapsing", "slot": "lapsing"})).await;
+    assert_eq!((status, body["members"].as_u64()), (200, Some(1)), "{body}");
+
+    let offer = |id: &str, extra: Value| {
+        let mut o = json!({"id": id, "slot": "home", "title": format!("{id} for {{{{first_name|friend}}}}"), "link": format!("/{id}")});
+        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        o
+    };
+    for o in [
+        offer("winback", json!({"include_segments": ["lapsing"], "voucher": "BACK10", "body": "Use {{voucher}}"})),
+        offer("generic", json!({"priority": 5})),
+        offer("shoes", json!({"category": "shoes", "priority": 1})),
+        offer("future", json!({"priority": 99, "valid_from": days_ago(-1.0)})),
+        offer("expired", json!({"priority": 99, "valid_until": days_ago(1.0)})),
+        offer("gold-only", json!({"priority": 99, "traits": {"plan": "gold"}})),
+        offer("held-out", json!({"priority": 99, "holdout_percent": 100})),
+    ] {
+        assert_eq!(host.offer(o).await.0, 200);
+    }
+    assert_eq!(host.slot(json!({"name": "home", "max_tiles": 3, "fallback": [{"title": "Our sale", "link": "/sale"}]})).await.0, 200);
+
+    // Ann: the win-back offer first, her name and the voucher filled in; the rest by
+    // favourite category, then priority. Not yet valid, expired, other plan and held out
+    // never show.
+    let (status, ann) = host.tiles("slot=home&userId=ann").await;
+    assert_eq!(status, 200, "{ann}");
+    let ids: Vec<&str> = ann["tiles"].as_array().unwrap().iter().map(|t| t["offer_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["winback", "shoes", "generic"], "{ann}");
+    assert_eq!(ann["tiles"][0]["title"], "winback for Ann");
+    assert_eq!(ann["tiles"][0]["body"], "Use BACK10");
+    assert_eq!(ann["fallback"], false);
+    assert_eq!(ann["tiles"][0]["plugin"]["digest"].as_str().unwrap().len(), 64, "the SHA-256 of the deciding component: {ann}");
+    assert_eq!(ann["tiles"][0]["decision_id"].as_str().unwrap().len(), 24);
+
+    // An unknown visitor, or none at all, gets the anonymous decision.
+    for query in ["slot=home&anonymousId=never-seen", "slot=home"] {
+        let (status, anonymous) = host.tiles(query).await;
+        assert_eq!(status, 200);
+        let ids: Vec<&str> = anonymous["tiles"].as_array().unwrap().iter().map(|t| t["offer_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["generic", "shoes"], "{anonymous}");
+        assert_eq!(anonymous["tiles"][0]["title"], "generic for friend");
+        assert_eq!(anonymous["known_visitor"], false);
+    }
+
+    // HTTP: private caching, an ETag that a repeat request can revalidate, CORS for the shop.
+    let url = format!("{}/v1/tiles?slot=home&userId=ann", host.base);
+    let response = host.http.get(&url).header("Origin", SHOP).send().await.unwrap();
+    assert_eq!(response.headers()["cache-control"], "private");
+    assert_eq!(response.headers()["access-control-allow-origin"], SHOP);
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    let again = host.http.get(&url).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    let other = host.http.get(&url).header("Origin", "https://evil.example").send().await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // Several slots at once; an unknown one costs the page nothing else.
+    let (status, many) = host
+        .send(host.http.post(format!("{}/v1/tiles", host.base)).body(json!({"slots": ["home", "nope"], "userId": "ann"}).to_string()))
+        .await;
+    assert_eq!(status, 200, "{many}");
+    assert_eq!(many["decisions"][0]["tiles"][0]["offer_id"], "winback");
+    assert_eq!(many["decisions"][1]["slot"], "nope");
+    assert_eq!(many["decisions"][1]["tiles"], json!([]));
+    assert_eq!(host.tiles("slot=nope").await.0, 404);
+    assert_eq!(host.tiles("userId=ann").await.1["error"]["field"], "slot");
+
+    // Fail-safe: every way the plugin can fail serves the fallback tiles with a 200.
+    let fallback = json!([{"title": "Our sale", "link": "/sale", "offer_id": "sale"}]);
+    for (slot, plugin, mode) in [("trap", "failing-tiles", "panic"), ("loop", "failing-tiles", "loop"),
+                                 ("bogus", "failing-tiles", "bogus"), ("missing", "not-uploaded", "")] {
+        let params = if mode.is_empty() { json!({}) } else { json!({"mode": mode}) };
+        let (status, body) = host.slot(json!({"name": slot, "plugin": plugin, "params": params, "fallback": fallback})).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = host.tiles(&format!("slot={slot}&userId=ann")).await;
+        assert_eq!(status, 200, "{slot}: {body}");
+        assert_eq!(body["fallback"], true, "{slot}: {body}");
+        assert_eq!(body["tiles"][0]["offer_id"], "sale", "{slot}: {body}");
+        assert_eq!(body["tiles"][0]["title"], "Our sale");
+    }
+    let (_, stats) = host.admin(reqwest::Method::GET, "/admin/tiles/stats", Value::Null).await;
+    assert_eq!(stats["fallbacks"], 4, "{stats}");
+
+    // The snippet.
+    let script = host.http.get(format!("{}/v1/tiles.js", host.base)).send().await.unwrap();
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(script.text().await.unwrap().contains("data-rekindle-slot"));
+}
