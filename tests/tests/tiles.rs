@@ -17,6 +17,7 @@ rekindle_tests::on_each_backend!(offers_and_slots_are_validated_field_by_field, 
 const ADMIN: &str = "admin-token";
 const WRITE_KEY: &str = "web-key";
 const SHOP: &str = "https://shop.example";
+const TOKEN_SECRET: &[u8] = b"tiles-test-secret-0123456789abcdef";
 
 struct Host {
     http: reqwest::Client,
@@ -36,7 +37,8 @@ async fn start(backend: Backend, data: &Path) -> Option<Host> {
     let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
         .with_ingestion(Ingestion { store, sources })
-        .with_tile_origins(vec![SHOP.into()]);
+        .with_tile_origins(vec![SHOP.into()])
+        .with_token_secret(TOKEN_SECRET, Duration::from_secs(3600));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
@@ -184,6 +186,16 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     assert_eq!(again.status(), 304);
     let other = host.http.get(&url).header("Origin", "https://evil.example").send().await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // Known visitors also get a signed segment token for the edge; it names them and their
+    // segments, and the browser may read it (CORS exposes the header).
+    let token = response.headers()["x-rekindle-token"].to_str().unwrap().to_string();
+    assert!(response.headers()["access-control-expose-headers"].to_str().unwrap().contains("x-rekindle-token"));
+    let claims = rekindle_server::token::verify(&token, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
+    assert_eq!(claims.segments.iter().map(|m| m.segment.as_str()).collect::<Vec<_>>(), ["lapsing"]);
+    assert!(claims.traits.iter().any(|f| f.name == "first_name"), "{claims:?}");
+    let anonymous = host.http.get(format!("{}/v1/tiles?slot=home", host.base)).send().await.unwrap();
+    assert!(anonymous.headers().get("x-rekindle-token").is_none());
 
     // Several slots at once; an unknown one costs the page nothing else.
     let (status, many) = host

@@ -38,11 +38,20 @@ pub struct Config {
     pub offers: Vec<toml::Table>,
 }
 
-/// `[tiles]`: which browser origins may ask for tiles and send events.
-#[derive(Debug, Default, Deserialize)]
+/// `[tiles]`: which browser origins may ask for tiles and send events, and the secret
+/// that signs segment tokens for the edge (also `REKINDLE_TOKEN_SECRET`).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TilesConfig {
     pub origins: Vec<String>,
+    pub token_secret: Option<String>,
+    pub token_ttl_hours: u64,
+}
+
+impl Default for TilesConfig {
+    fn default() -> Self {
+        TilesConfig { origins: Vec::new(), token_secret: None, token_ttl_hours: 7 * 24 }
+    }
 }
 
 /// One event source (a website, an app) and its write key.

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+pub mod edge;
 mod plugin;
 mod scaffold;
 mod segment;
@@ -33,6 +34,15 @@ enum Command {
     /// Segments on a running host.
     #[command(subcommand)]
     Segment(SegmentCommand),
+    /// Promo tiles at the CDN edge.
+    #[command(subcommand)]
+    Edge(EdgeCommand),
+}
+
+#[derive(Subcommand)]
+enum EdgeCommand {
+    /// Build a Workers-compatible bundle that decides tiles without calling the origin.
+    Build(edge::BuildArgs),
 }
 
 #[derive(Subcommand)]
@@ -102,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Demo(DemoCommand::Generate(args)) => demo::generate(args),
         Command::Segment(SegmentCommand::Preview(args)) => segment::preview(args),
+        Command::Edge(EdgeCommand::Build(args)) => edge::build(args),
         Command::Plugin(PluginCommand::Inspect { file, json, deadline_ms }) => plugin::inspect(&file, json, deadline_ms),
         Command::Plugin(PluginCommand::Run { file, input, deadline_ms }) => plugin::run(&file, &input, deadline_ms),
         Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {

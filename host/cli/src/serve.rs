@@ -86,9 +86,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no event sources: ingestion refuses every write key (add --source NAME=WRITE_KEY)");
     }
     let sources = config.sources.iter().map(|s| (s.write_key.clone(), s.name.clone())).collect();
-    let state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
+    let mut state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
         .with_ingestion(Ingestion { store, sources })
         .with_tile_origins(config.tiles.origins.clone());
+    if let Some(secret) = std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
+        anyhow::ensure!(secret.len() >= 32, "the token secret must be at least 32 characters ([tiles] token_secret or REKINDLE_TOKEN_SECRET)");
+        state = state.with_token_secret(secret.as_bytes(), std::time::Duration::from_secs(config.tiles.token_ttl_hours * 3600));
+    }
     let listen = config.listen;
     let (segments, tile_slots, offers) = (config.segments.clone(), config.tile_slots.clone(), config.offers.clone());
     let config_name = args.config.as_ref().map_or("the config".to_string(), |p| p.display().to_string());

@@ -1,30 +1,15 @@
 //! The `rekindle` binary as a user meets it: inspect and run real components, and scaffold
 //! plugins of every kind that build, pass their test, and load into `rekindle serve`.
 
+mod support;
+
 use std::ffi::OsStr;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use rekindle_tests::components;
 use serde_json::{Value, json};
-
-fn rekindle() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rekindle"))
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("spawning rekindle")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
+use support::{rekindle, run, serve, shipped_plugins, text, workspace_root};
 
 #[test]
 fn inspect_shows_world_describe_imports_and_digest() {
@@ -76,43 +61,6 @@ fn run_calls_a_component_with_a_json_case() {
 }
 
 /// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts `rekindle serve` with `args` on a free port; returns it with its base URL once
-/// `/health` answers.
-async fn serve(args: &[&OsStr], token: &str) -> (Server, String) {
-    let port = free_port();
-    let server = Server(
-        rekindle()
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env("REKINDLE_ADMIN_TOKEN", token)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while reqwest::get(format!("{base}/health")).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (server, base)
-}
-
 fn cargo(dir: &Path, args: &[&str]) {
     let target = workspace_root().join("target/scaffold");
     let out = Command::new(env!("CARGO"))
@@ -250,13 +198,7 @@ params = { grace_days = 10 }
 #[tokio::test]
 async fn the_shipped_demo_config_defines_tile_slots_and_offers() {
     let work = tempfile::tempdir().unwrap();
-    let plugins = work.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    for (name, path) in components::ALL {
-        if name.starts_with("rule-") || name.starts_with("tiles-") {
-            std::fs::copy(path, plugins.join(format!("{}.wasm", name.replace('-', "_")))).unwrap();
-        }
-    }
+    let plugins = shipped_plugins(work.path());
     let config = workspace_root().join("examples/demo.toml");
     let data = work.path().join("data");
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];

@@ -89,7 +89,8 @@ pub struct Plugin {
     kind: Kind,
     info: PluginInfo,
     digest: String,
-    size: usize,
+    /// The component as uploaded: what an edge bundle transpiles.
+    bytes: Arc<[u8]>,
     imports: Vec<String>,
     label: Arc<str>,
 }
@@ -137,7 +138,7 @@ impl Plugin {
                 input: crate::input::empty_query(),
             }),
             digest,
-            size: bytes.len(),
+            bytes: bytes.into(),
             imports,
             label,
         };
@@ -151,6 +152,11 @@ impl Plugin {
             format!("{}@{} ({})", plugin.info.name(), plugin.info.version(), &plugin.digest[..12])
                 .into();
         Ok(plugin)
+    }
+
+    /// The component's bytes, exactly as loaded.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The plugin kind.
@@ -170,7 +176,7 @@ impl Plugin {
 
     /// Size of the component in bytes.
     pub fn size(&self) -> usize {
-        self.size
+        self.bytes.len()
     }
 
     /// The interfaces the component imports.

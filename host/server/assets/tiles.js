@@ -3,6 +3,10 @@
  *
  *   <script src="https://HOST/v1/tiles.js" data-write-key="KEY" data-user-id="OPTIONAL" async></script>
  *
+ * With data-edge-url="https://shop.example/rekindle" decisions come from an edge bundle
+ * (rekindle edge build) instead; the host's signed segment token, kept in the first-party
+ * cookie rekindle_token, tells the edge who the visitor is.
+ *
  * Visitors without a user id get an anonymous id kept in localStorage (analytics.js's, when
  * the page has one). window.rekindle.refresh() decides again, e.g. after a login. */
 (function () {
@@ -11,6 +15,7 @@
   if (!script) return;
   var base = new URL(script.src, location.href).origin;
   var writeKey = script.getAttribute("data-write-key") || "";
+  var edge = script.getAttribute("data-edge-url");
 
   function anonymousId() {
     try {
@@ -33,12 +38,19 @@
   }
 
   // text/plain keeps these simple cross-origin requests: no preflight round trip.
-  function send(path, body, beacon) {
+  function send(path, body, beacon, origin) {
     var text = JSON.stringify(body);
     if (beacon && navigator.sendBeacon) {
       return navigator.sendBeacon(base + path, new Blob([text], { type: "text/plain" }));
     }
-    return fetch(base + path, { method: "POST", body: text, headers: { "Content-Type": "text/plain" }, keepalive: true });
+    return fetch((origin || base) + path, { method: "POST", body: text, headers: { "Content-Type": "text/plain" }, keepalive: true, credentials: origin ? "include" : "omit" });
+  }
+
+  // The host's segment token, for an edge on the site's own domain to read.
+  function keepToken(response) {
+    var token = response.headers.get("x-rekindle-token");
+    if (token) document.cookie = "rekindle_token=" + encodeURIComponent(token) + "; path=/; max-age=604800; SameSite=Lax";
+    return response;
   }
 
   function track(event, tile, slot) {
@@ -104,7 +116,8 @@
     });
     if (!slots.length) return Promise.resolve();
     var body = { slots: slots, userId: visitor.userId, anonymousId: visitor.anonymousId, url: location.href };
-    return send("/v1/tiles", body, false)
+    return send("/v1/tiles", body, false, edge)
+      .then(keepToken)
       .then(function (response) { return response.ok ? response.json() : { decisions: [] }; })
       .then(function (answer) {
         (answer.decisions || []).forEach(function (decision) {

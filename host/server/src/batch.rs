@@ -191,9 +191,13 @@ impl Reads {
             events,
             consents: Some(consents(&input.consents)),
             contacts: Some(contact_points(&input.contacts)),
-            segments: Some(
-                input.memberships.iter().map(|m| Membership { segment: m.segment.clone(), label: m.label.clone(), since: m.since }).collect(),
-            ),
+            segments: Some({
+                // By name, so the server and the edge (rebuilding them from a token) agree.
+                let mut segments: Vec<Membership> =
+                    input.memberships.iter().map(|m| Membership { segment: m.segment.clone(), label: m.label.clone(), since: m.since }).collect();
+                segments.sort_by(|a, b| a.segment.cmp(&b.segment));
+                segments
+            }),
             aggregates: Some(aggregates(&input.computed)),
             timezone: input.timezone.clone(),
         }

@@ -6,6 +6,8 @@ pub mod batch;
 mod error;
 mod evaluate;
 mod slots;
+pub mod edge;
+pub mod token;
 pub mod tiles;
 
 use std::collections::HashMap;
@@ -97,14 +99,22 @@ impl AppState {
             realtime: None,
             clock: Clock::default(),
             schedule_tick: Duration::from_secs(60),
-            tiles: Arc::new(tiles::TileService::new(Vec::new())),
+            tiles: Arc::new(tiles::TileService::new(Vec::new(), None)),
         }
     }
 
     /// Lets pages on `origins` (such as `https://shop.example`) call the tile and event
     /// endpoints from the browser.
     pub fn with_tile_origins(mut self, origins: Vec<String>) -> AppState {
-        self.tiles = Arc::new(tiles::TileService::new(origins));
+        self.tiles = Arc::new(tiles::TileService::new(origins, self.tiles.token.clone()));
+        self
+    }
+
+    /// Signs segment tokens for the edge with `secret`, each valid for `ttl`; tile answers
+    /// for known visitors then carry one in `X-Rekindle-Token`.
+    pub fn with_token_secret(mut self, secret: &[u8], ttl: Duration) -> AppState {
+        let token = Some((Arc::from(secret), ttl.as_millis() as i64));
+        self.tiles = Arc::new(tiles::TileService::new(self.tiles.origins.clone(), token));
         self
     }
 
@@ -154,7 +164,7 @@ pub fn app(state: AppState) -> Router {
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_NONE_MATCH, HeaderName::from_static("content-encoding")])
-            .expose_headers([header::ETAG])
+            .expose_headers([header::ETAG, HeaderName::from_static("x-rekindle-token")])
     });
     let browser = Router::new()
         .merge(api::ingest::router().layer(axum::extract::DefaultBodyLimit::max(api::segment::MAX_BATCH_BYTES * 2)))

@@ -73,6 +73,9 @@ pub struct TileService {
     reloading: tokio::sync::Mutex<()>,
     /// Origins allowed to call the tile and event endpoints from a browser.
     pub origins: Vec<String>,
+    /// The key signing segment tokens for the edge, and how long a token lasts (ms);
+    /// `None` issues no tokens.
+    pub token: Option<(Arc<[u8]>, i64)>,
 }
 
 fn field_error(e: JsonError) -> ApiError {
@@ -196,14 +199,16 @@ impl Visitor {
 }
 
 impl TileService {
-    /// An empty service allowing `origins`; call [`TileService::reload`] to load the store's.
-    pub fn new(origins: Vec<String>) -> TileService {
+    /// An empty service allowing `origins`, signing tokens with `token` (key, lifetime in
+    /// ms) when given; call [`TileService::reload`] to load the store's catalog.
+    pub fn new(origins: Vec<String>, token: Option<(Arc<[u8]>, i64)>) -> TileService {
         TileService {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             decisions: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
             origins,
+            token,
         }
     }
 
@@ -253,73 +258,95 @@ impl TileService {
     ) -> Option<Value> {
         let catalog = self.catalog();
         let def = catalog.slots.get(slot)?;
+        let full = match (store, visitor.id()) {
+            (Some(store), Some(id)) => {
+                let queries = self.queries(registry, &catalog, slot);
+                full_profile(store, queries.iter().collect(), id, now).await.map_err(|e| format!("reading the visitor: {e}"))
+            }
+            _ => Ok(None),
+        };
+        Some(self.decide_for(registry, &catalog, def, full, visitor.id(), page_url, now))
+    }
+
+    /// What a slot's decision reads: the plugin's declared input, and the traits the slot's
+    /// offers are conditioned on.
+    pub fn queries(&self, registry: &Registry, catalog: &Catalog, slot: &str) -> Vec<InputQuery> {
+        let mut conditions = rekindle_runtime::empty_query();
+        for offer in catalog.offers.get(slot).into_iter().flatten() {
+            for (name, _) in &offer.traits {
+                if !conditions.traits.contains(name) {
+                    conditions.traits.push(name.clone());
+                }
+            }
+        }
+        let mut queries = vec![conditions];
+        if let Some(def) = catalog.slots.get(slot)
+            && let Ok(plugin) = registry.get(&def.plugin)
+            && let PluginInfo::Tiles(info) = plugin.info()
+        {
+            queries.push(info.input.clone());
+        }
+        queries
+    }
+
+    /// Decides a slot for a visitor whose full profile (or the failure to read it) is
+    /// already known: the part of a decision the edge repeats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_for(
+        &self,
+        registry: &Registry,
+        catalog: &Catalog,
+        def: &SlotDef,
+        full: Result<Option<Profile>, String>,
+        visitor_id: Option<&str>,
+        page_url: Option<String>,
+        now: i64,
+    ) -> Value {
         self.decisions.fetch_add(1, Ordering::Relaxed);
-        let offers = catalog.offers.get(slot).map(Vec::as_slice).unwrap_or_default();
-        Some(match self.personalised(registry, store, def, offers, visitor, page_url, now).await {
+        let offers = catalog.offers.get(&def.name).map(Vec::as_slice).unwrap_or_default();
+        match full.and_then(|full| personalised(registry, def, offers, full, page_url, now)) {
             Ok(answer) => answer,
             Err(why) => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(slot, "serving fallback tiles: {why}");
-                fallback_answer(def, visitor)
-            }
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn personalised(
-        &self,
-        registry: &Registry,
-        store: Option<&Store>,
-        def: &SlotDef,
-        offers: &[OfferDef],
-        visitor: &Visitor,
-        page_url: Option<String>,
-        now: i64,
-    ) -> Result<Value, String> {
-        let plugin = registry.get(&def.plugin).map_err(|e| format!("plugin: {e}"))?;
-        let PluginInfo::Tiles(info) = plugin.info() else {
-            return Err(format!("`{}` holds a {} plugin, not a promo-tiles one", def.plugin, plugin.kind()));
-        };
-        let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| e.to_string())?;
-        let params = merge_params(&info.params, &overrides).map_err(|e| e.to_string())?;
-        let full = match (store, visitor.id()) {
-            (Some(store), Some(id)) => visitor_profile(store, &info.input, offers, id, now).await.map_err(|e| format!("reading the visitor: {e}"))?,
-            _ => None,
-        };
-        let candidates: Vec<Offer> = offers
-            .iter()
-            .filter(|o| o.valid_from.is_none_or(|from| from <= now) && o.offer.valid_until.is_none_or(|until| now < until))
-            .filter(|o| o.traits.iter().all(|(name, want)| full.as_ref().is_some_and(|p| has_trait(p, name, want))))
-            .map(|o| o.offer.clone())
-            .collect();
-        let profile = full.as_ref().map(|p| filter_profile(p, &info.input, now));
-        let request = TileRequest { slot: def.name.clone(), page_url, max_tiles: def.max_tiles };
-        let ctx = Context { now, params };
-        let tiles = plugin.decide(&ctx, &request, profile.as_ref(), &candidates).map_err(|e| format!("the plugin failed: {e}"))?;
-        let who = profile.as_ref().map_or("anonymous", |p| p.id.as_str());
-        let tiles: Vec<Value> = tiles.iter().map(|t| tile_json(t, &def.name, who, &def.plugin, plugin.digest())).collect();
-        Ok(json!({
-            "slot": def.name,
-            "fallback": false,
-            "known_visitor": profile.is_some(),
-            "plugin": {"slot": def.plugin, "digest": plugin.digest(), "version": info.version},
-            "tiles": tiles,
-        }))
-    }
-}
-
-/// The visitor's contract profile with what the plugin reads and what the offers' trait
-/// conditions need; `None` for someone Rekindle has never seen.
-async fn visitor_profile(store: &Store, query: &InputQuery, offers: &[OfferDef], id: &str, now: i64) -> Result<Option<Profile>, StoreError> {
-    let mut conditions = rekindle_runtime::empty_query();
-    for offer in offers {
-        for (name, _) in &offer.traits {
-            if !conditions.traits.contains(name) {
-                conditions.traits.push(name.clone());
+                tracing::warn!(slot = def.name, "serving fallback tiles: {why}");
+                fallback_answer(def, visitor_id)
             }
         }
     }
-    let reads = Reads::new([query, &conditions], now);
+}
+
+fn personalised(registry: &Registry, def: &SlotDef, offers: &[OfferDef], full: Option<Profile>, page_url: Option<String>, now: i64) -> Result<Value, String> {
+    let plugin = registry.get(&def.plugin).map_err(|e| format!("plugin: {e}"))?;
+    let PluginInfo::Tiles(info) = plugin.info() else {
+        return Err(format!("`{}` holds a {} plugin, not a promo-tiles one", def.plugin, plugin.kind()));
+    };
+    let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| e.to_string())?;
+    let params = merge_params(&info.params, &overrides).map_err(|e| e.to_string())?;
+    let candidates: Vec<Offer> = offers
+        .iter()
+        .filter(|o| o.valid_from.is_none_or(|from| from <= now) && o.offer.valid_until.is_none_or(|until| now < until))
+        .filter(|o| o.traits.iter().all(|(name, want)| full.as_ref().is_some_and(|p| has_trait(p, name, want))))
+        .map(|o| o.offer.clone())
+        .collect();
+    let profile = full.as_ref().map(|p| filter_profile(p, &info.input, now));
+    let request = TileRequest { slot: def.name.clone(), page_url, max_tiles: def.max_tiles };
+    let ctx = Context { now, params };
+    let tiles = plugin.decide(&ctx, &request, profile.as_ref(), &candidates).map_err(|e| format!("the plugin failed: {e}"))?;
+    let who = profile.as_ref().map_or("anonymous", |p| p.id.as_str());
+    let tiles: Vec<Value> = tiles.iter().map(|t| tile_json(t, &def.name, who, &def.plugin, plugin.digest())).collect();
+    Ok(json!({
+        "slot": def.name,
+        "fallback": false,
+        "known_visitor": profile.is_some(),
+        "plugin": {"slot": def.plugin, "digest": plugin.digest(), "version": info.version},
+        "tiles": tiles,
+    }))
+}
+
+/// The contract profile of the person `id` names with everything `queries` read; `None`
+/// for someone Rekindle has never seen.
+pub async fn full_profile(store: &Store, queries: Vec<&InputQuery>, id: &str, now: i64) -> Result<Option<Profile>, StoreError> {
+    let reads = Reads::new(queries, now);
     let inputs = store.rule_inputs(Scope::Ids(vec![id.to_string()]), reads.needs().clone()).await?;
     Ok(inputs.first().map(|input| reads.profile(input)))
 }
@@ -349,8 +376,8 @@ fn tile_json(tile: &Tile, slot: &str, visitor: &str, plugin_slot: &str, digest: 
     })
 }
 
-fn fallback_answer(def: &SlotDef, visitor: &Visitor) -> Value {
-    let who = visitor.id().unwrap_or("anonymous");
+fn fallback_answer(def: &SlotDef, visitor_id: Option<&str>) -> Value {
+    let who = visitor_id.unwrap_or("anonymous");
     let tiles: Vec<Value> = def
         .fallback
         .iter()

@@ -32,6 +32,10 @@ pub(crate) fn admin_router(state: AppState) -> Router<AppState> {
         .route("/v1/tile-slots", get(list).post(create_slot))
         .route("/v1/tile-slots/{name}", put(replace_slot).delete(delete_slot))
         .route("/admin/tiles/stats", get(stats))
+        .route("/admin/tiles/token", axum::routing::post(issue_token))
+        .route("/admin/edge/snapshot", get(edge_snapshot))
+        .route("/admin/edge/reference", axum::routing::post(edge_reference))
+        .route("/admin/slots/{slot}/component", get(component))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
@@ -117,6 +121,67 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"decisions": decisions, "fallbacks": fallbacks}))
 }
 
+/// The signed token for a visitor, for the site's backend (and the conformance test):
+/// `{"userId", "at"?}`; `at` (ms) back-dates the issue time.
+async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = parse_json(&body)?;
+    let (secret, ttl) = state.tiles.token.clone().ok_or(ApiError::Unavailable("no token secret is configured ([tiles] token_secret)"))?;
+    let id = optional_text(body.get("userId"), "userId")?.ok_or_else(|| ApiError::field("userId", "`userId` names the visitor"))?;
+    let at = match body.get("at") {
+        None | Some(Value::Null) => state.clock.now(),
+        Some(v) => v.as_i64().ok_or_else(|| ApiError::field("at", "`at` is milliseconds since the epoch"))?,
+    };
+    let claims = crate::edge::claims(&state, &id, at, ttl).await?.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
+    Ok(Json(json!({"token": crate::token::issue(&claims, &secret), "expires_at": claims.expires_at})))
+}
+
+async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(String, String)>>) -> Result<Json<Value>, ApiError> {
+    let now = match query.iter().find(|(k, _)| k == "at") {
+        Some((_, at)) => at.parse().map_err(|_| ApiError::field("at", "`at` is milliseconds since the epoch"))?,
+        None => state.clock.now(),
+    };
+    crate::edge::snapshot(&state, now).await.map(Json)
+}
+
+/// What the edge must answer: `{"userId"?, "slot", "now"}`.
+async fn edge_reference(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = parse_json(&body)?;
+    let slot = optional_text(body.get("slot"), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot"))?;
+    let now = body.get("now").and_then(Value::as_i64).ok_or_else(|| ApiError::field("now", "`now` is milliseconds since the epoch"))?;
+    let user = optional_text(body.get("userId"), "userId")?;
+    crate::edge::reference(&state, user.as_deref(), &slot, now).await.map(Json)
+}
+
+/// The active component of a slot, as uploaded: what `rekindle edge build` transpiles.
+async fn component(State(state): State<AppState>, Path(slot): Path<String>) -> Result<Response, ApiError> {
+    let plugin = state.registry.get(&slot).map_err(|e| ApiError::NotFound(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], plugin.bytes().to_vec()).into_response())
+}
+
+/// A segment token for a known visitor, issued at the start of the hour so answers within
+/// the hour stay byte-identical (and their ETag stable).
+async fn visitor_token(state: &AppState, visitor: &Visitor) -> Option<String> {
+    let (secret, ttl) = state.tiles.token.clone()?;
+    let id = visitor.user_id.as_deref().or(visitor.anonymous_id.as_deref())?;
+    const HOUR: i64 = 3_600_000;
+    let at = state.clock.now() / HOUR * HOUR;
+    match crate::edge::claims(state, id, at, ttl).await {
+        Ok(Some(claims)) => Some(crate::token::issue(&claims, &secret)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("no segment token for this answer: {e}");
+            None
+        }
+    }
+}
+
+fn with_token(mut response: Response, token: Option<String>) -> Response {
+    if let Some(value) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert("x-rekindle-token", value);
+    }
+    response
+}
+
 async fn snippet() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
@@ -169,7 +234,7 @@ async fn decide_one(State(state): State<AppState>, headers: HeaderMap, Query(que
         .decide(&state.registry, store, &slot, &visitor, url, state.clock.now())
         .await
         .ok_or_else(|| ApiError::NotFound(format!("no tile slot `{slot}`")))?;
-    Ok(cached(&headers, &answer))
+    Ok(with_token(cached(&headers, &answer), visitor_token(&state, &visitor).await))
 }
 
 async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -207,5 +272,5 @@ async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: By
             None => json!({"slot": name, "error": format!("no tile slot `{name}`"), "fallback": true, "tiles": []}),
         });
     }
-    Ok(cached(&headers, &json!({ "decisions": decisions })))
+    Ok(with_token(cached(&headers, &json!({ "decisions": decisions })), visitor_token(&state, &visitor).await))
 }

@@ -1,0 +1,214 @@
+//! What the CDN edge needs to decide without the origin: the catalog snapshot an edge
+//! bundle is built from, the signed segment token, and the server's reference decision the
+//! edge must reproduce byte for byte.
+//!
+//! A segment can run at the edge when its rule reads only traits and aggregates (no events,
+//! consents, contacts or other segments): those travel in the token, so the edge evaluates
+//! the rule with its own `now`, and a membership that changes with time alone is current
+//! there even with a token issued days earlier.
+
+use rekindle_runtime::json::fields_from_json;
+use rekindle_runtime::wit::{Field, InputQuery, Membership, Profile, Verdict};
+use rekindle_runtime::{PluginInfo, filter_profile, merge_params};
+use serde_json::{Value, json};
+
+use crate::batch::{Plan, PlannedSegment};
+use crate::tiles::{Catalog, full_profile};
+use crate::token::{Claims, typed, typed_fields};
+use crate::{AppState, ApiError};
+
+/// Whether a rule's declared input travels in a token.
+pub fn fits_token(query: &InputQuery) -> bool {
+    query.events.is_empty() && !query.consents && !query.contacts && !query.segments
+}
+
+/// The segments whose rules the edge evaluates itself, planned at `now`.
+pub async fn edge_segments(state: &AppState, now: i64) -> Result<Vec<PlannedSegment>, ApiError> {
+    let store = &state.customer_data()?.store;
+    let defs = store.segments().await?;
+    let (plan, _) = Plan::new(&state.registry, store, &defs, now).await?;
+    Ok(plan.segments.into_iter().filter(|s| fits_token(&s.query)).collect())
+}
+
+/// Every query a token must serve: each slot's decision and each edge rule.
+fn token_queries(state: &AppState, catalog: &Catalog, edge: &[PlannedSegment]) -> Vec<InputQuery> {
+    let mut slots: Vec<&String> = catalog.slots.keys().collect();
+    slots.sort();
+    let mut queries: Vec<InputQuery> = slots.into_iter().flat_map(|slot| state.tiles.queries(&state.registry, catalog, slot)).collect();
+    queries.extend(edge.iter().map(|s| s.query.clone()));
+    queries
+}
+
+/// The trait and aggregate names a token carries, in first-declared order.
+fn token_fields(queries: &[InputQuery]) -> (Vec<String>, Vec<String>) {
+    let (mut traits, mut aggregates) = (Vec::<String>::new(), Vec::<String>::new());
+    for q in queries {
+        for name in &q.traits {
+            if !traits.contains(name) {
+                traits.push(name.clone());
+            }
+        }
+        for name in &q.aggregates {
+            if !aggregates.contains(name) {
+                aggregates.push(name.clone());
+            }
+        }
+    }
+    (traits, aggregates)
+}
+
+/// The claims for the person `id` names at `now`, valid for `ttl_ms`; `None` for someone
+/// Rekindle has never seen.
+pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result<Option<Claims>, ApiError> {
+    let store = &state.customer_data()?.store;
+    let catalog = state.tiles.catalog();
+    let edge = edge_segments(state, now).await?;
+    let queries = token_queries(state, &catalog, &edge);
+    let Some(full) = full_profile(store, queries.iter().collect(), id, now).await? else { return Ok(None) };
+    let (traits, aggregates) = token_fields(&queries);
+    let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> {
+        fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect()
+    };
+    Ok(Some(Claims {
+        profile_id: full.id.clone(),
+        issued_at: now,
+        expires_at: now + ttl_ms,
+        segments: full.segments.clone().unwrap_or_default(),
+        traits: keep(&full.traits, &traits),
+        aggregates: keep(&full.aggregates, &aggregates),
+        timezone: full.timezone.clone(),
+    }))
+}
+
+fn query_json(query: &InputQuery) -> Value {
+    json!({"traits": query.traits, "aggregates": query.aggregates, "segments": query.segments,
+           "events": query.events.iter().map(|e| &e.name).collect::<Vec<_>>(), "consents": query.consents, "contacts": query.contacts})
+}
+
+/// Everything an edge bundle decides from, taken at `now`: slots with their merged
+/// parameters, offers in the contract's form, the plugins (by slot and digest), the edge
+/// segments, and which traits and aggregates the token carries. Values are typed as in
+/// the token.
+pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
+    let catalog = state.tiles.catalog();
+    let edge = edge_segments(state, now).await?;
+    let mut plugins = serde_json::Map::new();
+    let mut slots = Vec::new();
+    let mut names: Vec<&String> = catalog.slots.keys().collect();
+    names.sort();
+    for name in names {
+        let def = &catalog.slots[name];
+        let plugin = state.registry.get(&def.plugin).map_err(|e| ApiError::field("plugin", format!("slot `{name}`: {e}")))?;
+        let PluginInfo::Tiles(info) = plugin.info() else {
+            return Err(ApiError::field("plugin", format!("slot `{name}`: `{}` is not a promo-tiles plugin", def.plugin)));
+        };
+        // A tile plugin may read segments: the token carries them.
+        if !info.input.events.is_empty() || info.input.consents || info.input.contacts {
+            return Err(ApiError::field(
+                "plugin",
+                format!("slot `{name}`: `{}` reads events, consents or contacts, which a token does not carry; it cannot run at the edge", def.plugin),
+            ));
+        }
+        let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| ApiError::field("params", e.to_string()))?;
+        let params = merge_params(&info.params, &overrides).map_err(|e| ApiError::field("params", e.to_string()))?;
+        plugins.insert(
+            def.plugin.clone(),
+            json!({"kind": "tiles", "digest": plugin.digest(), "version": info.version, "input": query_json(&info.input)}),
+        );
+        slots.push(json!({
+            "name": def.name, "plugin": def.plugin, "max_tiles": def.max_tiles, "params": typed_fields(&params),
+            "fallback": def.fallback,
+        }));
+    }
+    let mut offers = Vec::new();
+    let mut all: Vec<_> = catalog.offers.values().flatten().collect();
+    all.sort_by(|a, b| (&a.offer.slot, &a.offer.id).cmp(&(&b.offer.slot, &b.offer.id)));
+    for o in all {
+        let offer = &o.offer;
+        offers.push(json!({
+            "valid_from": o.valid_from,
+            "traits": o.traits.iter().map(|(name, want)| {
+                let mut entry = vec![json!(name)];
+                entry.extend(typed(&rekindle_runtime::json::value_from_json(want)).as_array().cloned().unwrap_or_default());
+                entry
+            }).collect::<Vec<_>>(),
+            "offer": {
+                "id": offer.id, "slot": offer.slot, "priority": offer.priority,
+                "includeSegments": offer.include_segments, "excludeSegments": offer.exclude_segments,
+                "category": offer.category, "title": offer.title, "body": offer.body, "image": offer.image,
+                "link": offer.link, "voucher": offer.voucher, "holdoutPercent": offer.holdout_percent,
+                "validUntil": offer.valid_until, "attributes": typed_fields(&offer.attributes),
+            },
+        }));
+    }
+    let mut segments = Vec::new();
+    for s in &edge {
+        plugins.insert(
+            s.def.slot.clone(),
+            json!({"kind": "rule", "digest": s.plugin.digest(), "version": s.plugin.info().version(), "input": query_json(&s.query)}),
+        );
+        segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query)}));
+    }
+    let queries = token_queries(state, &catalog, &edge);
+    let (traits, aggregates) = token_fields(&queries);
+    Ok(json!({
+        "version": 1,
+        "generated_at": now,
+        "token": {"traits": traits, "aggregates": aggregates},
+        "plugins": plugins,
+        "slots": slots,
+        "offers": offers,
+        "segments": segments,
+    }))
+}
+
+/// Applies a fresh verdict to a membership list kept sorted by name: a member keeps the
+/// date they entered, a new one enters at `now`.
+pub fn apply_verdict(segments: &mut Vec<Membership>, name: &str, verdict: &Verdict, now: i64) {
+    let at = segments.iter().position(|m| m.segment == name);
+    match (at, verdict.member) {
+        (Some(i), true) => segments[i].label = verdict.label.clone(),
+        (None, true) => {
+            segments.push(Membership { segment: name.to_string(), label: verdict.label.clone(), since: now });
+            segments.sort_by(|a, b| a.segment.cmp(&b.segment));
+        }
+        (Some(i), false) => {
+            segments.remove(i);
+        }
+        (None, false) => {}
+    }
+}
+
+/// What the edge must answer for this visitor, slot and time: the edge segments
+/// re-evaluated at `now`, then the slot's decision with those memberships.
+pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now: i64) -> Result<Value, ApiError> {
+    let store = &state.customer_data()?.store;
+    let catalog = state.tiles.catalog();
+    let def = catalog.slots.get(slot).ok_or_else(|| ApiError::NotFound(format!("no tile slot `{slot}`")))?;
+    let edge = edge_segments(state, now).await?;
+    let queries = token_queries(state, &catalog, &edge);
+    let mut full: Option<Profile> = match visitor {
+        Some(id) => full_profile(store, queries.iter().collect(), id, now).await?,
+        None => None,
+    };
+    let mut verdicts = Vec::new();
+    if let Some(profile) = &mut full {
+        for s in &edge {
+            let cut = filter_profile(profile, &s.query, now);
+            let mut ctx = s.ctx.clone();
+            ctx.now = now;
+            match s.plugin.evaluate(&ctx, &cut) {
+                Ok(verdict) => {
+                    let mut segments = profile.segments.take().unwrap_or_default();
+                    apply_verdict(&mut segments, &s.def.name, &verdict, now);
+                    profile.segments = Some(segments);
+                    verdicts.push(json!({"segment": s.def.name, "member": verdict.member, "label": verdict.label, "reason": verdict.reason}));
+                }
+                Err(e) => verdicts.push(json!({"segment": s.def.name, "error": e.to_string()})),
+            }
+        }
+    }
+    let id = full.as_ref().map(|p| p.id.clone());
+    let decision = state.tiles.decide_for(&state.registry, &catalog, def, Ok(full), id.as_deref(), None, now);
+    Ok(json!({"verdicts": verdicts, "decision": decision}))
+}
