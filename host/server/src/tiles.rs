@@ -258,8 +258,10 @@ impl TileService {
     ) -> Option<Value> {
         let catalog = self.catalog();
         let def = catalog.slots.get(slot)?;
+        // Without a usable plugin the answer is the fallback: skip reading the visitor.
+        let decidable = registry.get(&def.plugin).is_ok_and(|p| matches!(p.info(), PluginInfo::Tiles(_)));
         let full = match (store, visitor.id()) {
-            (Some(store), Some(id)) => {
+            (Some(store), Some(id)) if decidable => {
                 let queries = self.queries(registry, &catalog, slot);
                 full_profile(store, queries.iter().collect(), id, now).await.map_err(|e| format!("reading the visitor: {e}"))
             }
