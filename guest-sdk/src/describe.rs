@@ -4,7 +4,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::{
-    AdapterInfo, ChannelKind, ContactKind, EventQuery, HttpResponse, InputQuery, Outcome,
+    AdapterInfo, ChannelKind, ContactKind, EventQuery, HttpMethod, HttpRequest, HttpResponse, InputQuery, Outcome,
     ParamKind, ParamSpec, Purpose, Retry, RuleInfo, TilesInfo, Value, Verdict,
 };
 
@@ -222,6 +222,53 @@ impl Verdict {
         self.label = Some(label.into());
         self
     }
+}
+
+impl HttpRequest {
+    /// A request with no headers and an empty body.
+    pub fn new(method: HttpMethod, url: impl Into<String>) -> HttpRequest {
+        HttpRequest { method, url: url.into(), headers: Vec::new(), body: Vec::new() }
+    }
+
+    /// Adds a header; its value may hold `{{secret:NAME}}` placeholders for the host to fill.
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> HttpRequest {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> HttpRequest {
+        self.body = body.into();
+        self
+    }
+}
+
+/// `application/x-www-form-urlencoded` text of `pairs`, as form APIs (Twilio) take it.
+pub fn form_urlencoded(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        for (j, text) in [key, value].into_iter().enumerate() {
+            if j == 1 {
+                out.push('=');
+            }
+            for byte in text.bytes() {
+                match byte {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(byte as char),
+                    b' ' => out.push('+'),
+                    _ => {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        out.push('%');
+                        out.push(HEX[(byte >> 4) as usize] as char);
+                        out.push(HEX[(byte & 0xf) as usize] as char);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 impl HttpResponse {

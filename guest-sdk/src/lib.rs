@@ -50,6 +50,7 @@ mod rfm;
 mod template;
 mod time;
 
+pub use describe::form_urlencoded;
 pub use fmt::OneDecimal;
 pub use profile::Occurrence;
 pub use hashing::{

@@ -134,6 +134,38 @@ fn webhook_adapter_returns_requests_with_secret_placeholders() {
     assert!(bad.to_string().contains("parameter `url` must be text"), "{bad}");
 }
 
+/// Each provider adapter, loaded by the real host: it describes the provider's host, its
+/// secrets and consent, and formats a message or an audience change for the provider.
+#[test]
+fn provider_adapters_describe_themselves_and_format_for_their_provider() {
+    let runtime = runtime();
+    let message = json!({"idempotency_key": "run-1:send", "profile_id": "ann", "to": "ann@example.com", "subject": "Hi",
+                         "text": "We miss you", "link": "https://shop.example/sale"});
+    let audience = |id: &str| json!({"audience": id, "add": [{"profile_id": "ann", "emails": ["Ann@Example.com"], "phones": ["+15551234567"]}], "remove": []});
+    let cases = [
+        (components::CHANNEL_SENDGRID, "api.sendgrid.com", json!({"from_email": "shop@example.com"}), json!({"message": message}), "/v3/mail/send"),
+        (components::CHANNEL_TWILIO, "api.twilio.com", json!({"from": "+15550000000"}), json!({"message": {"to": "+15551234567", "text": "Hi", "idempotency_key": "k", "profile_id": "ann"}}), "/Messages.json"),
+        (components::CHANNEL_FCM, "fcm.googleapis.com", json!({"project_id": "shop"}), json!({"message": {"to": "token-1", "text": "Hi", "idempotency_key": "k", "profile_id": "ann"}}), "/v1/projects/shop/messages:send"),
+        (components::CHANNEL_META_AUDIENCES, "graph.facebook.com", json!({}), json!({"audience_change": audience("1234")}), "/1234/users"),
+        (components::CHANNEL_TIKTOK_AUDIENCES, "business-api.tiktok.com", json!({"advertiser_id": "7"}), json!({"audience_change": audience("a")}), "/segment/mapping/"),
+        (components::CHANNEL_GOOGLE_CUSTOMER_MATCH, "datamanager.googleapis.com", json!({"customer_id": "123"}), json!({"audience_change": audience("9")}), "/v1/audienceMembers:ingest"),
+    ];
+    for (path, host, params, input, url_end) in cases {
+        let plugin = Plugin::load(&runtime, &component(path)).unwrap();
+        let PluginInfo::Channel(info) = plugin.info() else { panic!("{path} is not a channel adapter") };
+        assert_eq!(info.hosts, [host], "{path}");
+        assert!(!info.secrets.is_empty(), "{path} declares its secrets");
+        let mut case = input.clone();
+        case["context"] = json!({"now": 0, "params": params});
+        let answer = invoke(&plugin, &case).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let request = &answer["requests"][0];
+        assert!(request["url"].as_str().unwrap().starts_with(&format!("https://{host}")), "{path}: {request}");
+        assert!(request["url"].as_str().unwrap().ends_with(url_end), "{path}: {request}");
+        assert!(request.to_string().contains("{{secret:") || request.to_string().contains("{{basic-auth:"), "{path}: no secret placeholder");
+        assert!(!request.to_string().contains("Ann@Example.com"), "{path}: identifiers leave only normalised and hashed");
+    }
+}
+
 #[test]
 fn invoke_errors_name_the_field() {
     let runtime = runtime();

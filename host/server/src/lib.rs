@@ -3,6 +3,7 @@
 
 mod api;
 pub mod batch;
+pub mod delivery;
 mod error;
 mod evaluate;
 mod slots;

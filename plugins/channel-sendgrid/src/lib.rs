@@ -1,0 +1,103 @@
+//! Email through SendGrid (`POST /v3/mail/send`). The host renders the message; this
+//! formats it as SendGrid's JSON, with the API key as a `{{secret:SENDGRID_API_KEY}}`
+//! placeholder the host fills in. `base_url` points tests at a local server.
+#![no_std]
+
+use rekindle_sdk::prelude::*;
+use serde_json::json;
+
+/// The adapter; callable natively for tests.
+pub struct SendGrid;
+
+impl Channel for SendGrid {
+    fn describe() -> AdapterInfo {
+        AdapterInfo::new("sendgrid", env!("CARGO_PKG_VERSION"), "Email through SendGrid v3 mail/send", ChannelKind::Email)
+            .contact(ContactKind::Email)
+            .consent(Purpose::Email)
+            .host("api.sendgrid.com")
+            .secret("SENDGRID_API_KEY")
+            .param(ParamSpec::text("base_url", "https://api.sendgrid.com", "SendGrid's API root"))
+            .param(ParamSpec::text("from_email", "", "The verified sender address"))
+            .param(ParamSpec::text("from_name", "", "The sender name shown to customers"))
+    }
+
+    fn deliver(ctx: &Context, message: &Message) -> Result<Vec<HttpRequest>, String> {
+        let from = ctx.text("from_email")?;
+        if !from.contains('@') {
+            return Err(format!("parameter `from_email` must be an email address, got `{from}`"));
+        }
+        let mut content = vec![json!({"type": "text/plain", "value": message.text})];
+        if let Some(html) = &message.html {
+            content.push(json!({"type": "text/html", "value": html}));
+        }
+        let body = json!({
+            "personalizations": [{"to": [{"email": message.to}]}],
+            "from": {"email": from, "name": ctx.text("from_name")?},
+            "subject": message.subject.as_deref().unwrap_or(""),
+            "content": content,
+            // Echoed back in SendGrid's event webhooks, so opens and clicks join the journey run.
+            "custom_args": {"idempotency_key": message.idempotency_key, "profile_id": message.profile_id},
+        });
+        Ok(vec![
+            HttpRequest::new(HttpMethod::Post, format!("{}/v3/mail/send", ctx.text("base_url")?.trim_end_matches('/')))
+                .header("authorization", "Bearer {{secret:SENDGRID_API_KEY}}")
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+        ])
+    }
+
+    fn interpret(_ctx: &Context, _request: &HttpRequest, response: &HttpResponse) -> Outcome {
+        match response.status {
+            // 202 Accepted; the id SendGrid assigned comes back as X-Message-Id.
+            200..=299 => Outcome::Delivered(response.header("x-message-id").map(String::from)),
+            _ => Outcome::from_status(response),
+        }
+    }
+}
+
+rekindle_sdk::export_channel!(SendGrid);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        let text = |name: &str, value: &str| Field { name: name.into(), value: Value::Text(value.into()) };
+        Context {
+            now: 0,
+            params: vec![text("base_url", "http://127.0.0.1:9000/"), text("from_email", "shop@example.com"), text("from_name", "Shop")],
+        }
+    }
+
+    fn message() -> Message {
+        Message {
+            idempotency_key: "run-1:send:email".into(), profile_id: "ann".into(), to: "ann@example.com".into(),
+            subject: Some("We miss you".into()), text: "Come back".into(), html: Some("<p>Come back</p>".into()),
+            link: None, image: None, data: vec![],
+        }
+    }
+
+    #[test]
+    fn formats_mail_send() {
+        let request = SendGrid::deliver(&ctx(), &message()).unwrap().remove(0);
+        assert_eq!(request.url, "http://127.0.0.1:9000/v3/mail/send");
+        assert!(request.headers.contains(&("authorization".into(), "Bearer {{secret:SENDGRID_API_KEY}}".into())));
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["personalizations"][0]["to"][0]["email"], "ann@example.com");
+        assert_eq!(body["from"], json!({"email": "shop@example.com", "name": "Shop"}));
+        assert_eq!(body["content"][1], json!({"type": "text/html", "value": "<p>Come back</p>"}));
+        assert_eq!(body["custom_args"]["idempotency_key"], "run-1:send:email");
+    }
+
+    #[test]
+    fn needs_a_sender_and_reads_the_message_id() {
+        let mut no_sender = ctx();
+        no_sender.params[1].value = Value::Text(String::new());
+        assert!(SendGrid::deliver(&no_sender, &message()).unwrap_err().contains("`from_email`"));
+        let request = SendGrid::deliver(&ctx(), &message()).unwrap().remove(0);
+        let accepted = HttpResponse { status: 202, headers: vec![("X-Message-Id".into(), "abc".into())], body: vec![] };
+        assert_eq!(SendGrid::interpret(&ctx(), &request, &accepted), Outcome::Delivered(Some("abc".into())));
+        let limited = HttpResponse { status: 429, headers: vec![], body: vec![] };
+        assert!(matches!(SendGrid::interpret(&ctx(), &request, &limited), Outcome::RetryLater(_)));
+    }
+}

@@ -1,0 +1,106 @@
+//! SMS through Twilio (`POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded). The
+//! account SID and auth token are secrets: the URL names `{{secret:TWILIO_ACCOUNT_SID}}`
+//! and the host turns `{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}` into the
+//! Basic credentials, so this plugin never sees either.
+#![no_std]
+
+use rekindle_sdk::form_urlencoded;
+use rekindle_sdk::prelude::*;
+
+/// Twilio errors that mean this recipient cannot get texts: invalid number, unsubscribed
+/// (STOP), not a mobile number, unreachable country.
+const NOT_ELIGIBLE: [i64; 5] = [21211, 21610, 21614, 21408, 21612];
+
+/// The adapter; callable natively for tests.
+pub struct Twilio;
+
+impl Channel for Twilio {
+    fn describe() -> AdapterInfo {
+        AdapterInfo::new("twilio", env!("CARGO_PKG_VERSION"), "SMS through Twilio Messages", ChannelKind::Sms)
+            .contact(ContactKind::Phone)
+            .consent(Purpose::Sms)
+            .host("api.twilio.com")
+            .secret("TWILIO_ACCOUNT_SID")
+            .secret("TWILIO_AUTH_TOKEN")
+            .param(ParamSpec::text("base_url", "https://api.twilio.com", "Twilio's API root"))
+            .param(ParamSpec::text("from", "", "The sending number (E.164) or a Messaging Service SID (MG...)"))
+    }
+
+    fn deliver(ctx: &Context, message: &Message) -> Result<Vec<HttpRequest>, String> {
+        let from = ctx.text("from")?;
+        let sender = match from {
+            f if f.starts_with("MG") => "MessagingServiceSid",
+            f if f.starts_with('+') => "From",
+            other => return Err(format!("parameter `from` must be an E.164 number or a Messaging Service SID, got `{other}`")),
+        };
+        // A text has no subject or HTML: the text, then the link.
+        let text = match &message.link {
+            Some(link) => format!("{} {link}", message.text),
+            None => message.text.clone(),
+        };
+        let body = form_urlencoded(&[("To", &message.to), (sender, from), ("Body", &text)]);
+        let url = format!("{}/2010-04-01/Accounts/{{{{secret:TWILIO_ACCOUNT_SID}}}}/Messages.json", ctx.text("base_url")?.trim_end_matches('/'));
+        Ok(vec![
+            HttpRequest::new(HttpMethod::Post, url)
+                .header("authorization", "{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("i-twilio-idempotency-token", message.idempotency_key.clone())
+                .body(body.into_bytes()),
+        ])
+    }
+
+    fn interpret(_ctx: &Context, _request: &HttpRequest, response: &HttpResponse) -> Outcome {
+        let json: Option<serde_json::Value> = serde_json::from_slice(&response.body).ok();
+        let field = |key: &str| json.as_ref().and_then(|j| j.get(key).cloned());
+        match response.status {
+            200..=299 => Outcome::Delivered(field("sid").and_then(|s| s.as_str().map(String::from))),
+            400 if field("code").and_then(|c| c.as_i64()).is_some_and(|c| NOT_ELIGIBLE.contains(&c)) => {
+                Outcome::NotEligible(field("message").and_then(|m| m.as_str().map(String::from)).unwrap_or_default())
+            }
+            _ => Outcome::from_status(response),
+        }
+    }
+}
+
+rekindle_sdk::export_channel!(Twilio);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(from: &str) -> Context {
+        let text = |name: &str, value: &str| Field { name: name.into(), value: Value::Text(value.into()) };
+        Context { now: 0, params: vec![text("base_url", "https://api.twilio.com"), text("from", from)] }
+    }
+
+    fn message() -> Message {
+        Message {
+            idempotency_key: "run-1:send:sms".into(), profile_id: "ann".into(), to: "+15551234567".into(), subject: None,
+            text: "Ann, 10% off: BACK10".into(), html: None, link: Some("https://shop.example/s?a=1".into()), image: None, data: vec![],
+        }
+    }
+
+    #[test]
+    fn formats_a_form_encoded_message_with_secret_placeholders() {
+        let request = Twilio::deliver(&ctx("+15550000000"), &message()).unwrap().remove(0);
+        assert_eq!(request.url, "https://api.twilio.com/2010-04-01/Accounts/{{secret:TWILIO_ACCOUNT_SID}}/Messages.json");
+        assert_eq!(
+            core::str::from_utf8(&request.body).unwrap(),
+            "To=%2B15551234567&From=%2B15550000000&Body=Ann%2C+10%25+off%3A+BACK10+https%3A%2F%2Fshop.example%2Fs%3Fa%3D1"
+        );
+        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v == "{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}"));
+        let service = Twilio::deliver(&ctx("MG123"), &message()).unwrap().remove(0);
+        assert!(core::str::from_utf8(&service.body).unwrap().contains("MessagingServiceSid=MG123"));
+        assert!(Twilio::deliver(&ctx("5550000"), &message()).unwrap_err().contains("`from`"));
+    }
+
+    #[test]
+    fn unsubscribed_numbers_are_not_eligible() {
+        let request = Twilio::deliver(&ctx("+15550000000"), &message()).unwrap().remove(0);
+        let respond = |status, body: &str| HttpResponse { status, headers: vec![], body: body.as_bytes().to_vec() };
+        assert_eq!(Twilio::interpret(&ctx(""), &request, &respond(201, r#"{"sid": "SM1"}"#)), Outcome::Delivered(Some("SM1".into())));
+        assert!(matches!(Twilio::interpret(&ctx(""), &request, &respond(400, r#"{"code": 21610, "message": "unsubscribed"}"#)), Outcome::NotEligible(_)));
+        assert!(matches!(Twilio::interpret(&ctx(""), &request, &respond(400, r#"{"code": 21602}"#)), Outcome::Failed(_)));
+        assert!(matches!(Twilio::interpret(&ctx(""), &request, &respond(503, "")), Outcome::RetryLater(_)));
+    }
+}
