@@ -103,6 +103,8 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     for (name, max, params) in &slots {
         admin("/v1/tile-slots", json!({"name": name, "max_tiles": max, "params": params, "fallback": [{"title": "Sale", "link": "/sale"}]})).await;
     }
+    // A slot whose plugin is not loaded: its fallback, at the edge as at the server.
+    admin("/v1/tile-slots", json!({"name": "ghost", "plugin": "not-loaded", "fallback": [{"title": "Sale", "link": "/sale"}]})).await;
     for o in 0..18 {
         let mut offer = json!({
             "id": format!("offer-{o}"), "slot": slots[o % 3].0, "priority": rng.random_range(0..20),
@@ -148,7 +150,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         .output()
         .unwrap();
     assert!(built.status.success(), "{}", text(&built.stderr));
-    assert!(text(&built.stdout).contains("3 slot(s), 18 offer(s), 3 edge segment(s), 4 component(s)"), "{}", text(&built.stdout));
+    assert!(text(&built.stdout).contains("4 slot(s), 18 offer(s), 3 edge segment(s), 4 component(s)"), "{}", text(&built.stdout));
     for file in ["worker.js", "components.js", "snapshot.json", "workerd.capnp", "wrangler.toml"] {
         assert!(bundle.join(file).exists(), "{file} is missing from the bundle");
     }
@@ -201,6 +203,16 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     assert!(personal >= 150, "{personal} of {CASES} cases were personal");
     assert!(moved >= 20, "only {moved} verdicts moved with time; the corpus should exercise edge rules");
     assert_eq!(fallbacks, 0);
+    for user in [Some("c1"), None] {
+        let now = t0 + 3 * DAY;
+        let token = match user {
+            Some(user) => Some(admin("/admin/tiles/token", json!({"userId": user, "at": now})).await["token"].as_str().unwrap().to_string()),
+            None => None,
+        };
+        let at_server = admin("/admin/edge/reference", json!({"userId": user, "slot": "ghost", "now": now})).await;
+        assert_eq!(at_server["decision"]["fallback"], true);
+        assert_eq!(conform(token, "ghost", now).await, at_server);
+    }
 
     // A forged or expired token gets the anonymous decision, and the edge then agrees with
     // the server's answer for nobody.

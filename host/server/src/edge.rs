@@ -98,7 +98,11 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
     names.sort();
     for name in names {
         let def = &catalog.slots[name];
-        let plugin = state.registry.get(&def.plugin).map_err(|e| ApiError::field("plugin", format!("slot `{name}`: {e}")))?;
+        // A slot whose plugin is not loaded serves its fallback tiles, at the edge as here.
+        let Ok(plugin) = state.registry.get(&def.plugin) else {
+            slots.push(json!({"name": def.name, "plugin": def.plugin, "max_tiles": def.max_tiles, "params": [], "fallback": def.fallback}));
+            continue;
+        };
         let PluginInfo::Tiles(info) = plugin.info() else {
             return Err(ApiError::field("plugin", format!("slot `{name}`: `{}` is not a promo-tiles plugin", def.plugin)));
         };

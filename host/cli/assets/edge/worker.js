@@ -152,6 +152,7 @@ export async function decide(slotName, profile, now, pageUrl) {
   const slot = snapshot.slots.find((s) => s.name === slotName);
   if (!slot) return null;
   const plugin = snapshot.plugins[slot.plugin];
+  if (!plugin) return fallback(slot, profile ? profile.id : null);
   let tiles;
   let offered;
   try {
