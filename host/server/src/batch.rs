@@ -387,15 +387,15 @@ pub async fn run_all<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Ar
     Ok(report)
 }
 
-/// Evaluates the plan for the profiles `ids` names (profile ids), on one thread: the
-/// real-time path, where a batch is the people one burst of ingestion touched.
+/// Evaluates the plan for the profiles `ids` (distinct profile ids): the real-time path,
+/// where a batch is the people one burst of ingestion touched.
 pub async fn run_ids<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Arc<E>, ids: Vec<String>) -> Result<RunReport, StoreError> {
     let mut report = RunReport { per_segment: vec![(0, 0); plan.segments.len()], ..RunReport::default() };
     if plan.segments.is_empty() || ids.is_empty() {
         return Ok(report);
     }
     for chunk in ids.chunks(PAGE) {
-        let inputs = store.rule_inputs(Scope::Ids(chunk.to_vec()), plan.needs().clone()).await?;
+        let inputs = store.rule_inputs(Scope::Profiles(chunk.to_vec()), plan.needs().clone()).await?;
         let lanes = if inputs.len() >= 64 { 2 } else { 1 };
         evaluate_page(store, &plan, &evaluator, inputs, lanes, &mut report).await?;
     }

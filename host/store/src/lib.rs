@@ -212,7 +212,9 @@ impl Store {
         if verdicts.is_empty() {
             return Ok(0);
         }
-        on_backend!(self.write(|db, _mapping| logic::record_verdicts(db, &verdicts, at)))
+        // Verdicts are few and someone may be waiting to see them: they go ahead of bulk
+        // ingestion in SQLite's single writer.
+        on_backend!(self.write_urgent(|db, _mapping| logic::record_verdicts(db, &verdicts, at)))
     }
 
     /// Creates or replaces an offer (in `slot`) or a page slot, given as validated JSON.

@@ -613,6 +613,16 @@ pub(crate) fn rule_inputs(db: &mut impl Db, scope: &Scope, needs: &InputNeeds) -
             }
             Ok(inputs)
         }
+        Scope::Profiles(ids) => {
+            let mut all: Vec<RuleInput> = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(row) = db.query_opt("SELECT id, timezone FROM profiles WHERE id = ?1", &[P::Text(id)])? else { continue };
+                let mut one = vec![input(&row)];
+                fill_inputs(db, &mut one, id, id, needs)?;
+                all.append(&mut one);
+            }
+            Ok(all)
+        }
         Scope::Ids(ids) => {
             let mut all: Vec<RuleInput> = Vec::with_capacity(ids.len());
             let mut seen = std::collections::HashSet::new();
@@ -701,6 +711,9 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
             |p, r| p.computed = computed_from(&Row(r.0[1..].to_vec())),
         )?;
     }
+    if first == last && !needs.events.is_empty() {
+        return fill_one_profile_events(db, &mut inputs[0], first, needs);
+    }
     for (n, need) in needs.events.iter().enumerate() {
         // Properties are only selected when wanted; the empty text parses to nothing. A
         // limit is applied in the query, per profile, so a rule that wants the last view of
@@ -729,6 +742,44 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
         for (i, timestamp, _, properties) in rows {
             inputs[i].events[n].push((timestamp, properties));
         }
+    }
+    Ok(())
+}
+
+/// One profile's declared events in a single statement: per event name, the index seeks to
+/// the name and walks back from the newest, stopping at the limit. The real-time path reads
+/// one person at a time, where a statement per name would cost more than the seeks.
+fn fill_one_profile_events(db: &mut impl Db, input: &mut RuleInput, profile: &str, needs: &InputNeeds) -> Result<(), StoreError> {
+    let mut params = vec![P::Text(profile)];
+    let mut parts = Vec::with_capacity(needs.events.len());
+    for (n, need) in needs.events.iter().enumerate() {
+        let at = params.len() + 1;
+        params.extend([P::Text(&need.name), P::Int(need.since), P::Int(need.until)]);
+        let limit = match need.limit {
+            Some(limit) => {
+                params.push(P::Int(i64::from(limit)));
+                format!(" ORDER BY timestamp DESC, id DESC LIMIT ?{}", at + 3)
+            }
+            None => String::new(),
+        };
+        let properties = if need.properties { "properties" } else { "''" };
+        parts.push(format!(
+            "SELECT * FROM (SELECT {n} AS need, timestamp, id, {properties} AS properties FROM events
+             WHERE profile_id = ?1 AND name = ?{at} AND timestamp >= ?{} AND timestamp <= ?{}{limit}) AS e{n}",
+            at + 1,
+            at + 2
+        ));
+    }
+    let mut rows: Vec<(usize, i64, i64, Value)> = Vec::new();
+    for row in db.query(&parts.join(" UNION ALL "), &params)? {
+        let n = row.int(0) as usize;
+        let Some(need) = needs.events.get(n) else { continue };
+        let properties = if need.properties { serde_json::from_str(&row.text(3)).unwrap_or(Value::Null) } else { Value::Null };
+        rows.push((n, row.int(1), row.int(2), properties));
+    }
+    rows.sort_by_key(|r| (r.0, r.1, r.2));
+    for (n, timestamp, _, properties) in rows {
+        input.events[n].push((timestamp, properties));
     }
     Ok(())
 }

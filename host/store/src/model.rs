@@ -235,6 +235,9 @@ pub struct Product {
 pub enum Scope {
     /// The next `limit` profiles by id after `after`: a page of a full run.
     After { after: String, limit: usize },
+    /// These profile ids, distinct and already resolved (missing ones are skipped): what
+    /// ingestion hands the real-time evaluator.
+    Profiles(Vec<String>),
     /// The people these ids name (profile ids, userIds or anonymousIds; unknown ones are
     /// skipped, each person is read once): the people an ingest touched.
     Ids(Vec<String>),

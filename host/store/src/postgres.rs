@@ -209,6 +209,15 @@ impl PgStore {
         .await
     }
 
+    /// As [`PgStore::write`]: each request is its own transaction, so none waits behind
+    /// another's.
+    pub(crate) async fn write_urgent<T: Send + 'static>(
+        &self,
+        work: impl Fn(&mut PgTx<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write(work).await
+    }
+
     /// A read that may take a while; PostgreSQL reads already run off the async workers.
     pub(crate) async fn read_bulk<T: Send + 'static>(
         &self,

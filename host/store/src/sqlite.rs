@@ -26,7 +26,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
 const MAX_GROUP: usize = 64;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&mut Transaction<'_>, &EventMapping) -> Completion + Send>;
+type Work = Box<dyn FnOnce(&mut Transaction<'_>, &EventMapping) -> Completion + Send>;
+
+/// A write request; `urgent` ones (small, latency-sensitive: segment verdicts) commit in
+/// a transaction of their own ahead of the bulk ingestion queued with them.
+struct Job {
+    urgent: bool,
+    work: Work,
+}
 
 pub(crate) struct SqliteStore {
     writer: mpsc::Sender<Job>,
@@ -93,8 +100,24 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.submit(false, work).await
+    }
+
+    /// As [`SqliteStore::write`], committed ahead of the bulk writes queued with it.
+    pub(crate) async fn write_urgent<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.submit(true, work).await
+    }
+
+    async fn submit<T: Send + 'static>(
+        &self,
+        urgent: bool,
+        work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |tx, mapping| {
+        let work: Work = Box::new(move |tx, mapping| {
             // A savepoint per request: one request failing leaves the others in the commit.
             let result = match tx.savepoint() {
                 // Dropping the savepoint without committing it rolls the request back.
@@ -105,7 +128,7 @@ impl SqliteStore {
                 let _ = reply.send(committed.and(result));
             })
         });
-        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        self.writer.send(Job { urgent, work }).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -165,33 +188,44 @@ fn read_now<T>(
 
 fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, mapping: EventMapping) {
     while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
+        let (mut urgent, mut bulk) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            if job.urgent { urgent.push(job.work) } else { bulk.push(job.work) }
+            if urgent.len() + bulk.len() < MAX_GROUP {
+                next = jobs.try_recv().ok();
             }
         }
-        let mut completions = Vec::with_capacity(group.len());
-        let committed = match begin(&mut conn) {
-            Ok(mut tx) => {
-                for job in group {
-                    completions.push(job(&mut tx, &mapping));
-                }
-                tx.commit().map_err(db)
+        // Urgent writes first, in their own commit, so they wait for no bulk work.
+        for group in [urgent, bulk] {
+            if !group.is_empty() {
+                commit_group(&mut conn, &mapping, group);
             }
-            Err(err) => {
-                // Dropping the jobs drops their reply channels: callers see the store closed.
-                tracing::error!("SQLite could not begin a transaction: {err}");
-                continue;
+        }
+    }
+}
+
+/// Runs a group of requests in one transaction and tells each how the commit went.
+fn commit_group(conn: &mut Connection, mapping: &EventMapping, group: Vec<Work>) {
+    let mut completions = Vec::with_capacity(group.len());
+    let committed = match begin(conn) {
+        Ok(mut tx) => {
+            for work in group {
+                completions.push(work(&mut tx, mapping));
             }
-        };
-        if let Err(err) = &committed {
-            tracing::error!("SQLite commit failed: {err}");
+            tx.commit().map_err(db)
         }
-        for complete in completions {
-            complete(committed.clone());
+        Err(err) => {
+            // Dropping the work drops its reply channels: callers see the store closed.
+            tracing::error!("SQLite could not begin a transaction: {err}");
+            return;
         }
+    };
+    if let Err(err) = &committed {
+        tracing::error!("SQLite commit failed: {err}");
+    }
+    for complete in completions {
+        complete(committed.clone());
     }
 }
 
