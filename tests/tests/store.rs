@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use rekindle_store::{EventNeed, InputNeeds, Message, MessageKind, Scope, VerdictWrite};
+use rekindle_store::{EventNeed, InputNeeds, Message, MessageKind, Product, Scope, VerdictWrite};
 use rekindle_tests::Backend;
 
 rekindle_tests::on_each_backend!(
     anonymous_history_merges_into_the_user_on_login,
     concurrent_writers_each_get_their_answer,
-    bulk_rule_inputs_page_through_everyone_with_what_rules_declared
+    bulk_rule_inputs_page_through_everyone_with_what_rules_declared,
+    related_products_are_bought_together_then_from_favourite_categories
 );
 use serde_json::{Map, Value, json};
 
@@ -116,6 +117,7 @@ async fn a_custom_event_mapping_feeds_the_computed_traits() {
         revenue_properties: vec!["amount".into()],
         products_property: "items".into(),
         category_property: "department".into(),
+        product_id_property: "sku".into(),
     };
     let store = rekindle_store::Store::open_sqlite(&dir.path().join("db"), mapping).unwrap();
     let purchase = msg("p1", Some("ivy"), None, Some("Purchase"), 5, json!({}), json!({"amount": 12.5, "items": [{"department": "garden"}]}));
@@ -192,4 +194,46 @@ async fn bulk_rule_inputs_page_through_everyone_with_what_rules_declared(backend
     assert!(three.consents.is_empty() && three.contacts.is_empty(), "sections not asked for stay empty");
     let none = seen.iter().find(|p| p.traits[0].1 == json!("N0")).unwrap();
     assert_eq!((none.computed.order_count, none.events[0].len()), (0, 0));
+}
+
+/// Recommendations for a message: products others bought together with this customer's
+/// purchases (most orders first), then their favourite categories; never something they
+/// bought, never out of stock.
+async fn related_products_are_bought_together_then_from_favourite_categories(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let product = |id: &str, category: &str, in_stock: bool| Product {
+        id: id.into(), name: id.to_uppercase(), category: Some(category.into()), price: Some(10.0), url: None, image: None, in_stock,
+    };
+    store
+        .upsert_products(vec![
+            product("boot", "shoes", true), product("sock", "shoes", true), product("lace", "shoes", true),
+            product("sandal", "shoes", false), product("scarf", "accessories", true), product("belt", "accessories", true),
+            product("hat", "accessories", true), product("tee", "tops", true),
+        ])
+        .await
+        .unwrap();
+    let order = |id: &str, user: &str, items: &[(&str, &str)]| {
+        let products: Vec<Value> = items.iter().map(|(p, c)| json!({"product_id": p, "category": c})).collect();
+        msg(id, Some(user), None, Some("Order Completed"), 1, json!({}), json!({"revenue": 10, "products": products}))
+    };
+    store
+        .ingest(vec![
+            // Others: boots go with socks (twice) and with a scarf (once).
+            order("o1", "x", &[("boot", "shoes"), ("sock", "shoes")]),
+            order("o2", "y", &[("boot", "shoes"), ("sock", "shoes"), ("scarf", "accessories")]),
+            order("o3", "z", &[("boot", "shoes"), ("sandal", "shoes")]),
+            // Ann bought boots, and accessories most of all.
+            order("a1", "ann", &[("boot", "shoes")]),
+            order("a2", "ann", &[("hat", "accessories")]),
+            order("a3", "ann", &[("hat", "accessories"), ("belt", "accessories")]),
+        ])
+        .await
+        .unwrap();
+    let ids = |products: Vec<Product>| products.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    // sock (2 orders with boots), scarf (1); sandal is out of stock; then accessories she has
+    // not bought (none left after scarf), then shoes: lace.
+    assert_eq!(ids(store.related_products("ann", 10).await.unwrap()), ["sock", "scarf", "lace"]);
+    assert_eq!(ids(store.related_products("ann", 1).await.unwrap()), ["sock"]);
+    assert!(store.related_products("nobody", 10).await.unwrap().is_empty());
 }

@@ -67,6 +67,14 @@ impl Row {
         }
     }
 
+    pub(crate) fn opt_float(&self, i: usize) -> Option<f64> {
+        match self.get(i) {
+            V::Float(f) => Some(*f),
+            V::Int(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+
     /// SQLite has no boolean type: 0 and 1 come back as integers.
     pub(crate) fn bool(&self, i: usize) -> bool {
         match self.get(i) {

@@ -234,6 +234,13 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::tile_documents(db, kind)))
     }
 
+    /// Up to `limit` in-stock products to recommend to the person `id` names: bought
+    /// together with their purchases first, then from the categories they buy.
+    pub async fn related_products(&self, id: &str, limit: usize) -> Result<Vec<Product>, StoreError> {
+        let id = id.to_string();
+        on_backend!(self.read(|db, mapping| logic::related_products(db, mapping, &id, limit)))
+    }
+
     /// Row counts per table.
     pub async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::table_counts(db)))

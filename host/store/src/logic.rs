@@ -259,6 +259,7 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
                 let mut computed = load_computed(db, &profile)?;
                 computed.add_order(mapping, msg.timestamp, &msg.properties);
                 save_computed(db, &profile, &computed)?;
+                count_co_purchases(db, &ordered_products(mapping, &msg.properties))?;
             }
         }
         // Identifying messages may merge two profiles, which moves any kind of data.
@@ -852,4 +853,94 @@ pub(crate) fn tile_documents(db: &mut impl Db, kind: TileDocument) -> Result<Vec
         TileDocument::Slot => "SELECT name, definition, updated_at FROM tile_slots ORDER BY name",
     };
     Ok(db.query(sql, &[])?.into_iter().map(|r| (r.text(0), r.text(1), r.int(2))).collect())
+}
+
+/// The catalog ids of an order's products, each once, in order.
+fn ordered_products(mapping: &EventMapping, properties: &Map<String, Value>) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    if let Some(Value::Array(products)) = properties.get(&mapping.products_property) {
+        for id in products.iter().filter_map(|p| p.get(&mapping.product_id_property)?.as_str()) {
+            if !id.is_empty() && !ids.iter().any(|seen| seen == id) {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// Counts one more order for every pair of products bought together in it.
+fn count_co_purchases(db: &mut impl Db, ids: &[String]) -> Result<(), StoreError> {
+    for a in ids {
+        for b in ids.iter().filter(|b| *b != a) {
+            db.execute(
+                "INSERT INTO co_purchases (product_id, other_id, orders) VALUES (?1, ?2, 1)
+                 ON CONFLICT (product_id, other_id) DO UPDATE SET orders = co_purchases.orders + 1",
+                &[P::Text(a), P::Text(b)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn product_from(r: &Row) -> Product {
+    Product {
+        id: r.text(0),
+        name: r.text(1),
+        category: r.opt_text(2),
+        price: r.opt_float(3),
+        url: r.opt_text(4),
+        image: r.opt_text(5),
+        in_stock: r.bool(6),
+    }
+}
+
+/// Up to `limit` in-stock products for the person `id` names, none they bought: first what
+/// others bought together with their purchases (most orders first), then their categories
+/// (most bought first), each category by name.
+pub(crate) fn related_products(db: &mut impl Db, mapping: &EventMapping, id: &str, limit: usize) -> Result<Vec<Product>, StoreError> {
+    let Some(profile) = resolve_id(db, id)? else { return Ok(Vec::new()) };
+    let mut bought: Vec<String> = Vec::new();
+    for row in db.query("SELECT properties FROM events WHERE profile_id = ?1 AND name = ?2", &[P::Text(&profile), P::Text(&mapping.order_completed)])? {
+        let properties: Map<String, Value> = serde_json::from_str(&row.text(0)).unwrap_or_default();
+        for id in ordered_products(mapping, &properties) {
+            if !bought.contains(&id) {
+                bought.push(id);
+            }
+        }
+    }
+    let columns = "p.id, p.name, p.category, p.price, p.url, p.image, p.in_stock";
+    let mut picked: Vec<Product> = Vec::new();
+    let take = |product: Product, picked: &mut Vec<Product>| {
+        if picked.len() < limit && product.in_stock && !bought.contains(&product.id) && !picked.iter().any(|p| p.id == product.id) {
+            picked.push(product);
+        }
+    };
+    let mut together: Vec<(i64, Product)> = Vec::new();
+    for id in &bought {
+        for row in db.query(
+            &format!("SELECT {columns}, c.orders FROM co_purchases c JOIN products p ON p.id = c.other_id WHERE c.product_id = ?1"),
+            &[P::Text(id)],
+        )? {
+            together.push((row.int(7), product_from(&row)));
+        }
+    }
+    together.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    for (_, product) in together {
+        take(product, &mut picked);
+    }
+    let mut categories: Vec<(String, f64)> =
+        load_computed(db, &profile)?.category_counts.iter().filter_map(|(c, n)| Some((c.clone(), n.as_f64()?))).collect();
+    categories.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (category, _) in categories {
+        if picked.len() >= limit {
+            break;
+        }
+        for row in db.query(
+            &format!("SELECT {columns} FROM products p WHERE p.category = ?1 AND p.in_stock = ?2 ORDER BY p.name, p.id LIMIT ?3"),
+            &[P::Text(&category), P::Bool(true), P::Int((limit + bought.len()) as i64)],
+        )? {
+            take(product_from(&row), &mut picked);
+        }
+    }
+    Ok(picked)
 }

@@ -104,6 +104,8 @@ pub struct EventMapping {
     pub revenue_properties: Vec<String>,
     pub products_property: String,
     pub category_property: String,
+    /// The property of each ordered product naming it in the catalog.
+    pub product_id_property: String,
 }
 
 impl Default for EventMapping {
@@ -113,6 +115,7 @@ impl Default for EventMapping {
             revenue_properties: vec!["revenue".into(), "total".into()],
             products_property: "products".into(),
             category_property: "category".into(),
+            product_id_property: "product_id".into(),
         }
     }
 }

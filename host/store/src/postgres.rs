@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_segments.sql")),
     (4, include_str!("../migrations/postgres/0004_segment_runs.sql")),
     (5, include_str!("../migrations/postgres/0005_tiles.sql")),
+    (6, include_str!("../migrations/postgres/0006_co_purchases.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

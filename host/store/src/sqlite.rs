@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_segments.sql")),
     (4, include_str!("../migrations/sqlite/0004_segment_runs.sql")),
     (5, include_str!("../migrations/sqlite/0005_tiles.sql")),
+    (6, include_str!("../migrations/sqlite/0006_co_purchases.sql")),
 ];
 
 /// Requests one commit may carry; a bound keeps a burst from delaying the first reply.

@@ -1,0 +1,220 @@
+//! What a journey's `send` step does before any adapter runs. It picks the first channel in
+//! the step's order that can reach the customer: a contact point, and consent for its
+//! purpose. Every channel passed over is recorded with the reason. The host then renders
+//! the message from minijinja templates over the customer's traits, the voucher and
+//! related products. The adapter only formats the rendered message for its provider.
+
+use minijinja::{Environment, UndefinedBehavior};
+use rekindle_runtime::wit::{Field, Message, Value as WitValue};
+use rekindle_store::{Product, ProfileRecord, Purpose};
+use serde_json::Value;
+
+/// A channel a send step may use, as the host knows it: what it needs from the customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelNeeds {
+    /// The configured channel's name (`email`, `sms`, `push`, ...).
+    pub name: String,
+    /// The contact point kind it sends to: `email`, `phone` or `push_token`.
+    pub contact: String,
+    /// The consent it needs.
+    pub consent: Purpose,
+}
+
+/// A channel passed over, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub channel: String,
+    pub reason: String,
+}
+
+/// The first channel of `order` that can reach `profile`, with the address; every channel
+/// before it is returned as skipped, with the reason.
+pub fn choose_channel<'a>(order: &'a [ChannelNeeds], profile: &ProfileRecord) -> (Option<(&'a ChannelNeeds, String)>, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    for channel in order {
+        let consented = profile.consents.iter().any(|c| c.purpose == channel.consent && c.granted);
+        let address = profile.contacts.iter().find(|c| c.kind == channel.contact && c.active).map(|c| c.address.clone());
+        let reason = match (consented, &address) {
+            (true, Some(address)) => return (Some((channel, address.clone())), skipped),
+            (false, Some(_)) => format!("no {} consent", channel.consent.name()),
+            (true, None) => format!("no active {}", channel.contact.replace('_', " ")),
+            (false, None) => format!("no {} consent and no active {}", channel.consent.name(), channel.contact.replace('_', " ")),
+        };
+        skipped.push(Skipped { channel: channel.name.clone(), reason });
+    }
+    (None, skipped)
+}
+
+/// A message's templates: minijinja over `traits`, `voucher`, `products` and `profile`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTemplate {
+    pub subject: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    pub link: Option<String>,
+    pub image: Option<String>,
+}
+
+/// The template parts by name, for error messages that say which one is wrong.
+fn parts(template: &MessageTemplate) -> Vec<(&'static str, &str)> {
+    let mut parts = vec![("text", template.text.as_str())];
+    for (name, part) in [("subject", &template.subject), ("html", &template.html), ("link", &template.link), ("image", &template.image)] {
+        if let Some(part) = part {
+            parts.push((name, part.as_str()));
+        }
+    }
+    parts
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // A trait the customer lacks renders empty (use `| default("there")`), rather than
+    // failing a send; a typo in a filter or a tag is still caught when the journey loads.
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env
+}
+
+/// Checks every part of a template compiles; the error names the part and the line.
+pub fn check_template(template: &MessageTemplate) -> Result<(), String> {
+    let env = environment();
+    for (name, source) in parts(template) {
+        env.template_from_str(source).map_err(|e| format!("{name}: {}", describe_error(&e)))?;
+    }
+    Ok(())
+}
+
+fn describe_error(e: &minijinja::Error) -> String {
+    match e.line() {
+        Some(line) => format!("line {line}: {}", e.detail().unwrap_or(&e.to_string())),
+        None => e.to_string(),
+    }
+}
+
+/// A JSON value as a template value.
+fn template_value(json: &Value) -> minijinja::Value {
+    match json {
+        Value::Null => minijinja::Value::from(()),
+        Value::Bool(b) => minijinja::Value::from(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => minijinja::Value::from(i),
+            None => minijinja::Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => minijinja::Value::from(s.as_str()),
+        Value::Array(items) => minijinja::Value::from(items.iter().map(template_value).collect::<Vec<_>>()),
+        Value::Object(map) => minijinja::Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), template_value(v)))),
+    }
+}
+
+/// The rendered message for `profile` on one channel: `to` is the address the channel
+/// chose, `key` the idempotency key of this (journey run, step, channel).
+pub fn render(template: &MessageTemplate, profile: &ProfileRecord, voucher: Option<&str>, products: &[Product], to: String, key: String) -> Result<Message, String> {
+    let env = environment();
+    let traits: serde_json::Map<String, Value> = profile.traits.iter().map(|(name, value, _)| (name.clone(), value.clone())).collect();
+    let products: Vec<Value> = products
+        .iter()
+        .map(|p| serde_json::json!({"id": p.id, "name": p.name, "category": p.category, "price": p.price, "url": p.url, "image": p.image}))
+        .collect();
+    let ctx = template_value(&serde_json::json!({
+        "traits": traits, "voucher": voucher, "products": products, "profile": {"id": profile.id},
+    }));
+    let one = |name: &str, source: &str| -> Result<String, String> {
+        env.render_str(source, &ctx).map_err(|e| format!("{name}: {}", describe_error(&e)))
+    };
+    let optional = |name: &str, part: &Option<String>| part.as_deref().map(|p| one(name, p)).transpose();
+    let mut data = Vec::new();
+    if let Some(voucher) = voucher {
+        data.push(Field { name: "voucher".into(), value: WitValue::Text(voucher.into()) });
+    }
+    if !products.is_empty() {
+        data.push(Field { name: "products".into(), value: WitValue::Json(Value::Array(products.clone()).to_string()) });
+    }
+    Ok(Message {
+        idempotency_key: key,
+        profile_id: profile.id.clone(),
+        to,
+        subject: optional("subject", &template.subject)?,
+        text: one("text", &template.text)?,
+        html: optional("html", &template.html)?,
+        link: optional("link", &template.link)?,
+        image: optional("image", &template.image)?,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rekindle_store::{Computed, Consent, Contact};
+    use serde_json::json;
+
+    use super::*;
+
+    fn ann(consents: &[(Purpose, bool)], contacts: &[(&str, &str, bool)]) -> ProfileRecord {
+        ProfileRecord {
+            id: "p-ann".into(),
+            user_ids: vec!["ann".into()],
+            anonymous_ids: vec![],
+            created_at: 0,
+            updated_at: 0,
+            timezone: None,
+            traits: vec![("first_name".into(), json!("Ann"), 0)],
+            computed: Computed::default(),
+            consents: consents.iter().map(|(purpose, granted)| Consent { purpose: *purpose, granted: *granted, updated_at: 0 }).collect(),
+            contacts: contacts.iter().map(|(kind, address, active)| Contact { kind: (*kind).into(), address: (*address).into(), active: *active, updated_at: 0 }).collect(),
+            recent_events: vec![],
+        }
+    }
+
+    fn order() -> Vec<ChannelNeeds> {
+        [("email", "email", Purpose::Email), ("push", "push_token", Purpose::Push), ("sms", "phone", Purpose::Sms)]
+            .into_iter()
+            .map(|(name, contact, consent)| ChannelNeeds { name: name.into(), contact: contact.into(), consent })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_reachable_consented_channel_wins_and_skips_say_why() {
+        let order = order();
+        let profile = ann(&[(Purpose::Email, false), (Purpose::Push, true), (Purpose::Sms, true)], &[
+            ("email", "ann@example.com", true), ("push_token", "tok", false), ("phone", "+15551234567", true),
+        ]);
+        let (chosen, skipped) = choose_channel(&order, &profile);
+        assert_eq!(chosen.map(|(c, to)| (c.name.as_str(), to)), Some(("sms", "+15551234567".to_string())));
+        assert_eq!(skipped, [
+            Skipped { channel: "email".into(), reason: "no email consent".into() },
+            Skipped { channel: "push".into(), reason: "no active push token".into() },
+        ]);
+        let (none, skipped) = choose_channel(&order, &ann(&[], &[]));
+        assert!(none.is_none());
+        assert_eq!(skipped[2].reason, "no sms consent and no active phone");
+    }
+
+    #[test]
+    fn renders_traits_voucher_and_products() {
+        let template = MessageTemplate {
+            subject: Some("{{ traits.first_name | default('there') }}, we miss you".into()),
+            text: "Use {{ voucher }}.{% for p in products %} {{ p.name }}{% endfor %}".into(),
+            link: Some("https://shop.example/?v={{ voucher }}".into()),
+            ..MessageTemplate::default()
+        };
+        let boot = Product { id: "boot".into(), name: "Boot".into(), category: None, price: Some(80.0), url: None, image: None, in_stock: true };
+        let message = render(&template, &ann(&[], &[]), Some("BACK10"), &[boot], "ann@example.com".into(), "run:1:email".into()).unwrap();
+        assert_eq!(message.subject.as_deref(), Some("Ann, we miss you"));
+        assert_eq!(message.text, "Use BACK10. Boot");
+        assert_eq!(message.link.as_deref(), Some("https://shop.example/?v=BACK10"));
+        assert_eq!(message.idempotency_key, "run:1:email");
+        let mut stranger = ann(&[], &[]);
+        stranger.traits.clear();
+        let message = render(&template, &stranger, None, &[], "x".into(), "k".into()).unwrap();
+        assert_eq!(message.subject.as_deref(), Some("there, we miss you"));
+    }
+
+    #[test]
+    fn a_broken_template_names_its_part_and_line() {
+        let template = MessageTemplate { text: "fine".into(), html: Some("<p>\n{{ traits.first_name | nosuchfilter }}</p>".into()), ..MessageTemplate::default() };
+        let err = check_template(&template).err().or_else(|| render(&template, &ann(&[], &[]), None, &[], "x".into(), "k".into()).err()).unwrap();
+        assert!(err.starts_with("html: line 2"), "{err}");
+        let unclosed = MessageTemplate { text: "{% if voucher %}".into(), ..MessageTemplate::default() };
+        assert!(check_template(&unclosed).unwrap_err().starts_with("text: "), "must name the part");
+    }
+}
