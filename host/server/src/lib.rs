@@ -4,6 +4,7 @@
 mod api;
 pub mod batch;
 pub mod delivery;
+pub mod journey;
 pub mod messages;
 mod error;
 mod evaluate;
