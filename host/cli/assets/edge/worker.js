@@ -16,11 +16,25 @@ const imports = {
   "rekindle:plugin/types@0.1.0": {},
 };
 
-/** A fresh instance of the component in a registry slot, as the server gives each call. */
+// One instance per component for the isolate's life. Plugins are pure functions of their
+// input and the SDK's allocator starts over after every call, so an instance carries
+// nothing from one visitor to the next; instantiating costs more than deciding. An
+// instance whose call throws is dropped (see `discard`), so a trap never poisons the next.
+const instances = new Map();
+
 function instantiate(slot) {
-  const c = components[slot];
-  if (!c) throw new Error(`no component for slot ${slot} in this bundle`);
-  return c.instantiate((name) => c.modules[name], imports);
+  let instance = instances.get(slot);
+  if (!instance) {
+    const c = components[slot];
+    if (!c) throw new Error(`no component for slot ${slot} in this bundle`);
+    instance = c.instantiate((name) => c.modules[name], imports);
+    instances.set(slot, instance);
+  }
+  return instance;
+}
+
+function discard(slot) {
+  instances.delete(slot);
 }
 
 /** A contract value from the typed JSON the server writes (["i", "42"], ["t", "Ann"], ...). */
@@ -114,6 +128,7 @@ export function evaluateSegments(profile, now) {
       else if (at >= 0) profile.segments.splice(at, 1);
       verdicts.push({ segment: s.name, member: v.member, label: v.label ?? null, reason: v.reason });
     } catch (e) {
+      discard(s.slot);
       verdicts.push({ segment: s.name, error: String(e && e.message ? e.message : e) });
     }
   }
@@ -167,6 +182,7 @@ export async function decide(slotName, profile, now, pageUrl) {
     // The host's output checks: no more tiles than the slot shows, only offers it was given.
     if (tiles.length > slot.max_tiles || tiles.some((t) => !offered.some((o) => o.id === t.offerId))) throw new Error("bad output");
   } catch {
+    discard(slot.plugin);
     return fallback(slot, profile ? profile.id : null);
   }
   const who = profile ? profile.id : "anonymous";
