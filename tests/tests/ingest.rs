@@ -378,6 +378,21 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
     // A preview changes no membership.
     assert_eq!(members("Lapsing repeat buyers").await, [id_of("ann").await]);
 
+    // A daily segment misses someone who qualifies after its run, until it runs again;
+    // an operator can run it now.
+    host.post("/v1/batch", json!({"batch": [
+        order("d1", "dan", &days_ago(140.0), 40.0, "shoes"), order("d2", "dan", &days_ago(75.0), 40.0, "shoes"),
+    ]})).await;
+    assert!(!members("Lapsing repeat buyers").await.contains(&id_of("dan").await));
+    let run = |body: Value| async move {
+        host.send(host.http.post(format!("{}/v1/segments/run", host.base)).bearer_auth(ADMIN).json(&body)).await
+    };
+    let (status, body) = run(json!({"segments": ["Lapsing repeat buyers"]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["segments"][0]["evaluated"].as_u64(), body["segments"][0]["members"].as_u64()), (Some(3), Some(2)), "{body}");
+    assert!(members("Lapsing repeat buyers").await.contains(&id_of("dan").await));
+    assert_eq!(run(json!({"segments": ["nope"]})).await.1["error"]["field"], "segments[0]");
+
     // Definitions are checked field by field.
     assert_eq!(define(json!({"name": "x", "slot": "nope"})).await.1["error"]["field"], "slot");
     assert_eq!(define(json!({"name": "x", "slot": "lapsing", "schedule": "hourly"})).await.1["error"]["field"], "schedule");

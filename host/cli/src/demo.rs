@@ -244,6 +244,17 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         progress.finish_and_clear();
         println!("sent {sent} messages for {} customers (seed {}, now {})", args.profiles, args.seed, iso(now));
+        // Segments on a daily or weekly schedule would wait for their next run to see the
+        // shop; run every segment now so the demo starts with its audiences.
+        if let Some(token) = &args.admin_token {
+            let response = http.post(format!("{base}/v1/segments/run")).bearer_auth(token).send().await?;
+            if response.status().is_success() {
+                let answer: serde_json::Value = response.json().await?;
+                for segment in answer["segments"].as_array().into_iter().flatten() {
+                    println!("segment {:?}: {} members", segment["segment"].as_str().unwrap_or(""), segment["members"]);
+                }
+            }
+        }
         Ok(())
     })
 }

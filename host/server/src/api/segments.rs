@@ -21,6 +21,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/v1/segments/{name}/members", get(members))
         .route("/v1/segments/{name}/changes", get(changes))
         .route("/v1/segments/preview", axum::routing::post(preview))
+        .route("/v1/segments/run", axum::routing::post(run_now))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
@@ -87,6 +88,46 @@ async fn count_members(store: &rekindle_store::Store, segment: &str) -> Result<u
         count += page.len();
         after = last.profile_id.clone();
     }
+}
+
+/// Re-evaluates segments over everyone now, as their schedule would: `{"segments": [names]}`,
+/// or every segment when the body is empty. For operators after an import, and for the demo.
+async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let store = &state.customer_data()?.store;
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?
+    };
+    let all = store.segments().await?;
+    let wanted: Vec<SegmentDefinition> = match body.get("segments") {
+        None | Some(Value::Null) => all,
+        Some(Value::Array(names)) => {
+            let mut picked = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let name = name.as_str().ok_or_else(|| ApiError::field(format!("segments[{i}]"), "each entry is a segment name"))?;
+                let def = all.iter().find(|d| d.name == name).ok_or_else(|| ApiError::field(format!("segments[{i}]"), format!("no segment `{name}`")))?;
+                picked.push(def.clone());
+            }
+            picked
+        }
+        Some(_) => return Err(ApiError::field("segments", "`segments` must be a list of segment names")),
+    };
+    let now = state.clock.now();
+    let started = std::time::Instant::now();
+    let (plan, refused) = crate::batch::Plan::new(&state.registry, store, &wanted, now).await?;
+    if let Some((name, e)) = refused.into_iter().next() {
+        return Err(ApiError::field("segments", format!("segment `{name}` cannot run: {e}")));
+    }
+    let names: Vec<String> = plan.segments.iter().map(|s| s.def.name.clone()).collect();
+    let report = crate::batch::run_all(store, std::sync::Arc::new(plan), std::sync::Arc::new(crate::batch::WasmEvaluator)).await?;
+    let mut results = Vec::new();
+    for (name, (evaluated, failed)) in names.iter().zip(&report.per_segment) {
+        store.mark_run(name, now).await?;
+        results.push(json!({"segment": name, "evaluated": evaluated, "failed": failed, "members": count_members(store, name).await?}));
+    }
+    Ok(Json(json!({"profiles": report.profiles, "changes": report.changes, "took_ms": started.elapsed().as_millis() as u64, "segments": results})))
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
