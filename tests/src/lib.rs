@@ -213,3 +213,62 @@ pub mod native {
         }
     }
 }
+
+/// A stand-in provider (SendGrid, Twilio, Meta, ...): a real axum server on loopback that
+/// records every request and answers from a script.
+pub mod provider {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    /// One request as the stand-in provider received it.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub method: Method,
+        pub path: String,
+        pub headers: HeaderMap,
+        pub body: Vec<u8>,
+    }
+
+    /// One scripted answer: status, headers, body.
+    pub type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
+    /// A provider on loopback that records requests and answers each path from a script of
+    /// answers, repeating the last once the script runs out.
+    pub async fn provider(script: HashMap<&'static str, Vec<Answer>>) -> (String, Arc<Mutex<Vec<Received>>>) {
+        let received = Arc::new(Mutex::new(Vec::<Received>::new()));
+        let log = received.clone();
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (log, script) = (log.clone(), script.clone());
+            async move {
+                let path = uri.path().to_string();
+                let seen = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Received { method, path: path.clone(), headers, body: body.to_vec() });
+                    log.iter().filter(|r| r.path == path).count()
+                };
+                // The longest matching suffix wins, so /down/v3/mail/send is not /v3/mail/send.
+                let answers = script
+                    .iter()
+                    .filter(|(p, _)| path.ends_with(*p))
+                    .max_by_key(|(p, _)| p.len())
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_else(|| vec![(404, vec![], "")]);
+                let (status, headers, body) = answers[(seen - 1).min(answers.len() - 1)].clone();
+                let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+                for (k, v) in headers {
+                    response.headers_mut().insert(k, v.parse().unwrap());
+                }
+                response
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (base, received)
+    }
+}

@@ -4,64 +4,14 @@
 //! SendGrid, Twilio and Meta adapters' requests as the provider receives them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::http::Method;
 use base64::Engine as _;
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{AudienceChange, AudienceMember, Field, Message, Outcome, Value};
 use rekindle_server::delivery::{ChannelConfig, Deliverer, DeliveryError};
-
-/// One request as the stand-in provider received it.
-#[derive(Debug, Clone)]
-struct Received {
-    method: Method,
-    path: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-/// One scripted answer: status, headers, body.
-type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
-
-/// A provider on loopback that records requests and answers each path from a script of
-/// answers, repeating the last once the script runs out.
-async fn provider(script: HashMap<&'static str, Vec<Answer>>) -> (String, Arc<Mutex<Vec<Received>>>) {
-    let received = Arc::new(Mutex::new(Vec::<Received>::new()));
-    let log = received.clone();
-    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-        let (log, script) = (log.clone(), script.clone());
-        async move {
-            let path = uri.path().to_string();
-            let seen = {
-                let mut log = log.lock().unwrap();
-                log.push(Received { method, path: path.clone(), headers, body: body.to_vec() });
-                log.iter().filter(|r| r.path == path).count()
-            };
-            // The longest matching suffix wins, so /down/v3/mail/send is not /v3/mail/send.
-            let answers = script
-                .iter()
-                .filter(|(p, _)| path.ends_with(*p))
-                .max_by_key(|(p, _)| p.len())
-                .map(|(_, a)| a.clone())
-                .unwrap_or_else(|| vec![(404, vec![], "")]);
-            let (status, headers, body) = answers[(seen - 1).min(answers.len() - 1)].clone();
-            let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
-            for (k, v) in headers {
-                response.headers_mut().insert(k, v.parse().unwrap());
-            }
-            response
-        }
-    };
-    let router = axum::Router::new().fallback(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (base, received)
-}
+use rekindle_tests::provider::{Received, provider};
 
 fn text(name: &str, value: &str) -> Field {
     Field { name: name.into(), value: Value::Text(value.into()) }

@@ -116,6 +116,33 @@ impl Deliverer {
         Ok((channel, plugin.clone(), Context { now: rekindle_store::now_ms(), params }))
     }
 
+    /// The configured channel names.
+    pub fn channel_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.channels.keys().map(String::as_str).collect();
+        names.sort();
+        names
+    }
+
+    /// What channel `name` needs from a customer (contact point and consent), from its
+    /// adapter's `describe()`; `None` for an unknown channel or one that needs no contact.
+    pub fn needs(&self, registry: &Registry, name: &str) -> Option<crate::messages::ChannelNeeds> {
+        let channel = self.channels.get(name)?;
+        let plugin = registry.get(&channel.config.slot).ok()?;
+        let PluginInfo::Channel(info) = plugin.info() else { return None };
+        let contact = match info.contact? {
+            rekindle_runtime::wit::ContactKind::Email => "email",
+            rekindle_runtime::wit::ContactKind::Phone => "phone",
+            rekindle_runtime::wit::ContactKind::PushToken => "push_token",
+        };
+        let consent = match info.consent? {
+            rekindle_runtime::wit::Purpose::Email => rekindle_store::Purpose::Email,
+            rekindle_runtime::wit::Purpose::Sms => rekindle_store::Purpose::Sms,
+            rekindle_runtime::wit::Purpose::Push => rekindle_store::Purpose::Push,
+            rekindle_runtime::wit::Purpose::Ads => rekindle_store::Purpose::Ads,
+        };
+        Some(crate::messages::ChannelNeeds { name: name.to_string(), contact: contact.to_string(), consent })
+    }
+
     /// Delivers one rendered message on channel `name`; one outcome per adapter request.
     pub async fn deliver(&self, registry: &Registry, name: &str, message: &Message) -> Result<Vec<Attempted>, DeliveryError> {
         let (channel, plugin, ctx) = self.channel(name, registry)?;

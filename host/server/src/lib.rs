@@ -5,6 +5,7 @@ mod api;
 pub mod batch;
 pub mod delivery;
 pub mod journey;
+pub mod journeys;
 pub mod messages;
 mod error;
 mod evaluate;

@@ -13,7 +13,7 @@ use std::path::Path;
 pub use logic::TileDocument;
 pub use model::{
     Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, MessageKind,
-    EventNeed, InputNeeds, Product, ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite,
+    EventNeed, InputNeeds, Product, ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite, JourneyLogEntry, JourneyRun,
 };
 
 /// Why a store operation failed.
@@ -239,6 +239,66 @@ impl Store {
     pub async fn related_products(&self, id: &str, limit: usize) -> Result<Vec<Product>, StoreError> {
         let id = id.to_string();
         on_backend!(self.read(|db, mapping| logic::related_products(db, mapping, &id, limit)))
+    }
+
+    /// Creates or replaces a journey definition (its text), keeping its entry cursor.
+    pub async fn upsert_journey(&self, name: &str, definition: &str) -> Result<(), StoreError> {
+        let (name, definition, at) = (name.to_string(), definition.to_string(), now_ms());
+        on_backend!(self.write(|db, _mapping| logic::upsert_journey(db, &name, &definition, at)))
+    }
+
+    /// Every journey as (name, definition, entry cursor).
+    pub async fn journeys(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        on_backend!(self.read(|db, _mapping| logic::journeys(db)))
+    }
+
+    /// Moves a journey's entry cursor (a membership log id) forward.
+    pub async fn set_journey_cursor(&self, name: &str, cursor: i64) -> Result<(), StoreError> {
+        let name = name.to_string();
+        on_backend!(self.write(|db, _mapping| logic::set_journey_cursor(db, &name, cursor)))
+    }
+
+    /// Starts a run unless the re-entry policy (`never`, `after_exit`, `always`) forbids it.
+    pub async fn start_run(&self, run: JourneyRun, re_entry: &str) -> Result<bool, StoreError> {
+        let re_entry = re_entry.to_string();
+        on_backend!(self.write(|db, _mapping| logic::start_run(db, &run, &re_entry)))
+    }
+
+    /// Runs due at `now`, at most `limit`.
+    pub async fn due_runs(&self, now: i64, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
+        on_backend!(self.read(|db, _mapping| logic::due_runs(db, now, limit)))
+    }
+
+    /// Saves a run's position and state, with what it did, in one transaction.
+    pub async fn save_run(&self, run: JourneyRun, log: Vec<JourneyLogEntry>) -> Result<(), StoreError> {
+        on_backend!(self.write(|db, _mapping| {
+            logic::log_journey(db, &log)?;
+            logic::save_run(db, &run)
+        }))
+    }
+
+    /// A journey's runs.
+    pub async fn journey_runs(&self, journey: &str) -> Result<Vec<JourneyRun>, StoreError> {
+        let journey = journey.to_string();
+        on_backend!(self.read(|db, _mapping| logic::journey_runs(db, &journey)))
+    }
+
+    /// A journey's log, oldest first.
+    pub async fn journey_log(&self, journey: &str) -> Result<Vec<JourneyLogEntry>, StoreError> {
+        let journey = journey.to_string();
+        on_backend!(self.read(|db, _mapping| logic::journey_log(db, &journey)))
+    }
+
+    /// Claims a send before calling the provider; `None` when new, else its recorded outcome.
+    pub async fn claim_send(&self, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<String>, StoreError> {
+        let (key, run, channel) = (key.to_string(), run.to_string(), channel.to_string());
+        on_backend!(self.write(|db, _mapping| logic::claim_send(db, &key, &run, &channel, at)))
+    }
+
+    /// Records a claimed send's outcome.
+    pub async fn settle_send(&self, key: &str, outcome: &str) -> Result<(), StoreError> {
+        let (key, outcome) = (key.to_string(), outcome.to_string());
+        on_backend!(self.write(|db, _mapping| logic::settle_send(db, &key, &outcome)))
     }
 
     /// Row counts per table.

@@ -9,7 +9,7 @@ use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
     Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, Product,
-    ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, InputNeeds, Touch, VerdictWrite,
+    ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, InputNeeds, JourneyLogEntry, JourneyRun, Touch, VerdictWrite,
 };
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
@@ -943,4 +943,146 @@ pub(crate) fn related_products(db: &mut impl Db, mapping: &EventMapping, id: &st
         }
     }
     Ok(picked)
+}
+
+/// Creates or replaces a journey definition, keeping its entry cursor.
+pub(crate) fn upsert_journey(db: &mut impl Db, name: &str, definition: &str, at: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO journeys (name, definition, cursor, updated_at) VALUES (?1, ?2, 0, ?3)
+         ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, updated_at = excluded.updated_at",
+        &[P::Text(name), P::Text(definition), P::Int(at)],
+    )
+    .map(drop)
+}
+
+/// Every journey as (name, definition, entry cursor).
+pub(crate) fn journeys(db: &mut impl Db) -> Result<Vec<(String, String, i64)>, StoreError> {
+    Ok(db.query("SELECT name, definition, cursor FROM journeys ORDER BY name", &[])?.into_iter().map(|r| (r.text(0), r.text(1), r.int(2))).collect())
+}
+
+/// Moves a journey's entry cursor forward.
+pub(crate) fn set_journey_cursor(db: &mut impl Db, name: &str, cursor: i64) -> Result<(), StoreError> {
+    db.execute("UPDATE journeys SET cursor = ?2 WHERE name = ?1 AND cursor < ?2", &[P::Text(name), P::Int(cursor)]).map(drop)
+}
+
+fn run_from(r: &Row) -> JourneyRun {
+    JourneyRun {
+        id: r.text(0),
+        journey: r.text(1),
+        profile_id: r.text(2),
+        step: r.int(3),
+        status: r.text(4),
+        wake_at: r.opt_int(5),
+        step_started_at: r.int(6),
+        entered_at: r.int(7),
+        ended_reason: r.opt_text(8),
+    }
+}
+
+const RUN_COLUMNS: &str = "id, journey, profile_id, step, status, wake_at, step_started_at, entered_at, ended_reason";
+
+/// Starts a run unless the re-entry policy forbids it: `never` (one run ever), otherwise
+/// not while another run of the same journey is unfinished. Returns whether it started.
+pub(crate) fn start_run(db: &mut impl Db, run: &JourneyRun, re_entry: &str) -> Result<bool, StoreError> {
+    let who = [P::Text(&run.journey), P::Text(&run.profile_id)];
+    let blocking = if re_entry == "never" {
+        "SELECT 1 FROM journey_runs WHERE journey = ?1 AND profile_id = ?2 LIMIT 1"
+    } else {
+        "SELECT 1 FROM journey_runs WHERE journey = ?1 AND profile_id = ?2 AND status <> 'done' LIMIT 1"
+    };
+    if db.query_opt(blocking, &who)?.is_some() {
+        return Ok(false);
+    }
+    db.execute(
+        &format!("INSERT INTO journey_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        &[
+            P::Text(&run.id),
+            P::Text(&run.journey),
+            P::Text(&run.profile_id),
+            P::Int(run.step),
+            P::Text(&run.status),
+            P::OptInt(run.wake_at),
+            P::Int(run.step_started_at),
+            P::Int(run.entered_at),
+            P::OptText(run.ended_reason.as_deref()),
+        ],
+    )?;
+    Ok(true)
+}
+
+/// Runs due at `now`: active ones, and waiting ones whose time has come.
+pub(crate) fn due_runs(db: &mut impl Db, now: i64, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
+    Ok(db
+        .query(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM journey_runs WHERE status = 'active' OR (status = 'waiting' AND wake_at <= ?1)
+                 ORDER BY COALESCE(wake_at, 0), id LIMIT ?2"
+            ),
+            &[P::Int(now), P::Int(limit as i64)],
+        )?
+        .iter()
+        .map(run_from)
+        .collect())
+}
+
+/// Saves a run's position and state.
+pub(crate) fn save_run(db: &mut impl Db, run: &JourneyRun) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE journey_runs SET step = ?2, status = ?3, wake_at = ?4, step_started_at = ?5, ended_reason = ?6 WHERE id = ?1",
+        &[P::Text(&run.id), P::Int(run.step), P::Text(&run.status), P::OptInt(run.wake_at), P::Int(run.step_started_at), P::OptText(run.ended_reason.as_deref())],
+    )
+    .map(drop)
+}
+
+/// The runs of a journey, for operators and tests.
+pub(crate) fn journey_runs(db: &mut impl Db, journey: &str) -> Result<Vec<JourneyRun>, StoreError> {
+    Ok(db.query(&format!("SELECT {RUN_COLUMNS} FROM journey_runs WHERE journey = ?1 ORDER BY entered_at, id"), &[P::Text(journey)])?.iter().map(run_from).collect())
+}
+
+/// Appends to the journey log.
+pub(crate) fn log_journey(db: &mut impl Db, entries: &[JourneyLogEntry]) -> Result<(), StoreError> {
+    for e in entries {
+        db.execute(
+            "INSERT INTO journey_log (run_id, journey, profile_id, step, action, channel, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            &[P::Text(&e.run_id), P::Text(&e.journey), P::Text(&e.profile_id), P::Text(&e.step), P::Text(&e.action), P::OptText(e.channel.as_deref()), P::Text(&e.detail), P::Int(e.at)],
+        )?;
+    }
+    Ok(())
+}
+
+/// A journey's log in order.
+pub(crate) fn journey_log(db: &mut impl Db, journey: &str) -> Result<Vec<JourneyLogEntry>, StoreError> {
+    Ok(db
+        .query("SELECT run_id, journey, profile_id, step, action, channel, detail, at FROM journey_log WHERE journey = ?1 ORDER BY id", &[P::Text(journey)])?
+        .into_iter()
+        .map(|r| JourneyLogEntry {
+            run_id: r.text(0),
+            journey: r.text(1),
+            profile_id: r.text(2),
+            step: r.text(3),
+            action: r.text(4),
+            channel: r.opt_text(5),
+            detail: r.text(6),
+            at: r.int(7),
+        })
+        .collect())
+}
+
+/// Claims a send before the provider is called: `None` when it is new, else the outcome
+/// recorded so far (`pending` when a host stopped between claiming and settling).
+pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<String>, StoreError> {
+    let inserted = db.execute(
+        "INSERT INTO journey_sends (idempotency_key, run_id, channel, outcome, at) VALUES (?1, ?2, ?3, 'pending', ?4)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+        &[P::Text(key), P::Text(run), P::Text(channel), P::Int(at)],
+    )?;
+    if inserted > 0 {
+        return Ok(None);
+    }
+    Ok(db.query_opt("SELECT outcome FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?.map(|r| r.text(0)))
+}
+
+/// Records what the provider said about a claimed send.
+pub(crate) fn settle_send(db: &mut impl Db, key: &str, outcome: &str) -> Result<(), StoreError> {
+    db.execute("UPDATE journey_sends SET outcome = ?2 WHERE idempotency_key = ?1", &[P::Text(key), P::Text(outcome)]).map(drop)
 }

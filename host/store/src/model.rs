@@ -293,3 +293,33 @@ pub struct VerdictWrite {
     pub reason: String,
     pub digest: String,
 }
+
+/// One person's way through one journey.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JourneyRun {
+    pub id: String,
+    pub journey: String,
+    pub profile_id: String,
+    /// Index of the current step.
+    pub step: i64,
+    /// `active` (due now), `waiting` (until `wake_at`) or `done`.
+    pub status: String,
+    pub wake_at: Option<i64>,
+    pub step_started_at: i64,
+    pub entered_at: i64,
+    pub ended_reason: Option<String>,
+}
+
+/// One thing a journey run did or skipped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JourneyLogEntry {
+    pub run_id: String,
+    pub journey: String,
+    pub profile_id: String,
+    pub step: String,
+    /// `entered`, `waiting`, `sent`, `skipped`, `failed`, `split`, `audience`, `exited`, ...
+    pub action: String,
+    pub channel: Option<String>,
+    pub detail: String,
+    pub at: i64,
+}

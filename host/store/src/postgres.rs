@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/postgres/0004_segment_runs.sql")),
     (5, include_str!("../migrations/postgres/0005_tiles.sql")),
     (6, include_str!("../migrations/postgres/0006_co_purchases.sql")),
+    (7, include_str!("../migrations/postgres/0007_journeys.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

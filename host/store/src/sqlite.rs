@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_segment_runs.sql")),
     (5, include_str!("../migrations/sqlite/0005_tiles.sql")),
     (6, include_str!("../migrations/sqlite/0006_co_purchases.sql")),
+    (7, include_str!("../migrations/sqlite/0007_journeys.sql")),
 ];
 
 /// Requests one commit may carry; a bound keeps a burst from delaying the first reply.

@@ -1,0 +1,379 @@
+//! The journey engine: takes people into journeys as they enter the entry segment, and
+//! moves each run through its steps on every tick. Every run's position, wake-up time and
+//! log are in the store, so a restarted host carries on where it stopped. A send is
+//! claimed in the store under its idempotency key (run, step, channel) before the provider
+//! is called. A settled send is never repeated. One left `pending` by a crash is retried
+//! with the same key, for the provider to recognise.
+//!
+//! Supported this far: entry on a segment (with or without a schedule), goal exits (which
+//! also take the customer out of the journey's ad audiences), holdouts, test mode, `wait`
+//! for a duration, `wait_for` an event, every kind of split, `send` with channel fallback,
+//! templates and related products, audience add and remove, and `exit`. Not yet: entry on
+//! an event or through the API, waits until a trait date, quiet hours, frequency caps.
+
+use std::sync::Arc;
+
+use rekindle_runtime::Registry;
+use rekindle_runtime::wit::{AudienceChange, AudienceMember, Outcome};
+use rekindle_store::{JourneyLogEntry, JourneyRun, Store, StoreError};
+use serde_json::Value;
+
+use crate::delivery::Deliverer;
+use crate::journey::{self, Journey, Step, parse_duration};
+use crate::messages::{choose_channel, render};
+
+/// Steps one run may take in one tick; a journey looping without a wait stops here.
+const MAX_STEPS_PER_TICK: usize = 64;
+
+/// Runs journeys over the store with the configured channels.
+pub struct Engine {
+    pub registry: Arc<Registry>,
+    pub store: Arc<crate::Ingestion>,
+    pub deliverer: Arc<Deliverer>,
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TickReport {
+    pub entered: usize,
+    pub advanced: usize,
+}
+
+fn store(engine: &Engine) -> &Store {
+    &engine.store.store
+}
+
+impl Engine {
+    /// Checks a journey file against the configured channels and stores it.
+    pub async fn deploy(&self, source: &str) -> Result<Journey, String> {
+        let journey = journey::load(source, &self.deliverer.channel_names())?;
+        store(self).upsert_journey(&journey.name, source).await.map_err(|e| e.to_string())?;
+        Ok(journey)
+    }
+
+    /// Takes new entrants in, then advances every run that is due at `now`.
+    pub async fn tick(&self, now: i64) -> Result<TickReport, StoreError> {
+        let mut report = TickReport::default();
+        let mut journeys = Vec::new();
+        for (name, source, cursor) in store(self).journeys().await? {
+            match journey::load(&source, &self.deliverer.channel_names()) {
+                Ok(journey) => {
+                    report.entered += self.enter(&journey, cursor, now).await?;
+                    journeys.push(journey);
+                }
+                Err(e) => tracing::error!(journey = name, "journey no longer loads; its runs wait: {e}"),
+            }
+        }
+        // Runs that finish a step are due again at once; a few rounds settle everything
+        // due now, and a journey stuck looping without a wait cannot hold the tick.
+        for _ in 0..16 {
+            let due = store(self).due_runs(now, 500).await?;
+            let mut progressed = false;
+            for run in due {
+                let Some(journey) = journeys.iter().find(|j| j.name == run.journey) else { continue };
+                let before = (run.step, run.status.clone(), run.wake_at);
+                let after = self.advance(journey, run, now).await?;
+                progressed |= before != (after.step, after.status.clone(), after.wake_at);
+                report.advanced += 1;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Starts runs for everyone who entered the entry segment since the cursor and is
+    /// still in it.
+    async fn enter(&self, journey: &Journey, mut cursor: i64, now: i64) -> Result<usize, StoreError> {
+        let Some(segment) = &journey.entry.segment else { return Ok(0) };
+        let mut entered = 0;
+        loop {
+            let changes = store(self).changes(segment, cursor, 1000).await?;
+            let Some(last) = changes.last().map(|c| c.id) else { break };
+            for change in changes.iter().filter(|c| c.change == "enter") {
+                if store(self).membership(segment, &change.profile_id).await?.is_none() {
+                    continue;
+                }
+                entered += usize::from(self.start(journey, &change.profile_id, now).await?);
+            }
+            cursor = last;
+            store(self).set_journey_cursor(&journey.name, cursor).await?;
+        }
+        Ok(entered)
+    }
+
+    async fn start(&self, journey: &Journey, profile_id: &str, now: i64) -> Result<bool, StoreError> {
+        if journey.test_mode {
+            let profile = store(self).profile(profile_id, 0).await?;
+            let test = profile.is_some_and(|p| p.traits.iter().any(|(name, value, _)| name == "test" && value == &Value::Bool(true)));
+            if !test {
+                return Ok(false);
+            }
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let held_out = journey.holdout_percent > 0 && bucket(&format!("{}:{profile_id}", journey.name)) < journey.holdout_percent;
+        let run = JourneyRun {
+            id: id.clone(),
+            journey: journey.name.clone(),
+            profile_id: profile_id.to_string(),
+            step: 0,
+            status: if held_out { "done".into() } else { "active".into() },
+            wake_at: None,
+            step_started_at: now,
+            entered_at: now,
+            ended_reason: held_out.then(|| "held out".to_string()),
+        };
+        if !store(self).start_run(run.clone(), &journey.re_entry).await? {
+            return Ok(false);
+        }
+        let action = if held_out { "held out" } else { "entered" };
+        let entry = log(&run, "entry", action, None, format!("entered {:?}", journey.entry.segment.as_deref().unwrap_or("")), now);
+        store(self).save_run(run, vec![entry]).await?;
+        Ok(true)
+    }
+
+    /// Moves one run as far as it can go at `now`, saving its position and log.
+    async fn advance(&self, journey: &Journey, mut run: JourneyRun, now: i64) -> Result<JourneyRun, StoreError> {
+        let mut entries = Vec::new();
+        for _ in 0..MAX_STEPS_PER_TICK {
+            if run.status == "done" {
+                break;
+            }
+            if let Some(goal) = &journey.goal
+                && !store(self).events(&run.profile_id, &goal.event, run.entered_at, now, Some(1)).await?.is_empty()
+            {
+                entries.push(log(&run, "goal", "exited", None, format!("{} after entering", goal.event), now));
+                self.leave_audiences(journey, &run, now, &mut entries).await?;
+                finish(&mut run, "goal");
+                break;
+            }
+            let Some(step) = journey.steps.get(run.step as usize) else {
+                finish(&mut run, "completed");
+                break;
+            };
+            let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
+            let next: Next = match step {
+                Step::Wait { duration, .. } if !woken => {
+                    let wait = duration.as_deref().and_then(parse_duration).unwrap_or(0);
+                    wait_until(&mut run, now + wait);
+                    entries.push(log(&run, step.id(), "waiting", None, format!("until {}", iso(now + wait)), now));
+                    break;
+                }
+                Step::Wait { next, .. } => Next::from(next),
+                Step::WaitFor { event, timeout, on_event, on_timeout, .. } => {
+                    let deadline = run.step_started_at + parse_duration(timeout).unwrap_or(0);
+                    if !store(self).events(&run.profile_id, event, run.step_started_at, now, Some(1)).await?.is_empty() {
+                        entries.push(log(&run, step.id(), "event", None, event.clone(), now));
+                        Next::To(on_event.clone())
+                    } else if now >= deadline {
+                        entries.push(log(&run, step.id(), "timeout", None, format!("no {event}"), now));
+                        Next::To(on_timeout.clone())
+                    } else {
+                        // Looks again within a minute, so an event is noticed soon.
+                        wait_until(&mut run, deadline.min(now + 60_000));
+                        break;
+                    }
+                }
+                Step::Split { segment, r#trait, equals, yes, no, .. } => {
+                    let answer = match (segment, r#trait) {
+                        (Some(segment), _) => store(self).membership(segment, &run.profile_id).await?.is_some(),
+                        (None, Some(name)) => {
+                            let want = equals.as_ref().and_then(|v| serde_json::to_value(v).ok()).unwrap_or(Value::Null);
+                            store(self).profile(&run.profile_id, 0).await?.is_some_and(|p| p.traits.iter().any(|(n, v, _)| n == name && *v == want))
+                        }
+                        _ => false,
+                    };
+                    entries.push(log(&run, step.id(), "split", None, answer.to_string(), now));
+                    Next::To(if answer { yes.clone() } else { no.clone() })
+                }
+                Step::Branch { segment, branches, default, .. } => {
+                    let label = store(self).membership(segment, &run.profile_id).await?.and_then(|m| m.label);
+                    let to = label.as_ref().and_then(|l| branches.get(l)).unwrap_or(default);
+                    entries.push(log(&run, step.id(), "branch", None, label.unwrap_or_default(), now));
+                    Next::To(to.clone())
+                }
+                Step::Random { variants, .. } => {
+                    let total: u32 = variants.iter().map(|v| v.weight).sum();
+                    let mut pick = u32::from(bucket(&run.id)) * total / 100;
+                    let chosen = variants.iter().find(|v| pick < v.weight || {
+                        pick -= v.weight;
+                        false
+                    });
+                    let to = chosen.unwrap_or(&variants[variants.len() - 1]).next.clone();
+                    entries.push(log(&run, step.id(), "random", None, to.clone(), now));
+                    Next::To(to)
+                }
+                Step::Send { channels, template, voucher, products, next, .. } => {
+                    self.send(&run, step.id(), channels, template, voucher.as_deref(), *products, now, &mut entries).await?;
+                    Next::from(next)
+                }
+                Step::AudienceAdd { audiences, next, .. } | Step::AudienceRemove { audiences, next, .. } => {
+                    let add = matches!(step, Step::AudienceAdd { .. });
+                    self.audiences(&run, step.id(), audiences, add, now, &mut entries).await?;
+                    Next::from(next)
+                }
+                Step::Exit { .. } => Next::To("exit".into()),
+            };
+            match next {
+                Next::Following => {
+                    let following = run.step + 1;
+                    go_to(&mut run, following, now);
+                }
+                Next::To(target) if target == "exit" => {
+                    entries.push(log(&run, step.id(), "exited", None, "exit".into(), now));
+                    finish(&mut run, "exit");
+                }
+                Next::To(target) => {
+                    let index = journey.steps.iter().position(|s| s.id() == target).unwrap_or(journey.steps.len());
+                    go_to(&mut run, index as i64, now);
+                }
+            }
+        }
+        store(self).save_run(run.clone(), entries).await?;
+        Ok(run)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        run: &JourneyRun,
+        step: &str,
+        order: &[String],
+        template: &crate::messages::MessageTemplate,
+        voucher: Option<&str>,
+        products: usize,
+        now: i64,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<(), StoreError> {
+        let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(()) };
+        let needs: Vec<_> = order.iter().filter_map(|name| self.deliverer.needs(&self.registry, name)).collect();
+        let (chosen, skipped) = choose_channel(&needs, &profile);
+        for skip in skipped {
+            entries.push(log(run, step, "skipped", Some(&skip.channel), skip.reason, now));
+        }
+        let Some((channel, to)) = chosen else {
+            entries.push(log(run, step, "unreachable", None, "no channel can reach this customer".into(), now));
+            return Ok(());
+        };
+        let key = format!("{}:{step}:{}", run.id, channel.name);
+        match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
+            Some(outcome) if outcome != "pending" => return Ok(()),
+            _ => {}
+        }
+        let related = if products > 0 { store(self).related_products(&run.profile_id, products).await? } else { Vec::new() };
+        let message = match render(template, &profile, voucher, &related, to, key.clone()) {
+            Ok(message) => message,
+            Err(e) => {
+                store(self).settle_send(&key, "failed").await?;
+                entries.push(log(run, step, "failed", Some(&channel.name), format!("template: {e}"), now));
+                return Ok(());
+            }
+        };
+        let (action, detail) = match self.deliverer.deliver(&self.registry, &channel.name, &message).await {
+            Ok(attempts) => match attempts.last().map(|a| &a.outcome) {
+                Some(Outcome::Delivered(id)) => ("sent", id.clone().unwrap_or_default()),
+                Some(Outcome::NotEligible(why)) => ("not eligible", why.clone()),
+                Some(Outcome::RetryLater(retry)) => ("failed", format!("gave up: {}", retry.reason)),
+                Some(Outcome::Failed(why)) => ("failed", why.clone()),
+                None => ("failed", "the adapter made no request".into()),
+            },
+            Err(e) => ("failed", e.to_string()),
+        };
+        store(self).settle_send(&key, action).await?;
+        entries.push(log(run, step, action, Some(&channel.name), detail, now));
+        Ok(())
+    }
+
+    async fn audiences(
+        &self,
+        run: &JourneyRun,
+        step: &str,
+        audiences: &std::collections::BTreeMap<String, String>,
+        add: bool,
+        now: i64,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<(), StoreError> {
+        let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(()) };
+        if add && !profile.consents.iter().any(|c| c.purpose == rekindle_store::Purpose::Ads && c.granted) {
+            entries.push(log(run, step, "skipped", None, "no ads consent".into(), now));
+            return Ok(());
+        }
+        let active = |kind: &str| profile.contacts.iter().filter(|c| c.kind == kind && c.active).map(|c| c.address.clone()).collect::<Vec<_>>();
+        let member = AudienceMember { profile_id: profile.id.clone(), emails: active("email"), phones: active("phone") };
+        for (channel, audience) in audiences {
+            let (add_list, remove_list) = if add { (vec![member.clone()], Vec::new()) } else { (Vec::new(), vec![member.clone()]) };
+            let change = AudienceChange { audience: audience.clone(), add: add_list, remove: remove_list };
+            let detail = match self.deliverer.sync_audience(&self.registry, channel, &change).await {
+                Ok(attempts) if attempts.iter().all(|a| matches!(a.outcome, Outcome::Delivered(_))) => audience.clone(),
+                Ok(attempts) => format!("{audience}: {:?}", attempts.last().map(|a| &a.outcome)),
+                Err(e) => format!("{audience}: {e}"),
+            };
+            entries.push(log(run, step, if add { "audience added" } else { "audience removed" }, Some(channel), detail, now));
+        }
+        Ok(())
+    }
+
+    /// Takes the customer out of every audience the journey adds to.
+    async fn leave_audiences(&self, journey: &Journey, run: &JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<(), StoreError> {
+        for step in journey.steps.iter().take(run.step as usize) {
+            if let Step::AudienceAdd { audiences, .. } = step {
+                self.audiences(run, step.id(), audiences, false, now, entries).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Next {
+    Following,
+    To(String),
+}
+
+impl From<&Option<String>> for Next {
+    fn from(next: &Option<String>) -> Next {
+        next.clone().map_or(Next::Following, Next::To)
+    }
+}
+
+fn go_to(run: &mut JourneyRun, step: i64, now: i64) {
+    run.step = step;
+    run.status = "active".into();
+    run.wake_at = None;
+    run.step_started_at = now;
+}
+
+fn wait_until(run: &mut JourneyRun, at: i64) {
+    run.status = "waiting".into();
+    run.wake_at = Some(at);
+}
+
+fn finish(run: &mut JourneyRun, reason: &str) {
+    run.status = "done".into();
+    run.wake_at = None;
+    run.ended_reason = Some(reason.into());
+}
+
+fn log(run: &JourneyRun, step: &str, action: &str, channel: Option<&str>, detail: String, at: i64) -> JourneyLogEntry {
+    JourneyLogEntry {
+        run_id: run.id.clone(),
+        journey: run.journey.clone(),
+        profile_id: run.profile_id.clone(),
+        step: step.into(),
+        action: action.into(),
+        channel: channel.map(String::from),
+        detail,
+        at,
+    }
+}
+
+/// 0 to 99 from a key, the same everywhere.
+fn bucket(key: &str) -> u8 {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(key.as_bytes());
+    (u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) % 100) as u8
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+}

@@ -1,0 +1,174 @@
+//! A journey end to end on a virtual clock, on SQLite and PostgreSQL: customers enter with
+//! the segment, get a text or an email by consent and reachability (skips recorded with
+//! their reason), wait, and leave when they buy. The shipped SendGrid and Twilio adapters
+//! deliver to a stand-in provider on loopback, which counts what arrives. Ticking again
+//! sends nothing twice; a new engine on the same store (a restarted host) carries on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rekindle_runtime::Registry;
+use rekindle_runtime::wit::{Field, Value as WitValue};
+use rekindle_server::delivery::{ChannelConfig, Deliverer};
+use rekindle_server::journeys::Engine;
+use rekindle_server::{AppState, Clock, Ingestion};
+use rekindle_store::{Message, MessageKind, Purpose};
+use rekindle_tests::Backend;
+use rekindle_tests::provider::provider;
+use serde_json::{Value, json};
+
+rekindle_tests::on_each_backend!(a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase);
+
+const DAY: i64 = 86_400_000;
+
+const JOURNEY: &str = r#"
+name = "Win back"
+[entry]
+segment = "Win back"
+[goal]
+event = "Order Completed"
+
+[[steps]]
+id = "discount"
+type = "send"
+channels = ["sms", "email"]
+voucher = "WINBACK15"
+template = { subject = "15% off", text = "{{ traits.first_name | default('Hi') }}, come back: {{ voucher }}" }
+
+[[steps]]
+id = "two-days"
+type = "wait"
+duration = "2d"
+
+[[steps]]
+id = "reminder"
+type = "send"
+channels = ["email"]
+template = { subject = "Last chance", text = "{{ voucher | default('') }}Your discount ends soon, {{ traits.first_name }}" }
+"#;
+
+fn text(name: &str, value: &str) -> Field {
+    Field { name: name.into(), value: WitValue::Text(value.into()) }
+}
+
+/// A Segment message as ingestion stores it: an identify with `traits`, or an event.
+fn message(id: &str, user: &str, event: Option<&str>, at: i64, traits: Value) -> Message {
+    Message {
+        source: "web".into(),
+        message_id: id.into(),
+        kind: if event.is_some() { MessageKind::Track } else { MessageKind::Identify },
+        user_id: Some(user.into()),
+        anonymous_id: None,
+        previous_id: None,
+        event: event.map(Into::into),
+        properties: json!({"revenue": 30}).as_object().cloned().unwrap(),
+        traits: traits.as_object().cloned().unwrap_or_default(),
+        timestamp: at,
+        received_at: at,
+        timezone: None,
+        consents: vec![],
+        push_token: None,
+    }
+}
+
+async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap().timestamp_millis();
+    let (base, received) = provider(HashMap::from([
+        ("/v3/mail/send", vec![(202, vec![("x-message-id", "sg")], "")]),
+        ("/Messages.json", vec![(201, vec![], r#"{"sid": "SM"}"#)]),
+    ]))
+    .await;
+
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    for (slot, path) in [
+        ("rule-win-back-window", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
+        ("channel-sendgrid", rekindle_tests::components::CHANNEL_SENDGRID),
+        ("channel-twilio", rekindle_tests::components::CHANNEL_TWILIO),
+    ] {
+        registry.install(slot, &rekindle_tests::component(path)).unwrap();
+    }
+    let sources = [("key".to_string(), "web".to_string())].into_iter().collect();
+    let clock = Clock::manual(t0);
+    let state = AppState::new(registry.clone(), None, Some("admin".into()))
+        .with_ingestion(Ingestion { store, sources })
+        .with_clock(clock.clone(), Duration::from_secs(3600));
+    let ingestion = state.ingestion.clone().unwrap();
+
+    // Ann: email only. Bob: SMS. Cat: nothing consented. Dan: email, buys on day 1.
+    let mut batch = Vec::new();
+    for (user, consents, traits) in [
+        ("ann", vec![(Purpose::Email, true), (Purpose::Sms, false)], json!({"first_name": "Ann", "email": "ann@example.com"})),
+        ("bob", vec![(Purpose::Email, false), (Purpose::Sms, true)], json!({"first_name": "Bob", "phone": "+15551230000"})),
+        ("cat", vec![(Purpose::Email, false), (Purpose::Sms, false)], json!({"first_name": "Cat", "email": "cat@example.com", "phone": "+15551230001"})),
+        ("dan", vec![(Purpose::Email, true)], json!({"first_name": "Dan", "email": "dan@example.com"})),
+    ] {
+        let mut identify = message(&format!("{user}-i"), user, None, t0 - 100 * DAY, traits);
+        identify.consents = consents;
+        batch.push(identify);
+        batch.push(message(&format!("{user}-o"), user, Some("Order Completed"), t0 - 60 * DAY, json!({})));
+    }
+    ingestion.store.ingest(batch).await.unwrap();
+    rekindle_server::define_segment(&state, &json!({"name": "Win back", "slot": "rule-win-back-window"})).await.unwrap();
+
+    let mut channels = HashMap::new();
+    let mut email = ChannelConfig::new("channel-sendgrid");
+    email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
+    email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "sg-key".to_string())]);
+    email.allowed_hosts = vec!["127.0.0.1".into()];
+    channels.insert("email".to_string(), email);
+    let mut sms = ChannelConfig::new("channel-twilio");
+    sms.params = vec![text("base_url", &base), text("from", "+15550000000")];
+    sms.secrets = HashMap::from([("TWILIO_ACCOUNT_SID".to_string(), "AC1".to_string()), ("TWILIO_AUTH_TOKEN".to_string(), "t".to_string())]);
+    sms.allowed_hosts = vec!["127.0.0.1".into()];
+    channels.insert("sms".to_string(), sms);
+    let deliverer = Arc::new(Deliverer::new(channels));
+    let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: deliverer.clone() };
+    let journey = engine.deploy(JOURNEY).await.unwrap();
+    assert_eq!(journey.steps.len(), 3);
+    assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().contains("no channel `fax`"));
+
+    let sent = |path: &'static str| {
+        let received = received.clone();
+        move || received.lock().unwrap().iter().filter(|r| r.path.ends_with(path)).map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect::<Vec<_>>()
+    };
+    let (emails, texts) = (sent("/v3/mail/send"), sent("/Messages.json"));
+
+    // Day 0: everyone enters; Bob gets a text, Ann and Dan an email, Cat nothing.
+    let report = engine.tick(t0).await.unwrap();
+    assert_eq!(report.entered, 4);
+    assert_eq!(texts().len(), 1);
+    assert!(texts()[0].contains("To=%2B15551230000") && texts()[0].contains("WINBACK15"), "{:?}", texts());
+    assert_eq!(emails().len(), 2);
+    assert!(emails().iter().any(|e| e.contains("ann@example.com") && e.contains("Ann, come back: WINBACK15")));
+    let log = ingestion.store.journey_log("Win back").await.unwrap();
+    let cat = ingestion.store.profile("cat", 0).await.unwrap().unwrap().id;
+    let cat_skips: Vec<(Option<String>, String)> =
+        log.iter().filter(|e| e.profile_id == cat && e.action == "skipped").map(|e| (e.channel.clone(), e.detail.clone())).collect();
+    assert_eq!(cat_skips, [(Some("sms".into()), "no sms consent".into()), (Some("email".into()), "no email consent".into())]);
+
+    // Ticking again sends nothing twice.
+    engine.tick(t0 + 60_000).await.unwrap();
+    assert_eq!((emails().len(), texts().len()), (2, 1));
+
+    // Dan buys on day 1; a restarted host (a new engine on the same store) carries on.
+    ingestion.store.ingest(vec![message("dan-buys", "dan", Some("Order Completed"), t0 + DAY, json!({}))]).await.unwrap();
+    let restarted = Engine { registry, store: ingestion.clone(), deliverer };
+    restarted.tick(t0 + DAY).await.unwrap();
+    assert_eq!(emails().len(), 2, "nothing is due on day 1");
+
+    // Day 2: the reminder, by email only: Ann. Bob has no email consent; Dan has left.
+    restarted.tick(t0 + 2 * DAY + 1).await.unwrap();
+    assert_eq!(emails().len(), 3);
+    assert!(emails()[2].contains("ann@example.com") && emails()[2].contains("Last chance"), "{}", emails()[2]);
+    let runs = ingestion.store.journey_runs("Win back").await.unwrap();
+    let dan = ingestion.store.profile("dan", 0).await.unwrap().unwrap().id;
+    let ended: HashMap<String, Option<String>> = runs.iter().map(|r| (r.profile_id.clone(), r.ended_reason.clone())).collect();
+    assert_eq!(ended[&dan].as_deref(), Some("goal"));
+    assert!(runs.iter().all(|r| r.status == "done"), "{runs:?}");
+    let bob = ingestion.store.profile("bob", 0).await.unwrap().unwrap().id;
+    let log: Vec<Value> = ingestion.store.journey_log("Win back").await.unwrap().iter().map(|e| json!([e.profile_id, e.step, e.action, e.detail])).collect();
+    assert!(log.contains(&json!([bob, "reminder", "skipped", "no email consent and no active email"])), "{log:?}");
+}
