@@ -36,6 +36,28 @@ pub struct Config {
     pub tile_slots: Vec<toml::Table>,
     /// Offers defined at start-up: `[[offers]]`, as `POST /v1/offers` takes them.
     pub offers: Vec<toml::Table>,
+    /// Delivery channels: `[[channels]]` naming an adapter slot and what the host grants it.
+    pub channels: Vec<ChannelSection>,
+    /// Journey files deployed at start-up, relative to the working directory.
+    pub journeys: Vec<PathBuf>,
+}
+
+/// `[[channels]]`: a name journeys use (`email`), the adapter's slot, its parameters, the
+/// hosts it may call and its secrets. A secret written `env:NAME` is read from the
+/// environment, so the file need not hold it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSection {
+    pub name: String,
+    pub slot: String,
+    #[serde(default)]
+    pub params: toml::Table,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
+    pub rate_per_second: Option<u32>,
+    pub max_attempts: Option<u32>,
 }
 
 /// `[tiles]`: which browser origins may ask for tiles and send events, and the secret
@@ -89,6 +111,8 @@ impl Default for Config {
             tiles: TilesConfig::default(),
             tile_slots: Vec::new(),
             offers: Vec::new(),
+            channels: Vec::new(),
+            journeys: Vec::new(),
         }
     }
 }

@@ -93,6 +93,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(secret.len() >= 32, "the token secret must be at least 32 characters ([tiles] token_secret or REKINDLE_TOKEN_SECRET)");
         state = state.with_token_secret(secret.as_bytes(), std::time::Duration::from_secs(config.tiles.token_ttl_hours * 3600));
     }
+    if !config.channels.is_empty() {
+        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?));
+    }
+    let journey_files = config.journeys.clone();
     let listen = config.listen;
     let (segments, tile_slots, offers) = (config.segments.clone(), config.tile_slots.clone(), config.offers.clone());
     let config_name = args.config.as_ref().map_or("the config".to_string(), |p| p.display().to_string());
@@ -114,6 +118,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             rekindle_server::define_offer(&state, &definition)
                 .await
                 .map_err(|e| anyhow::anyhow!("{config_name}: offers[{i}]: {e}"))?;
+        }
+        for path in &journey_files {
+            let engine = state.journeys.as_ref().context("journeys need [[channels]] to deliver through")?;
+            let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            tracing::info!(journey = journey.name, "journey deployed");
         }
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
@@ -192,4 +202,28 @@ async fn shutdown() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The delivery settings of `[[channels]]`, with `env:NAME` secrets read from the
+/// environment; a missing variable is an error naming the channel and the secret.
+fn channel_configs(sections: &[crate::config::ChannelSection]) -> anyhow::Result<std::collections::HashMap<String, rekindle_server::delivery::ChannelConfig>> {
+    let mut channels = std::collections::HashMap::new();
+    for section in sections {
+        let mut config = rekindle_server::delivery::ChannelConfig::new(&section.slot);
+        let params = serde_json::to_value(&section.params)?;
+        config.params = rekindle_runtime::json::fields_from_json(Some(&params), "params")
+            .map_err(|e| anyhow::anyhow!("channel `{}`: {e}", section.name))?;
+        config.allowed_hosts = section.allowed_hosts.clone();
+        for (name, value) in &section.secrets {
+            let value = match value.strip_prefix("env:") {
+                Some(var) => std::env::var(var).with_context(|| format!("channel `{}`: secret {name} reads ${var}, which is not set", section.name))?,
+                None => value.clone(),
+            };
+            config.secrets.insert(name.clone(), value);
+        }
+        config.rate_per_second = section.rate_per_second.unwrap_or(config.rate_per_second);
+        config.max_attempts = section.max_attempts.unwrap_or(config.max_attempts);
+        channels.insert(section.name.clone(), config);
+    }
+    Ok(channels)
 }

@@ -219,6 +219,57 @@ async fn the_shipped_demo_config_defines_tile_slots_and_offers() {
     assert!(err.contains("broken.toml: offers[0]:") && err.contains("holdout_percent"), "{err}");
 }
 
+/// `[[channels]]` and `journeys` in the config: a seed template deploys at start-up with its
+/// secrets read from the environment, and mistakes stop the host with the file and reason.
+#[tokio::test]
+async fn journeys_and_channels_in_the_config_deploy_at_start_up() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = shipped_plugins(work.path());
+    let usecase = workspace_root().join("usecases/win-back-45");
+    let config = work.path().join("rekindle.toml");
+    let write = |journeys_and_channels: &str| {
+        let segments = std::fs::read_to_string(usecase.join("segments.toml")).unwrap();
+        std::fs::write(&config, format!("journeys = [{:?}]\n{segments}\n{journeys_and_channels}", usecase.join("journey.toml"))).unwrap();
+    };
+    let channels = r#"
+[[channels]]
+name = "email"
+slot = "channel-sendgrid"
+params = { base_url = "http://127.0.0.1:9", from_email = "shop@example.com" }
+allowed_hosts = ["127.0.0.1"]
+secrets = { SENDGRID_API_KEY = "env:REKINDLE_TEST_SENDGRID_KEY" }
+"#;
+    let sms = r#"
+[[channels]]
+name = "sms"
+slot = "channel-twilio"
+params = { base_url = "http://127.0.0.1:9", from = "+15550000000" }
+allowed_hosts = ["127.0.0.1"]
+secrets = { TWILIO_ACCOUNT_SID = "AC1", TWILIO_AUTH_TOKEN = "env:REKINDLE_TEST_TWILIO_TOKEN" }
+"#;
+    write(&format!("{channels}{sms}"));
+    let data = work.path().join("data");
+    let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
+    let env = [("REKINDLE_TEST_SENDGRID_KEY", "sg"), ("REKINDLE_TEST_TWILIO_TOKEN", "tw")];
+    let (server, base) = support::serve_with_env(&args, "j-admin", &env).await;
+    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("j-admin").send().await.unwrap().json().await.unwrap();
+    assert_eq!(journeys["journeys"][0]["name"], "Win back after 45 days", "{journeys}");
+    drop(server);
+
+    // A journey that needs a channel the config does not define.
+    write(channels);
+    let start = || run(rekindle().arg("serve").arg("--config").arg(&config).arg("--plugins").arg(&plugins).arg("--data-dir").arg(&data)
+        .args(["--listen", "127.0.0.1:0"]).envs(env));
+    let err = text(&start().stderr);
+    assert!(err.contains("journey.toml") && err.contains("no channel `sms`"), "{err}");
+    // A secret read from an unset variable.
+    write(&format!("{channels}{sms}"));
+    let bad = run(rekindle().arg("serve").arg("--config").arg(&config).arg("--plugins").arg(&plugins).arg("--data-dir").arg(&data)
+        .args(["--listen", "127.0.0.1:0"]).env("REKINDLE_TEST_SENDGRID_KEY", "sg"));
+    let err = text(&bad.stderr);
+    assert!(err.contains("channel `sms`: secret TWILIO_AUTH_TOKEN reads $REKINDLE_TEST_TWILIO_TOKEN"), "{err}");
+}
+
 #[tokio::test]
 async fn segment_preview_compares_a_candidate_with_the_live_segment() {
     let work = tempfile::tempdir().unwrap();

@@ -49,6 +49,8 @@ pub struct AppState {
     pub schedule_tick: Duration,
     /// Promo-tile offers, slots and decisions.
     pub tiles: Arc<tiles::TileService>,
+    /// The journey engine, when delivery channels are configured.
+    pub journeys: Option<Arc<journeys::Engine>>,
 }
 
 /// The customer-data store and the sources that may write to it.
@@ -104,7 +106,21 @@ impl AppState {
             clock: Clock::default(),
             schedule_tick: Duration::from_secs(60),
             tiles: Arc::new(tiles::TileService::new(Vec::new(), None)),
+            journeys: None,
         }
+    }
+
+    /// Runs journeys over customer data, delivering through `deliverer`'s channels; call
+    /// after [`AppState::with_ingestion`].
+    pub fn with_journeys(mut self, deliverer: delivery::Deliverer) -> AppState {
+        if let Some(ingestion) = &self.ingestion {
+            self.journeys = Some(Arc::new(journeys::Engine {
+                registry: self.registry.clone(),
+                store: ingestion.clone(),
+                deliverer: Arc::new(deliverer),
+            }));
+        }
+        self
     }
 
     /// Lets pages on `origins` (such as `https://shop.example`) call the tile and event
@@ -160,6 +176,9 @@ pub fn app(state: AppState) -> Router {
     if let Some(ingestion) = &state.ingestion {
         tokio::spawn(tiles_refresh_loop(state.clone(), ingestion.clone()));
     }
+    if let Some(engine) = &state.journeys {
+        tokio::spawn(journey_loop(engine.clone(), state.clock.clone(), state.schedule_tick));
+    }
     // Browsers on the configured origins call decisions and send events; nothing else.
     let cors = (!state.tiles.origins.is_empty()).then(|| {
         use axum::http::{HeaderName, Method, header};
@@ -184,6 +203,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api::profiles::router(state.clone()))
         .merge(api::segments::router(state.clone()))
         .merge(api::tiles::admin_router(state.clone()))
+        .merge(api::journeys::router(state.clone()))
         .with_state(state)
 }
 
@@ -195,6 +215,20 @@ async fn tiles_refresh_loop(state: AppState, ingestion: Arc<Ingestion>) {
         interval.tick().await;
         if let Err(e) = state.tiles.reload(&ingestion.store, &state.registry).await {
             tracing::warn!("could not refresh the tile catalog: {e}");
+        }
+    }
+}
+
+/// Advances journeys every `tick` (and takes new entrants in).
+async fn journey_loop(engine: Arc<journeys::Engine>, clock: Clock, tick: Duration) {
+    let mut interval = tokio::time::interval(tick.min(Duration::from_secs(60)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match engine.tick(clock.now()).await {
+            Ok(report) if report.entered + report.advanced > 0 => tracing::info!(entered = report.entered, advanced = report.advanced, "journeys"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("journeys could not advance: {e}"),
         }
     }
 }

@@ -73,7 +73,7 @@ pub fn shipped_plugins(dir: &Path) -> PathBuf {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     for (name, path) in rekindle_tests::components::ALL {
-        if name.starts_with("rule-") || name.starts_with("tiles-") {
+        if name.starts_with("rule-") || name.starts_with("tiles-") || name.starts_with("channel-") {
             std::fs::copy(path, plugins.join(format!("{}.wasm", name.replace('-', "_")))).unwrap();
         }
     }

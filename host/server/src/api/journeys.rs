@@ -1,0 +1,49 @@
+//! Journeys over HTTP, behind the admin token: deploy a journey (its TOML as the body),
+//! list them, and read a journey's runs and log.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::api::admin::require_token;
+use crate::{AppState, ApiError};
+
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/journeys", post(deploy).get(list))
+        .route("/v1/journeys/{name}/runs", get(runs))
+        .route("/v1/journeys/{name}/log", get(log))
+        .route_layer(axum::middleware::from_fn_with_state(state, require_token))
+}
+
+fn engine(state: &AppState) -> Result<&crate::journeys::Engine, ApiError> {
+    state.journeys.as_deref().ok_or(ApiError::Unavailable("journeys need delivery channels: add [[channels]] to the config"))
+}
+
+async fn deploy(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let source = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest { code: "malformed_toml", message: "the body must be UTF-8 TOML".into(), field: None })?;
+    let journey = engine(&state)?.deploy(source).await.map_err(|e| {
+        // The checker's messages start with the field or step at fault.
+        let field = e.split(':').next().filter(|f| !f.contains(' ') || f.starts_with("steps[")).map(str::to_string);
+        ApiError::BadRequest { code: "invalid_journey", message: e, field }
+    })?;
+    Ok(Json(json!({"deployed": journey.name, "steps": journey.steps.len()})))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = &state.customer_data()?.store;
+    let journeys: Vec<Value> = store.journeys().await?.into_iter().map(|(name, _, cursor)| json!({"name": name, "entry_cursor": cursor})).collect();
+    Ok(Json(json!({ "journeys": journeys })))
+}
+
+async fn runs(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let runs = state.customer_data()?.store.journey_runs(&name).await?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+async fn log(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let log = state.customer_data()?.store.journey_log(&name).await?;
+    Ok(Json(json!({ "log": log })))
+}
