@@ -18,7 +18,10 @@ use rekindle_tests::Backend;
 use rekindle_tests::provider::provider;
 use serde_json::{Value, json};
 
-rekindle_tests::on_each_backend!(a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase);
+rekindle_tests::on_each_backend!(
+    a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase,
+    the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience
+);
 
 const DAY: i64 = 86_400_000;
 
@@ -171,4 +174,75 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let bob = ingestion.store.profile("bob", 0).await.unwrap().unwrap().id;
     let log: Vec<Value> = ingestion.store.journey_log("Win back").await.unwrap().iter().map(|e| json!([e.profile_id, e.step, e.action, e.detail])).collect();
     assert!(log.contains(&json!([bob, "reminder", "skipped", "no email consent and no active email"])), "{log:?}");
+}
+
+/// The shipped `usecases/abandoned-cart` journey: an add to cart starts it; a purchase
+/// within 30 minutes ends it quietly; otherwise a reminder goes out on the first channel
+/// the customer consented to, and the customer joins the Meta audience for a day.
+async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap().timestamp_millis();
+    let minute = 60_000;
+    let (base, received) = provider(HashMap::from([
+        ("/v3/mail/send", vec![(202, vec![], "")]),
+        ("/Messages.json", vec![(201, vec![], r#"{"sid": "SM"}"#)]),
+        ("/users", vec![(200, vec![], "{}")]),
+    ]))
+    .await;
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    for (slot, path) in [
+        ("channel-sendgrid", rekindle_tests::components::CHANNEL_SENDGRID),
+        ("channel-twilio", rekindle_tests::components::CHANNEL_TWILIO),
+        ("channel-meta-audiences", rekindle_tests::components::CHANNEL_META_AUDIENCES),
+    ] {
+        registry.install(slot, &rekindle_tests::component(path)).unwrap();
+    }
+    let ingestion = Arc::new(Ingestion { store, sources: HashMap::new() });
+    // Ann (email and ads consent) leaves her cart; Bob buys ten minutes after his.
+    let mut batch = Vec::new();
+    for (user, traits) in [("ann", json!({"first_name": "Ann", "email": "ann@example.com"})), ("bob", json!({"first_name": "Bob", "email": "bob@example.com"}))] {
+        let mut identify = message(&format!("{user}-i"), user, None, t0 - DAY, traits);
+        identify.consents = vec![(Purpose::Email, true), (Purpose::Ads, true)];
+        batch.push(identify);
+        batch.push(message(&format!("{user}-cart"), user, Some("Product Added"), t0, json!({})));
+    }
+    batch.push(message("bob-order", "bob", Some("Order Completed"), t0 + 10 * minute, json!({})));
+    ingestion.store.ingest(batch).await.unwrap();
+
+    let channel = |slot: &str, params: Vec<Field>, secrets: &[(&str, &str)]| {
+        let mut config = ChannelConfig::new(slot);
+        config.params = params;
+        config.secrets = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        config.allowed_hosts = vec!["127.0.0.1".into()];
+        config
+    };
+    let deliverer = Deliverer::new(HashMap::from([
+        ("email".to_string(), channel("channel-sendgrid", vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "k")])),
+        ("sms".to_string(), channel("channel-twilio", vec![text("base_url", &base), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC"), ("TWILIO_AUTH_TOKEN", "t")])),
+        ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "m")])),
+    ]));
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(deliverer) };
+    let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/abandoned-cart/journey.toml")).unwrap();
+    engine.deploy(&source).await.unwrap();
+    let requests = || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
+
+    // A minute in, both are inside their 30 minutes: nothing is sent.
+    assert_eq!(engine.tick(t0 + minute).await.unwrap().entered, 2);
+    assert!(requests().is_empty());
+    // Thirty-one minutes in: Ann is reminded and joins the audience; Bob bought and left.
+    engine.tick(t0 + 31 * minute).await.unwrap();
+    let sent = requests();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[0].1 == "/v3/mail/send" && sent[0].2.contains("ann@example.com") && sent[0].2.contains("CART5"), "{sent:?}");
+    assert_eq!((sent[1].0.as_str(), sent[1].1.as_str()), ("POST", "/v21.0/120000000000001/users"));
+    let runs = ingestion.store.journey_runs("Abandoned cart").await.unwrap();
+    let bob = ingestion.store.profile("bob", 0).await.unwrap().unwrap().id;
+    assert!(runs.iter().any(|r| r.profile_id == bob && r.status == "done"), "{runs:?}");
+    // A day later the ads stop.
+    engine.tick(t0 + DAY + 32 * minute).await.unwrap();
+    let sent = requests();
+    assert_eq!(sent.len(), 3);
+    assert_eq!((sent[2].0.as_str(), sent[2].1.as_str()), ("DELETE", "/v21.0/120000000000001/users"));
+    assert!(ingestion.store.journey_runs("Abandoned cart").await.unwrap().iter().all(|r| r.status == "done"));
 }

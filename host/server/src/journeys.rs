@@ -5,11 +5,11 @@
 //! is called. A settled send is never repeated. One left `pending` by a crash is retried
 //! with the same key, for the provider to recognise.
 //!
-//! Supported this far: entry on a segment (with or without a schedule), goal exits (which
+//! Supported this far: entry on a segment (with or without a schedule) or an event, goal exits (which
 //! also take the customer out of the journey's ad audiences), holdouts, test mode, `wait`
 //! for a duration, `wait_for` an event, every kind of split, `send` with channel fallback,
-//! templates and related products, audience add and remove, and `exit`. Not yet: entry on
-//! an event or through the API, waits until a trait date, quiet hours, frequency caps.
+//! templates and related products, audience add and remove, and `exit`. Not yet: entry
+//! through the API, waits until a trait date, quiet hours, frequency caps.
 
 use std::sync::Arc;
 
@@ -83,11 +83,25 @@ impl Engine {
         Ok(report)
     }
 
-    /// Starts runs for everyone who entered the entry segment since the cursor and is
-    /// still in it.
+    /// Starts runs for everyone who entered the entry segment (and is still in it), or did
+    /// the entry event, since the journey's cursor.
     async fn enter(&self, journey: &Journey, mut cursor: i64, now: i64) -> Result<usize, StoreError> {
-        let Some(segment) = &journey.entry.segment else { return Ok(0) };
         let mut entered = 0;
+        if let Some(event) = &journey.entry.event {
+            loop {
+                let events = store(self).events_after(event, cursor, 1000).await?;
+                let Some(last) = events.last().map(|e| e.0) else { break };
+                for (_, profile_id, at) in &events {
+                    // The run starts at the event, so a 30-minute wait means 30 minutes
+                    // after the cart, however late the tick.
+                    entered += usize::from(self.start(journey, profile_id, (*at).min(now)).await?);
+                }
+                cursor = last;
+                store(self).set_journey_cursor(&journey.name, cursor).await?;
+            }
+            return Ok(entered);
+        }
+        let Some(segment) = &journey.entry.segment else { return Ok(0) };
         loop {
             let changes = store(self).changes(segment, cursor, 1000).await?;
             let Some(last) = changes.last().map(|c| c.id) else { break };
@@ -128,7 +142,11 @@ impl Engine {
             return Ok(false);
         }
         let action = if held_out { "held out" } else { "entered" };
-        let entry = log(&run, "entry", action, None, format!("entered {:?}", journey.entry.segment.as_deref().unwrap_or("")), now);
+        let why = match (&journey.entry.event, &journey.entry.segment) {
+            (Some(event), _) => format!("did {event:?}"),
+            (None, segment) => format!("entered {:?}", segment.as_deref().unwrap_or("")),
+        };
+        let entry = log(&run, "entry", action, None, why, now);
         store(self).save_run(run, vec![entry]).await?;
         Ok(true)
     }

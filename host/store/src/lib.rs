@@ -252,6 +252,15 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::journeys(db)))
     }
 
+    /// Events named `name` stored after event id `after`, oldest first, as (id, profile id,
+    /// event time): the feed event-entry journeys follow. On PostgreSQL, ids from
+    /// concurrent transactions can commit out of order, so a reader at the very edge may
+    /// pass over one committed late.
+    pub async fn events_after(&self, name: &str, after: i64, limit: usize) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        let name = name.to_string();
+        on_backend!(self.read(|db, _mapping| logic::events_after(db, &name, after, limit)))
+    }
+
     /// Moves a journey's entry cursor (a membership log id) forward.
     pub async fn set_journey_cursor(&self, name: &str, cursor: i64) -> Result<(), StoreError> {
         let name = name.to_string();

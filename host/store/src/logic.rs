@@ -1086,3 +1086,16 @@ pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, 
 pub(crate) fn settle_send(db: &mut impl Db, key: &str, outcome: &str) -> Result<(), StoreError> {
     db.execute("UPDATE journey_sends SET outcome = ?2 WHERE idempotency_key = ?1", &[P::Text(key), P::Text(outcome)]).map(drop)
 }
+
+/// Events named `name` stored after event id `after`, oldest first: (id, profile, time).
+/// Journeys that enter on an event follow this feed.
+pub(crate) fn events_after(db: &mut impl Db, name: &str, after: i64, limit: usize) -> Result<Vec<(i64, String, i64)>, StoreError> {
+    Ok(db
+        .query(
+            "SELECT id, profile_id, timestamp FROM events WHERE id > ?2 AND name = ?1 ORDER BY id LIMIT ?3",
+            &[P::Text(name), P::Int(after), P::Int(limit as i64)],
+        )?
+        .into_iter()
+        .map(|r| (r.int(0), r.text(1), r.int(2)))
+        .collect())
+}
