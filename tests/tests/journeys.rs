@@ -208,6 +208,12 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         batch.push(message(&format!("{user}-cart"), user, Some("Product Added"), t0, json!({})));
     }
     batch.push(message("bob-order", "bob", Some("Order Completed"), t0 + 10 * minute, json!({})));
+    // Cy is in Auckland, where 10:31 UTC is 22:31: inside the template's quiet hours.
+    let mut cy = message("cy-i", "cy", None, t0 - DAY, json!({"first_name": "Cy", "email": "cy@example.com"}));
+    cy.consents = vec![(Purpose::Email, true)];
+    cy.timezone = Some("Pacific/Auckland".into());
+    batch.push(cy);
+    batch.push(message("cy-cart", "cy", Some("Product Added"), t0, json!({})));
     ingestion.store.ingest(batch).await.unwrap();
 
     let channel = |slot: &str, params: Vec<Field>, secrets: &[(&str, &str)]| {
@@ -227,22 +233,32 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
     engine.deploy(&source).await.unwrap();
     let requests = || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
 
-    // A minute in, both are inside their 30 minutes: nothing is sent.
-    assert_eq!(engine.tick(t0 + minute).await.unwrap().entered, 2);
+    // A minute in, everyone is inside their 30 minutes: nothing is sent.
+    assert_eq!(engine.tick(t0 + minute).await.unwrap().entered, 3);
     assert!(requests().is_empty());
-    // Thirty-one minutes in: Ann is reminded and joins the audience; Bob bought and left.
+    // Thirty-one minutes in: Ann is reminded and joins the audience; Bob bought and left;
+    // Cy's reminder waits for 08:00 in Auckland.
     engine.tick(t0 + 31 * minute).await.unwrap();
     let sent = requests();
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(sent[0].1 == "/v3/mail/send" && sent[0].2.contains("ann@example.com") && sent[0].2.contains("CART5"), "{sent:?}");
     assert_eq!((sent[1].0.as_str(), sent[1].1.as_str()), ("POST", "/v21.0/120000000000001/users"));
     let runs = ingestion.store.journey_runs("Abandoned cart").await.unwrap();
-    let bob = ingestion.store.profile("bob", 0).await.unwrap().unwrap().id;
+    let (bob, cy) = (ingestion.store.profile("bob", 0).await.unwrap().unwrap().id, ingestion.store.profile("cy", 0).await.unwrap().unwrap().id);
     assert!(runs.iter().any(|r| r.profile_id == bob && r.status == "done"), "{runs:?}");
-    // A day later the ads stop.
-    engine.tick(t0 + DAY + 32 * minute).await.unwrap();
+    let cy_run = runs.iter().find(|r| r.profile_id == cy).unwrap();
+    assert_eq!(cy_run.wake_at, Some(t0 + 10 * 3_600_000), "08:00 NZST is 20:00 UTC");
+    engine.tick(t0 + 10 * 3_600_000).await.unwrap();
     let sent = requests();
-    assert_eq!(sent.len(), 3);
-    assert_eq!((sent[2].0.as_str(), sent[2].1.as_str()), ("DELETE", "/v21.0/120000000000001/users"));
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent[2].2.contains("cy@example.com"), "{sent:?}");
+    // Cy never consented to ads, so was never added; removal needs no consent and is sent
+    // regardless, which is harmless. A day later the ads stop for both.
+    let log = ingestion.store.journey_log("Abandoned cart").await.unwrap();
+    assert!(log.iter().any(|e| e.profile_id == cy && e.step == "paid-media" && e.detail == "no ads consent"), "{log:?}");
+    engine.tick(t0 + 2 * DAY).await.unwrap();
+    let sent = requests();
+    assert_eq!(sent.len(), 5, "{sent:?}");
+    assert!(sent[3..].iter().all(|(method, path, _)| method == "DELETE" && path == "/v21.0/120000000000001/users"), "{sent:?}");
     assert!(ingestion.store.journey_runs("Abandoned cart").await.unwrap().iter().all(|r| r.status == "done"));
 }

@@ -8,8 +8,9 @@
 //! Supported this far: entry on a segment (with or without a schedule) or an event, goal exits (which
 //! also take the customer out of the journey's ad audiences), holdouts, test mode, `wait`
 //! for a duration, `wait_for` an event, every kind of split, `send` with channel fallback,
-//! templates and related products, audience add and remove, and `exit`. Not yet: entry
-//! through the API, waits until a trait date, quiet hours, frequency caps.
+//! templates and related products, audience add and remove, quiet hours in the customer's
+//! time zone, and `exit`. Not yet: entry through the API, waits until a trait date,
+//! frequency caps.
 
 use std::sync::Arc;
 
@@ -222,6 +223,12 @@ impl Engine {
                     entries.push(log(&run, step.id(), "random", None, to.clone(), now));
                     Next::To(to)
                 }
+                Step::Send { .. } if !woken && journey.quiet_hours.is_some() && self.quiet_until(journey, &run, now).await?.is_some() => {
+                    let until = self.quiet_until(journey, &run, now).await?.unwrap_or(now);
+                    wait_until(&mut run, until);
+                    entries.push(log(&run, step.id(), "quiet hours", None, format!("until {}", iso(until)), now));
+                    break;
+                }
                 Step::Send { channels, template, voucher, products, next, .. } => {
                     self.send(&run, step.id(), channels, template, voucher.as_deref(), *products, now, &mut entries).await?;
                     Next::from(next)
@@ -250,6 +257,14 @@ impl Engine {
         }
         store(self).save_run(run.clone(), entries).await?;
         Ok(run)
+    }
+
+    /// When the journey's quiet hours end for this customer, if `now` falls inside them
+    /// in their time zone (UTC when unknown).
+    async fn quiet_until(&self, journey: &Journey, run: &JourneyRun, now: i64) -> Result<Option<i64>, StoreError> {
+        let Some(quiet) = &journey.quiet_hours else { return Ok(None) };
+        let zone = store(self).profile(&run.profile_id, 0).await?.and_then(|p| p.timezone);
+        Ok(quiet_until(&quiet.start, &quiet.end, zone.as_deref(), now))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -385,6 +400,27 @@ fn log(run: &JourneyRun, step: &str, action: &str, channel: Option<&str>, detail
     }
 }
 
+/// The end of the quiet hours `start`..`end` (local `HH:MM`, wrapping midnight when start
+/// is later than end) in time zone `zone`, if `now` falls inside them.
+pub fn quiet_until(start: &str, end: &str, zone: Option<&str>, now: i64) -> Option<i64> {
+    use chrono::{Duration, NaiveTime, TimeZone, Timelike};
+    let tz: chrono_tz::Tz = zone.and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC);
+    let local = chrono::Utc.timestamp_millis_opt(now).single()?.with_timezone(&tz);
+    let (start, end) = (NaiveTime::parse_from_str(start, "%H:%M").ok()?, NaiveTime::parse_from_str(end, "%H:%M").ok()?);
+    let time = NaiveTime::from_hms_opt(local.hour(), local.minute(), local.second())?;
+    let quiet = if start <= end { time >= start && time < end } else { time >= start || time < end };
+    if !quiet {
+        return None;
+    }
+    let mut ends = local.date_naive().and_time(end);
+    if ends <= local.naive_local() {
+        ends += Duration::days(1);
+    }
+    // A time skipped by a daylight-saving jump resolves to the next valid instant.
+    let resolved = tz.from_local_datetime(&ends).earliest().or_else(|| tz.from_local_datetime(&(ends + Duration::hours(1))).earliest())?;
+    Some(resolved.timestamp_millis())
+}
+
 /// 0 to 99 from a key, the same everywhere.
 fn bucket(key: &str) -> u8 {
     use sha2::Digest as _;
@@ -394,4 +430,27 @@ fn bucket(key: &str) -> u8 {
 
 fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_until;
+
+    fn ms(text: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn quiet_hours_follow_the_customer_time_zone() {
+        // 22:30 in Paris (summer, UTC+2) is quiet until 08:00 there, 06:00 UTC.
+        assert_eq!(quiet_until("21:00", "08:00", Some("Europe/Paris"), ms("2026-06-01T20:30:00Z")), Some(ms("2026-06-02T06:00:00Z")));
+        // 07:59 is still quiet; 08:00 is not.
+        assert_eq!(quiet_until("21:00", "08:00", Some("Europe/Paris"), ms("2026-06-02T05:59:00Z")), Some(ms("2026-06-02T06:00:00Z")));
+        assert_eq!(quiet_until("21:00", "08:00", Some("Europe/Paris"), ms("2026-06-02T06:00:00Z")), None);
+        // The same instant is mid-afternoon in New York.
+        assert_eq!(quiet_until("21:00", "08:00", Some("America/New_York"), ms("2026-06-01T20:30:00Z")), None);
+        // Unknown zones count as UTC; a window within one day works too.
+        assert_eq!(quiet_until("12:00", "14:00", None, ms("2026-06-01T13:00:00Z")), Some(ms("2026-06-01T14:00:00Z")));
+        assert_eq!(quiet_until("12:00", "14:00", Some("Not/AZone"), ms("2026-06-01T15:00:00Z")), None);
+    }
 }
