@@ -11,7 +11,7 @@ use std::time::Duration;
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{Field, Value as WitValue};
 use rekindle_server::delivery::{ChannelConfig, Deliverer};
-use rekindle_server::journeys::Engine;
+use rekindle_server::journeys::{Engine, FrequencyCap};
 use rekindle_server::{AppState, Clock, Ingestion};
 use rekindle_store::{Message, MessageKind, Purpose};
 use rekindle_tests::Backend;
@@ -128,7 +128,9 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     sms.allowed_hosts = vec!["127.0.0.1".into()];
     channels.insert("sms".to_string(), sms);
     let deliverer = Arc::new(Deliverer::new(channels));
-    let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: deliverer.clone() };
+    // A cap of three messages a week leaves this journey's two alone; a tighter cap is
+    // checked at the end.
+    let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
     let journey = engine.deploy(JOURNEY).await.unwrap();
     assert_eq!(journey.steps.len(), 3);
     assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().contains("no channel `fax`"));
@@ -158,7 +160,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
 
     // Dan buys on day 1; a restarted host (a new engine on the same store) carries on.
     ingestion.store.ingest(vec![message("dan-buys", "dan", Some("Order Completed"), t0 + DAY, json!({}))]).await.unwrap();
-    let restarted = Engine { registry, store: ingestion.clone(), deliverer };
+    let restarted = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
     restarted.tick(t0 + DAY).await.unwrap();
     assert_eq!(emails().len(), 2, "nothing is due on day 1");
 
@@ -174,6 +176,15 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let bob = ingestion.store.profile("bob", 0).await.unwrap().unwrap().id;
     let log: Vec<Value> = ingestion.store.journey_log("Win back").await.unwrap().iter().map(|e| json!([e.profile_id, e.step, e.action, e.detail])).collect();
     assert!(log.contains(&json!([bob, "reminder", "skipped", "no email consent and no active email"])), "{log:?}");
+
+    // With a cap of one message a week, Ann's second journey message is held back.
+    let capped = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
+    capped.deploy(&JOURNEY.replace("name = \"Win back\"", "name = \"Win back again\"")).await.unwrap();
+    capped.tick(t0 + 3 * DAY).await.unwrap();
+    assert_eq!(emails().len(), 3, "no message over the cap");
+    let ann = ingestion.store.profile("ann", 0).await.unwrap().unwrap().id;
+    let log = ingestion.store.journey_log("Win back again").await.unwrap();
+    assert!(log.iter().any(|e| e.profile_id == ann && e.action == "capped" && e.detail.starts_with("frequency cap: 2 messages in the last 7 days")), "{log:?}");
 }
 
 /// The shipped `usecases/abandoned-cart` journey: an add to cart starts it; a purchase
@@ -228,7 +239,7 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         ("sms".to_string(), channel("channel-twilio", vec![text("base_url", &base), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC"), ("TWILIO_AUTH_TOKEN", "t")])),
         ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "m")])),
     ]));
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(deliverer) };
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(deliverer), frequency_cap: None };
     let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/abandoned-cart/journey.toml")).unwrap();
     engine.deploy(&source).await.unwrap();
     let requests = || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();

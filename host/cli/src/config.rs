@@ -40,6 +40,17 @@ pub struct Config {
     pub channels: Vec<ChannelSection>,
     /// Journey files deployed at start-up, relative to the working directory.
     pub journeys: Vec<PathBuf>,
+    /// At most this many journey messages per customer in a window, across journeys:
+    /// `frequency_cap = { messages = 3, days = 7 }`.
+    pub frequency_cap: Option<FrequencyCapConfig>,
+}
+
+/// `frequency_cap`: messages per customer per number of days.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCapConfig {
+    pub messages: u32,
+    pub days: u32,
 }
 
 /// `[[channels]]`: a name journeys use (`email`), the adapter's slot, its parameters, the
@@ -113,6 +124,7 @@ impl Default for Config {
             offers: Vec::new(),
             channels: Vec::new(),
             journeys: Vec::new(),
+            frequency_cap: None,
         }
     }
 }

@@ -94,7 +94,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_token_secret(secret.as_bytes(), std::time::Duration::from_secs(config.tiles.token_ttl_hours * 3600));
     }
     if !config.channels.is_empty() {
-        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?));
+        let cap = config.frequency_cap.map(|c| rekindle_server::journeys::FrequencyCap { messages: c.messages, days: c.days });
+        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?), cap);
     }
     let journey_files = config.journeys.clone();
     let listen = config.listen;

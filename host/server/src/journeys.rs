@@ -9,8 +9,8 @@
 //! also take the customer out of the journey's ad audiences), holdouts, test mode, `wait`
 //! for a duration, `wait_for` an event, every kind of split, `send` with channel fallback,
 //! templates and related products, audience add and remove, quiet hours in the customer's
-//! time zone, and `exit`. Not yet: entry through the API, waits until a trait date,
-//! frequency caps.
+//! time zone, a frequency cap per customer across journeys, and `exit`. Not yet: entry
+//! through the API, waits until a trait date.
 
 use std::sync::Arc;
 
@@ -31,6 +31,15 @@ pub struct Engine {
     pub registry: Arc<Registry>,
     pub store: Arc<crate::Ingestion>,
     pub deliverer: Arc<Deliverer>,
+    /// At most this many messages per customer in this window, across all journeys.
+    pub frequency_cap: Option<FrequencyCap>,
+}
+
+/// A cap on messages per customer across journeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub messages: u32,
+    pub days: u32,
 }
 
 /// What one tick did.
@@ -280,6 +289,15 @@ impl Engine {
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<(), StoreError> {
         let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(()) };
+        if let Some(cap) = self.frequency_cap {
+            let since = now - i64::from(cap.days) * 86_400_000;
+            let recent = store(self).sends_since(&run.profile_id, since).await?;
+            if recent >= i64::from(cap.messages) {
+                let detail = format!("frequency cap: {recent} messages in the last {} days (at most {})", cap.days, cap.messages);
+                entries.push(log(run, step, "capped", None, detail, now));
+                return Ok(());
+            }
+        }
         let needs: Vec<_> = order.iter().filter_map(|name| self.deliverer.needs(&self.registry, name)).collect();
         let (chosen, skipped) = choose_channel(&needs, &profile);
         for skip in skipped {

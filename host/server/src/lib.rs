@@ -112,12 +112,13 @@ impl AppState {
 
     /// Runs journeys over customer data, delivering through `deliverer`'s channels; call
     /// after [`AppState::with_ingestion`].
-    pub fn with_journeys(mut self, deliverer: delivery::Deliverer) -> AppState {
+    pub fn with_journeys(mut self, deliverer: delivery::Deliverer, frequency_cap: Option<journeys::FrequencyCap>) -> AppState {
         if let Some(ingestion) = &self.ingestion {
             self.journeys = Some(Arc::new(journeys::Engine {
                 registry: self.registry.clone(),
                 store: ingestion.clone(),
                 deliverer: Arc::new(deliverer),
+                frequency_cap,
             }));
         }
         self

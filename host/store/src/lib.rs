@@ -298,6 +298,12 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::journey_log(db, &journey)))
     }
 
+    /// Messages sent to a profile by any journey since `since`.
+    pub async fn sends_since(&self, profile_id: &str, since: i64) -> Result<i64, StoreError> {
+        let profile_id = profile_id.to_string();
+        on_backend!(self.read(|db, _mapping| logic::sends_since(db, &profile_id, since)))
+    }
+
     /// Claims a send before calling the provider; `None` when new, else its recorded outcome.
     pub async fn claim_send(&self, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<String>, StoreError> {
         let (key, run, channel) = (key.to_string(), run.to_string(), channel.to_string());

@@ -1099,3 +1099,10 @@ pub(crate) fn events_after(db: &mut impl Db, name: &str, after: i64, limit: usiz
         .map(|r| (r.int(0), r.text(1), r.int(2)))
         .collect())
 }
+
+/// Messages sent to a profile by any journey since `since`: what a frequency cap counts.
+pub(crate) fn sends_since(db: &mut impl Db, profile: &str, since: i64) -> Result<i64, StoreError> {
+    Ok(db
+        .query_opt("SELECT COUNT(*) FROM journey_log WHERE profile_id = ?1 AND action = 'sent' AND at >= ?2", &[P::Text(profile), P::Int(since)])?
+        .map_or(0, |r| r.int(0)))
+}

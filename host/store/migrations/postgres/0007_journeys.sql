@@ -45,3 +45,6 @@ CREATE TABLE journey_sends (
     outcome         TEXT NOT NULL,
     at              BIGINT NOT NULL
 );
+
+-- Frequency caps count a person's recent sends across journeys.
+CREATE INDEX journey_log_by_person ON journey_log(profile_id, action, at);
