@@ -7,6 +7,7 @@ mod plugin;
 mod scaffold;
 mod segment;
 mod serve;
+mod usecase;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,15 @@ enum Command {
     /// Promo tiles at the CDN edge.
     #[command(subcommand)]
     Edge(EdgeCommand),
+    /// The seed campaign templates in `usecases/`.
+    #[command(subcommand)]
+    Usecase(UsecaseCommand),
+}
+
+#[derive(Subcommand)]
+enum UsecaseCommand {
+    /// Put a template's segments and journey on a running host.
+    Deploy(usecase::DeployArgs),
 }
 
 #[derive(Subcommand)]
@@ -113,6 +123,7 @@ pub fn main() -> ExitCode {
         Command::Demo(DemoCommand::Generate(args)) => demo::generate(args),
         Command::Segment(SegmentCommand::Preview(args)) => segment::preview(args),
         Command::Edge(EdgeCommand::Build(args)) => edge::build(args),
+        Command::Usecase(UsecaseCommand::Deploy(args)) => usecase::deploy(args),
         Command::Plugin(PluginCommand::Inspect { file, json, deadline_ms }) => plugin::inspect(&file, json, deadline_ms),
         Command::Plugin(PluginCommand::Run { file, input, deadline_ms }) => plugin::run(&file, &input, deadline_ms),
         Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {

@@ -270,6 +270,47 @@ secrets = { TWILIO_ACCOUNT_SID = "AC1", TWILIO_AUTH_TOKEN = "env:REKINDLE_TEST_T
     assert!(err.contains("channel `sms`: secret TWILIO_AUTH_TOKEN reads $REKINDLE_TEST_TWILIO_TOKEN"), "{err}");
 }
 
+/// Every seed template deploys with `rekindle usecase deploy` onto a host holding the demo
+/// shop, with the six shipped channels configured; an unknown template names the known ones.
+#[tokio::test]
+async fn all_five_seed_templates_deploy_on_the_demo_data() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = shipped_plugins(work.path());
+    let config = work.path().join("rekindle.toml");
+    // The providers are unreachable here: this is about deploying, not delivering.
+    let channel = |name: &str, slot: &str, params: &str, secrets: &str| {
+        format!("[[channels]]\nname = {name:?}\nslot = {slot:?}\nparams = {{ base_url = \"http://127.0.0.1:9\", {params} }}\nallowed_hosts = [\"127.0.0.1\"]\nsecrets = {{ {secrets} }}\nmax_attempts = 1\n")
+    };
+    std::fs::write(&config, [
+        channel("email", "channel-sendgrid", "from_email = \"shop@example.com\"", "SENDGRID_API_KEY = \"k\""),
+        channel("sms", "channel-twilio", "from = \"+15550000000\"", "TWILIO_ACCOUNT_SID = \"AC\", TWILIO_AUTH_TOKEN = \"t\""),
+        channel("push", "channel-fcm", "project_id = \"shop\"", "FCM_ACCESS_TOKEN = \"f\""),
+        channel("meta", "channel-meta-audiences", "default_country_code = \"1\"", "META_ACCESS_TOKEN = \"m\""),
+        channel("tiktok", "channel-tiktok-audiences", "advertiser_id = \"7\"", "TIKTOK_ACCESS_TOKEN = \"t\""),
+        channel("google", "channel-google-customer-match", "customer_id = \"123\"", "GOOGLE_ACCESS_TOKEN = \"g\""),
+    ].concat()).unwrap();
+    let data = work.path().join("data");
+    let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(),
+                OsStr::new("--source"), OsStr::new("demo=demo-key")];
+    let (_server, base) = serve(&args, "uc-admin").await;
+    let generated = rekindle().args(["demo", "generate", "--profiles", "300", "--url", &base, "--write-key", "demo-key"])
+        .env("REKINDLE_ADMIN_TOKEN", "uc-admin").output().unwrap();
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let usecases = workspace_root().join("usecases");
+    for name in ["abandoned-cart", "lapsing-repeat-buyers", "about-to-sleep", "win-back-45", "rfm-win-back"] {
+        let out = rekindle().args(["usecase", "deploy", name, "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin").output().unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("deployed with"), "{name}: {}", text(&out.stdout));
+    }
+    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("uc-admin").send().await.unwrap().json().await.unwrap();
+    assert_eq!(journeys["journeys"].as_array().unwrap().len(), 5, "{journeys}");
+    let lapsing: Value = reqwest::Client::new().get(format!("{base}/v1/segments/Lapsing%20repeat%20buyers/members")).bearer_auth("uc-admin")
+        .send().await.unwrap().json().await.unwrap();
+    assert!(!lapsing["members"].as_array().unwrap().is_empty(), "the demo shop has lapsing buyers: {lapsing}");
+    let unknown = rekindle().args(["usecase", "deploy", "nope", "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin").output().unwrap();
+    assert!(text(&unknown.stderr).contains("no template `nope`") && text(&unknown.stderr).contains("win-back-45"), "{}", text(&unknown.stderr));
+}
+
 #[tokio::test]
 async fn segment_preview_compares_a_candidate_with_the_live_segment() {
     let work = tempfile::tempdir().unwrap();
