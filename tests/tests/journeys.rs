@@ -121,6 +121,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "sg-key".to_string())]);
     email.allowed_hosts = vec!["127.0.0.1".into()];
+    let email_channel = email.clone();
     channels.insert("email".to_string(), email);
     let mut sms = ChannelConfig::new("channel-twilio");
     sms.params = vec![text("base_url", &base), text("from", "+15550000000")];
@@ -177,14 +178,35 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let log: Vec<Value> = ingestion.store.journey_log("Win back").await.unwrap().iter().map(|e| json!([e.profile_id, e.step, e.action, e.detail])).collect();
     assert!(log.contains(&json!([bob, "reminder", "skipped", "no email consent and no active email"])), "{log:?}");
 
+    // An API-entry journey, through the HTTP API of a host running this engine.
+    let api_journey = "name = \"Welcome back\"\n[entry]\napi = true\n[[steps]]\nid = \"hello\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Hello {{ traits.first_name }}\" }\n";
+    let host_state = state.clone().with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email_channel.clone())])), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, rekindle_server::app(host_state)).await.unwrap() });
+    let http = reqwest::Client::new();
+    let deployed = http.post(format!("{api}/v1/journeys")).bearer_auth("admin").body(api_journey).send().await.unwrap();
+    assert!(deployed.status().is_success(), "{}", deployed.text().await.unwrap());
+    let enter = |who: &'static str, journey: &'static str| http.post(format!("{api}/v1/journeys/{journey}/entries")).bearer_auth("admin").json(&json!({"userId": who})).send();
+    let answer: Value = enter("ann", "Welcome%20back").await.unwrap().json().await.unwrap();
+    assert_eq!(answer["started"], true, "{answer}");
+    let again: Value = enter("ann", "Welcome%20back").await.unwrap().json().await.unwrap();
+    assert_eq!(again["started"], false, "one unfinished run at a time: {again}");
+    assert_eq!(enter("nobody", "Welcome%20back").await.unwrap().status(), 404);
+    let not_api = enter("ann", "Win%20back").await.unwrap();
+    assert_eq!(not_api.status(), 400);
+    // The run starts at once; its message goes out on the next tick.
+    engine.tick(t0 + 2 * DAY + 2).await.unwrap();
+    assert!(emails().iter().any(|e| e.contains("Hello Ann")), "{:?}", emails());
+
     // With a cap of one message a week, Ann's second journey message is held back.
     let capped = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
     capped.deploy(&JOURNEY.replace("name = \"Win back\"", "name = \"Win back again\"")).await.unwrap();
     capped.tick(t0 + 3 * DAY).await.unwrap();
-    assert_eq!(emails().len(), 3, "no message over the cap");
+    assert_eq!(emails().len(), 4, "no message over the cap");
     let ann = ingestion.store.profile("ann", 0).await.unwrap().unwrap().id;
     let log = ingestion.store.journey_log("Win back again").await.unwrap();
-    assert!(log.iter().any(|e| e.profile_id == ann && e.action == "capped" && e.detail.starts_with("frequency cap: 2 messages in the last 7 days")), "{log:?}");
+    assert!(log.iter().any(|e| e.profile_id == ann && e.action == "capped" && e.detail.starts_with("frequency cap: 3 messages in the last 7 days")), "{log:?}");
 }
 
 /// The shipped `usecases/abandoned-cart` journey: an add to cart starts it; a purchase

@@ -5,12 +5,13 @@
 //! is called. A settled send is never repeated. One left `pending` by a crash is retried
 //! with the same key, for the provider to recognise.
 //!
-//! Supported this far: entry on a segment (with or without a schedule) or an event, goal exits (which
+//! Supported this far: entry on a segment (with or without a schedule), an event or the
+//! API, goal exits (which
 //! also take the customer out of the journey's ad audiences), holdouts, test mode, `wait`
 //! for a duration, `wait_for` an event, every kind of split, `send` with channel fallback,
 //! templates and related products, audience add and remove, quiet hours in the customer's
-//! time zone, a frequency cap per customer across journeys, and `exit`. Not yet: entry
-//! through the API, waits until a trait date.
+//! time zone, a frequency cap per customer across journeys, and `exit`. Not yet: waits until a
+//! trait date.
 
 use std::sync::Arc;
 
@@ -59,6 +60,20 @@ impl Engine {
         let journey = journey::load(source, &self.deliverer.channel_names())?;
         store(self).upsert_journey(&journey.name, source).await.map_err(|e| e.to_string())?;
         Ok(journey)
+    }
+
+    /// Puts the person `id` names (profile id, userId or anonymousId) into a journey whose
+    /// entry is `api = true`: `Ok(true)` when a run started, `Ok(false)` when the re-entry
+    /// policy, test mode or a holdout kept them out.
+    pub async fn enter_by_api(&self, journey_name: &str, id: &str, now: i64) -> Result<bool, String> {
+        let journeys = store(self).journeys().await.map_err(|e| e.to_string())?;
+        let (_, source, _) = journeys.iter().find(|(name, _, _)| name == journey_name).ok_or_else(|| format!("no journey `{journey_name}`"))?;
+        let journey = journey::load(source, &self.deliverer.channel_names())?;
+        if !journey.entry.api {
+            return Err(format!("journey `{journey_name}` does not take entries through the API (its [entry] has no `api = true`)"));
+        }
+        let profile = store(self).profile(id, 0).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no profile for `{id}`"))?;
+        self.start(&journey, &profile.id, now).await.map_err(|e| e.to_string())
     }
 
     /// Takes new entrants in, then advances every run that is due at `now`.

@@ -15,6 +15,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/v1/journeys", post(deploy).get(list))
         .route("/v1/journeys/{name}/runs", get(runs))
         .route("/v1/journeys/{name}/log", get(log))
+        .route("/v1/journeys/{name}/entries", post(enter))
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
@@ -46,4 +47,18 @@ async fn runs(State(state): State<AppState>, Path(name): Path<String>) -> Result
 async fn log(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let log = state.customer_data()?.store.journey_log(&name).await?;
     Ok(Json(json!({ "log": log })))
+}
+
+/// Puts someone into an API-entry journey: `{"userId"}` (or `anonymousId`, or a profile id).
+async fn enter(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
+    let id = ["userId", "anonymousId", "profileId"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_str))
+        .ok_or_else(|| ApiError::field("userId", "name the person with `userId`, `anonymousId` or `profileId`"))?;
+    let started = engine(&state)?.enter_by_api(&name, id, state.clock.now()).await.map_err(|e| {
+        if e.starts_with("no ") { ApiError::NotFound(e) } else { ApiError::field("journey", e) }
+    })?;
+    Ok(Json(json!({ "started": started })))
 }
