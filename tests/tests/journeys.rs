@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 rekindle_tests::on_each_backend!(
     a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase,
-    the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience
+    the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience,
+    a_wait_until_a_date_trait_plus_days
 );
 
 const DAY: i64 = 86_400_000;
@@ -294,4 +295,47 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
     assert_eq!(sent.len(), 5, "{sent:?}");
     assert!(sent[3..].iter().all(|(method, path, _)| method == "DELETE" && path == "/v21.0/120000000000001/users"), "{sent:?}");
     assert!(ingestion.store.journey_runs("Abandoned cart").await.unwrap().iter().all(|r| r.status == "done"));
+}
+
+/// `wait` with `until_trait`: until a customer's own date (a renewal) plus some days; a
+/// customer without the date goes straight on, and the log says why.
+async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap().timestamp_millis();
+    let (base, received) = provider(HashMap::from([("/v3/mail/send", vec![(202, vec![], "")])])).await;
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    registry.install("channel-sendgrid", &rekindle_tests::component(rekindle_tests::components::CHANNEL_SENDGRID)).unwrap();
+    let ingestion = Arc::new(Ingestion { store, sources: HashMap::new() });
+    let renewal = chrono::DateTime::from_timestamp_millis(t0 + DAY).unwrap().to_rfc3339();
+    let mut batch = Vec::new();
+    for (user, traits) in [("eve", json!({"email": "eve@example.com", "renewal": renewal})), ("fay", json!({"email": "fay@example.com"}))] {
+        let mut identify = message(&format!("{user}-i"), user, None, t0 - DAY, traits);
+        identify.consents = vec![(Purpose::Email, true)];
+        batch.push(identify);
+    }
+    ingestion.store.ingest(batch).await.unwrap();
+    let mut email = ChannelConfig::new("channel-sendgrid");
+    email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
+    email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "k".to_string())]);
+    email.allowed_hosts = vec!["127.0.0.1".into()];
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)]))), frequency_cap: None };
+    engine
+        .deploy("name = \"Renewal\"\n[entry]\napi = true\n[[steps]]\nid = \"until\"\ntype = \"wait\"\nuntil_trait = \"renewal\"\nplus_days = 1\n[[steps]]\nid = \"remind\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Time to renew\" }\n")
+        .await
+        .unwrap();
+    for who in ["eve", "fay"] {
+        assert!(engine.enter_by_api("Renewal", who, t0).await.unwrap());
+    }
+    let mailed = || received.lock().unwrap().iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect::<Vec<_>>();
+    engine.tick(t0).await.unwrap();
+    assert_eq!(mailed().len(), 1, "Fay has no date and goes straight on");
+    assert!(mailed()[0].contains("fay@example.com"));
+    engine.tick(t0 + 2 * DAY - 1).await.unwrap();
+    assert_eq!(mailed().len(), 1, "Eve waits for her renewal plus a day");
+    engine.tick(t0 + 2 * DAY).await.unwrap();
+    assert_eq!(mailed().len(), 2);
+    assert!(mailed()[1].contains("eve@example.com"));
+    let log = ingestion.store.journey_log("Renewal").await.unwrap();
+    assert!(log.iter().any(|e| e.action == "skipped" && e.detail == "no date in trait `renewal`"), "{log:?}");
 }

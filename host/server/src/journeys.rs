@@ -6,12 +6,11 @@
 //! with the same key, for the provider to recognise.
 //!
 //! Supported this far: entry on a segment (with or without a schedule), an event or the
-//! API, goal exits (which
-//! also take the customer out of the journey's ad audiences), holdouts, test mode, `wait`
-//! for a duration, `wait_for` an event, every kind of split, `send` with channel fallback,
-//! templates and related products, audience add and remove, quiet hours in the customer's
-//! time zone, a frequency cap per customer across journeys, and `exit`. Not yet: waits until a
-//! trait date.
+//! API; goal exits, which also take the customer out of the journey's ad audiences;
+//! holdouts and test mode; `wait` for a duration, `wait_for` an event, every kind of split,
+//! `send` with channel fallback, templates and related products, audience add and remove,
+//! quiet hours in the customer's time zone, a frequency cap per customer across journeys,
+//! `wait` until a date trait plus some days, and `exit`.
 
 use std::sync::Arc;
 
@@ -197,11 +196,33 @@ impl Engine {
             };
             let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
             let next: Next = match step {
-                Step::Wait { duration, .. } if !woken => {
-                    let wait = duration.as_deref().and_then(parse_duration).unwrap_or(0);
-                    wait_until(&mut run, now + wait);
-                    entries.push(log(&run, step.id(), "waiting", None, format!("until {}", iso(now + wait)), now));
+                Step::Wait { duration: Some(duration), .. } if !woken => {
+                    let until = now + parse_duration(duration).unwrap_or(0);
+                    wait_until(&mut run, until);
+                    entries.push(log(&run, step.id(), "waiting", None, format!("until {}", iso(until)), now));
                     break;
+                }
+                Step::Wait { until_trait: Some(name), plus_days, next, .. } if !woken => {
+                    // A date trait (RFC 3339 text or milliseconds) plus some days; a date
+                    // already past goes straight on, a missing one is logged and skipped.
+                    let profile = store(self).profile(&run.profile_id, 0).await?;
+                    let date = profile.and_then(|p| p.traits.into_iter().find(|(n, _, _)| n == name)).and_then(|(_, value, _)| match value {
+                        Value::Number(n) => n.as_i64(),
+                        Value::String(text) => chrono::DateTime::parse_from_rfc3339(&text).ok().map(|t| t.timestamp_millis()),
+                        _ => None,
+                    });
+                    match date.map(|d| d + plus_days * 86_400_000) {
+                        Some(until) if until > now => {
+                            wait_until(&mut run, until);
+                            entries.push(log(&run, step.id(), "waiting", None, format!("until {} ({name} + {plus_days} days)", iso(until)), now));
+                            break;
+                        }
+                        Some(_) => Next::from(next),
+                        None => {
+                            entries.push(log(&run, step.id(), "skipped", None, format!("no date in trait `{name}`"), now));
+                            Next::from(next)
+                        }
+                    }
                 }
                 Step::Wait { next, .. } => Next::from(next),
                 Step::WaitFor { event, timeout, on_event, on_timeout, .. } => {
