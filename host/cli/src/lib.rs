@@ -7,6 +7,7 @@ mod plugin;
 mod scaffold;
 mod segment;
 mod serve;
+mod simulate;
 mod usecase;
 
 use std::path::PathBuf;
@@ -41,6 +42,15 @@ enum Command {
     /// The seed campaign templates in `usecases/`.
     #[command(subcommand)]
     Usecase(UsecaseCommand),
+    /// Journeys.
+    #[command(subcommand)]
+    Journey(JourneyCommand),
+}
+
+#[derive(Subcommand)]
+enum JourneyCommand {
+    /// Replay a journey over a copy of the host's data on a virtual clock, sending nothing.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +134,7 @@ pub fn main() -> ExitCode {
         Command::Segment(SegmentCommand::Preview(args)) => segment::preview(args),
         Command::Edge(EdgeCommand::Build(args)) => edge::build(args),
         Command::Usecase(UsecaseCommand::Deploy(args)) => usecase::deploy(args),
+        Command::Journey(JourneyCommand::Simulate(args)) => simulate::simulate(args),
         Command::Plugin(PluginCommand::Inspect { file, json, deadline_ms }) => plugin::inspect(&file, json, deadline_ms),
         Command::Plugin(PluginCommand::Run { file, input, deadline_ms }) => plugin::run(&file, &input, deadline_ms),
         Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {

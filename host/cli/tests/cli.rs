@@ -311,6 +311,32 @@ async fn all_five_seed_templates_deploy_on_the_demo_data() {
     assert!(text(&unknown.stderr).contains("no template `nope`") && text(&unknown.stderr).contains("win-back-45"), "{}", text(&unknown.stderr));
 }
 
+/// `rekindle journey simulate` replays a seed template over a copy of a host's demo data on
+/// a virtual clock and prints the paths; the host's data is left as it was.
+#[tokio::test]
+async fn journey_simulate_replays_a_template_over_a_copy_of_the_data() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = shipped_plugins(work.path());
+    let data = work.path().join("data");
+    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--source"), OsStr::new("demo=demo-key")];
+    {
+        let (_server, base) = serve(&args, "sim-admin").await;
+        let generated = rekindle().args(["demo", "generate", "--profiles", "200", "--url", &base, "--write-key", "demo-key"]).output().unwrap();
+        assert!(generated.status.success(), "{}", text(&generated.stderr));
+    }
+    let journey = workspace_root().join("usecases/win-back-45/journey.toml");
+    let out = rekindle().args(["journey", "simulate"]).arg(&journey).args(["--days", "3", "--start", "2026-11-23T12:00:00Z", "--data-dir"]).arg(&data)
+        .arg("--plugins").arg(&plugins).output().unwrap();
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(printed.starts_with("Win back after 45 days over 3 days"), "{printed}");
+    assert!(printed.contains("entry          entered") && printed.contains("discount       sent on"), "{printed}");
+    // The host's own data has no trace of the simulation.
+    let (_server, base) = serve(&args, "sim-admin").await;
+    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("sim-admin").send().await.unwrap().json().await.unwrap();
+    assert!(journeys["journeys"].as_array().unwrap().is_empty(), "{journeys}");
+}
+
 #[tokio::test]
 async fn segment_preview_compares_a_candidate_with_the_live_segment() {
     let work = tempfile::tempdir().unwrap();

@@ -89,6 +89,8 @@ struct Channel {
 pub struct Deliverer {
     http: reqwest::Client,
     channels: HashMap<String, Arc<Channel>>,
+    /// Formats every request with the adapter but sends nothing: for simulations.
+    dry_run: bool,
 }
 
 impl Deliverer {
@@ -103,7 +105,13 @@ impl Deliverer {
                 (name, Arc::new(Channel { config, limiter }))
             })
             .collect();
-        Deliverer { http, channels }
+        Deliverer { http, channels, dry_run: false }
+    }
+
+    /// A deliverer that runs the adapters but sends nothing, answering every request as
+    /// delivered: what `rekindle journey simulate` uses.
+    pub fn dry_run(channels: HashMap<String, ChannelConfig>) -> Deliverer {
+        Deliverer { dry_run: true, ..Deliverer::new(channels) }
     }
 
     fn channel(&self, name: &str, registry: &Registry) -> Result<(Arc<Channel>, Arc<Plugin>, Context), DeliveryError> {
@@ -166,6 +174,9 @@ impl Deliverer {
         requests: Vec<HttpRequest>,
     ) -> Result<Vec<Attempted>, DeliveryError> {
         let PluginInfo::Channel(info) = plugin.info() else { unreachable!("checked in channel()") };
+        if self.dry_run {
+            return Ok(requests.iter().map(|_| Attempted { outcome: Outcome::Delivered(Some("dry run".into())), attempts: 0 }).collect());
+        }
         // Every request is checked and filled before any is sent: a bad one sends nothing.
         let filled = requests.iter().map(|r| fill(name, &channel.config, &info.hosts, &info.secrets, r)).collect::<Result<Vec<_>, _>>()?;
         let mut results = Vec::with_capacity(requests.len());
