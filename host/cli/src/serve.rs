@@ -154,15 +154,7 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// Uploads every component of `dir`; a slot without an active version gets it activated,
 /// while a slot an operator already manages keeps its active version.
 fn seed_from_dir(registry: &Registry, store: &SlotStore, dir: &Path) -> anyhow::Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading plugins directory {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    files.sort();
-    for file in files {
-        let slot = slot_name(&file);
+    for (slot, file) in plugin_files(dir)? {
         let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
         let uploaded = registry.upload(&slot, &bytes).with_context(|| format!("loading {}", file.display()))?;
         store.record_upload(&slot, &uploaded.digest, &bytes)?;
@@ -181,6 +173,18 @@ fn seed_from_dir(registry: &Registry, store: &SlotStore, dir: &Path) -> anyhow::
 }
 
 /// `rule_lapsing_repeat_buyer.wasm` seeds slot `rule-lapsing-repeat-buyer`.
+/// The `.wasm` files of a plugins directory, by name, each with the slot it goes in.
+pub(crate) fn plugin_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading plugins directory {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    files.sort();
+    Ok(files.into_iter().map(|f| (slot_name(&f), f)).collect())
+}
+
 fn slot_name(file: &Path) -> String {
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     stem.to_lowercase().replace('_', "-")

@@ -64,15 +64,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
 
     let registry = Arc::new(Registry::new(Runtime::new(RuntimeConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.plugins)
-        .with_context(|| format!("reading plugins directory {}", args.plugins.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    files.sort();
-    for file in files {
-        let slot = file.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default();
+    for (slot, file) in crate::serve::plugin_files(&args.plugins)? {
         registry.install(&slot, &std::fs::read(&file)?).with_context(|| format!("loading {}", file.display()))?;
     }
     let channels: HashMap<String, ChannelConfig> = DEFAULT_CHANNELS
