@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 rekindle_tests::on_each_backend!(
     a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase,
     the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience,
-    a_wait_until_a_date_trait_plus_days
+    a_wait_until_a_date_trait_plus_days,
+    the_lapsing_and_win_back_templates_run_end_to_end
 );
 
 const DAY: i64 = 86_400_000;
@@ -338,4 +339,100 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     assert!(mailed()[1].contains("eve@example.com"));
     let log = ingestion.store.journey_log("Renewal").await.unwrap();
     assert!(log.iter().any(|e| e.action == "skipped" && e.detail == "no date in trait `renewal`"), "{log:?}");
+}
+
+/// Every shipped channel, pointed at the stand-in provider at `base`.
+fn all_channels(base: &str) -> HashMap<String, ChannelConfig> {
+    let channel = |slot: &str, params: Vec<Field>, secrets: &[&str]| {
+        let mut config = ChannelConfig::new(slot);
+        config.params = params;
+        config.secrets = secrets.iter().map(|k| (k.to_string(), "secret".to_string())).collect();
+        config.allowed_hosts = vec!["127.0.0.1".into()];
+        config.max_attempts = 1;
+        config
+    };
+    HashMap::from([
+        ("email".to_string(), channel("channel-sendgrid", vec![text("base_url", base), text("from_email", "shop@example.com")], &["SENDGRID_API_KEY"])),
+        ("sms".to_string(), channel("channel-twilio", vec![text("base_url", base), text("from", "+15550000000")], &["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"])),
+        ("push".to_string(), channel("channel-fcm", vec![text("base_url", base), text("project_id", "shop")], &["FCM_ACCESS_TOKEN"])),
+        ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &["META_ACCESS_TOKEN"])),
+        ("tiktok".to_string(), channel("channel-tiktok-audiences", vec![text("base_url", base), text("advertiser_id", "7")], &["TIKTOK_ACCESS_TOKEN"])),
+        ("google".to_string(), channel("channel-google-customer-match", vec![text("base_url", base), text("customer_id", "123")], &["GOOGLE_ACCESS_TOKEN"])),
+    ])
+}
+
+/// The shipped `lapsing-repeat-buyers` and `win-back-45` templates, segments and journeys
+/// as deployed: the lapsing buyer joins three ad audiences and gets the voucher by email,
+/// and her purchase takes her out of all three; the win-back customer gets a text.
+async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap().timestamp_millis();
+    let (base, received) = provider(HashMap::from([
+        ("/v3/mail/send", vec![(202, vec![], "")]),
+        ("/Messages.json", vec![(201, vec![], r#"{"sid": "SM"}"#)]),
+        ("/users", vec![(200, vec![], "{}")]),
+        ("/segment/mapping/", vec![(200, vec![], r#"{"code": 0, "message": "OK"}"#)]),
+        ("/v1/audienceMembers:ingest", vec![(200, vec![], r#"{"requestId": "r"}"#)]),
+        ("/v1/audienceMembers:remove", vec![(200, vec![], r#"{"requestId": "r"}"#)]),
+    ]))
+    .await;
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    for (name, path) in rekindle_tests::components::ALL {
+        if name.starts_with("rule-") || name.starts_with("channel-") {
+            registry.install(name, &rekindle_tests::component(path)).unwrap();
+        }
+    }
+    let clock = Clock::manual(t0);
+    let state = AppState::new(registry.clone(), None, Some("admin".into()))
+        .with_ingestion(Ingestion { store, sources: HashMap::new() })
+        .with_clock(clock, Duration::from_secs(3600));
+    let ingestion = state.ingestion.clone().unwrap();
+    // Lia buys every 30 days and is 40 days on (30 + 8 grace = 38): lapsing. Wes's only
+    // order was 60 days ago: in the 45-to-90-day window.
+    let mut lia = message("lia-i", "lia", None, t0 - 200 * DAY, json!({"first_name": "Lia", "email": "lia@example.com"}));
+    lia.consents = vec![(Purpose::Email, true), (Purpose::Ads, true)];
+    let mut wes = message("wes-i", "wes", None, t0 - 200 * DAY, json!({"first_name": "Wes", "phone": "+15557654321"}));
+    wes.consents = vec![(Purpose::Sms, true)];
+    let mut batch = vec![lia, wes];
+    for (k, days) in [100, 70, 40].into_iter().enumerate() {
+        batch.push(message(&format!("lia-o{k}"), "lia", Some("Order Completed"), t0 - days * DAY, json!({})));
+    }
+    batch.push(message("wes-o", "wes", Some("Order Completed"), t0 - 60 * DAY, json!({})));
+    ingestion.store.ingest(batch).await.unwrap();
+
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base))), frequency_cap: None };
+    let usecases = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases");
+    for name in ["lapsing-repeat-buyers", "win-back-45"] {
+        let segments: toml::Table = toml::from_str(&std::fs::read_to_string(usecases.join(name).join("segments.toml")).unwrap()).unwrap();
+        for segment in segments["segments"].as_array().unwrap() {
+            rekindle_server::define_segment(&state, &serde_json::to_value(segment).unwrap()).await.unwrap();
+        }
+        engine.deploy(&std::fs::read_to_string(usecases.join(name).join("journey.toml")).unwrap()).await.unwrap();
+    }
+    let requests = || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
+
+    engine.tick(t0).await.unwrap();
+    let sent = requests();
+    let paths: Vec<&str> = sent.iter().map(|r| r.1.as_str()).collect();
+    for path in ["/v21.0/120000000000002/users", "/open_api/v1.3/segment/mapping/", "/v1/audienceMembers:ingest", "/v3/mail/send"] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
+    assert!(sent.iter().any(|r| r.1 == "/v3/mail/send" && r.2.contains("lia@example.com") && r.2.contains("BACK10")), "{sent:?}");
+    assert!(sent.iter().any(|r| r.1.ends_with("/Messages.json") && r.2.contains("To=%2B15557654321") && r.2.contains("WINBACK15")), "{sent:?}");
+
+    // Lia buys two days later: the journey ends and takes her out of every audience.
+    ingestion.store.ingest(vec![message("lia-buys", "lia", Some("Order Completed"), t0 + 2 * DAY, json!({}))]).await.unwrap();
+    let before = requests().len();
+    engine.tick(t0 + 2 * DAY).await.unwrap();
+    let after = requests();
+    let removals: Vec<(String, String)> = after[before..].iter().map(|r| (r.0.clone(), r.1.clone())).collect();
+    assert!(removals.contains(&("DELETE".into(), "/v21.0/120000000000002/users".into())), "{removals:?}");
+    assert!(removals.contains(&("POST".into(), "/v1/audienceMembers:remove".into())), "{removals:?}");
+    assert!(after[before..].iter().any(|r| r.1 == "/open_api/v1.3/segment/mapping/" && r.2.contains("\"delete\"")), "{removals:?}");
+    let runs = ingestion.store.journey_runs("Lapsing repeat buyers").await.unwrap();
+    assert_eq!(runs.iter().map(|r| r.ended_reason.as_deref()).collect::<Vec<_>>(), [Some("goal")]);
+    // A week on, no last call goes to someone who already bought.
+    engine.tick(t0 + 9 * DAY).await.unwrap();
+    assert!(!requests().iter().any(|r| r.2.contains("expires soon")));
 }

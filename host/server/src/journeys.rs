@@ -88,6 +88,15 @@ impl Engine {
                 Err(e) => tracing::error!(journey = name, "journey no longer loads; its runs wait: {e}"),
             }
         }
+        // A goal reached while waiting ends the run now, not at its next wake-up.
+        for journey in &journeys {
+            if let Some(goal) = &journey.goal {
+                for run in store(self).goal_reached(&journey.name, &goal.event, 1000).await? {
+                    self.advance(journey, run, now).await?;
+                    report.advanced += 1;
+                }
+            }
+        }
         // Runs that finish a step are due again at once; a few rounds settle everything
         // due now, and a journey stuck looping without a wait cannot hold the tick.
         for _ in 0..16 {

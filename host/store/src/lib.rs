@@ -278,6 +278,12 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::due_runs(db, now, limit)))
     }
 
+    /// Waiting runs of `journey` whose customer has done the `goal` event since entering.
+    pub async fn goal_reached(&self, journey: &str, goal: &str, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
+        let (journey, goal) = (journey.to_string(), goal.to_string());
+        on_backend!(self.read(|db, _mapping| logic::goal_reached(db, &journey, &goal, limit)))
+    }
+
     /// Saves a run's position and state, with what it did, in one transaction.
     pub async fn save_run(&self, run: JourneyRun, log: Vec<JourneyLogEntry>) -> Result<(), StoreError> {
         on_backend!(self.write(|db, _mapping| {

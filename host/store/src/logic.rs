@@ -1106,3 +1106,20 @@ pub(crate) fn sends_since(db: &mut impl Db, profile: &str, since: i64) -> Result
         .query_opt("SELECT COUNT(*) FROM journey_log WHERE profile_id = ?1 AND action = 'sent' AND at >= ?2", &[P::Text(profile), P::Int(since)])?
         .map_or(0, |r| r.int(0)))
 }
+
+/// Waiting runs of `journey` whose customer has done `goal` since entering: they leave at
+/// once rather than at their next wake-up.
+pub(crate) fn goal_reached(db: &mut impl Db, journey: &str, goal: &str, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
+    Ok(db
+        .query(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM journey_runs r WHERE journey = ?1 AND status = 'waiting'
+                 AND EXISTS (SELECT 1 FROM events e WHERE e.profile_id = r.profile_id AND e.name = ?2 AND e.timestamp >= r.entered_at)
+                 LIMIT ?3"
+            ),
+            &[P::Text(journey), P::Text(goal), P::Int(limit as i64)],
+        )?
+        .iter()
+        .map(run_from)
+        .collect())
+}
