@@ -22,7 +22,8 @@ rekindle_tests::on_each_backend!(
     a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase,
     the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience,
     a_wait_until_a_date_trait_plus_days,
-    the_lapsing_and_win_back_templates_run_end_to_end
+    the_lapsing_and_win_back_templates_run_end_to_end,
+    the_about_to_sleep_template_splits_by_value_and_favourite_category
 );
 
 const DAY: i64 = 86_400_000;
@@ -341,6 +342,21 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     assert!(log.iter().any(|e| e.action == "skipped" && e.detail == "no date in trait `renewal`"), "{log:?}");
 }
 
+/// A host state with every shipped rule and adapter installed, on a clock standing at `t0`.
+fn template_host(store: rekindle_store::Store, t0: i64) -> (AppState, Arc<Registry>, Clock) {
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    for (name, path) in rekindle_tests::components::ALL {
+        if name.starts_with("rule-") || name.starts_with("channel-") {
+            registry.install(name, &rekindle_tests::component(path)).unwrap();
+        }
+    }
+    let clock = Clock::manual(t0);
+    let state = AppState::new(registry.clone(), None, Some("admin".into()))
+        .with_ingestion(Ingestion { store, sources: HashMap::new() })
+        .with_clock(clock.clone(), Duration::from_secs(3600));
+    (state, registry, clock)
+}
+
 /// Every shipped channel, pointed at the stand-in provider at `base`.
 fn all_channels(base: &str) -> HashMap<String, ChannelConfig> {
     let channel = |slot: &str, params: Vec<Field>, secrets: &[&str]| {
@@ -377,16 +393,7 @@ async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
         ("/v1/audienceMembers:remove", vec![(200, vec![], r#"{"requestId": "r"}"#)]),
     ]))
     .await;
-    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    for (name, path) in rekindle_tests::components::ALL {
-        if name.starts_with("rule-") || name.starts_with("channel-") {
-            registry.install(name, &rekindle_tests::component(path)).unwrap();
-        }
-    }
-    let clock = Clock::manual(t0);
-    let state = AppState::new(registry.clone(), None, Some("admin".into()))
-        .with_ingestion(Ingestion { store, sources: HashMap::new() })
-        .with_clock(clock, Duration::from_secs(3600));
+    let (state, registry, _clock) = template_host(store, t0);
     let ingestion = state.ingestion.clone().unwrap();
     // Lia buys every 30 days and is 40 days on (30 + 8 grace = 38): lapsing. Wes's only
     // order was 60 days ago: in the 45-to-90-day window.
@@ -435,4 +442,72 @@ async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
     // A week on, no last call goes to someone who already bought.
     engine.tick(t0 + 9 * DAY).await.unwrap();
     assert!(!requests().iter().any(|r| r.2.contains("expires soon")));
+}
+
+/// The shipped `about-to-sleep` template: one order and none in 180 days. High value gets
+/// the paid audiences and the owned message, the rest only the owned message. A week later,
+/// those who browsed without buying get the message for their favourite category.
+async fn the_about_to_sleep_template_splits_by_value_and_favourite_category(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap().timestamp_millis();
+    let (base, received) = provider(HashMap::from([
+        ("/v3/mail/send", vec![(202, vec![], "")]),
+        ("/users", vec![(200, vec![], "{}")]),
+        ("/v1/audienceMembers:ingest", vec![(200, vec![], "{}")]),
+    ]))
+    .await;
+    let (state, registry, clock) = template_host(store, t0);
+    let ingestion = state.ingestion.clone().unwrap();
+    // Ola spent 600 on shoes 200 days ago; Oli 40 on tops. Both consented to email and ads.
+    let mut batch = Vec::new();
+    for (user, revenue, category) in [("ola", 600, "shoes"), ("oli", 40, "tops")] {
+        let mut identify = message(&format!("{user}-i"), user, None, t0 - 300 * DAY, json!({"email": format!("{user}@example.com")}));
+        identify.consents = vec![(Purpose::Email, true), (Purpose::Ads, true)];
+        batch.push(identify);
+        let mut order = message(&format!("{user}-o"), user, Some("Order Completed"), t0 - 200 * DAY, json!({}));
+        order.properties = json!({"revenue": revenue, "products": [{"product_id": "p", "category": category}]}).as_object().cloned().unwrap();
+        batch.push(order);
+    }
+    ingestion.store.ingest(batch).await.unwrap();
+
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base))), frequency_cap: None };
+    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/about-to-sleep");
+    let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
+    for segment in segments["segments"].as_array().unwrap() {
+        rekindle_server::define_segment(&state, &serde_json::to_value(segment).unwrap()).await.unwrap();
+    }
+    engine.deploy(&std::fs::read_to_string(template.join("journey.toml")).unwrap()).await.unwrap();
+    let requests = || received.lock().unwrap().iter().map(|r| (r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
+
+    engine.tick(t0).await.unwrap();
+    let sent = requests();
+    let to = |who: &str| sent.iter().filter(|r| r.0 == "/v3/mail/send" && r.1.contains(&format!("{who}@example.com"))).count();
+    assert_eq!((to("ola"), to("oli")), (1, 1), "the owned message for both: {sent:?}");
+    assert_eq!(sent.iter().filter(|r| r.0.ends_with("/users") || r.0.ends_with(":ingest")).count(), 2, "paid audiences for Ola alone: {sent:?}");
+
+    // Ola browses on day 5 without buying; the week's segment runs see it.
+    ingestion.store.ingest(vec![message("ola-view", "ola", Some("Page Viewed"), t0 + 5 * DAY, json!({}))]).await.unwrap();
+    clock.advance(7 * DAY);
+    let run = run_every_segment_now(&state).await;
+    assert!(run > 0);
+    engine.tick(t0 + 7 * DAY).await.unwrap();
+    let sent = requests();
+    let shoes: Vec<_> = sent.iter().filter(|r| r.1.contains("New shoes for you")).collect();
+    assert_eq!(shoes.len(), 1, "{sent:?}");
+    assert!(shoes[0].1.contains("ola@example.com"));
+    let log = ingestion.store.journey_log("One-time buyers about to sleep").await.unwrap();
+    let oli = ingestion.store.profile("oli", 0).await.unwrap().unwrap().id;
+    assert!(log.iter().any(|e| e.profile_id == oli && e.step == "browsing" && e.action == "split" && e.detail == "false"), "{log:?}");
+    let runs = ingestion.store.journey_runs("One-time buyers about to sleep").await.unwrap();
+    assert!(runs.iter().all(|r| r.status == "done"), "{runs:?}");
+}
+
+/// Re-evaluates every segment now, as the scheduler would; returns the profiles read.
+async fn run_every_segment_now(state: &AppState) -> usize {
+    let ingestion = state.ingestion.as_ref().unwrap();
+    let defs = ingestion.store.segments().await.unwrap();
+    let (plan, _) = rekindle_server::batch::Plan::new(&state.registry, &ingestion.store, &defs, state.clock.now()).await.unwrap();
+    let report = rekindle_server::batch::run_all(&ingestion.store, Arc::new(plan), Arc::new(rekindle_server::batch::WasmEvaluator)).await.unwrap();
+    report.profiles
 }
