@@ -23,7 +23,8 @@ rekindle_tests::on_each_backend!(
     the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience,
     a_wait_until_a_date_trait_plus_days,
     the_lapsing_and_win_back_templates_run_end_to_end,
-    the_about_to_sleep_template_splits_by_value_and_favourite_category
+    the_about_to_sleep_template_splits_by_value_and_favourite_category,
+    the_rfm_template_recommends_related_products_to_subscribers
 );
 
 const DAY: i64 = 86_400_000;
@@ -510,4 +511,62 @@ async fn run_every_segment_now(state: &AppState) -> usize {
     let (plan, _) = rekindle_server::batch::Plan::new(&state.registry, &ingestion.store, &defs, state.clock.now()).await.unwrap();
     let report = rekindle_server::batch::run_all(&ingestion.store, Arc::new(plan), Arc::new(rekindle_server::batch::WasmEvaluator)).await.unwrap();
     report.profiles
+}
+
+/// The shipped `rfm-win-back` template over a population whose quintiles the host computes:
+/// the frequent, big-spending customers who stopped buying are the segment; the newsletter
+/// subscriber among them gets ten related products by email, the other is left alone.
+async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z").unwrap().timestamp_millis();
+    let (base, received) = provider(HashMap::from([("/v3/mail/send", vec![(202, vec![], "")])])).await;
+    let (state, registry, _clock) = template_host(store, t0);
+    let ingestion = state.ingestion.clone().unwrap();
+    let products: Vec<rekindle_store::Product> = (0..14)
+        .map(|n| rekindle_store::Product {
+            id: format!("shoe-{n}"), name: format!("Shoe {n:02}"), category: Some("shoes".into()), price: Some(50.0),
+            url: Some(format!("https://shop.example/shoe-{n}")), image: None, in_stock: true,
+        })
+        .collect();
+    ingestion.store.upsert_products(products).await.unwrap();
+    // Twenty customers: the first ten buy often and spend much; of those, Rita (0) and Ron
+    // (1) stopped 200 days ago while the rest bought last week. The other ten bought once.
+    let mut batch = Vec::new();
+    for c in 0..20 {
+        let user = match c { 0 => "rita".to_string(), 1 => "ron".to_string(), n => format!("c{n}") };
+        let mut identify = message(&format!("{user}-i"), &user, None, t0 - 900 * DAY, json!({"email": format!("{user}@example.com"), "newsletter": c != 1}));
+        identify.consents = vec![(Purpose::Email, true)];
+        batch.push(identify);
+        let (orders, last) = if c < 10 { (12, if c < 2 { 200 } else { 7 }) } else { (1, 30 + c) };
+        for k in 0..orders {
+            let mut order = message(&format!("{user}-o{k}"), &user, Some("Order Completed"), t0 - (last + 20 * k as i64) * DAY, json!({}));
+            order.properties = json!({"revenue": 150, "products": [{"product_id": format!("shoe-{}", k % 3), "category": "shoes"}]}).as_object().cloned().unwrap();
+            batch.push(order);
+        }
+    }
+    ingestion.store.ingest(batch).await.unwrap();
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base))), frequency_cap: None };
+    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/rfm-win-back");
+    let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
+    for segment in segments["segments"].as_array().unwrap() {
+        rekindle_server::define_segment(&state, &serde_json::to_value(segment).unwrap()).await.unwrap();
+    }
+    let members = ingestion.store.members("RFM win-back", "", 100).await.unwrap();
+    let (rita, ron) = (ingestion.store.profile("rita", 0).await.unwrap().unwrap().id, ingestion.store.profile("ron", 0).await.unwrap().unwrap().id);
+    let mut ids: Vec<String> = members.iter().map(|m| m.profile_id.clone()).collect();
+    ids.sort();
+    let mut want = vec![rita.clone(), ron.clone()];
+    want.sort();
+    assert_eq!(ids, want, "only the lapsed big spenders: {members:?}");
+    engine.deploy(&std::fs::read_to_string(template.join("journey.toml")).unwrap()).await.unwrap();
+    engine.tick(t0).await.unwrap();
+    let mails: Vec<String> = received.lock().unwrap().iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
+    assert_eq!(mails.len(), 1, "Ron does not take the newsletter: {mails:?}");
+    assert!(mails[0].contains("rita@example.com"));
+    let listed = (0..14).filter(|n| mails[0].contains(&format!("Shoe {n:02}"))).count();
+    assert_eq!(listed, 10, "ten related products: {}", mails[0]);
+    for bought in ["Shoe 00", "Shoe 01", "Shoe 02"] {
+        assert!(!mails[0].contains(bought), "never something she bought: {}", mails[0]);
+    }
 }
