@@ -199,6 +199,15 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     assert_eq!(enter("nobody", "Welcome%20back").await.unwrap().status(), 404);
     let not_api = enter("ann", "Win%20back").await.unwrap();
     assert_eq!(not_api.status(), 400);
+    // Test mode: only profiles with the trait `test = true` enter.
+    let test_only = api_journey.replace("name = \"Welcome back\"", "name = \"Trial\"\ntest_mode = true");
+    assert!(http.post(format!("{api}/v1/journeys")).bearer_auth("admin").body(test_only).send().await.unwrap().status().is_success());
+    ingestion.store.ingest(vec![message("bob-test", "bob", None, t0, json!({"test": true}))]).await.unwrap();
+    let kept_out: Value = enter("ann", "Trial").await.unwrap().json().await.unwrap();
+    assert_eq!(kept_out["started"], false, "Ann is not a test profile");
+    let tester: Value = enter("bob", "Trial").await.unwrap().json().await.unwrap();
+    assert_eq!(tester["started"], true);
+
     // The run starts at once; its message goes out on the next tick.
     engine.tick(t0 + 2 * DAY + 2).await.unwrap();
     assert!(emails().iter().any(|e| e.contains("Hello Ann")), "{:?}", emails());
