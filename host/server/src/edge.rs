@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::batch::{Plan, PlannedSegment};
 use crate::tiles::{Catalog, full_profile};
-use crate::token::{Claims, typed, typed_fields};
+use crate::token::{Claims, typed_fields};
 use crate::{AppState, ApiError};
 
 /// Whether a rule's declared input travels in a token.
@@ -31,12 +31,29 @@ pub async fn edge_segments(state: &AppState, now: i64) -> Result<Vec<PlannedSegm
 }
 
 /// Every query a token must serve: each slot's decision and each edge rule.
-fn token_queries(state: &AppState, catalog: &Catalog, edge: &[PlannedSegment]) -> Vec<InputQuery> {
+fn token_queries<'a>(state: &AppState, catalog: &Catalog, edge_rules: impl IntoIterator<Item = &'a InputQuery>) -> Vec<InputQuery> {
     let mut slots: Vec<&String> = catalog.slots.keys().collect();
     slots.sort();
     let mut queries: Vec<InputQuery> = slots.into_iter().flat_map(|slot| state.tiles.queries(&state.registry, catalog, slot)).collect();
-    queries.extend(edge.iter().map(|s| s.query.clone()));
+    queries.extend(edge_rules.into_iter().cloned());
     queries
+}
+
+/// The input queries of the edge segments' rules: what a token must carry for them. Unlike
+/// [`edge_segments`] this resolves no parameters, so issuing a token on every tile answer
+/// never computes RFM quintiles over the whole population.
+async fn edge_rule_queries(state: &AppState) -> Result<Vec<InputQuery>, ApiError> {
+    let store = &state.customer_data()?.store;
+    let mut queries = Vec::new();
+    for def in store.segments().await? {
+        if let Ok(plugin) = state.registry.get(&def.slot)
+            && let PluginInfo::Rule(info) = plugin.info()
+            && fits_token(&info.input)
+        {
+            queries.push(info.input.clone());
+        }
+    }
+    Ok(queries)
 }
 
 /// The trait and aggregate names a token carries, in first-declared order.
@@ -62,8 +79,7 @@ fn token_fields(queries: &[InputQuery]) -> (Vec<String>, Vec<String>) {
 pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result<Option<Claims>, ApiError> {
     let store = &state.customer_data()?.store;
     let catalog = state.tiles.catalog();
-    let edge = edge_segments(state, now).await?;
-    let queries = token_queries(state, &catalog, &edge);
+    let queries = token_queries(state, &catalog, &edge_rule_queries(state).await?);
     let Some(full) = full_profile(store, queries.iter().collect(), id, now).await? else { return Ok(None) };
     let (traits, aggregates) = token_fields(&queries);
     let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> {
@@ -131,11 +147,7 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
         let offer = &o.offer;
         offers.push(json!({
             "valid_from": o.valid_from,
-            "traits": o.traits.iter().map(|(name, want)| {
-                let mut entry = vec![json!(name)];
-                entry.extend(typed(&rekindle_runtime::json::value_from_json(want)).as_array().cloned().unwrap_or_default());
-                entry
-            }).collect::<Vec<_>>(),
+            "traits": typed_fields(&o.traits.iter().map(|(name, want)| Field { name: name.clone(), value: rekindle_runtime::json::value_from_json(want) }).collect::<Vec<_>>()),
             "offer": {
                 "id": offer.id, "slot": offer.slot, "priority": offer.priority,
                 "includeSegments": offer.include_segments, "excludeSegments": offer.exclude_segments,
@@ -153,7 +165,7 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
         );
         segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query)}));
     }
-    let queries = token_queries(state, &catalog, &edge);
+    let queries = token_queries(state, &catalog, edge.iter().map(|s| &s.query));
     let (traits, aggregates) = token_fields(&queries);
     Ok(json!({
         "version": 1,
@@ -190,7 +202,7 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
     let catalog = state.tiles.catalog();
     let def = catalog.slots.get(slot).ok_or_else(|| ApiError::NotFound(format!("no tile slot `{slot}`")))?;
     let edge = edge_segments(state, now).await?;
-    let queries = token_queries(state, &catalog, &edge);
+    let queries = token_queries(state, &catalog, edge.iter().map(|s| &s.query));
     let mut full: Option<Profile> = match visitor {
         Some(id) => full_profile(store, queries.iter().collect(), id, now).await?,
         None => None,

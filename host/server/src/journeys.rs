@@ -204,6 +204,15 @@ impl Engine {
                 break;
             };
             let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
+            // A send due in quiet hours waits at this step until they end; woken, it sends.
+            if matches!(step, Step::Send { .. })
+                && !woken
+                && let Some(until) = self.quiet_until(journey, &run, now).await?
+            {
+                wait_until(&mut run, until);
+                entries.push(log(&run, step.id(), "quiet hours", None, format!("until {}", iso(until)), now));
+                break;
+            }
             let next: Next = match step {
                 Step::Wait { duration: Some(duration), .. } if !woken => {
                     let until = now + parse_duration(duration).unwrap_or(0);
@@ -276,12 +285,6 @@ impl Engine {
                     let to = chosen.unwrap_or(&variants[variants.len() - 1]).next.clone();
                     entries.push(log(&run, step.id(), "random", None, to.clone(), now));
                     Next::To(to)
-                }
-                Step::Send { .. } if !woken && journey.quiet_hours.is_some() && self.quiet_until(journey, &run, now).await?.is_some() => {
-                    let until = self.quiet_until(journey, &run, now).await?.unwrap_or(now);
-                    wait_until(&mut run, until);
-                    entries.push(log(&run, step.id(), "quiet hours", None, format!("until {}", iso(until)), now));
-                    break;
                 }
                 Step::Send { channels, template, voucher, products, next, .. } => {
                     self.send(&run, step.id(), channels, template, voucher.as_deref(), *products, now, &mut entries).await?;

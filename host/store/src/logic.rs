@@ -625,19 +625,16 @@ pub(crate) fn rule_inputs(db: &mut impl Db, scope: &Scope, needs: &InputNeeds) -
             Ok(all)
         }
         Scope::Ids(ids) => {
-            let mut all: Vec<RuleInput> = Vec::with_capacity(ids.len());
-            let mut seen = std::collections::HashSet::new();
+            // Each id resolved to its person, each person once; then as for profile ids.
+            let mut profiles: Vec<String> = Vec::with_capacity(ids.len());
             for id in ids {
-                let Some(profile) = resolve_id(db, id)? else { continue };
-                if !seen.insert(profile.clone()) {
-                    continue;
+                if let Some(profile) = resolve_id(db, id)?
+                    && !profiles.contains(&profile)
+                {
+                    profiles.push(profile);
                 }
-                let Some(row) = db.query_opt("SELECT id, timezone FROM profiles WHERE id = ?1", &[P::Text(&profile)])? else { continue };
-                let mut one = vec![input(&row)];
-                fill_inputs(db, &mut one, &profile, &profile, needs)?;
-                all.append(&mut one);
             }
-            Ok(all)
+            rule_inputs(db, &Scope::Profiles(profiles), needs)
         }
     }
 }
