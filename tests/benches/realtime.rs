@@ -5,6 +5,9 @@
 //! abandoned-cart segment (`wait_minutes` 0) lists it. Latency runs from the probe's
 //! acknowledgement to the first read that shows the membership.
 //!
+//! With `REALTIME=off` the cart segment is daily and no probe runs: the same load for 10 s,
+//! to compare how much ingestion the real-time path costs.
+//!
 //! `cargo bench -p rekindle-tests --bench realtime`
 
 use std::sync::Arc;
@@ -72,10 +75,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-async fn run(base: &str, rate: Option<u64>) {
+async fn run(base: &str, rate: Option<u64>, realtime: bool) {
     let http = reqwest::Client::new();
     for (name, slot, params, schedule) in [
-        ("carts", "abandoned-cart", json!({"wait_minutes": 0}), "realtime"),
+        ("carts", "abandoned-cart", json!({"wait_minutes": 0}), if realtime { "realtime" } else { "daily" }),
         ("lapsing", "lapsing-repeat-buyer", json!({}), "daily"),
         ("engaged", "engaged-not-purchased", json!({}), "daily"),
     ] {
@@ -115,6 +118,13 @@ async fn run(base: &str, rate: Option<u64>) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (load_started, sent_before) = (Instant::now(), sent.load(Ordering::Relaxed));
     let mut latencies = Vec::with_capacity(PROBES);
+    if !realtime {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let load_rate = (sent.load(Ordering::Relaxed) - sent_before) as f64 / load_started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        println!("no real-time segment: {load_rate:.0} events/s of ingestion");
+        return;
+    }
     for p in 0..PROBES {
         let user = format!("probe-{p}");
         let response = http.post(format!("{base}/v1/track")).basic_auth("bench-key", Some(""))
@@ -159,5 +169,6 @@ fn main() {
         Ok(n) => Some(n.parse().expect("RATE: events per second, or max")),
         Err(_) => Some(20_000),
     };
-    client.block_on(run(&base, rate));
+    let realtime = std::env::var("REALTIME").as_deref() != Ok("off");
+    client.block_on(run(&base, rate, realtime));
 }

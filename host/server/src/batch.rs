@@ -340,6 +340,19 @@ async fn evaluate_page<E: Evaluator>(
     lanes: usize,
     report: &mut RunReport,
 ) -> Result<(), StoreError> {
+    let writes = evaluate_inputs(plan, evaluator, inputs, lanes, report).await?;
+    report.changes += store.record_verdicts(writes, plan.now).await?;
+    Ok(())
+}
+
+/// Evaluates a page on `lanes` threads; returns the verdicts that change something.
+async fn evaluate_inputs<E: Evaluator>(
+    plan: &Arc<Plan>,
+    evaluator: &Arc<E>,
+    inputs: Vec<RuleInput>,
+    lanes: usize,
+    report: &mut RunReport,
+) -> Result<Vec<VerdictWrite>, StoreError> {
     let inputs = Arc::new(inputs);
     let per_lane = inputs.len().div_ceil(lanes.max(1)).max(1);
     let tasks: Vec<_> = (0..inputs.len())
@@ -366,8 +379,7 @@ async fn evaluate_page<E: Evaluator>(
         writes.extend(slice.writes);
     }
     report.profiles += inputs.len();
-    report.changes += store.record_verdicts(writes, plan.now).await?;
-    Ok(())
+    Ok(writes)
 }
 
 /// Evaluates the plan over every stored profile, a page at a time; the next page is read
@@ -387,17 +399,24 @@ pub async fn run_all<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Ar
     Ok(report)
 }
 
-/// Evaluates the plan for the profiles `ids` (distinct profile ids): the real-time path,
-/// where a batch is the people one burst of ingestion touched.
-pub async fn run_ids<E: Evaluator>(store: &Store, plan: Arc<Plan>, evaluator: Arc<E>, ids: Vec<String>) -> Result<RunReport, StoreError> {
+/// Evaluates the plan for the profiles `ids` (distinct profile ids) and returns the
+/// verdicts that change something, unwritten: the real-time path, which writes one batch
+/// while it reads the next.
+pub async fn evaluate_ids<E: Evaluator>(
+    store: &Store,
+    plan: Arc<Plan>,
+    evaluator: Arc<E>,
+    ids: Vec<String>,
+) -> Result<(Vec<VerdictWrite>, RunReport), StoreError> {
     let mut report = RunReport { per_segment: vec![(0, 0); plan.segments.len()], ..RunReport::default() };
+    let mut writes = Vec::new();
     if plan.segments.is_empty() || ids.is_empty() {
-        return Ok(report);
+        return Ok((writes, report));
     }
     for chunk in ids.chunks(PAGE) {
         let inputs = store.rule_inputs(Scope::Profiles(chunk.to_vec()), plan.needs().clone()).await?;
         let lanes = if inputs.len() >= 64 { 2 } else { 1 };
-        evaluate_page(store, &plan, &evaluator, inputs, lanes, &mut report).await?;
+        writes.extend(evaluate_inputs(&plan, &evaluator, inputs, lanes, &mut report).await?);
     }
-    Ok(report)
+    Ok((writes, report))
 }

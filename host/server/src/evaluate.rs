@@ -213,45 +213,169 @@ pub(crate) async fn schedule_loop(
     }
 }
 
+/// People read and evaluated together on the real-time path. Small, so the people touched
+/// first are written first instead of waiting for everyone touched since; large enough to
+/// use both cores.
+const REALTIME_CHUNK: usize = 64;
+
+/// Real-time verdict writes waiting to commit at once; more means the store is behind, and
+/// reading on would only queue more.
+const MAX_WRITES_IN_FLIGHT: usize = 4;
+
+/// How long the real-time loop waits before retrying after the store failed it.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long real-time passes reuse RFM cutoffs: a population scan per pass would cost more
+/// than the pass, and quintiles drift slowly.
+const AUTO_PARAMS_FOR: i64 = 10 * 60_000;
+
 /// Re-evaluates the real-time segments of the people ingested messages touched, in the
 /// background, so ingestion is acknowledged without waiting for rules.
+///
+/// People wait in one queue in the order they were first touched, each once however many
+/// events arrive meanwhile. They are taken a chunk at a time: a chunk is read while the
+/// previous chunk's verdicts are being written, and a person whose verdict is still being
+/// written waits for the next chunk, so no read sees a membership about to change.
 pub(crate) async fn realtime_loop(
     registry: std::sync::Arc<Registry>,
     ingestion: std::sync::Arc<crate::Ingestion>,
     clock: crate::Clock,
     mut touched: tokio::sync::mpsc::UnboundedReceiver<Vec<rekindle_store::Touch>>,
 ) {
-    while let Some(mut touches) = touched.recv().await {
-        // Take everything already queued, so a burst is evaluated once per person.
-        while let Ok(more) = touched.try_recv() {
-            touches.extend(more);
+    use std::collections::{HashMap, HashSet, VecDeque};
+    let store = &ingestion.store;
+    let (mut queue, mut queued) = (VecDeque::<String>::new(), HashSet::<String>::new());
+    let mut auto_params: HashMap<String, (serde_json::Value, i64, SegmentDefinition)> = HashMap::new();
+    // Verdict writes in flight, with the people each changes. Writes for different people
+    // may commit in any order; nobody is read again until their write has committed.
+    let mut writing: VecDeque<(VerdictWrite, HashSet<String>)> = VecDeque::new();
+    loop {
+        while writing.front().is_some_and(|(write, _)| write.is_finished()) {
+            if let Some((write, _)) = writing.pop_front() {
+                log_write(write.await);
+            }
         }
-        let segments = match ingestion.store.segments().await {
+        let mut arrived = Vec::new();
+        if queue.is_empty() {
+            // Nothing to read: let the writes finish, then sleep until someone is touched.
+            if let Some((write, _)) = writing.pop_front() {
+                log_write(write.await);
+                continue;
+            }
+            match touched.recv().await {
+                Some(touches) => arrived.extend(touches),
+                None => return,
+            }
+        }
+        while let Ok(more) = touched.try_recv() {
+            arrived.extend(more);
+        }
+        let segments = match store.segments().await {
             Ok(all) => all.into_iter().filter(|s| s.schedule == "realtime").collect::<Vec<_>>(),
             Err(e) => {
                 tracing::error!("real-time evaluation cannot read segments: {e}");
+                // Everyone touched stays queued for when the store answers again.
+                enqueue(&mut queue, &mut queued, arrived.into_iter().map(|t| t.profile_id));
+                tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
         };
         let now = clock.now();
-        let (plan, refused) = match Plan::new(&registry, &ingestion.store, &segments, now).await {
+        let mut resolved = Vec::with_capacity(segments.len());
+        for def in segments {
+            match auto_params.get(&def.name) {
+                Some((params, at, done)) if *params == def.params && now - at < AUTO_PARAMS_FOR && done.slot == def.slot => {
+                    resolved.push(done.clone())
+                }
+                _ => match resolve_auto_params(store, &def, now).await {
+                    Ok(done) => {
+                        auto_params.insert(def.name.clone(), (def.params.clone(), now, done.clone()));
+                        resolved.push(done);
+                    }
+                    Err(e) => tracing::error!(segment = def.name, "real-time evaluation cannot resolve parameters: {e}"),
+                },
+            }
+        }
+        let (plan, refused) = match Plan::new(&registry, store, &resolved, now).await {
             Ok(planned) => planned,
             Err(e) => {
                 tracing::error!("real-time evaluation cannot plan: {e}");
+                enqueue(&mut queue, &mut queued, arrived.into_iter().map(|t| t.profile_id));
+                tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
         };
         for (segment, e) in refused {
             tracing::warn!(segment, "real-time evaluation skipped a segment: {e}");
         }
-        let mut ids: Vec<String> = touches.into_iter().filter(|t| plan.reads(t)).map(|t| t.profile_id).collect();
-        ids.sort();
-        ids.dedup();
-        let (people, started) = (ids.len(), std::time::Instant::now());
-        match crate::batch::run_ids(&ingestion.store, std::sync::Arc::new(plan), std::sync::Arc::new(WasmEvaluator), ids).await {
-            Ok(report) => tracing::debug!(people, changes = report.changes, took = ?started.elapsed(), "real-time evaluation"),
-            Err(e) => tracing::error!("real-time evaluation failed: {e}"),
+        enqueue(&mut queue, &mut queued, arrived.into_iter().filter(|t| plan.reads(t)).map(|t| t.profile_id));
+        let (mut chunk, mut later) = (Vec::with_capacity(REALTIME_CHUNK), Vec::new());
+        while chunk.len() < REALTIME_CHUNK {
+            let Some(id) = queue.pop_front() else { break };
+            if writing.iter().any(|(_, ids)| ids.contains(&id)) { later.push(id) } else { chunk.push(id) }
         }
+        for id in later.into_iter().rev() {
+            queue.push_front(id);
+        }
+        if chunk.is_empty() {
+            // Everyone waiting is being written: wait for the oldest write.
+            if let Some((write, _)) = writing.pop_front() {
+                log_write(write.await);
+            }
+            continue;
+        }
+        for id in &chunk {
+            queued.remove(id);
+        }
+        let (people, started) = (chunk.len(), std::time::Instant::now());
+        let plan = std::sync::Arc::new(plan);
+        let writes = match crate::batch::evaluate_ids(store, plan, std::sync::Arc::new(WasmEvaluator), chunk.clone()).await {
+            Ok((writes, report)) => {
+                tracing::debug!(people, evaluations = report.evaluations(), writes = writes.len(), took = ?started.elapsed(), "real-time evaluation");
+                writes
+            }
+            Err(e) => {
+                tracing::error!("real-time evaluation failed: {e}");
+                for id in chunk.into_iter().rev() {
+                    if queued.insert(id.clone()) {
+                        queue.push_front(id);
+                    }
+                }
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+        };
+        if writing.len() >= MAX_WRITES_IN_FLIGHT
+            && let Some((write, _)) = writing.pop_front()
+        {
+            log_write(write.await);
+        }
+        if !writes.is_empty() {
+            let ids = writes.iter().map(|w| w.profile_id.clone()).collect();
+            let ingestion = ingestion.clone();
+            writing.push_back((tokio::spawn(async move { ingestion.store.record_verdicts(writes, now).await }), ids));
+        }
+    }
+}
+
+/// A real-time verdict write in flight: how many entries and exits it made.
+type VerdictWrite = tokio::task::JoinHandle<Result<usize, StoreError>>;
+
+/// Adds people to the back of the real-time queue, unless already waiting in it.
+fn enqueue(queue: &mut std::collections::VecDeque<String>, queued: &mut std::collections::HashSet<String>, ids: impl IntoIterator<Item = String>) {
+    for id in ids {
+        if queued.insert(id.clone()) {
+            queue.push_back(id);
+        }
+    }
+}
+
+/// Logs how a real-time verdict write went.
+fn log_write(outcome: Result<Result<usize, StoreError>, tokio::task::JoinError>) {
+    match outcome {
+        Ok(Ok(changes)) => tracing::debug!(changes, "real-time verdicts written"),
+        Ok(Err(e)) => tracing::error!("real-time verdicts could not be written: {e}"),
+        Err(e) => tracing::error!("real-time verdict write failed: {e}"),
     }
 }
 

@@ -365,8 +365,8 @@ pub(crate) fn read_profile(db: &mut impl Db, id: &str, recent: usize) -> Result<
         .collect();
     let recent_events = db
         .query(
-            "SELECT name, timestamp, properties FROM events WHERE profile_id = ?1 ORDER BY timestamp DESC, id DESC LIMIT ?2",
-            &[P::Text(&profile), P::Int(recent as i64)],
+            &format!("SELECT name, timestamp, properties FROM events WHERE profile_id = ?1 ORDER BY timestamp DESC, id DESC LIMIT {recent}"),
+            &[P::Text(&profile)],
         )?
         .into_iter()
         .map(|r| StoredEvent { name: r.text(0), timestamp: r.int(1), properties: serde_json::from_str(&r.text(2)).unwrap_or(Value::Null) })
@@ -400,10 +400,13 @@ pub(crate) fn events(
     let Some(profile) = resolve_id(db, id)? else { return Ok(Vec::new()) };
     let limit = limit.map_or(i64::MAX, i64::from);
     let mut rows = db.query(
-        "SELECT timestamp, properties FROM events
-         WHERE profile_id = ?1 AND name = ?2 AND timestamp >= ?3 AND timestamp <= ?4
-         ORDER BY timestamp DESC, id DESC LIMIT ?5",
-        &[P::Text(&profile), P::Text(name), P::Int(since), P::Int(until), P::Int(limit)],
+        &format!(
+            "SELECT timestamp, properties FROM events
+             WHERE profile_id = ?1 AND name = ?2 AND timestamp >= ?3 AND timestamp <= ?4
+             ORDER BY timestamp DESC, id DESC LIMIT {}",
+            literal_limit(limit)
+        ),
+        &[P::Text(&profile), P::Text(name), P::Int(since), P::Int(until)],
     )?;
     rows.reverse();
     Ok(rows
@@ -720,8 +723,7 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
         let filter = format!("{who} AND name = ?3 AND timestamp >= ?4 AND timestamp <= ?5");
         let sql = match need.limit {
             None => format!("SELECT {columns} FROM events WHERE {filter}"),
-            // One profile: the index walks back from the newest and stops at the limit.
-            Some(_) if first == last => format!("SELECT {columns} FROM events WHERE {filter} ORDER BY timestamp DESC, id DESC LIMIT ?6"),
+            // One profile was read by `fill_one_profile_events` above.
             Some(_) => format!(
                 "SELECT * FROM (SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY profile_id ORDER BY timestamp DESC, id DESC) AS n
                  FROM events WHERE {filter}) AS recent WHERE n <= ?6"
@@ -744,6 +746,13 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
     Ok(())
 }
 
+/// A limit written into the statement rather than bound: SQLite plans `ORDER BY … LIMIT ?`
+/// with the bound value, so it re-prepares such a statement on every execution, which cost
+/// three times the query itself on the real-time path.
+fn literal_limit(limit: i64) -> i64 {
+    limit.clamp(0, i64::MAX)
+}
+
 /// One profile's declared events in a single statement: per event name, the index seeks to
 /// the name and walks back from the newest, stopping at the limit. The real-time path reads
 /// one person at a time, where a statement per name would cost more than the seeks.
@@ -754,10 +763,7 @@ fn fill_one_profile_events(db: &mut impl Db, input: &mut RuleInput, profile: &st
         let at = params.len() + 1;
         params.extend([P::Text(&need.name), P::Int(need.since), P::Int(need.until)]);
         let limit = match need.limit {
-            Some(limit) => {
-                params.push(P::Int(i64::from(limit)));
-                format!(" ORDER BY timestamp DESC, id DESC LIMIT ?{}", at + 3)
-            }
+            Some(limit) => format!(" ORDER BY timestamp DESC, id DESC LIMIT {}", literal_limit(limit.into())),
             None => String::new(),
         };
         let properties = if need.properties { "properties" } else { "''" };
