@@ -132,23 +132,27 @@ impl Deliverer {
     }
 
     /// What channel `name` needs from a customer (contact point and consent), from its
-    /// adapter's `describe()`; `None` for an unknown channel or one that needs no contact.
+    /// adapter's `describe()`; `None` for an unknown channel or an ad audience, which
+    /// carries no messages.
     pub fn needs(&self, registry: &Registry, name: &str) -> Option<crate::messages::ChannelNeeds> {
         let channel = self.channels.get(name)?;
         let plugin = registry.get(&channel.config.slot).ok()?;
         let PluginInfo::Channel(info) = plugin.info() else { return None };
-        let contact = match info.contact? {
-            rekindle_runtime::wit::ContactKind::Email => "email",
-            rekindle_runtime::wit::ContactKind::Phone => "phone",
-            rekindle_runtime::wit::ContactKind::PushToken => "push_token",
-        };
-        let consent = match info.consent? {
+        if info.kind == rekindle_runtime::wit::ChannelKind::AdAudience {
+            return None;
+        }
+        let contact = info.contact.map(|kind| match kind {
+            rekindle_runtime::wit::ContactKind::Email => "email".to_string(),
+            rekindle_runtime::wit::ContactKind::Phone => "phone".to_string(),
+            rekindle_runtime::wit::ContactKind::PushToken => "push_token".to_string(),
+        });
+        let consent = info.consent.map(|purpose| match purpose {
             rekindle_runtime::wit::Purpose::Email => rekindle_store::Purpose::Email,
             rekindle_runtime::wit::Purpose::Sms => rekindle_store::Purpose::Sms,
             rekindle_runtime::wit::Purpose::Push => rekindle_store::Purpose::Push,
             rekindle_runtime::wit::Purpose::Ads => rekindle_store::Purpose::Ads,
-        };
-        Some(crate::messages::ChannelNeeds { name: name.to_string(), contact: contact.to_string(), consent })
+        });
+        Some(crate::messages::ChannelNeeds { name: name.to_string(), contact, consent })
     }
 
     /// Delivers one rendered message on channel `name`; one outcome per adapter request.

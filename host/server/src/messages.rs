@@ -14,10 +14,11 @@ use serde_json::Value;
 pub struct ChannelNeeds {
     /// The configured channel's name (`email`, `sms`, `push`, ...).
     pub name: String,
-    /// The contact point kind it sends to: `email`, `phone` or `push_token`.
-    pub contact: String,
-    /// The consent it needs.
-    pub consent: Purpose,
+    /// The contact point kind it sends to: `email`, `phone` or `push_token`. `None` (a
+    /// webhook to the operator's own system) addresses the message to the user id.
+    pub contact: Option<String>,
+    /// The consent it needs; `None` leaves consent to the receiver.
+    pub consent: Option<Purpose>,
 }
 
 /// A channel passed over, and why.
@@ -32,13 +33,19 @@ pub struct Skipped {
 pub fn choose_channel<'a>(order: &'a [ChannelNeeds], profile: &ProfileRecord) -> (Option<(&'a ChannelNeeds, String)>, Vec<Skipped>) {
     let mut skipped = Vec::new();
     for channel in order {
-        let consented = profile.consents.iter().any(|c| c.purpose == channel.consent && c.granted);
-        let address = profile.contacts.iter().find(|c| c.kind == channel.contact && c.active).map(|c| c.address.clone());
+        let consented = channel.consent.is_none_or(|purpose| profile.consents.iter().any(|c| c.purpose == purpose && c.granted));
+        let address = match &channel.contact {
+            Some(kind) => profile.contacts.iter().find(|c| &c.kind == kind && c.active).map(|c| c.address.clone()),
+            // The operator's own systems know their user id; the profile id is the fallback.
+            None => Some(profile.user_ids.first().unwrap_or(&profile.id).clone()),
+        };
+        let consent = channel.consent.map_or("", |p| p.name());
+        let contact = channel.contact.as_deref().unwrap_or_default().replace('_', " ");
         let reason = match (consented, &address) {
             (true, Some(address)) => return (Some((channel, address.clone())), skipped),
-            (false, Some(_)) => format!("no {} consent", channel.consent.name()),
-            (true, None) => format!("no active {}", channel.contact.replace('_', " ")),
-            (false, None) => format!("no {} consent and no active {}", channel.consent.name(), channel.contact.replace('_', " ")),
+            (false, Some(_)) => format!("no {consent} consent"),
+            (true, None) => format!("no active {contact}"),
+            (false, None) => format!("no {consent} consent and no active {contact}"),
         };
         skipped.push(Skipped { channel: channel.name.clone(), reason });
     }
@@ -168,8 +175,16 @@ mod tests {
     fn order() -> Vec<ChannelNeeds> {
         [("email", "email", Purpose::Email), ("push", "push_token", Purpose::Push), ("sms", "phone", Purpose::Sms)]
             .into_iter()
-            .map(|(name, contact, consent)| ChannelNeeds { name: name.into(), contact: contact.into(), consent })
+            .map(|(name, contact, consent)| ChannelNeeds { name: name.into(), contact: Some(contact.into()), consent: Some(consent) })
             .collect()
+    }
+
+    #[test]
+    fn a_channel_needing_no_contact_or_consent_reaches_everyone_by_user_id() {
+        let hook = ChannelNeeds { name: "hook".into(), contact: None, consent: None };
+        let (chosen, skipped) = choose_channel(std::slice::from_ref(&hook), &ann(&[], &[]));
+        assert_eq!(chosen.map(|(c, to)| (c.name.as_str(), to)), Some(("hook", "ann".to_string())));
+        assert!(skipped.is_empty());
     }
 
     #[test]
