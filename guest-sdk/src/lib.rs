@@ -76,11 +76,12 @@ pub mod bindings {
         });
     }
 
-    /// The `channel-adapter` world.
+    /// The `reconciling-channel-adapter` world: `channel-adapter` plus the optional
+    /// `reconcile` interface, which answers `unknown` unless the adapter implements it.
     pub mod channel {
         wit_bindgen::generate!({
             path: "../wit/since_v0.1.0",
-            world: "channel-adapter",
+            world: "reconciling-channel-adapter",
             pub_export_macro: true,
             additional_derives: [PartialEq],
             export_macro_name: "export",
@@ -115,6 +116,7 @@ pub use bindings::channel::exports::rekindle::plugin::adapter::{
     AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest,
     HttpResponse, Message, Outcome, Retry,
 };
+pub use bindings::channel::exports::rekindle::plugin::reconcile::Found;
 pub use bindings::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
 pub use bindings::rule::rekindle::plugin::log::Level;
 pub use bindings::rule::rekindle::plugin::types::{
@@ -156,7 +158,21 @@ pub trait Channel {
     fn interpret(_ctx: &Context, _request: &HttpRequest, response: &HttpResponse) -> Outcome {
         Outcome::from_status(response)
     }
+
+    /// The request asking the provider whether `message` arrived, for a send a crash left in
+    /// doubt. The default has none, and the host resends under the same idempotency key.
+    fn lookup(_ctx: &Context, _message: &Message) -> Result<HttpRequest, String> {
+        Err(NO_LOOKUP.into())
+    }
+
+    /// What the provider's answer to [`Channel::lookup`] means.
+    fn confirm(_ctx: &Context, _message: &Message, _response: &HttpResponse) -> Found {
+        Found::Unknown(NO_LOOKUP.into())
+    }
 }
+
+/// Why an adapter without a lookup cannot reconcile.
+const NO_LOOKUP: &str = "this adapter cannot ask its provider whether a message arrived";
 
 /// A promo-tile decision: ranks and personalises offers for a page slot.
 pub trait Tiles {
@@ -199,7 +215,8 @@ macro_rules! export_rule {
     };
 }
 
-/// Exports a [`Channel`] implementation as the component's `channel-adapter` world.
+/// Exports a [`Channel`] implementation as the component's `reconciling-channel-adapter`
+/// world.
 #[macro_export]
 macro_rules! export_channel {
     ($channel:ty) => {
@@ -236,6 +253,23 @@ macro_rules! export_channel {
                     response: $crate::HttpResponse,
                 ) -> $crate::Outcome {
                     <$channel as $crate::Channel>::interpret(&ctx, &request, &response)
+                }
+            }
+            impl $crate::bindings::channel::exports::rekindle::plugin::reconcile::Guest
+                for __RekindleChannel
+            {
+                fn lookup(
+                    ctx: $crate::Context,
+                    message: $crate::Message,
+                ) -> ::core::result::Result<$crate::HttpRequest, String> {
+                    <$channel as $crate::Channel>::lookup(&ctx, &message)
+                }
+                fn confirm(
+                    ctx: $crate::Context,
+                    message: $crate::Message,
+                    response: $crate::HttpResponse,
+                ) -> $crate::Found {
+                    <$channel as $crate::Channel>::confirm(&ctx, &message, &response)
                 }
             }
             $crate::bindings::channel::export!(__RekindleChannel with_types_in $crate::bindings::channel);
@@ -279,7 +313,7 @@ macro_rules! export_tiles {
 pub mod prelude {
     pub use crate::{
         AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context,
-        EventQuery, EventSeries, Field, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message,
+        EventQuery, EventSeries, Field, Found, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message,
         Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile,
         TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, days, hours, minutes,
     };

@@ -24,7 +24,8 @@ rekindle_tests::on_each_backend!(
     a_wait_until_a_date_trait_plus_days,
     the_lapsing_and_win_back_templates_run_end_to_end,
     the_about_to_sleep_template_splits_by_value_and_favourite_category,
-    the_rfm_template_recommends_related_products_to_subscribers
+    the_rfm_template_recommends_related_products_to_subscribers,
+    a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again
 );
 
 const DAY: i64 = 86_400_000;
@@ -578,4 +579,100 @@ async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Ba
     for bought in ["Shoe 00", "Shoe 01", "Shoe 02"] {
         assert!(!mails[0].contains(bought), "never something she bought: {}", mails[0]);
     }
+}
+
+/// A send a crash left `pending` (claimed, the provider's answer never recorded). SendGrid
+/// can be asked: after `reconcile_after`, the host looks the message up by its idempotency
+/// key, records one the provider has as sent without sending it again, and resends one it
+/// lacks. An adapter built without `reconcile` cannot be asked, so its send is repeated at
+/// once under the same key.
+async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap().timestamp_millis();
+    let (base, received) = provider(HashMap::from([
+        ("/v3/mail/send", vec![(202, vec![], "")]),
+        // Email Activity knows the first message asked about, not the second.
+        ("/v3/messages", vec![(200, vec![], r#"{"messages":[{"msg_id":"sg-1","status":"delivered"}]}"#), (200, vec![], r#"{"messages":[]}"#)]),
+        ("/hook", vec![(204, vec![], "")]),
+    ]))
+    .await;
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    for (slot, path) in [
+        ("rule-win-back-window", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
+        ("channel-sendgrid", rekindle_tests::components::CHANNEL_SENDGRID),
+        ("plain-channel", rekindle_tests::components::PLAIN_CHANNEL),
+    ] {
+        registry.install(slot, &rekindle_tests::component(path)).unwrap();
+    }
+    assert!(registry.get("channel-sendgrid").unwrap().can_reconcile());
+    assert!(!registry.get("plain-channel").unwrap().can_reconcile(), "built against the plain channel-adapter world");
+    let clock = Clock::manual(t0);
+    let state = AppState::new(registry.clone(), None, Some("admin".into()))
+        .with_ingestion(Ingestion { store, sources: HashMap::new() })
+        .with_clock(clock, Duration::from_secs(3600));
+    let ingestion = state.ingestion.clone().unwrap();
+    let mut batch = Vec::new();
+    for user in ["ann", "bob"] {
+        let mut identify = message(&format!("{user}-i"), user, None, t0 - 100 * DAY, json!({"email": format!("{user}@example.com")}));
+        identify.consents = vec![(Purpose::Email, true)];
+        batch.push(identify);
+        batch.push(message(&format!("{user}-o"), user, Some("Order Completed"), t0 - 60 * DAY, json!({})));
+    }
+    ingestion.store.ingest(batch).await.unwrap();
+    rekindle_server::define_segment(&state, &json!({"name": "Win back", "slot": "rule-win-back-window"})).await.unwrap();
+
+    let mut email = ChannelConfig::new("channel-sendgrid");
+    email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
+    email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "sg-key".to_string())]);
+    email.allowed_hosts = vec!["127.0.0.1".into()];
+    let mut hook = ChannelConfig::new("plain-channel");
+    hook.params = vec![text("url", &format!("{base}/hook"))];
+    hook.allowed_hosts = vec!["127.0.0.1".into()];
+    let deliverer = Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email), ("hook".to_string(), hook)])));
+    let engine = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: None };
+    let journey = |name: &str, channel: &str| {
+        format!(
+            "name = \"{name}\"\n[entry]\nsegment = \"Win back\"\n[[steps]]\nid = \"pause\"\ntype = \"wait\"\nduration = \"1h\"\n\
+             [[steps]]\nid = \"hello\"\ntype = \"send\"\nchannels = [\"{channel}\"]\ntemplate = {{ subject = \"Hi\", text = \"We miss you\" }}\n"
+        )
+    };
+    engine.deploy(&journey("By email", "email")).await.unwrap();
+    engine.deploy(&journey("By hook", "hook")).await.unwrap();
+    assert_eq!(engine.tick(t0).await.unwrap().entered, 4);
+
+    // The crash: each send was claimed at the hour, and its answer never recorded.
+    let sent_at = t0 + 3_600_000;
+    for (name, channel) in [("By email", "email"), ("By hook", "hook")] {
+        for run in ingestion.store.journey_runs(name).await.unwrap() {
+            assert_eq!(ingestion.store.claim_send(&format!("{}:hello:{channel}", run.id), &run.id, channel, sent_at).await.unwrap(), None);
+        }
+    }
+    let count = |path: &str| received.lock().unwrap().iter().filter(|r| r.path.ends_with(path)).count();
+
+    // Restarted a second later: too soon to ask SendGrid, whose activity index lags; the
+    // plain adapter cannot ask, so its two messages go again at once.
+    engine.tick(sent_at + 1_000).await.unwrap();
+    assert_eq!((count("/v3/messages"), count("/v3/mail/send"), count("/hook")), (0, 0, 2));
+    let hook_log = ingestion.store.journey_log("By hook").await.unwrap();
+    assert_eq!(hook_log.iter().filter(|e| e.action == "sent" && e.detail.contains("the adapter cannot ask its provider")).count(), 2, "{hook_log:?}");
+    let waiting = ingestion.store.journey_log("By email").await.unwrap();
+    assert_eq!(waiting.iter().filter(|e| e.action == "in doubt").count(), 2, "{waiting:?}");
+
+    // Two minutes after the claim: one message SendGrid has is recorded, not resent; the
+    // other is sent once.
+    engine.tick(sent_at + 121_000).await.unwrap();
+    assert_eq!((count("/v3/messages"), count("/v3/mail/send")), (2, 1));
+    let lookup = received.lock().unwrap().iter().find(|r| r.path.ends_with("/v3/messages")).cloned().unwrap();
+    assert_eq!(lookup.headers["authorization"], "Bearer sg-key", "the host fills the secret into the lookup too");
+    let log = ingestion.store.journey_log("By email").await.unwrap();
+    let sent: Vec<&str> = log.iter().filter(|e| e.action == "sent").map(|e| e.detail.as_str()).collect();
+    assert_eq!(sent.len(), 2, "{log:?}");
+    assert!(sent.iter().any(|d| d.starts_with("sg-1 (confirmed by the provider after a restart")), "{sent:?}");
+    assert!(sent.iter().any(|d| d.ends_with("(resent after a restart: the provider had not received it)")), "{sent:?}");
+    assert!(ingestion.store.journey_runs("By email").await.unwrap().iter().all(|r| r.status == "done"));
+
+    // Settled now: ticking again asks and sends nothing.
+    engine.tick(sent_at + 200_000).await.unwrap();
+    assert_eq!((count("/v3/messages"), count("/v3/mail/send"), count("/hook")), (2, 1, 2));
 }

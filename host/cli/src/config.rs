@@ -69,6 +69,9 @@ pub struct ChannelSection {
     pub secrets: std::collections::BTreeMap<String, String>,
     pub rate_per_second: Option<u32>,
     pub max_attempts: Option<u32>,
+    /// Seconds after claiming a send left in doubt by a crash before asking the provider
+    /// about it (default 120: providers index accepted messages with a delay).
+    pub reconcile_after_seconds: Option<u64>,
 }
 
 /// `[tiles]`: which browser origins may ask for tiles and send events, and the secret

@@ -228,6 +228,9 @@ fn channel_configs(sections: &[crate::config::ChannelSection]) -> anyhow::Result
         }
         config.rate_per_second = section.rate_per_second.unwrap_or(config.rate_per_second);
         config.max_attempts = section.max_attempts.unwrap_or(config.max_attempts);
+        if let Some(seconds) = section.reconcile_after_seconds {
+            config.reconcile_after = std::time::Duration::from_secs(seconds);
+        }
         channels.insert(section.name.clone(), config);
     }
     Ok(channels)

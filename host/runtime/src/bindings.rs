@@ -49,6 +49,24 @@ pub mod wit {
     };
     pub use super::tiles::exports::rekindle::plugin::tiles::{Offer, Tile, TileRequest, TilesInfo};
 
+    /// The optional interface a channel adapter exports to be asked whether a message arrived.
+    pub const RECONCILE_EXPORT: &str = "rekindle:plugin/reconcile@0.1.0";
+
+    /// What a provider says about one message, as `reconcile.confirm` answers.
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower, Debug, Clone, PartialEq, Eq)]
+    #[component(variant)]
+    pub enum Found {
+        /// It arrived; the provider's id for it, when the answer gives one.
+        #[component(name = "accepted")]
+        Accepted(Option<String>),
+        /// The provider has no message under this idempotency key.
+        #[component(name = "absent")]
+        Absent,
+        /// The answer settles nothing; the host resends.
+        #[component(name = "unknown")]
+        Unknown(String),
+    }
+
     /// The interface names a component exports to be a plugin of each kind, at version 0.1.
     pub const RULE_EXPORT: &str = "rekindle:plugin/rule@0.1.0";
     /// See [`RULE_EXPORT`].

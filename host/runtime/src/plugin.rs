@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex};
 
 use crate::bindings::channel::ChannelAdapterPre;
 use crate::bindings::rule::SegmentRulePre;
 use crate::bindings::tiles::PromoTilesPre;
 use crate::bindings::wit::{
-    AdapterInfo, AudienceChange, Context, HttpRequest, HttpResponse, Message, Offer, Outcome,
-    Profile, RuleInfo, Tile, TileRequest, TilesInfo, Verdict,
+    AdapterInfo, AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer,
+    Outcome, Profile, RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, TilesInfo, Verdict,
 };
 use crate::engine::{CallState, Limits, Runtime, RuntimeInner};
 use crate::error::{CallError, LoadError};
@@ -93,6 +93,8 @@ pub struct Plugin {
     bytes: Arc<[u8]>,
     imports: Vec<String>,
     label: Arc<str>,
+    /// A channel adapter's optional `reconcile` export: its `lookup` and `confirm`.
+    reconcile: Option<(ComponentExportIndex, ComponentExportIndex)>,
 }
 
 impl fmt::Debug for Plugin {
@@ -125,6 +127,15 @@ impl Plugin {
             Kind::Tiles => Pre::Tiles(PromoTilesPre::new(instance_pre).map_err(invalid)?),
         };
         let label: Arc<str> = format!("{}:{}", kind.world(), &digest[..12]).into();
+        let reconcile = (kind == Kind::Channel)
+            .then(|| component.get_export_index(None, RECONCILE_EXPORT))
+            .flatten()
+            .and_then(|at| {
+                Some((
+                    component.get_export_index(Some(&at), "lookup")?,
+                    component.get_export_index(Some(&at), "confirm")?,
+                ))
+            });
         let mut plugin = Plugin {
             runtime: inner.clone(),
             pre,
@@ -141,6 +152,7 @@ impl Plugin {
             bytes: bytes.into(),
             imports,
             label,
+            reconcile,
         };
         plugin.info = plugin.call_describe().map_err(|e| LoadError::Describe(Box::new(e)))?;
         if plugin.info.name().trim().is_empty() {
@@ -321,6 +333,42 @@ impl Plugin {
         check_size(outcome, self.limits())
     }
 
+    /// Whether the adapter can ask its provider if a message arrived (`reconcile`).
+    pub fn can_reconcile(&self) -> bool {
+        self.reconcile.is_some()
+    }
+
+    /// The request asking the provider whether `message` arrived; `None` when the adapter
+    /// does not export `reconcile`.
+    pub fn lookup(&self, ctx: &Context, message: &Message) -> Result<Option<HttpRequest>, CallError> {
+        let (Pre::Channel(pre), Some((lookup, _))) = (&self.pre, &self.reconcile) else {
+            return Ok(None);
+        };
+        let request = self.run(|store| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            // Typed against the adapter's own records: the component model checks structure.
+            let lookup = instance.get_typed_func::<(&Context, &Message), (Result<HttpRequest, String>,)>(&mut *store, lookup)?;
+            let (request,) = lookup.call(&mut *store, (ctx, message))?;
+            Ok(request)
+        })?;
+        check_size(request.map_err(CallError::Plugin)?, self.limits()).map(Some)
+    }
+
+    /// What the provider's answer to [`Plugin::lookup`] means.
+    pub fn confirm(&self, ctx: &Context, message: &Message, response: &HttpResponse) -> Result<Found, CallError> {
+        let (Pre::Channel(pre), Some((_, confirm))) = (&self.pre, &self.reconcile) else {
+            return Err(CallError::WrongKind { function: "confirm", kind: self.kind });
+        };
+        let found = self.run(|store| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            let confirm = instance
+                .get_typed_func::<(&Context, &Message, &HttpResponse), (Found,)>(&mut *store, confirm)?;
+            let (found,) = confirm.call(&mut *store, (ctx, message, response))?;
+            Ok(found)
+        })?;
+        check_size(found, self.limits())
+    }
+
     /// Runs `f` in a fresh store and turns every wasmtime failure into a typed error.
     fn run<R>(
         &self,
@@ -459,6 +507,16 @@ impl OutputSize for Outcome {
             Outcome::Delivered(id) => id.output_size(),
             Outcome::RetryLater(retry) => retry.reason.len() + 4,
             Outcome::Failed(reason) | Outcome::NotEligible(reason) => reason.len(),
+        }
+    }
+}
+
+impl OutputSize for Found {
+    fn output_size(&self) -> usize {
+        match self {
+            Found::Accepted(id) => id.output_size(),
+            Found::Absent => 0,
+            Found::Unknown(reason) => reason.len(),
         }
     }
 }

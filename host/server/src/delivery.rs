@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rekindle_runtime::wit::{AudienceChange, Context, HttpMethod, HttpRequest, HttpResponse, Message, Outcome};
+use rekindle_runtime::wit::{AudienceChange, Context, Found, HttpMethod, HttpRequest, HttpResponse, Message, Outcome};
 use rekindle_runtime::{CallError, Plugin, PluginInfo, Registry, merge_params};
 
 /// An operator's configuration of one channel: which adapter, its parameters, and what the
@@ -39,6 +39,9 @@ pub struct ChannelConfig {
     pub max_attempts: u32,
     /// The first retry waits this long; each further one twice as long.
     pub backoff: Duration,
+    /// How long after claiming a send that a crash left in doubt the host asks the provider
+    /// about it: providers index accepted messages with some delay.
+    pub reconcile_after: Duration,
 }
 
 impl ChannelConfig {
@@ -52,6 +55,7 @@ impl ChannelConfig {
             rate_per_second: 50,
             max_attempts: 5,
             backoff: Duration::from_millis(500),
+            reconcile_after: Duration::from_secs(120),
         }
     }
 }
@@ -160,6 +164,40 @@ impl Deliverer {
         let (channel, plugin, ctx) = self.channel(name, registry)?;
         let requests = plugin.deliver(&ctx, message).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
         self.perform(name, &channel, &plugin, &ctx, requests).await
+    }
+
+    /// Asks channel `name`'s provider whether `message` arrived, for a send a crash left in
+    /// doubt. `Unknown` when the adapter has no lookup or the answer settles nothing.
+    pub async fn reconcile(&self, registry: &Registry, name: &str, message: &Message) -> Result<Found, DeliveryError> {
+        let (channel, plugin, ctx) = self.channel(name, registry)?;
+        let PluginInfo::Channel(info) = plugin.info() else { unreachable!("checked in channel()") };
+        if self.dry_run {
+            // Nothing was sent in a dry run, so nothing can have arrived.
+            return Ok(Found::Absent);
+        }
+        let request = match plugin.lookup(&ctx, message) {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(Found::Unknown("the adapter cannot ask its provider".into())),
+            Err(e) => return Ok(Found::Unknown(format!("the adapter's lookup failed: {e}"))),
+        };
+        let filled = fill(name, &channel.config, &info.hosts, &info.secrets, &request)?;
+        channel.limiter.until_ready().await;
+        Ok(match self.send(&filled).await {
+            Ok(response) => plugin
+                .confirm(&ctx, message, &response)
+                .unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}"))),
+            Err(e) => Found::Unknown(format!("transport: {e}")),
+        })
+    }
+
+    /// Whether channel `name`'s adapter can ask its provider whether `message` arrived.
+    pub fn can_look_up(&self, registry: &Registry, name: &str, message: &Message) -> bool {
+        self.channel(name, registry).is_ok_and(|(_, plugin, ctx)| matches!(plugin.lookup(&ctx, message), Ok(Some(_))))
+    }
+
+    /// How long after claiming a send in doubt channel `name` waits to reconcile it.
+    pub fn reconcile_after(&self, name: &str) -> Duration {
+        self.channels.get(name).map_or(Duration::ZERO, |c| c.config.reconcile_after)
     }
 
     /// Applies one audience change on channel `name`.

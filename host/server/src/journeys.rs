@@ -2,8 +2,10 @@
 //! moves each run through its steps on every tick. Every run's position, wake-up time and
 //! log are in the store, so a restarted host carries on where it stopped. A send is
 //! claimed in the store under its idempotency key (run, step, channel) before the provider
-//! is called. A settled send is never repeated. One left `pending` by a crash is retried
-//! with the same key, for the provider to recognise.
+//! is called. A settled send is never repeated. One left `pending` by a crash is in doubt:
+//! once the channel's `reconcile_after` has passed, an adapter with a lookup asks its
+//! provider whether the message arrived, and only a message the provider lacks (or cannot
+//! vouch for) is sent again, under the same key.
 //!
 //! Supported this far: entry on a segment (with or without a schedule), an event or the
 //! API; goal exits, which also take the customer out of the journey's ad audiences;
@@ -15,7 +17,7 @@
 use std::sync::Arc;
 
 use rekindle_runtime::Registry;
-use rekindle_runtime::wit::{AudienceChange, AudienceMember, Outcome};
+use rekindle_runtime::wit::{AudienceChange, AudienceMember, Found, Outcome};
 use rekindle_store::{JourneyLogEntry, JourneyRun, Store, StoreError};
 use serde_json::Value;
 
@@ -287,7 +289,11 @@ impl Engine {
                     Next::To(to)
                 }
                 Step::Send { channels, template, voucher, products, next, .. } => {
-                    self.send(&run, step.id(), channels, template, voucher.as_deref(), *products, now, &mut entries).await?;
+                    // A send left in doubt by a crash waits here until its provider can be asked.
+                    if let Some(ask_at) = self.send(&run, step.id(), channels, template, voucher.as_deref(), *products, now, &mut entries).await? {
+                        wait_until(&mut run, ask_at);
+                        break;
+                    }
                     Next::from(next)
                 }
                 Step::AudienceAdd { audiences, next, .. } | Step::AudienceRemove { audiences, next, .. } => {
@@ -335,15 +341,15 @@ impl Engine {
         products: usize,
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
-    ) -> Result<(), StoreError> {
-        let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(()) };
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(None) };
         if let Some(cap) = self.frequency_cap {
             let since = now - i64::from(cap.days) * 86_400_000;
             let recent = store(self).sends_since(&run.profile_id, since).await?;
             if recent >= i64::from(cap.messages) {
                 let detail = format!("frequency cap: {recent} messages in the last {} days (at most {})", cap.days, cap.messages);
                 entries.push(log(run, step, "capped", None, detail, now));
-                return Ok(());
+                return Ok(None);
             }
         }
         let needs: Vec<_> = order.iter().filter_map(|name| self.deliverer.needs(&self.registry, name)).collect();
@@ -353,22 +359,49 @@ impl Engine {
         }
         let Some((channel, to)) = chosen else {
             entries.push(log(run, step, "unreachable", None, "no channel can reach this customer".into(), now));
-            return Ok(());
+            return Ok(None);
         };
         let key = format!("{}:{step}:{}", run.id, channel.name);
-        match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
-            Some(outcome) if outcome != "pending" => return Ok(()),
-            _ => {}
-        }
+        // A send still `pending` was claimed by a host that stopped before recording the
+        // provider's answer: the message may or may not have arrived.
+        let in_doubt_since = match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
+            None => None,
+            Some((outcome, _)) if outcome != "pending" => return Ok(None),
+            Some((_, claimed_at)) => Some(claimed_at),
+        };
         let related = if products > 0 { store(self).related_products(&run.profile_id, products).await? } else { Vec::new() };
         let message = match render(template, &profile, voucher, &related, to, key.clone()) {
             Ok(message) => message,
             Err(e) => {
                 store(self).settle_send(&key, "failed").await?;
                 entries.push(log(run, step, "failed", Some(&channel.name), format!("template: {e}"), now));
-                return Ok(());
+                return Ok(None);
             }
         };
+        let mut resent = String::new();
+        if let Some(claimed_at) = in_doubt_since {
+            if !self.deliverer.can_look_up(&self.registry, &channel.name, &message) {
+                resent = " (resent after a restart: the adapter cannot ask its provider)".into();
+            } else {
+                let wait = i64::try_from(self.deliverer.reconcile_after(&channel.name).as_millis()).unwrap_or(i64::MAX);
+                let ask_at = claimed_at.saturating_add(wait);
+                if now < ask_at {
+                    entries.push(log(run, step, "in doubt", Some(&channel.name), format!("asking the provider at {}", iso(ask_at)), now));
+                    return Ok(Some(ask_at));
+                }
+                match self.deliverer.reconcile(&self.registry, &channel.name, &message).await {
+                    Ok(Found::Accepted(id)) => {
+                        store(self).settle_send(&key, "sent").await?;
+                        let detail = format!("{} (confirmed by the provider after a restart; not sent again)", id.unwrap_or_default());
+                        entries.push(log(run, step, "sent", Some(&channel.name), detail, now));
+                        return Ok(None);
+                    }
+                    Ok(Found::Absent) => resent = " (resent after a restart: the provider had not received it)".into(),
+                    Ok(Found::Unknown(why)) => resent = format!(" (resent after a restart; the provider could not say: {why})"),
+                    Err(e) => resent = format!(" (resent after a restart; the lookup failed: {e})"),
+                }
+            }
+        }
         let (action, detail) = match self.deliverer.deliver(&self.registry, &channel.name, &message).await {
             Ok(attempts) => match attempts.last().map(|a| &a.outcome) {
                 Some(Outcome::Delivered(id)) => ("sent", id.clone().unwrap_or_default()),
@@ -380,8 +413,8 @@ impl Engine {
             Err(e) => ("failed", e.to_string()),
         };
         store(self).settle_send(&key, action).await?;
-        entries.push(log(run, step, action, Some(&channel.name), detail, now));
-        Ok(())
+        entries.push(log(run, step, action, Some(&channel.name), detail + &resent, now));
+        Ok(None)
     }
 
     async fn audiences(

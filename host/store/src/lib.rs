@@ -310,8 +310,9 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::sends_since(db, &profile_id, since)))
     }
 
-    /// Claims a send before calling the provider; `None` when new, else its recorded outcome.
-    pub async fn claim_send(&self, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<String>, StoreError> {
+    /// Claims a send before calling the provider; `None` when new, else its recorded outcome
+    /// and when it was claimed.
+    pub async fn claim_send(&self, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<(String, i64)>, StoreError> {
         let (key, run, channel) = (key.to_string(), run.to_string(), channel.to_string());
         on_backend!(self.write(|db, _mapping| logic::claim_send(db, &key, &run, &channel, at)))
     }

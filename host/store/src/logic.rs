@@ -1072,8 +1072,9 @@ pub(crate) fn journey_log(db: &mut impl Db, journey: &str) -> Result<Vec<Journey
 }
 
 /// Claims a send before the provider is called: `None` when it is new, else the outcome
-/// recorded so far (`pending` when a host stopped between claiming and settling).
-pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<String>, StoreError> {
+/// recorded so far (`pending` when a host stopped between claiming and settling) and when
+/// it was claimed.
+pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<(String, i64)>, StoreError> {
     let inserted = db.execute(
         "INSERT INTO journey_sends (idempotency_key, run_id, channel, outcome, at) VALUES (?1, ?2, ?3, 'pending', ?4)
          ON CONFLICT (idempotency_key) DO NOTHING",
@@ -1082,7 +1083,7 @@ pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, 
     if inserted > 0 {
         return Ok(None);
     }
-    Ok(db.query_opt("SELECT outcome FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?.map(|r| r.text(0)))
+    Ok(db.query_opt("SELECT outcome, at FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?.map(|r| (r.text(0), r.int(1))))
 }
 
 /// Records what the provider said about a claimed send.

@@ -1,6 +1,11 @@
 //! Email through SendGrid (`POST /v3/mail/send`). The host renders the message; this
 //! formats it as SendGrid's JSON, with the API key as a `{{secret:SENDGRID_API_KEY}}`
 //! placeholder the host fills in. `base_url` points tests at a local server.
+//!
+//! After a crash leaves a send in doubt, the adapter asks SendGrid's Email Activity API
+//! whether a message carries the send's idempotency key in its `custom_args`. That API
+//! needs SendGrid's extended activity history and an API key with Email Activity access;
+//! without them the lookup answers `unknown` and the host resends.
 #![no_std]
 
 use rekindle_sdk::prelude::*;
@@ -53,6 +58,29 @@ impl Channel for SendGrid {
             _ => Outcome::from_status(response),
         }
     }
+
+    fn lookup(ctx: &Context, message: &Message) -> Result<HttpRequest, String> {
+        // Email Activity's query language: custom args are `unique_args['name']="value"`.
+        let query = format!("unique_args['idempotency_key']=\"{}\"", message.idempotency_key.replace('"', "\\\""));
+        let url = format!(
+            "{}/v3/messages?{}",
+            ctx.text("base_url")?.trim_end_matches('/'),
+            rekindle_sdk::form_urlencoded(&[("limit", "1"), ("query", &query)])
+        );
+        Ok(HttpRequest::new(HttpMethod::Get, url).header("authorization", "Bearer {{secret:SENDGRID_API_KEY}}"))
+    }
+
+    fn confirm(_ctx: &Context, _message: &Message, response: &HttpResponse) -> Found {
+        if !(200..=299).contains(&response.status) {
+            return Found::Unknown(format!("Email Activity answered {}", response.status));
+        }
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+        match body["messages"].as_array() {
+            Some(messages) if messages.is_empty() => Found::Absent,
+            Some(messages) => Found::Accepted(messages[0]["msg_id"].as_str().map(String::from)),
+            None => Found::Unknown("Email Activity's answer has no `messages` list".into()),
+        }
+    }
 }
 
 rekindle_sdk::export_channel!(SendGrid);
@@ -60,6 +88,26 @@ rekindle_sdk::export_channel!(SendGrid);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn looks_a_message_up_by_its_idempotency_key() {
+        let request = SendGrid::lookup(&ctx(), &message()).unwrap();
+        assert_eq!(request.method, HttpMethod::Get);
+        assert_eq!(
+            request.url,
+            "http://127.0.0.1:9000/v3/messages?limit=1&query=unique_args%5B%27idempotency_key%27%5D%3D%22run-1%3Asend%3Aemail%22"
+        );
+        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v.contains("{{secret:SENDGRID_API_KEY}}")));
+        let answer = |status, body: &str| HttpResponse { status, headers: vec![], body: body.as_bytes().to_vec() };
+        assert_eq!(
+            SendGrid::confirm(&ctx(), &message(), &answer(200, r#"{"messages":[{"msg_id":"abc.1","status":"delivered"}]}"#)),
+            Found::Accepted(Some("abc.1".into()))
+        );
+        assert_eq!(SendGrid::confirm(&ctx(), &message(), &answer(200, r#"{"messages":[]}"#)), Found::Absent);
+        // No activity access: nothing is settled, so the host resends.
+        assert!(matches!(SendGrid::confirm(&ctx(), &message(), &answer(403, "{}")), Found::Unknown(why) if why.contains("403")));
+        assert!(matches!(SendGrid::confirm(&ctx(), &message(), &answer(200, "nonsense")), Found::Unknown(_)));
+    }
 
     fn ctx() -> Context {
         let text = |name: &str, value: &str| Field { name: name.into(), value: Value::Text(value.into()) };
