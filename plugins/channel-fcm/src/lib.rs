@@ -1,5 +1,10 @@
 //! Push through Firebase Cloud Messaging HTTP v1 (`POST /v1/projects/{id}/messages:send`).
 //! The OAuth access token is `{{secret:FCM_ACCESS_TOKEN}}`, filled in by the host.
+//!
+//! FCM cannot be asked whether a message arrived, so a send a crash left in doubt is sent
+//! again. Each notification carries a tag (Android) and a collapse id (iOS) derived from
+//! the idempotency key, so a repeat replaces the first on the device instead of showing
+//! twice.
 #![no_std]
 
 use rekindle_sdk::prelude::*;
@@ -34,7 +39,15 @@ impl Channel for Fcm {
         if let Some(link) = &message.link {
             data.insert("link".into(), json!(link));
         }
-        let body = json!({"message": {"token": message.to, "notification": notification, "data": data}});
+        // 32 hex digits of the key's hash: within APNs' 64-byte collapse id limit.
+        let collapse = &rekindle_sdk::sha256_hex(&message.idempotency_key)[..32];
+        let body = json!({"message": {
+            "token": message.to,
+            "notification": notification,
+            "data": data,
+            "android": {"notification": {"tag": collapse}},
+            "apns": {"headers": {"apns-collapse-id": collapse}},
+        }});
         let url = format!("{}/v1/projects/{project}/messages:send", ctx.text("base_url")?.trim_end_matches('/'));
         Ok(vec![
             HttpRequest::new(HttpMethod::Post, url)
@@ -85,6 +98,12 @@ mod tests {
         assert_eq!(body["message"]["token"], "fcm-token-1");
         assert_eq!(body["message"]["notification"], json!({"title": "We miss you", "body": "10% off today", "image": "https://shop.example/i.jpg"}));
         assert_eq!(body["message"]["data"]["link"], "https://shop.example/sale");
+        // A repeat of the same send replaces the first on the device.
+        let tag = body["message"]["android"]["notification"]["tag"].as_str().unwrap();
+        assert_eq!(tag.len(), 32);
+        assert_eq!(body["message"]["apns"]["headers"]["apns-collapse-id"], tag);
+        let again: serde_json::Value = serde_json::from_slice(&Fcm::deliver(&ctx(), &message()).unwrap()[0].body).unwrap();
+        assert_eq!(again["message"]["android"]["notification"]["tag"], tag);
         let mut no_project = ctx();
         no_project.params[1].value = Value::Text(String::new());
         assert!(Fcm::deliver(&no_project, &message()).unwrap_err().contains("`project_id`"));
