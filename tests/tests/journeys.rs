@@ -592,8 +592,12 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap().timestamp_millis();
     let (base, received) = provider(HashMap::from([
         ("/v3/mail/send", vec![(202, vec![], "")]),
-        // Email Activity knows the first message asked about, not the second.
-        ("/v3/messages", vec![(200, vec![], r#"{"messages":[{"msg_id":"sg-1","status":"delivered"}]}"#), (200, vec![], r#"{"messages":[]}"#)]),
+        // Email Activity is rate limited at first; then it knows one message, not the other.
+        ("/v3/messages", vec![
+            (429, vec![("retry-after", "90")], ""),
+            (200, vec![], r#"{"messages":[{"msg_id":"sg-1","status":"delivered"}]}"#),
+            (200, vec![], r#"{"messages":[]}"#),
+        ]),
         ("/hook", vec![(204, vec![], "")]),
     ]))
     .await;
@@ -630,15 +634,18 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     hook.params = vec![text("url", &format!("{base}/hook"))];
     hook.allowed_hosts = vec!["127.0.0.1".into()];
     let deliverer = Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email), ("hook".to_string(), hook)])));
-    let engine = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: None };
-    let journey = |name: &str, channel: &str| {
+    // A cap of one message a week: the hook's repeats count, and must not hold back the
+    // emails in doubt, which were decided before the crash.
+    let engine = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
+    let journey = |name: &str, channels: &str| {
         format!(
             "name = \"{name}\"\n[entry]\nsegment = \"Win back\"\n[[steps]]\nid = \"pause\"\ntype = \"wait\"\nduration = \"1h\"\n\
-             [[steps]]\nid = \"hello\"\ntype = \"send\"\nchannels = [\"{channel}\"]\ntemplate = {{ subject = \"Hi\", text = \"We miss you\" }}\n"
+             [[steps]]\nid = \"hello\"\ntype = \"send\"\nchannels = [{channels}]\ntemplate = {{ subject = \"Hi\", text = \"We miss you\" }}\n"
         )
     };
-    engine.deploy(&journey("By email", "email")).await.unwrap();
-    engine.deploy(&journey("By hook", "hook")).await.unwrap();
+    // The email journey would now choose the hook first; its sends in doubt stay on email.
+    engine.deploy(&journey("By email", "\"hook\", \"email\"")).await.unwrap();
+    engine.deploy(&journey("By hook", "\"hook\"")).await.unwrap();
     assert_eq!(engine.tick(t0).await.unwrap().entered, 4);
 
     // The crash: each send was claimed at the hour, and its answer never recorded.
@@ -659,12 +666,18 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let waiting = ingestion.store.journey_log("By email").await.unwrap();
     assert_eq!(waiting.iter().filter(|e| e.action == "in doubt").count(), 2, "{waiting:?}");
 
-    // Two minutes after the claim: one message SendGrid has is recorded, not resent; the
-    // other is sent once.
+    // Two minutes after the claim: the first lookup is rate limited, so that send waits
+    // the 90 s SendGrid asked for; the message SendGrid has is recorded, not resent.
     engine.tick(sent_at + 121_000).await.unwrap();
-    assert_eq!((count("/v3/messages"), count("/v3/mail/send")), (2, 1));
+    assert_eq!((count("/v3/messages"), count("/v3/mail/send")), (2, 0));
+    let log = ingestion.store.journey_log("By email").await.unwrap();
+    assert!(log.iter().any(|e| e.action == "in doubt" && e.detail.starts_with("the provider could not answer (it answered 429)")), "{log:?}");
+    // Then the other is looked up again, found missing, and sent once.
+    engine.tick(sent_at + 121_000 + 91_000).await.unwrap();
+    assert_eq!((count("/v3/messages"), count("/v3/mail/send"), count("/hook")), (3, 1, 2));
     let lookup = received.lock().unwrap().iter().find(|r| r.path.ends_with("/v3/messages")).cloned().unwrap();
     assert_eq!(lookup.headers["authorization"], "Bearer sg-key", "the host fills the secret into the lookup too");
+    assert!(!log_has(&ingestion.store.journey_log("By email").await.unwrap(), "capped"), "a send in doubt is not capped");
     let log = ingestion.store.journey_log("By email").await.unwrap();
     let sent: Vec<&str> = log.iter().filter(|e| e.action == "sent").map(|e| e.detail.as_str()).collect();
     assert_eq!(sent.len(), 2, "{log:?}");
@@ -673,6 +686,10 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     assert!(ingestion.store.journey_runs("By email").await.unwrap().iter().all(|r| r.status == "done"));
 
     // Settled now: ticking again asks and sends nothing.
-    engine.tick(sent_at + 200_000).await.unwrap();
-    assert_eq!((count("/v3/messages"), count("/v3/mail/send"), count("/hook")), (2, 1, 2));
+    engine.tick(sent_at + 400_000).await.unwrap();
+    assert_eq!((count("/v3/messages"), count("/v3/mail/send"), count("/hook")), (3, 1, 2));
+}
+
+fn log_has(log: &[rekindle_store::JourneyLogEntry], action: &str) -> bool {
+    log.iter().any(|e| e.action == action)
 }

@@ -167,27 +167,38 @@ impl Deliverer {
     }
 
     /// Asks channel `name`'s provider whether `message` arrived, for a send a crash left in
-    /// doubt. `Unknown` when the adapter has no lookup or the answer settles nothing.
-    pub async fn reconcile(&self, registry: &Registry, name: &str, message: &Message) -> Result<Found, DeliveryError> {
+    /// doubt. A rate limit (429), a provider error (5xx) or no connection means "ask again
+    /// later", never "send again": only the provider's answer can rule out a repeat.
+    pub async fn reconcile(&self, registry: &Registry, name: &str, message: &Message) -> Result<Reconciled, DeliveryError> {
         let (channel, plugin, ctx) = self.channel(name, registry)?;
         let PluginInfo::Channel(info) = plugin.info() else { unreachable!("checked in channel()") };
         if self.dry_run {
             // Nothing was sent in a dry run, so nothing can have arrived.
-            return Ok(Found::Absent);
+            return Ok(Reconciled::Answered(Found::Absent));
         }
         let request = match plugin.lookup(&ctx, message) {
             Ok(Some(request)) => request,
-            Ok(None) => return Ok(Found::Unknown("the adapter cannot ask its provider".into())),
-            Err(e) => return Ok(Found::Unknown(format!("the adapter's lookup failed: {e}"))),
+            Ok(None) => return Ok(Reconciled::Answered(Found::Unknown("the adapter cannot ask its provider".into()))),
+            Err(e) => return Ok(Reconciled::Answered(Found::Unknown(format!("the adapter's lookup failed: {e}")))),
         };
         let filled = fill(name, &channel.config, &info.hosts, &info.secrets, &request)?;
         channel.limiter.until_ready().await;
-        Ok(match self.send(&filled).await {
-            Ok(response) => plugin
-                .confirm(&ctx, message, &response)
-                .unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}"))),
-            Err(e) => Found::Unknown(format!("transport: {e}")),
-        })
+        let response = match self.send(&filled).await {
+            Ok(response) => response,
+            Err(e) => return Ok(Reconciled::AskAgain { after: ASK_AGAIN_AFTER, why: format!("transport: {e}") }),
+        };
+        if response.status == 429 || response.status >= 500 {
+            let after = response
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                .map_or(ASK_AGAIN_AFTER, |s| Duration::from_secs(s).max(ASK_AGAIN_AFTER));
+            return Ok(Reconciled::AskAgain { after, why: format!("it answered {}", response.status) });
+        }
+        Ok(Reconciled::Answered(
+            plugin.confirm(&ctx, message, &response).unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}"))),
+        ))
     }
 
     /// Whether channel `name`'s adapter can ask its provider whether `message` arrived.
@@ -270,6 +281,19 @@ impl Deliverer {
 fn call_interpret(plugin: &Plugin, ctx: &Context, request: &HttpRequest, response: &HttpResponse) -> Outcome {
     plugin.interpret(ctx, request, response).unwrap_or_else(|e: CallError| Outcome::Failed(format!("the adapter could not read the response: {e}")))
 }
+
+/// What asking a provider about a send in doubt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reconciled {
+    /// What the provider's answer means, as the adapter read it.
+    Answered(Found),
+    /// The provider could not answer now (rate limited, failing, unreachable).
+    AskAgain { after: Duration, why: String },
+}
+
+/// The least wait before asking a provider again; lookup APIs are tightly rate limited
+/// (SendGrid's Email Activity allows six requests a minute).
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// The request as sent: host checked, placeholders filled.
 fn fill(channel: &str, config: &ChannelConfig, declared_hosts: &[String], declared_secrets: &[String], request: &HttpRequest) -> Result<HttpRequest, DeliveryError> {

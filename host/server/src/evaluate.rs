@@ -251,15 +251,15 @@ pub(crate) async fn realtime_loop(
     let mut writing: VecDeque<(VerdictWrite, HashSet<String>)> = VecDeque::new();
     loop {
         while writing.front().is_some_and(|(write, _)| write.is_finished()) {
-            if let Some((write, _)) = writing.pop_front() {
-                log_write(write.await);
+            if let Some((write, ids)) = writing.pop_front() {
+                finish_write(write.await, ids, &mut queue, &mut queued).await;
             }
         }
         let mut arrived = Vec::new();
         if queue.is_empty() {
             // Nothing to read: let the writes finish, then sleep until someone is touched.
-            if let Some((write, _)) = writing.pop_front() {
-                log_write(write.await);
+            if let Some((write, ids)) = writing.pop_front() {
+                finish_write(write.await, ids, &mut queue, &mut queued).await;
                 continue;
             }
             match touched.recv().await {
@@ -319,8 +319,8 @@ pub(crate) async fn realtime_loop(
         }
         if chunk.is_empty() {
             // Everyone waiting is being written: wait for the oldest write.
-            if let Some((write, _)) = writing.pop_front() {
-                log_write(write.await);
+            if let Some((write, ids)) = writing.pop_front() {
+                finish_write(write.await, ids, &mut queue, &mut queued).await;
             }
             continue;
         }
@@ -346,9 +346,9 @@ pub(crate) async fn realtime_loop(
             }
         };
         if writing.len() >= MAX_WRITES_IN_FLIGHT
-            && let Some((write, _)) = writing.pop_front()
+            && let Some((write, ids)) = writing.pop_front()
         {
-            log_write(write.await);
+            finish_write(write.await, ids, &mut queue, &mut queued).await;
         }
         if !writes.is_empty() {
             let ids = writes.iter().map(|w| w.profile_id.clone()).collect();
@@ -370,13 +370,29 @@ fn enqueue(queue: &mut std::collections::VecDeque<String>, queued: &mut std::col
     }
 }
 
-/// Logs how a real-time verdict write went.
-fn log_write(outcome: Result<Result<usize, StoreError>, tokio::task::JoinError>) {
-    match outcome {
-        Ok(Ok(changes)) => tracing::debug!(changes, "real-time verdicts written"),
-        Ok(Err(e)) => tracing::error!("real-time verdicts could not be written: {e}"),
-        Err(e) => tracing::error!("real-time verdict write failed: {e}"),
+/// Logs how a real-time verdict write went; the people of a failed one go back to the
+/// front of the queue, to be evaluated and written again after a pause.
+async fn finish_write(
+    outcome: Result<Result<usize, StoreError>, tokio::task::JoinError>,
+    ids: std::collections::HashSet<String>,
+    queue: &mut std::collections::VecDeque<String>,
+    queued: &mut std::collections::HashSet<String>,
+) {
+    let failure = match outcome {
+        Ok(Ok(changes)) => {
+            tracing::debug!(changes, "real-time verdicts written");
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(people = ids.len(), "real-time verdicts could not be written, will retry: {failure}");
+    for id in ids {
+        if queued.insert(id.clone()) {
+            queue.push_front(id);
+        }
     }
+    tokio::time::sleep(RETRY_AFTER).await;
 }
 
 #[cfg(test)]

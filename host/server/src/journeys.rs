@@ -21,7 +21,7 @@ use rekindle_runtime::wit::{AudienceChange, AudienceMember, Found, Outcome};
 use rekindle_store::{JourneyLogEntry, JourneyRun, Store, StoreError};
 use serde_json::Value;
 
-use crate::delivery::Deliverer;
+use crate::delivery::{Deliverer, Reconciled};
 use crate::journey::{self, Journey, Step, parse_duration};
 use crate::messages::{choose_channel, render};
 
@@ -206,11 +206,9 @@ impl Engine {
                 break;
             };
             let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
+            let quiet = if matches!(step, Step::Send { .. }) { self.quiet_until(journey, &run, now).await? } else { None };
             // A send due in quiet hours waits at this step until they end; woken, it sends.
-            if matches!(step, Step::Send { .. })
-                && !woken
-                && let Some(until) = self.quiet_until(journey, &run, now).await?
-            {
+            if !woken && let Some(until) = quiet {
                 wait_until(&mut run, until);
                 entries.push(log(&run, step.id(), "quiet hours", None, format!("until {}", iso(until)), now));
                 break;
@@ -290,7 +288,8 @@ impl Engine {
                 }
                 Step::Send { channels, template, voucher, products, next, .. } => {
                     // A send left in doubt by a crash waits here until its provider can be asked.
-                    if let Some(ask_at) = self.send(&run, step.id(), channels, template, voucher.as_deref(), *products, now, &mut entries).await? {
+                    let send = Send { step: step.id(), order: channels, template, voucher: voucher.as_deref(), products: *products, quiet };
+                    if let Some(ask_at) = self.send(&run, &send, now, &mut entries).await? {
                         wait_until(&mut run, ask_at);
                         break;
                     }
@@ -330,79 +329,88 @@ impl Engine {
         Ok(quiet_until(&quiet.start, &quiet.end, zone.as_deref(), now))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        run: &JourneyRun,
-        step: &str,
-        order: &[String],
-        template: &crate::messages::MessageTemplate,
-        voucher: Option<&str>,
-        products: usize,
-        now: i64,
-        entries: &mut Vec<JourneyLogEntry>,
-    ) -> Result<Option<i64>, StoreError> {
+    /// Sends one step's message on the first channel that reaches the customer. Returns
+    /// when to try again if the step must wait: a send a crash left in doubt whose provider
+    /// cannot be asked yet, or whose repeat would fall in quiet hours.
+    async fn send(&self, run: &JourneyRun, send: &Send<'_>, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<Option<i64>, StoreError> {
+        let step = send.step;
         let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(None) };
-        if let Some(cap) = self.frequency_cap {
-            let since = now - i64::from(cap.days) * 86_400_000;
-            let recent = store(self).sends_since(&run.profile_id, since).await?;
-            if recent >= i64::from(cap.messages) {
-                let detail = format!("frequency cap: {recent} messages in the last {} days (at most {})", cap.days, cap.messages);
-                entries.push(log(run, step, "capped", None, detail, now));
-                return Ok(None);
+        // A claim made for this step before decides everything: a send settled on any
+        // channel is never repeated, and one left in doubt stays on its channel, since
+        // another channel could message the customer twice.
+        let (channel, to, key, in_doubt_since) = match store(self).step_send(&run.id, step).await? {
+            Some((_, _, outcome, _)) if outcome != "pending" => return Ok(None),
+            Some((key, channel, _, claimed_at)) => {
+                let reach = self.deliverer.needs(&self.registry, &channel).map(|needs| {
+                    let (chosen, skipped) = choose_channel(std::slice::from_ref(&needs), &profile);
+                    (chosen.map(|(_, to)| to), skipped)
+                });
+                match reach {
+                    Some((Some(to), _)) => (channel, to, key, Some(claimed_at)),
+                    unreachable => {
+                        let why = unreachable.and_then(|(_, skipped)| skipped.into_iter().next()).map_or("the channel is no longer configured".into(), |s| s.reason);
+                        store(self).settle_send(&key, "failed").await?;
+                        entries.push(log(run, step, "failed", Some(&channel), format!("in doubt after a restart, and no longer sendable: {why}"), now));
+                        return Ok(None);
+                    }
+                }
             }
-        }
-        let needs: Vec<_> = order.iter().filter_map(|name| self.deliverer.needs(&self.registry, name)).collect();
-        let (chosen, skipped) = choose_channel(&needs, &profile);
-        for skip in skipped {
-            entries.push(log(run, step, "skipped", Some(&skip.channel), skip.reason, now));
-        }
-        let Some((channel, to)) = chosen else {
-            entries.push(log(run, step, "unreachable", None, "no channel can reach this customer".into(), now));
-            return Ok(None);
+            None => {
+                if let Some(cap) = self.frequency_cap {
+                    let since = now - i64::from(cap.days) * 86_400_000;
+                    let recent = store(self).sends_since(&run.profile_id, since).await?;
+                    if recent >= i64::from(cap.messages) {
+                        let detail = format!("frequency cap: {recent} messages in the last {} days (at most {})", cap.days, cap.messages);
+                        entries.push(log(run, step, "capped", None, detail, now));
+                        return Ok(None);
+                    }
+                }
+                let mut needs = Vec::with_capacity(send.order.len());
+                for name in send.order {
+                    match self.deliverer.needs(&self.registry, name) {
+                        Some(channel) => needs.push(channel),
+                        None => entries.push(log(run, step, "skipped", Some(name), "not a message channel (an ad audience, or not configured)".into(), now)),
+                    }
+                }
+                let (chosen, skipped) = choose_channel(&needs, &profile);
+                for skip in skipped {
+                    entries.push(log(run, step, "skipped", Some(&skip.channel), skip.reason, now));
+                }
+                let Some((channel, to)) = chosen else {
+                    entries.push(log(run, step, "unreachable", None, "no channel can reach this customer".into(), now));
+                    return Ok(None);
+                };
+                let key = format!("{}:{step}:{}", run.id, channel.name);
+                match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
+                    None => (channel.name.clone(), to, key, None),
+                    Some((outcome, _)) if outcome != "pending" => return Ok(None),
+                    Some((_, claimed_at)) => (channel.name.clone(), to, key, Some(claimed_at)),
+                }
+            }
         };
-        let key = format!("{}:{step}:{}", run.id, channel.name);
-        // A send still `pending` was claimed by a host that stopped before recording the
-        // provider's answer: the message may or may not have arrived.
-        let in_doubt_since = match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
-            None => None,
-            Some((outcome, _)) if outcome != "pending" => return Ok(None),
-            Some((_, claimed_at)) => Some(claimed_at),
-        };
-        let related = if products > 0 { store(self).related_products(&run.profile_id, products).await? } else { Vec::new() };
-        let message = match render(template, &profile, voucher, &related, to, key.clone()) {
+        let related = if send.products > 0 { store(self).related_products(&run.profile_id, send.products).await? } else { Vec::new() };
+        let message = match render(send.template, &profile, send.voucher, &related, to, key.clone()) {
             Ok(message) => message,
             Err(e) => {
                 store(self).settle_send(&key, "failed").await?;
-                entries.push(log(run, step, "failed", Some(&channel.name), format!("template: {e}"), now));
+                entries.push(log(run, step, "failed", Some(&channel), format!("template: {e}"), now));
                 return Ok(None);
             }
         };
         let mut resent = String::new();
         if let Some(claimed_at) = in_doubt_since {
-            if !self.deliverer.can_look_up(&self.registry, &channel.name, &message) {
-                resent = " (resent after a restart: the adapter cannot ask its provider)".into();
-            } else {
-                let wait = i64::try_from(self.deliverer.reconcile_after(&channel.name).as_millis()).unwrap_or(i64::MAX);
-                let ask_at = claimed_at.saturating_add(wait);
-                if now < ask_at {
-                    entries.push(log(run, step, "in doubt", Some(&channel.name), format!("asking the provider at {}", iso(ask_at)), now));
-                    return Ok(Some(ask_at));
-                }
-                match self.deliverer.reconcile(&self.registry, &channel.name, &message).await {
-                    Ok(Found::Accepted(id)) => {
-                        store(self).settle_send(&key, "sent").await?;
-                        let detail = format!("{} (confirmed by the provider after a restart; not sent again)", id.unwrap_or_default());
-                        entries.push(log(run, step, "sent", Some(&channel.name), detail, now));
-                        return Ok(None);
-                    }
-                    Ok(Found::Absent) => resent = " (resent after a restart: the provider had not received it)".into(),
-                    Ok(Found::Unknown(why)) => resent = format!(" (resent after a restart; the provider could not say: {why})"),
-                    Err(e) => resent = format!(" (resent after a restart; the lookup failed: {e})"),
-                }
+            match self.in_doubt(run, step, &channel, &key, &message, claimed_at, now, entries).await? {
+                InDoubt::Settled => return Ok(None),
+                InDoubt::AskAt(at) => return Ok(Some(at)),
+                InDoubt::Resend(why) => resent = format!(" (resent after a restart: {why})"),
+            }
+            // A repeat is a new message to the customer: it keeps to quiet hours.
+            if let Some(until) = send.quiet {
+                entries.push(log(run, step, "quiet hours", Some(&channel), format!("resending the message in doubt at {}", iso(until)), now));
+                return Ok(Some(until));
             }
         }
-        let (action, detail) = match self.deliverer.deliver(&self.registry, &channel.name, &message).await {
+        let (action, detail) = match self.deliverer.deliver(&self.registry, &channel, &message).await {
             Ok(attempts) => match attempts.last().map(|a| &a.outcome) {
                 Some(Outcome::Delivered(id)) => ("sent", id.clone().unwrap_or_default()),
                 Some(Outcome::NotEligible(why)) => ("not eligible", why.clone()),
@@ -413,8 +421,51 @@ impl Engine {
             Err(e) => ("failed", e.to_string()),
         };
         store(self).settle_send(&key, action).await?;
-        entries.push(log(run, step, action, Some(&channel.name), detail + &resent, now));
+        entries.push(log(run, step, action, Some(&channel), detail + &resent, now));
         Ok(None)
+    }
+
+    /// Decides a send a crash left in doubt: asks the provider when the adapter can, once
+    /// `reconcile_after` has passed since the claim; records a message the provider has as
+    /// sent; otherwise says why it must go again.
+    #[allow(clippy::too_many_arguments)]
+    async fn in_doubt(
+        &self,
+        run: &JourneyRun,
+        step: &str,
+        channel: &str,
+        key: &str,
+        message: &rekindle_runtime::wit::Message,
+        claimed_at: i64,
+        now: i64,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<InDoubt, StoreError> {
+        if !self.deliverer.can_look_up(&self.registry, channel, message) {
+            return Ok(InDoubt::Resend("the adapter cannot ask its provider".into()));
+        }
+        let wait = i64::try_from(self.deliverer.reconcile_after(channel).as_millis()).unwrap_or(i64::MAX);
+        let ask_at = claimed_at.saturating_add(wait);
+        if now < ask_at {
+            entries.push(log(run, step, "in doubt", Some(channel), format!("asking the provider at {}", iso(ask_at)), now));
+            return Ok(InDoubt::AskAt(ask_at));
+        }
+        Ok(match self.deliverer.reconcile(&self.registry, channel, message).await {
+            Ok(Reconciled::Answered(Found::Accepted(id))) => {
+                store(self).settle_send(key, "sent").await?;
+                let detail = format!("{} (confirmed by the provider after a restart; not sent again)", id.unwrap_or_default());
+                entries.push(log(run, step, "sent", Some(channel), detail, now));
+                InDoubt::Settled
+            }
+            Ok(Reconciled::Answered(Found::Absent)) => InDoubt::Resend("the provider had not received it".into()),
+            Ok(Reconciled::Answered(Found::Unknown(why))) => InDoubt::Resend(format!("the provider could not say: {why}")),
+            Ok(Reconciled::AskAgain { after, why }) if now - claimed_at < GIVE_UP_ASKING_AFTER => {
+                let at = now + i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 2);
+                entries.push(log(run, step, "in doubt", Some(channel), format!("the provider could not answer ({why}); asking again at {}", iso(at)), now));
+                InDoubt::AskAt(at)
+            }
+            Ok(Reconciled::AskAgain { why, .. }) => InDoubt::Resend(format!("the provider could not answer for a day ({why})")),
+            Err(e) => InDoubt::Resend(format!("the lookup failed: {e}")),
+        })
     }
 
     async fn audiences(
@@ -530,6 +581,31 @@ fn bucket(key: &str) -> u8 {
 fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
 }
+
+/// What became of a send in doubt.
+enum InDoubt {
+    /// The provider had it: recorded as sent.
+    Settled,
+    /// Ask the provider at this time.
+    AskAt(i64),
+    /// Send it again, for this reason.
+    Resend(String),
+}
+
+/// A send step's settings, as the engine hands them to [`Engine::send`].
+struct Send<'a> {
+    step: &'a str,
+    order: &'a [String],
+    template: &'a crate::messages::MessageTemplate,
+    voucher: Option<&'a str>,
+    products: usize,
+    /// When the customer's quiet hours end, if they are in them now.
+    quiet: Option<i64>,
+}
+
+/// How long the engine keeps asking a provider that cannot answer (rate limited, down)
+/// about a send in doubt before sending it again.
+const GIVE_UP_ASKING_AFTER: i64 = 86_400_000;
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,12 @@ pub struct Skipped {
 pub fn choose_channel<'a>(order: &'a [ChannelNeeds], profile: &ProfileRecord) -> (Option<(&'a ChannelNeeds, String)>, Vec<Skipped>) {
     let mut skipped = Vec::new();
     for channel in order {
+        // An adapter that reaches a contact point must name the consent it needs; only one
+        // with neither (a webhook to the operator's own system) leaves consent to the receiver.
+        if channel.contact.is_some() && channel.consent.is_none() {
+            skipped.push(Skipped { channel: channel.name.clone(), reason: "the adapter declares no consent purpose for its contact point".into() });
+            continue;
+        }
         let consented = channel.consent.is_none_or(|purpose| profile.consents.iter().any(|c| c.purpose == purpose && c.granted));
         let address = match &channel.contact {
             Some(kind) => profile.contacts.iter().find(|c| &c.kind == kind && c.active).map(|c| c.address.clone()),
@@ -185,6 +191,12 @@ mod tests {
         let (chosen, skipped) = choose_channel(std::slice::from_ref(&hook), &ann(&[], &[]));
         assert_eq!(chosen.map(|(c, to)| (c.name.as_str(), to)), Some(("hook", "ann".to_string())));
         assert!(skipped.is_empty());
+        // A contact point without a consent purpose is an adapter's mistake, not a licence.
+        let careless = ChannelNeeds { name: "sms".into(), contact: Some("phone".into()), consent: None };
+        let reachable = ann(&[(Purpose::Sms, true)], &[("phone", "+15551234567", true)]);
+        let (none, skipped) = choose_channel(std::slice::from_ref(&careless), &reachable);
+        assert!(none.is_none());
+        assert_eq!(skipped[0].reason, "the adapter declares no consent purpose for its contact point");
     }
 
     #[test]

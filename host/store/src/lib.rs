@@ -317,10 +317,18 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::claim_send(db, &key, &run, &channel, at)))
     }
 
-    /// Records a claimed send's outcome.
+    /// The send already claimed for `step` of `run` on any channel: (key, channel, outcome,
+    /// claimed at).
+    pub async fn step_send(&self, run: &str, step: &str) -> Result<Option<(String, String, String, i64)>, StoreError> {
+        let (run, step) = (run.to_string(), step.to_string());
+        on_backend!(self.read(|db, _mapping| logic::step_send(db, &run, &step)))
+    }
+
+    /// Records a claimed send's outcome. Ahead of bulk ingestion: until it commits, a crash
+    /// leaves the send in doubt.
     pub async fn settle_send(&self, key: &str, outcome: &str) -> Result<(), StoreError> {
         let (key, outcome) = (key.to_string(), outcome.to_string());
-        on_backend!(self.write(|db, _mapping| logic::settle_send(db, &key, &outcome)))
+        on_backend!(self.write_urgent(|db, _mapping| logic::settle_send(db, &key, &outcome)))
     }
 
     /// Row counts per table.

@@ -1086,6 +1086,17 @@ pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, 
     Ok(db.query_opt("SELECT outcome, at FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?.map(|r| (r.text(0), r.int(1))))
 }
 
+/// The send already claimed for `step` of `run`, on whichever channel: (key, channel,
+/// outcome, claimed at).
+pub(crate) fn step_send(db: &mut impl Db, run: &str, step: &str) -> Result<Option<(String, String, String, i64)>, StoreError> {
+    let prefix = format!("{run}:{step}:");
+    Ok(db
+        .query("SELECT idempotency_key, channel, outcome, at FROM journey_sends WHERE run_id = ?1", &[P::Text(run)])?
+        .into_iter()
+        .find(|r| r.text(0).starts_with(&prefix))
+        .map(|r| (r.text(0), r.text(1), r.text(2), r.int(3))))
+}
+
 /// Records what the provider said about a claimed send.
 pub(crate) fn settle_send(db: &mut impl Db, key: &str, outcome: &str) -> Result<(), StoreError> {
     db.execute("UPDATE journey_sends SET outcome = ?2 WHERE idempotency_key = ?1", &[P::Text(key), P::Text(outcome)]).map(drop)

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/sqlite/0005_tiles.sql")),
     (6, include_str!("../migrations/sqlite/0006_co_purchases.sql")),
     (7, include_str!("../migrations/sqlite/0007_journeys.sql")),
+    (8, include_str!("../migrations/sqlite/0008_journey_sends_by_run.sql")),
 ];
 
 /// The least time between checkpoints.
@@ -232,7 +233,8 @@ fn start_checkpointer(path: &Path) -> Result<mpsc::SyncSender<()>, StoreError> {
                 // Batches the commits of the next moment into one checkpoint.
                 std::thread::sleep(CHECKPOINT_EVERY);
             }
-            // The store is closing: fold the whole WAL in, so the file stands alone.
+            // The writer has stopped: fold in what the WAL holds, if the process lives long
+            // enough. Nothing depends on it; the next open reads the WAL either way.
             let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         })
         .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?;
@@ -246,44 +248,62 @@ fn write_loop(
     checkpoints: mpsc::SyncSender<()>,
     mapping: EventMapping,
 ) {
-    let mut bulk: VecDeque<Work> = VecDeque::new();
+    let (mut urgent, mut bulk): (VecDeque<Work>, VecDeque<Work>) = (VecDeque::new(), VecDeque::new());
     loop {
-        let mut urgent = Vec::new();
         // Block only when there is nothing to do; otherwise take what has arrived.
-        let first = if bulk.is_empty() { jobs.recv().ok() } else { jobs.try_recv().ok() };
-        if first.is_none() && bulk.is_empty() {
+        let first = if urgent.is_empty() && bulk.is_empty() { jobs.recv().ok() } else { jobs.try_recv().ok() };
+        if first.is_none() && urgent.is_empty() && bulk.is_empty() {
             return;
         }
         for job in first.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
             if job.urgent {
                 urgent_waiting.fetch_sub(1, Ordering::AcqRel);
-                urgent.push(job.work);
+                urgent.push_back(job.work);
             } else {
                 bulk.push_back(job.work);
             }
         }
+        // Each round commits urgent writes first, then at least one bulk request, so a
+        // steady stream of verdicts cannot hold ingestion back.
         if !urgent.is_empty() {
-            commit_group(&mut conn, &mapping, urgent, None);
-            let _ = checkpoints.try_send(());
-            continue;
+            let take = urgent.len().min(MAX_GROUP);
+            commit_group(&mut conn, &mapping, urgent.drain(..take).collect(), None);
         }
-        let take = bulk.len().min(MAX_GROUP);
-        let group: Vec<Work> = bulk.drain(..take).collect();
-        // An urgent write arriving mid-group ends the group early: what ran so far commits,
-        // the rest goes back to the front of the queue, and the urgent write goes next.
-        let unrun = commit_group(&mut conn, &mapping, group, Some(&urgent_waiting));
+        if !bulk.is_empty() {
+            let take = bulk.len().min(MAX_GROUP);
+            let group: Vec<Work> = bulk.drain(..take).collect();
+            // An urgent write arriving mid-group (or still queued) ends the group early:
+            // what ran so far commits, and the rest goes back to the front of the queue.
+            let yield_to = Yield { arrived: &urgent_waiting, queued: !urgent.is_empty() };
+            let unrun = commit_group(&mut conn, &mapping, group, Some(yield_to));
+            for work in unrun.into_iter().rev() {
+                bulk.push_front(work);
+            }
+        }
         // A full signal channel means a checkpoint is already due.
         let _ = checkpoints.try_send(());
-        for work in unrun.into_iter().rev() {
-            bulk.push_front(work);
-        }
+    }
+}
+
+/// When a bulk group should stop early for urgent writes.
+#[derive(Clone, Copy)]
+struct Yield<'a> {
+    /// Urgent writes sent but not yet taken by the writer.
+    arrived: &'a AtomicUsize,
+    /// Urgent writes taken but not yet committed.
+    queued: bool,
+}
+
+impl Yield<'_> {
+    fn now(self) -> bool {
+        self.queued || self.arrived.load(Ordering::Acquire) > 0
     }
 }
 
 /// Runs a group of requests in one transaction and tells each how the commit went. With
-/// `yield_to`, stops before the next request once an urgent write is waiting and returns
+/// `yield_to`, stops after the first request once an urgent write is waiting and returns
 /// the requests it did not run.
-fn commit_group(conn: &mut Connection, mapping: &EventMapping, group: Vec<Work>, yield_to: Option<&AtomicUsize>) -> Vec<Work> {
+fn commit_group(conn: &mut Connection, mapping: &EventMapping, group: Vec<Work>, yield_to: Option<Yield<'_>>) -> Vec<Work> {
     let mut completions = Vec::with_capacity(group.len());
     let mut unrun = Vec::new();
     let committed = match begin(conn) {
@@ -291,7 +311,7 @@ fn commit_group(conn: &mut Connection, mapping: &EventMapping, group: Vec<Work>,
             let mut works = group.into_iter();
             for work in works.by_ref() {
                 completions.push(work(&mut tx, mapping));
-                if yield_to.is_some_and(|waiting| waiting.load(Ordering::Acquire) > 0) {
+                if yield_to.is_some_and(Yield::now) {
                     break;
                 }
             }

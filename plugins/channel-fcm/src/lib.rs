@@ -3,8 +3,8 @@
 //!
 //! FCM cannot be asked whether a message arrived, so a send a crash left in doubt is sent
 //! again. Each notification carries a tag (Android) and a collapse id (iOS) derived from
-//! the idempotency key, so a repeat replaces the first on the device instead of showing
-//! twice.
+//! the idempotency key, so a repeat replaces the first while that is still on show. One
+//! already dismissed, or handled by an app in the foreground, is seen twice.
 #![no_std]
 
 use rekindle_sdk::prelude::*;

@@ -61,7 +61,7 @@ impl Channel for SendGrid {
 
     fn lookup(ctx: &Context, message: &Message) -> Result<HttpRequest, String> {
         // Email Activity's query language: custom args are `unique_args['name']="value"`.
-        let query = format!("unique_args['idempotency_key']=\"{}\"", message.idempotency_key.replace('"', "\\\""));
+        let query = format!("unique_args['idempotency_key']=\"{}\"", message.idempotency_key.replace('\\', "\\\\").replace('"', "\\\""));
         let url = format!(
             "{}/v3/messages?{}",
             ctx.text("base_url")?.trim_end_matches('/'),
