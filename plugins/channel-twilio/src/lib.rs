@@ -2,6 +2,12 @@
 //! account SID and auth token are secrets: the URL names `{{secret:TWILIO_ACCOUNT_SID}}`
 //! and the host turns `{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}` into the
 //! Basic credentials, so this plugin never sees either.
+//!
+//! Twilio keeps no key of ours on a message, so a send a crash left in doubt is looked up
+//! by what identifies a text: Messages sent to the same number since the day before, with
+//! exactly the same body. One is taken as this message. The same text to the same number
+//! from another send within that window would be taken for it too; journeys rarely repeat
+//! a text so soon, and a repeat of it is what that case would otherwise cost.
 #![no_std]
 
 use rekindle_sdk::form_urlencoded;
@@ -33,11 +39,7 @@ impl Channel for Twilio {
             f if f.starts_with('+') => "From",
             other => return Err(format!("parameter `from` must be an E.164 number or a Messaging Service SID, got `{other}`")),
         };
-        // A text has no subject or HTML: the text, then the link.
-        let text = match &message.link {
-            Some(link) => format!("{} {link}", message.text),
-            None => message.text.clone(),
-        };
+        let text = text_of(message);
         let body = form_urlencoded(&[("To", &message.to), (sender, from), ("Body", &text)]);
         let url = format!("{}/2010-04-01/Accounts/{{{{secret:TWILIO_ACCOUNT_SID}}}}/Messages.json", ctx.text("base_url")?.trim_end_matches('/'));
         Ok(vec![
@@ -60,6 +62,54 @@ impl Channel for Twilio {
             _ => Outcome::from_status(response),
         }
     }
+
+    fn lookup(ctx: &Context, message: &Message) -> Result<HttpRequest, String> {
+        let since = date(ctx.now - rekindle_sdk::DAY);
+        let query = form_urlencoded(&[("To", &message.to), ("DateSent>", &since), ("PageSize", "50")]);
+        let url = format!(
+            "{}/2010-04-01/Accounts/{{{{secret:TWILIO_ACCOUNT_SID}}}}/Messages.json?{query}",
+            ctx.text("base_url")?.trim_end_matches('/')
+        );
+        Ok(HttpRequest::new(HttpMethod::Get, url).header("authorization", "{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}"))
+    }
+
+    fn confirm(_ctx: &Context, message: &Message, response: &HttpResponse) -> Found {
+        if !(200..=299).contains(&response.status) {
+            return Found::Unknown(format!("Twilio answered {}", response.status));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+        let Some(sent) = json["messages"].as_array() else {
+            return Found::Unknown("Twilio's answer has no `messages` list".into());
+        };
+        let text = text_of(message);
+        match sent.iter().find(|m| m["body"].as_str() == Some(text.as_str()) && m["to"].as_str() == Some(message.to.as_str())) {
+            Some(found) => Found::Accepted(found["sid"].as_str().map(String::from)),
+            None => Found::Absent,
+        }
+    }
+}
+
+/// A text has no subject or HTML: the text, then the link.
+fn text_of(message: &Message) -> String {
+    match &message.link {
+        Some(link) => format!("{} {link}", message.text),
+        None => message.text.clone(),
+    }
+}
+
+/// The UTC date of `ms` as Twilio's `DateSent` filters take it: `YYYY-MM-DD`.
+fn date(ms: i64) -> String {
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar).
+    let z = ms.div_euclid(rekindle_sdk::DAY) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 rekindle_sdk::export_channel!(Twilio);
@@ -67,6 +117,35 @@ rekindle_sdk::export_channel!(Twilio);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(951_782_400_000), "2000-02-29");
+        assert_eq!(date(1_798_761_599_999), "2026-12-31");
+        assert_eq!(date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn looks_a_text_up_by_number_and_body() {
+        let mut ctx = ctx("+15550000000");
+        ctx.now = 1_795_435_200_000; // 2026-11-23T12:00:00Z
+        let message = Message {
+            idempotency_key: "run-1:send:sms".into(), profile_id: "bob".into(), to: "+15551230000".into(),
+            subject: None, text: "Come back".into(), html: None, link: Some("https://s.example/x".into()), image: None, data: vec![],
+        };
+        let request = Twilio::lookup(&ctx, &message).unwrap();
+        assert_eq!(request.method, HttpMethod::Get);
+        assert_eq!(
+            request.url,
+            "https://api.twilio.com/2010-04-01/Accounts/{{secret:TWILIO_ACCOUNT_SID}}/Messages.json?To=%2B15551230000&DateSent%3E=2026-11-22&PageSize=50"
+        );
+        let answer = |body: &str| HttpResponse { status: 200, headers: vec![], body: body.as_bytes().to_vec() };
+        let listed = r#"{"messages":[{"sid":"SM1","to":"+15551230000","body":"Other text"},{"sid":"SM2","to":"+15551230000","body":"Come back https://s.example/x"}]}"#;
+        assert_eq!(Twilio::confirm(&ctx, &message, &answer(listed)), Found::Accepted(Some("SM2".into())));
+        assert_eq!(Twilio::confirm(&ctx, &message, &answer(r#"{"messages":[{"sid":"SM1","to":"+15551230000","body":"Other text"}]}"#)), Found::Absent);
+        assert!(matches!(Twilio::confirm(&ctx, &message, &HttpResponse { status: 401, headers: vec![], body: vec![] }), Found::Unknown(_)));
+    }
 
     fn ctx(from: &str) -> Context {
         let text = |name: &str, value: &str| Field { name: name.into(), value: Value::Text(value.into()) };
