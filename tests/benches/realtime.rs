@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rekindle_runtime::Registry;
 use rekindle_server::{AppState, Ingestion, app};
 use rekindle_tests::Backend;
 use serde_json::{Value, json};
@@ -38,14 +37,11 @@ fn serve(dir: &std::path::Path) -> String {
         runtime.block_on(async move {
             let store = rekindle_tests::open_store(Backend::Sqlite, &dir).await.unwrap();
             let sources = [("bench-key".to_string(), "bench".to_string())].into_iter().collect();
-            let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-            for (slot, path) in [
+            let registry = rekindle_tests::registry(&[
                 ("abandoned-cart", rekindle_tests::components::RULE_ABANDONED_CART),
                 ("lapsing-repeat-buyer", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
                 ("engaged-not-purchased", rekindle_tests::components::RULE_ENGAGED_NOT_PURCHASED),
-            ] {
-                registry.install(slot, &rekindle_tests::component(path)).unwrap();
-            }
+            ]);
             let state = AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store, sources });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(format!("http://{}", listener.local_addr().unwrap())).unwrap();

@@ -214,6 +214,23 @@ pub mod native {
     }
 }
 
+/// A registry on the [`patient_runtime`] with each `(slot, component path)` installed.
+pub fn registry(slots: &[(&str, &str)]) -> std::sync::Arc<rekindle_runtime::Registry> {
+    let registry = std::sync::Arc::new(rekindle_runtime::Registry::new(patient_runtime()));
+    for (slot, path) in slots {
+        registry.install(slot, &component(path)).unwrap();
+    }
+    registry
+}
+
+/// Serves `router` on a free loopback port in the background; returns its base URL.
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    base
+}
+
 /// A stand-in provider (SendGrid, Twilio, Meta, ...): a real axum server on loopback that
 /// records every request and answers from a script.
 pub mod provider {
@@ -265,10 +282,6 @@ pub mod provider {
                 response
             }
         };
-        let router = axum::Router::new().fallback(handler);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        (base, received)
+        (super::serve(axum::Router::new().fallback(handler)).await, received)
     }
 }

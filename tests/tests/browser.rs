@@ -115,10 +115,7 @@ async fn serve_page(host: &str) -> String {
     assert!(page.contains("http://127.0.0.1:8080/v1/tiles.js"), "the example page loads the snippet from the demo host");
     let page = page.replace("http://127.0.0.1:8080", host);
     let router = axum::Router::new().route("/tiles/", axum::routing::get(move || async move { axum::response::Html(page) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    origin
+    rekindle_tests::serve(router).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

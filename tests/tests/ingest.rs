@@ -4,10 +4,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rekindle_runtime::Registry;
 use rekindle_server::{AppState, Clock, Ingestion, app};
 use rekindle_store::{EventMapping, Store};
 use rekindle_tests::Backend;
@@ -41,22 +39,17 @@ async fn start(backend: Backend, data: &Path) -> Option<Host> {
 
 /// A host whose segment evaluation runs on `clock`, looking for due runs every `tick`.
 async fn start_with(backend: Backend, data: &Path, clock: Clock, tick: Duration) -> Option<Host> {
-    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    for (slot, path) in [
+    let registry = rekindle_tests::registry(&[
         ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
         ("win-back", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
         ("abandoned-cart", rekindle_tests::components::RULE_ABANDONED_CART),
         ("rfm", rekindle_tests::components::RULE_RFM_WIN_BACK),
         ("flaky", rekindle_tests::components::HOSTILE_PANICS_SOMETIMES),
-    ] {
-        registry.install(slot, &rekindle_tests::component(path)).unwrap();
-    }
+    ]);
     let store = rekindle_tests::open_store(backend, data).await?;
     let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources }).with_clock(clock, tick);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    let base = rekindle_tests::serve(app(state)).await;
     Some(Host { http: reqwest::Client::new(), base })
 }
 

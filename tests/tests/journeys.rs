@@ -90,14 +90,11 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     ]))
     .await;
 
-    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    for (slot, path) in [
+    let registry = rekindle_tests::registry(&[
         ("rule-win-back-window", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
         ("channel-sendgrid", rekindle_tests::components::CHANNEL_SENDGRID),
         ("channel-twilio", rekindle_tests::components::CHANNEL_TWILIO),
-    ] {
-        registry.install(slot, &rekindle_tests::component(path)).unwrap();
-    }
+    ]);
     let sources = [("key".to_string(), "web".to_string())].into_iter().collect();
     let clock = Clock::manual(t0);
     let state = AppState::new(registry.clone(), None, Some("admin".into()))
@@ -186,9 +183,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     // An API-entry journey, through the HTTP API of a host running this engine.
     let api_journey = "name = \"Welcome back\"\n[entry]\napi = true\n[[steps]]\nid = \"hello\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Hello {{ traits.first_name }}\" }\n";
     let host_state = state.clone().with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email_channel.clone())])), None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, rekindle_server::app(host_state)).await.unwrap() });
+    let api = rekindle_tests::serve(rekindle_server::app(host_state)).await;
     let http = reqwest::Client::new();
     let deployed = http.post(format!("{api}/v1/journeys")).bearer_auth("admin").body(api_journey).send().await.unwrap();
     assert!(deployed.status().is_success(), "{}", deployed.text().await.unwrap());
@@ -237,14 +232,11 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         ("/users", vec![(200, vec![], "{}")]),
     ]))
     .await;
-    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    for (slot, path) in [
+    let registry = rekindle_tests::registry(&[
         ("channel-sendgrid", rekindle_tests::components::CHANNEL_SENDGRID),
         ("channel-twilio", rekindle_tests::components::CHANNEL_TWILIO),
         ("channel-meta-audiences", rekindle_tests::components::CHANNEL_META_AUDIENCES),
-    ] {
-        registry.install(slot, &rekindle_tests::component(path)).unwrap();
-    }
+    ]);
     let ingestion = Arc::new(Ingestion { store, sources: HashMap::new() });
     // Ann (email and ads consent) leaves her cart; Bob buys ten minutes after his.
     let mut batch = Vec::new();
@@ -601,14 +593,11 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
         ("/hook", vec![(204, vec![], "")]),
     ]))
     .await;
-    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    for (slot, path) in [
+    let registry = rekindle_tests::registry(&[
         ("rule-win-back-window", rekindle_tests::components::RULE_WIN_BACK_WINDOW),
         ("channel-sendgrid", rekindle_tests::components::CHANNEL_SENDGRID),
         ("plain-channel", rekindle_tests::components::PLAIN_CHANNEL),
-    ] {
-        registry.install(slot, &rekindle_tests::component(path)).unwrap();
-    }
+    ]);
     assert!(registry.get("channel-sendgrid").unwrap().can_reconcile());
     assert!(!registry.get("plain-channel").unwrap().can_reconcile(), "built against the plain channel-adapter world");
     let clock = Clock::manual(t0);

@@ -35,9 +35,7 @@ async fn the_official_python_library_works_unchanged() {
     let sources = [("py-key".to_string(), "python".to_string())].into_iter().collect();
     let state = AppState::new(Arc::new(Registry::new(rekindle_tests::patient_runtime())), None, Some("admin".into()))
         .with_ingestion(Ingestion { store, sources });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    let base = rekindle_tests::serve(app(state)).await;
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/segment_python.py");
     let (python, host) = (python.clone(), base.clone());

@@ -4,10 +4,8 @@
 //! fallback tiles, never a 5xx.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rekindle_runtime::Registry;
 use rekindle_server::{AppState, Ingestion, app};
 use rekindle_tests::Backend;
 use serde_json::{Value, json};
@@ -25,23 +23,18 @@ struct Host {
 }
 
 async fn start(backend: Backend, data: &Path) -> Option<Host> {
-    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    for (slot, path) in [
+    let registry = rekindle_tests::registry(&[
         ("tiles-basic", rekindle_tests::components::TILES_BASIC),
         ("failing-tiles", rekindle_tests::components::HOSTILE_TILES),
         ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
-    ] {
-        registry.install(slot, &rekindle_tests::component(path)).unwrap();
-    }
+    ]);
     let store = rekindle_tests::open_store(backend, data).await?;
     let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
         .with_ingestion(Ingestion { store, sources })
         .with_tile_origins(vec![SHOP.into()])
         .with_token_secret(TOKEN_SECRET, Duration::from_secs(3600));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    let base = rekindle_tests::serve(app(state)).await;
     Some(Host { http: reqwest::Client::new(), base })
 }
 

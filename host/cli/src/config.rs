@@ -42,15 +42,7 @@ pub struct Config {
     pub journeys: Vec<PathBuf>,
     /// At most this many journey messages per customer in a window, across journeys:
     /// `frequency_cap = { messages = 3, days = 7 }`.
-    pub frequency_cap: Option<FrequencyCapConfig>,
-}
-
-/// `frequency_cap`: messages per customer per number of days.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FrequencyCapConfig {
-    pub messages: u32,
-    pub days: u32,
+    pub frequency_cap: Option<rekindle_server::journeys::FrequencyCap>,
 }
 
 /// `[[channels]]`: a name journeys use (`email`), the adapter's slot, its parameters, the

@@ -155,7 +155,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 
 fn sha2_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 const WRANGLER: &str = r#"# Deploy with `npx wrangler deploy` from this directory, after

@@ -94,8 +94,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_token_secret(secret.as_bytes(), std::time::Duration::from_secs(config.tiles.token_ttl_hours * 3600));
     }
     if !config.channels.is_empty() {
-        let cap = config.frequency_cap.map(|c| rekindle_server::journeys::FrequencyCap { messages: c.messages, days: c.days });
-        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?), cap);
+        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?), config.frequency_cap);
     }
     let journey_files = config.journeys.clone();
     let listen = config.listen;
@@ -172,7 +171,6 @@ fn seed_from_dir(registry: &Registry, store: &SlotStore, dir: &Path) -> anyhow::
     Ok(())
 }
 
-/// `rule_lapsing_repeat_buyer.wasm` seeds slot `rule-lapsing-repeat-buyer`.
 /// The `.wasm` files of a plugins directory, by name, each with the slot it goes in.
 pub(crate) fn plugin_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -185,6 +183,7 @@ pub(crate) fn plugin_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>>
     Ok(files.into_iter().map(|f| (slot_name(&f), f)).collect())
 }
 
+/// `rule_lapsing_repeat_buyer.wasm` seeds slot `rule-lapsing-repeat-buyer`.
 fn slot_name(file: &Path) -> String {
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     stem.to_lowercase().replace('_', "-")

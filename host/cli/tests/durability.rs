@@ -39,17 +39,10 @@ fn journey(channel: &str) -> String {
     text
 }
 
-/// Starts `router` on loopback; returns its base URL.
-async fn receiver(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    base
-}
-
-/// Runs the campaign on `channel` (a `[[channels]]` entry), killing the host until every
-/// run is done; returns how many times it was killed.
-async fn run_killed_campaign(channel: &str, channel_toml: &str) -> usize {
+/// Runs the campaign on a channel named `channel`, served by the adapter in `slot` and
+/// configured by the further `settings` lines, killing the host until every run is done;
+/// returns how many times it was killed.
+async fn run_killed_campaign(channel: &str, slot: &str, settings: &str) -> usize {
     let work = tempfile::tempdir().unwrap();
     let plugins = shipped_plugins(work.path());
     let journey_file = work.path().join("journey.toml");
@@ -64,7 +57,11 @@ name = "Buyers"
 slot = "rule-high-ltv"
 schedule = "weekly"
 params = {{ min_ltv = 0.0 }}
-{channel_toml}
+[[channels]]
+name = "{channel}"
+slot = "{slot}"
+allowed_hosts = ["127.0.0.1"]
+{settings}
 "#
         ),
     )
@@ -149,19 +146,9 @@ async fn a_campaign_killed_repeatedly_sends_each_message_exactly_once_to_an_idem
             }
         }),
     );
-    let base = receiver(router).await;
-    let kills = run_killed_campaign(
-        "hook",
-        &format!(
-            r#"[[channels]]
-name = "hook"
-slot = "channel-webhook"
-params = {{ url = "{base}/hook" }}
-allowed_hosts = ["127.0.0.1"]
-secrets = {{ WEBHOOK_TOKEN = "t" }}"#
-        ),
-    )
-    .await;
+    let base = rekindle_tests::serve(router).await;
+    let settings = format!("params = {{ url = \"{base}/hook\" }}\nsecrets = {{ WEBHOOK_TOKEN = \"t\" }}");
+    let kills = run_killed_campaign("hook", "channel-webhook", &settings).await;
 
     let processed = processed.lock().unwrap();
     eprintln!("{kills} SIGKILLs: {} messages processed, {} requests replayed", processed.first.len(), processed.replays);
@@ -211,20 +198,11 @@ async fn a_campaign_killed_repeatedly_sends_each_email_once_by_asking_sendgrid_a
             }),
         );
 
-    let provider = receiver(router).await;
-    let kills = run_killed_campaign(
-        "email",
-        &format!(
-            r#"[[channels]]
-name = "email"
-slot = "channel-sendgrid"
-params = {{ base_url = "{provider}", from_email = "shop@example.com" }}
-allowed_hosts = ["127.0.0.1"]
-secrets = {{ SENDGRID_API_KEY = "k" }}
-reconcile_after_seconds = 0"#
-        ),
-    )
-    .await;
+    let provider = rekindle_tests::serve(router).await;
+    let settings = format!(
+        "params = {{ base_url = \"{provider}\", from_email = \"shop@example.com\" }}\nsecrets = {{ SENDGRID_API_KEY = \"k\" }}\nreconcile_after_seconds = 0"
+    );
+    let kills = run_killed_campaign("email", "channel-sendgrid", &settings).await;
 
     let received = received.lock().unwrap();
     let (asked, found) = *lookups.lock().unwrap();

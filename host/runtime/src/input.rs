@@ -1,10 +1,15 @@
 //! The declared-input filter: a plugin receives only what its `describe()` said it reads.
 
-use crate::bindings::wit::{EventSeries, Field, InputQuery, Profile, PropertyColumn, Timestamp};
+use crate::bindings::wit::{EventQuery, EventSeries, Field, InputQuery, Profile, PropertyColumn, Timestamp};
 
 /// A query that reads nothing: the input of a plugin that declares none.
 pub fn empty_query() -> InputQuery {
     InputQuery { events: Vec::new(), traits: Vec::new(), aggregates: Vec::new(), consents: false, contacts: false, segments: false }
+}
+
+/// The earliest time a declared event query reads at `now`: its look-back, or all history.
+pub fn event_since(wanted: &EventQuery, now: Timestamp) -> Timestamp {
+    wanted.lookback_seconds.map_or(i64::MIN, |secs| now.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)))
 }
 
 /// Cuts a profile down to what `query` declares, as seen at `now`.
@@ -17,9 +22,7 @@ pub fn filter_profile(profile: &Profile, query: &InputQuery, now: Timestamp) -> 
     let mut events: Vec<EventSeries> = Vec::new();
     for wanted in &query.events {
         let Some(series) = profile.events.iter().find(|s| s.name == wanted.name) else { continue };
-        let since = wanted
-            .lookback_seconds
-            .map_or(i64::MIN, |secs| now.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)));
+        let since = event_since(wanted, now);
         // Timestamps are sorted, so the kept occurrences are one contiguous range.
         let mut lo = series.timestamps.partition_point(|t| *t < since);
         let hi = series.timestamps.partition_point(|t| *t <= now);

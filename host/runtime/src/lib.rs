@@ -18,7 +18,7 @@ mod registry;
 pub use bindings::wit;
 pub use engine::{KindLimits, Limits, Runtime, RuntimeConfig};
 pub use error::{CallError, LoadError, RegistryError};
-pub use input::{empty_query, filter_profile};
+pub use input::{empty_query, event_since, filter_profile};
 pub use params::{ParamError, merge_params};
 pub use plugin::{Kind, Plugin, PluginInfo, RuleInstance};
 pub use registry::{Registry, SlotSummary, VersionSummary};

@@ -130,9 +130,7 @@ impl Reads {
             needs.consents |= q.consents;
             needs.contacts |= q.contacts;
             for wanted in &q.events {
-                let since = wanted
-                    .lookback_seconds
-                    .map_or(i64::MIN, |secs| now.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)));
+                let since = rekindle_runtime::event_since(wanted, now);
                 match needs.events.iter().position(|e| e.name == wanted.name) {
                     Some(i) => {
                         let need = &mut needs.events[i];

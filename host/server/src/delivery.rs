@@ -145,17 +145,9 @@ impl Deliverer {
         if info.kind == rekindle_runtime::wit::ChannelKind::AdAudience {
             return None;
         }
-        let contact = info.contact.map(|kind| match kind {
-            rekindle_runtime::wit::ContactKind::Email => "email".to_string(),
-            rekindle_runtime::wit::ContactKind::Phone => "phone".to_string(),
-            rekindle_runtime::wit::ContactKind::PushToken => "push_token".to_string(),
-        });
-        let consent = info.consent.map(|purpose| match purpose {
-            rekindle_runtime::wit::Purpose::Email => rekindle_store::Purpose::Email,
-            rekindle_runtime::wit::Purpose::Sms => rekindle_store::Purpose::Sms,
-            rekindle_runtime::wit::Purpose::Push => rekindle_store::Purpose::Push,
-            rekindle_runtime::wit::Purpose::Ads => rekindle_store::Purpose::Ads,
-        });
+        // The contract's names are the store's: `email`, `phone`, `push_token`; `sms`, ....
+        let contact = info.contact.map(|kind| rekindle_runtime::json::contact_kind_name(kind).to_string());
+        let consent = info.consent.and_then(|purpose| rekindle_store::Purpose::parse(rekindle_runtime::json::purpose_name(purpose)));
         Some(crate::messages::ChannelNeeds { name: name.to_string(), contact, consent })
     }
 
@@ -166,22 +158,25 @@ impl Deliverer {
         self.perform(name, &channel, &plugin, &ctx, requests).await
     }
 
-    /// Asks channel `name`'s provider whether `message` arrived, for a send a crash left in
-    /// doubt. A rate limit (429), a provider error (5xx) or no connection means "ask again
-    /// later", never "send again": only the provider's answer can rule out a repeat.
-    pub async fn reconcile(&self, registry: &Registry, name: &str, message: &Message) -> Result<Reconciled, DeliveryError> {
-        let (channel, plugin, ctx) = self.channel(name, registry)?;
+    /// The request asking channel `name`'s provider whether `message` arrived; `None` when
+    /// its adapter cannot ask (no `reconcile` export, or its lookup declines).
+    pub fn lookup(&self, registry: &Registry, name: &str, message: &Message) -> Option<Lookup> {
+        let (channel, plugin, ctx) = self.channel(name, registry).ok()?;
+        let request = plugin.lookup(&ctx, message).ok()??;
+        Some(Lookup { name: name.to_string(), channel, plugin, ctx, request })
+    }
+
+    /// Asks the provider, for a send a crash left in doubt, whether the message arrived. A
+    /// rate limit (429), a provider error (5xx) or no connection means "ask again later",
+    /// never "send again": only the provider's answer can rule out a repeat.
+    pub async fn reconcile(&self, lookup: Lookup, message: &Message) -> Result<Reconciled, DeliveryError> {
+        let Lookup { name, channel, plugin, ctx, request } = lookup;
         let PluginInfo::Channel(info) = plugin.info() else { unreachable!("checked in channel()") };
         if self.dry_run {
             // Nothing was sent in a dry run, so nothing can have arrived.
             return Ok(Reconciled::Answered(Found::Absent));
         }
-        let request = match plugin.lookup(&ctx, message) {
-            Ok(Some(request)) => request,
-            Ok(None) => return Ok(Reconciled::Answered(Found::Unknown("the adapter cannot ask its provider".into()))),
-            Err(e) => return Ok(Reconciled::Answered(Found::Unknown(format!("the adapter's lookup failed: {e}")))),
-        };
-        let filled = fill(name, &channel.config, &info.hosts, &info.secrets, &request)?;
+        let filled = fill(&name, &channel.config, &info.hosts, &info.secrets, &request)?;
         channel.limiter.until_ready().await;
         let response = match self.send(&filled).await {
             Ok(response) => response,
@@ -199,16 +194,6 @@ impl Deliverer {
         Ok(Reconciled::Answered(
             plugin.confirm(&ctx, message, &response).unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}"))),
         ))
-    }
-
-    /// Whether channel `name`'s adapter can ask its provider whether `message` arrived.
-    pub fn can_look_up(&self, registry: &Registry, name: &str, message: &Message) -> bool {
-        self.channel(name, registry).is_ok_and(|(_, plugin, ctx)| matches!(plugin.lookup(&ctx, message), Ok(Some(_))))
-    }
-
-    /// How long after claiming a send in doubt channel `name` waits to reconcile it.
-    pub fn reconcile_after(&self, name: &str) -> Duration {
-        self.channels.get(name).map_or(Duration::ZERO, |c| c.config.reconcile_after)
     }
 
     /// Applies one audience change on channel `name`.
@@ -280,6 +265,22 @@ impl Deliverer {
 
 fn call_interpret(plugin: &Plugin, ctx: &Context, request: &HttpRequest, response: &HttpResponse) -> Outcome {
     plugin.interpret(ctx, request, response).unwrap_or_else(|e: CallError| Outcome::Failed(format!("the adapter could not read the response: {e}")))
+}
+
+/// A provider lookup ready to make: the channel, its adapter and the request.
+pub struct Lookup {
+    name: String,
+    channel: Arc<Channel>,
+    plugin: Arc<Plugin>,
+    ctx: Context,
+    request: HttpRequest,
+}
+
+impl Lookup {
+    /// How long after claiming a send in doubt the channel waits before asking.
+    pub fn after(&self) -> Duration {
+        self.channel.config.reconcile_after
+    }
 }
 
 /// What asking a provider about a send in doubt came to.

@@ -211,9 +211,8 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
     if let Some(profile) = &mut full {
         for s in &edge {
             let cut = filter_profile(profile, &s.query, now);
-            let mut ctx = s.ctx.clone();
-            ctx.now = now;
-            match s.plugin.evaluate(&ctx, &cut) {
+            // Planned at `now` above, so the context already carries this time.
+            match s.plugin.evaluate(&s.ctx, &cut) {
                 Ok(verdict) => {
                     let mut segments = profile.segments.take().unwrap_or_default();
                     apply_verdict(&mut segments, &s.def.name, &verdict, now);

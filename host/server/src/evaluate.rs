@@ -1,6 +1,8 @@
 //! Builds the contract's `Profile` for a rule from the store: only what the rule's input
 //! query declares, with the computed traits as aggregates.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use rekindle_runtime::json::{fields_from_json, series_from, value_from_json};
 use rekindle_runtime::wit::{Context, Field, InputQuery, Membership, Profile, Value};
 
@@ -40,9 +42,7 @@ pub(crate) async fn profile_at(store: &Store, id: &str, query: &InputQuery, now:
     }
     let mut events = Vec::new();
     for wanted in &query.events {
-        let since = wanted
-            .lookback_seconds
-            .map_or(i64::MIN, |secs| now.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)));
+        let since = rekindle_runtime::event_since(wanted, now);
         let stored = store.events(&record.id, &wanted.name, since, now, wanted.limit).await?;
         if stored.is_empty() {
             continue;
@@ -242,24 +242,21 @@ pub(crate) async fn realtime_loop(
     clock: crate::Clock,
     mut touched: tokio::sync::mpsc::UnboundedReceiver<Vec<rekindle_store::Touch>>,
 ) {
-    use std::collections::{HashMap, HashSet, VecDeque};
     let store = &ingestion.store;
-    let (mut queue, mut queued) = (VecDeque::<String>::new(), HashSet::<String>::new());
-    let mut auto_params: HashMap<String, (serde_json::Value, i64, SegmentDefinition)> = HashMap::new();
+    let mut waiting = Waiting::default();
+    let mut auto_params = AutoParams::default();
     // Verdict writes in flight, with the people each changes. Writes for different people
     // may commit in any order; nobody is read again until their write has committed.
     let mut writing: VecDeque<(VerdictWrite, HashSet<String>)> = VecDeque::new();
     loop {
         while writing.front().is_some_and(|(write, _)| write.is_finished()) {
-            if let Some((write, ids)) = writing.pop_front() {
-                finish_write(write.await, ids, &mut queue, &mut queued).await;
-            }
+            finish_oldest(&mut writing, &mut waiting).await;
         }
         let mut arrived = Vec::new();
-        if queue.is_empty() {
+        if waiting.queue.is_empty() {
             // Nothing to read: let the writes finish, then sleep until someone is touched.
-            if let Some((write, ids)) = writing.pop_front() {
-                finish_write(write.await, ids, &mut queue, &mut queued).await;
+            if !writing.is_empty() {
+                finish_oldest(&mut writing, &mut waiting).await;
                 continue;
             }
             match touched.recv().await {
@@ -270,85 +267,39 @@ pub(crate) async fn realtime_loop(
         while let Ok(more) = touched.try_recv() {
             arrived.extend(more);
         }
-        let segments = match store.segments().await {
-            Ok(all) => all.into_iter().filter(|s| s.schedule == "realtime").collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::error!("real-time evaluation cannot read segments: {e}");
-                // Everyone touched stays queued for when the store answers again.
-                enqueue(&mut queue, &mut queued, arrived.into_iter().map(|t| t.profile_id));
-                tokio::time::sleep(RETRY_AFTER).await;
-                continue;
-            }
-        };
         let now = clock.now();
-        let mut resolved = Vec::with_capacity(segments.len());
-        for def in segments {
-            match auto_params.get(&def.name) {
-                Some((params, at, done)) if *params == def.params && now - at < AUTO_PARAMS_FOR && done.slot == def.slot => {
-                    resolved.push(done.clone())
-                }
-                _ => match resolve_auto_params(store, &def, now).await {
-                    Ok(done) => {
-                        auto_params.insert(def.name.clone(), (def.params.clone(), now, done.clone()));
-                        resolved.push(done);
-                    }
-                    Err(e) => tracing::error!(segment = def.name, "real-time evaluation cannot resolve parameters: {e}"),
-                },
-            }
-        }
-        let (plan, refused) = match Plan::new(&registry, store, &resolved, now).await {
-            Ok(planned) => planned,
+        let plan = match realtime_plan(&registry, store, &mut auto_params, now).await {
+            Ok(plan) => plan,
             Err(e) => {
                 tracing::error!("real-time evaluation cannot plan: {e}");
-                enqueue(&mut queue, &mut queued, arrived.into_iter().map(|t| t.profile_id));
+                // Everyone touched stays queued for when the store answers again.
+                waiting.push_back(arrived.into_iter().map(|t| t.profile_id));
                 tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
         };
-        for (segment, e) in refused {
-            tracing::warn!(segment, "real-time evaluation skipped a segment: {e}");
-        }
-        enqueue(&mut queue, &mut queued, arrived.into_iter().filter(|t| plan.reads(t)).map(|t| t.profile_id));
-        let (mut chunk, mut later) = (Vec::with_capacity(REALTIME_CHUNK), Vec::new());
-        while chunk.len() < REALTIME_CHUNK {
-            let Some(id) = queue.pop_front() else { break };
-            if writing.iter().any(|(_, ids)| ids.contains(&id)) { later.push(id) } else { chunk.push(id) }
-        }
-        for id in later.into_iter().rev() {
-            queue.push_front(id);
-        }
+        waiting.push_back(arrived.into_iter().filter(|t| plan.reads(t)).map(|t| t.profile_id));
+        let chunk = waiting.take(REALTIME_CHUNK, |id| writing.iter().any(|(_, ids)| ids.contains(id)));
         if chunk.is_empty() {
             // Everyone waiting is being written: wait for the oldest write.
-            if let Some((write, ids)) = writing.pop_front() {
-                finish_write(write.await, ids, &mut queue, &mut queued).await;
-            }
+            finish_oldest(&mut writing, &mut waiting).await;
             continue;
         }
-        for id in &chunk {
-            queued.remove(id);
-        }
         let (people, started) = (chunk.len(), std::time::Instant::now());
-        let plan = std::sync::Arc::new(plan);
-        let writes = match crate::batch::evaluate_ids(store, plan, std::sync::Arc::new(WasmEvaluator), chunk.clone()).await {
+        let writes = match crate::batch::evaluate_ids(store, std::sync::Arc::new(plan), std::sync::Arc::new(WasmEvaluator), chunk.clone()).await {
             Ok((writes, report)) => {
                 tracing::debug!(people, evaluations = report.evaluations(), writes = writes.len(), took = ?started.elapsed(), "real-time evaluation");
                 writes
             }
             Err(e) => {
                 tracing::error!("real-time evaluation failed: {e}");
-                for id in chunk.into_iter().rev() {
-                    if queued.insert(id.clone()) {
-                        queue.push_front(id);
-                    }
-                }
+                waiting.push_front(chunk);
                 tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
         };
-        if writing.len() >= MAX_WRITES_IN_FLIGHT
-            && let Some((write, ids)) = writing.pop_front()
-        {
-            finish_write(write.await, ids, &mut queue, &mut queued).await;
+        if writing.len() >= MAX_WRITES_IN_FLIGHT {
+            finish_oldest(&mut writing, &mut waiting).await;
         }
         if !writes.is_empty() {
             let ids = writes.iter().map(|w| w.profile_id.clone()).collect();
@@ -358,27 +309,83 @@ pub(crate) async fn realtime_loop(
     }
 }
 
+/// Resolved definitions by segment name, with the parameters they were resolved from and when.
+type AutoParams = HashMap<String, (serde_json::Value, i64, SegmentDefinition)>;
+
+/// The real-time segments planned at `now`, with RFM cutoffs reused from `cache` while fresh.
+async fn realtime_plan(registry: &Registry, store: &Store, cache: &mut AutoParams, now: i64) -> Result<Plan, StoreError> {
+    let mut resolved = Vec::new();
+    for def in store.segments().await?.into_iter().filter(|s| s.schedule == "realtime") {
+        match cache.get(&def.name) {
+            Some((params, at, done)) if *params == def.params && now - at < AUTO_PARAMS_FOR && done.slot == def.slot => resolved.push(done.clone()),
+            _ => match resolve_auto_params(store, &def, now).await {
+                Ok(done) => {
+                    cache.insert(def.name.clone(), (def.params.clone(), now, done.clone()));
+                    resolved.push(done);
+                }
+                Err(e) => tracing::error!(segment = def.name, "real-time evaluation cannot resolve parameters: {e}"),
+            },
+        }
+    }
+    let (plan, refused) = Plan::new(registry, store, &resolved, now).await?;
+    for (segment, e) in refused {
+        tracing::warn!(segment, "real-time evaluation skipped a segment: {e}");
+    }
+    Ok(plan)
+}
+
 /// A real-time verdict write in flight: how many entries and exits it made.
 type VerdictWrite = tokio::task::JoinHandle<Result<usize, StoreError>>;
 
-/// Adds people to the back of the real-time queue, unless already waiting in it.
-fn enqueue(queue: &mut std::collections::VecDeque<String>, queued: &mut std::collections::HashSet<String>, ids: impl IntoIterator<Item = String>) {
-    for id in ids {
-        if queued.insert(id.clone()) {
-            queue.push_back(id);
+/// People waiting for real-time evaluation, in the order they were first touched, each once.
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+}
+
+impl Waiting {
+    /// Adds people at the back, unless already waiting.
+    fn push_back(&mut self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            if self.queued.insert(id.clone()) {
+                self.queue.push_back(id);
+            }
         }
+    }
+
+    /// Puts people back at the front, in their order, unless already waiting.
+    fn push_front(&mut self, ids: Vec<String>) {
+        for id in ids.into_iter().rev() {
+            if self.queued.insert(id.clone()) {
+                self.queue.push_front(id);
+            }
+        }
+    }
+
+    /// Takes up to `n` people from the front, leaving those `busy` says to skip in place.
+    fn take(&mut self, n: usize, busy: impl Fn(&String) -> bool) -> Vec<String> {
+        let (mut chunk, mut later) = (Vec::with_capacity(n), Vec::new());
+        while chunk.len() < n {
+            let Some(id) = self.queue.pop_front() else { break };
+            if busy(&id) { later.push(id) } else { chunk.push(id) }
+        }
+        for id in later.into_iter().rev() {
+            self.queue.push_front(id);
+        }
+        for id in &chunk {
+            self.queued.remove(id);
+        }
+        chunk
     }
 }
 
-/// Logs how a real-time verdict write went; the people of a failed one go back to the
-/// front of the queue, to be evaluated and written again after a pause.
-async fn finish_write(
-    outcome: Result<Result<usize, StoreError>, tokio::task::JoinError>,
-    ids: std::collections::HashSet<String>,
-    queue: &mut std::collections::VecDeque<String>,
-    queued: &mut std::collections::HashSet<String>,
-) {
-    let failure = match outcome {
+/// Waits for the oldest verdict write in flight, if any, and logs how it went; the people of
+/// a failed one go back to the front of the queue, to be evaluated and written again after
+/// a pause.
+async fn finish_oldest(writing: &mut VecDeque<(VerdictWrite, HashSet<String>)>, waiting: &mut Waiting) {
+    let Some((write, ids)) = writing.pop_front() else { return };
+    let failure = match write.await {
         Ok(Ok(changes)) => {
             tracing::debug!(changes, "real-time verdicts written");
             return;
@@ -387,11 +394,7 @@ async fn finish_write(
         Err(e) => e.to_string(),
     };
     tracing::error!(people = ids.len(), "real-time verdicts could not be written, will retry: {failure}");
-    for id in ids {
-        if queued.insert(id.clone()) {
-            queue.push_front(id);
-        }
-    }
+    waiting.push_front(ids.into_iter().collect());
     tokio::time::sleep(RETRY_AFTER).await;
 }
 

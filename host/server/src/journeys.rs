@@ -37,8 +37,10 @@ pub struct Engine {
     pub frequency_cap: Option<FrequencyCap>,
 }
 
-/// A cap on messages per customer across journeys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A cap on messages per customer across journeys (`frequency_cap = { messages = 3, days = 7 }`
+/// in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FrequencyCap {
     pub messages: u32,
     pub days: u32,
@@ -81,8 +83,9 @@ impl Engine {
     pub async fn tick(&self, now: i64) -> Result<TickReport, StoreError> {
         let mut report = TickReport::default();
         let mut journeys = Vec::new();
+        let channels = self.deliverer.channel_names();
         for (name, source, cursor) in store(self).journeys().await? {
-            match journey::load(&source, &self.deliverer.channel_names()) {
+            match journey::load(&source, &channels) {
                 Ok(journey) => {
                     report.entered += self.enter(&journey, cursor, now).await?;
                     journeys.push(journey);
@@ -206,7 +209,11 @@ impl Engine {
                 break;
             };
             let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
-            let quiet = if matches!(step, Step::Send { .. }) { self.quiet_until(journey, &run, now).await? } else { None };
+            // A send reads the customer once: for their time zone here, and for the message.
+            let profile = if matches!(step, Step::Send { .. }) { store(self).profile(&run.profile_id, 0).await? } else { None };
+            let zone = profile.as_ref().and_then(|p| p.timezone.as_deref());
+            // Quiet hours, in the customer's time zone (UTC when unknown).
+            let quiet = journey.quiet_hours.as_ref().and_then(|q| quiet_until(&q.start, &q.end, zone, now));
             // A send due in quiet hours waits at this step until they end; woken, it sends.
             if !woken && let Some(until) = quiet {
                 wait_until(&mut run, until);
@@ -289,7 +296,12 @@ impl Engine {
                 Step::Send { channels, template, voucher, products, next, .. } => {
                     // A send left in doubt by a crash waits here until its provider can be asked.
                     let send = Send { step: step.id(), order: channels, template, voucher: voucher.as_deref(), products: *products, quiet };
-                    if let Some(ask_at) = self.send(&run, &send, now, &mut entries).await? {
+                    // A profile erased meanwhile has nobody to send to: the step passes.
+                    let ask = match &profile {
+                        Some(profile) => self.send(&run, profile, &send, now, &mut entries).await?,
+                        None => None,
+                    };
+                    if let Some(ask_at) = ask {
                         wait_until(&mut run, ask_at);
                         break;
                     }
@@ -321,20 +333,18 @@ impl Engine {
         Ok(run)
     }
 
-    /// When the journey's quiet hours end for this customer, if `now` falls inside them
-    /// in their time zone (UTC when unknown).
-    async fn quiet_until(&self, journey: &Journey, run: &JourneyRun, now: i64) -> Result<Option<i64>, StoreError> {
-        let Some(quiet) = &journey.quiet_hours else { return Ok(None) };
-        let zone = store(self).profile(&run.profile_id, 0).await?.and_then(|p| p.timezone);
-        Ok(quiet_until(&quiet.start, &quiet.end, zone.as_deref(), now))
-    }
-
     /// Sends one step's message on the first channel that reaches the customer. Returns
     /// when to try again if the step must wait: a send a crash left in doubt whose provider
     /// cannot be asked yet, or whose repeat would fall in quiet hours.
-    async fn send(&self, run: &JourneyRun, send: &Send<'_>, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<Option<i64>, StoreError> {
+    async fn send(
+        &self,
+        run: &JourneyRun,
+        profile: &rekindle_store::ProfileRecord,
+        send: &Send<'_>,
+        now: i64,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<Option<i64>, StoreError> {
         let step = send.step;
-        let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(None) };
         // A claim made for this step before decides everything: a send settled on any
         // channel is never repeated, and one left in doubt stays on its channel, since
         // another channel could message the customer twice.
@@ -342,7 +352,7 @@ impl Engine {
             Some((_, _, outcome, _)) if outcome != "pending" => return Ok(None),
             Some((key, channel, _, claimed_at)) => {
                 let reach = self.deliverer.needs(&self.registry, &channel).map(|needs| {
-                    let (chosen, skipped) = choose_channel(std::slice::from_ref(&needs), &profile);
+                    let (chosen, skipped) = choose_channel(std::slice::from_ref(&needs), profile);
                     (chosen.map(|(_, to)| to), skipped)
                 });
                 match reach {
@@ -372,7 +382,7 @@ impl Engine {
                         None => entries.push(log(run, step, "skipped", Some(name), "not a message channel (an ad audience, or not configured)".into(), now)),
                     }
                 }
-                let (chosen, skipped) = choose_channel(&needs, &profile);
+                let (chosen, skipped) = choose_channel(&needs, profile);
                 for skip in skipped {
                     entries.push(log(run, step, "skipped", Some(&skip.channel), skip.reason, now));
                 }
@@ -389,7 +399,7 @@ impl Engine {
             }
         };
         let related = if send.products > 0 { store(self).related_products(&run.profile_id, send.products).await? } else { Vec::new() };
-        let message = match render(send.template, &profile, send.voucher, &related, to, key.clone()) {
+        let message = match render(send.template, profile, send.voucher, &related, to, key.clone()) {
             Ok(message) => message,
             Err(e) => {
                 store(self).settle_send(&key, "failed").await?;
@@ -440,16 +450,16 @@ impl Engine {
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<InDoubt, StoreError> {
-        if !self.deliverer.can_look_up(&self.registry, channel, message) {
+        let Some(lookup) = self.deliverer.lookup(&self.registry, channel, message) else {
             return Ok(InDoubt::Resend("the adapter cannot ask its provider".into()));
-        }
-        let wait = i64::try_from(self.deliverer.reconcile_after(channel).as_millis()).unwrap_or(i64::MAX);
+        };
+        let wait = i64::try_from(lookup.after().as_millis()).unwrap_or(i64::MAX);
         let ask_at = claimed_at.saturating_add(wait);
         if now < ask_at {
             entries.push(log(run, step, "in doubt", Some(channel), format!("asking the provider at {}", iso(ask_at)), now));
             return Ok(InDoubt::AskAt(ask_at));
         }
-        Ok(match self.deliverer.reconcile(&self.registry, channel, message).await {
+        Ok(match self.deliverer.reconcile(lookup, message).await {
             Ok(Reconciled::Answered(Found::Accepted(id))) => {
                 store(self).settle_send(key, "sent").await?;
                 let detail = format!("{} (confirmed by the provider after a restart; not sent again)", id.unwrap_or_default());

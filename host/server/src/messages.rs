@@ -104,21 +104,6 @@ fn describe_error(e: &minijinja::Error) -> String {
     }
 }
 
-/// A JSON value as a template value.
-fn template_value(json: &Value) -> minijinja::Value {
-    match json {
-        Value::Null => minijinja::Value::from(()),
-        Value::Bool(b) => minijinja::Value::from(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => minijinja::Value::from(i),
-            None => minijinja::Value::from(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => minijinja::Value::from(s.as_str()),
-        Value::Array(items) => minijinja::Value::from(items.iter().map(template_value).collect::<Vec<_>>()),
-        Value::Object(map) => minijinja::Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), template_value(v)))),
-    }
-}
-
 /// The rendered message for `profile` on one channel: `to` is the address the channel
 /// chose, `key` the idempotency key of this (journey run, step, channel).
 pub fn render(template: &MessageTemplate, profile: &ProfileRecord, voucher: Option<&str>, products: &[Product], to: String, key: String) -> Result<Message, String> {
@@ -128,9 +113,9 @@ pub fn render(template: &MessageTemplate, profile: &ProfileRecord, voucher: Opti
         .iter()
         .map(|p| serde_json::json!({"id": p.id, "name": p.name, "category": p.category, "price": p.price, "url": p.url, "image": p.image}))
         .collect();
-    let ctx = template_value(&serde_json::json!({
+    let ctx = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
         "traits": traits, "voucher": voucher, "products": products, "profile": {"id": profile.id},
-    }));
+    })));
     let one = |name: &str, source: &str| -> Result<String, String> {
         env.render_str(source, &ctx).map_err(|e| format!("{name}: {}", describe_error(&e)))
     };

@@ -12,7 +12,7 @@ use rekindle_runtime::json::{JsonError, fields_from_json, offer_from_json, times
 use rekindle_runtime::wit::{Context, InputQuery, Offer, Profile, Tile, TileRequest};
 use rekindle_runtime::{PluginInfo, Registry, filter_profile, merge_params};
 use rekindle_store::{Scope, Store, StoreError, TileDocument};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::ApiError;
@@ -193,7 +193,8 @@ pub struct Visitor {
 }
 
 impl Visitor {
-    fn id(&self) -> Option<&str> {
+    /// The id the visitor is known by: the user id, else the anonymous id.
+    pub(crate) fn id(&self) -> Option<&str> {
         self.user_id.as_deref().or(self.anonymous_id.as_deref())
     }
 }
@@ -362,7 +363,7 @@ fn has_trait(profile: &Profile, name: &str, want: &Value) -> bool {
 /// clicks can be joined to the decision, and repeated identical answers share an ETag.
 fn decision_id(slot: &str, visitor: &str, offer: &str, digest: &str) -> String {
     let hash = Sha256::digest(format!("{slot}\n{visitor}\n{offer}\n{digest}").as_bytes());
-    hash[..12].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hash[..12])
 }
 
 fn tile_json(tile: &Tile, slot: &str, visitor: &str, plugin_slot: &str, digest: &str) -> Value {
@@ -414,8 +415,8 @@ pub fn catalog_json(catalog: &Catalog) -> Value {
     })
 }
 
-/// The canonical text stored for a definition.
+/// The canonical text stored for a definition (always an object, checked by the parsers):
+/// serde_json keeps object keys sorted.
 pub fn stored_text(json: &Value) -> String {
-    let sorted: Map<String, Value> = json.as_object().cloned().unwrap_or_default();
-    Value::Object(sorted).to_string()
+    json.to_string()
 }

@@ -142,22 +142,6 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::segments(db)))
     }
 
-    /// Applies one rule verdict to a membership; returns the entry or exit it caused.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record_verdict(
-        &self,
-        segment: &str,
-        profile_id: &str,
-        member: bool,
-        label: Option<String>,
-        reason: String,
-        digest: String,
-        at: i64,
-    ) -> Result<Option<Change>, StoreError> {
-        let (segment, profile_id) = (segment.to_string(), profile_id.to_string());
-        on_backend!(self.write(|db, _mapping| logic::record_verdict(db, &segment, &profile_id, member, label.as_deref(), &reason, &digest, at)))
-    }
-
     /// A page of a segment's members, ordered by profile id, after `after`.
     pub async fn members(&self, segment: &str, after: &str, limit: usize) -> Result<Vec<MembershipRecord>, StoreError> {
         let (segment, after) = (segment.to_string(), after.to_string());
@@ -206,8 +190,8 @@ impl Store {
         on_backend!(self.read_bulk(|db, _mapping| logic::rule_inputs(db, &scope, &needs)))
     }
 
-    /// Applies many verdicts in one transaction, each as [`Store::record_verdict`] would;
-    /// returns how many entered or left.
+    /// Applies many verdicts in one transaction (entering, exiting or refreshing each
+    /// membership, and logging entries and exits); returns how many entered or left.
     pub async fn record_verdicts(&self, verdicts: Vec<VerdictWrite>, at: i64) -> Result<usize, StoreError> {
         if verdicts.is_empty() {
             return Ok(0);

@@ -365,6 +365,7 @@ pub(crate) fn read_profile(db: &mut impl Db, id: &str, recent: usize) -> Result<
         .collect();
     let recent_events = db
         .query(
+            // The limit is a literal: see `fill_one_profile_events`.
             &format!("SELECT name, timestamp, properties FROM events WHERE profile_id = ?1 ORDER BY timestamp DESC, id DESC LIMIT {recent}"),
             &[P::Text(&profile)],
         )?
@@ -403,8 +404,7 @@ pub(crate) fn events(
         &format!(
             "SELECT timestamp, properties FROM events
              WHERE profile_id = ?1 AND name = ?2 AND timestamp >= ?3 AND timestamp <= ?4
-             ORDER BY timestamp DESC, id DESC LIMIT {}",
-            literal_limit(limit)
+             ORDER BY timestamp DESC, id DESC LIMIT {limit}"
         ),
         &[P::Text(&profile), P::Text(name), P::Int(since), P::Int(until)],
     )?;
@@ -460,19 +460,11 @@ pub(crate) fn mark_run(db: &mut impl Db, name: &str, at: i64) -> Result<(), Stor
 
 /// Applies one verdict: enters, exits or refreshes the membership, logging entries and
 /// exits with their reason and the plugin digest.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_verdict(
-    db: &mut impl Db,
-    segment: &str,
-    profile: &str,
-    member: bool,
-    label: Option<&str>,
-    reason: &str,
-    digest: &str,
-    at: i64,
-) -> Result<Option<Change>, StoreError> {
+fn record_verdict(db: &mut impl Db, verdict: &VerdictWrite, at: i64) -> Result<Option<Change>, StoreError> {
+    let VerdictWrite { segment, profile_id: profile, member, label, reason, digest } = verdict;
+    let label = label.as_deref();
     let current = db.query_opt("SELECT 1 FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])?;
-    let change = match (current.is_some(), member) {
+    let change = match (current.is_some(), *member) {
         (false, true) => {
             db.execute(
                 "INSERT INTO memberships (segment, profile_id, label, reason, digest, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -746,13 +738,6 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
     Ok(())
 }
 
-/// A limit written into the statement rather than bound: SQLite plans `ORDER BY … LIMIT ?`
-/// with the bound value, so it re-prepares such a statement on every execution, which cost
-/// three times the query itself on the real-time path.
-fn literal_limit(limit: i64) -> i64 {
-    limit.clamp(0, i64::MAX)
-}
-
 /// One profile's declared events in a single statement: per event name, the index seeks to
 /// the name and walks back from the newest, stopping at the limit. The real-time path reads
 /// one person at a time, where a statement per name would cost more than the seeks.
@@ -763,7 +748,12 @@ fn fill_one_profile_events(db: &mut impl Db, input: &mut RuleInput, profile: &st
         let at = params.len() + 1;
         params.extend([P::Text(&need.name), P::Int(need.since), P::Int(need.until)]);
         let limit = match need.limit {
-            Some(limit) => format!(" ORDER BY timestamp DESC, id DESC LIMIT {}", literal_limit(limit.into())),
+            // A literal, not a bound `?`: SQLite plans `ORDER BY … LIMIT ?` with the bound
+            // value, so it re-prepares such a statement on every run (three times the cost of
+            // the query on the real-time path). The per-profile reads below and in
+            // `read_profile` and `events` do the same. Limits take few distinct values, so the
+            // statement caches stay small.
+            Some(limit) => format!(" ORDER BY timestamp DESC, id DESC LIMIT {limit}"),
             None => String::new(),
         };
         let properties = if need.properties { "properties" } else { "''" };
@@ -809,9 +799,7 @@ fn each_row(
 pub(crate) fn record_verdicts(db: &mut impl Db, verdicts: &[VerdictWrite], at: i64) -> Result<usize, StoreError> {
     let mut changes = 0;
     for v in verdicts {
-        changes += usize::from(
-            record_verdict(db, &v.segment, &v.profile_id, v.member, v.label.as_deref(), &v.reason, &v.digest, at)?.is_some(),
-        );
+        changes += usize::from(record_verdict(db, v, at)?.is_some());
     }
     Ok(changes)
 }

@@ -162,7 +162,7 @@ async fn component(State(state): State<AppState>, Path(slot): Path<String>) -> R
 /// the hour stay byte-identical (and their ETag stable).
 async fn visitor_token(state: &AppState, visitor: &Visitor) -> Option<String> {
     let (secret, ttl) = state.tiles.token.clone()?;
-    let id = visitor.user_id.as_deref().or(visitor.anonymous_id.as_deref())?;
+    let id = visitor.id()?;
     const HOUR: i64 = 3_600_000;
     let at = state.clock.now() / HOUR * HOUR;
     match crate::edge::claims(state, id, at, ttl).await {
@@ -202,7 +202,7 @@ fn optional_text(value: Option<&Value>, field: &str) -> Result<Option<String>, A
 fn cached(headers: &HeaderMap, answer: &Value) -> Response {
     let body = answer.to_string();
     let hash = Sha256::digest(body.as_bytes());
-    let etag = format!("\"{}\"", hash[..10].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let etag = format!("\"{}\"", hex::encode(&hash[..10]));
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
