@@ -216,6 +216,16 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let ann = ingestion.store.profile("ann", 0).await.unwrap().unwrap().id;
     let log = ingestion.store.journey_log("Win back again").await.unwrap();
     assert!(log.iter().any(|e| e.profile_id == ann && e.action == "capped" && e.detail.starts_with("frequency cap: 3 messages in the last 7 days")), "{log:?}");
+
+    // Erasing Ann erases her journeys too: runs, log and sends.
+    let ann_runs: Vec<String> = ingestion.store.journey_runs("Win back").await.unwrap().into_iter().filter(|r| r.profile_id == ann).map(|r| r.id).collect();
+    assert!(ingestion.store.step_send(&ann_runs[0], "discount").await.unwrap().is_some());
+    assert!(ingestion.store.delete_profile("ann").await.unwrap());
+    assert!(ingestion.store.step_send(&ann_runs[0], "discount").await.unwrap().is_none(), "her sends are gone");
+    for journey in ["Win back", "Win back again", "Welcome back"] {
+        assert!(ingestion.store.journey_runs(journey).await.unwrap().iter().all(|r| r.profile_id != ann), "{journey}");
+        assert!(ingestion.store.journey_log(journey).await.unwrap().iter().all(|e| e.profile_id != ann), "{journey}");
+    }
 }
 
 /// The shipped `usecases/abandoned-cart` journey: an add to cart starts it; a purchase

@@ -307,7 +307,11 @@ pub(crate) fn set_contact(db: &mut impl Db, id: &str, kind: &str, address: &str,
 /// Erases a person from every table; false when no profile matched.
 pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
-    for table in ["events", "traits", "contacts", "consents", "computed", "identities", "memberships", "membership_log"] {
+    // Journey sends are keyed by run; the runs and their log name the person.
+    db.execute("DELETE FROM journey_sends WHERE run_id IN (SELECT id FROM journey_runs WHERE profile_id = ?1)", &[P::Text(&profile)])?;
+    for table in [
+        "events", "traits", "contacts", "consents", "computed", "identities", "memberships", "membership_log", "journey_runs", "journey_log",
+    ] {
         db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &[P::Text(&profile)])?;
     }
     db.execute("DELETE FROM profiles WHERE id = ?1", &[P::Text(&profile)])?;
