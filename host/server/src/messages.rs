@@ -4,7 +4,7 @@
 //! the message from minijinja templates over the customer's traits, the voucher and
 //! related products. The adapter only formats the rendered message for its provider.
 
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use rekindle_runtime::wit::{Field, Message, Value as WitValue};
 use rekindle_store::{Product, ProfileRecord, Purpose};
 use serde_json::Value;
@@ -85,6 +85,10 @@ fn environment() -> Environment<'static> {
     // A trait the customer lacks renders empty (use `| default("there")`), rather than
     // failing a send; a typo in a filter or a tag is still caught when the journey loads.
     env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    // Traits are whatever a write key sent: in the HTML part, markup in a first name must
+    // arrive as text, not as a link in the shop's own email. Templates are named after
+    // their part, so only `html` escapes; the text part is plain text.
+    env.set_auto_escape_callback(|part| if part == "html" { AutoEscape::Html } else { AutoEscape::None });
     env
 }
 
@@ -92,7 +96,7 @@ fn environment() -> Environment<'static> {
 pub fn check_template(template: &MessageTemplate) -> Result<(), String> {
     let env = environment();
     for (name, source) in parts(template) {
-        env.template_from_str(source).map_err(|e| format!("{name}: {}", describe_error(&e)))?;
+        env.template_from_named_str(name, source).map_err(|e| format!("{name}: {}", describe_error(&e)))?;
     }
     Ok(())
 }
@@ -117,7 +121,7 @@ pub fn render(template: &MessageTemplate, profile: &ProfileRecord, voucher: Opti
         "traits": traits, "voucher": voucher, "products": products, "profile": {"id": profile.id},
     })));
     let one = |name: &str, source: &str| -> Result<String, String> {
-        env.render_str(source, &ctx).map_err(|e| format!("{name}: {}", describe_error(&e)))
+        env.render_named_str(name, source, &ctx).map_err(|e| format!("{name}: {}", describe_error(&e)))
     };
     let optional = |name: &str, part: &Option<String>| part.as_deref().map(|p| one(name, p)).transpose();
     let mut data = Vec::new();
@@ -219,6 +223,25 @@ mod tests {
         stranger.traits.clear();
         let message = render(&template, &stranger, None, &[], "x".into(), "k".into()).unwrap();
         assert_eq!(message.subject.as_deref(), Some("there, we miss you"));
+    }
+
+    #[test]
+    fn the_html_part_escapes_what_customers_wrote_and_the_text_part_does_not() {
+        let template = MessageTemplate {
+            subject: Some("Hi {{ traits.first_name }}".into()),
+            text: "Hi {{ traits.first_name }}".into(),
+            html: Some("<p>Hi {{ traits.first_name }}, <a href=\"https://shop.example/\">shop</a></p>".into()),
+            ..MessageTemplate::default()
+        };
+        let mut phisher = ann(&[], &[]);
+        phisher.traits = vec![("first_name".into(), json!("<a href=\"https://evil.example\">Verify your account</a>"), 0)];
+        let message = render(&template, &phisher, None, &[], "x".into(), "k".into()).unwrap();
+        assert_eq!(
+            message.html.as_deref(),
+            Some("<p>Hi &lt;a href=&quot;https:&#x2f;&#x2f;evil.example&quot;&gt;Verify your account&lt;&#x2f;a&gt;, <a href=\"https://shop.example/\">shop</a></p>")
+        );
+        assert_eq!(message.text, "Hi <a href=\"https://evil.example\">Verify your account</a>");
+        assert_eq!(message.subject.as_deref(), Some("Hi <a href=\"https://evil.example\">Verify your account</a>"));
     }
 
     #[test]
