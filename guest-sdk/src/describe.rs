@@ -188,7 +188,7 @@ impl AdapterInfo {
         self
     }
 
-    /// A secret the adapter's requests refer to as `{{secret:NAME}}`.
+    /// A secret the adapter's requests use, where [`crate::secret`] puts it.
     pub fn secret(mut self, name: &str) -> AdapterInfo {
         self.secrets.push(name.into());
         self
@@ -230,7 +230,7 @@ impl HttpRequest {
         HttpRequest { method, url: url.into(), headers: Vec::new(), body: Vec::new() }
     }
 
-    /// Adds a header; its value may hold `{{secret:NAME}}` placeholders for the host to fill.
+    /// Adds a header; its value may hold [`crate::secret`] placeholders for the host to fill.
     pub fn header(mut self, name: &str, value: impl Into<String>) -> HttpRequest {
         self.headers.push((name.into(), value.into()));
         self

@@ -76,12 +76,13 @@ pub mod bindings {
         });
     }
 
-    /// The `reconciling-channel-adapter` world: `channel-adapter` plus the optional
-    /// `reconcile` interface, which answers `unknown` unless the adapter implements it.
+    /// The `channel-adapter-with-secrets` world: `channel-adapter` plus the optional
+    /// `reconcile` interface, which answers `unknown` unless the adapter implements it, and
+    /// the `secrets` import behind [`crate::secret`].
     pub mod channel {
         wit_bindgen::generate!({
             path: "../wit/since_v0.1.0",
-            world: "reconciling-channel-adapter",
+            world: "channel-adapter-with-secrets",
             pub_export_macro: true,
             additional_derives: [PartialEq],
             export_macro_name: "export",
@@ -171,6 +172,29 @@ pub trait Channel {
     }
 }
 
+/// Where secret `name` goes in a request: the host puts the value there when it performs
+/// the request, so the adapter never sees it. Declare `name` with `AdapterInfo::secret`.
+///
+/// The placeholder is good only for the request this call returns. Text that came from
+/// data, such as a customer's name that reads `{{secret:NAME}}`, is never filled in.
+/// Natively (in unit tests) it reads `{{secret:NAME#test}}`.
+pub fn secret(name: &str) -> String {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::channel::rekindle::plugin::secrets::placeholder(name);
+    #[cfg(not(target_arch = "wasm32"))]
+    return alloc::format!("{{{{secret:{name}#test}}}}");
+}
+
+/// Where HTTP Basic credentials made of secrets `user` and `password` go: the host puts
+/// `Basic base64(user:password)` there. Use it as an `authorization` header's whole value.
+/// Natively it reads `{{basic-auth:USER:PASS#test}}`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::channel::rekindle::plugin::secrets::basic_auth(user, password);
+    #[cfg(not(target_arch = "wasm32"))]
+    return alloc::format!("{{{{basic-auth:{user}:{password}#test}}}}");
+}
+
 /// Why an adapter without a lookup cannot reconcile.
 const NO_LOOKUP: &str = "this adapter cannot ask its provider whether a message arrived";
 
@@ -215,7 +239,7 @@ macro_rules! export_rule {
     };
 }
 
-/// Exports a [`Channel`] implementation as the component's `reconciling-channel-adapter`
+/// Exports a [`Channel`] implementation as the component's `channel-adapter-with-secrets`
 /// world.
 #[macro_export]
 macro_rules! export_channel {
@@ -315,7 +339,8 @@ pub mod prelude {
         AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context,
         EventQuery, EventSeries, Field, Found, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message,
         Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile,
-        TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, days, hours, minutes,
+        TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, basic_auth, days, hours,
+        minutes, secret,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;

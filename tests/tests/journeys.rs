@@ -122,15 +122,15 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let mut email = ChannelConfig::new("channel-sendgrid");
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "sg-key".to_string())]);
-    email.allowed_hosts = vec!["127.0.0.1".into()];
+    email.allowed_hosts = vec![base.to_string()];
     let email_channel = email.clone();
     channels.insert("email".to_string(), email);
     let mut sms = ChannelConfig::new("channel-twilio");
     sms.params = vec![text("base_url", &base), text("from", "+15550000000")];
     sms.secrets = HashMap::from([("TWILIO_ACCOUNT_SID".to_string(), "AC1".to_string()), ("TWILIO_AUTH_TOKEN".to_string(), "t".to_string())]);
-    sms.allowed_hosts = vec!["127.0.0.1".into()];
+    sms.allowed_hosts = vec![base.to_string()];
     channels.insert("sms".to_string(), sms);
-    let deliverer = Arc::new(Deliverer::new(channels));
+    let deliverer = Arc::new(Deliverer::new(channels).unwrap());
     // A cap of three messages a week leaves this journey's two alone; a tighter cap is
     // checked at the end.
     let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
@@ -182,7 +182,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
 
     // An API-entry journey, through the HTTP API of a host running this engine.
     let api_journey = "name = \"Welcome back\"\n[entry]\napi = true\n[[steps]]\nid = \"hello\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Hello {{ traits.first_name }}\" }\n";
-    let host_state = state.clone().with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email_channel.clone())])), None);
+    let host_state = state.clone().with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email_channel.clone())])).unwrap(), None);
     let api = rekindle_tests::serve(rekindle_server::app(host_state)).await;
     let http = reqwest::Client::new();
     let deployed = http.post(format!("{api}/v1/journeys")).bearer_auth("admin").body(api_journey).send().await.unwrap();
@@ -269,14 +269,15 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         let mut config = ChannelConfig::new(slot);
         config.params = params;
         config.secrets = secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        config.allowed_hosts = vec!["127.0.0.1".into()];
+        config.allowed_hosts = vec![base.to_string()];
         config
     };
     let deliverer = Deliverer::new(HashMap::from([
         ("email".to_string(), channel("channel-sendgrid", vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "k")])),
         ("sms".to_string(), channel("channel-twilio", vec![text("base_url", &base), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC"), ("TWILIO_AUTH_TOKEN", "t")])),
         ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "m")])),
-    ]));
+    ]))
+    .unwrap();
     let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(deliverer), frequency_cap: None };
     let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/abandoned-cart/journey.toml")).unwrap();
     engine.deploy(&source).await.unwrap();
@@ -333,8 +334,8 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     let mut email = ChannelConfig::new("channel-sendgrid");
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "k".to_string())]);
-    email.allowed_hosts = vec!["127.0.0.1".into()];
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)]))), frequency_cap: None };
+    email.allowed_hosts = vec![base.to_string()];
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()), frequency_cap: None };
     engine
         .deploy("name = \"Renewal\"\n[entry]\napi = true\n[[steps]]\nid = \"until\"\ntype = \"wait\"\nuntil_trait = \"renewal\"\nplus_days = 1\n[[steps]]\nid = \"remind\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Time to renew\" }\n")
         .await
@@ -376,7 +377,7 @@ fn all_channels(base: &str) -> HashMap<String, ChannelConfig> {
         let mut config = ChannelConfig::new(slot);
         config.params = params;
         config.secrets = secrets.iter().map(|k| (k.to_string(), "secret".to_string())).collect();
-        config.allowed_hosts = vec!["127.0.0.1".into()];
+        config.allowed_hosts = vec![base.to_string()];
         config.max_attempts = 1;
         config
     };
@@ -421,7 +422,7 @@ async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
     batch.push(message("wes-o", "wes", Some("Order Completed"), t0 - 60 * DAY, json!({})));
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base))), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
     let usecases = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases");
     for name in ["lapsing-repeat-buyers", "win-back-45"] {
         let segments: toml::Table = toml::from_str(&std::fs::read_to_string(usecases.join(name).join("segments.toml")).unwrap()).unwrap();
@@ -484,7 +485,7 @@ async fn the_about_to_sleep_template_splits_by_value_and_favourite_category(back
     }
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base))), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/about-to-sleep");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -558,7 +559,7 @@ async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Ba
         }
     }
     ingestion.store.ingest(batch).await.unwrap();
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base))), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/rfm-win-back");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -628,11 +629,11 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let mut email = ChannelConfig::new("channel-sendgrid");
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "sg-key".to_string())]);
-    email.allowed_hosts = vec!["127.0.0.1".into()];
+    email.allowed_hosts = vec![base.to_string()];
     let mut hook = ChannelConfig::new("plain-channel");
     hook.params = vec![text("url", &format!("{base}/hook"))];
-    hook.allowed_hosts = vec!["127.0.0.1".into()];
-    let deliverer = Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email), ("hook".to_string(), hook)])));
+    hook.allowed_hosts = vec![base.to_string()];
+    let deliverer = Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email), ("hook".to_string(), hook)])).unwrap());
     // A cap of one message a week: the hook's repeats count, and must not hold back the
     // emails in doubt, which were decided before the crash.
     let engine = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };

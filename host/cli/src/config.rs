@@ -55,8 +55,16 @@ pub struct ChannelSection {
     pub slot: String,
     #[serde(default)]
     pub params: toml::Table,
+    /// Origins the adapter's requests may go to: `https://api.sendgrid.com`, or
+    /// `http://127.0.0.1:9000` for a local stand-in. Plain http only where listed.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Private, loopback or link-local addresses (or networks) the allowed host names may
+    /// resolve to; every other private address is refused after DNS resolution.
+    #[serde(default)]
+    pub allow_private_addresses: Vec<String>,
+    /// Requests one message or audience change may make (default 10).
+    pub max_requests: Option<usize>,
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, String>,
     pub rate_per_second: Option<u32>,

@@ -94,7 +94,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_token_secret(secret.as_bytes(), std::time::Duration::from_secs(config.tiles.token_ttl_hours * 3600));
     }
     if !config.channels.is_empty() {
-        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?), config.frequency_cap);
+        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?)?, config.frequency_cap);
     }
     let journey_files = config.journeys.clone();
     let listen = config.listen;
@@ -218,6 +218,17 @@ fn channel_configs(sections: &[crate::config::ChannelSection]) -> anyhow::Result
         config.params = rekindle_runtime::json::fields_from_json(Some(&params), "params")
             .map_err(|e| anyhow::anyhow!("channel `{}`: {e}", section.name))?;
         config.allowed_hosts = section.allowed_hosts.clone();
+        config.allow_private_addresses = section
+            .allow_private_addresses
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .with_context(|| format!("channel `{}`: allow_private_addresses: `{entry}` is not an address or a network like 10.0.0.0/8", section.name))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        config.max_requests = section.max_requests.unwrap_or(config.max_requests);
         for (name, value) in &section.secrets {
             let value = match value.strip_prefix("env:") {
                 Some(var) => std::env::var(var).with_context(|| format!("channel `{}`: secret {name} reads ${var}, which is not set", section.name))?,

@@ -80,7 +80,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
         let store = Store::open_sqlite(&copy, EventMapping::default())?;
         let ingestion = Arc::new(Ingestion { store, sources: HashMap::new() });
-        let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)), frequency_cap: None };
+        let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
         // A template's segments.toml beside the journey defines its audiences in the copy.
         let beside = args.journey.with_file_name("segments.toml");
         if beside.exists() {

@@ -236,7 +236,7 @@ async fn journeys_and_channels_in_the_config_deploy_at_start_up() {
 name = "email"
 slot = "channel-sendgrid"
 params = { base_url = "http://127.0.0.1:9", from_email = "shop@example.com" }
-allowed_hosts = ["127.0.0.1"]
+allowed_hosts = ["http://127.0.0.1:9"]
 secrets = { SENDGRID_API_KEY = "env:REKINDLE_TEST_SENDGRID_KEY" }
 "#;
     let sms = r#"
@@ -244,7 +244,7 @@ secrets = { SENDGRID_API_KEY = "env:REKINDLE_TEST_SENDGRID_KEY" }
 name = "sms"
 slot = "channel-twilio"
 params = { base_url = "http://127.0.0.1:9", from = "+15550000000" }
-allowed_hosts = ["127.0.0.1"]
+allowed_hosts = ["http://127.0.0.1:9"]
 secrets = { TWILIO_ACCOUNT_SID = "AC1", TWILIO_AUTH_TOKEN = "env:REKINDLE_TEST_TWILIO_TOKEN" }
 "#;
     write(&format!("{channels}{sms}"));
@@ -279,7 +279,7 @@ async fn all_five_seed_templates_deploy_on_the_demo_data() {
     let config = work.path().join("rekindle.toml");
     // The providers are unreachable here: this is about deploying, not delivering.
     let channel = |name: &str, slot: &str, params: &str, secrets: &str| {
-        format!("[[channels]]\nname = {name:?}\nslot = {slot:?}\nparams = {{ base_url = \"http://127.0.0.1:9\", {params} }}\nallowed_hosts = [\"127.0.0.1\"]\nsecrets = {{ {secrets} }}\nmax_attempts = 1\n")
+        format!("[[channels]]\nname = {name:?}\nslot = {slot:?}\nparams = {{ base_url = \"http://127.0.0.1:9\", {params} }}\nallowed_hosts = [\"http://127.0.0.1:9\"]\nsecrets = {{ {secrets} }}\nmax_attempts = 1\n")
     };
     std::fs::write(&config, [
         channel("email", "channel-sendgrid", "from_email = \"shop@example.com\"", "SENDGRID_API_KEY = \"k\""),

@@ -60,7 +60,6 @@ params = {{ min_ltv = 0.0 }}
 [[channels]]
 name = "{channel}"
 slot = "{slot}"
-allowed_hosts = ["127.0.0.1"]
 {settings}
 "#
         ),
@@ -147,7 +146,7 @@ async fn a_campaign_killed_repeatedly_sends_each_message_exactly_once_to_an_idem
         }),
     );
     let base = rekindle_tests::serve(router).await;
-    let settings = format!("params = {{ url = \"{base}/hook\" }}\nsecrets = {{ WEBHOOK_TOKEN = \"t\" }}");
+    let settings = format!("params = {{ url = \"{base}/hook\" }}\nallowed_hosts = [\"{base}\"]\nsecrets = {{ WEBHOOK_TOKEN = \"t\" }}");
     let kills = run_killed_campaign("hook", "channel-webhook", &settings).await;
 
     let processed = processed.lock().unwrap();
@@ -200,7 +199,7 @@ async fn a_campaign_killed_repeatedly_sends_each_email_once_by_asking_sendgrid_a
 
     let provider = rekindle_tests::serve(router).await;
     let settings = format!(
-        "params = {{ base_url = \"{provider}\", from_email = \"shop@example.com\" }}\nsecrets = {{ SENDGRID_API_KEY = \"k\" }}\nreconcile_after_seconds = 0"
+        "params = {{ base_url = \"{provider}\", from_email = \"shop@example.com\" }}\nallowed_hosts = [\"{provider}\"]\nsecrets = {{ SENDGRID_API_KEY = \"k\" }}\nreconcile_after_seconds = 0"
     );
     let kills = run_killed_campaign("email", "channel-sendgrid", &settings).await;
 

@@ -49,6 +49,9 @@ pub mod wit {
     };
     pub use super::tiles::exports::rekindle::plugin::tiles::{Offer, Tile, TileRequest, TilesInfo};
 
+    /// The interface through which an adapter takes its secret placeholders, at version 0.1.
+    pub const SECRETS_IMPORT: &str = "rekindle:plugin/secrets@0.1.0";
+
     /// The optional interface a channel adapter exports to be asked whether a message arrived.
     pub const RECONCILE_EXPORT: &str = "rekindle:plugin/reconcile@0.1.0";
 

@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use wasmtime::StoreContextMut;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::bindings::rule::SegmentRule;
-use crate::bindings::wit::Level;
+use crate::bindings::wit::{Level, SECRETS_IMPORT};
 use crate::cache::ArtifactCache;
 use crate::plugin::Kind;
+use crate::secrets::SecretMarker;
 
 /// Bytes of each pooled memory and table kept resident between instances.
 const KEEP_RESIDENT: usize = 128 << 10;
@@ -131,8 +133,16 @@ impl Runtime {
             }
         };
         let mut linker = Linker::new(&engine);
-        // The only imports a plugin gets: the contract's types and its log.
+        // The only imports a plugin gets: the contract's types and its log, and for channel
+        // adapters their secret placeholders (the import policy keeps those to adapters).
         SegmentRule::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
+        let mut secrets = linker.instance(SECRETS_IMPORT)?;
+        secrets.func_wrap("placeholder", |mut call: StoreContextMut<'_, CallState>, (name,): (String,)| {
+            Ok((crate::secrets::placeholder(&name, call.data_mut().marker()),))
+        })?;
+        secrets.func_wrap("basic-auth", |mut call: StoreContextMut<'_, CallState>, (user, password): (String, String)| {
+            Ok((crate::secrets::basic_auth_placeholder(&user, &password, call.data_mut().marker()),))
+        })?;
         let cache = config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
         // Without the ticker no deadline would ever fire, so failing to start it is fatal.
         let ticker = EpochTicker::start(engine.clone())?;
@@ -224,6 +234,8 @@ pub(crate) struct CallState {
     pub(crate) log: String,
     pub(crate) log_dropped: usize,
     pub(crate) panic: Option<String>,
+    /// The marker of the secret placeholders this call handed out, drawn at the first.
+    pub(crate) secret_marker: Option<SecretMarker>,
 }
 
 /// Prefix the SDK's panic handler puts on the line it logs before trapping.
@@ -240,6 +252,7 @@ impl CallState {
             log: String::new(),
             log_dropped: 0,
             panic: None,
+            secret_marker: None,
         }
     }
 }
@@ -282,6 +295,12 @@ impl wasmtime::ResourceLimiter for CallState {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+impl CallState {
+    fn marker(&mut self) -> &SecretMarker {
+        self.secret_marker.get_or_insert_with(SecretMarker::fresh)
     }
 }
 

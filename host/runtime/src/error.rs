@@ -28,6 +28,15 @@ pub enum LoadError {
     /// The component is a plugin of another kind than the slot holds.
     #[error("slot `{slot}` holds {expected} plugins, but this component is a {found}")]
     WrongWorld { slot: String, expected: Kind, found: Kind },
+    /// A channel adapter declares secrets but does not take placeholders from the host.
+    #[error(
+        "the adapter declares secrets ({secrets}) but does not import rekindle:plugin/secrets: \
+         it was built with rekindle-sdk 0.1, whose adapters write `{{{{secret:NAME}}}}` into their \
+         requests themselves. The host no longer fills that text, because customer data can \
+         contain it too. Rebuild with the current rekindle-sdk and write `secret(\"NAME\")` \
+         where the secret goes"
+    )]
+    UnmarkedSecrets { secrets: String },
     /// wasmtime could not compile or link it.
     #[error("the component is invalid: {0}")]
     Invalid(String),

@@ -578,6 +578,21 @@ pub fn audience_change_from_json(json: &Json) -> Result<AudienceChange, JsonErro
     Ok(AudienceChange { audience: string(map, "audience", path)?, add: members("add")?, remove: members("remove")? })
 }
 
+/// `request` with the placeholders of `marker` written as `{{secret:NAME}}`.
+fn shown_request(request: &HttpRequest, marker: Option<&crate::SecretMarker>) -> HttpRequest {
+    let Some(marker) = marker else { return request.clone() };
+    let show = |text: &str| crate::show_placeholders(text, marker);
+    HttpRequest {
+        method: request.method,
+        url: show(&request.url),
+        headers: request.headers.iter().map(|(k, v)| (k.clone(), show(v))).collect(),
+        body: match std::str::from_utf8(&request.body) {
+            Ok(text) => show(text).into_bytes(),
+            Err(_) => request.body.clone(),
+        },
+    }
+}
+
 /// Calls a plugin with a JSON input and answers in JSON: the local test harness behind
 /// `rekindle plugin run` and the admin API's invoke endpoint.
 ///
@@ -620,7 +635,9 @@ pub fn invoke(plugin: &crate::Plugin, input: &Json) -> Result<Json, InvokeError>
             } else {
                 return Err(err("message", "a channel adapter needs `message` or `audience_change`").into());
             };
-            Ok(json!({ "requests": requests_to_json(&requests) }))
+            // The author sees the placeholders as `{{secret:NAME}}`, without this call's marker.
+            let shown: Vec<HttpRequest> = requests.requests.iter().map(|r| shown_request(r, requests.marker.as_ref())).collect();
+            Ok(json!({ "requests": requests_to_json(&shown) }))
         }
     }
 }

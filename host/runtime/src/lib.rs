@@ -14,11 +14,13 @@ mod params;
 mod plugin;
 mod policy;
 mod registry;
+mod secrets;
 
 pub use bindings::wit;
 pub use engine::{KindLimits, Limits, Runtime, RuntimeConfig};
 pub use error::{CallError, LoadError, RegistryError};
 pub use input::{empty_query, event_since, filter_profile};
 pub use params::{ParamError, merge_params};
-pub use plugin::{Kind, Plugin, PluginInfo, RuleInstance};
+pub use plugin::{AdapterRequests, Kind, Plugin, PluginInfo, RuleInstance};
+pub use secrets::{SecretMarker, SecretRef, fill_placeholders, show_placeholders};
 pub use registry::{Registry, SlotSummary, VersionSummary};

@@ -12,11 +12,13 @@ use crate::bindings::rule::SegmentRulePre;
 use crate::bindings::tiles::PromoTilesPre;
 use crate::bindings::wit::{
     AdapterInfo, AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer,
-    Outcome, Profile, RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, TilesInfo, Verdict,
+    Outcome, Profile, RECONCILE_EXPORT, RuleInfo, SECRETS_IMPORT, Tile, TileRequest, TilesInfo,
+    Verdict,
 };
 use crate::engine::{CallState, Limits, Runtime, RuntimeInner};
 use crate::error::{CallError, LoadError};
 use crate::policy;
+use crate::secrets::SecretMarker;
 
 /// The three kinds of plugin, one per world of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -75,6 +77,15 @@ impl PluginInfo {
     }
 }
 
+/// The requests one adapter call returned, with the marker of the secret placeholders it
+/// took: the host fills those, and only those (see [`crate::fill_placeholders`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterRequests {
+    pub requests: Vec<HttpRequest>,
+    /// `None` when the call took no placeholder: nothing in its requests is then filled.
+    pub marker: Option<SecretMarker>,
+}
+
 enum Pre {
     Rule(SegmentRulePre<CallState>),
     Channel(ChannelAdapterPre<CallState>),
@@ -114,8 +125,8 @@ impl Plugin {
             None => Component::new(&inner.engine, bytes)
                 .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
         };
-        let imports = policy::check_imports(&inner.engine, &component)?;
         let kind = policy::detect_kind(&inner.engine, &component)?;
+        let imports = policy::check_imports(&inner.engine, &component, kind)?;
         let instance_pre = inner
             .linker
             .instantiate_pre(&component)
@@ -159,6 +170,15 @@ impl Plugin {
             return Err(LoadError::Describe(Box::new(CallError::BadOutput(
                 "describe() returned an empty name".into(),
             ))));
+        }
+        // An adapter built before `secrets` wrote `{{secret:NAME}}` into its requests itself.
+        // The host no longer fills that, since customer data can read the same, so such an
+        // adapter could never authenticate: better refused now, with the way out.
+        if let PluginInfo::Channel(info) = &plugin.info
+            && !info.secrets.is_empty()
+            && !plugin.imports.iter().any(|i| i.starts_with(SECRETS_IMPORT.trim_end_matches(".0")))
+        {
+            return Err(LoadError::UnmarkedSecrets { secrets: info.secrets.join(", ") });
         }
         plugin.label =
             format!("{}@{} ({})", plugin.info.name(), plugin.info.version(), &plugin.digest[..12])
@@ -289,15 +309,16 @@ impl Plugin {
     }
 
     /// The requests that deliver one rendered message.
-    pub fn deliver(&self, ctx: &Context, message: &Message) -> Result<Vec<HttpRequest>, CallError> {
+    pub fn deliver(&self, ctx: &Context, message: &Message) -> Result<AdapterRequests, CallError> {
         let Pre::Channel(pre) = &self.pre else {
             return Err(CallError::WrongKind { function: "deliver", kind: self.kind });
         };
-        let requests = self.run(|store| {
+        let (requests, marker) = self.run_marked(|store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.rekindle_plugin_adapter().call_deliver(store, ctx, message)
         })?;
-        check_size(requests.map_err(CallError::Plugin)?, self.limits())
+        let requests = check_size(requests.map_err(CallError::Plugin)?, self.limits())?;
+        Ok(AdapterRequests { requests, marker })
     }
 
     /// The requests that apply one audience change.
@@ -305,15 +326,16 @@ impl Plugin {
         &self,
         ctx: &Context,
         change: &AudienceChange,
-    ) -> Result<Vec<HttpRequest>, CallError> {
+    ) -> Result<AdapterRequests, CallError> {
         let Pre::Channel(pre) = &self.pre else {
             return Err(CallError::WrongKind { function: "sync-audience", kind: self.kind });
         };
-        let requests = self.run(|store| {
+        let (requests, marker) = self.run_marked(|store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.rekindle_plugin_adapter().call_sync_audience(store, ctx, change)
         })?;
-        check_size(requests.map_err(CallError::Plugin)?, self.limits())
+        let requests = check_size(requests.map_err(CallError::Plugin)?, self.limits())?;
+        Ok(AdapterRequests { requests, marker })
     }
 
     /// What a provider's response to one of the adapter's requests means.
@@ -340,18 +362,19 @@ impl Plugin {
 
     /// The request asking the provider whether `message` arrived; `None` when the adapter
     /// does not export `reconcile`.
-    pub fn lookup(&self, ctx: &Context, message: &Message) -> Result<Option<HttpRequest>, CallError> {
+    pub fn lookup(&self, ctx: &Context, message: &Message) -> Result<Option<AdapterRequests>, CallError> {
         let (Pre::Channel(pre), Some((lookup, _))) = (&self.pre, &self.reconcile) else {
             return Ok(None);
         };
-        let request = self.run(|store| {
+        let (request, marker) = self.run_marked(|store| {
             let instance = pre.instance_pre().instantiate(&mut *store)?;
             // Typed against the adapter's own records: the component model checks structure.
             let lookup = instance.get_typed_func::<(&Context, &Message), (Result<HttpRequest, String>,)>(&mut *store, lookup)?;
             let (request,) = lookup.call(&mut *store, (ctx, message))?;
             Ok(request)
         })?;
-        check_size(request.map_err(CallError::Plugin)?, self.limits()).map(Some)
+        let request = check_size(request.map_err(CallError::Plugin)?, self.limits())?;
+        Ok(Some(AdapterRequests { requests: vec![request], marker }))
     }
 
     /// What the provider's answer to [`Plugin::lookup`] means.
@@ -374,14 +397,23 @@ impl Plugin {
         &self,
         f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        self.run_marked(f).map(|(result, _)| result)
+    }
+
+    /// [`Plugin::run`], also returning the marker of the secret placeholders the call took.
+    fn run_marked<R>(
+        &self,
+        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
+    ) -> Result<(R, Option<SecretMarker>), CallError> {
         let limits = self.limits();
         let mut store = self.runtime.new_store(self.label.clone(), limits);
         let result = f(&mut store);
-        let state = store.data();
+        let state = store.data_mut();
         if state.log_dropped > 0 {
             tracing::warn!(plugin = &*self.label, "dropped {} bytes of log", state.log_dropped);
         }
-        result.map_err(|err| classify(err, state, limits))
+        let marker = state.secret_marker.take();
+        result.map(|r| (r, marker)).map_err(|err| classify(err, state, limits))
     }
 }
 

@@ -7,8 +7,12 @@ use crate::bindings::wit::{ADAPTER_EXPORT, RULE_EXPORT, TILES_EXPORT};
 use crate::error::LoadError;
 use crate::plugin::Kind;
 
-/// Interfaces of the contract a plugin may import, matched without their patch version.
+/// Interfaces of the contract every plugin may import, matched without their patch version.
 const GRANTED: &[&str] = &["rekindle:plugin/types@0.1.", "rekindle:plugin/log@0.1."];
+
+/// What channel adapters may import besides: their secret placeholders. Rules and tiles
+/// have no secrets, and run at the edge, where no host would answer.
+const GRANTED_TO_CHANNELS: &[&str] = &["rekindle:plugin/secrets@0.1."];
 
 /// Checks the raw bytes before wasmtime sees them, so the common mistakes get plain words.
 pub(crate) fn check_format(bytes: &[u8]) -> Result<(), LoadError> {
@@ -22,11 +26,12 @@ pub(crate) fn check_format(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Refuses the first import the host does not grant, naming it.
-pub(crate) fn check_imports(engine: &Engine, component: &Component) -> Result<Vec<String>, LoadError> {
+/// Refuses the first import the host does not grant a plugin of `kind`, naming it.
+pub(crate) fn check_imports(engine: &Engine, component: &Component, kind: Kind) -> Result<Vec<String>, LoadError> {
     let mut names = Vec::new();
     for (name, _) in component.component_type().imports(engine) {
-        if !GRANTED.iter().any(|granted| name.starts_with(granted)) {
+        let granted = GRANTED.iter().chain(if kind == Kind::Channel { GRANTED_TO_CHANNELS } else { &[] });
+        if !granted.clone().any(|granted| name.starts_with(granted)) {
             return Err(LoadError::ForbiddenImport { import: name.to_string(), hint: hint_for(name) });
         }
         names.push(name.to_string());
@@ -35,7 +40,9 @@ pub(crate) fn check_imports(engine: &Engine, component: &Component) -> Result<Ve
 }
 
 fn hint_for(import: &str) -> &'static str {
-    if import.starts_with("wasi:sockets") || import.starts_with("wasi:http") {
+    if import.starts_with("rekindle:plugin/secrets") {
+        "only channel adapters have secrets; rules and tiles receive everything they read as arguments"
+    } else if import.starts_with("wasi:sockets") || import.starts_with("wasi:http") {
         "plugins have no network; a channel adapter returns the HTTP requests to make and the \
          host performs them"
     } else if import.starts_with("wasi:filesystem") {
@@ -46,7 +53,7 @@ fn hint_for(import: &str) -> &'static str {
         "plugins import only the rekindle:plugin contract; build with `#![no_std]` and \
          `rekindle_sdk::prelude`, and log with `rekindle_sdk::log!` instead of printing"
     } else {
-        "plugins may import only rekindle:plugin/types and rekindle:plugin/log"
+        "plugins may import only rekindle:plugin/types and rekindle:plugin/log (and channel adapters rekindle:plugin/secrets)"
     }
 }
 

@@ -1,15 +1,20 @@
 //! Performing a channel adapter's requests. The adapter only formats; the host holds the
 //! secrets, decides where requests may go, paces them and retries. Concretely, per
 //! configured channel:
-//! - a request may go only to the operator's allowed hosts (or, when the operator lists
-//!   none, the hosts the adapter declared);
-//! - `{{secret:NAME}}` in the URL, headers and body, and `{{basic-auth:USER:PASS}}` in
-//!   headers, are filled from the channel's secrets, and only for names the adapter
-//!   declared; the adapter's `interpret` sees the request as it wrote it, placeholders and
-//!   all, so no secret ever enters the sandbox;
-//! - requests are paced by a per-channel rate limit;
-//! - `retry-later` outcomes and transport failures are retried with exponential backoff
-//!   (honouring `Retry-After`), up to a number of attempts.
+//! - a request may go only to an allowed origin (scheme, host and port): the operator's
+//!   allowlist, or, when it lists none, the hosts the adapter declared, over https;
+//! - a host name must resolve to public addresses, unless the operator allowed the private
+//!   ones (see [`crate::egress`]); redirects are not followed but handed to `interpret`;
+//! - the secret placeholders the adapter took during the call that made the request are
+//!   filled, and only for secrets it declared: text that came from customer data is never
+//!   filled, whatever it reads. The adapter's `interpret` sees the request as it wrote it,
+//!   so no secret ever enters the sandbox;
+//! - a message or audience change makes at most `max_requests` requests;
+//! - answers are read up to [`MAX_ANSWER_BYTES`], and the connection dropped there;
+//! - the channel's secret values are redacted from the answers adapters read and from
+//!   every outcome and error that leaves here, so neither logs nor the journey log hold one;
+//! - requests are paced by a per-channel rate limit, and `retry-later` outcomes and
+//!   transport failures are retried with exponential backoff (honouring `Retry-After`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -18,8 +23,18 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rekindle_runtime::wit::{AudienceChange, Context, Found, HttpMethod, HttpRequest, HttpResponse, Message, Outcome};
-use rekindle_runtime::{CallError, Plugin, PluginInfo, Registry, merge_params};
+use rekindle_runtime::wit::{AdapterInfo, AudienceChange, Context, Found, HttpMethod, HttpRequest, HttpResponse, Message, Outcome};
+use rekindle_runtime::{AdapterRequests, CallError, Plugin, PluginInfo, Registry, SecretRef, fill_placeholders, merge_params};
+
+use crate::egress::{FORBIDDEN_HEADERS, GuardedResolver, Origin, Redactor, private_address_in};
+
+/// The most of a provider's answer the host reads; the rest is never received. Providers'
+/// answers are small, and an endpoint streaming gigabytes must not fill the host's memory.
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// The longest the host waits between two attempts at one request, whatever the
+/// provider's Retry-After says: journeys wait on the send meanwhile.
+const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// An operator's configuration of one channel: which adapter, its parameters, and what the
 /// host grants it.
@@ -29,8 +44,13 @@ pub struct ChannelConfig {
     pub slot: String,
     /// The adapter's parameters, over its defaults.
     pub params: Vec<rekindle_runtime::wit::Field>,
-    /// Hosts requests may go to; empty means the hosts the adapter declared.
+    /// Origins requests may go to (`https://api.sendgrid.com`, `http://127.0.0.1:9000`); a
+    /// bare host means https on 443. Empty means the hosts the adapter declared, over https.
     pub allowed_hosts: Vec<String>,
+    /// Loopback, private or link-local addresses (or networks, `10.0.0.0/8`) that the
+    /// channel's host names may resolve to. An origin written as an IP address is allowed
+    /// by being listed.
+    pub allow_private_addresses: Vec<ipnet::IpNet>,
     /// Secret name to value.
     pub secrets: HashMap<String, String>,
     /// Requests per second at most.
@@ -42,20 +62,25 @@ pub struct ChannelConfig {
     /// How long after claiming a send that a crash left in doubt the host asks the provider
     /// about it: providers index accepted messages with some delay.
     pub reconcile_after: Duration,
+    /// Requests one message or audience change may make; past it, nothing is sent.
+    pub max_requests: usize,
 }
 
 impl ChannelConfig {
-    /// A channel with the default pacing: 50 requests/s, 5 attempts, 500 ms first backoff.
+    /// A channel with the default pacing: 50 requests/s, 5 attempts, 500 ms first backoff,
+    /// at most 10 requests a message.
     pub fn new(slot: impl Into<String>) -> ChannelConfig {
         ChannelConfig {
             slot: slot.into(),
             params: Vec::new(),
             allowed_hosts: Vec::new(),
+            allow_private_addresses: Vec::new(),
             secrets: HashMap::new(),
             rate_per_second: 50,
             max_attempts: 5,
             backoff: Duration::from_millis(500),
             reconcile_after: Duration::from_secs(120),
+            max_requests: 10,
         }
     }
 }
@@ -65,16 +90,26 @@ impl ChannelConfig {
 pub enum DeliveryError {
     #[error("no channel `{0}` is configured")]
     UnknownChannel(String),
+    #[error("channel `{channel}`: allowed_hosts: {why}")]
+    BadAllowlist { channel: String, why: String },
     #[error("the adapter failed: {0}")]
     Adapter(String),
-    #[error("the adapter sent a request to `{host}`, which channel `{channel}` does not allow (allowed: {allowed})")]
-    HostNotAllowed { channel: String, host: String, allowed: String },
+    #[error("the adapter sent a request to `{origin}`, which channel `{channel}` does not allow (allowed: {allowed})")]
+    HostNotAllowed { channel: String, origin: String, allowed: String },
     #[error("the adapter refers to secret `{0}`, which it did not declare")]
     UndeclaredSecret(String),
     #[error("secret `{0}` is not configured for this channel")]
     MissingSecret(String),
-    #[error("the adapter's request URL `{0}` is not a valid http(s) URL")]
+    #[error("the adapter's request URL `{0}` is not a valid http(s) URL without credentials in it")]
     BadUrl(String),
+    #[error("the adapter put a secret where the request's host goes (`{0}`); secrets may go in the path, a header or the body")]
+    SecretInHost(String),
+    #[error("the adapter set the `{0}` header, which only the host sets")]
+    ForbiddenHeader(String),
+    #[error("the adapter made {made} requests for one message; channel `{channel}` allows {cap} (max_requests)")]
+    TooManyRequests { channel: String, made: usize, cap: usize },
+    #[error("{0}")]
+    PrivateAddress(String),
 }
 
 /// The fate of one request after its attempts.
@@ -85,47 +120,65 @@ pub struct Attempted {
 }
 
 struct Channel {
+    name: String,
     config: ChannelConfig,
+    /// The origins requests may go to, read from the allowlist once.
+    allowed: Option<Vec<Origin>>,
     limiter: DefaultDirectRateLimiter,
+    /// A client of this channel's own, since its resolver knows the channel's private
+    /// addresses. It follows no redirect: a 3xx goes to the adapter like any answer.
+    http: reqwest::Client,
+    redactor: Redactor,
 }
 
 /// Performs adapters' requests for the configured channels.
 pub struct Deliverer {
-    http: reqwest::Client,
     channels: HashMap<String, Arc<Channel>>,
     /// Formats every request with the adapter but sends nothing: for simulations.
     dry_run: bool,
 }
 
 impl Deliverer {
-    /// A deliverer for `channels` (name to configuration).
-    pub fn new(channels: HashMap<String, ChannelConfig>) -> Deliverer {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("an HTTP client with defaults");
+    /// A deliverer for `channels` (name to configuration); an allowlist entry that is not
+    /// an origin is refused, naming the channel.
+    pub fn new(channels: HashMap<String, ChannelConfig>) -> Result<Deliverer, DeliveryError> {
         let channels = channels
             .into_iter()
             .map(|(name, config)| {
-                let rate = NonZeroU32::new(config.rate_per_second.max(1)).expect("at least one");
-                let limiter = RateLimiter::direct(Quota::per_second(rate));
-                (name, Arc::new(Channel { config, limiter }))
+                let allowed = (!config.allowed_hosts.is_empty())
+                    .then(|| config.allowed_hosts.iter().map(|entry| Origin::parse(entry)).collect::<Result<Vec<_>, _>>())
+                    .transpose()
+                    .map_err(|why| DeliveryError::BadAllowlist { channel: name.clone(), why })?;
+                let rate = NonZeroU32::new(config.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .dns_resolver(Arc::new(GuardedResolver { allowed: Arc::new(config.allow_private_addresses.clone()) }))
+                    .build()
+                    .map_err(|e| DeliveryError::Adapter(format!("channel `{name}`: the HTTP client: {e}")))?;
+                let redactor = Redactor::new(&config.secrets);
+                let channel = Channel { name: name.clone(), allowed, limiter: RateLimiter::direct(Quota::per_second(rate)), http, redactor, config };
+                Ok((name, Arc::new(channel)))
             })
-            .collect();
-        Deliverer { http, channels, dry_run: false }
+            .collect::<Result<_, DeliveryError>>()?;
+        Ok(Deliverer { channels, dry_run: false })
     }
 
     /// A deliverer that runs the adapters but sends nothing, answering every request as
     /// delivered: what `rekindle journey simulate` uses.
-    pub fn dry_run(channels: HashMap<String, ChannelConfig>) -> Deliverer {
-        Deliverer { dry_run: true, ..Deliverer::new(channels) }
+    pub fn dry_run(channels: HashMap<String, ChannelConfig>) -> Result<Deliverer, DeliveryError> {
+        Ok(Deliverer { dry_run: true, ..Deliverer::new(channels)? })
     }
 
-    fn channel(&self, name: &str, registry: &Registry) -> Result<(Arc<Channel>, Arc<Plugin>, Context), DeliveryError> {
+    fn channel(&self, name: &str, registry: &Registry) -> Result<(Arc<Channel>, Arc<Plugin>, AdapterInfo, Context), DeliveryError> {
         let channel = self.channels.get(name).cloned().ok_or_else(|| DeliveryError::UnknownChannel(name.into()))?;
         let plugin = registry.get(&channel.config.slot).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
         let PluginInfo::Channel(info) = plugin.info() else {
             return Err(DeliveryError::Adapter(format!("slot `{}` holds a {} plugin, not a channel adapter", channel.config.slot, plugin.kind())));
         };
+        let info = info.clone();
         let params = merge_params(&info.params, &channel.config.params).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
-        Ok((channel, plugin.clone(), Context { now: rekindle_store::now_ms(), params }))
+        Ok((channel, plugin.clone(), info, Context { now: rekindle_store::now_ms(), params }))
     }
 
     /// The configured channel names.
@@ -153,34 +206,37 @@ impl Deliverer {
 
     /// Delivers one rendered message on channel `name`; one outcome per adapter request.
     pub async fn deliver(&self, registry: &Registry, name: &str, message: &Message) -> Result<Vec<Attempted>, DeliveryError> {
-        let (channel, plugin, ctx) = self.channel(name, registry)?;
+        let (channel, plugin, info, ctx) = self.channel(name, registry)?;
         let requests = plugin.deliver(&ctx, message).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
-        self.perform(name, &channel, &plugin, &ctx, requests).await
+        self.perform(&channel, &plugin, &info, &ctx, requests).await
     }
 
     /// The request asking channel `name`'s provider whether `message` arrived; `None` when
     /// its adapter cannot ask (no `reconcile` export, or its lookup declines).
     pub fn lookup(&self, registry: &Registry, name: &str, message: &Message) -> Option<Lookup> {
-        let (channel, plugin, ctx) = self.channel(name, registry).ok()?;
-        let request = plugin.lookup(&ctx, message).ok()??;
-        Some(Lookup { name: name.to_string(), channel, plugin, ctx, request })
+        let (channel, plugin, info, ctx) = self.channel(name, registry).ok()?;
+        let requests = plugin.lookup(&ctx, message).ok()??;
+        Some(Lookup { channel, plugin, info, ctx, requests })
     }
 
     /// Asks the provider, for a send a crash left in doubt, whether the message arrived. A
     /// rate limit (429), a provider error (5xx) or no connection means "ask again later",
     /// never "send again": only the provider's answer can rule out a repeat.
     pub async fn reconcile(&self, lookup: Lookup, message: &Message) -> Result<Reconciled, DeliveryError> {
-        let Lookup { name, channel, plugin, ctx, request } = lookup;
-        let PluginInfo::Channel(info) = plugin.info() else { unreachable!("checked in channel()") };
+        let Lookup { channel, plugin, info, ctx, requests } = lookup;
         if self.dry_run {
             // Nothing was sent in a dry run, so nothing can have arrived.
             return Ok(Reconciled::Answered(Found::Absent));
         }
-        let filled = fill(&name, &channel.config, &info.hosts, &info.secrets, &request)?;
+        let (request, redactor) = match channel.prepare(&info, &requests)?.pop() {
+            Some(prepared) => prepared,
+            None => return Ok(Reconciled::Answered(Found::Unknown("the adapter made no lookup request".into()))),
+        };
         channel.limiter.until_ready().await;
-        let response = match self.send(&filled).await {
+        let response = match channel.send(&request, &redactor).await {
             Ok(response) => response,
-            Err(e) => return Ok(Reconciled::AskAgain { after: ASK_AGAIN_AFTER, why: format!("transport: {e}") }),
+            Err(Failure::Refused(e)) => return Err(e),
+            Err(Failure::Transport(why)) => return Ok(Reconciled::AskAgain { after: ASK_AGAIN_AFTER, why: format!("transport: {why}") }),
         };
         if response.status == 429 || response.status >= 500 {
             let after = response
@@ -191,48 +247,48 @@ impl Deliverer {
                 .map_or(ASK_AGAIN_AFTER, |s| Duration::from_secs(s).max(ASK_AGAIN_AFTER));
             return Ok(Reconciled::AskAgain { after, why: format!("it answered {}", response.status) });
         }
-        Ok(Reconciled::Answered(
-            plugin.confirm(&ctx, message, &response).unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}"))),
-        ))
+        let found = plugin.confirm(&ctx, message, &response).unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}")));
+        Ok(Reconciled::Answered(match found {
+            Found::Accepted(id) => Found::Accepted(id.map(|id| redactor.text(&id))),
+            Found::Unknown(why) => Found::Unknown(redactor.text(&why)),
+            Found::Absent => Found::Absent,
+        }))
     }
 
     /// Applies one audience change on channel `name`.
     pub async fn sync_audience(&self, registry: &Registry, name: &str, change: &AudienceChange) -> Result<Vec<Attempted>, DeliveryError> {
-        let (channel, plugin, ctx) = self.channel(name, registry)?;
+        let (channel, plugin, info, ctx) = self.channel(name, registry)?;
         let requests = plugin.sync_audience(&ctx, change).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
-        self.perform(name, &channel, &plugin, &ctx, requests).await
+        self.perform(&channel, &plugin, &info, &ctx, requests).await
     }
 
-    async fn perform(
-        &self,
-        name: &str,
-        channel: &Channel,
-        plugin: &Plugin,
-        ctx: &Context,
-        requests: Vec<HttpRequest>,
-    ) -> Result<Vec<Attempted>, DeliveryError> {
-        let PluginInfo::Channel(info) = plugin.info() else { unreachable!("checked in channel()") };
+    async fn perform(&self, channel: &Channel, plugin: &Plugin, info: &AdapterInfo, ctx: &Context, requests: AdapterRequests) -> Result<Vec<Attempted>, DeliveryError> {
+        let cap = channel.config.max_requests;
+        if requests.requests.len() > cap {
+            return Err(DeliveryError::TooManyRequests { channel: channel.name.clone(), made: requests.requests.len(), cap });
+        }
         if self.dry_run {
-            return Ok(requests.iter().map(|_| Attempted { outcome: Outcome::Delivered(Some("dry run".into())), attempts: 0 }).collect());
+            return Ok(requests.requests.iter().map(|_| Attempted { outcome: Outcome::Delivered(Some("dry run".into())), attempts: 0 }).collect());
         }
         // Every request is checked and filled before any is sent: a bad one sends nothing.
-        let filled = requests.iter().map(|r| fill(name, &channel.config, &info.hosts, &info.secrets, r)).collect::<Result<Vec<_>, _>>()?;
-        let mut results = Vec::with_capacity(requests.len());
-        for (original, request) in requests.iter().zip(filled) {
+        let prepared = channel.prepare(info, &requests)?;
+        let mut results = Vec::with_capacity(prepared.len());
+        for (original, (request, redactor)) in requests.requests.iter().zip(prepared) {
             let mut attempts = 0;
             let outcome = loop {
                 attempts += 1;
                 channel.limiter.until_ready().await;
-                let outcome = match self.send(&request).await {
-                    Ok(response) => call_interpret(plugin, ctx, original, &response),
-                    Err(e) => Outcome::RetryLater(rekindle_runtime::wit::Retry { after_seconds: None, reason: format!("transport: {e}") }),
+                let outcome = match channel.send(&request, &redactor).await {
+                    Ok(response) => redacted(&redactor, call_interpret(plugin, ctx, original, &response)),
+                    Err(Failure::Refused(e)) => return Err(e),
+                    Err(Failure::Transport(why)) => Outcome::RetryLater(rekindle_runtime::wit::Retry { after_seconds: None, reason: format!("transport: {why}") }),
                 };
                 match &outcome {
                     Outcome::RetryLater(retry) if attempts < channel.config.max_attempts => {
                         let backoff = channel.config.backoff * 2u32.saturating_pow(attempts - 1);
                         let wait = retry.after_seconds.map_or(backoff, |s| Duration::from_secs(u64::from(s)).max(backoff));
-                        tracing::debug!(channel = name, attempts, ?wait, "retrying: {}", retry.reason);
-                        tokio::time::sleep(wait.min(Duration::from_secs(300))).await;
+                        tracing::debug!(channel = channel.name, attempts, ?wait, "retrying: {}", retry.reason);
+                        tokio::time::sleep(wait.min(LONGEST_RETRY_WAIT)).await;
                     }
                     _ => break outcome,
                 }
@@ -241,8 +297,111 @@ impl Deliverer {
         }
         Ok(results)
     }
+}
 
-    async fn send(&self, request: &HttpRequest) -> Result<HttpResponse, reqwest::Error> {
+/// Why sending one request got no answer.
+enum Failure {
+    /// The host would not send it (a private address): no attempt can succeed.
+    Refused(DeliveryError),
+    /// The network failed; the text is already redacted.
+    Transport(String),
+}
+
+impl Channel {
+    /// Each request checked and filled, with the redactor that also knows the Basic
+    /// credentials it carries.
+    fn prepare(&self, info: &AdapterInfo, requests: &AdapterRequests) -> Result<Vec<(HttpRequest, Redactor)>, DeliveryError> {
+        requests
+            .requests
+            .iter()
+            .map(|r| {
+                let mut redactor = self.redactor.clone();
+                let filled = self.fill(info, requests.marker.as_ref(), r, &mut redactor)?;
+                Ok((filled, redactor))
+            })
+            .collect()
+    }
+
+    /// The request as sent: origin checked, this call's placeholders filled.
+    fn fill(
+        &self,
+        info: &AdapterInfo,
+        marker: Option<&rekindle_runtime::SecretMarker>,
+        request: &HttpRequest,
+        redactor: &mut Redactor,
+    ) -> Result<HttpRequest, DeliveryError> {
+        let secret = |name: &str| -> Result<&str, DeliveryError> {
+            if !info.secrets.iter().any(|s| s == name) {
+                return Err(DeliveryError::UndeclaredSecret(name.into()));
+            }
+            self.config.secrets.get(name).map(String::as_str).ok_or_else(|| DeliveryError::MissingSecret(name.into()))
+        };
+        let mut fill_text = |text: &str| -> Result<String, DeliveryError> {
+            let Some(marker) = marker else { return Ok(text.to_string()) };
+            fill_placeholders(text, marker, |reference| match reference {
+                SecretRef::Secret(name) => secret(name).map(str::to_string),
+                SecretRef::BasicAuth { user, password } => {
+                    let pair = format!("{}:{}", secret(user)?, secret(password)?);
+                    let token = base64::engine::general_purpose::STANDARD.encode(&pair);
+                    redactor.add(&format!("{user}:{password}"), &token);
+                    Ok(format!("Basic {token}"))
+                }
+            })
+        };
+        // Errors show the URL as the adapter's author wrote it, without this call's marker.
+        let as_written = || marker.map_or_else(|| request.url.clone(), |m| rekindle_runtime::show_placeholders(&request.url, m));
+        let bad_url = || DeliveryError::BadUrl(as_written());
+        let url = fill_text(&request.url)?;
+        let parsed = reqwest::Url::parse(&url).map_err(|_| bad_url())?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad_url());
+        }
+        let origin = Origin::of(&parsed).ok_or_else(bad_url)?;
+        // The origin must be the one the adapter wrote, so no secret can choose where the
+        // request goes (a placeholder in the host name leaves no valid URL before filling).
+        let written = reqwest::Url::parse(&request.url).ok();
+        if written.as_ref().and_then(Origin::of).as_ref() != Some(&origin) {
+            return Err(DeliveryError::SecretInHost(as_written()));
+        }
+        let declared;
+        let allowed = match &self.allowed {
+            Some(allowed) => allowed,
+            None => {
+                declared = info.hosts.iter().filter(|h| h.as_str() != "*").filter_map(|h| Origin::parse(h).ok()).filter(|o| o.scheme == "https").collect::<Vec<_>>();
+                &declared
+            }
+        };
+        if !allowed.contains(&origin) {
+            return Err(DeliveryError::HostNotAllowed {
+                channel: self.name.clone(),
+                origin: origin.to_string(),
+                allowed: allowed.iter().map(Origin::to_string).collect::<Vec<_>>().join(", "),
+            });
+        }
+        // A private address written out is the operator's to allow, never the adapter's:
+        // listed in the operator's own allowlist, or in allow_private_addresses.
+        if let Some(ip) = origin.ip_literal()
+            && !crate::egress::is_public(ip)
+            && self.allowed.is_none()
+            && !self.config.allow_private_addresses.iter().any(|net| net.contains(&ip))
+        {
+            return Err(DeliveryError::PrivateAddress(format!("{origin} is not a public address, and the operator did not allow it")));
+        }
+        if let Some((name, _)) = request.headers.iter().find(|(name, _)| FORBIDDEN_HEADERS.iter().any(|f| name.trim().eq_ignore_ascii_case(f))) {
+            return Err(DeliveryError::ForbiddenHeader(name.clone()));
+        }
+        let headers = request.headers.iter().map(|(k, v)| Ok((k.clone(), fill_text(v)?))).collect::<Result<Vec<_>, DeliveryError>>()?;
+        // Bodies are filled only when they are text; binary bodies go as written.
+        let body = match std::str::from_utf8(&request.body) {
+            Ok(text) if text.contains("{{") => fill_text(text)?.into_bytes(),
+            _ => request.body.clone(),
+        };
+        Ok(HttpRequest { method: request.method, url, headers, body })
+    }
+
+    /// Sends one filled request and reads at most [`MAX_ANSWER_BYTES`] of the answer, which
+    /// comes back with the channel's secrets redacted.
+    async fn send(&self, request: &HttpRequest, redactor: &Redactor) -> Result<HttpResponse, Failure> {
         let method = match request.method {
             HttpMethod::Get => reqwest::Method::GET,
             HttpMethod::Post => reqwest::Method::POST,
@@ -254,12 +413,29 @@ impl Deliverer {
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
         }
-        let response = builder.send().await?;
+        let failure = |e: reqwest::Error| match private_address_in(&e) {
+            Some(refused) => Failure::Refused(DeliveryError::PrivateAddress(refused.to_string())),
+            // The URL can hold a secret (Twilio's account SID); the text must not.
+            None => Failure::Transport(redactor.text(&e.without_url().to_string())),
+        };
+        let mut response = builder.send().await.map_err(failure)?;
         let status = response.status().as_u16();
-        let headers = response.headers().iter().filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string()))).collect();
-        // Providers' answers are small; a cap keeps a hostile endpoint from filling memory.
-        let body = response.bytes().await?.iter().take(64 << 10).copied().collect();
-        Ok(HttpResponse { status, headers, body })
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), redactor.text(v.to_str().ok()?))))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failure)? {
+            let room = MAX_ANSWER_BYTES - body.len();
+            if chunk.len() >= room {
+                body.extend_from_slice(&chunk[..room]);
+                // Dropping the response closes the connection: the rest is never read.
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse { status, headers, body: redactor.bytes(&body) })
     }
 }
 
@@ -267,13 +443,24 @@ fn call_interpret(plugin: &Plugin, ctx: &Context, request: &HttpRequest, respons
     plugin.interpret(ctx, request, response).unwrap_or_else(|e: CallError| Outcome::Failed(format!("the adapter could not read the response: {e}")))
 }
 
+/// An outcome with the channel's secrets redacted from its texts, since they are logged
+/// and stored in the journey log.
+fn redacted(redactor: &Redactor, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Delivered(id) => Outcome::Delivered(id.map(|id| redactor.text(&id))),
+        Outcome::RetryLater(retry) => Outcome::RetryLater(rekindle_runtime::wit::Retry { reason: redactor.text(&retry.reason), ..retry }),
+        Outcome::Failed(why) => Outcome::Failed(redactor.text(&why)),
+        Outcome::NotEligible(why) => Outcome::NotEligible(redactor.text(&why)),
+    }
+}
+
 /// A provider lookup ready to make: the channel, its adapter and the request.
 pub struct Lookup {
-    name: String,
     channel: Arc<Channel>,
     plugin: Arc<Plugin>,
+    info: AdapterInfo,
     ctx: Context,
-    request: HttpRequest,
+    requests: AdapterRequests,
 }
 
 impl Lookup {
@@ -295,57 +482,3 @@ pub enum Reconciled {
 /// The least wait before asking a provider again; lookup APIs are tightly rate limited
 /// (SendGrid's Email Activity allows six requests a minute).
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
-
-/// The request as sent: host checked, placeholders filled.
-fn fill(channel: &str, config: &ChannelConfig, declared_hosts: &[String], declared_secrets: &[String], request: &HttpRequest) -> Result<HttpRequest, DeliveryError> {
-    let secret = |name: &str| -> Result<&str, DeliveryError> {
-        if !declared_secrets.iter().any(|s| s == name) {
-            return Err(DeliveryError::UndeclaredSecret(name.into()));
-        }
-        config.secrets.get(name).map(String::as_str).ok_or_else(|| DeliveryError::MissingSecret(name.into()))
-    };
-    let fill_text = |text: &str, basic: bool| -> Result<String, DeliveryError> {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            let Some(end) = rest[start..].find("}}") else { break };
-            let inner = &rest[start + 2..start + end];
-            match inner.split_once(':') {
-                Some(("secret", name)) => out.push_str(secret(name)?),
-                Some(("basic-auth", pair)) if basic => {
-                    let (user, pass) = pair.split_once(':').ok_or_else(|| DeliveryError::UndeclaredSecret(pair.into()))?;
-                    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", secret(user)?, secret(pass)?));
-                    out.push_str("Basic ");
-                    out.push_str(&token);
-                }
-                _ => out.push_str(&rest[start..start + end + 2]),
-            }
-            rest = &rest[start + end + 2..];
-        }
-        out.push_str(rest);
-        Ok(out)
-    };
-    let url = fill_text(&request.url, false)?;
-    let parsed = reqwest::Url::parse(&url).map_err(|_| DeliveryError::BadUrl(request.url.clone()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(DeliveryError::BadUrl(request.url.clone()));
-    }
-    let host = parsed.host_str().unwrap_or_default().to_string();
-    let allowed: Vec<&String> =
-        if config.allowed_hosts.is_empty() { declared_hosts.iter().filter(|h| h.as_str() != "*").collect() } else { config.allowed_hosts.iter().collect() };
-    if !allowed.iter().any(|h| **h == host) {
-        return Err(DeliveryError::HostNotAllowed {
-            channel: channel.into(),
-            host,
-            allowed: allowed.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
-        });
-    }
-    let headers = request.headers.iter().map(|(k, v)| Ok((k.clone(), fill_text(v, true)?))).collect::<Result<Vec<_>, DeliveryError>>()?;
-    // Bodies are filled only when they are text; binary bodies go as written.
-    let body = match std::str::from_utf8(&request.body) {
-        Ok(text) if text.contains("{{") => fill_text(text, false)?.into_bytes(),
-        _ => request.body.clone(),
-    };
-    Ok(HttpRequest { method: request.method, url, headers, body })
-}

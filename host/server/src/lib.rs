@@ -8,6 +8,7 @@ pub mod journey;
 pub mod journeys;
 pub mod messages;
 mod error;
+mod egress;
 mod evaluate;
 mod slots;
 pub mod edge;

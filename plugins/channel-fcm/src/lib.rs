@@ -1,5 +1,5 @@
 //! Push through Firebase Cloud Messaging HTTP v1 (`POST /v1/projects/{id}/messages:send`).
-//! The OAuth access token is `{{secret:FCM_ACCESS_TOKEN}}`, filled in by the host.
+//! The OAuth access token is `secret("FCM_ACCESS_TOKEN")`, filled in by the host.
 //!
 //! FCM cannot be asked whether a message arrived, so a send a crash left in doubt is sent
 //! again. Each notification carries a tag (Android) and a collapse id (iOS) derived from
@@ -51,7 +51,7 @@ impl Channel for Fcm {
         let url = format!("{}/v1/projects/{project}/messages:send", ctx.text("base_url")?.trim_end_matches('/'));
         Ok(vec![
             HttpRequest::new(HttpMethod::Post, url)
-                .header("authorization", "Bearer {{secret:FCM_ACCESS_TOKEN}}")
+                .header("authorization", format!("Bearer {}", secret("FCM_ACCESS_TOKEN")))
                 .header("content-type", "application/json")
                 .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
         ])

@@ -1,6 +1,6 @@
 //! Google Customer Match through the Data Manager API (`audienceMembers:ingest` to add,
 //! `audienceMembers:remove` to remove), with SHA-256 hex email and phone. The OAuth token is
-//! `{{secret:GOOGLE_ACCESS_TOKEN}}`; the audience a journey names is the user list id.
+//! `secret("GOOGLE_ACCESS_TOKEN")`; the audience a journey names is the user list id.
 #![no_std]
 
 use rekindle_sdk::prelude::*;
@@ -51,7 +51,7 @@ impl Channel for GoogleCustomerMatch {
                 }
                 requests.push(
                     HttpRequest::new(HttpMethod::Post, format!("{base}/v1/audienceMembers:{verb}"))
-                        .header("authorization", "Bearer {{secret:GOOGLE_ACCESS_TOKEN}}")
+                        .header("authorization", format!("Bearer {}", secret("GOOGLE_ACCESS_TOKEN")))
                         .header("content-type", "application/json")
                         .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
                 );

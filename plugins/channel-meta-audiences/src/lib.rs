@@ -1,6 +1,6 @@
 //! Meta Custom Audiences (`POST` to add, `DELETE` to remove, `/{audience-id}/users`). Each
 //! member goes as a row of normalised SHA-256 email and phone under the `EMAIL`, `PHONE`
-//! schema; the access token is `{{secret:META_ACCESS_TOKEN}}`. The audience name a journey
+//! schema; the access token is `secret("META_ACCESS_TOKEN")`. The audience name a journey
 //! uses is the Custom Audience id.
 #![no_std]
 
@@ -37,7 +37,7 @@ impl Channel for MetaAudiences {
                 let body = json!({"payload": {"schema": ["EMAIL", "PHONE"], "data": chunk}});
                 requests.push(
                     HttpRequest::new(method, url.clone())
-                        .header("authorization", "Bearer {{secret:META_ACCESS_TOKEN}}")
+                        .header("authorization", format!("Bearer {}", secret("META_ACCESS_TOKEN")))
                         .header("content-type", "application/json")
                         .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
                 );

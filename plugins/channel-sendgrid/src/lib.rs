@@ -1,5 +1,5 @@
 //! Email through SendGrid (`POST /v3/mail/send`). The host renders the message; this
-//! formats it as SendGrid's JSON, with the API key as a `{{secret:SENDGRID_API_KEY}}`
+//! formats it as SendGrid's JSON, with the API key as a `secret("SENDGRID_API_KEY")`
 //! placeholder the host fills in. `base_url` points tests at a local server.
 //!
 //! After a crash leaves a send in doubt, the adapter asks SendGrid's Email Activity API
@@ -45,7 +45,7 @@ impl Channel for SendGrid {
         });
         Ok(vec![
             HttpRequest::new(HttpMethod::Post, format!("{}/v3/mail/send", ctx.text("base_url")?.trim_end_matches('/')))
-                .header("authorization", "Bearer {{secret:SENDGRID_API_KEY}}")
+                .header("authorization", format!("Bearer {}", secret("SENDGRID_API_KEY")))
                 .header("content-type", "application/json")
                 .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
         ])
@@ -67,7 +67,7 @@ impl Channel for SendGrid {
             ctx.text("base_url")?.trim_end_matches('/'),
             rekindle_sdk::form_urlencoded(&[("limit", "1"), ("query", &query)])
         );
-        Ok(HttpRequest::new(HttpMethod::Get, url).header("authorization", "Bearer {{secret:SENDGRID_API_KEY}}"))
+        Ok(HttpRequest::new(HttpMethod::Get, url).header("authorization", format!("Bearer {}", secret("SENDGRID_API_KEY"))))
     }
 
     fn confirm(_ctx: &Context, _message: &Message, response: &HttpResponse) -> Found {
@@ -97,7 +97,7 @@ mod tests {
             request.url,
             "http://127.0.0.1:9000/v3/messages?limit=1&query=unique_args%5B%27idempotency_key%27%5D%3D%22run-1%3Asend%3Aemail%22"
         );
-        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v.contains("{{secret:SENDGRID_API_KEY}}")));
+        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer {{secret:SENDGRID_API_KEY#test}}"));
         let answer = |status, body: &str| HttpResponse { status, headers: vec![], body: body.as_bytes().to_vec() };
         assert_eq!(
             SendGrid::confirm(&ctx(), &message(), &answer(200, r#"{"messages":[{"msg_id":"abc.1","status":"delivered"}]}"#)),
@@ -129,7 +129,7 @@ mod tests {
     fn formats_mail_send() {
         let request = SendGrid::deliver(&ctx(), &message()).unwrap().remove(0);
         assert_eq!(request.url, "http://127.0.0.1:9000/v3/mail/send");
-        assert!(request.headers.contains(&("authorization".into(), "Bearer {{secret:SENDGRID_API_KEY}}".into())));
+        assert!(request.headers.contains(&("authorization".into(), "Bearer {{secret:SENDGRID_API_KEY#test}}".into())));
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(body["personalizations"][0]["to"][0]["email"], "ann@example.com");
         assert_eq!(body["from"], json!({"email": "shop@example.com", "name": "Shop"}));

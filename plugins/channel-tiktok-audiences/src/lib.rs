@@ -1,7 +1,7 @@
 //! TikTok audiences through the Business API segment mapping (`POST
 //! /open_api/v1.3/segment/mapping/`, `action` add or delete), by SHA-256 email and phone.
 //! TikTok answers HTTP 200 with a `code`; 0 is success. The token is
-//! `{{secret:TIKTOK_ACCESS_TOKEN}}`.
+//! `secret("TIKTOK_ACCESS_TOKEN")`.
 #![no_std]
 
 use rekindle_sdk::prelude::*;
@@ -53,7 +53,7 @@ impl Channel for TikTokAudiences {
             let body = json!({"advertiser_ids": [advertiser], "action": action, "id_schema": ["EMAIL_SHA256", "PHONE_SHA256"], "batch_data": batch});
             requests.push(
                 HttpRequest::new(HttpMethod::Post, url.clone())
-                    .header("access-token", "{{secret:TIKTOK_ACCESS_TOKEN}}")
+                    .header("access-token", secret("TIKTOK_ACCESS_TOKEN"))
                     .header("content-type", "application/json")
                     .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
             );

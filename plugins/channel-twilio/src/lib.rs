@@ -1,6 +1,6 @@
 //! SMS through Twilio (`POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded). The
-//! account SID and auth token are secrets: the URL names `{{secret:TWILIO_ACCOUNT_SID}}`
-//! and the host turns `{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}` into the
+//! account SID and auth token are secrets: the URL holds `secret("TWILIO_ACCOUNT_SID")`
+//! and the host turns `basic_auth("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")` into the
 //! Basic credentials, so this plugin never sees either.
 //!
 //! Twilio keeps no key of ours on a message, so a send a crash left in doubt is looked up
@@ -41,10 +41,10 @@ impl Channel for Twilio {
         };
         let text = text_of(message);
         let body = form_urlencoded(&[("To", &message.to), (sender, from), ("Body", &text)]);
-        let url = format!("{}/2010-04-01/Accounts/{{{{secret:TWILIO_ACCOUNT_SID}}}}/Messages.json", ctx.text("base_url")?.trim_end_matches('/'));
+        let url = format!("{}/Messages.json", account_url(ctx)?);
         Ok(vec![
             HttpRequest::new(HttpMethod::Post, url)
-                .header("authorization", "{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}")
+                .header("authorization", basic_auth("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .header("i-twilio-idempotency-token", message.idempotency_key.clone())
                 .body(body.into_bytes()),
@@ -66,11 +66,8 @@ impl Channel for Twilio {
     fn lookup(ctx: &Context, message: &Message) -> Result<HttpRequest, String> {
         let since = date(ctx.now - rekindle_sdk::DAY);
         let query = form_urlencoded(&[("To", &message.to), ("DateSent>", &since), ("PageSize", "50")]);
-        let url = format!(
-            "{}/2010-04-01/Accounts/{{{{secret:TWILIO_ACCOUNT_SID}}}}/Messages.json?{query}",
-            ctx.text("base_url")?.trim_end_matches('/')
-        );
-        Ok(HttpRequest::new(HttpMethod::Get, url).header("authorization", "{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}"))
+        let url = format!("{}/Messages.json?{query}", account_url(ctx)?);
+        Ok(HttpRequest::new(HttpMethod::Get, url).header("authorization", basic_auth("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")))
     }
 
     fn confirm(_ctx: &Context, message: &Message, response: &HttpResponse) -> Found {
@@ -112,6 +109,11 @@ fn date(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// The account's API root; the account SID in it is a secret, filled by the host.
+fn account_url(ctx: &Context) -> Result<String, String> {
+    Ok(format!("{}/2010-04-01/Accounts/{}", ctx.text("base_url")?.trim_end_matches('/'), secret("TWILIO_ACCOUNT_SID")))
+}
+
 rekindle_sdk::export_channel!(Twilio);
 
 #[cfg(test)]
@@ -138,7 +140,7 @@ mod tests {
         assert_eq!(request.method, HttpMethod::Get);
         assert_eq!(
             request.url,
-            "https://api.twilio.com/2010-04-01/Accounts/{{secret:TWILIO_ACCOUNT_SID}}/Messages.json?To=%2B15551230000&DateSent%3E=2026-11-22&PageSize=50"
+            "https://api.twilio.com/2010-04-01/Accounts/{{secret:TWILIO_ACCOUNT_SID#test}}/Messages.json?To=%2B15551230000&DateSent%3E=2026-11-22&PageSize=50"
         );
         let answer = |body: &str| HttpResponse { status: 200, headers: vec![], body: body.as_bytes().to_vec() };
         let listed = r#"{"messages":[{"sid":"SM1","to":"+15551230000","body":"Other text"},{"sid":"SM2","to":"+15551230000","body":"Come back https://s.example/x"}]}"#;
@@ -162,12 +164,12 @@ mod tests {
     #[test]
     fn formats_a_form_encoded_message_with_secret_placeholders() {
         let request = Twilio::deliver(&ctx("+15550000000"), &message()).unwrap().remove(0);
-        assert_eq!(request.url, "https://api.twilio.com/2010-04-01/Accounts/{{secret:TWILIO_ACCOUNT_SID}}/Messages.json");
+        assert_eq!(request.url, "https://api.twilio.com/2010-04-01/Accounts/{{secret:TWILIO_ACCOUNT_SID#test}}/Messages.json");
         assert_eq!(
             core::str::from_utf8(&request.body).unwrap(),
             "To=%2B15551234567&From=%2B15550000000&Body=Ann%2C+10%25+off%3A+BACK10+https%3A%2F%2Fshop.example%2Fs%3Fa%3D1"
         );
-        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v == "{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN}}"));
+        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v == "{{basic-auth:TWILIO_ACCOUNT_SID:TWILIO_AUTH_TOKEN#test}}"));
         let service = Twilio::deliver(&ctx("MG123"), &message()).unwrap().remove(0);
         assert!(core::str::from_utf8(&service.body).unwrap().contains("MessagingServiceSid=MG123"));
         assert!(Twilio::deliver(&ctx("5550000"), &message()).unwrap_err().contains("`from`"));

@@ -1,5 +1,5 @@
 //! The generic webhook adapter: each message, or audience change, becomes one JSON POST to
-//! the URL the operator configures. The bearer token is a `{{secret:WEBHOOK_TOKEN}}`
+//! the URL the operator configures. The bearer token is a `secret("WEBHOOK_TOKEN")`
 //! placeholder the host fills in, so the plugin never sees it.
 #![no_std]
 
@@ -51,7 +51,7 @@ fn post(ctx: &Context, key: &str, body: &serde_json::Value) -> Result<HttpReques
         headers: vec![
             ("content-type".into(), "application/json".into()),
             ("idempotency-key".into(), key.into()),
-            ("authorization".into(), "Bearer {{secret:WEBHOOK_TOKEN}}".into()),
+            ("authorization".into(), format!("Bearer {}", secret("WEBHOOK_TOKEN"))),
         ],
         body: serde_json::to_vec(body).map_err(|e| e.to_string())?,
     })
@@ -92,7 +92,7 @@ mod tests {
         assert_eq!(requests.len(), 1);
         let request = &requests[0];
         assert_eq!(request.url, "https://hooks.example.com/in");
-        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v.contains("{{secret:WEBHOOK_TOKEN}}")));
+        assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer {{secret:WEBHOOK_TOKEN#test}}"));
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(body["data"]["voucher"], "BACK10");
         assert_eq!(body["idempotency_key"], "run-1:step-2:webhook");
