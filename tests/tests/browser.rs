@@ -196,3 +196,44 @@ async fn the_example_page_renders_a_personal_tile_and_reports_the_click() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Defence in depth: a host (or an edge, or anything in between) that answers with a
+/// `javascript:` or protocol-relative link must still not get it into the shop's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snippet_refuses_links_that_are_not_http_urls_or_site_paths() {
+    let Some(binary) = chromium() else { return };
+    let tile = |id: &str, link: &str, image: Option<&str>| {
+        json!({"decision_id": format!("d-{id}"), "offer_id": id, "title": id, "body": "", "image": image, "link": link, "voucher": null, "plugin": null})
+    };
+    let answer = json!({"decisions": [{"slot": "home-hero", "fallback": false, "tiles": [
+        tile("script", "javascript:document.title='owned'", None),
+        tile("elsewhere", "//evil.example/login", None),
+        tile("backslash", "/\\evil.example/login", None),
+        tile("data-image", "/ok", Some("data:image/svg+xml,<svg onload=alert(1)>")),
+        tile("safe", "/sale", None),
+    ]}]});
+    // Stands in for a compromised host: the real snippet, and a decision no host would give.
+    let snippet = include_str!("../../host/server/assets/tiles.js");
+    let router = axum::Router::new()
+        .route("/v1/tiles.js", axum::routing::get(move || async move { ([("content-type", "text/javascript")], snippet) }))
+        .route("/v1/tiles", axum::routing::post(move || async move { ([("access-control-allow-origin", "*")], axum::Json(answer.clone())) }))
+        .route("/v1/track", axum::routing::post(|| async { ([("access-control-allow-origin", "*")], "{}") }));
+    let host = rekindle_tests::serve(router).await;
+    let page_origin = serve_page(&host).await;
+
+    let browser = launch(&binary).await;
+    let mut page = Page::open(&browser).await;
+    page.call("Page.navigate", json!({"url": format!("{page_origin}/tiles/")})).await;
+    let started = Instant::now();
+    let rendered = loop {
+        let rendered = page.eval("JSON.stringify(Array.from(document.querySelectorAll('.rekindle-tile')).map(a => a.getAttribute('href')))").await;
+        if rendered.as_str().is_some_and(|r| r != "[]") {
+            break rendered;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no tile rendered; page: {}", page.eval("document.body.innerHTML").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rendered, "[\"/sale\"]");
+    assert_eq!(page.eval("document.querySelectorAll('img').length").await, 0);
+    assert_ne!(page.eval("document.title").await, "owned");
+}

@@ -82,6 +82,9 @@ async fn offers_and_slots_are_validated_field_by_field(backend: Backend) {
     };
     assert_eq!(field(host.offer(with("holdout_percent", json!(101))).await), "offer.holdout_percent");
     assert_eq!(field(host.offer(with("link", json!("javascript:alert(1)"))).await), "offer.link");
+    assert_eq!(field(host.offer(with("link", json!("//evil.example/login"))).await), "offer.link");
+    assert_eq!(field(host.offer(with("link", json!("/\\evil.example"))).await), "offer.link");
+    assert_eq!(field(host.offer(with("image", json!("data:image/svg+xml,<svg onload=alert(1)>"))).await), "offer.image");
     assert_eq!(field(host.offer(with("valid_until", json!("tomorrow"))).await), "offer.valid_until");
     assert_eq!(field(host.offer(with("traits", json!(["plan"]))).await), "offer.traits");
     assert_eq!(field(host.offer(with("include_segments", json!([1]))).await), "offer.include_segments[0]");
@@ -100,6 +103,10 @@ async fn offers_and_slots_are_validated_field_by_field(backend: Backend) {
     assert_eq!(field(host.slot(json!({"name": "x", "plugin": "lapsing"})).await), "slot.plugin");
     assert_eq!(field(host.slot(json!({"name": "x", "params": {"nope": 1}})).await), "slot.params");
     assert_eq!(field(host.slot(json!({"name": "x", "fallback": [{"title": "t"}]})).await), "slot.fallback[0].link");
+    let scripted = json!({"name": "x", "fallback": [{"title": "t", "link": "/ok"}, {"title": "t", "link": "javascript:alert(1)"}]});
+    assert_eq!(field(host.slot(scripted).await), "slot.fallback[1].link");
+    let imaged = json!({"name": "x", "fallback": [{"title": "t", "link": "/ok", "image": "//evil.example/x.png"}]});
+    assert_eq!(field(host.slot(imaged).await), "slot.fallback[0].image");
     assert_eq!(field(host.slot(json!({"max_tiles": 1})).await), "slot.name");
 
     // What was accepted is all still there, and nothing refused was stored.
@@ -216,6 +223,19 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     }
     let (_, stats) = host.admin(reqwest::Method::GET, "/admin/tiles/stats", Value::Null).await;
     assert_eq!(stats["fallbacks"], 4, "{stats}");
+
+    // A plugin's links are checked too: javascript:, protocol-relative and data: tiles are
+    // dropped and counted, and the one safe tile is served.
+    for i in 1..=4 {
+        assert_eq!(host.offer(json!({"id": format!("u{i}"), "slot": "unsafe", "title": "t", "link": format!("/u{i}")})).await.0, 200);
+    }
+    assert_eq!(host.slot(json!({"name": "unsafe", "plugin": "failing-tiles", "max_tiles": 4, "params": {"mode": "unsafe-links"}})).await.0, 200);
+    let (status, body) = host.tiles("slot=unsafe").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tiles"], json!([body["tiles"][0].clone()]), "{body}");
+    assert_eq!((body["tiles"][0]["offer_id"].as_str(), body["tiles"][0]["link"].as_str()), (Some("u4"), Some("/u4")), "{body}");
+    let (_, stats) = host.admin(reqwest::Method::GET, "/admin/tiles/stats", Value::Null).await;
+    assert_eq!(stats["dropped_unsafe_links"], 3, "{stats}");
 
     // The snippet.
     let script = host.http.get(format!("{}/v1/tiles.js", host.base)).send().await.unwrap();

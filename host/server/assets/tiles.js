@@ -80,10 +80,24 @@
     return el;
   }
 
+  // The host refuses these already; a page does not take a link on trust either.
+  function safeLink(url) {
+    if (typeof url !== "string" || url === "" || /[\u0000-\u0020\u007f-\u009f]/.test(url)) return false;
+    if (url.charAt(0) === "/") return url.charAt(1) !== "/" && url.charAt(1) !== "\\";
+    if (!/^https?:\/\//i.test(url)) return false;
+    try {
+      var protocol = new URL(url).protocol;
+      return protocol === "https:" || protocol === "http:";
+    } catch (e) {
+      return false;
+    }
+  }
+
   function render(container, decision) {
     container.textContent = "";
     container.setAttribute("data-rekindle-fallback", decision.fallback ? "true" : "false");
     (decision.tiles || []).forEach(function (tile) {
+      if (!safeLink(tile.link) || (tile.image && !safeLink(tile.image))) return;
       tile.fallback = decision.fallback;
       var a = document.createElement("a");
       a.className = "rekindle-tile";

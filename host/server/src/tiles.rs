@@ -69,6 +69,8 @@ pub struct TileService {
     catalog: ArcSwap<Catalog>,
     decisions: AtomicU64,
     fallbacks: AtomicU64,
+    /// Tiles a plugin returned with a link or image a page must not use.
+    dropped: AtomicU64,
     /// Serialises reloads, so a slow periodic one cannot overwrite a newer snapshot.
     reloading: tokio::sync::Mutex<()>,
     /// Origins allowed to call the tile and event endpoints from a browser.
@@ -94,9 +96,9 @@ pub fn parse_offer(json: &Value) -> Result<OfferDef, ApiError> {
     }
     for (name, value) in [("link", Some(&offer.link)), ("image", offer.image.as_ref())] {
         if let Some(url) = value
-            && !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+            && !is_safe_link(url)
         {
-            return Err(ApiError::field(format!("offer.{name}"), format!("`{name}` must be an http(s) URL or a path starting with /")));
+            return Err(ApiError::field(format!("offer.{name}"), format!("`{name}` {SAFE_LINK}")));
         }
     }
     let valid_from = match map.get("valid_from") {
@@ -176,13 +178,50 @@ fn fallback_tile(json: &Value, path: &str) -> Result<FallbackTile, ApiError> {
             _ => Err(ApiError::field(format!("{path}.{key}"), format!("`{key}` must be a string"))),
         }
     };
-    Ok(FallbackTile {
+    let tile = FallbackTile {
         offer_id: get("offer_id", false)?,
         title: get("title", true)?.unwrap_or_default(),
         body: get("body", false)?.unwrap_or_default(),
         image: get("image", false)?,
         link: get("link", true)?.unwrap_or_default(),
-    })
+    };
+    for (name, value) in [("link", Some(&tile.link)), ("image", tile.image.as_ref())] {
+        if let Some(url) = value
+            && !is_safe_link(url)
+        {
+            return Err(ApiError::field(format!("{path}.{name}"), format!("`{name}` {SAFE_LINK}")));
+        }
+    }
+    Ok(tile)
+}
+
+/// What a tile's link or image may be, in words for error messages.
+pub const SAFE_LINK: &str = "must be an http(s) URL or a path on the site starting with a single /";
+
+/// Whether `url` is safe for a shop's page to put in `href` or `src`: an absolute `http:` or
+/// `https:` URL, or a path on the site. Anything else (`javascript:`, `data:`, a
+/// protocol-relative `//evil.example`, `/\evil.example`, which browsers read the same way,
+/// or text with control characters that browsers strip before reading the scheme) is
+/// refused. `tiles.js` and the edge worker apply the same rule.
+pub fn is_safe_link(url: &str) -> bool {
+    if url.is_empty() || url.len() > 2048 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return false;
+    }
+    if let Some(rest) = url.strip_prefix('/') {
+        return !rest.starts_with('/') && !rest.starts_with('\\');
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://"))
+        && reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+/// What the tile endpoint has served since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TileCounts {
+    pub decisions: u64,
+    pub fallbacks: u64,
+    /// Tiles a plugin returned with a link or image that is not an http(s) URL or a path.
+    pub dropped_unsafe_links: u64,
 }
 
 /// Who is asking for tiles.
@@ -207,6 +246,7 @@ impl TileService {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             decisions: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
             origins,
             token,
@@ -241,9 +281,13 @@ impl TileService {
         Ok(())
     }
 
-    /// (decisions, fallbacks) served since start.
-    pub fn counts(&self) -> (u64, u64) {
-        (self.decisions.load(Ordering::Relaxed), self.fallbacks.load(Ordering::Relaxed))
+    /// Decisions, fallbacks and unsafe tiles dropped since start.
+    pub fn counts(&self) -> TileCounts {
+        TileCounts {
+            decisions: self.decisions.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            dropped_unsafe_links: self.dropped.load(Ordering::Relaxed),
+        }
     }
 
     /// Decides one slot for a visitor at `now`; `None` when the slot is not defined. Every
@@ -307,7 +351,7 @@ impl TileService {
     ) -> Value {
         self.decisions.fetch_add(1, Ordering::Relaxed);
         let offers = catalog.offers.get(&def.name).map(Vec::as_slice).unwrap_or_default();
-        match full.and_then(|full| personalised(registry, def, offers, full, page_url, now)) {
+        match full.and_then(|full| personalised(registry, def, offers, full, page_url, now, &self.dropped)) {
             Ok(answer) => answer,
             Err(why) => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -318,7 +362,15 @@ impl TileService {
     }
 }
 
-fn personalised(registry: &Registry, def: &SlotDef, offers: &[OfferDef], full: Option<Profile>, page_url: Option<String>, now: i64) -> Result<Value, String> {
+fn personalised(
+    registry: &Registry,
+    def: &SlotDef,
+    offers: &[OfferDef],
+    full: Option<Profile>,
+    page_url: Option<String>,
+    now: i64,
+    dropped: &AtomicU64,
+) -> Result<Value, String> {
     let plugin = registry.get(&def.plugin).map_err(|e| format!("plugin: {e}"))?;
     let PluginInfo::Tiles(info) = plugin.info() else {
         return Err(format!("`{}` holds a {} plugin, not a promo-tiles one", def.plugin, plugin.kind()));
@@ -334,7 +386,15 @@ fn personalised(registry: &Registry, def: &SlotDef, offers: &[OfferDef], full: O
     let profile = full.as_ref().map(|p| filter_profile(p, &info.input, now));
     let request = TileRequest { slot: def.name.clone(), page_url, max_tiles: def.max_tiles };
     let ctx = Context { now, params };
-    let tiles = plugin.decide(&ctx, &request, profile.as_ref(), &candidates).map_err(|e| format!("the plugin failed: {e}"))?;
+    let mut tiles = plugin.decide(&ctx, &request, profile.as_ref(), &candidates).map_err(|e| format!("the plugin failed: {e}"))?;
+    // A plugin's link is the plugin's word, not the operator's: one the page must not put
+    // in an href (javascript:, //elsewhere) is dropped and counted, and the rest served.
+    let before = tiles.len();
+    tiles.retain(|t| is_safe_link(&t.link) && t.image.as_deref().is_none_or(is_safe_link));
+    if tiles.len() < before {
+        dropped.fetch_add((before - tiles.len()) as u64, Ordering::Relaxed);
+        tracing::warn!(slot = def.name, plugin = def.plugin, "dropped {} tile(s) with a link or image that is not an http(s) URL or a site path", before - tiles.len());
+    }
     let who = profile.as_ref().map_or("anonymous", |p| p.id.as_str());
     let tiles: Vec<Value> = tiles.iter().map(|t| tile_json(t, &def.name, who, &def.plugin, plugin.digest())).collect();
     Ok(json!({
@@ -419,4 +479,22 @@ pub fn catalog_json(catalog: &Catalog) -> Value {
 /// serde_json keeps object keys sorted.
 pub fn stored_text(json: &Value) -> String {
     json.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_safe_link;
+
+    #[test]
+    fn only_http_urls_and_site_paths_are_safe_links() {
+        for safe in ["https://shop.example/sale", "HTTP://shop.example", "/sale?x=1", "/", "https://shop.example:8443/a#b"] {
+            assert!(is_safe_link(safe), "{safe}");
+        }
+        for unsafe_link in [
+            "javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "java\tscript:alert(1)", "data:text/html,<script>",
+            "vbscript:x", "//evil.example", "/\\evil.example", "https:evil.example", "https://", "", "sale", "mailto:a@b.c", "https://x.example/\nfoo",
+        ] {
+            assert!(!is_safe_link(unsafe_link), "{unsafe_link:?}");
+        }
+    }
 }

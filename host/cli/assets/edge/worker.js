@@ -162,6 +162,22 @@ async function fallback(slot, visitorId) {
   return { slot: slot.name, fallback: true, known_visitor: false, plugin: null, tiles };
 }
 
+// The host's `is_safe_link`, to the character: an http(s) URL or a path on the site.
+const WHITESPACE_OR_CONTROL = /[\u0000-\u0020\u007f-\u009f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/;
+
+export function safeLink(url) {
+  if (typeof url !== "string" || url === "" || encoder.encode(url).length > 2048 || WHITESPACE_OR_CONTROL.test(url)) return false;
+  if (url.startsWith("/")) return !url.startsWith("//") && !url.startsWith("/\\");
+  const lower = url.slice(0, 8).toLowerCase();
+  if (!lower.startsWith("https://") && !lower.startsWith("http://")) return false;
+  try {
+    const parsed = new URL(url);
+    return (parsed.protocol === "https:" || parsed.protocol === "http:") && parsed.hostname !== "";
+  } catch {
+    return false;
+  }
+}
+
 /** One slot's decision for a profile (already carrying current memberships) or null. */
 export async function decide(slotName, profile, now, pageUrl) {
   const slot = snapshot.slots.find((s) => s.name === slotName);
@@ -181,6 +197,8 @@ export async function decide(slotName, profile, now, pageUrl) {
     tiles = instance.tiles.decide({ now: BigInt(now), params: fields(slot.params) }, request, profile ? cut(profile, plugin.input) : undefined, offered);
     // The host's output checks: no more tiles than the slot shows, only offers it was given.
     if (tiles.length > slot.max_tiles || tiles.some((t) => !offered.some((o) => o.id === t.offerId))) throw new Error("bad output");
+    // As at the host: a tile whose link or image a page must not use is dropped.
+    tiles = tiles.filter((t) => safeLink(t.link) && (t.image == null || safeLink(t.image)));
   } catch {
     discard(slot.plugin);
     return fallback(slot, profile ? profile.id : null);

@@ -158,15 +158,17 @@ fn product(item: &Value, at: &str) -> Result<Product, ApiError> {
         Some(Value::Bool(b)) => *b,
         _ => return Err(ApiError::field(format!("{at}.in_stock"), format!("{at}.in_stock must be true or false"))),
     };
-    Ok(Product {
-        id,
-        name,
-        category: text("category", false)?,
-        price,
-        url: text("url", false)?,
-        image: text("image", false)?,
-        in_stock,
-    })
+    // Products are recommended in emails and on the shop's pages: links follow the tiles' rule.
+    let link = |key: &str| -> Result<Option<String>, ApiError> {
+        let value = text(key, false)?;
+        match &value {
+            Some(url) if !crate::tiles::is_safe_link(url) => {
+                Err(ApiError::field(format!("{at}.{key}"), format!("{at}.{key} {}", crate::tiles::SAFE_LINK)))
+            }
+            _ => Ok(value),
+        }
+    };
+    Ok(Product { id, name, category: text("category", false)?, price, url: link("url")?, image: link("image")?, in_stock })
 }
 
 async fn products(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
