@@ -37,8 +37,8 @@ pub const MAX_ANSWER_BYTES: usize = 64 << 10;
 const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// An operator's configuration of one channel: which adapter, its parameters, and what the
-/// host grants it.
-#[derive(Debug, Clone)]
+/// host grants it. Its `Debug` names the secrets but never shows their values.
+#[derive(Clone)]
 pub struct ChannelConfig {
     /// The registry slot holding the adapter.
     pub slot: String,
@@ -64,6 +64,23 @@ pub struct ChannelConfig {
     pub reconcile_after: Duration,
     /// Requests one message or audience change may make; past it, nothing is sent.
     pub max_requests: usize,
+}
+
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut secrets: Vec<&String> = self.secrets.keys().collect();
+        secrets.sort();
+        f.debug_struct("ChannelConfig")
+            .field("slot", &self.slot)
+            .field("params", &self.params)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("allow_private_addresses", &self.allow_private_addresses)
+            .field("secrets", &secrets)
+            .field("rate_per_second", &self.rate_per_second)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_requests", &self.max_requests)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChannelConfig {
