@@ -36,7 +36,7 @@ fn serve(dir: &std::path::Path) -> String {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async move {
             let store = rekindle_tests::open_store(Backend::Sqlite, &dir).await.unwrap();
-            let sources = [("bench-key".to_string(), "bench".to_string())].into_iter().collect();
+            let sources = [("bench-key".to_string(), rekindle_server::Source::server("bench"))].into_iter().collect();
             let registry = rekindle_tests::registry(&[
                 ("abandoned-cart", rekindle_tests::components::RULE_ABANDONED_CART),
                 ("lapsing-repeat-buyer", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),

@@ -77,6 +77,7 @@ fn message(id: &str, user: &str, event: Option<&str>, at: i64, traits: Value) ->
         timezone: None,
         consents: vec![],
         push_token: None,
+        from_browser: false,
     }
 }
 
@@ -95,7 +96,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
         ("channel-sendgrid", rekindle_tests::components::CHANNEL_SENDGRID),
         ("channel-twilio", rekindle_tests::components::CHANNEL_TWILIO),
     ]);
-    let sources = [("key".to_string(), "web".to_string())].into_iter().collect();
+    let sources = [("key".to_string(), rekindle_server::Source::server("web"))].into_iter().collect();
     let clock = Clock::manual(t0);
     let state = AppState::new(registry.clone(), None, Some("admin".into()))
         .with_ingestion(Ingestion { store, sources })

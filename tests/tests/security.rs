@@ -13,7 +13,10 @@ use rekindle_server::{AppState, Clock, Ingestion};
 use rekindle_tests::{Backend, components};
 use serde_json::{Value, json};
 
-rekindle_tests::on_each_backend!(a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_never_holds_a_secret);
+rekindle_tests::on_each_backend!(
+    a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_never_holds_a_secret,
+    a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer
+);
 
 const SENDGRID_KEY: &str = "SG.the-real-api-key";
 
@@ -58,7 +61,7 @@ async fn a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_neve
     email.max_attempts = 1;
     let clock = Clock::manual(1_790_000_000_000);
     let state = AppState::new(registry, None, Some("admin-token-for-tests".into()))
-        .with_ingestion(Ingestion { store, sources: HashMap::from([("server-key".to_string(), "backend".to_string())]) })
+        .with_ingestion(Ingestion { store, sources: HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]) })
         .with_clock(clock.clone(), Duration::from_secs(3600))
         .with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap(), None);
     let engine = state.journeys.clone().unwrap();
@@ -93,4 +96,85 @@ async fn a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_neve
     let detail = failed["detail"].as_str().unwrap();
     assert!(detail.contains("[redacted SENDGRID_API_KEY]"), "{detail}");
     assert!(!log.to_string().contains(SENDGRID_KEY), "{log}");
+}
+
+const ADMIN: &str = "admin-token-for-tests";
+
+/// A host with a browser source (the snippet's public key) and a server source.
+async fn host_with_sources(store: rekindle_store::Store) -> String {
+    let registry = rekindle_tests::registry(&[]);
+    let sources = HashMap::from([
+        ("public-key".to_string(), rekindle_server::Source::browser("web", None)),
+        ("server-key".to_string(), rekindle_server::Source::server("backend")),
+    ]);
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    rekindle_tests::serve(rekindle_server::app(state)).await
+}
+
+async fn a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let host = host_with_sources(store).await;
+    let http = reqwest::Client::new();
+    let batch = |key: &'static str, messages: Value| {
+        let http = http.clone();
+        let host = host.clone();
+        async move {
+            let response = http.post(format!("{host}/v1/batch")).basic_auth(key, Some("")).json(&json!({"batch": messages})).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let profile = |id: &'static str| {
+        let http = http.clone();
+        let host = host.clone();
+        async move { http.get(format!("{host}/v1/profiles/{id}?events=20")).bearer_auth(ADMIN).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    // The shop's backend knows the victim: address, phone, push token, consent.
+    batch("server-key", json!([{"type": "identify", "userId": "victim", "traits": {"first_name": "Vic", "email": "vic@example.com", "phone": "+15550001111"},
+        "context": {"device": {"token": "vic-device"}, "consent": {"categoryPreferences": {"email": true, "sms": false}}}}])).await;
+
+    // With the key from the shop's page, an attacker tries to take the victim's messages:
+    // their own address and number, a device, consents, and computed and test traits.
+    let answer = batch("public-key", json!([
+        {"type": "identify", "userId": "victim", "traits": {"first_name": "Still Vic", "email": "attacker@evil.example", "phone": "+15559999999",
+            "lifetime_value": 1e9, "test": true},
+         "context": {"device": {"token": "attacker-device"}, "consent": {"categoryPreferences": {"email": false, "sms": true}}}},
+        {"type": "identify", "userId": "attacker", "traits": {"first_name": "Eve"}},
+        {"type": "alias", "userId": "attacker", "previousId": "victim"},
+        // An address set while anonymous, then a "login" as the victim.
+        {"type": "identify", "anonymousId": "anon-eve", "traits": {"email": "eve-anon@evil.example"}},
+        {"type": "identify", "userId": "victim", "anonymousId": "anon-eve"},
+        {"type": "track", "userId": "victim", "event": "Product Viewed", "properties": {"sku": "s-1"}},
+    ])).await;
+    let fields: Vec<&str> = answer["ignored"].as_array().unwrap_or_else(|| panic!("{answer}")).iter().map(|i| i["field"].as_str().unwrap()).collect();
+    for field in ["batch[0].traits.email", "batch[0].traits.phone", "batch[0].traits.lifetime_value", "batch[0].traits.test",
+                  "batch[0].context.device.token", "batch[0].consents", "batch[2].previousId"] {
+        assert!(fields.contains(&field), "{field} must be reported as ignored: {answer}");
+    }
+
+    let victim = profile("victim").await;
+    let addresses: Vec<&str> = victim["contacts"].as_array().unwrap().iter().map(|c| c["address"].as_str().unwrap()).collect();
+    assert_eq!(addresses.len(), 3, "{victim}");
+    for kept in ["vic@example.com", "+15550001111", "vic-device"] {
+        assert!(addresses.contains(&kept), "{victim}");
+    }
+    assert_eq!(victim["traits"]["email"], "vic@example.com");
+    assert_eq!(victim["consents"]["email"]["granted"], true, "{victim}");
+    assert_eq!(victim["consents"]["sms"]["granted"], false, "{victim}");
+    assert!(victim["traits"].get("lifetime_value").is_none() && victim["traits"].get("test").is_none(), "{victim}");
+    assert_eq!(victim["user_ids"], json!(["victim"]), "the victim was not merged into anyone: {victim}");
+    // What a browser key may do, it did: an ordinary trait, an event, the anonymous history.
+    assert_eq!(victim["traits"]["first_name"], "Still Vic");
+    assert!(victim["recent_events"].as_array().unwrap().iter().any(|e| e["name"] == "Product Viewed"), "{victim}");
+    assert!(victim["anonymous_ids"].as_array().unwrap().contains(&json!("anon-eve")), "{victim}");
+    let attacker = profile("attacker").await;
+    assert_eq!(attacker["user_ids"], json!(["attacker"]), "{attacker}");
+    assert_ne!(attacker["id"], victim["id"]);
+
+    // The server key may change the address: that is what it is for.
+    let answer = batch("server-key", json!([{"type": "identify", "userId": "victim", "traits": {"email": "vic@new.example"}}])).await;
+    assert!(answer.get("ignored").is_none(), "{answer}");
+    assert_eq!(profile("victim").await["traits"]["email"], "vic@new.example");
 }

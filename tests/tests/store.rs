@@ -30,6 +30,7 @@ fn msg(id: &str, user: Option<&str>, anonymous: Option<&str>, event: Option<&str
         timezone: None,
         consents: vec![],
         push_token: None,
+        from_browser: false,
     }
 }
 

@@ -90,12 +90,23 @@ impl Default for TilesConfig {
     }
 }
 
-/// One event source (a website, an app) and its write key.
+/// One event source (a website, an app, a backend) and its write key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: String,
     pub write_key: String,
+    /// `browser` (the default: a key on a web page is public) or `server`, which may
+    /// change contact points, consents and identified profiles.
+    #[serde(default = "browser")]
+    pub kind: rekindle_server::SourceKind,
+    /// The secret the site's backend signs user ids with, for personal tiles; `env:NAME`
+    /// reads it from the environment.
+    pub identity_secret: Option<String>,
+}
+
+fn browser() -> rekindle_server::SourceKind {
+    rekindle_server::SourceKind::Browser
 }
 
 /// Per-kind limits, in milliseconds and mebibytes.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use rekindle_runtime::{Registry, Runtime, RuntimeConfig};
-use rekindle_server::{AppState, Ingestion, SlotStore};
+use rekindle_server::{AppState, Ingestion, SlotStore, Source, SourceKind};
 use rekindle_store::Store;
 
 use crate::config::{Config, SourceConfig};
@@ -32,17 +32,37 @@ pub struct ServeArgs {
     /// Keep customer data in PostgreSQL (postgres://user@host:port/db) instead of SQLite.
     #[arg(long, env = "REKINDLE_POSTGRES_URL", hide_env_values = true)]
     postgres: Option<String>,
-    /// An event source as NAME=WRITE_KEY; repeat for several.
-    #[arg(long = "source", value_parser = parse_source)]
+    /// A browser event source (a website's snippet) as NAME=WRITE_KEY; repeat for several.
+    #[arg(long = "source", value_parser = parse_browser_source)]
     sources: Vec<SourceConfig>,
+    /// A server event source (a backend, a batch import) as NAME=WRITE_KEY: its key may
+    /// change contact points, consents and identified profiles, so keep it off web pages.
+    #[arg(long = "server-source", value_parser = parse_server_source)]
+    server_sources: Vec<SourceConfig>,
 }
 
-fn parse_source(text: &str) -> Result<SourceConfig, String> {
+fn parse_source(text: &str, kind: SourceKind) -> Result<SourceConfig, String> {
     match text.split_once('=') {
         Some((name, key)) if !name.is_empty() && !key.is_empty() => {
-            Ok(SourceConfig { name: name.to_string(), write_key: key.to_string() })
+            Ok(SourceConfig { name: name.to_string(), write_key: key.to_string(), kind, identity_secret: None })
         }
         _ => Err(format!("`{text}` is not NAME=WRITE_KEY")),
+    }
+}
+
+fn parse_browser_source(text: &str) -> Result<SourceConfig, String> {
+    parse_source(text, SourceKind::Browser)
+}
+
+fn parse_server_source(text: &str) -> Result<SourceConfig, String> {
+    parse_source(text, SourceKind::Server)
+}
+
+/// A config value that reads `env:NAME` from the environment; `what` names it in errors.
+fn from_env(value: &str, what: &str) -> anyhow::Result<String> {
+    match value.strip_prefix("env:") {
+        Some(var) => std::env::var(var).with_context(|| format!("{what} reads ${var}, which is not set")),
+        None => Ok(value.to_string()),
     }
 }
 
@@ -62,6 +82,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.plugins_dir = args.plugins.or(config.plugins_dir);
     config.admin_token = args.admin_token.or(config.admin_token);
     config.sources.extend(args.sources);
+    config.sources.extend(args.server_sources);
     config.postgres_url = args.postgres.or(config.postgres_url);
 
     let runtime = Runtime::new(RuntimeConfig {
@@ -78,14 +99,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = &config.plugins_dir {
         seed_from_dir(&registry, &slot_store, dir)?;
     }
-    if config.admin_token.is_none() {
-        tracing::warn!("no admin token: the admin API is disabled (set REKINDLE_ADMIN_TOKEN)");
+    match &config.admin_token {
+        None => tracing::warn!("no admin token: the admin API is disabled (set REKINDLE_ADMIN_TOKEN)"),
+        Some(token) => check_admin_token(token)?,
     }
     let store = open_store(&config)?;
     if config.sources.is_empty() {
         tracing::warn!("no event sources: ingestion refuses every write key (add --source NAME=WRITE_KEY)");
     }
-    let sources = config.sources.iter().map(|s| (s.write_key.clone(), s.name.clone())).collect();
+    let mut sources = std::collections::HashMap::new();
+    for (i, s) in config.sources.iter().enumerate() {
+        let identity_secret = match &s.identity_secret {
+            Some(value) => {
+                let secret = from_env(value, &format!("sources[{i}] ({}): identity_secret", s.name))?;
+                anyhow::ensure!(secret.len() >= 32, "sources[{i}] ({}): identity_secret must be at least 32 characters", s.name);
+                Some(Arc::<[u8]>::from(secret.as_bytes()))
+            }
+            None => None,
+        };
+        let source = Source { name: s.name.clone(), kind: s.kind, identity_secret };
+        anyhow::ensure!(sources.insert(s.write_key.clone(), source).is_none(), "sources[{i}] ({}): another source has the same write key", s.name);
+    }
     let mut state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
         .with_ingestion(Ingestion { store, sources })
         .with_tile_origins(config.tiles.origins.clone());
@@ -130,6 +164,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         axum::serve(listener, rekindle_server::app(state)).with_graceful_shutdown(shutdown()).await?;
         Ok(())
     })
+}
+
+/// The fewest characters an admin token may have: it guards every profile and secret
+/// the host holds, so one short enough to guess is refused rather than served.
+const SHORTEST_ADMIN_TOKEN: usize = 16;
+
+fn check_admin_token(token: &str) -> anyhow::Result<()> {
+    let length = token.chars().count();
+    anyhow::ensure!(
+        length >= SHORTEST_ADMIN_TOKEN && !token.trim().is_empty(),
+        "the admin token (--admin-token, REKINDLE_ADMIN_TOKEN or admin_token) is {}; it must be at least {SHORTEST_ADMIN_TOKEN} \
+         characters, since it opens every profile and the admin API. Generate one with `openssl rand -hex 24`, or leave it \
+         unset to switch the admin API off",
+        if token.is_empty() { "empty".to_string() } else { format!("{length} characters") },
+    );
+    Ok(())
 }
 
 /// The customer-data store the configuration names: PostgreSQL when a URL is given,
@@ -230,11 +280,7 @@ fn channel_configs(sections: &[crate::config::ChannelSection]) -> anyhow::Result
             .collect::<anyhow::Result<_>>()?;
         config.max_requests = section.max_requests.unwrap_or(config.max_requests);
         for (name, value) in &section.secrets {
-            let value = match value.strip_prefix("env:") {
-                Some(var) => std::env::var(var).with_context(|| format!("channel `{}`: secret {name} reads ${var}, which is not set", section.name))?,
-                None => value.clone(),
-            };
-            config.secrets.insert(name.clone(), value);
+            config.secrets.insert(name.clone(), from_env(value, &format!("channel `{}`: secret {name}", section.name))?);
         }
         config.rate_per_second = section.rate_per_second.unwrap_or(config.rate_per_second);
         config.max_attempts = section.max_attempts.unwrap_or(config.max_attempts);

@@ -101,12 +101,12 @@ async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
     assert!(text(&bad.stderr).contains("is not a valid Rekindle config"), "{}", text(&bad.stderr));
     let data = work.path().join("data");
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
-    let (_server, base) = serve(&args, "scaffold-token").await;
+    let (_server, base) = serve(&args, "scaffold-token-0123456789").await;
     let http = reqwest::Client::new();
     let health: Value = http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["active_slots"], 3, "{health}");
     let invoke = |slot: &str, body: Value| {
-        let request = http.post(format!("{base}/admin/slots/{slot}/invoke")).bearer_auth("scaffold-token").json(&body);
+        let request = http.post(format!("{base}/admin/slots/{slot}/invoke")).bearer_auth("scaffold-token-0123456789").json(&body);
         async move {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);
@@ -129,14 +129,14 @@ async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
 async fn demo_generate_fills_a_running_host_and_is_idempotent() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
-    let args = [OsStr::new("--source"), OsStr::new("demo=demo-key"), OsStr::new("--data-dir"), data.as_os_str()];
-    let (_server, base) = serve(&args, "demo-admin").await;
+    let args = [OsStr::new("--server-source"), OsStr::new("demo=demo-key"), OsStr::new("--data-dir"), data.as_os_str()];
+    let (_server, base) = serve(&args, "demo-admin-0123456789").await;
     let http = reqwest::Client::new();
     let generate = || {
         rekindle()
             .args(["demo", "generate", "--profiles", "60", "--seed", "1", "--now", "2026-11-23T00:00:00Z", "--url", &base])
             .args(["--write-key", "demo-key"])
-            .env("REKINDLE_ADMIN_TOKEN", "demo-admin")
+            .env("REKINDLE_ADMIN_TOKEN", "demo-admin-0123456789")
             .output()
             .unwrap()
     };
@@ -146,7 +146,7 @@ async fn demo_generate_fills_a_running_host_and_is_idempotent() {
     let order_counts = || async {
         let mut counts = Vec::new();
         for i in 0..60 {
-            let response = http.get(format!("{base}/v1/profiles/user-{i}")).bearer_auth("demo-admin").send().await.unwrap();
+            let response = http.get(format!("{base}/v1/profiles/user-{i}")).bearer_auth("demo-admin-0123456789").send().await.unwrap();
             assert_eq!(response.status(), 200);
             let profile: Value = response.json().await.unwrap();
             counts.push(profile["computed"]["order_count"].as_i64().unwrap());
@@ -180,8 +180,8 @@ params = { grace_days = 10 }
 "#).unwrap();
     let data = work.path().join("data");
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
-    let (server, base) = serve(&args, "cfg-admin").await;
-    let segments: Value = reqwest::Client::new().get(format!("{base}/v1/segments")).bearer_auth("cfg-admin").send().await.unwrap().json().await.unwrap();
+    let (server, base) = serve(&args, "cfg-admin-0123456789").await;
+    let segments: Value = reqwest::Client::new().get(format!("{base}/v1/segments")).bearer_auth("cfg-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert_eq!(segments["segments"][0]["name"], "Lapsing repeat buyers", "{segments}");
     assert_eq!(segments["segments"][0]["params"]["grace_days"], 10);
     drop(server);
@@ -202,9 +202,9 @@ async fn the_shipped_demo_config_defines_tile_slots_and_offers() {
     let config = workspace_root().join("examples/demo.toml");
     let data = work.path().join("data");
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
-    let (server, base) = serve(&args, "cfg-admin").await;
+    let (server, base) = serve(&args, "cfg-admin-0123456789").await;
     let http = reqwest::Client::new();
-    let catalog: Value = http.get(format!("{base}/v1/offers")).bearer_auth("cfg-admin").send().await.unwrap().json().await.unwrap();
+    let catalog: Value = http.get(format!("{base}/v1/offers")).bearer_auth("cfg-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert_eq!(catalog["slots"].as_array().unwrap().len(), 2, "{catalog}");
     assert_eq!(catalog["offers"].as_array().unwrap().len(), 7, "{catalog}");
     let tiles: Value = http.get(format!("{base}/v1/tiles?slot=home-hero&anonymousId=a1")).send().await.unwrap().json().await.unwrap();
@@ -251,8 +251,8 @@ secrets = { TWILIO_ACCOUNT_SID = "AC1", TWILIO_AUTH_TOKEN = "env:REKINDLE_TEST_T
     let data = work.path().join("data");
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
     let env = [("REKINDLE_TEST_SENDGRID_KEY", "sg"), ("REKINDLE_TEST_TWILIO_TOKEN", "tw")];
-    let (server, base) = support::serve_with_env(&args, "j-admin", &env).await;
-    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("j-admin").send().await.unwrap().json().await.unwrap();
+    let (server, base) = support::serve_with_env(&args, "j-admin-0123456789", &env).await;
+    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("j-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert_eq!(journeys["journeys"][0]["name"], "Win back after 45 days", "{journeys}");
     drop(server);
 
@@ -291,23 +291,23 @@ async fn all_five_seed_templates_deploy_on_the_demo_data() {
     ].concat()).unwrap();
     let data = work.path().join("data");
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(),
-                OsStr::new("--source"), OsStr::new("demo=demo-key")];
-    let (_server, base) = serve(&args, "uc-admin").await;
+                OsStr::new("--server-source"), OsStr::new("demo=demo-key")];
+    let (_server, base) = serve(&args, "uc-admin-0123456789").await;
     let generated = rekindle().args(["demo", "generate", "--profiles", "300", "--url", &base, "--write-key", "demo-key"])
-        .env("REKINDLE_ADMIN_TOKEN", "uc-admin").output().unwrap();
+        .env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789").output().unwrap();
     assert!(generated.status.success(), "{}", text(&generated.stderr));
     let usecases = workspace_root().join("usecases");
     for name in ["abandoned-cart", "lapsing-repeat-buyers", "about-to-sleep", "win-back-45", "rfm-win-back"] {
-        let out = rekindle().args(["usecase", "deploy", name, "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin").output().unwrap();
+        let out = rekindle().args(["usecase", "deploy", name, "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789").output().unwrap();
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("deployed with"), "{name}: {}", text(&out.stdout));
     }
-    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("uc-admin").send().await.unwrap().json().await.unwrap();
+    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("uc-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert_eq!(journeys["journeys"].as_array().unwrap().len(), 5, "{journeys}");
-    let lapsing: Value = reqwest::Client::new().get(format!("{base}/v1/segments/Lapsing%20repeat%20buyers/members")).bearer_auth("uc-admin")
+    let lapsing: Value = reqwest::Client::new().get(format!("{base}/v1/segments/Lapsing%20repeat%20buyers/members")).bearer_auth("uc-admin-0123456789")
         .send().await.unwrap().json().await.unwrap();
     assert!(!lapsing["members"].as_array().unwrap().is_empty(), "the demo shop has lapsing buyers: {lapsing}");
-    let unknown = rekindle().args(["usecase", "deploy", "nope", "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin").output().unwrap();
+    let unknown = rekindle().args(["usecase", "deploy", "nope", "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789").output().unwrap();
     assert!(text(&unknown.stderr).contains("no template `nope`") && text(&unknown.stderr).contains("win-back-45"), "{}", text(&unknown.stderr));
 }
 
@@ -318,9 +318,9 @@ async fn journey_simulate_replays_a_template_over_a_copy_of_the_data() {
     let work = tempfile::tempdir().unwrap();
     let plugins = shipped_plugins(work.path());
     let data = work.path().join("data");
-    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--source"), OsStr::new("demo=demo-key")];
+    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--server-source"), OsStr::new("demo=demo-key")];
     {
-        let (_server, base) = serve(&args, "sim-admin").await;
+        let (_server, base) = serve(&args, "sim-admin-0123456789").await;
         let generated = rekindle().args(["demo", "generate", "--profiles", "200", "--url", &base, "--write-key", "demo-key"]).output().unwrap();
         assert!(generated.status.success(), "{}", text(&generated.stderr));
     }
@@ -332,8 +332,8 @@ async fn journey_simulate_replays_a_template_over_a_copy_of_the_data() {
     assert!(printed.starts_with("Win back after 45 days over 3 days"), "{printed}");
     assert!(printed.contains("entry          entered") && printed.contains("discount       sent on"), "{printed}");
     // The host's own data has no trace of the simulation.
-    let (_server, base) = serve(&args, "sim-admin").await;
-    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("sim-admin").send().await.unwrap().json().await.unwrap();
+    let (_server, base) = serve(&args, "sim-admin-0123456789").await;
+    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("sim-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert!(journeys["journeys"].as_array().unwrap().is_empty(), "{journeys}");
 }
 
@@ -344,15 +344,15 @@ async fn segment_preview_compares_a_candidate_with_the_live_segment() {
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(components::RULE_LAPSING_REPEAT_BUYER, plugins.join("rule_lapsing_repeat_buyer.wasm")).unwrap();
     let data = work.path().join("data");
-    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--source"), OsStr::new("demo=demo-key"), OsStr::new("--data-dir"), data.as_os_str()];
-    let (_server, base) = serve(&args, "pv-admin").await;
+    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--server-source"), OsStr::new("demo=demo-key"), OsStr::new("--data-dir"), data.as_os_str()];
+    let (_server, base) = serve(&args, "pv-admin-0123456789").await;
     let now = chrono_now_day();
     let generate = run(rekindle()
         .args(["demo", "generate", "--profiles", "300", "--seed", "3", "--now", &now, "--url", &base, "--write-key", "demo-key"]));
     assert!(generate.status.success(), "{}", text(&generate.stderr));
     let defined: Value = reqwest::Client::new()
         .post(format!("{base}/v1/segments"))
-        .bearer_auth("pv-admin")
+        .bearer_auth("pv-admin-0123456789")
         .json(&json!({"name": "lapsing", "slot": "rule-lapsing-repeat-buyer"}))
         .send().await.unwrap().json().await.unwrap();
     let live = defined["members"].as_u64().unwrap();
@@ -360,7 +360,7 @@ async fn segment_preview_compares_a_candidate_with_the_live_segment() {
 
     let preview = run(rekindle()
         .args(["segment", "preview", "--slot", "rule-lapsing-repeat-buyer", "--param", "grace_days=0", "--compare", "lapsing"])
-        .args(["--at", &now, "--url", &base, "--admin-token", "pv-admin"]));
+        .args(["--at", &now, "--url", &base, "--admin-token", "pv-admin-0123456789"]));
     assert!(preview.status.success(), "{}", text(&preview.stderr));
     let out = text(&preview.stdout);
     // A grace of 0 is looser than 8: everyone in the live segment stays, and more enter.
@@ -369,7 +369,7 @@ async fn segment_preview_compares_a_candidate_with_the_live_segment() {
     assert!(out.contains(" 0 would leave"), "{out}");
     assert!(!out.contains(" 0 would enter"), "{out}");
 
-    let bad = run(rekindle().args(["segment", "preview", "--slot", "nope", "--url", &base, "--admin-token", "pv-admin"]));
+    let bad = run(rekindle().args(["segment", "preview", "--slot", "nope", "--url", &base, "--admin-token", "pv-admin-0123456789"]));
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("400"), "{}", text(&bad.stderr));
 }
@@ -377,4 +377,25 @@ async fn segment_preview_compares_a_candidate_with_the_live_segment() {
 /// Today at 00:00 UTC, as `demo generate` defaults to.
 fn chrono_now_day() -> String {
     chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// An admin token short enough to guess is refused before anything is served.
+#[test]
+fn a_short_or_empty_admin_token_is_refused_at_start_up() {
+    let work = tempfile::tempdir().unwrap();
+    let serve = || {
+        let mut command = rekindle();
+        command.arg("serve").args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(work.path()).env_remove("REKINDLE_ADMIN_TOKEN");
+        command
+    };
+    for (what, bad) in [
+        ("empty", run(serve().args(["--admin-token", ""]))),
+        ("9 characters", run(serve().env("REKINDLE_ADMIN_TOKEN", "change-me"))),
+        ("15 characters", run(serve().args(["--admin-token", "0123456789abcde"]))),
+    ] {
+        assert!(!bad.status.success(), "{what}: the host started");
+        let err = text(&bad.stderr);
+        assert!(err.contains(&format!("the admin token (--admin-token, REKINDLE_ADMIN_TOKEN or admin_token) is {what}")), "{err}");
+        assert!(err.contains("at least 16 characters"), "{err}");
+    }
 }

@@ -68,13 +68,13 @@ slot = "{slot}"
     let data = work.path().join("data");
     let args = [
         OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(),
-        OsStr::new("--source"), OsStr::new("web=web-key"),
+        OsStr::new("--server-source"), OsStr::new("web=web-key"),
     ];
 
     // The shop: customers with an order and email consent. The weekly segment is empty
     // until the next start backfills it, so nobody is messaged yet.
     {
-        let (_host, base) = serve(&args, "admin").await;
+        let (_host, base) = serve(&args, "durability-admin-token").await;
         let batch: Vec<Value> = (0..CUSTOMERS)
             .flat_map(|c| {
                 [
@@ -93,9 +93,9 @@ slot = "{slot}"
     // Kill the host mid-campaign, again and again, until every run is done.
     let (mut kills, started) = (0, Instant::now());
     loop {
-        let (host, base) = serve(&args, "admin").await;
+        let (host, base) = serve(&args, "durability-admin-token").await;
         tokio::time::sleep(Duration::from_millis(150 + 97 * (kills % 7) as u64)).await;
-        let runs: Value = reqwest::Client::new().get(format!("{base}/v1/journeys/Three%20messages/runs")).bearer_auth("admin")
+        let runs: Value = reqwest::Client::new().get(format!("{base}/v1/journeys/Three%20messages/runs")).bearer_auth("durability-admin-token")
             .send().await.map(|r| async { r.json::<Value>().await.unwrap_or(Value::Null) }).unwrap().await;
         let finished = runs["runs"].as_array().is_some_and(|r| r.len() == CUSTOMERS && r.iter().all(|run| run["status"] == "done"));
         drop(host); // SIGKILL

@@ -57,8 +57,48 @@ pub struct AppState {
 /// The customer-data store and the sources that may write to it.
 pub struct Ingestion {
     pub store: Store,
-    /// Write key to source name.
-    pub sources: HashMap<String, String>,
+    /// Write key to source.
+    pub sources: HashMap<String, Source>,
+}
+
+/// Where a source's write key lives, which decides what it may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// On a web page, where any visitor can read it: it adds events and ordinary traits,
+    /// but cannot change an identified person's contact points or consents, merge
+    /// identified profiles or write reserved traits.
+    Browser,
+    /// On the shop's own servers, kept secret: it may change anything.
+    Server,
+}
+
+/// An event source (a website, an app, a backend) and what its write key may do.
+#[derive(Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    /// The secret the site's backend signs user ids with (`userHash`, an HMAC-SHA256 of
+    /// the user id), so that the tile endpoint can tell a visitor's own id from a guess.
+    pub identity_secret: Option<Arc<[u8]>>,
+}
+
+impl Source {
+    /// A server source: its write key may change anything.
+    pub fn server(name: impl Into<String>) -> Source {
+        Source { name: name.into(), kind: SourceKind::Server, identity_secret: None }
+    }
+
+    /// A browser source, verifying user-id hashes with `identity_secret` when given.
+    pub fn browser(name: impl Into<String>, identity_secret: Option<&[u8]>) -> Source {
+        Source { name: name.into(), kind: SourceKind::Browser, identity_secret: identity_secret.map(Arc::from) }
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("name", &self.name).field("kind", &self.kind).field("identity_secret", &self.identity_secret.is_some()).finish()
+    }
 }
 
 /// The time segment evaluation runs at: the system clock, or a manual one that tests and

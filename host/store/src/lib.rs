@@ -12,7 +12,8 @@ use std::path::Path;
 
 pub use logic::TileDocument;
 pub use model::{
-    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, MessageKind,
+    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, Ignored, IngestReport, MembershipChange, MembershipRecord, Message,
+    MessageKind, RESERVED_TRAITS,
     EventNeed, InputNeeds, Product, ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite, JourneyLogEntry, JourneyRun,
 };
 

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
-    Change, Computed, Consent, Contact, EventMapping, IngestReport, MembershipChange, MembershipRecord, Message, Product,
+    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, Ignored, IngestReport, MembershipChange, RESERVED_TRAITS, MembershipRecord, Message, Product,
     ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, InputNeeds, JourneyLogEntry, JourneyRun, Touch, VerdictWrite,
 };
 
@@ -38,28 +38,44 @@ fn create_profile(db: &mut impl Db, at: i64) -> Result<String, StoreError> {
 
 /// Folds an anonymous-only profile into another: its identities, events, traits, contacts
 /// and consents move over (later writes win), and the computed traits are recomputed.
-fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping) -> Result<(), StoreError> {
+/// Unless `with_contacts`, contact points, consents and the traits that hold them stay
+/// behind and go with the source: a browser source's merge must not bring an address it
+/// set while anonymous into an identified profile.
+fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, with_contacts: bool) -> Result<(), StoreError> {
     let both = [P::Text(source), P::Text(target)];
     let source_only = [P::Text(source)];
-    for sql in [
-        "UPDATE identities SET profile_id = ?2 WHERE profile_id = ?1",
-        "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
+    let traits = if with_contacts {
         "INSERT INTO traits (profile_id, name, value, updated_at)
              SELECT ?2, name, value, updated_at FROM traits WHERE profile_id = ?1
              ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
-             WHERE excluded.updated_at > traits.updated_at",
-        "INSERT INTO contacts (profile_id, kind, address, active, updated_at)
-             SELECT ?2, kind, address, active, updated_at FROM contacts WHERE profile_id = ?1
-             ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at
-             WHERE excluded.updated_at > contacts.updated_at",
-        "INSERT INTO consents (profile_id, purpose, granted, updated_at)
-             SELECT ?2, purpose, granted, updated_at FROM consents WHERE profile_id = ?1
-             ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
-             WHERE excluded.updated_at > consents.updated_at",
+             WHERE excluded.updated_at > traits.updated_at"
+    } else {
+        "INSERT INTO traits (profile_id, name, value, updated_at)
+             SELECT ?2, name, value, updated_at FROM traits WHERE profile_id = ?1 AND name NOT IN ('email', 'phone', 'consent')
+             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+             WHERE excluded.updated_at > traits.updated_at"
+    };
+    let mut statements = vec![
+        "UPDATE identities SET profile_id = ?2 WHERE profile_id = ?1",
+        "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
+        traits,
         "UPDATE profiles SET timezone = (SELECT timezone FROM profiles WHERE id = ?1),
                              timezone_at = (SELECT timezone_at FROM profiles WHERE id = ?1)
              WHERE id = ?2 AND COALESCE(timezone_at, -1) < COALESCE((SELECT timezone_at FROM profiles WHERE id = ?1), -1)",
-    ] {
+    ];
+    if with_contacts {
+        statements.extend([
+            "INSERT INTO contacts (profile_id, kind, address, active, updated_at)
+                 SELECT ?2, kind, address, active, updated_at FROM contacts WHERE profile_id = ?1
+                 ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at
+                 WHERE excluded.updated_at > contacts.updated_at",
+            "INSERT INTO consents (profile_id, purpose, granted, updated_at)
+                 SELECT ?2, purpose, granted, updated_at FROM consents WHERE profile_id = ?1
+                 ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
+                 WHERE excluded.updated_at > consents.updated_at",
+        ]);
+    }
+    for sql in statements {
         db.execute(sql, &both)?;
     }
     for table in ["traits", "contacts", "consents", "computed"] {
@@ -120,7 +136,9 @@ fn save_computed(db: &mut impl Db, profile: &str, c: &Computed) -> Result<(), St
 }
 
 /// Resolves which profile a message belongs to, creating and merging as identities demand.
-fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping) -> Result<String, StoreError> {
+/// A merge a browser source may not ask for is left undone and reported in `ignored`.
+fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping, ignored: &mut Vec<(&'static str, &'static str)>) -> Result<String, StoreError> {
+    let with_contacts = !msg.from_browser;
     let by_user = match &msg.user_id {
         Some(u) => lookup(db, "user", u)?,
         None => None,
@@ -134,7 +152,7 @@ fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping) -> Result<St
             // History from before login joins the user, unless the anonymous profile is
             // already someone else's (a shared device): then the two stay apart.
             if !has_user_identity(db, &anonymous)? {
-                merge(db, &anonymous, &user, mapping)?;
+                merge(db, &anonymous, &user, mapping, with_contacts)?;
             }
             user
         }
@@ -154,7 +172,12 @@ fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping) -> Result<St
             None => lookup(db, "anonymous", previous)?,
         };
         match earlier {
-            Some(earlier) if earlier != profile => merge(db, &earlier, &profile, mapping)?,
+            // Anyone can read a browser key off the page: it may fold anonymous history
+            // into a user, but never someone with a user id into another profile.
+            Some(earlier) if earlier != profile && msg.from_browser && has_user_identity(db, &earlier)? => {
+                ignored.push(("previousId", "a browser source cannot merge a profile that has a user id into another"));
+            }
+            Some(earlier) if earlier != profile => merge(db, &earlier, &profile, mapping, with_contacts)?,
             Some(_) => {}
             None => {
                 link(db, "user", previous, &profile)?;
@@ -212,7 +235,7 @@ fn identity_keys(messages: &[Message]) -> Vec<String> {
 pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Message]) -> Result<IngestReport, StoreError> {
     db.lock_identities(&identity_keys(messages))?;
     let mut report = IngestReport::default();
-    for msg in messages {
+    for (index, msg) in messages.iter().enumerate() {
         let fresh = db.execute(
             "INSERT INTO messages (source, message_id, received_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (source, message_id) DO NOTHING",
@@ -223,7 +246,11 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
             continue;
         }
         report.accepted += 1;
-        let profile = resolve(db, msg, mapping)?;
+        let mut refused = Vec::new();
+        let profile = resolve(db, msg, mapping, &mut refused)?;
+        // A browser source may add to anyone, but not change how an identified person is
+        // reached or what they consented to.
+        let guarded = msg.from_browser && has_user_identity(db, &profile)?;
         db.execute(
             "UPDATE profiles SET updated_at = ?2 WHERE id = ?1 AND updated_at < ?2",
             &[P::Text(&profile), P::Int(msg.received_at)],
@@ -235,6 +262,14 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
             )?;
         }
         for (name, value) in &msg.traits {
+            if msg.from_browser && RESERVED_TRAITS.contains(&name.as_str()) && !(name == "consent" && !guarded) {
+                report.ignored.push(Ignored { index, field: format!("traits.{name}"), reason: "a browser source cannot write a reserved trait" });
+                continue;
+            }
+            if guarded && CONTACT_TRAITS.contains(&name.as_str()) {
+                report.ignored.push(Ignored { index, field: format!("traits.{name}"), reason: "a browser source cannot change an identified profile's contact points" });
+                continue;
+            }
             upsert_trait(db, &profile, name, value, msg.timestamp)?;
             let address = value.as_str().map(str::trim).filter(|a| !a.is_empty());
             match (name.as_str(), address) {
@@ -243,12 +278,23 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
                 _ => {}
             }
         }
-        if let Some((token, active)) = &msg.push_token {
-            upsert_contact(db, &profile, "push_token", token, *active, msg.timestamp)?;
+        match &msg.push_token {
+            Some(_) if guarded => report.ignored.push(Ignored {
+                index,
+                field: "context.device.token".into(),
+                reason: "a browser source cannot change an identified profile's push tokens",
+            }),
+            Some((token, active)) => upsert_contact(db, &profile, "push_token", token, *active, msg.timestamp)?,
+            None => {}
         }
-        for (purpose, granted) in &msg.consents {
-            upsert_consent(db, &profile, *purpose, *granted, msg.timestamp)?;
+        if guarded && !msg.consents.is_empty() {
+            report.ignored.push(Ignored { index, field: "consents".into(), reason: "a browser source cannot change an identified profile's consents" });
+        } else {
+            for (purpose, granted) in &msg.consents {
+                upsert_consent(db, &profile, *purpose, *granted, msg.timestamp)?;
+            }
         }
+        report.ignored.extend(refused.into_iter().map(|(field, reason)| Ignored { index, field: field.into(), reason }));
         if let Some(event) = &msg.event {
             let properties = Value::Object(msg.properties.clone()).to_string();
             db.execute(

@@ -68,6 +68,32 @@ pub struct Message {
     pub consents: Vec<(Purpose, bool)>,
     /// A device push token, and whether it is active (false when revoked).
     pub push_token: Option<(String, bool)>,
+    /// Sent with a browser source's write key, which anyone can read off the shop's page:
+    /// it may not change an identified profile's email, phone, push tokens or consents,
+    /// merge a profile that has a user id into another, or write reserved traits.
+    pub from_browser: bool,
+}
+
+/// Traits the host gives a meaning of its own, which a browser source may not write:
+/// the computed traits, the test-profile flag and the consent object.
+pub const RESERVED_TRAITS: &[&str] = &[
+    "order_count", "lifetime_value", "first_order_at", "last_order_at", "avg_days_between_orders", "days_since_last_order",
+    "favourite_category", "test", "consent",
+];
+
+/// Traits that are contact points: an identified profile's are the server's to change.
+pub const CONTACT_TRAITS: &[&str] = &["email", "phone"];
+
+/// Part of an accepted message the store did not apply, because the source may not make
+/// that change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    /// The message's position in the batch.
+    #[serde(skip)]
+    pub index: usize,
+    /// The field, relative to the message: `traits.email`, `previousId`, ...
+    pub field: String,
+    pub reason: &'static str,
 }
 
 /// What an ingest call did.
@@ -79,6 +105,8 @@ pub struct IngestReport {
     /// The profile each accepted message landed on, and what it changed there.
     #[serde(skip)]
     pub touched: Vec<Touch>,
+    /// What browser sources sent that the store did not apply.
+    pub ignored: Vec<Ignored>,
 }
 
 /// What one accepted message changed on a profile: real-time evaluation re-runs only the

@@ -14,7 +14,7 @@ use rekindle_store::{Message, MessageKind};
 use serde_json::{Value, json};
 
 use super::segment::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, parse_message};
-use crate::{ApiError, AppState, Ingestion};
+use crate::{ApiError, AppState, Ingestion, Source};
 
 pub(crate) fn router() -> Router<AppState> {
     let single = |kind: MessageKind| post(move |state, headers, body| ingest_one(state, headers, body, kind));
@@ -32,7 +32,7 @@ pub(crate) fn router() -> Router<AppState> {
 
 
 /// The source whose write key the request carries (Basic auth user name, or `writeKey`).
-fn source<'a>(ingestion: &'a Ingestion, headers: &HeaderMap, body: &Value) -> Result<&'a str, ApiError> {
+fn source<'a>(ingestion: &'a Ingestion, headers: &HeaderMap, body: &Value) -> Result<&'a Source, ApiError> {
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -44,7 +44,7 @@ fn source<'a>(ingestion: &'a Ingestion, headers: &HeaderMap, body: &Value) -> Re
     let Some(key) = key else {
         return Err(ApiError::Unauthorized("send the source's write key as the Basic-auth user name"));
     };
-    ingestion.sources.get(&key).map(String::as_str).ok_or(ApiError::Unauthorized("unknown write key"))
+    ingestion.sources.get(&key).ok_or(ApiError::Unauthorized("unknown write key"))
 }
 
 /// The body as JSON, gunzipped when sent with `Content-Encoding: gzip`, within `limit` bytes.
@@ -75,7 +75,8 @@ fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Value, ApiEr
     })
 }
 
-async fn store(state: &AppState, messages: Vec<Message>) -> Result<Json<Value>, ApiError> {
+/// Stores the messages; `at(i)` names message `i` (`batch[2]`) for what was ignored.
+async fn store(state: &AppState, messages: Vec<Message>, at: impl Fn(usize) -> String) -> Result<Json<Value>, ApiError> {
     let ingestion = state.customer_data()?;
     let mut report = ingestion.store.ingest(messages).await?;
     if let Some(realtime) = &state.realtime
@@ -85,7 +86,14 @@ async fn store(state: &AppState, messages: Vec<Message>) -> Result<Json<Value>, 
         let _ = realtime.sender.send(std::mem::take(&mut report.touched));
     }
     tracing::debug!(accepted = report.accepted, duplicates = report.duplicates, "ingested");
-    Ok(Json(json!({ "success": true })))
+    if report.ignored.is_empty() {
+        return Ok(Json(json!({ "success": true })));
+    }
+    // Accepted, minus the changes this key may not make: say which, so nothing is lost
+    // silently, without failing the events that came with them.
+    let ignored: Vec<Value> =
+        report.ignored.iter().map(|i| json!({"field": format!("{}.{}", at(i.index), i.field), "reason": i.reason})).collect();
+    Ok(Json(json!({ "success": true, "ignored": ignored })))
 }
 
 async fn ingest_one(State(state): State<AppState>, headers: HeaderMap, body: Bytes, kind: MessageKind) -> Result<Json<Value>, ApiError> {
@@ -93,13 +101,13 @@ async fn ingest_one(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let value = decode(&headers, &body, MAX_MESSAGE_BYTES)?;
     let source = source(ingestion, &headers, &value)?;
     let message = parse_message(&value, Some(kind), "message", source, rekindle_store::now_ms(), None)?;
-    store(&state, vec![message]).await
+    store(&state, vec![message], |_| "message".to_string()).await
 }
 
 async fn ingest_batch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     let ingestion = state.customer_data()?;
     let value = decode(&headers, &body, MAX_BATCH_BYTES)?;
-    let source = source(ingestion, &headers, &value)?.to_string();
+    let source = source(ingestion, &headers, &value)?;
     let Some(Value::Array(items)) = value.get("batch") else {
         return Err(ApiError::field("batch", "`batch` must be an array of messages"));
     };
@@ -119,7 +127,7 @@ async fn ingest_batch(State(state): State<AppState>, headers: HeaderMap, body: B
         if size > MAX_MESSAGE_BYTES {
             return Err(ApiError::TooLarge(format!("{at} is {size} bytes; a message may be at most {MAX_MESSAGE_BYTES} bytes")));
         }
-        messages.push(parse_message(item, None, &at, &source, received_at, sent_at)?);
+        messages.push(parse_message(item, None, &at, source, received_at, sent_at)?);
     }
-    store(&state, messages).await
+    store(&state, messages, |i| format!("batch[{i}]")).await
 }

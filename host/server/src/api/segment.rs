@@ -6,7 +6,7 @@
 use rekindle_store::{Message, MessageKind, Purpose};
 use serde_json::{Map, Value};
 
-use crate::ApiError;
+use crate::{ApiError, Source, SourceKind};
 
 /// Segment's limit for one message.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -80,7 +80,7 @@ pub(crate) fn parse_message(
     value: &Value,
     kind: Option<MessageKind>,
     at: &str,
-    source: &str,
+    source: &Source,
     received_at: i64,
     batch_sent_at: Option<i64>,
 ) -> Result<Message, ApiError> {
@@ -159,7 +159,8 @@ pub(crate) fn parse_message(
         .filter(|t| !t.is_empty())
         .map(|t| (t.to_string(), true));
     Ok(Message {
-        source: source.to_string(),
+        source: source.name.clone(),
+        from_browser: source.kind == SourceKind::Browser,
         message_id,
         kind,
         user_id,
@@ -188,17 +189,17 @@ mod tests {
         let msg = json!({"userId": "u1", "event": "Order Completed",
             "timestamp": "2026-11-23T10:09:55Z", "sentAt": "2026-11-23T10:10:00Z"});
         let received = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:01Z").unwrap().timestamp_millis();
-        let parsed = parse_message(&msg, Some(MessageKind::Track), "message", "web", received, None).unwrap();
+        let parsed = parse_message(&msg, Some(MessageKind::Track), "message", &Source::server("web"), received, None).unwrap();
         assert_eq!(parsed.timestamp, received - 5_000);
     }
 
     #[test]
     fn errors_name_the_message_and_field() {
-        let err = parse_message(&json!({"event": "x"}), Some(MessageKind::Track), "batch[3]", "web", 0, None).unwrap_err();
+        let err = parse_message(&json!({"event": "x"}), Some(MessageKind::Track), "batch[3]", &Source::server("web"), 0, None).unwrap_err();
         assert_eq!(err.to_string(), "batch[3]: needs a `userId` or an `anonymousId`");
-        let err = parse_message(&json!({"userId": "u"}), Some(MessageKind::Track), "message", "web", 0, None).unwrap_err();
+        let err = parse_message(&json!({"userId": "u"}), Some(MessageKind::Track), "message", &Source::server("web"), 0, None).unwrap_err();
         assert!(err.to_string().contains("`event`"), "{err}");
-        let err = parse_message(&json!({"userId": "u", "type": "poke"}), None, "batch[0]", "web", 0, None).unwrap_err();
+        let err = parse_message(&json!({"userId": "u", "type": "poke"}), None, "batch[0]", &Source::server("web"), 0, None).unwrap_err();
         assert!(err.to_string().contains("unknown type"), "{err}");
     }
 
@@ -207,7 +208,7 @@ mod tests {
         let msg = json!({"userId": "u", "traits": {"email": "A@x.com", "consent": {"sms": false}},
             "context": {"timezone": "Europe/Paris", "device": {"token": "tok-1"},
                         "consent": {"categoryPreferences": {"email": true, "Advertising": true}}}});
-        let parsed = parse_message(&msg, Some(MessageKind::Identify), "message", "web", 0, None).unwrap();
+        let parsed = parse_message(&msg, Some(MessageKind::Identify), "message", &Source::server("web"), 0, None).unwrap();
         assert_eq!(parsed.timezone.as_deref(), Some("Europe/Paris"));
         assert_eq!(parsed.push_token, Some(("tok-1".into(), true)));
         assert!(parsed.consents.contains(&(Purpose::Email, true)));
