@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 const ADMIN: &str = "admin";
 /// The write key the example page carries.
 const WRITE_KEY: &str = "demo-write-key";
+/// The identity secret of examples/demo.toml, which signed the page's user id.
+const DEMO_IDENTITY_SECRET: &[u8] = b"demo-identity-secret-change-me-0123";
 
 /// The Chromium binary, or `None` outside CI when it is not installed; in CI a missing
 /// browser fails the test.
@@ -132,7 +134,10 @@ async fn the_example_page_renders_a_personal_tile_and_reports_the_click() {
     registry.install("tiles-basic", &rekindle_tests::component(rekindle_tests::components::TILES_BASIC)).unwrap();
     registry.install("rule-high-ltv", &rekindle_tests::component(rekindle_tests::components::RULE_HIGH_LTV)).unwrap();
     let store = rekindle_tests::open_store(Backend::Sqlite, data.path()).await.unwrap();
-    let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
+    // The page was signed with the demo's identity secret: the two must not drift apart.
+    let demo = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.toml")).unwrap();
+    assert!(demo.contains(&format!("identity_secret = \"{}\"", std::str::from_utf8(DEMO_IDENTITY_SECRET).unwrap())), "examples/demo.toml changed its identity secret");
+    let sources = [(WRITE_KEY.to_string(), rekindle_server::Source::browser("web", Some(DEMO_IDENTITY_SECRET)))].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
         .with_ingestion(Ingestion { store, sources })
         .with_tile_origins(vec![page_origin.clone()]);

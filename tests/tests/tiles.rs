@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use base64::Engine as _;
 use rekindle_server::{AppState, Ingestion, app};
 use rekindle_tests::Backend;
 use serde_json::{Value, json};
@@ -16,6 +17,16 @@ const ADMIN: &str = "admin-token";
 const WRITE_KEY: &str = "web-key";
 const SHOP: &str = "https://shop.example";
 const TOKEN_SECRET: &[u8] = b"tiles-test-secret-0123456789abcdef";
+/// What the site's backend signs its users' ids with.
+const IDENTITY_SECRET: &[u8] = b"tiles-identity-secret-0123456789ab";
+
+/// The query proving the visitor is `user`, as a site's backend renders it into the page.
+fn signed(user: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(IDENTITY_SECRET).unwrap();
+    mac.update(user.as_bytes());
+    format!("writeKey={WRITE_KEY}&userId={user}&userHash={}", hex::encode(mac.finalize().into_bytes()))
+}
 
 struct Host {
     http: reqwest::Client,
@@ -29,7 +40,7 @@ async fn start(backend: Backend, data: &Path) -> Option<Host> {
         ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
     ]);
     let store = rekindle_tests::open_store(backend, data).await?;
-    let sources = [(WRITE_KEY.to_string(), "web".to_string())].into_iter().collect();
+    let sources = [(WRITE_KEY.to_string(), rekindle_server::Source::browser("web", Some(IDENTITY_SECRET)))].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
         .with_ingestion(Ingestion { store, sources })
         .with_tile_origins(vec![SHOP.into()])
@@ -156,7 +167,7 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     // Ann: the win-back offer first, her name and the voucher filled in; the rest by
     // favourite category, then priority. Not yet valid, expired, other plan and held out
     // never show.
-    let (status, ann) = host.tiles("slot=home&userId=ann").await;
+    let (status, ann) = host.tiles(&format!("slot=home&{}", signed("ann"))).await;
     assert_eq!(status, 200, "{ann}");
     let ids: Vec<&str> = ann["tiles"].as_array().unwrap().iter().map(|t| t["offer_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["winback", "shoes", "generic"], "{ann}");
@@ -166,18 +177,34 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     assert_eq!(ann["tiles"][0]["plugin"]["digest"].as_str().unwrap().len(), 64, "the SHA-256 of the deciding component: {ann}");
     assert_eq!(ann["tiles"][0]["decision_id"].as_str().unwrap().len(), 24);
 
-    // An unknown visitor, or none at all, gets the anonymous decision.
-    for query in ["slot=home&anonymousId=never-seen", "slot=home"] {
+    // An unknown visitor, or none at all, gets the anonymous decision; so does anyone who
+    // only claims to be Ann, with no proof or a wrong one.
+    let forged = signed("ann").replace("userHash=", "userHash=0").chars().take(signed("ann").len()).collect::<String>();
+    let claims = [
+        "slot=home&anonymousId=never-seen".to_string(),
+        "slot=home".to_string(),
+        "slot=home&userId=ann".to_string(),
+        format!("slot=home&{forged}"),
+        format!("slot=home&{}", signed("ann").replace("userId=ann", "userId=bob")),
+        // One spelling only: the same signature in upper case is not accepted.
+        {
+            let proof = signed("ann");
+            let (claim, hash) = proof.split_once("userHash=").unwrap();
+            format!("slot=home&{claim}userHash={}", hash.to_uppercase())
+        },
+    ];
+    for query in &claims {
         let (status, anonymous) = host.tiles(query).await;
         assert_eq!(status, 200);
         let ids: Vec<&str> = anonymous["tiles"].as_array().unwrap().iter().map(|t| t["offer_id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["generic", "shoes"], "{anonymous}");
         assert_eq!(anonymous["tiles"][0]["title"], "generic for friend");
-        assert_eq!(anonymous["known_visitor"], false);
+        assert_eq!(anonymous["known_visitor"], false, "{query}: {anonymous}");
+        assert!(!anonymous.to_string().contains("BACK10"), "{query}: Ann's voucher leaked");
     }
 
     // HTTP: private caching, an ETag that a repeat request can revalidate, CORS for the shop.
-    let url = format!("{}/v1/tiles?slot=home&userId=ann", host.base);
+    let url = format!("{}/v1/tiles?slot=home&{}", host.base, signed("ann"));
     let response = host.http.get(&url).header("Origin", SHOP).send().await.unwrap();
     assert_eq!(response.headers()["cache-control"], "private");
     assert_eq!(response.headers()["access-control-allow-origin"], SHOP);
@@ -194,12 +221,25 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     let claims = rekindle_server::token::verify(&token, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
     assert_eq!(claims.segments.iter().map(|m| m.segment.as_str()).collect::<Vec<_>>(), ["lapsing"]);
     assert!(claims.traits.iter().any(|f| f.name == "first_name"), "{claims:?}");
-    let anonymous = host.http.get(format!("{}/v1/tiles?slot=home", host.base)).send().await.unwrap();
-    assert!(anonymous.headers().get("x-rekindle-token").is_none());
+    for unproved in ["slot=home", "slot=home&userId=ann"] {
+        let anonymous = host.http.get(format!("{}/v1/tiles?{unproved}", host.base)).send().await.unwrap();
+        assert!(anonymous.headers().get("x-rekindle-token").is_none(), "{unproved}");
+    }
+    // The sealed token shows nothing readable, and proves Ann on a later page by itself.
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains("lapsing") && !String::from_utf8_lossy(&raw).contains("Ann"));
+    let by_token = host.http.get(format!("{}/v1/tiles?slot=home", host.base)).header("x-rekindle-token", &token).send().await.unwrap();
+    let by_token: Value = by_token.json().await.unwrap();
+    assert_eq!((by_token["known_visitor"].as_bool(), by_token["tiles"][0]["offer_id"].as_str()), (Some(true), Some("winback")), "{by_token}");
+    // Left in the browser by Ann, it is not Bob's proof when the page says Bob.
+    let (_, bob) = host.send(host.http.get(format!("{}/v1/tiles?slot=home&userId=bob", host.base)).header("x-rekindle-token", &token)).await;
+    assert_eq!(bob["known_visitor"], false, "{bob}");
+    let (_, tampered) = host.send(host.http.get(format!("{}/v1/tiles?slot=home", host.base)).header("x-rekindle-token", format!("{token}A"))).await;
+    assert_eq!(tampered["known_visitor"], false, "{tampered}");
 
     // Several slots at once; an unknown one costs the page nothing else.
     let (status, many) = host
-        .send(host.http.post(format!("{}/v1/tiles", host.base)).body(json!({"slots": ["home", "nope"], "userId": "ann"}).to_string()))
+        .send(host.http.post(format!("{}/v1/tiles", host.base)).body(json!({"slots": ["home", "nope"], "userId": "ann", "token": token}).to_string()))
         .await;
     assert_eq!(status, 200, "{many}");
     assert_eq!(many["decisions"][0]["tiles"][0]["offer_id"], "winback");

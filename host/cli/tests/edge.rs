@@ -18,7 +18,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use support::{free_port, rekindle, serve_with_env, shipped_plugins, text};
 
-const ADMIN: &str = "edge-admin";
+const ADMIN: &str = "edge-admin-token-0123";
 const SECRET: &str = "conformance-secret-0123456789abcdef";
 const DAY: i64 = 86_400_000;
 const CASES: usize = 200;
@@ -54,7 +54,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     let work = tempfile::tempdir().unwrap();
     let plugins = shipped_plugins(work.path());
     let data = work.path().join("data");
-    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--source"), OsStr::new("web=web-key")];
+    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--server-source"), OsStr::new("web=web-key")];
     let (_server, base) = serve_with_env(&args, ADMIN, &[("REKINDLE_TOKEN_SECRET", SECRET)]).await;
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
@@ -195,8 +195,9 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         fallbacks += usize::from(at_server["decision"]["fallback"] == true);
         // A verdict that differs from the membership the token carried: time alone moved it.
         if let Some(token) = &token {
-            let payload: Value = serde_json::from_slice(&base64url(token.split('.').next().unwrap())).unwrap();
-            let carried = |segment: &str| payload["seg"].as_array().unwrap().iter().any(|m| m[0] == segment);
+            // Sealed: only the secret opens it (0 as "now", since only the claims matter here).
+            let claims = rekindle_server::token::verify(token, SECRET.as_bytes(), 0).unwrap();
+            let carried = |segment: &str| claims.segments.iter().any(|m| m.segment == segment);
             moved += at_server["verdicts"].as_array().unwrap().iter().filter(|v| v["member"].as_bool() != Some(carried(v["segment"].as_str().unwrap()))).count();
         }
     }
@@ -214,29 +215,27 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         assert_eq!(conform(token, "ghost", now).await, at_server);
     }
 
-    // A forged or expired token gets the anonymous decision, and the edge then agrees with
-    // the server's answer for nobody.
+    // A forged, altered, expired or otherwise spelled token gets the anonymous decision, and
+    // the edge then agrees with the server's answer for nobody.
+    use base64::Engine as _;
     let now = t0 + 10 * DAY;
     let token = admin("/admin/tiles/token", json!({"userId": "c1", "at": now - DAY})).await["token"].as_str().unwrap().to_string();
-    let (payload, signature) = token.split_once('.').unwrap();
-    let mut forged_payload = base64url(payload);
-    forged_payload.extend_from_slice(b" ");
-    let forged = format!("{}.{signature}", base64url_encode(&forged_payload));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
+    let mut altered = raw.clone();
+    altered[20] ^= 1;
     let expired = admin("/admin/tiles/token", json!({"userId": "c1", "at": now - 30 * DAY})).await["token"].as_str().unwrap().to_string();
     let anonymous = admin("/admin/edge/reference", json!({"slot": "hero", "now": now})).await;
-    for token in [forged, expired, format!("{payload}.{}", &signature[1..]), "garbage".to_string()] {
-        let at_edge = conform(Some(token), "hero", now).await;
-        assert_eq!(at_edge, anonymous);
+    let spelled = [
+        base64::engine::general_purpose::URL_SAFE.encode(&raw),
+        base64::engine::general_purpose::STANDARD.encode(&raw),
+        format!(" {token}"),
+        format!("{token}\n"),
+    ];
+    let others = [base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&altered), expired, token[1..].to_string(), "garbage".to_string()];
+    for other in spelled.into_iter().filter(|t| *t != token).chain(others) {
+        let at_edge = conform(Some(other.clone()), "hero", now).await;
+        assert_eq!(at_edge, anonymous, "{other:?}");
         assert_eq!(at_edge["decision"]["known_visitor"], false);
+        assert!(rekindle_server::token::verify(&other, SECRET.as_bytes(), now).is_err(), "the host must refuse {other:?} too");
     }
-}
-
-fn base64url(text: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap()
-}
-
-fn base64url_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

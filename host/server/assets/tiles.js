@@ -1,14 +1,21 @@
 /* Rekindle promo tiles: fills every <div data-rekindle-slot="..."> on the page and reports
  * impressions and clicks as "Promo Viewed" and "Promo Clicked" events. No dependencies.
  *
- *   <script src="https://HOST/v1/tiles.js" data-write-key="KEY" data-user-id="OPTIONAL" async></script>
+ *   <script src="https://HOST/v1/tiles.js" data-write-key="KEY"
+ *           data-user-id="OPTIONAL" data-user-hash="HMAC-SHA256 OF THE USER ID" async></script>
+ *
+ * Personal tiles need proof of who the visitor is: the site's backend signs the user id
+ * with the source's identity secret (data-user-hash, lower-case hex). The host answers a
+ * proved visitor with a sealed segment token, kept in the first-party cookie
+ * rekindle_token, which proves them on later pages without the hash. A user id with no
+ * proof gets the anonymous tiles.
  *
  * With data-edge-url="https://shop.example/rekindle" decisions come from an edge bundle
- * (rekindle edge build) instead; the host's signed segment token, kept in the first-party
- * cookie rekindle_token, tells the edge who the visitor is.
+ * (rekindle edge build) instead, which reads the same token.
  *
  * Visitors without a user id get an anonymous id kept in localStorage (analytics.js's, when
- * the page has one). window.rekindle.refresh() decides again, e.g. after a login. */
+ * the page has one). window.rekindle.identify(userId, userHash) decides again after a
+ * login; window.rekindle.reset() forgets the visitor at logout. */
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -31,7 +38,20 @@
     }
   }
 
-  var visitor = { userId: script.getAttribute("data-user-id") || null, anonymousId: anonymousId() };
+  var visitor = {
+    userId: script.getAttribute("data-user-id") || null,
+    userHash: script.getAttribute("data-user-hash") || null,
+    anonymousId: anonymousId()
+  };
+
+  function storedToken() {
+    var match = document.cookie.match(/(?:^|;\s*)rekindle_token=([^;]+)/);
+    try {
+      return match ? decodeURIComponent(match[1]) : null;
+    } catch (e) {
+      return null;
+    }
+  }
 
   function messageId() {
     return (crypto.randomUUID && crypto.randomUUID()) || String(Math.random()).slice(2) + Date.now();
@@ -49,7 +69,7 @@
   // The host's segment token, for an edge on the site's own domain to read.
   function keepToken(response) {
     var token = response.headers.get("x-rekindle-token");
-    if (token) document.cookie = "rekindle_token=" + encodeURIComponent(token) + "; path=/; max-age=604800; SameSite=Lax";
+    if (token) document.cookie = "rekindle_token=" + encodeURIComponent(token) + "; path=/; max-age=604800; SameSite=Lax" + (location.protocol === "https:" ? "; Secure" : "");
     return response;
   }
 
@@ -129,7 +149,10 @@
       if (slots.indexOf(slot) < 0) slots.push(slot);
     });
     if (!slots.length) return Promise.resolve();
-    var body = { slots: slots, userId: visitor.userId, anonymousId: visitor.anonymousId, url: location.href };
+    var body = {
+      slots: slots, writeKey: writeKey, userId: visitor.userId, userHash: visitor.userHash,
+      anonymousId: visitor.anonymousId, token: storedToken(), url: location.href
+    };
     return send("/v1/tiles", body, false, edge)
       .then(keepToken)
       .then(function (response) { return response.ok ? response.json() : { decisions: [] }; })
@@ -144,9 +167,24 @@
       .catch(function () {});
   }
 
+  function forgetToken() {
+    document.cookie = "rekindle_token=; path=/; max-age=0; SameSite=Lax";
+  }
+
   window.rekindle = {
     refresh: refresh,
-    identify: function (userId) { visitor.userId = userId; return refresh(); }
+    identify: function (userId, userHash) {
+      if (userId !== visitor.userId) forgetToken();
+      visitor.userId = userId;
+      visitor.userHash = userHash || null;
+      return refresh();
+    },
+    reset: function () {
+      forgetToken();
+      visitor.userId = null;
+      visitor.userHash = null;
+      return refresh();
+    }
   };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", refresh); else refresh();
 })();

@@ -10,6 +10,7 @@
 use rekindle_runtime::json::fields_from_json;
 use rekindle_runtime::wit::{Field, InputQuery, Membership, Profile, Verdict};
 use rekindle_runtime::{PluginInfo, filter_profile, merge_params};
+use rekindle_store::CONTACT_TRAITS;
 use serde_json::{Value, json};
 
 use crate::batch::{Plan, PlannedSegment};
@@ -17,9 +18,15 @@ use crate::tiles::{Catalog, full_profile};
 use crate::token::{Claims, typed_fields};
 use crate::{AppState, ApiError};
 
-/// Whether a rule's declared input travels in a token.
+/// Whether a rule's declared input travels in a token: no events, consents, contacts or
+/// segments, and no trait that is a contact point, which a token never carries.
 pub fn fits_token(query: &InputQuery) -> bool {
-    query.events.is_empty() && !query.consents && !query.contacts && !query.segments
+    query.events.is_empty() && !query.consents && !query.contacts && !query.segments && !reads_contact_trait(query)
+}
+
+/// Whether a query reads a trait that holds a contact point (`email`, `phone`).
+fn reads_contact_trait(query: &InputQuery) -> bool {
+    query.traits.iter().any(|t| CONTACT_TRAITS.contains(&t.as_str()))
 }
 
 /// The segments whose rules the edge evaluates itself, planned at `now`.
@@ -56,12 +63,13 @@ async fn edge_rule_queries(state: &AppState) -> Result<Vec<InputQuery>, ApiError
     Ok(queries)
 }
 
-/// The trait and aggregate names a token carries, in first-declared order.
+/// The trait and aggregate names a token carries, in first-declared order; never a
+/// contact point, whoever asks for one.
 fn token_fields(queries: &[InputQuery]) -> (Vec<String>, Vec<String>) {
     let (mut traits, mut aggregates) = (Vec::<String>::new(), Vec::<String>::new());
     for q in queries {
         for name in &q.traits {
-            if !traits.contains(name) {
+            if !traits.contains(name) && !CONTACT_TRAITS.contains(&name.as_str()) {
                 traits.push(name.clone());
             }
         }
@@ -123,10 +131,13 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
             return Err(ApiError::field("plugin", format!("slot `{name}`: `{}` is not a promo-tiles plugin", def.plugin)));
         };
         // A tile plugin may read segments: the token carries them.
-        if !info.input.events.is_empty() || info.input.consents || info.input.contacts {
+        if !info.input.events.is_empty() || info.input.consents || info.input.contacts || reads_contact_trait(&info.input) {
             return Err(ApiError::field(
                 "plugin",
-                format!("slot `{name}`: `{}` reads events, consents or contacts, which a token does not carry; it cannot run at the edge", def.plugin),
+                format!(
+                    "slot `{name}`: `{}` reads events, consents, contacts or a contact trait (email, phone), which a token does not carry; it cannot run at the edge",
+                    def.plugin
+                ),
             ));
         }
         let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| ApiError::field("params", e.to_string()))?;
@@ -145,6 +156,9 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
     all.sort_by(|a, b| (&a.offer.slot, &a.offer.id).cmp(&(&b.offer.slot, &b.offer.id)));
     for o in all {
         let offer = &o.offer;
+        if let Some((name, _)) = o.traits.iter().find(|(name, _)| CONTACT_TRAITS.contains(&name.as_str())) {
+            return Err(ApiError::field("traits", format!("offer `{}` is conditioned on `{name}`, a contact point a token never carries; it cannot run at the edge", offer.id)));
+        }
         offers.push(json!({
             "valid_from": o.valid_from,
             "traits": typed_fields(&o.traits.iter().map(|(name, want)| Field { name: name.clone(), value: rekindle_runtime::json::value_from_json(want) }).collect::<Vec<_>>()),

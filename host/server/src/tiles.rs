@@ -224,17 +224,24 @@ pub struct TileCounts {
     pub dropped_unsafe_links: u64,
 }
 
-/// Who is asking for tiles.
-#[derive(Debug, Clone, Default)]
+/// Who is asking for tiles, as far as the request proves it. An id the host cannot
+/// verify counts for nothing: that visitor gets the anonymous decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Visitor {
-    pub user_id: Option<String>,
-    pub anonymous_id: Option<String>,
+    /// The user id (signed by the site) or profile id (from a token this host issued)
+    /// the request proved; `None` for the anonymous decision.
+    pub verified: Option<String>,
 }
 
 impl Visitor {
-    /// The id the visitor is known by: the user id, else the anonymous id.
+    /// A visitor the request proved to be `id`.
+    pub fn verified(id: impl Into<String>) -> Visitor {
+        Visitor { verified: Some(id.into()) }
+    }
+
+    /// The id the visitor is known by, when proved.
     pub(crate) fn id(&self) -> Option<&str> {
-        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+        self.verified.as_deref()
     }
 }
 

@@ -1,17 +1,39 @@
-//! The signed segment token the edge decides from: who the visitor is, their segments, and
-//! the few traits and aggregates the edge's plugins declare they read. Compact and
-//! verifiable without the origin: `base64url(payload JSON) "." base64url(HMAC-SHA256)`,
-//! the MAC over the first part. Values keep their contract type (`["i", "42"]` is an
+//! The segment token the edge decides from: who the visitor is, their segments, and the
+//! few traits and aggregates the edge's plugins declare they read, never a contact point.
+//! It doubles as the browser's proof of who it is when it asks the origin for tiles.
+//!
+//! The payload is JSON sealed with AES-256-GCM under a key derived from the token secret
+//! (HKDF-SHA256), so nothing in it is readable in the browser, and the edge, holding the
+//! same secret, opens it without the origin. The token is exactly one string:
+//! `base64url(nonce ‖ ciphertext ‖ tag)`, without padding. Any other spelling of the same
+//! bytes (padding, the standard alphabet, whitespace, spare bits) is refused, and so is an
+//! `exp` that is not a number. Values keep their contract type (`["i", "42"]` is an
 //! integer, `["n", 42.0]` a number), so the edge rebuilds exactly the profile the server
 //! would pass.
 
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{KeyInit, Mac};
 use rekindle_runtime::wit::{Field, Membership, Value};
 use serde_json::{Value as Json, json};
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+/// What the key is derived for; the edge derives it the same way.
+const KEY_INFO: &[u8] = b"rekindle segment token v2";
+
+/// Authenticated with every token, so a ciphertext made for anything else never opens.
+const ASSOCIATED: &[u8] = b"rekindle-token-v2";
+
+/// The bytes of the nonce that starts every token.
+const NONCE_BYTES: usize = 12;
+
+/// The AEAD key for `secret`.
+fn cipher(secret: &[u8]) -> Aes256Gcm {
+    let mut key = [0u8; 32];
+    // HKDF-SHA256 gives 32 bytes for any secret, so expanding cannot fail.
+    hkdf::Hkdf::<sha2::Sha256>::new(None, secret).expand(KEY_INFO, &mut key).expect("32 bytes is a valid HKDF-SHA256 length");
+    Aes256Gcm::new(&key.into())
+}
 
 /// What a token says about a visitor.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,16 +102,10 @@ fn untyped_fields(json: &Json) -> Option<Vec<Field>> {
         .collect()
 }
 
-fn mac(secret: &[u8], payload: &str) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
-    mac.update(payload.as_bytes());
-    mac
-}
-
-/// Signs `claims` with `secret`.
+/// Seals `claims` with `secret`.
 pub fn issue(claims: &Claims, secret: &[u8]) -> String {
     let payload = json!({
-        "v": 1,
+        "v": 2,
         "sub": claims.profile_id,
         "iat": claims.issued_at,
         "exp": claims.expires_at,
@@ -97,34 +113,51 @@ pub fn issue(claims: &Claims, secret: &[u8]) -> String {
         "tr": typed_fields(&claims.traits),
         "ag": typed_fields(&claims.aggregates),
         "tz": claims.timezone,
-    });
-    let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
-    let signature = URL_SAFE_NO_PAD.encode(mac(secret, &payload).finalize().into_bytes());
-    format!("{payload}.{signature}")
+    })
+    .to_string();
+    let mut nonce = [0u8; NONCE_BYTES];
+    // A nonce must never repeat under one key: without the OS's randomness, no token.
+    getrandom::fill(&mut nonce).expect("the operating system's random number generator");
+    let sealed = cipher(secret)
+        .encrypt(&Nonce::from(nonce), Payload { msg: payload.as_bytes(), aad: ASSOCIATED })
+        .expect("AES-GCM seals any payload this size");
+    let mut token = nonce.to_vec();
+    token.extend(sealed);
+    URL_SAFE_NO_PAD.encode(token)
 }
 
 /// Why a token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("the token is not two base64url parts")]
+    #[error("the token is not one canonical base64url string")]
     Malformed,
-    #[error("the signature does not match")]
+    #[error("the token does not open with this secret (forged, altered, or from another host)")]
     BadSignature,
+    #[error("the token's claims are not what this host issues")]
+    BadClaims,
     #[error("the token expired")]
     Expired,
 }
 
-/// The claims of a token signed with `secret` that is still valid at `now`.
+/// The claims of a token sealed with `secret` that is still valid at `now`.
 pub fn verify(token: &str, secret: &[u8], now: i64) -> Result<Claims, TokenError> {
-    let (payload, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
-    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
-    mac(secret, payload).verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
-    let json: Json = URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()
-        .and_then(|raw| serde_json::from_slice(&raw).ok())
-        .ok_or(TokenError::Malformed)?;
+    // The decoder refuses padding, the other alphabet, whitespace and spare bits, so each
+    // token has one spelling; checking the alphabet first keeps anything else out of it.
+    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(TokenError::Malformed);
+    }
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| TokenError::Malformed)?;
+    if raw.len() <= NONCE_BYTES + 16 {
+        return Err(TokenError::Malformed);
+    }
+    let (nonce, sealed) = raw.split_at(NONCE_BYTES);
+    let nonce = Nonce::try_from(nonce).map_err(|_| TokenError::Malformed)?;
+    let payload = cipher(secret).decrypt(&nonce, Payload { msg: sealed, aad: ASSOCIATED }).map_err(|_| TokenError::BadSignature)?;
+    let json: Json = serde_json::from_slice(&payload).map_err(|_| TokenError::BadClaims)?;
     let claims = (|| {
+        if json.get("v")?.as_i64()? != 2 {
+            return None;
+        }
         Some(Claims {
             profile_id: json.get("sub")?.as_str()?.to_string(),
             issued_at: json.get("iat")?.as_i64()?,
@@ -146,7 +179,7 @@ pub fn verify(token: &str, secret: &[u8], now: i64) -> Result<Claims, TokenError
             timezone: json.get("tz").and_then(Json::as_str).map(str::to_string),
         })
     })()
-    .ok_or(TokenError::Malformed)?;
+    .ok_or(TokenError::BadClaims)?;
     if now >= claims.expires_at {
         return Err(TokenError::Expired);
     }
@@ -183,11 +216,52 @@ mod tests {
         let token = issue(&claims(), b"secret");
         assert_eq!(verify(&token, b"other", 1_500), Err(TokenError::BadSignature));
         assert_eq!(verify(&token, b"secret", 2_000), Err(TokenError::Expired));
-        let (payload, signature) = token.split_once('.').unwrap();
-        let forged = URL_SAFE_NO_PAD.encode(
-            String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap().replace("VIP", "VVV"),
-        );
-        assert_eq!(verify(&format!("{forged}.{signature}"), b"secret", 1_500), Err(TokenError::BadSignature));
+        let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        assert_eq!(verify(&URL_SAFE_NO_PAD.encode(&raw), b"secret", 1_500), Err(TokenError::BadSignature));
         assert_eq!(verify("nonsense", b"secret", 1_500), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn a_token_has_exactly_one_spelling() {
+        let token = issue(&claims(), b"secret");
+        let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        let standard = base64::engine::general_purpose::STANDARD.encode(&raw);
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(&raw);
+        for other in [format!(" {token}"), format!("{token}\n"), format!("{}.{}", &token[..10], &token[10..]), standard, padded] {
+            if other != token {
+                assert_eq!(verify(&other, b"secret", 1_500), Err(TokenError::Malformed), "{other}");
+            }
+        }
+        // Spare low bits in the last character decode to the same bytes elsewhere; not here.
+        if raw.len() % 3 != 0 {
+            let mut tweaked = token.clone().into_bytes();
+            let last = tweaked.len() - 1;
+            let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let at = alphabet.iter().position(|&c| c == tweaked[last]).unwrap();
+            tweaked[last] = alphabet[at ^ 1];
+            assert_eq!(verify(std::str::from_utf8(&tweaked).unwrap(), b"secret", 1_500), Err(TokenError::Malformed));
+        }
+    }
+
+    #[test]
+    fn nothing_in_a_token_is_readable_without_the_secret() {
+        let token = issue(&claims(), b"secret");
+        let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        for readable in ["p1", "VIP", "Ann", "Europe/Paris", "first_name"] {
+            assert!(!text.contains(readable), "{readable} is readable in the token");
+        }
+        assert_ne!(issue(&claims(), b"secret"), token, "a fresh nonce for every token");
+    }
+
+    #[test]
+    fn a_string_exp_is_not_an_expiry() {
+        let payload = json!({"v": 2, "sub": "p1", "iat": 1, "exp": "9999999999999", "seg": [], "tr": [], "ag": [], "tz": null}).to_string();
+        let nonce = [7u8; NONCE_BYTES];
+        let sealed = cipher(b"secret").encrypt(&Nonce::from(nonce), Payload { msg: payload.as_bytes(), aad: ASSOCIATED }).unwrap();
+        let token = URL_SAFE_NO_PAD.encode([nonce.to_vec(), sealed].concat());
+        assert_eq!(verify(&token, b"secret", 1_500), Err(TokenError::BadClaims));
     }
 }

@@ -62,28 +62,53 @@ function byName(a, b) {
   return a.segment < b.segment ? -1 : a.segment > b.segment ? 1 : 0;
 }
 
-function base64url(bytes) {
-  let text = "";
-  for (const b of bytes) text += String.fromCharCode(b);
-  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+const BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/** The bytes of canonical unpadded base64url, or null for anything else: the host accepts
+ * exactly one spelling of a token, and so does the edge. */
+function unbase64url(text) {
+  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return null;
+  const bytes = [];
+  let bits = 0;
+  let value = 0;
+  for (const c of text) {
+    value = (value << 6) | BASE64URL.indexOf(c);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      bytes.push((value >> bits) & 255);
+    }
+  }
+  // Spare bits must be zero, or two spellings would decode to the same bytes.
+  if (value & ((1 << bits) - 1)) return null;
+  return Uint8Array.from(bytes);
 }
 
-function unbase64url(text) {
-  const plain = atob(text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4));
-  return Uint8Array.from(plain, (c) => c.charCodeAt(0));
+// The host's token key: HKDF-SHA256 of the secret, for AES-256-GCM (see token.rs).
+const TOKEN_INFO = encoder.encode("rekindle segment token v2");
+const TOKEN_ASSOCIATED = encoder.encode("rekindle-token-v2");
+const tokenKeys = new Map();
+
+function tokenKey(secret) {
+  let key = tokenKeys.get(secret);
+  if (!key) {
+    key = crypto.subtle
+      .importKey("raw", encoder.encode(secret), "HKDF", false, ["deriveKey"])
+      .then((base) => crypto.subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: new Uint8Array(), info: TOKEN_INFO }, base, { name: "AES-GCM", length: 256 }, false, ["decrypt"]));
+    tokenKeys.set(secret, key);
+  }
+  return key;
 }
 
 /** The profile a valid token describes, or null (no token, forged, expired, malformed). */
 export async function profileFromToken(token, secret, now) {
-  if (!token || !secret) return null;
-  const dot = token.indexOf(".");
-  if (dot < 0) return null;
-  const payload = token.slice(0, dot);
+  if (typeof token !== "string" || !secret) return null;
+  const raw = unbase64url(token);
+  if (!raw || raw.length <= 28) return null;
   try {
-    const key = await crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
-    const ok = await crypto.subtle.verify("HMAC", key, unbase64url(token.slice(dot + 1)), encoder.encode(payload));
-    if (!ok) return null;
-    const claims = JSON.parse(new TextDecoder().decode(unbase64url(payload)));
+    const opened = await crypto.subtle.decrypt({ name: "AES-GCM", iv: raw.slice(0, 12), additionalData: TOKEN_ASSOCIATED }, await tokenKey(secret), raw.slice(12));
+    const claims = JSON.parse(new TextDecoder().decode(opened));
+    if (claims.v !== 2 || !Number.isSafeInteger(claims.exp) || typeof claims.sub !== "string") return null;
     if (!(now < claims.exp)) return null;
     return {
       id: claims.sub,
@@ -224,7 +249,8 @@ function json(body, status = 200) {
   });
 }
 
-function tokenOf(request) {
+function tokenOf(request, body) {
+  if (body && typeof body.token === "string" && body.token) return body.token;
   const header = request.headers.get("x-rekindle-token");
   if (header) return header;
   const cookie = request.headers.get("cookie") || "";
@@ -259,7 +285,7 @@ export default {
       if (!Array.isArray(body.slots) || body.slots.length < 1 || body.slots.length > 20) {
         return json({ error: { code: "invalid_field", field: "slots", message: "`slots` must name from 1 to 20 slots" } }, 400);
       }
-      const { profile } = await visitor(tokenOf(request), env, now);
+      const { profile } = await visitor(tokenOf(request, body), env, now);
       const decisions = [];
       for (const entry of body.slots) {
         const name = typeof entry === "string" ? entry : entry && entry.slot;

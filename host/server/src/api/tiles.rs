@@ -157,8 +157,90 @@ async fn component(State(state): State<AppState>, Path(slot): Path<String>) -> R
     Ok(([(header::CONTENT_TYPE, "application/wasm")], plugin.bytes().to_vec()).into_response())
 }
 
-/// A segment token for a known visitor, issued at the start of the hour so answers within
-/// the hour stay byte-identical (and their ETag stable).
+/// What a tile request claims about who is asking; [`verify`] decides what it proves.
+#[derive(Default)]
+struct Claim {
+    write_key: Option<String>,
+    user_id: Option<String>,
+    user_hash: Option<String>,
+    token: Option<String>,
+}
+
+impl Claim {
+    /// The claim of a `GET /v1/tiles?...` (the token comes in `X-Rekindle-Token`).
+    fn from_query(query: &[(String, String)], headers: &HeaderMap) -> Result<Claim, ApiError> {
+        let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| json!(v));
+        Ok(Claim {
+            write_key: optional_text(get("writeKey").as_ref(), "writeKey")?,
+            user_id: optional_text(get("userId").as_ref(), "userId")?,
+            user_hash: optional_text(get("userHash").as_ref(), "userHash")?,
+            token: header_token(headers),
+        })
+    }
+
+    /// The claim of a `POST /v1/tiles` body; a `token` field or the header.
+    fn from_body(body: &Value, headers: &HeaderMap) -> Result<Claim, ApiError> {
+        let token = match body.get("token") {
+            None | Some(Value::Null) => header_token(headers),
+            Some(Value::String(t)) if t.len() <= MAX_TOKEN_BYTES => Some(t.clone()).filter(|t| !t.is_empty()),
+            Some(_) => return Err(ApiError::field("token", format!("`token` must be a string of at most {MAX_TOKEN_BYTES} bytes"))),
+        };
+        Ok(Claim {
+            write_key: optional_text(body.get("writeKey"), "writeKey")?,
+            user_id: optional_text(body.get("userId"), "userId")?,
+            user_hash: optional_text(body.get("userHash"), "userHash")?,
+            token,
+        })
+    }
+}
+
+/// Longer than any token this host issues for a real visitor.
+const MAX_TOKEN_BYTES: usize = 16 << 10;
+
+fn header_token(headers: &HeaderMap) -> Option<String> {
+    headers.get("x-rekindle-token").and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES).map(str::to_string)
+}
+
+/// Whether `hash` is the lower-case hex HMAC-SHA256 of `user_id` under `secret`, compared
+/// in constant time.
+fn user_hash_matches(secret: &[u8], user_id: &str, hash: &str) -> bool {
+    use hmac::{KeyInit, Mac};
+    let Ok(given) = hex::decode(hash) else { return false };
+    if hash.len() != 64 || hash.bytes().any(|b| b.is_ascii_uppercase()) {
+        return false;
+    }
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else { return false };
+    mac.update(user_id.as_bytes());
+    mac.verify_slice(&given).is_ok()
+}
+
+/// Who a claim proves the visitor is: a user id that its source's identity secret signed,
+/// or the profile in a segment token this host issued. A bare `userId` or `anonymousId`
+/// proves nothing and gets the anonymous decision: otherwise anyone could read anyone's
+/// personal tiles, vouchers and segments by guessing their id.
+async fn verify(state: &AppState, claim: &Claim) -> Visitor {
+    let sources = state.ingestion.as_deref().map(|i| &i.sources);
+    if let (Some(user), Some(hash), Some(key), Some(sources)) = (&claim.user_id, &claim.user_hash, &claim.write_key, sources)
+        && let Some(secret) = sources.get(key).and_then(|s| s.identity_secret.as_ref())
+        && user_hash_matches(secret, user, hash)
+    {
+        return Visitor::verified(user.clone());
+    }
+    let (Some(token), Some((secret, _))) = (&claim.token, &state.tiles.token) else { return Visitor::default() };
+    let Ok(claims) = crate::token::verify(token, secret, state.clock.now()) else { return Visitor::default() };
+    // A token left in the browser by someone else (a shared computer) is not the visitor
+    // a page now names.
+    if let (Some(user), Some(ingestion)) = (&claim.user_id, &state.ingestion) {
+        match ingestion.store.profile(user, 0).await {
+            Ok(Some(profile)) if profile.id == claims.profile_id => {}
+            _ => return Visitor::default(),
+        }
+    }
+    Visitor::verified(claims.profile_id)
+}
+
+/// A segment token for a verified visitor, issued at the start of the hour so that its
+/// claims within the hour are the same.
 async fn visitor_token(state: &AppState, visitor: &Visitor) -> Option<String> {
     let (secret, ttl) = state.tiles.token.clone()?;
     let id = visitor.id()?;
@@ -222,10 +304,8 @@ fn cached(headers: &HeaderMap, answer: &Value) -> Response {
 async fn decide_one(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<Vec<(String, String)>>) -> Result<Response, ApiError> {
     let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| json!(v));
     let slot = optional_text(get("slot").as_ref(), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot to fill"))?;
-    let visitor = Visitor {
-        user_id: optional_text(get("userId").as_ref(), "userId")?,
-        anonymous_id: optional_text(get("anonymousId").as_ref(), "anonymousId")?,
-    };
+    optional_text(get("anonymousId").as_ref(), "anonymousId")?;
+    let visitor = verify(&state, &Claim::from_query(&query, &headers)?).await;
     let url = optional_text(get("url").as_ref(), "url")?;
     let store = state.ingestion.as_deref().map(|i| &i.store);
     let answer = state
@@ -256,10 +336,8 @@ async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: By
             _ => Err(ApiError::field(format!("slots[{i}]"), "each entry is a slot name")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let visitor = Visitor {
-        user_id: optional_text(body.get("userId"), "userId")?,
-        anonymous_id: optional_text(body.get("anonymousId"), "anonymousId")?,
-    };
+    optional_text(body.get("anonymousId"), "anonymousId")?;
+    let visitor = verify(&state, &Claim::from_body(&body, &headers)?).await;
     let url = optional_text(body.get("url"), "url")?;
     let store = state.ingestion.as_deref().map(|i| &i.store);
     let now = state.clock.now();
