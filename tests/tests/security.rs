@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 rekindle_tests::on_each_backend!(
     a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_never_holds_a_secret,
-    a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer
+    a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer,
+    bad_numbers_strings_and_times_are_refused_not_stored
 );
 
 const SENDGRID_KEY: &str = "SG.the-real-api-key";
@@ -177,4 +178,99 @@ async fn a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer(ba
     let answer = batch("server-key", json!([{"type": "identify", "userId": "victim", "traits": {"email": "vic@new.example"}}])).await;
     assert!(answer.get("ignored").is_none(), "{answer}");
     assert_eq!(profile("victim").await["traits"]["email"], "vic@new.example");
+}
+
+/// Each bad message gets a 400 naming its field, the batch it came in is refused whole,
+/// and what was accepted before is still there; no time parameter can overflow the host.
+async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let registry = rekindle_tests::registry(&[("rule-high-ltv", components::RULE_HIGH_LTV), ("channel-sendgrid", components::CHANNEL_SENDGRID)]);
+    let clock = Clock::manual(1_790_000_000_000);
+    let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
+    let mut email = ChannelConfig::new("channel-sendgrid");
+    email.allowed_hosts = vec!["http://127.0.0.1:9".into()];
+    let state = AppState::new(registry, None, Some(ADMIN.into()))
+        .with_ingestion(Ingestion { store, sources })
+        .with_clock(clock.clone(), Duration::from_secs(3600))
+        .with_token_secret(b"security-test-token-secret-0123456789", Duration::from_secs(3600))
+        .with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap(), None);
+    let engine = state.journeys.clone().unwrap();
+    let host = rekindle_tests::serve(rekindle_server::app(state)).await;
+    let http = reqwest::Client::new();
+    let send = |path: &'static str, body: String| {
+        let request = http.post(format!("{host}{path}")).basic_auth("server-key", Some("")).header("content-type", "application/json").body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let order = |id: &str, revenue: Value| json!({"type": "track", "messageId": id, "userId": "ann", "event": "Order Completed", "properties": {"revenue": revenue}});
+    assert_eq!(send("/v1/batch", json!({"batch": [order("good", json!(42))]}).to_string()).await.0, 200);
+
+    let refused = |path: &'static str, body: String, field: &'static str| {
+        let send = send.clone();
+        async move {
+            let (status, answer) = send(path, body).await;
+            assert_eq!(status, 400, "{field}: {answer}");
+            assert_eq!(answer["error"]["field"], field, "{answer}");
+        }
+    };
+    for (i, bad) in ["NaN", "inf", "-inf", "Infinity", "1e999"].into_iter().enumerate() {
+        let batch = json!({"batch": [order(&format!("ok-{i}"), json!(10)), order(&format!("bad-{i}"), json!(bad))]});
+        refused("/v1/batch", batch.to_string(), "batch[1].properties.revenue").await;
+    }
+    let priced = json!({"batch": [{"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"products": [{"price": "nan"}]}}]});
+    refused("/v1/batch", priced.to_string(), "batch[0].properties.products[0].price").await;
+    // A number too large for a double is not JSON this host reads.
+    let (status, answer) = send("/v1/track", r#"{"userId": "ann", "event": "Order Completed", "properties": {"revenue": 1e999}}"#.into()).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("malformed_json")), "{answer}");
+    // NUL, which PostgreSQL cannot store, in a value or a key.
+    refused("/v1/identify", json!({"userId": "ann", "traits": {"first_name": "A\u{0}nn"}}).to_string(), "message.traits.first_name").await;
+    refused("/v1/identify", json!({"userId": "ann", "traits": {"first\u{0}name": "Ann"}}).to_string(), "message.traits.first\u{0}name").await;
+    refused("/v1/track", json!({"userId": "a\u{0}nn", "event": "x"}).to_string(), "message.userId").await;
+    // Times no clock could give, directly or after skew correction.
+    for (timestamp, sent_at) in [("1970-01-02T00:00:00Z", None), ("2999-01-01T00:00:00Z", None), ("2026-09-21T00:00:00Z", Some("9999-12-31T23:59:59Z"))] {
+        let mut message = json!({"userId": "ann", "event": "Product Viewed", "timestamp": timestamp});
+        if let Some(sent) = sent_at {
+            message["sentAt"] = json!(sent);
+        }
+        refused("/v1/track", message.to_string(), "message.timestamp").await;
+    }
+
+    // Nothing refused was stored; what came before is intact, and no NaN reached a trait.
+    let profile: Value = http.get(format!("{host}/v1/profiles/ann")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(profile["computed"]["order_count"], 1, "{profile}");
+    assert_eq!(profile["computed"]["lifetime_value"], 42.0, "{profile}");
+    assert!(profile["traits"].get("first_name").is_none(), "{profile}");
+
+    // Time parameters near i64::MAX, on every endpoint that takes one: a 400, not a panic.
+    let max = i64::MAX;
+    let admin = |method: reqwest::Method, path: String, body: Value| http.request(method, format!("{host}{path}")).bearer_auth(ADMIN).json(&body).send();
+    for (method, path, body, field) in [
+        (reqwest::Method::POST, "/admin/tiles/token".to_string(), json!({"userId": "ann", "at": max}), "at"),
+        (reqwest::Method::GET, format!("/admin/edge/snapshot?at={max}"), Value::Null, "at"),
+        (reqwest::Method::POST, "/admin/edge/reference".to_string(), json!({"slot": "home", "now": max}), "now"),
+        (reqwest::Method::POST, "/v1/segments/preview".to_string(), json!({"slot": "rule-high-ltv", "at": max}), "at"),
+        (reqwest::Method::POST, "/admin/slots/rule-high-ltv/evaluate/ann".to_string(), json!({"now": max}), "now"),
+        (reqwest::Method::POST, "/admin/slots/rule-high-ltv/invoke".to_string(), json!({"context": {"now": max}, "profile": {"id": "x"}}), "context.now"),
+        (reqwest::Method::POST, "/v1/offers".to_string(), json!({"id": "o", "slot": "home", "title": "t", "link": "/x", "valid_until": max}), "offer.valid_until"),
+        (reqwest::Method::POST, "/v1/offers".to_string(), json!({"id": "o", "slot": "home", "title": "t", "link": "/x", "valid_from": -max}), "offer.valid_from"),
+    ] {
+        let response = admin(method, path.clone(), body).await.unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!((status, answer["error"]["field"].as_str()), (400, Some(field)), "{path}: {answer}");
+    }
+
+    // A date trait of i64::MAX in a journey's wait: the engine logs it as no date and goes on.
+    let journey = "name = \"Renewal\"\n[entry]\napi = true\n[[steps]]\nid = \"wait\"\ntype = \"wait\"\nuntil_trait = \"renewal_date\"\nplus_days = 9000000\n";
+    let deployed = http.post(format!("{host}/v1/journeys")).bearer_auth(ADMIN).body(journey).send().await.unwrap();
+    assert!(deployed.status().is_success(), "{}", deployed.text().await.unwrap());
+    assert_eq!(send("/v1/identify", json!({"userId": "ann", "traits": {"renewal_date": max}}).to_string()).await.0, 200);
+    let entered = http.post(format!("{host}/v1/journeys/Renewal/entries")).bearer_auth(ADMIN).json(&json!({"userId": "ann"})).send().await.unwrap();
+    assert_eq!(entered.status(), 200);
+    engine.tick(clock.now()).await.unwrap();
+    let log: Value = http.get(format!("{host}/v1/journeys/Renewal/log")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    assert!(log["log"].as_array().unwrap().iter().any(|e| e["detail"] == "no date in trait `renewal_date`"), "{log}");
 }

@@ -74,13 +74,27 @@ pub fn fields_to_json(fields: &[Field]) -> Json {
 
 /// A timestamp from milliseconds or an RFC 3339 string.
 pub fn timestamp_from_json(json: Option<&Json>, path: &str) -> Result<Timestamp, JsonError> {
-    match json {
-        Some(Json::Number(n)) => n.as_i64().ok_or_else(|| err(path, "must be whole milliseconds")),
+    let at = match json {
+        Some(Json::Number(n)) => n.as_i64().ok_or_else(|| err(path, "must be whole milliseconds"))?,
         Some(Json::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.timestamp_millis())
-            .map_err(|e| err(path, format!("is not an RFC 3339 time ({e})"))),
-        Some(_) => Err(err(path, "must be an RFC 3339 string or milliseconds since the epoch")),
-        None => Err(err(path, "is required")),
+            .map_err(|e| err(path, format!("is not an RFC 3339 time ({e})")))?,
+        Some(_) => return Err(err(path, "must be an RFC 3339 string or milliseconds since the epoch")),
+        None => return Err(err(path, "is required")),
+    };
+    check_timestamp(at, path)
+}
+
+/// The latest time the host takes anywhere: the last millisecond of year 9999. Later
+/// ones overflow date arithmetic, and past 2^53 JavaScript at the edge rounds them.
+pub const LATEST_TIMESTAMP: Timestamp = 253_402_300_799_999;
+
+/// `at` if it lies between the epoch and [`LATEST_TIMESTAMP`]; otherwise an error naming `path`.
+pub fn check_timestamp(at: Timestamp, path: &str) -> Result<Timestamp, JsonError> {
+    if (0..=LATEST_TIMESTAMP).contains(&at) {
+        Ok(at)
+    } else {
+        Err(err(path, "must lie between 1970 and the end of year 9999"))
     }
 }
 

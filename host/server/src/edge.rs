@@ -96,7 +96,7 @@ pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result
     Ok(Some(Claims {
         profile_id: full.id.clone(),
         issued_at: now,
-        expires_at: now + ttl_ms,
+        expires_at: now.saturating_add(ttl_ms),
         segments: full.segments.clone().unwrap_or_default(),
         traits: keep(&full.traits, &traits),
         aggregates: keep(&full.aggregates, &aggregates),

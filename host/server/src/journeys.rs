@@ -231,12 +231,15 @@ impl Engine {
                     // A date trait (RFC 3339 text or milliseconds) plus some days; a date
                     // already past goes straight on, a missing one is logged and skipped.
                     let profile = store(self).profile(&run.profile_id, 0).await?;
+                    // A trait is whatever a write key sent: a date outside the host's range
+                    // counts as no date, and the arithmetic cannot overflow.
                     let date = profile.and_then(|p| p.traits.into_iter().find(|(n, _, _)| n == name)).and_then(|(_, value, _)| match value {
                         Value::Number(n) => n.as_i64(),
                         Value::String(text) => chrono::DateTime::parse_from_rfc3339(&text).ok().map(|t| t.timestamp_millis()),
                         _ => None,
                     });
-                    match date.map(|d| d + plus_days * 86_400_000) {
+                    let date = date.filter(|d| rekindle_runtime::json::check_timestamp(*d, name).is_ok());
+                    match date.and_then(|d| d.checked_add(plus_days.checked_mul(86_400_000)?)) {
                         Some(until) if until > now => {
                             wait_until(&mut run, until);
                             entries.push(log(&run, step.id(), "waiting", None, format!("until {} ({name} + {plus_days} days)", iso(until)), now));

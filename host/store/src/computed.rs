@@ -47,12 +47,14 @@ fn order_value(mapping: &EventMapping, properties: &Map<String, Value>) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A finite amount: NaN or infinity would put anyone into any lifetime-value segment.
 fn number(value: &Value) -> Option<f64> {
-    match value {
+    let n = match value {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
-    }
+    };
+    n.filter(|n: &f64| n.is_finite())
 }
 
 /// (category, units) for each product of the order; a product without quantity counts once.

@@ -22,6 +22,14 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
 }
 
 
+/// An id from the path, which the databases take only without NUL characters.
+fn id_from_path(id: &str) -> Result<&str, ApiError> {
+    if id.contains('\0') {
+        return Err(ApiError::field("id", "the id contains a NUL character"));
+    }
+    Ok(id)
+}
+
 fn rfc3339(ms: i64) -> Value {
     chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
 }
@@ -72,7 +80,7 @@ struct ReadQuery {
 async fn read(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<ReadQuery>) -> Result<Json<Value>, ApiError> {
     let store = &state.customer_data()?.store;
     let recent = query.events.unwrap_or(50).min(1000);
-    let profile = store.profile(&id, recent).await?;
+    let profile = store.profile(id_from_path(&id)?, recent).await?;
     let profile = profile.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
     let memberships = store.memberships(&profile.id).await?;
     let mut body = profile_json(&profile, rekindle_store::now_ms());
@@ -85,7 +93,7 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>, Query(query
 
 async fn erase(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let store = &state.customer_data()?.store;
-    if store.delete_profile(&id).await? {
+    if store.delete_profile(id_from_path(&id)?).await? {
         tracing::info!("erased a profile on request");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -108,7 +116,7 @@ async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: B
         let granted = granted.as_bool().ok_or_else(|| ApiError::field(name.clone(), format!("`{name}` must be true or false")))?;
         updates.push((purpose, granted));
     }
-    if !store.set_consents(&id, updates, rekindle_store::now_ms()).await? {
+    if !store.set_consents(id_from_path(&id)?, updates, rekindle_store::now_ms()).await? {
         return Err(ApiError::NotFound(format!("no profile for `{id}`")));
     }
     Ok(Json(json!({ "success": true })))
@@ -131,7 +139,7 @@ async fn contacts(State(state): State<AppState>, Path(id): Path<String>, body: B
         .ok_or_else(|| ApiError::field("address", "`address` must be a non-empty string"))?;
     let address = if kind == "email" { address.to_lowercase() } else { address.to_string() };
     let active = body.get("active").and_then(Value::as_bool).ok_or_else(|| ApiError::field("active", "`active` must be true or false"))?;
-    if !store.set_contact(&id, kind, &address, active, rekindle_store::now_ms()).await? {
+    if !store.set_contact(id_from_path(&id)?, kind, &address, active, rekindle_store::now_ms()).await? {
         return Err(ApiError::NotFound(format!("no profile for `{id}`")));
     }
     Ok(Json(json!({ "success": true })))

@@ -74,6 +74,39 @@ fn consents(context: &Map<String, Value>, traits: &Map<String, Value>) -> Vec<(P
     found
 }
 
+/// The earliest event time accepted: anything before is a mistake, not history.
+const EARLIEST_EVENT: i64 = 946_684_800_000; // 2000-01-01T00:00:00Z
+
+/// How far past the host's clock an event may be, after clock-skew correction: a little for
+/// clocks that disagree, never enough to skip a journey's wait.
+const LATEST_EVENT_AHEAD: i64 = 86_400_000;
+
+/// Properties that are amounts: a text amount must still be a finite number.
+const AMOUNTS: &[&str] = &["revenue", "total", "price", "quantity", "value", "subtotal"];
+
+/// Refuses what the store could not keep or would misread: a NUL character in any key or
+/// string (PostgreSQL cannot store one), and an amount that reads as NaN or infinity.
+fn check_values(value: &Value, path: &str) -> Result<(), ApiError> {
+    match value {
+        Value::String(s) if s.contains('\0') => Err(ApiError::field(path, format!("{path}: contains a NUL character"))),
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| check_values(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let at = format!("{path}.{k}");
+            if k.contains('\0') {
+                return Err(ApiError::field(&at, format!("{at}: a key contains a NUL character")));
+            }
+            if AMOUNTS.contains(&k.as_str())
+                && let Value::String(text) = v
+                && text.trim().parse::<f64>().is_ok_and(|n| !n.is_finite())
+            {
+                return Err(ApiError::field(&at, format!("{at}: {text:?} is not a finite number")));
+            }
+            check_values(v, &at)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Validates one message. `kind` is the endpoint's type, or `None` in a batch, where the
 /// message's own `type` says. `batch_sent_at` is the batch's `sentAt`, if any.
 pub(crate) fn parse_message(
@@ -87,6 +120,7 @@ pub(crate) fn parse_message(
     let Value::Object(msg) = value else {
         return Err(ApiError::field(at, format!("{at}: a message must be a JSON object")));
     };
+    check_values(value, at)?;
     let kind = match kind {
         Some(kind) => kind,
         None => match msg.get("type").and_then(Value::as_str) {
@@ -138,16 +172,20 @@ pub(crate) fn parse_message(
     }
     // Segment's clock-skew correction: the client's clock is trusted for the interval
     // between the event and sending it, the server's for when it was sent.
-    let original = match time(msg, "timestamp", at)? {
-        Some(t) => Some(t),
-        None => time(msg, "originalTimestamp", at)?,
+    let (original, given_as) = match time(msg, "timestamp", at)? {
+        Some(t) => (Some(t), "timestamp"),
+        None => (time(msg, "originalTimestamp", at)?, "originalTimestamp"),
     };
     let sent_at = time(msg, "sentAt", at)?.or(batch_sent_at);
     let timestamp = match (original, sent_at) {
-        (Some(original), Some(sent)) => received_at - (sent - original),
+        (Some(original), Some(sent)) => received_at.saturating_sub(sent.saturating_sub(original)),
         (Some(original), None) => original,
         (None, _) => received_at,
     };
+    if original.is_some() && !(EARLIEST_EVENT..=received_at.saturating_add(LATEST_EVENT_AHEAD)).contains(&timestamp) {
+        let field = format!("{at}.{given_as}");
+        return Err(ApiError::field(&field, format!("{field}: after clock-skew correction the event falls at {}, before 2000 or more than a day ahead of the host's clock", rekindle_runtime::json::timestamp_to_json(timestamp))));
+    }
     let message_id = match id_field(msg, "messageId", at)? {
         Some(id) => id,
         None => format!("rekindle-{}", uuid::Uuid::now_v7()),

@@ -128,7 +128,7 @@ async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Json<
     let id = optional_text(body.get("userId"), "userId")?.ok_or_else(|| ApiError::field("userId", "`userId` names the visitor"))?;
     let at = match body.get("at") {
         None | Some(Value::Null) => state.clock.now(),
-        Some(v) => v.as_i64().ok_or_else(|| ApiError::field("at", "`at` is milliseconds since the epoch"))?,
+        at => time_field(at, "at")?,
     };
     let claims = crate::edge::claims(&state, &id, at, ttl).await?.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
     Ok(Json(json!({"token": crate::token::issue(&claims, &secret), "expires_at": claims.expires_at})))
@@ -136,7 +136,7 @@ async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Json<
 
 async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(String, String)>>) -> Result<Json<Value>, ApiError> {
     let now = match query.iter().find(|(k, _)| k == "at") {
-        Some((_, at)) => at.parse().map_err(|_| ApiError::field("at", "`at` is milliseconds since the epoch"))?,
+        Some((_, at)) => time_field(Some(&at.parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(at))), "at")?,
         None => state.clock.now(),
     };
     crate::edge::snapshot(&state, now).await.map(Json)
@@ -146,7 +146,7 @@ async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(S
 async fn edge_reference(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
     let slot = optional_text(body.get("slot"), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot"))?;
-    let now = body.get("now").and_then(Value::as_i64).ok_or_else(|| ApiError::field("now", "`now` is milliseconds since the epoch"))?;
+    let now = time_field(body.get("now"), "now")?;
     let user = optional_text(body.get("userId"), "userId")?;
     crate::edge::reference(&state, user.as_deref(), &slot, now).await.map(Json)
 }
@@ -268,6 +268,11 @@ async fn snippet() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
         TILES_JS,
     )
+}
+
+/// A time in milliseconds (or RFC 3339) within the range the host takes.
+fn time_field(value: Option<&Value>, field: &str) -> Result<i64, ApiError> {
+    rekindle_runtime::json::timestamp_from_json(value, field).map_err(|e| ApiError::field(field, e.to_string()))
 }
 
 fn optional_text(value: Option<&Value>, field: &str) -> Result<Option<String>, ApiError> {
