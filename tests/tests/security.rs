@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 rekindle_tests::on_each_backend!(
     a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_never_holds_a_secret,
     a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer,
-    bad_numbers_strings_and_times_are_refused_not_stored
+    bad_numbers_strings_and_times_are_refused_not_stored,
+    real_time_evaluation_racing_an_erasure_cannot_bring_the_person_back
 );
 
 const SENDGRID_KEY: &str = "SG.the-real-api-key";
@@ -273,4 +274,118 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
     engine.tick(clock.now()).await.unwrap();
     let log: Value = http.get(format!("{host}/v1/journeys/Renewal/log")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
     assert!(log["log"].as_array().unwrap().iter().any(|e| e["detail"] == "no date in trait `renewal_date`"), "{log}");
+}
+
+/// Erasure on SQLite: after `DELETE /v1/profiles/{id}` answers, no byte of the person is
+/// left in the database file or its WAL, including values their traits had before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_person_s_bytes_are_gone_from_the_sqlite_file_and_its_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = rekindle_tests::open_store(Backend::Sqlite, dir.path()).await.unwrap();
+    let registry = rekindle_tests::registry(&[("rule-high-ltv", components::RULE_HIGH_LTV)]);
+    let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
+    let state = AppState::new(registry, None, Some(ADMIN.into()))
+        .with_ingestion(Ingestion { store, sources })
+        .with_token_secret(b"security-test-token-secret-0123456789", Duration::from_secs(3600));
+    let host = rekindle_tests::serve(rekindle_server::app(state)).await;
+    let http = reqwest::Client::new();
+    let batch = |messages: Value| http.post(format!("{host}/v1/batch")).basic_auth("server-key", Some("")).json(&json!({"batch": messages})).send();
+    // Others' data around hers, so her rows share pages with rows that stay.
+    for n in 0..50 {
+        assert!(batch(json!([{"type": "identify", "userId": format!("other-{n}"), "traits": {"first_name": format!("Other {n}")}}])).await.unwrap().status().is_success());
+    }
+    let markers = ["Zsofia-7f3a", "zsofia-7f3a@example.com", "Zsofia-7f3b", "note-7f3c", "zsofia-user-7f3d"];
+    // Her first name changes in a later commit: the earlier value lives on in an older
+    // page image in the WAL, which the erasure must not leave behind either.
+    for messages in [
+        json!([{"type": "identify", "userId": "zsofia-user-7f3d", "traits": {"first_name": "Zsofia-7f3a", "email": "zsofia-7f3a@example.com"}}]),
+        json!([{"type": "track", "userId": "zsofia-user-7f3d", "event": "Order Completed", "properties": {"revenue": 900, "note": "note-7f3c"}},
+               {"type": "identify", "userId": "zsofia-user-7f3d", "traits": {"first_name": "Zsofia-7f3b"}}]),
+    ] {
+        assert!(batch(messages).await.unwrap().status().is_success());
+    }
+    let defined = http.post(format!("{host}/v1/segments")).bearer_auth(ADMIN).json(&json!({"name": "VIP", "slot": "rule-high-ltv"})).send().await.unwrap();
+    assert!(defined.status().is_success(), "{}", defined.text().await.unwrap());
+    let token: Value = http.post(format!("{host}/admin/tiles/token")).bearer_auth(ADMIN).json(&json!({"userId": "zsofia-user-7f3d"})).send().await.unwrap().json().await.unwrap();
+    let slot = http.post(format!("{host}/v1/tile-slots")).bearer_auth(ADMIN).json(&json!({"name": "home", "plugin": "not-loaded", "fallback": [{"title": "Sale", "link": "/sale"}]})).send().await.unwrap();
+    assert!(slot.status().is_success());
+    let personal = |token: Value| {
+        let request = http.post(format!("{host}/v1/tiles")).body(json!({"slots": ["home"], "token": token}).to_string());
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["decisions"][0]["tiles"][0]["decision_id"].clone() }
+    };
+    let before = personal(token["token"].clone()).await;
+    assert_ne!(before, personal(Value::Null).await, "the token personalised before the erasure");
+
+    let bytes = || {
+        let mut all = std::fs::read(dir.path().join("rekindle.db")).unwrap();
+        all.extend(std::fs::read(dir.path().join("rekindle.db-wal")).unwrap_or_default());
+        all
+    };
+    let found = |all: &[u8]| markers.iter().filter(|m| all.windows(m.len()).any(|w| w == m.as_bytes())).copied().collect::<Vec<_>>();
+    assert_eq!(found(&bytes()).len(), markers.len(), "the test must see her data before the erasure");
+
+    let erased = http.delete(format!("{host}/v1/profiles/zsofia-user-7f3d")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(erased.status(), 204);
+    assert_eq!(found(&bytes()), Vec::<&str>::new(), "her bytes are still in the file or the WAL");
+    // Others are untouched, and a token issued to her before no longer personalises.
+    let other: Value = http.get(format!("{host}/v1/profiles/other-7")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(other["traits"]["first_name"], "Other 7");
+    assert_eq!(personal(token["token"].clone()).await, personal(Value::Null).await, "the origin must not personalise for an erased person");
+}
+
+/// Real-time verdicts for people being erased at that moment must not recreate their
+/// memberships: several rounds of customers whose orders and erasures cross.
+async fn real_time_evaluation_racing_an_erasure_cannot_bring_the_person_back(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let registry = rekindle_tests::registry(&[("rule-high-ltv", components::RULE_HIGH_LTV)]);
+    let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    let host = rekindle_tests::serve(rekindle_server::app(state)).await;
+    let http = reqwest::Client::new();
+    let defined = http
+        .post(format!("{host}/v1/segments"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "Buyers", "slot": "rule-high-ltv", "schedule": "realtime", "params": {"min_ltv": 0.0}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(defined.status().is_success(), "{}", defined.text().await.unwrap());
+    const ROUNDS: usize = 5;
+    const CUSTOMERS: usize = 300;
+    for round in 0..ROUNDS {
+        let customers: Vec<String> = (0..CUSTOMERS).map(|n| format!("r{round}-c{n}")).collect();
+        let mut tasks = Vec::new();
+        for user in customers.clone() {
+            let (http, host) = (http.clone(), host.clone());
+            tasks.push(tokio::spawn(async move {
+                let order = json!({"batch": [{"type": "track", "userId": user, "event": "Order Completed", "properties": {"revenue": 50}}]});
+                let sent = http.post(format!("{host}/v1/batch")).basic_auth("server-key", Some("")).json(&order).send().await.unwrap();
+                assert!(sent.status().is_success());
+                // Erased while the real-time evaluator works on the order just sent.
+                let erased = http.delete(format!("{host}/v1/profiles/{user}")).bearer_auth(ADMIN).send().await.unwrap();
+                assert_eq!(erased.status(), 204);
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // A sentinel customer entering the segment shows the evaluator has caught up.
+        let sentinel = format!("r{round}-sentinel");
+        let order = json!({"batch": [{"type": "track", "userId": sentinel, "event": "Order Completed", "properties": {"revenue": 50}}]});
+        assert!(http.post(format!("{host}/v1/batch")).basic_auth("server-key", Some("")).json(&order).send().await.unwrap().status().is_success());
+        let started = std::time::Instant::now();
+        loop {
+            let profile: Value = http.get(format!("{host}/v1/profiles/{sentinel}")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+            if profile["segments"].as_array().is_some_and(|s| !s.is_empty()) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the real-time evaluator never caught up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let members: Value = http.get(format!("{host}/v1/segments/Buyers/members?limit=1000")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+        let members = members["members"].as_array().unwrap();
+        let erased_members = members.len() - (round + 1);
+        assert_eq!(erased_members, 0, "round {round}: {erased_members} erased customers are members again, such as {:?}", members.first());
+    }
 }

@@ -99,6 +99,15 @@ pub(crate) trait Db {
         Ok(())
     }
 
+    /// Whether profile `id` exists, locking its row for the transaction when it does:
+    /// `exclusive` for an erasure, shared for a write that must not outlive it (a segment
+    /// entry). SQLite's single writer orders them already; PostgreSQL, where a verdict and
+    /// an erasure can commit at once, needs the row locks, or the verdict could write a
+    /// membership for a person just erased.
+    fn lock_profile(&mut self, id: &str, _exclusive: bool) -> Result<bool, StoreError> {
+        Ok(self.query_opt("SELECT 1 FROM profiles WHERE id = ?1", &[P::Text(id)])?.is_some())
+    }
+
     /// The first row, if any.
     fn query_opt(&mut self, sql: &str, params: &[P<'_>]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())

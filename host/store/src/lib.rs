@@ -101,10 +101,15 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::events(db, &id, &name, since, until, limit)))
     }
 
-    /// Erases the person `id` names from every table; false when nobody matched.
+    /// Erases the person `id` names from every table; false when nobody matched. On SQLite
+    /// it answers once their bytes are gone from the database file and its WAL as well.
     pub async fn delete_profile(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        on_backend!(self.write(|db, _mapping| logic::delete_profile(db, &id)))
+        let erased = on_backend!(self.write(|db, _mapping| logic::delete_profile(db, &id)))?;
+        if let (true, Backend::Sqlite(sqlite)) = (erased, &self.backend) {
+            sqlite.truncate_wal().await?;
+        }
+        Ok(erased)
     }
 
     /// Records consents given through the consent API; false when nobody matched.

@@ -353,6 +353,9 @@ pub(crate) fn set_contact(db: &mut impl Db, id: &str, kind: &str, address: &str,
 /// Erases a person from every table; false when no profile matched.
 pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
+    // Taken first: a verdict being written now either finishes before this (and its rows
+    // are deleted below) or finds no profile after it.
+    db.lock_profile(&profile, true)?;
     // Journey sends are keyed by run; the runs and their log name the person.
     db.execute("DELETE FROM journey_sends WHERE run_id IN (SELECT id FROM journey_runs WHERE profile_id = ?1)", &[P::Text(&profile)])?;
     for table in [
@@ -515,6 +518,8 @@ fn record_verdict(db: &mut impl Db, verdict: &VerdictWrite, at: i64) -> Result<O
     let label = label.as_deref();
     let current = db.query_opt("SELECT 1 FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])?;
     let change = match (current.is_some(), *member) {
+        // An entry for someone erased since their profile was read would bring them back.
+        (false, true) if !db.lock_profile(profile, false)? => None,
         (false, true) => {
             db.execute(
                 "INSERT INTO memberships (segment, profile_id, label, reason, digest, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -116,6 +116,11 @@ impl Db for PgTx<'_> {
         }
         Ok(())
     }
+
+    fn lock_profile(&mut self, id: &str, exclusive: bool) -> Result<bool, StoreError> {
+        let sql = if exclusive { "SELECT 1 FROM profiles WHERE id = ?1 FOR UPDATE" } else { "SELECT 1 FROM profiles WHERE id = ?1 FOR SHARE" };
+        Ok(self.query_opt(sql, &[P::Text(id)])?.is_some())
+    }
 }
 
 fn row_values(row: &postgres::Row) -> Result<Row, StoreError> {

@@ -48,6 +48,8 @@ struct Job {
 
 pub(crate) struct SqliteStore {
     writer: mpsc::Sender<Job>,
+    /// Tells the checkpointer to fold the WAL into the database and truncate it.
+    checkpoints: mpsc::Sender<Checkpoint>,
     /// Urgent writes sent but not yet taken by the writer, which ends a bulk group early
     /// while any wait.
     urgent_waiting: Arc<AtomicUsize>,
@@ -65,10 +67,14 @@ fn db(e: rusqlite::Error) -> StoreError {
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
+    // secure_delete: a deleted or overwritten row's bytes are zeroed, not left in free
+    // space, so an erased person (and every earlier value of their traits) is gone from the
+    // file once the WAL is folded in and truncated.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = OFF;
+         PRAGMA secure_delete = ON;
          PRAGMA busy_timeout = 5000;",
     )
     .map_err(db)
@@ -104,6 +110,7 @@ impl SqliteStore {
         // pages into the database and syncs it, and every write queued behind it waits.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(db)?;
         let checkpoints = start_checkpointer(path)?;
+        let truncate = checkpoints.clone();
         let (writer, jobs) = mpsc::channel::<Job>();
         let mapping = Arc::new(mapping);
         let for_writer = (*mapping).clone();
@@ -113,7 +120,7 @@ impl SqliteStore {
             .name("rekindle-sqlite-writer".into())
             .spawn(move || write_loop(conn, jobs, waiting, checkpoints, for_writer))
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
-        Ok(SqliteStore { writer, urgent_waiting, readers: Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }), mapping })
+        Ok(SqliteStore { writer, checkpoints: truncate, urgent_waiting, readers: Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }), mapping })
     }
 
     /// Runs `work` in the writer's next transaction; resolves once that transaction commits.
@@ -157,6 +164,14 @@ impl SqliteStore {
             return Err(StoreError::Closed);
         }
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Folds the whole WAL into the database and truncates it to nothing, so no earlier
+    /// page image (an erased person's, say) stays in the WAL file. Resolves once done.
+    pub(crate) async fn truncate_wal(&self) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.checkpoints.send(Checkpoint::Truncate(reply)).map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `work` on a read connection, inline. A read of one profile is a few indexed
@@ -215,37 +230,76 @@ fn read_now<T>(
     result
 }
 
+/// What the checkpointer is asked to do.
+enum Checkpoint {
+    /// A commit happened: copy what can be copied, waiting for no one.
+    Committed,
+    /// Fold in everything and truncate the WAL; answered when done.
+    Truncate(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// How often a truncating checkpoint is tried while readers hold old snapshots.
+const TRUNCATE_ATTEMPTS: usize = 20;
+
 /// Starts the thread that checkpoints the WAL into the database after commits, on its own
-/// connection, concurrently with the writer. Returns how the writer signals a commit.
-fn start_checkpointer(path: &Path) -> Result<mpsc::SyncSender<()>, StoreError> {
+/// connection, concurrently with the writer. Returns how to signal it.
+fn start_checkpointer(path: &Path) -> Result<mpsc::Sender<Checkpoint>, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
-    let (commits, committed) = mpsc::sync_channel::<()>(1);
+    let (signals, received) = mpsc::channel::<Checkpoint>();
     std::thread::Builder::new()
         .name("rekindle-sqlite-checkpoint".into())
         .spawn(move || {
-            while committed.recv().is_ok() {
-                // PASSIVE never waits for readers or the writer: it copies what it can, and
-                // the WAL starts over once a checkpoint has caught up with no reader behind.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!("SQLite checkpoint failed: {e}");
+            while let Ok(first) = received.recv() {
+                // Everything signalled since the last round is served by this one.
+                let truncations: Vec<_> = std::iter::once(first)
+                    .chain(received.try_iter())
+                    .filter_map(|signal| match signal {
+                        Checkpoint::Truncate(reply) => Some(reply),
+                        Checkpoint::Committed => None,
+                    })
+                    .collect();
+                if truncations.is_empty() {
+                    // PASSIVE never waits for readers or the writer: it copies what it can,
+                    // and the WAL starts over once a checkpoint has caught up.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!("SQLite checkpoint failed: {e}");
+                    }
+                    // Batches the commits of the next moment into one checkpoint.
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    continue;
                 }
-                // Batches the commits of the next moment into one checkpoint.
-                std::thread::sleep(CHECKPOINT_EVERY);
+                let outcome = truncate(&conn);
+                for reply in truncations {
+                    let _ = reply.send(outcome.clone());
+                }
             }
             // The writer has stopped: fold in what the WAL holds, if the process lives long
             // enough. Nothing depends on it; the next open reads the WAL either way.
             let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         })
         .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?;
-    Ok(commits)
+    Ok(signals)
+}
+
+/// A TRUNCATE checkpoint, tried again while a reader's snapshot keeps it from finishing.
+fn truncate(conn: &Connection) -> Result<(), StoreError> {
+    for _ in 0..TRUNCATE_ATTEMPTS {
+        // (busy, frames in the WAL, frames checkpointed); busy means a reader was in the way.
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).map_err(db)?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+    Err(StoreError::Database("the WAL could not be truncated: readers kept it busy".into()))
 }
 
 fn write_loop(
     mut conn: Connection,
     jobs: mpsc::Receiver<Job>,
     urgent_waiting: Arc<AtomicUsize>,
-    checkpoints: mpsc::SyncSender<()>,
+    checkpoints: mpsc::Sender<Checkpoint>,
     mapping: EventMapping,
 ) {
     let (mut urgent, mut bulk): (VecDeque<Work>, VecDeque<Work>) = (VecDeque::new(), VecDeque::new());
@@ -280,8 +334,8 @@ fn write_loop(
                 bulk.push_front(work);
             }
         }
-        // A full signal channel means a checkpoint is already due.
-        let _ = checkpoints.try_send(());
+        // The checkpointer serves every signal sent while it worked in one round.
+        let _ = checkpoints.send(Checkpoint::Committed);
     }
 }
 

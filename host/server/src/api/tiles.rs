@@ -228,15 +228,13 @@ async fn verify(state: &AppState, claim: &Claim) -> Visitor {
     }
     let (Some(token), Some((secret, _))) = (&claim.token, &state.tiles.token) else { return Visitor::default() };
     let Ok(claims) = crate::token::verify(token, secret, state.clock.now()) else { return Visitor::default() };
-    // A token left in the browser by someone else (a shared computer) is not the visitor
-    // a page now names.
-    if let (Some(user), Some(ingestion)) = (&claim.user_id, &state.ingestion) {
-        match ingestion.store.profile(user, 0).await {
-            Ok(Some(profile)) if profile.id == claims.profile_id => {}
-            _ => return Visitor::default(),
-        }
+    // The token's person must still exist (an erased one is nobody), and a token left in
+    // the browser by someone else (a shared computer) is not the visitor a page now names.
+    let Some(ingestion) = &state.ingestion else { return Visitor::default() };
+    match ingestion.store.profile(claim.user_id.as_deref().unwrap_or(&claims.profile_id), 0).await {
+        Ok(Some(profile)) if profile.id == claims.profile_id => Visitor::verified(claims.profile_id),
+        _ => Visitor::default(),
     }
-    Visitor::verified(claims.profile_id)
 }
 
 /// A segment token for a verified visitor, issued at the start of the hour so that its
