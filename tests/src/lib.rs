@@ -16,6 +16,7 @@ pub fn patient_runtime() -> rekindle_runtime::Runtime {
         limits: rekindle_runtime::KindLimits::default().with_deadline(std::time::Duration::from_secs(5)),
         max_instances: 100,
         cache_dir: None,
+        plugin_threads: 0,
     })
     .expect("engine")
 }

@@ -101,6 +101,18 @@ fn a_forbidden_import_is_refused_at_load_naming_it() {
 }
 
 #[test]
+fn an_adapter_writing_its_own_secret_placeholders_is_refused_at_load() {
+    let runtime = runtime();
+    let err = Plugin::load(&runtime, &component(components::HOSTILE_LEGACY_SECRETS)).unwrap_err();
+    assert!(matches!(&err, LoadError::UnmarkedSecrets { secrets } if secrets == "API_KEY"), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("does not import rekindle:plugin/secrets") && message.contains("secret(\"NAME\")"), "{message}");
+    // One that declares no secret has nothing to fill, and still loads.
+    Plugin::load(&runtime, &component(components::PLAIN_CHANNEL)).expect("an adapter without secrets loads");
+    assert_healthy(&runtime);
+}
+
+#[test]
 fn a_file_that_is_not_wasm_is_refused() {
     let runtime = runtime();
     let err = Plugin::load(&runtime, b"#!/bin/sh\necho not wasm\n").unwrap_err();

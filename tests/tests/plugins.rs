@@ -245,6 +245,7 @@ fn compiled_artifacts_are_cached_on_disk_and_reused() {
         cache_dir: Some(dir.path().to_path_buf()),
         max_instances: 10,
         limits: rekindle_runtime::KindLimits::default().with_deadline(std::time::Duration::from_secs(5)),
+        plugin_threads: 1,
     };
     let first = Runtime::new(config()).unwrap();
     let plugin = lapsing(&first);

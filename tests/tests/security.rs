@@ -20,6 +20,56 @@ rekindle_tests::on_each_backend!(
     real_time_evaluation_racing_an_erasure_cannot_bring_the_person_back
 );
 
+/// A tile plugin that burns its whole deadline on every call, asked for by many anonymous
+/// visitors at once, gets fallbacks served and leaves the host answering everything else.
+/// (The latency figures are in BENCHMARKS.md; this only pins that nothing waits on it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_burning_its_deadline_cannot_stall_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = rekindle_tests::open_store(Backend::Sqlite, dir.path()).await.unwrap();
+    let registry = std::sync::Arc::new(rekindle_runtime::Registry::new(rekindle_runtime::Runtime::new(rekindle_runtime::RuntimeConfig::default()).unwrap()));
+    registry.install("burn", &rekindle_tests::component(components::HOSTILE_TILES)).unwrap();
+    let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    for i in 0..10 {
+        let slot = json!({"name": format!("s{i}"), "plugin": "burn", "params": {"mode": "loop"}, "fallback": [{"title": "Sale", "link": "/sale"}]});
+        rekindle_server::define_tile_slot(&state, &slot).await.unwrap();
+    }
+    let host = rekindle_tests::serve(rekindle_server::app(state)).await;
+    let http = reqwest::Client::new();
+    let slots: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let visitors: Vec<_> = (0..48)
+        .map(|_| {
+            let (http, host, stop, body) = (http.clone(), host.clone(), stop.clone(), json!({"slots": slots}).to_string());
+            tokio::spawn(async move {
+                let mut fallbacks = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer: Value = http.post(format!("{host}/v1/tiles")).body(body.clone()).send().await.unwrap().json().await.unwrap();
+                    assert!(answer["decisions"].as_array().unwrap().iter().all(|d| d["fallback"] == true), "{answer}");
+                    fallbacks += 1;
+                }
+                fallbacks
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Before the plugin threads, /health took 9.6 s here; a second is a generous bound.
+    for _ in 0..20 {
+        let health = tokio::time::timeout(Duration::from_secs(1), http.get(format!("{host}/health")).send()).await;
+        assert!(health.is_ok_and(|r| r.unwrap().status().is_success()), "/health waited on the plugin");
+        let ingest = http.post(format!("{host}/v1/track")).basic_auth("server-key", Some("")).json(&json!({"userId": "u", "event": "Page Viewed"})).send();
+        assert!(tokio::time::timeout(Duration::from_secs(1), ingest).await.is_ok_and(|r| r.unwrap().status().is_success()), "ingestion waited on the plugin");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for visitor in visitors {
+        served += visitor.await.unwrap();
+    }
+    assert!(served > 0);
+}
+
 const SENDGRID_KEY: &str = "SG.the-real-api-key";
 
 /// A first name that tries both seams: a placeholder for the API key, and a phishing link.

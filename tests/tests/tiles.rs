@@ -245,6 +245,12 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     assert_eq!(many["decisions"][0]["tiles"][0]["offer_id"], "winback");
     assert_eq!(many["decisions"][1]["slot"], "nope");
     assert_eq!(many["decisions"][1]["tiles"], json!([]));
+    // One public request buys at most ten plugin calls, each slot once.
+    let ask = |slots: Value| host.send(host.http.post(format!("{}/v1/tiles", host.base)).body(json!({"slots": slots}).to_string()));
+    let (status, body) = ask(json!((0..11).map(|i| format!("s{i}")).collect::<Vec<_>>())).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("slots")), "{body}");
+    let (status, body) = ask(json!(["home", "home"])).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("slots[1]")), "{body}");
     assert_eq!(host.tiles("slot=nope").await.0, 404);
     assert_eq!(host.tiles("userId=ann").await.1["error"]["field"], "slot");
 

@@ -17,6 +17,9 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
     pub max_instances: u32,
+    /// Threads plugin calls run on, at a lower priority than the rest of the host; 0
+    /// (the default) means one per core.
+    pub plugin_threads: usize,
     pub limits: LimitsConfig,
     /// The SQLite database; defaults to `DATA_DIR/rekindle.db`.
     pub sqlite_path: Option<PathBuf>,
@@ -127,6 +130,7 @@ impl Default for Config {
             plugins_dir: None,
             admin_token: None,
             max_instances: 1000,
+            plugin_threads: 0,
             limits: LimitsConfig::default(),
             sqlite_path: None,
             postgres_url: None,

@@ -13,7 +13,7 @@ fn load(file: &Path, deadline_ms: Option<u64>) -> anyhow::Result<Plugin> {
     if let Some(ms) = deadline_ms {
         limits = limits.with_deadline(Duration::from_millis(ms));
     }
-    let runtime = Runtime::new(RuntimeConfig { max_instances: 4, limits, cache_dir: None })
+    let runtime = Runtime::new(RuntimeConfig { max_instances: 4, limits, cache_dir: None, plugin_threads: 1 })
         .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
     Plugin::load(&runtime, &bytes).with_context(|| format!("{} cannot be loaded", file.display()))
 }

@@ -89,6 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         limits: config.kind_limits(),
         cache_dir: Some(config.data_dir.join("cache")),
         max_instances: config.max_instances,
+        plugin_threads: config.plugin_threads,
     })
     .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
     let registry = Arc::new(Registry::new(runtime));

@@ -398,4 +398,11 @@ fn a_short_or_empty_admin_token_is_refused_at_start_up() {
         assert!(err.contains(&format!("the admin token (--admin-token, REKINDLE_ADMIN_TOKEN or admin_token) is {what}")), "{err}");
         assert!(err.contains("at least 16 characters"), "{err}");
     }
+    // So is an identity secret short enough to guess, since it proves who a visitor is.
+    let config = work.path().join("rekindle.toml");
+    std::fs::write(&config, "[[sources]]\nname = \"web\"\nwrite_key = \"k\"\nidentity_secret = \"too-short\"\n").unwrap();
+    let bad = run(serve().arg("--config").arg(&config));
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(err.contains("sources[0] (web): identity_secret must be at least 32 characters"), "{err}");
 }

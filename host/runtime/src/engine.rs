@@ -14,6 +14,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::bindings::rule::SegmentRule;
 use crate::bindings::wit::{Level, SECRETS_IMPORT};
 use crate::cache::ArtifactCache;
+use crate::pool::{BACKGROUND_NICE, CallPool, INTERACTIVE_NICE};
 use crate::plugin::Kind;
 use crate::secrets::SecretMarker;
 
@@ -94,11 +95,13 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Instances that may be alive at once (the pooling allocator's size).
     pub max_instances: u32,
+    /// Threads for plugin calls made through [`Runtime::pool`]; 0 means one per core.
+    pub plugin_threads: usize,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { limits: KindLimits::default(), cache_dir: None, max_instances: 1000 }
+        RuntimeConfig { limits: KindLimits::default(), cache_dir: None, max_instances: 1000, plugin_threads: 0 }
     }
 }
 
@@ -113,6 +116,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) linker: Linker<CallState>,
     pub(crate) limits: KindLimits,
     pub(crate) cache: Option<ArtifactCache>,
+    pub(crate) pool: CallPool,
+    pub(crate) background: CallPool,
     _ticker: EpochTicker,
 }
 
@@ -146,12 +151,25 @@ impl Runtime {
         let cache = config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
         // Without the ticker no deadline would ever fire, so failing to start it is fatal.
         let ticker = EpochTicker::start(engine.clone())?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = match config.plugin_threads {
+            0 => cores,
+            n => n,
+        };
+        // Never more calls at once than the pooling allocator has instances for.
+        let instances = config.max_instances.max(2) as usize;
+        let pool = CallPool::new("plugin", threads.min(instances / 2), INTERACTIVE_NICE)?;
+        // Segment runs use at most two threads, at a lower priority still: they never
+        // take a thread a tile decision is waiting for.
+        let background = CallPool::new("background", cores.min(2).min(instances / 2), BACKGROUND_NICE)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
                 limits: config.limits,
                 cache,
+                pool,
+                background,
                 _ticker: ticker,
             }),
         })
@@ -165,6 +183,16 @@ impl Runtime {
     /// The limits in force.
     pub fn limits(&self) -> KindLimits {
         self.inner.limits
+    }
+
+    /// The threads plugin calls that a request or a send waits on run on.
+    pub fn pool(&self) -> &CallPool {
+        &self.inner.pool
+    }
+
+    /// The threads background plugin work (scheduled segment runs, previews) runs on.
+    pub fn background_pool(&self) -> &CallPool {
+        &self.inner.background
     }
 }
 

@@ -75,6 +75,9 @@ pub enum CallError {
     /// The sandbox could not be created (for example, every instance slot is busy).
     #[error("could not instantiate the plugin: {0}")]
     Instantiate(String),
+    /// Every plugin thread stayed busy for as long as the caller would wait.
+    #[error("every plugin thread stayed busy for {0:?}")]
+    Busy(Duration),
 }
 
 impl CallError {
@@ -89,6 +92,7 @@ impl CallError {
             CallError::NotLoaded(_) => "not_loaded",
             CallError::WrongKind { .. } => "wrong_kind",
             CallError::Instantiate(_) => "instantiate",
+            CallError::Busy(_) => "busy",
         }
     }
 }

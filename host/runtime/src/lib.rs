@@ -13,6 +13,7 @@ pub mod json;
 mod params;
 mod plugin;
 mod policy;
+mod pool;
 mod registry;
 mod secrets;
 
@@ -21,6 +22,7 @@ pub use engine::{KindLimits, Limits, Runtime, RuntimeConfig};
 pub use error::{CallError, LoadError, RegistryError};
 pub use input::{empty_query, event_since, filter_profile};
 pub use params::{ParamError, merge_params};
+pub use pool::CallPool;
 pub use plugin::{AdapterRequests, Kind, Plugin, PluginInfo, RuleInstance};
 pub use secrets::{SecretMarker, SecretRef, fill_placeholders, show_placeholders};
 pub use registry::{Registry, SlotSummary, VersionSummary};

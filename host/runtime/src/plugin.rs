@@ -216,6 +216,16 @@ impl Plugin {
         &self.imports
     }
 
+    /// The threads calls to this plugin that a request or a send waits on run on.
+    pub fn pool(&self) -> &crate::CallPool {
+        &self.runtime.pool
+    }
+
+    /// The threads background calls to this plugin (segment runs, previews) run on.
+    pub fn background_pool(&self) -> &crate::CallPool {
+        &self.runtime.background
+    }
+
     /// `name@version (digest)`, the tag its log lines carry.
     pub fn label(&self) -> &str {
         &self.label
@@ -223,6 +233,11 @@ impl Plugin {
 
     fn limits(&self) -> Limits {
         self.runtime.limits.of(self.kind)
+    }
+
+    /// How long one call to this plugin may run.
+    pub fn deadline(&self) -> std::time::Duration {
+        self.limits().deadline
     }
 
     fn call_describe(&self) -> Result<PluginInfo, CallError> {

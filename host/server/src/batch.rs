@@ -338,9 +338,18 @@ async fn evaluate_page<E: Evaluator>(
     lanes: usize,
     report: &mut RunReport,
 ) -> Result<(), StoreError> {
-    let writes = evaluate_inputs(plan, evaluator, inputs, lanes, report).await?;
+    let writes = evaluate_inputs(plan, evaluator, inputs, lanes, Lane::Background, report).await?;
     report.changes += store.record_verdicts(writes, plan.now).await?;
     Ok(())
+}
+
+/// Which plugin threads evaluation runs on.
+#[derive(Clone, Copy)]
+enum Lane {
+    /// Real-time evaluation, which a membership's latency waits on.
+    Interactive,
+    /// Scheduled runs over everyone: background work, which yields to the rest.
+    Background,
 }
 
 /// Evaluates a page on `lanes` threads; returns the verdicts that change something.
@@ -349,24 +358,38 @@ async fn evaluate_inputs<E: Evaluator>(
     evaluator: &Arc<E>,
     inputs: Vec<RuleInput>,
     lanes: usize,
+    lane: Lane,
     report: &mut RunReport,
 ) -> Result<Vec<VerdictWrite>, StoreError> {
     let inputs = Arc::new(inputs);
     let per_lane = inputs.len().div_ceil(lanes.max(1)).max(1);
+    // On the plugin threads, at their lower priority; a scheduled run on threads of its
+    // own, so tile decisions never wait behind one.
+    let Some(owner) = plan.segments.first().map(|s| s.plugin.clone()) else { return Ok(Vec::new()) };
     let tasks: Vec<_> = (0..inputs.len())
         .step_by(per_lane)
         .map(|start| {
-            let (plan, evaluator, inputs) = (plan.clone(), evaluator.clone(), inputs.clone());
-            tokio::task::spawn_blocking(move || {
-                let end = (start + per_lane).min(inputs.len());
-                let mut worker = evaluator.worker(&plan);
-                evaluate_slice(&plan, &mut worker, &inputs[start..end])
+            let (plan, evaluator, inputs, owner) = (plan.clone(), evaluator.clone(), inputs.clone(), owner.clone());
+            tokio::spawn(async move {
+                let pool = match lane {
+                    Lane::Interactive => owner.pool(),
+                    Lane::Background => owner.background_pool(),
+                };
+                pool.run(None, move || {
+                        let end = (start + per_lane).min(inputs.len());
+                        let mut worker = evaluator.worker(&plan);
+                        evaluate_slice(&plan, &mut worker, &inputs[start..end])
+                    })
+                    .await
             })
         })
         .collect();
     let mut writes = Vec::new();
     for task in tasks {
-        let slice = task.await.map_err(|e| StoreError::Database(format!("evaluation task failed: {e}")))?;
+        let slice = task
+            .await
+            .map_err(|e| StoreError::Database(format!("evaluation task failed: {e}")))?
+            .map_err(|e| StoreError::Database(format!("evaluation task failed: {e}")))?;
         for (total, (ok, bad)) in report.per_segment.iter_mut().zip(slice.per_segment) {
             total.0 += ok;
             total.1 += bad;
@@ -414,7 +437,7 @@ pub async fn evaluate_ids<E: Evaluator>(
     for chunk in ids.chunks(PAGE) {
         let inputs = store.rule_inputs(Scope::Profiles(chunk.to_vec()), plan.needs().clone()).await?;
         let lanes = if inputs.len() >= 64 { 2 } else { 1 };
-        writes.extend(evaluate_inputs(&plan, &evaluator, inputs, lanes, &mut report).await?);
+        writes.extend(evaluate_inputs(&plan, &evaluator, inputs, lanes, Lane::Interactive, &mut report).await?);
     }
     Ok((writes, report))
 }

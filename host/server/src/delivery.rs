@@ -224,15 +224,17 @@ impl Deliverer {
     /// Delivers one rendered message on channel `name`; one outcome per adapter request.
     pub async fn deliver(&self, registry: &Registry, name: &str, message: &Message) -> Result<Vec<Attempted>, DeliveryError> {
         let (channel, plugin, info, ctx) = self.channel(name, registry)?;
-        let requests = plugin.deliver(&ctx, message).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
+        let requests = off_thread(&plugin, &ctx, message, |p, ctx, message| p.deliver(ctx, message))
+            .await
+            .map_err(|e| DeliveryError::Adapter(e.to_string()))?;
         self.perform(&channel, &plugin, &info, &ctx, requests).await
     }
 
     /// The request asking channel `name`'s provider whether `message` arrived; `None` when
     /// its adapter cannot ask (no `reconcile` export, or its lookup declines).
-    pub fn lookup(&self, registry: &Registry, name: &str, message: &Message) -> Option<Lookup> {
+    pub async fn lookup(&self, registry: &Registry, name: &str, message: &Message) -> Option<Lookup> {
         let (channel, plugin, info, ctx) = self.channel(name, registry).ok()?;
-        let requests = plugin.lookup(&ctx, message).ok()??;
+        let requests = off_thread(&plugin, &ctx, message, |p, ctx, message| p.lookup(ctx, message)).await.ok()??;
         Some(Lookup { channel, plugin, info, ctx, requests })
     }
 
@@ -264,7 +266,9 @@ impl Deliverer {
                 .map_or(ASK_AGAIN_AFTER, |s| Duration::from_secs(s).max(ASK_AGAIN_AFTER));
             return Ok(Reconciled::AskAgain { after, why: format!("it answered {}", response.status) });
         }
-        let found = plugin.confirm(&ctx, message, &response).unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}")));
+        let found = off_thread(&plugin, &ctx, &(message.clone(), response), |p, ctx, (message, response)| p.confirm(ctx, message, response))
+            .await
+            .unwrap_or_else(|e| Found::Unknown(format!("the adapter could not read the answer: {e}")));
         Ok(Reconciled::Answered(match found {
             Found::Accepted(id) => Found::Accepted(id.map(|id| redactor.text(&id))),
             Found::Unknown(why) => Found::Unknown(redactor.text(&why)),
@@ -275,11 +279,13 @@ impl Deliverer {
     /// Applies one audience change on channel `name`.
     pub async fn sync_audience(&self, registry: &Registry, name: &str, change: &AudienceChange) -> Result<Vec<Attempted>, DeliveryError> {
         let (channel, plugin, info, ctx) = self.channel(name, registry)?;
-        let requests = plugin.sync_audience(&ctx, change).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
+        let requests = off_thread(&plugin, &ctx, change, |p, ctx, change| p.sync_audience(ctx, change))
+            .await
+            .map_err(|e| DeliveryError::Adapter(e.to_string()))?;
         self.perform(&channel, &plugin, &info, &ctx, requests).await
     }
 
-    async fn perform(&self, channel: &Channel, plugin: &Plugin, info: &AdapterInfo, ctx: &Context, requests: AdapterRequests) -> Result<Vec<Attempted>, DeliveryError> {
+    async fn perform(&self, channel: &Channel, plugin: &Arc<Plugin>, info: &AdapterInfo, ctx: &Context, requests: AdapterRequests) -> Result<Vec<Attempted>, DeliveryError> {
         let cap = channel.config.max_requests;
         if requests.requests.len() > cap {
             return Err(DeliveryError::TooManyRequests { channel: channel.name.clone(), made: requests.requests.len(), cap });
@@ -296,7 +302,7 @@ impl Deliverer {
                 attempts += 1;
                 channel.limiter.until_ready().await;
                 let outcome = match channel.send(&request, &redactor).await {
-                    Ok(response) => redacted(&redactor, call_interpret(plugin, ctx, original, &response)),
+                    Ok(response) => redacted(&redactor, call_interpret(plugin, ctx, original, response).await),
                     Err(Failure::Refused(e)) => return Err(e),
                     Err(Failure::Transport(why)) => Outcome::RetryLater(rekindle_runtime::wit::Retry { after_seconds: None, reason: format!("transport: {why}") }),
                 };
@@ -456,8 +462,22 @@ impl Channel {
     }
 }
 
-fn call_interpret(plugin: &Plugin, ctx: &Context, request: &HttpRequest, response: &HttpResponse) -> Outcome {
-    plugin.interpret(ctx, request, response).unwrap_or_else(|e: CallError| Outcome::Failed(format!("the adapter could not read the response: {e}")))
+async fn call_interpret(plugin: &Arc<Plugin>, ctx: &Context, request: &HttpRequest, response: HttpResponse) -> Outcome {
+    off_thread(plugin, ctx, &(request.clone(), response), |p, ctx, (request, response)| p.interpret(ctx, request, response))
+        .await
+        .unwrap_or_else(|e: CallError| Outcome::Failed(format!("the adapter could not read the response: {e}")))
+}
+
+/// Calls the adapter on the plugin threads, with its own copies of the arguments: a call
+/// may take its whole deadline, which the async workers must not spend.
+async fn off_thread<A: Clone + Send + 'static, R: Send + 'static>(
+    plugin: &Arc<Plugin>,
+    ctx: &Context,
+    argument: &A,
+    call: impl FnOnce(&Plugin, &Context, &A) -> Result<R, CallError> + Send + 'static,
+) -> Result<R, CallError> {
+    let (adapter, ctx, argument) = (plugin.clone(), ctx.clone(), argument.clone());
+    plugin.pool().run(None, move || call(&adapter, &ctx, &argument)).await?
 }
 
 /// An outcome with the channel's secrets redacted from its texts, since they are logged

@@ -226,7 +226,8 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
         for s in &edge {
             let cut = filter_profile(profile, &s.query, now);
             // Planned at `now` above, so the context already carries this time.
-            match s.plugin.evaluate(&s.ctx, &cut) {
+            let (plugin, ctx) = (s.plugin.clone(), s.ctx.clone());
+            match s.plugin.pool().run(None, move || plugin.evaluate(&ctx, &cut)).await.and_then(|verdict| verdict) {
                 Ok(verdict) => {
                     let mut segments = profile.segments.take().unwrap_or_default();
                     apply_verdict(&mut segments, &s.def.name, &verdict, now);
@@ -238,6 +239,6 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
         }
     }
     let id = full.as_ref().map(|p| p.id.clone());
-    let decision = state.tiles.decide_for(&state.registry, &catalog, def, Ok(full), id.as_deref(), None, now);
+    let decision = state.tiles.decide_for(&state.registry, &catalog, def, Ok(full), id.as_deref(), None, now).await;
     Ok(json!({"verdicts": verdicts, "decision": decision}))
 }

@@ -59,7 +59,7 @@ impl ApiError {
             ApiError::Plugin(CallError::WrongKind { .. }) => StatusCode::CONFLICT,
             ApiError::Plugin(CallError::Plugin(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             // Every sandbox is busy: the host is at capacity, the plugin did nothing wrong.
-            ApiError::Plugin(CallError::Instantiate(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Plugin(CallError::Instantiate(_) | CallError::Busy(_)) => StatusCode::SERVICE_UNAVAILABLE,
             // The plugin misbehaved, not the caller or the host.
             ApiError::Plugin(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) | ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

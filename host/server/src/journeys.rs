@@ -453,7 +453,7 @@ impl Engine {
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<InDoubt, StoreError> {
-        let Some(lookup) = self.deliverer.lookup(&self.registry, channel, message) else {
+        let Some(lookup) = self.deliverer.lookup(&self.registry, channel, message).await else {
             return Ok(InDoubt::Resend("the adapter cannot ask its provider".into()));
         };
         let wait = i64::try_from(lookup.after().as_millis()).unwrap_or(i64::MAX);

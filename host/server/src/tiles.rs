@@ -319,7 +319,7 @@ impl TileService {
             }
             _ => Ok(None),
         };
-        Some(self.decide_for(registry, &catalog, def, full, visitor.id(), page_url, now))
+        Some(self.decide_for(registry, &catalog, def, full, visitor.id(), page_url, now).await)
     }
 
     /// What a slot's decision reads: the plugin's declared input, and the traits the slot's
@@ -346,7 +346,7 @@ impl TileService {
     /// Decides a slot for a visitor whose full profile (or the failure to read it) is
     /// already known: the part of a decision the edge repeats.
     #[allow(clippy::too_many_arguments)]
-    pub fn decide_for(
+    pub async fn decide_for(
         &self,
         registry: &Registry,
         catalog: &Catalog,
@@ -358,7 +358,11 @@ impl TileService {
     ) -> Value {
         self.decisions.fetch_add(1, Ordering::Relaxed);
         let offers = catalog.offers.get(&def.name).map(Vec::as_slice).unwrap_or_default();
-        match full.and_then(|full| personalised(registry, def, offers, full, page_url, now, &self.dropped)) {
+        let decided = match full {
+            Ok(full) => personalised(registry, def, offers, full, page_url, now, &self.dropped).await,
+            Err(why) => Err(why),
+        };
+        match decided {
             Ok(answer) => answer,
             Err(why) => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -369,7 +373,7 @@ impl TileService {
     }
 }
 
-fn personalised(
+async fn personalised(
     registry: &Registry,
     def: &SlotDef,
     offers: &[OfferDef],
@@ -391,9 +395,18 @@ fn personalised(
         .map(|o| o.offer.clone())
         .collect();
     let profile = full.as_ref().map(|p| filter_profile(p, &info.input, now));
+    let who = profile.as_ref().map(|p| p.id.clone());
     let request = TileRequest { slot: def.name.clone(), page_url, max_tiles: def.max_tiles };
     let ctx = Context { now, params };
-    let mut tiles = plugin.decide(&ctx, &request, profile.as_ref(), &candidates).map_err(|e| format!("the plugin failed: {e}"))?;
+    // On the plugin threads, waiting for one no longer than a call may take: when every
+    // thread is busy, the page is better served by the fallback now than by a queue.
+    let call = plugin.clone();
+    let mut tiles = plugin
+        .pool()
+        .run(Some(plugin.deadline()), move || call.decide(&ctx, &request, profile.as_ref(), &candidates))
+        .await
+        .and_then(|answer| answer)
+        .map_err(|e| format!("the plugin failed: {e}"))?;
     // A plugin's link is the plugin's word, not the operator's: one the page must not put
     // in an href (javascript:, //elsewhere) is dropped and counted, and the rest served.
     let before = tiles.len();
@@ -402,12 +415,11 @@ fn personalised(
         dropped.fetch_add((before - tiles.len()) as u64, Ordering::Relaxed);
         tracing::warn!(slot = def.name, plugin = def.plugin, "dropped {} tile(s) with a link or image that is not an http(s) URL or a site path", before - tiles.len());
     }
-    let who = profile.as_ref().map_or("anonymous", |p| p.id.as_str());
-    let tiles: Vec<Value> = tiles.iter().map(|t| tile_json(t, &def.name, who, &def.plugin, plugin.digest())).collect();
+    let tiles: Vec<Value> = tiles.iter().map(|t| tile_json(t, &def.name, who.as_deref().unwrap_or("anonymous"), &def.plugin, plugin.digest())).collect();
     Ok(json!({
         "slot": def.name,
         "fallback": false,
-        "known_visitor": profile.is_some(),
+        "known_visitor": who.is_some(),
         "plugin": {"slot": def.plugin, "digest": plugin.digest(), "version": info.version},
         "tiles": tiles,
     }))

@@ -353,8 +353,14 @@ pub(crate) fn set_contact(db: &mut impl Db, id: &str, kind: &str, address: &str,
 /// Erases a person from every table; false when no profile matched.
 pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
-    // Taken first: a verdict being written now either finishes before this (and its rows
-    // are deleted below) or finds no profile after it.
+    // Taken first, in the order ingestion takes them: a message for this person being
+    // stored now finishes before this, or finds no one after it and starts a new profile;
+    // a verdict being written now finishes before this (its rows are deleted below) or
+    // finds no profile after it.
+    let mut keys: Vec<String> = db.query("SELECT value FROM identities WHERE profile_id = ?1", &[P::Text(&profile)])?.iter().map(|r| r.text(0)).collect();
+    keys.sort();
+    keys.dedup();
+    db.lock_identities(&keys)?;
     db.lock_profile(&profile, true)?;
     // Journey sends are keyed by run; the runs and their log name the person.
     db.execute("DELETE FROM journey_sends WHERE run_id IN (SELECT id FROM journey_runs WHERE profile_id = ?1)", &[P::Text(&profile)])?;

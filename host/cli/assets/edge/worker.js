@@ -242,6 +242,9 @@ export async function decide(slotName, profile, now, pageUrl) {
   };
 }
 
+// As at the host: each slot is a plugin call, and the endpoint is public.
+const MAX_SLOTS_PER_REQUEST = 10;
+
 function json(body, status = 200) {
   return new Response(JSON.stringify(body), {
     status,
@@ -282,8 +285,13 @@ export default {
       } catch {
         return json({ error: { code: "malformed_json", message: "the body is not valid JSON" } }, 400);
       }
-      if (!Array.isArray(body.slots) || body.slots.length < 1 || body.slots.length > 20) {
-        return json({ error: { code: "invalid_field", field: "slots", message: "`slots` must name from 1 to 20 slots" } }, 400);
+      if (!Array.isArray(body.slots) || body.slots.length < 1 || body.slots.length > MAX_SLOTS_PER_REQUEST) {
+        return json({ error: { code: "invalid_field", field: "slots", message: `\`slots\` must name from 1 to ${MAX_SLOTS_PER_REQUEST} slots` } }, 400);
+      }
+      const names = body.slots.map((entry) => (typeof entry === "string" ? entry : entry && entry.slot));
+      const twice = names.findIndex((name, i) => typeof name === "string" && names.indexOf(name) < i);
+      if (twice >= 0) {
+        return json({ error: { code: "invalid_field", field: `slots[${twice}]`, message: `\`${names[twice]}\` is asked for twice` } }, 400);
       }
       const { profile } = await visitor(tokenOf(request, body), env, now);
       const decisions = [];

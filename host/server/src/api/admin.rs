@@ -127,7 +127,7 @@ async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, body: B
     let input = parse_json(&body)?;
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
     let call = plugin.clone();
-    let mut answer = blocking(move || json::invoke(&call, &input)).await?.map_err(|e| match e {
+    let mut answer = plugin.pool().run(None, move || json::invoke(&call, &input)).await.map_err(ApiError::Plugin)?.map_err(|e| match e {
         InvokeError::Input(e) => ApiError::from(e),
         InvokeError::Param(e) => ApiError::from(e),
         InvokeError::Call(e) => ApiError::Plugin(e),
@@ -160,7 +160,7 @@ async fn evaluate_stored(
         ?
         .ok_or_else(|| ApiError::NotFound(format!("no profile for `{profile_id}`")))?;
     let call = plugin.clone();
-    let verdict = blocking(move || call.evaluate(&ctx, &profile)).await?.map_err(ApiError::Plugin)?;
+    let verdict = plugin.pool().run(None, move || call.evaluate(&ctx, &profile)).await.and_then(|v| v).map_err(ApiError::Plugin)?;
     Ok(Json(json!({
         "verdict": json::verdict_to_json(&verdict),
         "plugin": { "name": plugin.info().name(), "version": plugin.info().version(), "digest": plugin.digest() },
@@ -175,7 +175,7 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-/// Runs plugin work off the async workers: a call may take its whole deadline.
+/// Runs work that blocks (compiling a component) off the async workers.
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("plugin task failed: {e}")))
 }

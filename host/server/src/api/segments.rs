@@ -198,13 +198,13 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
                 profiles.push(profile);
             }
         }
-        // One blocking hop per page: the calls themselves take microseconds each.
+        // One hop to the plugin threads per page: the calls themselves take microseconds.
         let (call, ctx) = (plugin.clone(), ctx.clone());
-        let verdicts = tokio::task::spawn_blocking(move || {
-            profiles.into_iter().map(|p| (p.id.clone(), call.evaluate(&ctx, &p))).collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("preview task failed: {e}")))?;
+        let verdicts = plugin
+            .background_pool()
+            .run(None, move || profiles.into_iter().map(|p| (p.id.clone(), call.evaluate(&ctx, &p))).collect::<Vec<_>>())
+            .await
+            .map_err(ApiError::Plugin)?;
         for (id, verdict) in verdicts {
             match verdict {
                 Ok(v) => {

@@ -194,6 +194,10 @@ impl Claim {
     }
 }
 
+/// The most slots one request may ask for: each is a plugin call of up to its deadline,
+/// and the endpoint is public, so one request must not buy a second of the host's CPU.
+const MAX_SLOTS_PER_REQUEST: usize = 10;
+
 /// Longer than any token this host issues for a real visitor.
 const MAX_TOKEN_BYTES: usize = 16 << 10;
 
@@ -324,8 +328,8 @@ async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: By
     let Some(Value::Array(slots)) = body.get("slots") else {
         return Err(ApiError::field("slots", "`slots` must be a list of slot names"));
     };
-    if slots.is_empty() || slots.len() > 20 {
-        return Err(ApiError::field("slots", "`slots` must name from 1 to 20 slots"));
+    if slots.is_empty() || slots.len() > MAX_SLOTS_PER_REQUEST {
+        return Err(ApiError::field("slots", format!("`slots` must name from 1 to {MAX_SLOTS_PER_REQUEST} slots")));
     }
     let names = slots
         .iter()
@@ -339,6 +343,10 @@ async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: By
             _ => Err(ApiError::field(format!("slots[{i}]"), "each entry is a slot name")),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Each name costs a plugin call: asking for one twice would only double the cost.
+    if let Some(i) = names.iter().enumerate().position(|(i, name)| names[..i].contains(name)) {
+        return Err(ApiError::field(format!("slots[{i}]"), format!("`{}` is asked for twice", names[i])));
+    }
     optional_text(body.get("anonymousId"), "anonymousId")?;
     let visitor = verify(&state, &Claim::from_body(&body, &headers)?).await;
     let url = optional_text(body.get("url"), "url")?;
