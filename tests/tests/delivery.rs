@@ -274,9 +274,10 @@ async fn the_allowlist_pins_scheme_host_and_port_and_refuses_private_addresses()
             config.allow_private_addresses = vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()];
             config
         }),
-        // The adapter declared the metadata address itself, and the operator listed nothing.
+        // The adapter declared the metadata address itself, and the operator listed nothing
+        // (which a channel without secrets may).
         ("metadata".to_string(), {
-            let mut config = channel("hostile-channel", &base, vec![text("mode", "metadata")], &[("TOKEN", "tttt")]);
+            let mut config = channel("hostile-channel", &base, vec![text("mode", "metadata")], &[]);
             config.allowed_hosts.clear();
             config
         }),
@@ -307,6 +308,16 @@ async fn the_allowlist_pins_scheme_host_and_port_and_refuses_private_addresses()
     let sent = deliverer.deliver(&registry, "by-name-allowed", &message("ann@example.com")).await.unwrap();
     assert_eq!(sent[0].outcome, Outcome::Delivered(None));
     assert_eq!(received.lock().unwrap().len(), before + 1);
+}
+
+#[test]
+fn a_channel_with_secrets_must_name_the_origins_they_go_to() {
+    let mut config = ChannelConfig::new("channel-sendgrid");
+    config.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "SG.key-0123".to_string())]);
+    let err = Deliverer::new(HashMap::from([("email".to_string(), config.clone())])).err().unwrap();
+    assert!(matches!(&err, DeliveryError::BadAllowlist { channel, .. } if channel == "email"), "{err}");
+    config.allowed_hosts = vec!["https://api.sendgrid.com".into()];
+    assert!(Deliverer::new(HashMap::from([("email".to_string(), config)])).is_ok());
 }
 
 #[tokio::test]

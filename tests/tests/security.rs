@@ -225,6 +225,34 @@ async fn a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer(ba
     assert_eq!(attacker["user_ids"], json!(["attacker"]), "{attacker}");
     assert_ne!(attacker["id"], victim["id"]);
 
+    // Claiming ids of people who have not signed up yet, so that their data lands on the
+    // attacker's profile when they do: the claims start profiles of their own.
+    let answer = batch("public-key", json!([
+        {"type": "identify", "userId": "attacker", "anonymousId": "anon-attacker"},
+        {"type": "alias", "userId": "attacker", "previousId": "bob-future"},
+        {"type": "identify", "userId": "carol-future", "anonymousId": "anon-attacker"},
+        // An address planted on an anonymous id, for a victim's later login to pick up.
+        {"type": "identify", "anonymousId": "anon-trap", "traits": {"email": "trap@evil.example"}, "context": {"consent": {"categoryPreferences": {"email": true}}}},
+    ])).await;
+    assert!(answer.get("ignored").is_none(), "{answer}");
+    batch("server-key", json!([
+        {"type": "identify", "userId": "bob-future", "traits": {"email": "bob@example.com"}},
+        {"type": "identify", "userId": "carol-future", "traits": {"email": "carol@example.com"}},
+        // The backend reports a login on the trapped device, as it would for anyone.
+        {"type": "identify", "userId": "dave", "anonymousId": "anon-trap", "traits": {"first_name": "Dave"}},
+    ])).await;
+    let attacker = profile("attacker").await;
+    for newcomer in ["bob-future", "carol-future"] {
+        let theirs = profile(newcomer).await;
+        assert_ne!(theirs["id"], attacker["id"], "{newcomer} landed on the attacker's profile: {theirs}");
+        assert_eq!(theirs["user_ids"], json!([newcomer]), "{theirs}");
+    }
+    assert_eq!(attacker["user_ids"], json!(["attacker"]), "{attacker}");
+    let dave = profile("dave").await;
+    assert!(!dave.to_string().contains("trap@evil.example"), "a browser-planted address crossed the login: {dave}");
+    assert!(dave["consents"].get("email").is_none(), "a browser-planted consent crossed the login: {dave}");
+    assert!(dave["anonymous_ids"].as_array().unwrap().contains(&json!("anon-trap")), "the history did join: {dave}");
+
     // The server key may change the address: that is what it is for.
     let answer = batch("server-key", json!([{"type": "identify", "userId": "victim", "traits": {"email": "vic@new.example"}}])).await;
     assert!(answer.get("ignored").is_none(), "{answer}");
@@ -258,6 +286,18 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
     };
     let order = |id: &str, revenue: Value| json!({"type": "track", "messageId": id, "userId": "ann", "event": "Order Completed", "properties": {"revenue": revenue}});
     assert_eq!(send("/v1/batch", json!({"batch": [order("good", json!(42))]}).to_string()).await.0, 200);
+    // Finite amounts can add up to infinity; the lifetime value stays a number.
+    let huge: Vec<Value> = [order("huge-1", json!(1.7e308)), order("huge-2", json!(1.7e308))]
+        .into_iter()
+        .map(|mut o| {
+            o["userId"] = json!("bea");
+            o
+        })
+        .collect();
+    let huge = json!({ "batch": huge });
+    assert_eq!(send("/v1/batch", huge.to_string()).await.0, 200);
+    let bea: Value = http.get(format!("{host}/v1/profiles/bea")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    assert!(bea["computed"]["lifetime_value"].as_f64().is_some_and(f64::is_finite), "{bea}");
 
     let refused = |path: &'static str, body: String, field: &'static str| {
         let send = send.clone();
@@ -312,6 +352,16 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!((status, answer["error"]["field"].as_str()), (400, Some(field)), "{path}: {answer}");
+    }
+
+    // Waits no clock can reach are refused when the journey is deployed.
+    for (field, step) in [("duration", "type = \"wait\"\nduration = \"106751991167d\""), ("timeout", "type = \"wait_for\"\nevent = \"x\"\ntimeout = \"99999999999999h\"\non_event = \"exit\"\non_timeout = \"exit\"")] {
+        let journey = format!("name = \"Forever\"\n[entry]\napi = true\n[[steps]]\nid = \"w\"\n{step}\n");
+        let deployed = http.post(format!("{host}/v1/journeys")).bearer_auth(ADMIN).body(journey).send().await.unwrap();
+        let status = deployed.status().as_u16();
+        let answer: Value = deployed.json().await.unwrap();
+        assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("steps[0] \"w\"")), "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(&format!("{field}: ")), "{answer}");
     }
 
     // A date trait of i64::MAX in a journey's wait: the engine logs it as no date and goes on.

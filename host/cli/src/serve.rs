@@ -108,25 +108,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.sources.is_empty() {
         tracing::warn!("no event sources: ingestion refuses every write key (add --source NAME=WRITE_KEY)");
     }
-    let mut sources = std::collections::HashMap::new();
-    for (i, s) in config.sources.iter().enumerate() {
-        let identity_secret = match &s.identity_secret {
-            Some(value) => {
-                let secret = from_env(value, &format!("sources[{i}] ({}): identity_secret", s.name))?;
-                anyhow::ensure!(secret.len() >= 32, "sources[{i}] ({}): identity_secret must be at least 32 characters", s.name);
-                Some(Arc::<[u8]>::from(secret.as_bytes()))
-            }
-            None => None,
-        };
-        let source = Source { name: s.name.clone(), kind: s.kind, identity_secret };
-        anyhow::ensure!(sources.insert(s.write_key.clone(), source).is_none(), "sources[{i}] ({}): another source has the same write key", s.name);
-    }
+    let sources = sources(&config.sources)?;
     let mut state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
         .with_ingestion(Ingestion { store, sources })
         .with_tile_origins(config.tiles.origins.clone());
-    if let Some(secret) = std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
-        anyhow::ensure!(secret.len() >= 32, "the token secret must be at least 32 characters ([tiles] token_secret or REKINDLE_TOKEN_SECRET)");
-        state = state.with_token_secret(secret.as_bytes(), std::time::Duration::from_secs(config.tiles.token_ttl_hours * 3600));
+    let token_secret = match std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
+        Some(value) => Some(long_secret(&value, "the token secret ([tiles] token_secret or REKINDLE_TOKEN_SECRET)")?),
+        None => None,
+    };
+    if let Some(secret) = token_secret {
+        let ttl = std::time::Duration::from_secs(config.tiles.token_ttl_hours.saturating_mul(3600));
+        state = state.with_token_secret(secret.as_bytes(), ttl);
     }
     if !config.channels.is_empty() {
         state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?)?, config.frequency_cap);
@@ -167,18 +159,45 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The sources by write key, with their identity secrets read and checked.
+fn sources(configured: &[SourceConfig]) -> anyhow::Result<std::collections::HashMap<String, Source>> {
+    let mut sources = std::collections::HashMap::new();
+    for (i, s) in configured.iter().enumerate() {
+        let identity_secret = match &s.identity_secret {
+            Some(value) => Some(Arc::<[u8]>::from(long_secret(value, &format!("sources[{i}] ({}): identity_secret", s.name))?.as_bytes())),
+            None => None,
+        };
+        let source = Source { name: s.name.clone(), kind: s.kind, identity_secret };
+        anyhow::ensure!(sources.insert(s.write_key.clone(), source).is_none(), "sources[{i}] ({}): another source has the same write key", s.name);
+    }
+    Ok(sources)
+}
+
+/// The fewest characters of a secret that proves something (a visitor's identity, a
+/// token): short enough to guess would prove nothing.
+const SHORTEST_SECRET: usize = 32;
+
+/// A secret from the config (`env:NAME` reads the environment) of at least
+/// [`SHORTEST_SECRET`] characters; `what` names it in errors.
+fn long_secret(value: &str, what: &str) -> anyhow::Result<String> {
+    let secret = from_env(value, what)?;
+    anyhow::ensure!(secret.trim().chars().count() >= SHORTEST_SECRET, "{what} must be at least {SHORTEST_SECRET} characters");
+    Ok(secret)
+}
+
 /// The fewest characters an admin token may have: it guards every profile and secret
 /// the host holds, so one short enough to guess is refused rather than served.
 const SHORTEST_ADMIN_TOKEN: usize = 16;
 
 fn check_admin_token(token: &str) -> anyhow::Result<()> {
-    let length = token.chars().count();
+    // Spaces around it guard nothing, so they do not count.
+    let length = token.trim().chars().count();
     anyhow::ensure!(
-        length >= SHORTEST_ADMIN_TOKEN && !token.trim().is_empty(),
+        length >= SHORTEST_ADMIN_TOKEN,
         "the admin token (--admin-token, REKINDLE_ADMIN_TOKEN or admin_token) is {}; it must be at least {SHORTEST_ADMIN_TOKEN} \
          characters, since it opens every profile and the admin API. Generate one with `openssl rand -hex 24`, or leave it \
          unset to switch the admin API off",
-        if token.is_empty() { "empty".to_string() } else { format!("{length} characters") },
+        if length == 0 { "empty".to_string() } else { format!("{length} characters") },
     );
     Ok(())
 }

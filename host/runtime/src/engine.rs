@@ -185,15 +185,7 @@ impl Runtime {
         self.inner.limits
     }
 
-    /// The threads plugin calls that a request or a send waits on run on.
-    pub fn pool(&self) -> &CallPool {
-        &self.inner.pool
-    }
 
-    /// The threads background plugin work (scheduled segment runs, previews) runs on.
-    pub fn background_pool(&self) -> &CallPool {
-        &self.inner.background
-    }
 }
 
 fn engine_config(pool: Option<(u32, usize)>) -> Config {

@@ -31,10 +31,10 @@ pub enum LoadError {
     /// A channel adapter declares secrets but does not take placeholders from the host.
     #[error(
         "the adapter declares secrets ({secrets}) but does not import rekindle:plugin/secrets: \
-         it was built with rekindle-sdk 0.1, whose adapters write `{{{{secret:NAME}}}}` into their \
-         requests themselves. The host no longer fills that text, because customer data can \
-         contain it too. Rebuild with the current rekindle-sdk and write `secret(\"NAME\")` \
-         where the secret goes"
+         it was built before that import existed, and writes `{{{{secret:NAME}}}}` into its \
+         requests itself. The host no longer fills that text, because customer data can \
+         contain it too. Rebuild it with a rekindle-sdk that has `secret()` and write \
+         `secret(\"NAME\")` where the secret goes"
     )]
     UnmarkedSecrets { secrets: String },
     /// wasmtime could not compile or link it.

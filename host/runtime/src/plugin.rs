@@ -12,8 +12,7 @@ use crate::bindings::rule::SegmentRulePre;
 use crate::bindings::tiles::PromoTilesPre;
 use crate::bindings::wit::{
     AdapterInfo, AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer,
-    Outcome, Profile, RECONCILE_EXPORT, RuleInfo, SECRETS_IMPORT, Tile, TileRequest, TilesInfo,
-    Verdict,
+    Outcome, Profile, RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, TilesInfo, Verdict,
 };
 use crate::engine::{CallState, Limits, Runtime, RuntimeInner};
 use crate::error::{CallError, LoadError};
@@ -176,7 +175,7 @@ impl Plugin {
         // adapter could never authenticate: better refused now, with the way out.
         if let PluginInfo::Channel(info) = &plugin.info
             && !info.secrets.is_empty()
-            && !plugin.imports.iter().any(|i| i.starts_with(SECRETS_IMPORT.trim_end_matches(".0")))
+            && !policy::imports_secrets(&plugin.imports)
         {
             return Err(LoadError::UnmarkedSecrets { secrets: info.secrets.join(", ") });
         }

@@ -57,6 +57,11 @@ fn hint_for(import: &str) -> &'static str {
     }
 }
 
+/// Whether a component's imports include the secret placeholders.
+pub(crate) fn imports_secrets(imports: &[String]) -> bool {
+    imports.iter().any(|name| GRANTED_TO_CHANNELS.iter().any(|granted| name.starts_with(granted)))
+}
+
 /// Names the plugin kind from the component's exports.
 pub(crate) fn detect_kind(engine: &Engine, component: &Component) -> Result<Kind, LoadError> {
     let ty = component.component_type();

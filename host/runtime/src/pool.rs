@@ -53,11 +53,6 @@ impl CallPool {
         Ok(CallPool { slots: Arc::new(Semaphore::new(size)), threads, size })
     }
 
-    /// How many calls may run at once.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// Runs `call` on a plugin thread, once a slot is free. With `wait`, gives up with
     /// [`CallError::Busy`] when no slot frees within it: what a caller with a fallback (a
     /// tile decision) wants rather than a queue.

@@ -23,7 +23,8 @@ impl SecretMarker {
     }
 
     /// The marker's text.
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
         &self.0
     }
 }

@@ -38,19 +38,35 @@
     }
   }
 
+  function forgetToken() {
+    document.cookie = "rekindle_token=; path=/; max-age=0; SameSite=Lax";
+    document.cookie = "rekindle_token_user=; path=/; max-age=0; SameSite=Lax";
+  }
+
   var visitor = {
     userId: script.getAttribute("data-user-id") || null,
     userHash: script.getAttribute("data-user-hash") || null,
     anonymousId: anonymousId()
   };
 
-  function storedToken() {
-    var match = document.cookie.match(/(?:^|;\s*)rekindle_token=([^;]+)/);
+  function cookie(name) {
+    var match = document.cookie.match(new RegExp("(?:^|;\\s*)" + name + "=([^;]*)"));
     try {
       return match ? decodeURIComponent(match[1]) : null;
     } catch (e) {
       return null;
     }
+  }
+
+  // A token kept for one user is not proof for another on a shared computer: the page
+  // names who is logged in, and a token stored for someone else is dropped.
+  function storedToken() {
+    var token = cookie("rekindle_token");
+    if (token && visitor.userId && cookie("rekindle_token_user") !== visitor.userId) {
+      forgetToken();
+      return null;
+    }
+    return token;
   }
 
   function messageId() {
@@ -69,7 +85,11 @@
   // The host's segment token, for an edge on the site's own domain to read.
   function keepToken(response) {
     var token = response.headers.get("x-rekindle-token");
-    if (token) document.cookie = "rekindle_token=" + encodeURIComponent(token) + "; path=/; max-age=604800; SameSite=Lax" + (location.protocol === "https:" ? "; Secure" : "");
+    if (token) {
+      var attributes = "; path=/; max-age=604800; SameSite=Lax" + (location.protocol === "https:" ? "; Secure" : "");
+      document.cookie = "rekindle_token=" + encodeURIComponent(token) + attributes;
+      document.cookie = "rekindle_token_user=" + encodeURIComponent(visitor.userId || "") + attributes;
+    }
     return response;
   }
 
@@ -167,9 +187,6 @@
       .catch(function () {});
   }
 
-  function forgetToken() {
-    document.cookie = "rekindle_token=; path=/; max-age=0; SameSite=Lax";
-  }
 
   window.rekindle = {
     refresh: refresh,

@@ -166,10 +166,19 @@ impl Deliverer {
                     .then(|| config.allowed_hosts.iter().map(|entry| Origin::parse(entry)).collect::<Result<Vec<_>, _>>())
                     .transpose()
                     .map_err(|why| DeliveryError::BadAllowlist { channel: name.clone(), why })?;
+                // Secrets go only where the operator said, not where an adapter (or a new
+                // version of it) declares it would like them to go.
+                if allowed.is_none() && !config.secrets.is_empty() {
+                    let why = "a channel with secrets must list the origins they may go to".to_string();
+                    return Err(DeliveryError::BadAllowlist { channel: name.clone(), why });
+                }
                 let rate = NonZeroU32::new(config.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
                 let http = reqwest::Client::builder()
                     .timeout(Duration::from_secs(15))
                     .redirect(reqwest::redirect::Policy::none())
+                    // A proxy from the environment would resolve and connect on our behalf,
+                    // past the resolver below that refuses private addresses.
+                    .no_proxy()
                     .dns_resolver(Arc::new(GuardedResolver { allowed: Arc::new(config.allow_private_addresses.clone()) }))
                     .build()
                     .map_err(|e| DeliveryError::Adapter(format!("channel `{name}`: the HTTP client: {e}")))?;
@@ -404,9 +413,8 @@ impl Channel {
         // A private address written out is the operator's to allow, never the adapter's:
         // listed in the operator's own allowlist, or in allow_private_addresses.
         if let Some(ip) = origin.ip_literal()
-            && !crate::egress::is_public(ip)
             && self.allowed.is_none()
-            && !self.config.allow_private_addresses.iter().any(|net| net.contains(&ip))
+            && !crate::egress::address_allowed(ip, &self.config.allow_private_addresses)
         {
             return Err(DeliveryError::PrivateAddress(format!("{origin} is not a public address, and the operator did not allow it")));
         }

@@ -28,17 +28,10 @@ impl Origin {
         let entry = entry.trim();
         let with_scheme = if entry.contains("://") { entry.to_string() } else { format!("https://{entry}") };
         let url = reqwest::Url::parse(&with_scheme).map_err(|e| format!("`{entry}` is not an origin: {e}"))?;
-        let scheme = match url.scheme() {
-            "https" => "https",
-            "http" => "http",
-            other => return Err(format!("`{entry}`: only http and https origins can be allowed, not {other}")),
-        };
         if !url.username().is_empty() || url.password().is_some() || url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             return Err(format!("`{entry}` must be only a scheme, a host and a port, like https://api.sendgrid.com:443"));
         }
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("`{entry}` names no host"))?.to_string();
-        let port = url.port_or_known_default().ok_or_else(|| format!("`{entry}` has no port"))?;
-        Ok(Origin { scheme, host, port })
+        Origin::of(&url).filter(|o| !o.host.is_empty()).ok_or_else(|| format!("`{entry}`: only http and https origins with a host can be allowed"))
     }
 
     /// The origin a request URL goes to.
@@ -81,6 +74,8 @@ pub fn is_public(ip: IpAddr) -> bool {
             }
             let s = v6.segments();
             let embedded_v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+            // 6to4 (2002::/16) carries an IPv4 address in its second and third groups.
+            let six_to_four = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -90,6 +85,9 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
                 || (s[0] == 0x0064 && s[1] == 0xff9b && !is_public_v4(embedded_v4)) // NAT64 of a private address
                 || (s[0..6] == [0, 0, 0, 0, 0, 0] && !is_public_v4(embedded_v4)) // IPv4-compatible
+                || (s[0..6] == [0, 0, 0, 0, 0xffff, 0] && !is_public_v4(embedded_v4)) // IPv4-translated (SIIT)
+                || (s[0] == 0x2002 && !is_public_v4(six_to_four)) // 6to4 of a private address
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo, which tunnels to anywhere
                 || s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only, 100::/64
         }
     }
@@ -109,6 +107,11 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
         || (a == 198 && (18..20).contains(&b)) // benchmarking
         || a >= 240) // reserved
+}
+
+/// Whether a request may reach `ip`: a public address, or one the operator allowed.
+pub fn address_allowed(ip: IpAddr, allowed: &[IpNet]) -> bool {
+    is_public(ip) || allowed.iter().any(|net| net.contains(&ip))
 }
 
 /// Why the host would not connect to an address the adapter's host name resolved to.
@@ -132,8 +135,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let (kept, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
-                found.into_iter().partition(|a| is_public(a.ip()) || allowed.iter().any(|net| net.contains(&a.ip())));
+            let (kept, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = found.into_iter().partition(|a| address_allowed(a.ip(), &allowed));
             if kept.is_empty() {
                 let address = refused.first().map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), SocketAddr::ip);
                 return Err(Box::new(PrivateAddress { host, address }) as Box<dyn std::error::Error + Send + Sync>);
@@ -159,7 +161,20 @@ pub fn private_address_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> O
 /// percent-encoded, JSON-escaped, as HTTP Basic credentials), with `[redacted NAME]`.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    needles: Vec<(Vec<u8>, Vec<u8>)>,
+    needles: Vec<(String, String)>,
+    /// All the needles at once, longest first where two overlap; `None` with none.
+    matcher: Option<aho_corasick::AhoCorasick>,
+}
+
+/// `%2F` as `%2f`: providers differ in which case they percent-encode with.
+fn lower_case_escapes(percent: &str) -> String {
+    let mut out = String::with_capacity(percent.len());
+    let mut hex_left = 0u8;
+    for c in percent.chars() {
+        out.push(if hex_left > 0 { c.to_ascii_lowercase() } else { c });
+        hex_left = if c == '%' { 2 } else { hex_left.saturating_sub(1) };
+    }
+    out
 }
 
 /// Values shorter than this are not redacted: replacing two letters everywhere would wreck
@@ -181,52 +196,43 @@ impl Redactor {
         if value.len() < SHORTEST_REDACTED {
             return;
         }
-        let replacement = format!("[redacted {name}]").into_bytes();
+        let replacement = format!("[redacted {name}]");
         let json = serde_json::to_string(value).unwrap_or_default();
+        let percent = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string();
         let forms = [
             value.to_string(),
             json.trim_matches('"').to_string(),
-            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            // JSON writers that escape `/` (PHP's, among others).
+            json.trim_matches('"').replace('/', "\\/"),
+            lower_case_escapes(&percent),
+            percent,
             base64::engine::general_purpose::STANDARD.encode(value),
         ];
         for form in forms {
-            if !self.needles.iter().any(|(needle, _)| needle == form.as_bytes()) {
-                self.needles.push((form.into_bytes(), replacement.clone()));
+            if !self.needles.iter().any(|(needle, _)| *needle == form) {
+                self.needles.push((form, replacement.clone()));
             }
         }
-        // Longest first, so a value containing another is replaced whole.
-        self.needles.sort_by_key(|(needle, _)| std::cmp::Reverse(needle.len()));
+        self.matcher = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(self.needles.iter().map(|(needle, _)| needle))
+            .ok();
     }
 
     /// `bytes` with every secret form replaced.
     pub fn bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = bytes.to_vec();
-        for (needle, replacement) in &self.needles {
-            if needle.len() > out.len() {
-                continue;
-            }
-            let mut next = Vec::with_capacity(out.len());
-            let mut i = 0;
-            while i < out.len() {
-                if out[i..].starts_with(needle) {
-                    next.extend_from_slice(replacement);
-                    i += needle.len();
-                } else {
-                    next.push(out[i]);
-                    i += 1;
-                }
-            }
-            out = next;
+        match &self.matcher {
+            Some(matcher) => matcher.replace_all_bytes(bytes, &self.needles.iter().map(|(_, r)| r.as_bytes()).collect::<Vec<_>>()),
+            None => bytes.to_vec(),
         }
-        out
     }
 
     /// `text` with every secret form replaced.
     pub fn text(&self, text: &str) -> String {
-        if self.needles.is_empty() {
-            return text.to_string();
+        match &self.matcher {
+            Some(matcher) => matcher.replace_all(text, &self.needles.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>()),
+            None => text.to_string(),
         }
-        String::from_utf8(self.bytes(text.as_bytes())).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -251,11 +257,11 @@ mod tests {
         for private in [
             "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "255.255.255.255",
             "224.0.0.1", "198.18.0.1", "240.0.0.1", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
-            "64:ff9b::a9fe:a9fe", "::7f00:1", "2001:db8::1",
+            "64:ff9b::a9fe:a9fe", "::7f00:1", "2001:db8::1", "::ffff:0:7f00:1", "2002:7f00:1::", "2002:a9fe:a9fe::1", "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private} must not count as public");
         }
-        for public in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for public in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"] {
             assert!(is_public(public.parse().unwrap()), "{public} is public");
         }
     }
@@ -264,14 +270,15 @@ mod tests {
     fn secrets_are_redacted_in_every_form_a_provider_echoes() {
         let secrets = [("KEY".to_string(), "s3cr3t/v+al\"ue".to_string()), ("TINY".to_string(), "ab".to_string())];
         let redactor = Redactor::new(secrets.iter().map(|(k, v)| (k, v)));
+        let percent = percent_encoding::utf8_percent_encode("s3cr3t/v+al\"ue", percent_encoding::NON_ALPHANUMERIC).to_string();
         let echoed = format!(
-            r#"{{"auth": "Bearer s3cr3t/v+al\"ue", "form": "{}", "b64": "{}", "ab": "ab"}}"#,
-            percent_encoding::utf8_percent_encode("s3cr3t/v+al\"ue", percent_encoding::NON_ALPHANUMERIC),
+            r#"{{"auth": "Bearer s3cr3t/v+al\"ue", "form": "{percent}", "lower": "{}", "php": "s3cr3t\/v+al\"ue", "b64": "{}", "ab": "ab"}}"#,
+            percent.to_lowercase(),
             base64::engine::general_purpose::STANDARD.encode("s3cr3t/v+al\"ue"),
         );
         let clean = redactor.text(&echoed);
         assert!(!clean.contains("s3cr3t"), "{clean}");
-        assert_eq!(clean.matches("[redacted KEY]").count(), 3, "{clean}");
+        assert_eq!(clean.matches("[redacted KEY]").count(), 5, "{clean}");
         assert!(clean.contains(r#""ab": "ab""#), "values too short to be secrets stay: {clean}");
     }
 }

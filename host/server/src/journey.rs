@@ -185,8 +185,12 @@ pub fn parse_duration(text: &str) -> Option<i64> {
         "d" => 86_400_000,
         _ => return None,
     };
-    (n > 0).then(|| n.checked_mul(unit_ms)).flatten()
+    (n > 0).then(|| n.checked_mul(unit_ms)).flatten().filter(|ms| *ms <= LONGEST_WAIT)
 }
+
+/// The longest wait a journey may have: ten years is past any campaign, and far enough
+/// from the end of time that no wake-up overflows.
+pub const LONGEST_WAIT: i64 = 3_650 * 86_400_000;
 
 fn parse_clock(text: &str) -> Option<u32> {
     let (h, m) = text.split_once(':')?;
@@ -259,12 +263,12 @@ pub fn check(journey: &Journey, channels: &[&str]) -> Result<(), String> {
         match step {
             Step::Wait { duration, until_trait, .. } => match (duration, until_trait) {
                 (Some(d), None) if parse_duration(d).is_some() => {}
-                (Some(d), None) => return Err(at("duration", format!("`{d}` is not a duration like 30m, 12h or 7d"))),
+                (Some(d), None) => return Err(at("duration", format!("`{d}` is not a duration like 30m, 12h or 7d, of at most 3650d"))),
                 (None, Some(t)) if !t.trim().is_empty() => {}
                 _ => return Err(at("duration", "give either `duration` or `until_trait` (with `plus_days`)".into())),
             },
             Step::WaitFor { timeout, .. } if parse_duration(timeout).is_none() => {
-                return Err(at("timeout", format!("`{timeout}` is not a duration like 30m, 12h or 7d")));
+                return Err(at("timeout", format!("`{timeout}` is not a duration like 30m, 12h or 7d, of at most 3650d")));
             }
             Step::Split { segment, r#trait, equals, .. } => match (segment, r#trait, equals) {
                 (Some(_), None, None) | (None, Some(_), Some(_)) => {}
@@ -353,7 +357,7 @@ no = "exit"
     #[test]
     fn errors_name_the_step_and_the_field() {
         let broken = |from: &str, to: &str| load(&LAPSING.replace(from, to), &CHANNELS).unwrap_err();
-        assert_eq!(broken("duration = \"3d\"", "duration = \"3x\""), "steps[2] \"wait\": duration: `3x` is not a duration like 30m, 12h or 7d");
+        assert_eq!(broken("duration = \"3d\"", "duration = \"3x\""), "steps[2] \"wait\": duration: `3x` is not a duration like 30m, 12h or 7d, of at most 3650d");
         assert_eq!(broken("no = \"exit\"", "no = \"nowhere\""), "steps[3] \"which\": no: no step `nowhere` (or `exit`)");
         assert!(broken("\"email\", \"push\"", "\"email\", \"fax\"").starts_with("steps[1] \"nudge\": channels[1]: no channel `fax`"));
         assert!(broken("tiktok = \"aud-1\"", "google = \"9\"").starts_with("steps[0] \"audiences\": audiences.google: no channel"));

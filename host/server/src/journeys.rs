@@ -222,7 +222,7 @@ impl Engine {
             }
             let next: Next = match step {
                 Step::Wait { duration: Some(duration), .. } if !woken => {
-                    let until = now + parse_duration(duration).unwrap_or(0);
+                    let until = now.saturating_add(parse_duration(duration).unwrap_or(0));
                     wait_until(&mut run, until);
                     entries.push(log(&run, step.id(), "waiting", None, format!("until {}", iso(until)), now));
                     break;
@@ -254,7 +254,7 @@ impl Engine {
                 }
                 Step::Wait { next, .. } => Next::from(next),
                 Step::WaitFor { event, timeout, on_event, on_timeout, .. } => {
-                    let deadline = run.step_started_at + parse_duration(timeout).unwrap_or(0);
+                    let deadline = run.step_started_at.saturating_add(parse_duration(timeout).unwrap_or(0));
                     if !store(self).events(&run.profile_id, event, run.step_started_at, now, Some(1)).await?.is_empty() {
                         entries.push(log(&run, step.id(), "event", None, event.clone(), now));
                         Next::To(on_event.clone())

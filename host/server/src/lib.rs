@@ -175,7 +175,7 @@ impl AppState {
     /// Signs segment tokens for the edge with `secret`, each valid for `ttl`; tile answers
     /// for known visitors then carry one in `X-Rekindle-Token`.
     pub fn with_token_secret(mut self, secret: &[u8], ttl: Duration) -> AppState {
-        let token = Some((Arc::from(secret), ttl.as_millis() as i64));
+        let token = Some((token::TokenKey::new(secret), i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         self.tiles = Arc::new(tiles::TileService::new(self.tiles.origins.clone(), token));
         self
     }

@@ -75,9 +75,9 @@ pub struct TileService {
     reloading: tokio::sync::Mutex<()>,
     /// Origins allowed to call the tile and event endpoints from a browser.
     pub origins: Vec<String>,
-    /// The key signing segment tokens for the edge, and how long a token lasts (ms);
+    /// The key sealing segment tokens for the edge, and how long a token lasts (ms);
     /// `None` issues no tokens.
-    pub token: Option<(Arc<[u8]>, i64)>,
+    pub token: Option<(crate::token::TokenKey, i64)>,
 }
 
 fn field_error(e: JsonError) -> ApiError {
@@ -202,7 +202,8 @@ pub const SAFE_LINK: &str = "must be an http(s) URL or a path on the site starti
 /// `https:` URL, or a path on the site. Anything else (`javascript:`, `data:`, a
 /// protocol-relative `//evil.example`, `/\evil.example`, which browsers read the same way,
 /// or text with control characters that browsers strip before reading the scheme) is
-/// refused. `tiles.js` and the edge worker apply the same rule.
+/// refused. The edge worker applies the same rule to the character; `tiles.js` checks the
+/// scheme and the leading slashes again before it renders a tile.
 pub fn is_safe_link(url: &str) -> bool {
     if url.is_empty() || url.len() > 2048 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return false;
@@ -246,9 +247,9 @@ impl Visitor {
 }
 
 impl TileService {
-    /// An empty service allowing `origins`, signing tokens with `token` (key, lifetime in
+    /// An empty service allowing `origins`, sealing tokens with `token` (key, lifetime in
     /// ms) when given; call [`TileService::reload`] to load the store's catalog.
-    pub fn new(origins: Vec<String>, token: Option<(Arc<[u8]>, i64)>) -> TileService {
+    pub fn new(origins: Vec<String>, token: Option<(crate::token::TokenKey, i64)>) -> TileService {
         TileService {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             decisions: AtomicU64::new(0),

@@ -11,6 +11,8 @@
 //! integer, `["n", 42.0]` a number), so the edge rebuilds exactly the profile the server
 //! would pass.
 
+use std::sync::Arc;
+
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
@@ -27,12 +29,26 @@ const ASSOCIATED: &[u8] = b"rekindle-token-v2";
 /// The bytes of the nonce that starts every token.
 const NONCE_BYTES: usize = 12;
 
-/// The AEAD key for `secret`.
-fn cipher(secret: &[u8]) -> Aes256Gcm {
-    let mut key = [0u8; 32];
-    // HKDF-SHA256 gives 32 bytes for any secret, so expanding cannot fail.
-    hkdf::Hkdf::<sha2::Sha256>::new(None, secret).expand(KEY_INFO, &mut key).expect("32 bytes is a valid HKDF-SHA256 length");
-    Aes256Gcm::new(&key.into())
+/// The key tokens are sealed with, derived once from the token secret: a tile answer
+/// opens one token and seals another, and HKDF plus the AES key schedule would otherwise
+/// run for each.
+#[derive(Clone)]
+pub struct TokenKey(Arc<Aes256Gcm>);
+
+impl TokenKey {
+    /// The key for `secret` (HKDF-SHA256, as the edge derives it).
+    pub fn new(secret: &[u8]) -> TokenKey {
+        let mut key = [0u8; 32];
+        // HKDF-SHA256 gives 32 bytes for any secret, so expanding cannot fail.
+        hkdf::Hkdf::<sha2::Sha256>::new(None, secret).expand(KEY_INFO, &mut key).expect("32 bytes is a valid HKDF-SHA256 length");
+        TokenKey(Arc::new(Aes256Gcm::new(&key.into())))
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
 }
 
 /// What a token says about a visitor.
@@ -102,8 +118,13 @@ fn untyped_fields(json: &Json) -> Option<Vec<Field>> {
         .collect()
 }
 
-/// Seals `claims` with `secret`.
+/// Seals `claims` with the key derived from `secret`.
 pub fn issue(claims: &Claims, secret: &[u8]) -> String {
+    seal(claims, &TokenKey::new(secret))
+}
+
+/// Seals `claims` with `key`.
+pub fn seal(claims: &Claims, key: &TokenKey) -> String {
     let payload = json!({
         "v": 2,
         "sub": claims.profile_id,
@@ -118,7 +139,8 @@ pub fn issue(claims: &Claims, secret: &[u8]) -> String {
     let mut nonce = [0u8; NONCE_BYTES];
     // A nonce must never repeat under one key: without the OS's randomness, no token.
     getrandom::fill(&mut nonce).expect("the operating system's random number generator");
-    let sealed = cipher(secret)
+    let sealed = key
+        .0
         .encrypt(&Nonce::from(nonce), Payload { msg: payload.as_bytes(), aad: ASSOCIATED })
         .expect("AES-GCM seals any payload this size");
     let mut token = nonce.to_vec();
@@ -139,20 +161,22 @@ pub enum TokenError {
     Expired,
 }
 
-/// The claims of a token sealed with `secret` that is still valid at `now`.
+/// The claims of a token sealed with the key derived from `secret`, still valid at `now`.
 pub fn verify(token: &str, secret: &[u8], now: i64) -> Result<Claims, TokenError> {
+    open(token, &TokenKey::new(secret), now)
+}
+
+/// The claims of a token sealed with `key` that is still valid at `now`.
+pub fn open(token: &str, key: &TokenKey, now: i64) -> Result<Claims, TokenError> {
     // The decoder refuses padding, the other alphabet, whitespace and spare bits, so each
-    // token has one spelling; checking the alphabet first keeps anything else out of it.
-    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(TokenError::Malformed);
-    }
+    // token has exactly one spelling.
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| TokenError::Malformed)?;
     if raw.len() <= NONCE_BYTES + 16 {
         return Err(TokenError::Malformed);
     }
     let (nonce, sealed) = raw.split_at(NONCE_BYTES);
     let nonce = Nonce::try_from(nonce).map_err(|_| TokenError::Malformed)?;
-    let payload = cipher(secret).decrypt(&nonce, Payload { msg: sealed, aad: ASSOCIATED }).map_err(|_| TokenError::BadSignature)?;
+    let payload = key.0.decrypt(&nonce, Payload { msg: sealed, aad: ASSOCIATED }).map_err(|_| TokenError::BadSignature)?;
     let json: Json = serde_json::from_slice(&payload).map_err(|_| TokenError::BadClaims)?;
     let claims = (|| {
         if json.get("v")?.as_i64()? != 2 {
@@ -260,7 +284,7 @@ mod tests {
     fn a_string_exp_is_not_an_expiry() {
         let payload = json!({"v": 2, "sub": "p1", "iat": 1, "exp": "9999999999999", "seg": [], "tr": [], "ag": [], "tz": null}).to_string();
         let nonce = [7u8; NONCE_BYTES];
-        let sealed = cipher(b"secret").encrypt(&Nonce::from(nonce), Payload { msg: payload.as_bytes(), aad: ASSOCIATED }).unwrap();
+        let sealed = TokenKey::new(b"secret").0.encrypt(&Nonce::from(nonce), Payload { msg: payload.as_bytes(), aad: ASSOCIATED }).unwrap();
         let token = URL_SAFE_NO_PAD.encode([nonce.to_vec(), sealed].concat());
         assert_eq!(verify(&token, b"secret", 1_500), Err(TokenError::BadClaims));
     }

@@ -9,7 +9,11 @@ impl Computed {
     /// Adds one order to the running traits.
     pub fn add_order(&mut self, mapping: &EventMapping, timestamp: i64, properties: &Map<String, Value>) {
         self.order_count += 1;
-        self.lifetime_value += order_value(mapping, properties);
+        // Finite amounts can still add up to infinity; past that, an order adds nothing.
+        let total = self.lifetime_value + order_value(mapping, properties);
+        if total.is_finite() {
+            self.lifetime_value = total;
+        }
         self.first_order_at = Some(self.first_order_at.map_or(timestamp, |t| t.min(timestamp)));
         self.last_order_at = Some(self.last_order_at.map_or(timestamp, |t| t.max(timestamp)));
         for (category, units) in categories(mapping, properties) {

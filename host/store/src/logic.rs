@@ -36,47 +36,45 @@ fn create_profile(db: &mut impl Db, at: i64) -> Result<String, StoreError> {
     Ok(id)
 }
 
-/// Folds an anonymous-only profile into another: its identities, events, traits, contacts
-/// and consents move over (later writes win), and the computed traits are recomputed.
-/// Unless `with_contacts`, contact points, consents and the traits that hold them stay
-/// behind and go with the source: a browser source's merge must not bring an address it
-/// set while anonymous into an identified profile.
-fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, with_contacts: bool) -> Result<(), StoreError> {
+/// Folds an anonymous-only profile into another: its identities, events and traits move
+/// over (later writes win), and the computed traits are recomputed. Contact points,
+/// consents and the traits holding them move only when a server source merges and a
+/// server source wrote them: a browser key (anyone's) may have set them while the profile
+/// was anonymous, and a login, whoever reports it, must not bring them into an identified
+/// profile. What does not move is deleted with the source.
+fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, by_browser: bool) -> Result<(), StoreError> {
     let both = [P::Text(source), P::Text(target)];
+    let guarded = [P::Text(source), P::Text(target), P::Bool(!by_browser)];
     let source_only = [P::Text(source)];
-    let traits = if with_contacts {
-        "INSERT INTO traits (profile_id, name, value, updated_at)
-             SELECT ?2, name, value, updated_at FROM traits WHERE profile_id = ?1
-             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+    let contact_traits = CONTACT_TRAITS.iter().chain(&["consent"]).map(|name| format!("'{name}'")).collect::<Vec<_>>().join(", ");
+    let traits = format!(
+        "INSERT INTO traits (profile_id, name, value, updated_at, from_browser)
+             SELECT ?2, name, value, updated_at, from_browser FROM traits
+             WHERE profile_id = ?1 AND (name NOT IN ({contact_traits}) OR (NOT from_browser AND ?3))
+             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, from_browser = excluded.from_browser
              WHERE excluded.updated_at > traits.updated_at"
-    } else {
-        "INSERT INTO traits (profile_id, name, value, updated_at)
-             SELECT ?2, name, value, updated_at FROM traits WHERE profile_id = ?1 AND name NOT IN ('email', 'phone', 'consent')
-             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
-             WHERE excluded.updated_at > traits.updated_at"
-    };
-    let mut statements = vec![
+    );
+    for sql in [
         "UPDATE identities SET profile_id = ?2 WHERE profile_id = ?1",
         "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
-        traits,
         "UPDATE profiles SET timezone = (SELECT timezone FROM profiles WHERE id = ?1),
                              timezone_at = (SELECT timezone_at FROM profiles WHERE id = ?1)
              WHERE id = ?2 AND COALESCE(timezone_at, -1) < COALESCE((SELECT timezone_at FROM profiles WHERE id = ?1), -1)",
-    ];
-    if with_contacts {
-        statements.extend([
-            "INSERT INTO contacts (profile_id, kind, address, active, updated_at)
-                 SELECT ?2, kind, address, active, updated_at FROM contacts WHERE profile_id = ?1
-                 ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at
-                 WHERE excluded.updated_at > contacts.updated_at",
-            "INSERT INTO consents (profile_id, purpose, granted, updated_at)
-                 SELECT ?2, purpose, granted, updated_at FROM consents WHERE profile_id = ?1
-                 ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
-                 WHERE excluded.updated_at > consents.updated_at",
-        ]);
-    }
-    for sql in statements {
+    ] {
         db.execute(sql, &both)?;
+    }
+    for sql in [
+        traits.as_str(),
+        "INSERT INTO contacts (profile_id, kind, address, active, updated_at)
+             SELECT ?2, kind, address, active, updated_at FROM contacts WHERE profile_id = ?1 AND NOT from_browser AND ?3
+             ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at, from_browser = excluded.from_browser
+             WHERE excluded.updated_at > contacts.updated_at",
+        "INSERT INTO consents (profile_id, purpose, granted, updated_at)
+             SELECT ?2, purpose, granted, updated_at FROM consents WHERE profile_id = ?1 AND NOT from_browser AND ?3
+             ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at, from_browser = excluded.from_browser
+             WHERE excluded.updated_at > consents.updated_at",
+    ] {
+        db.execute(sql, &guarded)?;
     }
     for table in ["traits", "contacts", "consents", "computed"] {
         db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &source_only)?;
@@ -138,7 +136,7 @@ fn save_computed(db: &mut impl Db, profile: &str, c: &Computed) -> Result<(), St
 /// Resolves which profile a message belongs to, creating and merging as identities demand.
 /// A merge a browser source may not ask for is left undone and reported in `ignored`.
 fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping, ignored: &mut Vec<(&'static str, &'static str)>) -> Result<String, StoreError> {
-    let with_contacts = !msg.from_browser;
+    let by_browser = msg.from_browser;
     let by_user = match &msg.user_id {
         Some(u) => lookup(db, "user", u)?,
         None => None,
@@ -152,11 +150,22 @@ fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping, ignored: &mu
             // History from before login joins the user, unless the anonymous profile is
             // already someone else's (a shared device): then the two stay apart.
             if !has_user_identity(db, &anonymous)? {
-                merge(db, &anonymous, &user, mapping, with_contacts)?;
+                merge(db, &anonymous, &user, mapping, by_browser)?;
             }
             user
         }
         (Some(user), _) => user,
+        // A new user id on a device someone is logged in on: from a browser key that is
+        // anyone's claim, so it starts a profile of its own rather than joining theirs.
+        (None, Some(anonymous)) if by_browser && msg.user_id.is_some() && has_user_identity(db, &anonymous)? => {
+            create_profile(db, msg.received_at)?
+        }
+        // The login of someone with no profile yet: their anonymous profile becomes theirs,
+        // minus what a browser key (anyone's) wrote on it while it was anonymous.
+        (None, Some(anonymous)) if msg.user_id.is_some() && !has_user_identity(db, &anonymous)? => {
+            forget_browser_contacts(db, &anonymous)?;
+            anonymous
+        }
         (None, Some(anonymous)) => anonymous,
         (None, None) => create_profile(db, msg.received_at)?,
     };
@@ -177,8 +186,11 @@ fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping, ignored: &mu
             Some(earlier) if earlier != profile && msg.from_browser && has_user_identity(db, &earlier)? => {
                 ignored.push(("previousId", "a browser source cannot merge a profile that has a user id into another"));
             }
-            Some(earlier) if earlier != profile => merge(db, &earlier, &profile, mapping, with_contacts)?,
+            Some(earlier) if earlier != profile => merge(db, &earlier, &profile, mapping, by_browser)?,
             Some(_) => {}
+            // An id seen nowhere yet. From a browser key it names only this device: as a
+            // user id it would claim, for this profile, a customer who has not signed up.
+            None if by_browser => link(db, "anonymous", previous, &profile)?,
             None => {
                 link(db, "user", previous, &profile)?;
                 link(db, "anonymous", previous, &profile)?;
@@ -188,32 +200,55 @@ fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping, ignored: &mu
     Ok(profile)
 }
 
-fn upsert_trait(db: &mut impl Db, profile: &str, name: &str, value: &Value, at: i64) -> Result<(), StoreError> {
+/// Deletes the contact points, consents and contact traits a browser source wrote on a
+/// profile about to become someone's: the same rule a merge follows.
+fn forget_browser_contacts(db: &mut impl Db, profile: &str) -> Result<(), StoreError> {
+    let contact_traits = CONTACT_TRAITS.iter().chain(&["consent"]).map(|name| format!("'{name}'")).collect::<Vec<_>>().join(", ");
+    for sql in [
+        "DELETE FROM contacts WHERE profile_id = ?1 AND from_browser".to_string(),
+        "DELETE FROM consents WHERE profile_id = ?1 AND from_browser".to_string(),
+        format!("DELETE FROM traits WHERE profile_id = ?1 AND from_browser AND name IN ({contact_traits})"),
+    ] {
+        db.execute(&sql, &[P::Text(profile)])?;
+    }
+    Ok(())
+}
+
+/// Who wrote a row: the merge rule above reads it.
+#[derive(Clone, Copy)]
+struct Writer {
+    from_browser: bool,
+}
+
+/// What the admin API and provider feedback write: the operator's own word.
+const OPERATOR: Writer = Writer { from_browser: false };
+
+fn upsert_trait(db: &mut impl Db, profile: &str, name: &str, value: &Value, at: i64, by: Writer) -> Result<(), StoreError> {
     db.execute(
-        "INSERT INTO traits (profile_id, name, value, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+        "INSERT INTO traits (profile_id, name, value, updated_at, from_browser) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, from_browser = excluded.from_browser
          WHERE excluded.updated_at >= traits.updated_at",
-        &[P::Text(profile), P::Text(name), P::Text(&value.to_string()), P::Int(at)],
+        &[P::Text(profile), P::Text(name), P::Text(&value.to_string()), P::Int(at), P::Bool(by.from_browser)],
     )
     .map(drop)
 }
 
-fn upsert_contact(db: &mut impl Db, profile: &str, kind: &str, address: &str, active: bool, at: i64) -> Result<(), StoreError> {
+fn upsert_contact(db: &mut impl Db, profile: &str, kind: &str, address: &str, active: bool, at: i64, by: Writer) -> Result<(), StoreError> {
     db.execute(
-        "INSERT INTO contacts (profile_id, kind, address, active, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at
+        "INSERT INTO contacts (profile_id, kind, address, active, updated_at, from_browser) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (profile_id, kind, address) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at, from_browser = excluded.from_browser
          WHERE excluded.updated_at >= contacts.updated_at",
-        &[P::Text(profile), P::Text(kind), P::Text(address), P::Bool(active), P::Int(at)],
+        &[P::Text(profile), P::Text(kind), P::Text(address), P::Bool(active), P::Int(at), P::Bool(by.from_browser)],
     )
     .map(drop)
 }
 
-fn upsert_consent(db: &mut impl Db, profile: &str, purpose: Purpose, granted: bool, at: i64) -> Result<(), StoreError> {
+fn upsert_consent(db: &mut impl Db, profile: &str, purpose: Purpose, granted: bool, at: i64, by: Writer) -> Result<(), StoreError> {
     db.execute(
-        "INSERT INTO consents (profile_id, purpose, granted, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
+        "INSERT INTO consents (profile_id, purpose, granted, updated_at, from_browser) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at, from_browser = excluded.from_browser
          WHERE excluded.updated_at >= consents.updated_at",
-        &[P::Text(profile), P::Text(purpose.name()), P::Bool(granted), P::Int(at)],
+        &[P::Text(profile), P::Text(purpose.name()), P::Bool(granted), P::Int(at), P::Bool(by.from_browser)],
     )
     .map(drop)
 }
@@ -251,6 +286,7 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
         // A browser source may add to anyone, but not change how an identified person is
         // reached or what they consented to.
         let guarded = msg.from_browser && has_user_identity(db, &profile)?;
+        let by = Writer { from_browser: msg.from_browser };
         db.execute(
             "UPDATE profiles SET updated_at = ?2 WHERE id = ?1 AND updated_at < ?2",
             &[P::Text(&profile), P::Int(msg.received_at)],
@@ -262,19 +298,23 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
             )?;
         }
         for (name, value) in &msg.traits {
-            if msg.from_browser && RESERVED_TRAITS.contains(&name.as_str()) && !(name == "consent" && !guarded) {
-                report.ignored.push(Ignored { index, field: format!("traits.{name}"), reason: "a browser source cannot write a reserved trait" });
+            // The consent object is a consent, which a browser may give while anonymous.
+            let refused = match name.as_str() {
+                "consent" if guarded => Some("a browser source cannot change an identified profile's consents"),
+                "consent" => None,
+                name if guarded && CONTACT_TRAITS.contains(&name) => Some("a browser source cannot change an identified profile's contact points"),
+                name if msg.from_browser && RESERVED_TRAITS.contains(&name) => Some("a browser source cannot write a reserved trait"),
+                _ => None,
+            };
+            if let Some(reason) = refused {
+                report.ignored.push(Ignored { index, field: format!("traits.{name}"), reason });
                 continue;
             }
-            if guarded && CONTACT_TRAITS.contains(&name.as_str()) {
-                report.ignored.push(Ignored { index, field: format!("traits.{name}"), reason: "a browser source cannot change an identified profile's contact points" });
-                continue;
-            }
-            upsert_trait(db, &profile, name, value, msg.timestamp)?;
+            upsert_trait(db, &profile, name, value, msg.timestamp, by)?;
             let address = value.as_str().map(str::trim).filter(|a| !a.is_empty());
             match (name.as_str(), address) {
-                ("email", Some(email)) => upsert_contact(db, &profile, "email", &email.to_lowercase(), true, msg.timestamp)?,
-                ("phone", Some(phone)) => upsert_contact(db, &profile, "phone", phone, true, msg.timestamp)?,
+                ("email", Some(email)) => upsert_contact(db, &profile, "email", &email.to_lowercase(), true, msg.timestamp, by)?,
+                ("phone", Some(phone)) => upsert_contact(db, &profile, "phone", phone, true, msg.timestamp, by)?,
                 _ => {}
             }
         }
@@ -284,14 +324,14 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
                 field: "context.device.token".into(),
                 reason: "a browser source cannot change an identified profile's push tokens",
             }),
-            Some((token, active)) => upsert_contact(db, &profile, "push_token", token, *active, msg.timestamp)?,
+            Some((token, active)) => upsert_contact(db, &profile, "push_token", token, *active, msg.timestamp, by)?,
             None => {}
         }
         if guarded && !msg.consents.is_empty() {
             report.ignored.push(Ignored { index, field: "consents".into(), reason: "a browser source cannot change an identified profile's consents" });
         } else {
             for (purpose, granted) in &msg.consents {
-                upsert_consent(db, &profile, *purpose, *granted, msg.timestamp)?;
+                upsert_consent(db, &profile, *purpose, *granted, msg.timestamp, by)?;
             }
         }
         report.ignored.extend(refused.into_iter().map(|(field, reason)| Ignored { index, field: field.into(), reason }));
@@ -337,7 +377,7 @@ pub(crate) fn resolve_id(db: &mut impl Db, id: &str) -> Result<Option<String>, S
 pub(crate) fn set_consents(db: &mut impl Db, id: &str, consents: &[(Purpose, bool)], at: i64) -> Result<bool, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
     for (purpose, granted) in consents {
-        upsert_consent(db, &profile, *purpose, *granted, at)?;
+        upsert_consent(db, &profile, *purpose, *granted, at, OPERATOR)?;
     }
     Ok(true)
 }
@@ -346,7 +386,7 @@ pub(crate) fn set_consents(db: &mut impl Db, id: &str, consents: &[(Purpose, boo
 /// adding it if new; false when nobody matched.
 pub(crate) fn set_contact(db: &mut impl Db, id: &str, kind: &str, address: &str, active: bool, at: i64) -> Result<bool, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(false) };
-    upsert_contact(db, &profile, kind, address, active, at)?;
+    upsert_contact(db, &profile, kind, address, active, at, OPERATOR)?;
     Ok(true)
 }
 
@@ -523,9 +563,11 @@ fn record_verdict(db: &mut impl Db, verdict: &VerdictWrite, at: i64) -> Result<O
     let VerdictWrite { segment, profile_id: profile, member, label, reason, digest } = verdict;
     let label = label.as_deref();
     let current = db.query_opt("SELECT 1 FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])?;
+    // A verdict for someone erased since their profile was read would bring them back.
+    if current.is_some() != *member && !db.lock_profile(profile, false)? {
+        return Ok(None);
+    }
     let change = match (current.is_some(), *member) {
-        // An entry for someone erased since their profile was read would bring them back.
-        (false, true) if !db.lock_profile(profile, false)? => None,
         (false, true) => {
             db.execute(
                 "INSERT INTO memberships (segment, profile_id, label, reason, digest, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -540,10 +582,9 @@ fn record_verdict(db: &mut impl Db, verdict: &VerdictWrite, at: i64) -> Result<O
             )?;
             None
         }
-        (true, false) => {
-            db.execute("DELETE FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])?;
-            Some(Change::Exit)
-        }
+        // Gone already (an erasure got there first): nothing exits, nothing is logged.
+        (true, false) => (db.execute("DELETE FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])? > 0)
+            .then_some(Change::Exit),
         (false, false) => None,
     };
     if let Some(change) = change {
@@ -1042,7 +1083,8 @@ pub(crate) fn start_run(db: &mut impl Db, run: &JourneyRun, re_entry: &str) -> R
     } else {
         "SELECT 1 FROM journey_runs WHERE journey = ?1 AND profile_id = ?2 AND status <> 'done' LIMIT 1"
     };
-    if db.query_opt(blocking, &who)?.is_some() {
+    // Someone erased since they were picked is not taken in.
+    if db.query_opt(blocking, &who)?.is_some() || !db.lock_profile(&run.profile_id, false)? {
         return Ok(false);
     }
     db.execute(
@@ -1093,7 +1135,20 @@ pub(crate) fn journey_runs(db: &mut impl Db, journey: &str) -> Result<Vec<Journe
 
 /// Appends to the journey log.
 pub(crate) fn log_journey(db: &mut impl Db, entries: &[JourneyLogEntry]) -> Result<(), StoreError> {
+    // A send can outlast its customer's erasure; what it says about them is not kept.
+    let mut erased: HashMap<&str, bool> = HashMap::new();
     for e in entries {
+        let gone = match erased.get(e.profile_id.as_str()) {
+            Some(gone) => *gone,
+            None => {
+                let gone = !db.lock_profile(&e.profile_id, false)?;
+                erased.insert(&e.profile_id, gone);
+                gone
+            }
+        };
+        if gone {
+            continue;
+        }
         db.execute(
             "INSERT INTO journey_log (run_id, journey, profile_id, step, action, channel, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             &[P::Text(&e.run_id), P::Text(&e.journey), P::Text(&e.profile_id), P::Text(&e.step), P::Text(&e.action), P::OptText(e.channel.as_deref()), P::Text(&e.detail), P::Int(e.at)],
@@ -1124,6 +1179,14 @@ pub(crate) fn journey_log(db: &mut impl Db, journey: &str) -> Result<Vec<Journey
 /// recorded so far (`pending` when a host stopped between claiming and settling) and when
 /// it was claimed.
 pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<(String, i64)>, StoreError> {
+    // A run erased with its customer since the engine read it is nobody's to message:
+    // answered as settled, so nothing is sent.
+    let Some(owner) = db.query_opt("SELECT profile_id FROM journey_runs WHERE id = ?1", &[P::Text(run)])? else {
+        return Ok(Some(("erased".into(), at)));
+    };
+    if !db.lock_profile(&owner.text(0), false)? {
+        return Ok(Some(("erased".into(), at)));
+    }
     let inserted = db.execute(
         "INSERT INTO journey_sends (idempotency_key, run_id, channel, outcome, at) VALUES (?1, ?2, ?3, 'pending', ?4)
          ON CONFLICT (idempotency_key) DO NOTHING",

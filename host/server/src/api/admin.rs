@@ -168,11 +168,7 @@ async fn evaluate_stored(
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
-        code: "malformed_json",
-        message: format!("the body is not valid JSON: {e}"),
-        field: None,
-    })
+    super::json_body(body)
 }
 
 /// Runs work that blocks (compiling a component) off the async workers.

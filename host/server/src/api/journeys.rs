@@ -24,7 +24,10 @@ fn engine(state: &AppState) -> Result<&crate::journeys::Engine, ApiError> {
 }
 
 async fn deploy(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let source = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest { code: "malformed_toml", message: "the body must be UTF-8 TOML".into(), field: None })?;
+    let source = std::str::from_utf8(&body)
+        .ok()
+        .filter(|text| !text.contains('\0'))
+        .ok_or_else(|| ApiError::BadRequest { code: "malformed_toml", message: "the body must be UTF-8 TOML without NUL characters".into(), field: None })?;
     let journey = engine(&state)?.deploy(source).await.map_err(|e| {
         // The checker's messages start with the field or step at fault.
         let field = e.split(':').next().filter(|f| !f.contains(' ') || f.starts_with("steps[")).map(str::to_string);
@@ -51,8 +54,7 @@ async fn log(State(state): State<AppState>, Path(name): Path<String>) -> Result<
 
 /// Puts someone into an API-entry journey: `{"userId"}` (or `anonymousId`, or a profile id).
 async fn enter(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
+    let body: Value = super::json_body(&body)?;
     let id = ["userId", "anonymousId", "profileId"]
         .iter()
         .find_map(|k| body.get(*k).and_then(Value::as_str))

@@ -36,7 +36,9 @@ fn rfc3339(ms: i64) -> Value {
 
 fn round(x: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
-    (x * scale).round() / scale
+    // Near f64::MAX scaling would overflow, and no such number has decimals to drop.
+    let scaled = x * scale;
+    if scaled.is_finite() { scaled.round() / scale } else { x }
 }
 
 /// The profile as the API shows it; `now` fixes the days-since figures.
@@ -102,7 +104,7 @@ async fn erase(State(state): State<AppState>, Path(id): Path<String>) -> Result<
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })
+    super::json_body(body)
 }
 
 async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {

@@ -84,24 +84,20 @@ const LATEST_EVENT_AHEAD: i64 = 86_400_000;
 /// Properties that are amounts: a text amount must still be a finite number.
 const AMOUNTS: &[&str] = &["revenue", "total", "price", "quantity", "value", "subtotal"];
 
-/// Refuses what the store could not keep or would misread: a NUL character in any key or
-/// string (PostgreSQL cannot store one), and an amount that reads as NaN or infinity.
-fn check_values(value: &Value, path: &str) -> Result<(), ApiError> {
+/// Refuses an amount that reads as NaN or infinity, anywhere in a message: computed traits
+/// would carry it into every lifetime-value segment.
+fn check_amounts(value: &Value, path: &str) -> Result<(), ApiError> {
     match value {
-        Value::String(s) if s.contains('\0') => Err(ApiError::field(path, format!("{path}: contains a NUL character"))),
-        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| check_values(v, &format!("{path}[{i}]"))),
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| check_amounts(v, &format!("{path}[{i}]"))),
         Value::Object(map) => map.iter().try_for_each(|(k, v)| {
             let at = format!("{path}.{k}");
-            if k.contains('\0') {
-                return Err(ApiError::field(&at, format!("{at}: a key contains a NUL character")));
-            }
             if AMOUNTS.contains(&k.as_str())
                 && let Value::String(text) = v
                 && text.trim().parse::<f64>().is_ok_and(|n| !n.is_finite())
             {
                 return Err(ApiError::field(&at, format!("{at}: {text:?} is not a finite number")));
             }
-            check_values(v, &at)
+            check_amounts(v, &at)
         }),
         _ => Ok(()),
     }
@@ -120,7 +116,9 @@ pub(crate) fn parse_message(
     let Value::Object(msg) = value else {
         return Err(ApiError::field(at, format!("{at}: a message must be a JSON object")));
     };
-    check_values(value, at)?;
+    // PostgreSQL cannot store a NUL character.
+    super::refuse_nul(value, at)?;
+    check_amounts(value, at)?;
     let kind = match kind {
         Some(kind) => kind,
         None => match msg.get("type").and_then(Value::as_str) {

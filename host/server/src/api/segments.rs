@@ -56,8 +56,7 @@ fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiEr
 }
 
 async fn define(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
+    let body: Value = super::json_body(&body)?;
     define_segment(&state, &body).await.map(Json)
 }
 
@@ -65,6 +64,7 @@ async fn define(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
 /// (`{"name", "slot", "params"?, "schedule"?}`); the API and the config file both use it.
 pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     let store = &state.customer_data()?.store;
+    super::refuse_nul(body, "segment")?;
     let def = definition(state, body)?;
     store.upsert_segment(def.clone()).await?;
     // Backfill: evaluate the new definition over every stored profile.
@@ -97,8 +97,7 @@ async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     let body: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?
+        super::json_body(&body)?
     };
     let all = store.segments().await?;
     let wanted: Vec<SegmentDefinition> = match body.get("segments") {
@@ -159,8 +158,7 @@ async fn members(State(state): State<AppState>, Path(name): Path<String>, Query(
 /// member ids and the `next` cursor, so a client can show progress over a long run.
 async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let store = &state.customer_data()?.store;
-    let mut body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
+    let mut body: Value = super::json_body(&body)?;
     body["preview"] = json!(true);
     let def = definition(&state, &body)?;
     let (at, replay) = match body.get("at") {

@@ -40,14 +40,14 @@ pub(crate) fn admin_router(state: AppState) -> Router<AppState> {
 }
 
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })
+    super::json_body(body)
 }
 
 /// Validates and stores an offer given as JSON, then refreshes the snapshot; the API and
 /// the config file both use it.
 pub async fn define_offer(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     let store = &state.customer_data()?.store;
+    super::refuse_nul(body, "offer")?;
     let offer = parse_offer(body)?;
     store.upsert_tile_document(TileDocument::Offer, &offer.offer.id, &offer.offer.slot, stored_text(&offer.json)).await?;
     state.tiles.reload(store, &state.registry).await?;
@@ -57,6 +57,7 @@ pub async fn define_offer(state: &AppState, body: &Value) -> Result<Value, ApiEr
 /// Validates and stores a page slot given as JSON, then refreshes the snapshot.
 pub async fn define_tile_slot(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     let store = &state.customer_data()?.store;
+    super::refuse_nul(body, "slot")?;
     let slot = parse_slot(body, &state.registry)?;
     store.upsert_tile_document(TileDocument::Slot, &slot.name, "", stored_text(&slot.json)).await?;
     state.tiles.reload(store, &state.registry).await?;
@@ -124,19 +125,22 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
 /// `{"userId", "at"?}`; `at` (ms) back-dates the issue time.
 async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
-    let (secret, ttl) = state.tiles.token.clone().ok_or(ApiError::Unavailable("no token secret is configured ([tiles] token_secret)"))?;
+    let (key, ttl) = state.tiles.token.clone().ok_or(ApiError::Unavailable("no token secret is configured ([tiles] token_secret)"))?;
     let id = optional_text(body.get("userId"), "userId")?.ok_or_else(|| ApiError::field("userId", "`userId` names the visitor"))?;
     let at = match body.get("at") {
         None | Some(Value::Null) => state.clock.now(),
-        at => time_field(at, "at")?,
+        at => rekindle_runtime::json::timestamp_from_json(at, "at")?,
     };
     let claims = crate::edge::claims(&state, &id, at, ttl).await?.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
-    Ok(Json(json!({"token": crate::token::issue(&claims, &secret), "expires_at": claims.expires_at})))
+    Ok(Json(json!({"token": crate::token::seal(&claims, &key), "expires_at": claims.expires_at})))
 }
 
 async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(String, String)>>) -> Result<Json<Value>, ApiError> {
     let now = match query.iter().find(|(k, _)| k == "at") {
-        Some((_, at)) => time_field(Some(&at.parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(at))), "at")?,
+        Some((_, at)) => {
+            let at = at.parse().map_err(|_| ApiError::field("at", "`at` is milliseconds since the epoch"))?;
+            rekindle_runtime::json::check_timestamp(at, "at")?
+        }
         None => state.clock.now(),
     };
     crate::edge::snapshot(&state, now).await.map(Json)
@@ -146,7 +150,7 @@ async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(S
 async fn edge_reference(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
     let slot = optional_text(body.get("slot"), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot"))?;
-    let now = time_field(body.get("now"), "now")?;
+    let now = rekindle_runtime::json::timestamp_from_json(body.get("now"), "now")?;
     let user = optional_text(body.get("userId"), "userId")?;
     crate::edge::reference(&state, user.as_deref(), &slot, now).await.map(Json)
 }
@@ -170,25 +174,30 @@ impl Claim {
     /// The claim of a `GET /v1/tiles?...` (the token comes in `X-Rekindle-Token`).
     fn from_query(query: &[(String, String)], headers: &HeaderMap) -> Result<Claim, ApiError> {
         let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| json!(v));
-        Ok(Claim {
-            write_key: optional_text(get("writeKey").as_ref(), "writeKey")?,
-            user_id: optional_text(get("userId").as_ref(), "userId")?,
-            user_hash: optional_text(get("userHash").as_ref(), "userHash")?,
-            token: header_token(headers),
-        })
+        Claim::from_fields([get("writeKey").as_ref(), get("userId").as_ref(), get("userHash").as_ref()], None, headers)
     }
 
-    /// The claim of a `POST /v1/tiles` body; a `token` field or the header.
+    /// The claim of a `POST /v1/tiles` body; the token in a `token` field or the header.
     fn from_body(body: &Value, headers: &HeaderMap) -> Result<Claim, ApiError> {
-        let token = match body.get("token") {
-            None | Some(Value::Null) => header_token(headers),
+        Claim::from_fields([body.get("writeKey"), body.get("userId"), body.get("userHash")], body.get("token"), headers)
+    }
+
+    /// `[writeKey, userId, userHash]`, and a token from the body or else the header.
+    fn from_fields([write_key, user_id, user_hash]: [Option<&Value>; 3], token: Option<&Value>, headers: &HeaderMap) -> Result<Claim, ApiError> {
+        let header = headers.get("x-rekindle-token").map(|v| json!(v.to_str().unwrap_or("\u{fffd}")));
+        let token = match token {
+            None | Some(Value::Null) => header.as_ref(),
+            given => given,
+        };
+        let token = match token {
+            None | Some(Value::Null) => None,
             Some(Value::String(t)) if t.len() <= MAX_TOKEN_BYTES => Some(t.clone()).filter(|t| !t.is_empty()),
             Some(_) => return Err(ApiError::field("token", format!("`token` must be a string of at most {MAX_TOKEN_BYTES} bytes"))),
         };
         Ok(Claim {
-            write_key: optional_text(body.get("writeKey"), "writeKey")?,
-            user_id: optional_text(body.get("userId"), "userId")?,
-            user_hash: optional_text(body.get("userHash"), "userHash")?,
+            write_key: optional_text(write_key, "writeKey")?,
+            user_id: optional_text(user_id, "userId")?,
+            user_hash: optional_text(user_hash, "userHash")?,
             token,
         })
     }
@@ -200,10 +209,6 @@ const MAX_SLOTS_PER_REQUEST: usize = 10;
 
 /// Longer than any token this host issues for a real visitor.
 const MAX_TOKEN_BYTES: usize = 16 << 10;
-
-fn header_token(headers: &HeaderMap) -> Option<String> {
-    headers.get("x-rekindle-token").and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES).map(str::to_string)
-}
 
 /// Whether `hash` is the lower-case hex HMAC-SHA256 of `user_id` under `secret`, compared
 /// in constant time.
@@ -230,8 +235,8 @@ async fn verify(state: &AppState, claim: &Claim) -> Visitor {
     {
         return Visitor::verified(user.clone());
     }
-    let (Some(token), Some((secret, _))) = (&claim.token, &state.tiles.token) else { return Visitor::default() };
-    let Ok(claims) = crate::token::verify(token, secret, state.clock.now()) else { return Visitor::default() };
+    let (Some(token), Some((key, _))) = (&claim.token, &state.tiles.token) else { return Visitor::default() };
+    let Ok(claims) = crate::token::open(token, key, state.clock.now()) else { return Visitor::default() };
     // The token's person must still exist (an erased one is nobody), and a token left in
     // the browser by someone else (a shared computer) is not the visitor a page now names.
     let Some(ingestion) = &state.ingestion else { return Visitor::default() };
@@ -244,12 +249,12 @@ async fn verify(state: &AppState, claim: &Claim) -> Visitor {
 /// A segment token for a verified visitor, issued at the start of the hour so that its
 /// claims within the hour are the same.
 async fn visitor_token(state: &AppState, visitor: &Visitor) -> Option<String> {
-    let (secret, ttl) = state.tiles.token.clone()?;
+    let (key, ttl) = state.tiles.token.clone()?;
     let id = visitor.id()?;
     const HOUR: i64 = 3_600_000;
     let at = state.clock.now() / HOUR * HOUR;
     match crate::edge::claims(state, id, at, ttl).await {
-        Ok(Some(claims)) => Some(crate::token::issue(&claims, &secret)),
+        Ok(Some(claims)) => Some(crate::token::seal(&claims, &key)),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!("no segment token for this answer: {e}");
@@ -270,11 +275,6 @@ async fn snippet() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
         TILES_JS,
     )
-}
-
-/// A time in milliseconds (or RFC 3339) within the range the host takes.
-fn time_field(value: Option<&Value>, field: &str) -> Result<i64, ApiError> {
-    rekindle_runtime::json::timestamp_from_json(value, field).map_err(|e| ApiError::field(field, e.to_string()))
 }
 
 fn optional_text(value: Option<&Value>, field: &str) -> Result<Option<String>, ApiError> {
