@@ -167,3 +167,48 @@ fn hostile_calls_from_many_threads_leave_the_host_serving() {
     });
     assert_healthy(&patient_runtime());
 }
+
+/// A plugin whose calls run past their deadline is confined to one thread fewer than the
+/// pool has, so it can never hold every core. (A pool's calls use every thread otherwise:
+/// `pool.rs`'s `concurrent_calls_use_every_thread`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_runs_out_of_time_is_confined_to_fewer_threads() {
+    let runtime = Runtime::new(RuntimeConfig { plugin_threads: 3, ..RuntimeConfig::default() }).expect("engine");
+    let burner = std::sync::Arc::new(Plugin::load(&runtime, &component(components::HOSTILE_TILES)).unwrap());
+    let (timeouts, _) = burn_concurrently(&burner, 24).await;
+    assert_eq!(timeouts, 24);
+    // The first calls ran before any had timed out; from then on, two of the three threads.
+    let (_, most) = burn_concurrently(&burner, 12).await;
+    assert_eq!(most, 2, "a confined plugin may use one thread fewer than the pool's three");
+}
+
+/// Makes `calls` concurrent calls that each burn the deadline; returns how many timed out
+/// and the most that ran at once.
+async fn burn_concurrently(burner: &std::sync::Arc<Plugin>, calls: usize) -> (usize, usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use rekindle_runtime::wit::{TileRequest, Value};
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let calls: Vec<_> = (0..calls)
+        .map(|_| {
+            let (burner, running, most) = (burner.clone(), running.clone(), most.clone());
+            tokio::spawn(async move {
+                burner
+                    .call(Some(Duration::from_secs(5)), move |p| {
+                        most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        let ctx = context(0, &[("mode", Value::Text("loop".into()))]);
+                        let request = TileRequest { slot: "s".into(), page_url: None, max_tiles: 1 };
+                        let answer = p.decide(&ctx, &request, None, &[]);
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        answer
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut timeouts = 0;
+    for call in calls {
+        timeouts += usize::from(matches!(call.await.unwrap(), Err(CallError::Timeout(_))));
+    }
+    (timeouts, most.load(Ordering::SeqCst))
+}

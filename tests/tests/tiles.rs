@@ -15,6 +15,7 @@ rekindle_tests::on_each_backend!(offers_and_slots_are_validated_field_by_field, 
 
 const ADMIN: &str = "admin-token";
 const WRITE_KEY: &str = "web-key";
+const SERVER_KEY: &str = "backend-key";
 const SHOP: &str = "https://shop.example";
 const TOKEN_SECRET: &[u8] = b"tiles-test-secret-0123456789abcdef";
 /// What the site's backend signs its users' ids with.
@@ -40,7 +41,12 @@ async fn start(backend: Backend, data: &Path) -> Option<Host> {
         ("lapsing", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
     ]);
     let store = rekindle_tests::open_store(backend, data).await?;
-    let sources = [(WRITE_KEY.to_string(), rekindle_server::Source::browser("web", Some(IDENTITY_SECRET)))].into_iter().collect();
+    let sources = [
+        (WRITE_KEY.to_string(), rekindle_server::Source::browser("web", Some(IDENTITY_SECRET))),
+        (SERVER_KEY.to_string(), rekindle_server::Source::server("backend")),
+    ]
+    .into_iter()
+    .collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
         .with_ingestion(Ingestion { store, sources })
         .with_tile_origins(vec![SHOP.into()])
@@ -221,6 +227,16 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     let claims = rekindle_server::token::verify(&token, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
     assert_eq!(claims.segments.iter().map(|m| m.segment.as_str()).collect::<Vec<_>>(), ["lapsing"]);
     assert!(claims.traits.iter().any(|f| f.name == "first_name"), "{claims:?}");
+    // Never a contact point, even when an offer is conditioned on one.
+    let contact = json!({"batch": [{"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com", "phone": "+15550001111"}}]});
+    let (status, _) = host.send(host.http.post(format!("{}/v1/batch", host.base)).basic_auth(SERVER_KEY, Some("")).json(&contact)).await;
+    assert_eq!(status, 200);
+    assert_eq!(host.offer(json!({"id": "by-mail", "slot": "mail", "title": "t", "link": "/m", "traits": {"email": "ann@example.com"}})).await.0, 200);
+    assert_eq!(host.slot(json!({"name": "mail"})).await.0, 200);
+    let sealed = host.http.get(format!("{}/v1/tiles?slot=mail&{}", host.base, signed("ann"))).send().await.unwrap();
+    let sealed = sealed.headers()["x-rekindle-token"].to_str().unwrap().to_string();
+    let claims = rekindle_server::token::verify(&sealed, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
+    assert!(claims.traits.iter().all(|f| f.name != "email" && f.name != "phone"), "{claims:?}");
     for unproved in ["slot=home", "slot=home&userId=ann"] {
         let anonymous = host.http.get(format!("{}/v1/tiles?{unproved}", host.base)).send().await.unwrap();
         assert!(anonymous.headers().get("x-rekindle-token").is_none(), "{unproved}");

@@ -17,8 +17,8 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
     pub max_instances: u32,
-    /// Threads plugin calls run on, at a lower priority than the rest of the host; 0
-    /// (the default) means one per core.
+    /// Threads the plugin calls a request waits on run on; 0 (the default) means one per
+    /// core.
     pub plugin_threads: usize,
     pub limits: LimitsConfig,
     /// The SQLite database; defaults to `DATA_DIR/rekindle.db`.

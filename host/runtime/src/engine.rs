@@ -14,7 +14,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::bindings::rule::SegmentRule;
 use crate::bindings::wit::{Level, SECRETS_IMPORT};
 use crate::cache::ArtifactCache;
-use crate::pool::{BACKGROUND_NICE, CallPool, INTERACTIVE_NICE};
+use crate::pool::{BACKGROUND_NICE, CallPool, INTERACTIVE_NICE, REALTIME_NICE};
 use crate::plugin::Kind;
 use crate::secrets::SecretMarker;
 
@@ -117,6 +117,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) limits: KindLimits,
     pub(crate) cache: Option<ArtifactCache>,
     pub(crate) pool: CallPool,
+    pub(crate) realtime: CallPool,
     pub(crate) background: CallPool,
     _ticker: EpochTicker,
 }
@@ -156,12 +157,15 @@ impl Runtime {
             0 => cores,
             n => n,
         };
-        // Never more calls at once than the pooling allocator has instances for.
-        let instances = config.max_instances.max(2) as usize;
-        let pool = CallPool::new("plugin", threads.min(instances / 2), INTERACTIVE_NICE)?;
-        // Segment runs use at most two threads, at a lower priority still: they never
-        // take a thread a tile decision is waiting for.
-        let background = CallPool::new("background", cores.min(2).min(instances / 2), BACKGROUND_NICE)?;
+        // Never more calls at once, over the three sets, than the pooling allocator has
+        // instances for.
+        let share = (config.max_instances.max(3) / 3) as usize;
+        let pool = CallPool::new("plugin", threads.min(share), INTERACTIVE_NICE)?;
+        // Real-time segment evaluation and scheduled runs use at most two threads each, at
+        // lower priorities: they never take a thread a tile decision is waiting for, and
+        // each yields the cores to ingestion, whose writes they wait on anyway.
+        let realtime = CallPool::new("realtime", cores.min(2).min(share), REALTIME_NICE)?;
+        let background = CallPool::new("background", cores.min(2).min(share), BACKGROUND_NICE)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -169,6 +173,7 @@ impl Runtime {
                 limits: config.limits,
                 cache,
                 pool,
+                realtime,
                 background,
                 _ticker: ticker,
             }),

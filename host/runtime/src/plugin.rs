@@ -105,6 +105,45 @@ pub struct Plugin {
     label: Arc<str>,
     /// A channel adapter's optional `reconcile` export: its `lookup` and `confirm`.
     reconcile: Option<(ComponentExportIndex, ComponentExportIndex)>,
+    /// Confines a plugin whose calls ran past their deadline; see [`Plugin::call`].
+    confinement: Confinement,
+}
+
+/// How a plugin whose calls run past their deadline is kept from holding every core: for a
+/// while after its last timeout, its calls on the plugin threads take a slot of its own
+/// first, and it has one fewer of those than there are threads. A plugin that keeps to
+/// its deadlines is never confined, so it gets every thread.
+struct Confinement {
+    slots: Arc<tokio::sync::Semaphore>,
+    /// When the confinement ends, in ms since `started`; 0 when not confined.
+    until: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+/// How long a plugin stays confined after a call of its ran out of time.
+const CONFINED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Confinement {
+    fn new(threads: usize) -> Confinement {
+        Confinement {
+            slots: Arc::new(tokio::sync::Semaphore::new(threads.saturating_sub(1).max(1))),
+            until: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn active(&self) -> bool {
+        self.until.load(std::sync::atomic::Ordering::Relaxed) > self.now()
+    }
+
+    fn begin(&self) {
+        let until = self.now().saturating_add(CONFINED_FOR.as_millis() as u64);
+        self.until.store(until.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for Plugin {
@@ -163,6 +202,7 @@ impl Plugin {
             imports,
             label,
             reconcile,
+            confinement: Confinement::new(inner.pool.size()),
         };
         plugin.info = plugin.call_describe().map_err(|e| LoadError::Describe(Box::new(e)))?;
         if plugin.info.name().trim().is_empty() {
@@ -215,9 +255,38 @@ impl Plugin {
         &self.imports
     }
 
-    /// The threads calls to this plugin that a request or a send waits on run on.
-    pub fn pool(&self) -> &crate::CallPool {
-        &self.runtime.pool
+    /// Runs `call` with this plugin on the plugin threads, never on the caller's thread:
+    /// what async code (a request, a send) uses. With `wait`, gives up with
+    /// [`CallError::Busy`] when no thread frees within it. A plugin that ran past its
+    /// deadline lately is confined to one thread fewer than the pool has, so a plugin that
+    /// burns every deadline cannot hold every core.
+    pub async fn call<R: Send + 'static>(
+        self: &Arc<Self>,
+        wait: Option<std::time::Duration>,
+        call: impl FnOnce(&Plugin) -> Result<R, CallError> + Send + 'static,
+    ) -> Result<R, CallError> {
+        let confined = match (self.confinement.active(), wait) {
+            (false, _) => None,
+            (true, Some(limit)) => Some(
+                tokio::time::timeout(limit, self.confinement.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| CallError::Busy(limit))?,
+            ),
+            (true, None) => Some(self.confinement.slots.clone().acquire_owned().await),
+        };
+        let plugin = self.clone();
+        let result = self.runtime.pool.run(wait, move || call(&plugin)).await?;
+        drop(confined);
+        if let Err(CallError::Timeout(_)) = &result {
+            self.confinement.begin();
+        }
+        result
+    }
+
+    /// The threads real-time segment evaluation runs on, keeping an instance across the
+    /// people of a chunk.
+    pub fn realtime_pool(&self) -> &crate::CallPool {
+        &self.runtime.realtime
     }
 
     /// The threads background calls to this plugin (segment runs, previews) run on.

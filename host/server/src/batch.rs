@@ -347,7 +347,7 @@ async fn evaluate_page<E: Evaluator>(
 #[derive(Clone, Copy)]
 enum Lane {
     /// Real-time evaluation, which a membership's latency waits on.
-    Interactive,
+    Realtime,
     /// Scheduled runs over everyone: background work, which yields to the rest.
     Background,
 }
@@ -363,8 +363,8 @@ async fn evaluate_inputs<E: Evaluator>(
 ) -> Result<Vec<VerdictWrite>, StoreError> {
     let inputs = Arc::new(inputs);
     let per_lane = inputs.len().div_ceil(lanes.max(1)).max(1);
-    // On the plugin threads, at their lower priority; a scheduled run on threads of its
-    // own, so tile decisions never wait behind one.
+    // On the plugin threads, never the request threads; a scheduled run on low-priority
+    // threads of its own, so tile decisions never wait behind one.
     let Some(owner) = plan.segments.first().map(|s| s.plugin.clone()) else { return Ok(Vec::new()) };
     let tasks: Vec<_> = (0..inputs.len())
         .step_by(per_lane)
@@ -372,7 +372,7 @@ async fn evaluate_inputs<E: Evaluator>(
             let (plan, evaluator, inputs, owner) = (plan.clone(), evaluator.clone(), inputs.clone(), owner.clone());
             tokio::spawn(async move {
                 let pool = match lane {
-                    Lane::Interactive => owner.pool(),
+                    Lane::Realtime => owner.realtime_pool(),
                     Lane::Background => owner.background_pool(),
                 };
                 pool.run(None, move || {
@@ -437,7 +437,7 @@ pub async fn evaluate_ids<E: Evaluator>(
     for chunk in ids.chunks(PAGE) {
         let inputs = store.rule_inputs(Scope::Profiles(chunk.to_vec()), plan.needs().clone()).await?;
         let lanes = if inputs.len() >= 64 { 2 } else { 1 };
-        writes.extend(evaluate_inputs(&plan, &evaluator, inputs, lanes, Lane::Interactive, &mut report).await?);
+        writes.extend(evaluate_inputs(&plan, &evaluator, inputs, lanes, Lane::Realtime, &mut report).await?);
     }
     Ok((writes, report))
 }

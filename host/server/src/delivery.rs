@@ -484,8 +484,8 @@ async fn off_thread<A: Clone + Send + 'static, R: Send + 'static>(
     argument: &A,
     call: impl FnOnce(&Plugin, &Context, &A) -> Result<R, CallError> + Send + 'static,
 ) -> Result<R, CallError> {
-    let (adapter, ctx, argument) = (plugin.clone(), ctx.clone(), argument.clone());
-    plugin.pool().run(None, move || call(&adapter, &ctx, &argument)).await?
+    let (ctx, argument) = (ctx.clone(), argument.clone());
+    plugin.call(None, move |adapter| call(adapter, &ctx, &argument)).await
 }
 
 /// An outcome with the channel's secrets redacted from its texts, since they are logged

@@ -226,8 +226,8 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
         for s in &edge {
             let cut = filter_profile(profile, &s.query, now);
             // Planned at `now` above, so the context already carries this time.
-            let (plugin, ctx) = (s.plugin.clone(), s.ctx.clone());
-            match s.plugin.pool().run(None, move || plugin.evaluate(&ctx, &cut)).await.and_then(|verdict| verdict) {
+            let ctx = s.ctx.clone();
+            match s.plugin.call(None, move |p| p.evaluate(&ctx, &cut)).await {
                 Ok(verdict) => {
                     let mut segments = profile.segments.take().unwrap_or_default();
                     apply_verdict(&mut segments, &s.def.name, &verdict, now);

@@ -401,12 +401,9 @@ async fn personalised(
     let ctx = Context { now, params };
     // On the plugin threads, waiting for one no longer than a call may take: when every
     // thread is busy, the page is better served by the fallback now than by a queue.
-    let call = plugin.clone();
     let mut tiles = plugin
-        .pool()
-        .run(Some(plugin.deadline()), move || call.decide(&ctx, &request, profile.as_ref(), &candidates))
+        .call(Some(plugin.deadline()), move |p| p.decide(&ctx, &request, profile.as_ref(), &candidates))
         .await
-        .and_then(|answer| answer)
         .map_err(|e| format!("the plugin failed: {e}"))?;
     // A plugin's link is the plugin's word, not the operator's: one the page must not put
     // in an href (javascript:, //elsewhere) is dropped and counted, and the rest served.

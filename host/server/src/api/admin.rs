@@ -126,8 +126,7 @@ async fn describe(State(state): State<AppState>, Path(slot): Path<String>) -> Re
 async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let input = parse_json(&body)?;
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
-    let call = plugin.clone();
-    let mut answer = plugin.pool().run(None, move || json::invoke(&call, &input)).await.map_err(ApiError::Plugin)?.map_err(|e| match e {
+    let mut answer = plugin.call(None, move |p| Ok(json::invoke(p, &input))).await.map_err(ApiError::Plugin)?.map_err(|e| match e {
         InvokeError::Input(e) => ApiError::from(e),
         InvokeError::Param(e) => ApiError::from(e),
         InvokeError::Call(e) => ApiError::Plugin(e),
@@ -159,8 +158,7 @@ async fn evaluate_stored(
         .await
         ?
         .ok_or_else(|| ApiError::NotFound(format!("no profile for `{profile_id}`")))?;
-    let call = plugin.clone();
-    let verdict = plugin.pool().run(None, move || call.evaluate(&ctx, &profile)).await.and_then(|v| v).map_err(ApiError::Plugin)?;
+    let verdict = plugin.call(None, move |p| p.evaluate(&ctx, &profile)).await.map_err(ApiError::Plugin)?;
     Ok(Json(json!({
         "verdict": json::verdict_to_json(&verdict),
         "plugin": { "name": plugin.info().name(), "version": plugin.info().version(), "digest": plugin.digest() },
