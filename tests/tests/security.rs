@@ -382,7 +382,7 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
 async fn an_erased_person_s_bytes_are_gone_from_the_sqlite_file_and_its_wal() {
     let dir = tempfile::tempdir().unwrap();
     let store = rekindle_tests::open_store(Backend::Sqlite, dir.path()).await.unwrap();
-    let registry = rekindle_tests::registry(&[("rule-high-ltv", components::RULE_HIGH_LTV)]);
+    let registry = rekindle_tests::registry(&[("rule-high-ltv", components::RULE_HIGH_LTV), ("tiles-basic", components::TILES_BASIC)]);
     let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
     let state = AppState::new(registry, None, Some(ADMIN.into()))
         .with_ingestion(Ingestion { store, sources })
@@ -407,11 +407,11 @@ async fn an_erased_person_s_bytes_are_gone_from_the_sqlite_file_and_its_wal() {
     let defined = http.post(format!("{host}/v1/segments")).bearer_auth(ADMIN).json(&json!({"name": "VIP", "slot": "rule-high-ltv"})).send().await.unwrap();
     assert!(defined.status().is_success(), "{}", defined.text().await.unwrap());
     let token: Value = http.post(format!("{host}/admin/tiles/token")).bearer_auth(ADMIN).json(&json!({"userId": "zsofia-user-7f3d"})).send().await.unwrap().json().await.unwrap();
-    let slot = http.post(format!("{host}/v1/tile-slots")).bearer_auth(ADMIN).json(&json!({"name": "home", "plugin": "not-loaded", "fallback": [{"title": "Sale", "link": "/sale"}]})).send().await.unwrap();
+    let slot = http.post(format!("{host}/v1/tile-slots")).bearer_auth(ADMIN).json(&json!({"name": "home", "fallback": [{"title": "Sale", "link": "/sale"}]})).send().await.unwrap();
     assert!(slot.status().is_success());
     let personal = |token: Value| {
         let request = http.post(format!("{host}/v1/tiles")).body(json!({"slots": ["home"], "token": token}).to_string());
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["decisions"][0]["tiles"][0]["decision_id"].clone() }
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["decisions"][0]["known_visitor"].clone() }
     };
     let before = personal(token["token"].clone()).await;
     assert_ne!(before, personal(Value::Null).await, "the token personalised before the erasure");

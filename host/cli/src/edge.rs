@@ -3,6 +3,8 @@
 //! the edge segments' rule components, transpiled with jco (core modules imported
 //! statically, as Workers require), the worker script, and a snapshot of slots and offers.
 
+pub mod instrument;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
@@ -125,9 +127,20 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
             .filter(|f| f.starts_with(&format!("{name}.")) && f.ends_with(".wasm"))
             .collect();
         cores.sort();
+        // Fuel for the deadline, the memory cap, and the snapshot restored before each call.
+        let limits = &snapshot["limits"][info["kind"].as_str().unwrap_or_default()];
+        let fuel = fuel_for(limits["deadline_ms"].as_i64().context("the snapshot gives no deadline for this kind")?);
+        let cap = limits["memory_bytes"].as_u64().context("the snapshot gives no memory cap for this kind")?;
+        let mut restorable = true;
+        for core in &cores {
+            let path = out.join("components").join(core);
+            let rewritten = instrument::instrument(&std::fs::read(&path)?, fuel, cap).with_context(|| format!("slot `{slot}` cannot run at the edge"))?;
+            restorable &= rewritten.restorable;
+            std::fs::write(&path, rewritten.bytes)?;
+        }
         writeln!(imports, "import {{ instantiate as {name} }} from \"./components/{name}.js\";")?;
         modules.push(format!("components/{name}.js"));
-        write!(table, "  {slot:?}: {{ instantiate: {name}, modules: {{")?;
+        write!(table, "  {slot:?}: {{ instantiate: {name}, restorable: {restorable}, fuel: {fuel}, modules: {{")?;
         for (k, core) in cores.iter().enumerate() {
             writeln!(imports, "import {name}_{k} from \"./components/{core}\";")?;
             write!(table, " {core:?}: {name}_{k},")?;
@@ -151,6 +164,17 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         plugins.len()
     );
     Ok(())
+}
+
+/// Units of fuel per millisecond of a call's deadline. One unit covers one instruction;
+/// once compiled, workerd runs the hostile endless loop through about this many a
+/// millisecond, so a looping call stops close to its deadline, while the shipped tile
+/// plugin's whole decision takes 63,000 units, a fortieth of a tile call's budget.
+/// Measured in BENCHMARKS.md ("A deadline at the edge").
+const FUEL_PER_MS: i64 = 250_000;
+
+fn fuel_for(deadline_ms: i64) -> i64 {
+    deadline_ms.max(1).saturating_mul(FUEL_PER_MS)
 }
 
 fn sha2_hex(bytes: &[u8]) -> String {

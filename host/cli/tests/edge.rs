@@ -1,8 +1,15 @@
-//! The edge bundle in `workerd`, against the server, on a generated corpus: `rekindle edge
-//! build` transpiles the host's own components with jco, `workerd` serves the bundle on
-//! loopback, and for every case (a visitor, a slot, a time, a token issued days before)
-//! the edge's tile decision and edge-rule verdicts must equal the server's reference,
-//! compared as canonical JSON. Forged and expired tokens must give the anonymous answer.
+//! The edge bundle in `workerd`, against the server, on a generated corpus of over 2,000
+//! cases: `rekindle edge build` transpiles and instruments the host's own components with
+//! jco, `workerd` serves the bundle on loopback, and every answer must equal the server's,
+//! compared whole as canonical JSON:
+//! - the reference decision (a visitor, a slot, a time, a token issued days before) at
+//!   window edges, offer validity edges, DST changes and a leap day;
+//! - hostile plugins: a tile plugin keeping the last visitor in a static, one looping past
+//!   its deadline, one over the output limit, one over the memory cap, one panicking, and
+//!   rules that panic, loop, recurse, hoard memory or return too much;
+//! - the live `GET`/`POST /v1/tiles` path against the origin's, valid requests and bad ones;
+//! - tampered tokens, and the shared token vectors (`tests/vectors/tokens.json`), which the
+//!   host's own unit test judges too.
 //!
 //! jco and workerd come from npm (pinned in `rekindle::edge`); scripts/test installs them.
 
@@ -21,7 +28,10 @@ use support::{free_port, rekindle, serve_with_env, shipped_plugins, text};
 const ADMIN: &str = "edge-admin-token-0123";
 const SECRET: &str = "conformance-secret-0123456789abcdef";
 const DAY: i64 = 86_400_000;
-const CASES: usize = 200;
+/// Reference cases: a decision at a chosen time.
+const REFERENCE_CASES: usize = 1_500;
+/// Live cases: the same request to the origin's and the edge's `/v1/tiles`.
+const LIVE_CASES: usize = 450;
 
 struct Workerd(Child);
 
@@ -37,7 +47,10 @@ fn workerd_binary() -> Option<PathBuf> {
     match rekindle::edge::tool("workerd") {
         Ok(path) => Some(path),
         Err(e) => {
-            assert!(std::env::var_os("CI").is_none(), "the edge tools are missing in CI: {e:#}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the edge tools are missing in CI: {e:#}"
+            );
             eprintln!("skipping: {e:#}");
             None
         }
@@ -45,20 +58,183 @@ fn workerd_binary() -> Option<PathBuf> {
 }
 
 fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus() {
-    let Some(workerd) = workerd_binary() else { return };
+fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// `{base}/v1/tiles` with `query`, encoded.
+fn tiles_url<K: AsRef<str>, V: AsRef<str>>(base: &str, query: &[(K, V)]) -> reqwest::Url {
+    reqwest::Url::parse_with_params(
+        &format!("{base}/v1/tiles"),
+        query.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+    )
+    .unwrap()
+}
+
+/// The hostile plugins the corpus runs beside the shipped ones, by registry slot.
+const HOSTILE: [&str; 6] = [
+    "hostile-tiles",
+    "hostile-endless-loop",
+    "hostile-huge-output",
+    "hostile-unbounded-alloc",
+    "hostile-panics",
+    "hostile-infinite-recursion",
+];
+
+/// Page slots, with their plugin and parameters and how often the corpus asks for each.
+const SLOTS: [(&str, &str, u32, &str, u32); 11] = [
+    ("hero", "tiles-basic", 1, "{}", 30),
+    (
+        "sidebar",
+        "tiles-basic",
+        2,
+        r#"{"segment_weight": 30.0}"#,
+        20,
+    ),
+    (
+        "footer",
+        "tiles-basic",
+        3,
+        r#"{"category_weight": 0.0}"#,
+        20,
+    ),
+    ("ghost", "not-loaded", 1, "{}", 3),
+    ("memory", "hostile-tiles", 1, r#"{"mode": "remember"}"#, 12),
+    ("spin", "hostile-tiles", 1, r#"{"mode": "loop"}"#, 1),
+    ("huge", "hostile-tiles", 1, r#"{"mode": "huge"}"#, 3),
+    ("grow", "hostile-tiles", 1, r#"{"mode": "grow"}"#, 3),
+    ("panic", "hostile-tiles", 1, r#"{"mode": "panic"}"#, 3),
+    ("bogus", "hostile-tiles", 1, r#"{"mode": "bogus"}"#, 2),
+    (
+        "links",
+        "hostile-tiles",
+        2,
+        r#"{"mode": "unsafe-links"}"#,
+        3,
+    ),
+];
+
+fn pick_slot(rng: &mut ChaCha8Rng) -> &'static str {
+    let total: u32 = SLOTS.iter().map(|s| s.4).sum();
+    let mut at = rng.random_range(0..total);
+    for (name, _, _, _, weight) in SLOTS {
+        if at < weight {
+            return name;
+        }
+        at -= weight;
+    }
+    unreachable!()
+}
+
+struct Setup {
+    http: reqwest::Client,
+    base: String,
+    edge: String,
+    /// Midnight UTC today: the shop's history is laid out around it.
+    t0: i64,
+    /// The times offers start and stop being valid: their edges are parity cases.
+    offer_edges: Vec<i64>,
+    _server: support::Server,
+    _workerd: Workerd,
+    _work: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn admin(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status}: {body}");
+        body
+    }
+
+    /// The JSON answer to POSTing `body` to `url`.
+    async fn post(&self, url: String, body: &Value) -> Value {
+        self.http.post(url).json(body).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn token(&self, user: &str, at: i64) -> String {
+        self.admin("/admin/tiles/token", json!({"userId": user, "at": at}))
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn conform(&self, token: Option<&str>, slot: &str, now: i64) -> Value {
+        let request = self
+            .http
+            .post(format!("{}/__rekindle/conformance", self.edge))
+            .json(&json!({"token": token, "slot": slot, "now": now}));
+        request.send().await.unwrap().json::<Value>().await.unwrap()
+    }
+
+    async fn reference(&self, user: Option<&str>, slot: &str, now: i64) -> Value {
+        self.admin(
+            "/admin/edge/reference",
+            json!({"userId": user, "slot": slot, "now": now}),
+        )
+        .await
+    }
+
+    /// The server's reference, asked again (up to three times, counted in `retried`) while
+    /// it differs from the edge's only because the server was [`starved`].
+    async fn settled_reference(&self, at_edge: &Value, user: Option<&str>, slot: &str, now: i64, retried: &mut usize) -> Value {
+        let mut at_server = self.reference(user, slot, now).await;
+        for _ in 0..3 {
+            if at_server == *at_edge || !starved(&at_server) {
+                break;
+            }
+            *retried += 1;
+            at_server = self.reference(user, slot, now).await;
+        }
+        at_server
+    }
+}
+
+async fn setup() -> Option<Setup> {
+    let workerd = workerd_binary()?;
     let work = tempfile::tempdir().unwrap();
     let plugins = shipped_plugins(work.path());
+    for (name, path) in rekindle_tests::components::ALL {
+        if HOSTILE.contains(name) {
+            std::fs::copy(
+                path,
+                plugins.join(format!("{}.wasm", name.replace('-', "_"))),
+            )
+            .unwrap();
+        }
+    }
     let data = work.path().join("data");
-    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--server-source"), OsStr::new("web=web-key")];
-    let (_server, base) = serve_with_env(&args, ADMIN, &[("REKINDLE_TOKEN_SECRET", SECRET)]).await;
+    let args = [
+        OsStr::new("--plugins"),
+        plugins.as_os_str(),
+        OsStr::new("--data-dir"),
+        data.as_os_str(),
+        OsStr::new("--server-source"),
+        OsStr::new("web=web-key"),
+    ];
+    let (server, base) = serve_with_env(&args, ADMIN, &[("REKINDLE_TOKEN_SECRET", SECRET)]).await;
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
-        let request = http.post(format!("{base}{path}")).bearer_auth(ADMIN).json(&body);
+        let request = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(ADMIN)
+            .json(&body);
         async move {
             let response = request.send().await.unwrap();
             let status = response.status();
@@ -69,7 +245,8 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     };
 
     // A shop of 40 customers whose memberships move with time: buyers of every count,
-    // value and recency around the corpus's times, with names, plans and categories.
+    // value and recency around the corpus's times, with names (some beyond ASCII), plans
+    // and categories.
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
     // Today: segments are backfilled at the real clock, so tokens carry today's memberships
     // and the cases, up to 150 days on, see how far time alone moves them.
@@ -78,7 +255,16 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     let mut batch = Vec::new();
     for c in 0..40 {
         let user = format!("c{c}");
-        let name = ["Ann", "Bob", "Chloe", "Dev"][c % 4];
+        let name = [
+            "Ann",
+            "Bob",
+            "Chloé",
+            "Dev",
+            "😀 Zoë",
+            "Ｗei",
+            "",
+            "O'Brien <b>",
+        ][c % 8];
         let mut traits = json!({ "first_name": name });
         if rng.random_bool(0.5) {
             let plan = ["gold", "silver"][c % 2];
@@ -92,29 +278,52 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
                 "timestamp": iso(at), "properties": {"revenue": rng.random_range(20..400), "products": [{"category": categories[rng.random_range(0..3)]}]}}));
         }
     }
-    let response = http.post(format!("{base}/v1/batch")).basic_auth("web-key", Some("")).json(&json!({"batch": batch})).send().await.unwrap();
+    let response = http
+        .post(format!("{base}/v1/batch"))
+        .basic_auth("web-key", Some(""))
+        .json(&json!({"batch": batch}))
+        .send()
+        .await
+        .unwrap();
     assert!(response.status().is_success());
 
-    for (name, slot) in [("VIP", "rule-high-ltv"), ("Win back", "rule-win-back-window"), ("Sleepy", "rule-one-time-about-to-sleep"), ("Lapsing", "rule-lapsing-repeat-buyer")] {
-        admin("/v1/segments", json!({"name": name, "slot": slot})).await;
+    // The edge segments, two of them named so that code-point and UTF-16 order differ, a
+    // segment the edge cannot evaluate, and hostile rules whose every verdict is an error.
+    for (name, slot, params) in [
+        ("VIP", "rule-high-ltv", json!({})),
+        ("Win back", "rule-win-back-window", json!({})),
+        ("Sleepy", "rule-one-time-about-to-sleep", json!({})),
+        ("Lapsing", "rule-lapsing-repeat-buyer", json!({})),
+        ("～ big", "rule-high-ltv", json!({"min_ltv": 100.0})),
+        ("😀 some", "rule-high-ltv", json!({"min_ltv": 50.0})),
+        ("Boom", "hostile-panics", json!({})),
+        ("Spin", "hostile-endless-loop", json!({})),
+        ("Verbose", "hostile-huge-output", json!({})),
+        ("Hoard", "hostile-unbounded-alloc", json!({})),
+        ("Deep", "hostile-infinite-recursion", json!({})),
+    ] {
+        admin(
+            "/v1/segments",
+            json!({"name": name, "slot": slot, "params": params}),
+        )
+        .await;
     }
-    let segments = ["VIP", "Win back", "Sleepy", "Lapsing"];
-    let slots = [("hero", 1, json!({})), ("sidebar", 2, json!({"segment_weight": 30.0})), ("footer", 3, json!({"category_weight": 0.0}))];
-    for (name, max, params) in &slots {
-        admin("/v1/tile-slots", json!({"name": name, "max_tiles": max, "params": params, "fallback": [{"title": "Sale", "link": "/sale"}]})).await;
+    let segments = ["VIP", "Win back", "Sleepy", "Lapsing", "～ big", "😀 some"];
+    for (name, plugin, max, params, _) in SLOTS {
+        let params: Value = serde_json::from_str(params).unwrap();
+        admin("/v1/tile-slots", json!({"name": name, "plugin": plugin, "max_tiles": max, "params": params, "fallback": [{"title": "Sale", "link": "/sale"}]})).await;
     }
-    // A slot whose plugin is not loaded: its fallback, at the edge as at the server.
-    admin("/v1/tile-slots", json!({"name": "ghost", "plugin": "not-loaded", "fallback": [{"title": "Sale", "link": "/sale"}]})).await;
+    let mut offer_edges = Vec::new();
     for o in 0..18 {
         let mut offer = json!({
-            "id": format!("offer-{o}"), "slot": slots[o % 3].0, "priority": rng.random_range(0..20),
+            "id": format!("offer-{o}"), "slot": SLOTS[o % 3].0, "priority": rng.random_range(0..20),
             "title": "Hi {{first_name|there}}", "body": "Use {{voucher}} now", "link": format!("/o{o}"),
         });
         if rng.random_bool(0.5) {
-            offer["include_segments"] = json!([segments[rng.random_range(0..4)]]);
+            offer["include_segments"] = json!([segments[rng.random_range(0..segments.len())]]);
         }
         if rng.random_bool(0.2) {
-            offer["exclude_segments"] = json!([segments[rng.random_range(0..4)]]);
+            offer["exclude_segments"] = json!([segments[rng.random_range(0..segments.len())]]);
         }
         if rng.random_bool(0.5) {
             offer["category"] = json!(categories[rng.random_range(0..3)]);
@@ -129,16 +338,24 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         if rng.random_bool(0.2) {
             offer["traits"] = json!({"plan": "gold"});
         }
-        if rng.random_bool(0.2) {
-            offer["valid_from"] = json!(iso(t0 + rng.random_range(0..60) * DAY));
+        if rng.random_bool(0.3) {
+            let from = t0 + rng.random_range(0..60) * DAY + rng.random_range(0..DAY);
+            offer_edges.push(from);
+            offer["valid_from"] = json!(iso(from));
         }
-        if rng.random_bool(0.2) {
-            offer["valid_until"] = json!(iso(t0 + rng.random_range(61..200) * DAY));
+        if rng.random_bool(0.3) {
+            let until = t0 + rng.random_range(61..150) * DAY + rng.random_range(0..DAY);
+            offer_edges.push(until);
+            offer["valid_until"] = json!(iso(until));
         }
         if rng.random_bool(0.2) {
             offer["image"] = json!(format!("https://cdn.example/{o}.jpg"));
         }
         admin("/v1/offers", offer).await;
+    }
+    for (slot, _, _, _, _) in &SLOTS[4..] {
+        admin("/v1/offers", json!({"id": format!("{slot}-offer"), "slot": slot, "title": "Hi", "body": "", "link": "/h"})).await;
+        admin("/v1/offers", json!({"id": format!("{slot}-offer-2"), "slot": slot, "title": "Hello", "body": "", "link": "/h2"})).await;
     }
 
     // The bundle, built by the CLI from the running host, served by workerd on loopback.
@@ -150,12 +367,26 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         .output()
         .unwrap();
     assert!(built.status.success(), "{}", text(&built.stderr));
-    assert!(text(&built.stdout).contains("4 slot(s), 18 offer(s), 3 edge segment(s), 4 component(s)"), "{}", text(&built.stdout));
-    for file in ["worker.js", "components.js", "snapshot.json", "workerd.capnp", "wrangler.toml"] {
-        assert!(bundle.join(file).exists(), "{file} is missing from the bundle");
+    assert!(
+        text(&built.stdout)
+            .contains("11 slot(s), 32 offer(s), 10 edge segment(s), 10 component(s)"),
+        "{}",
+        text(&built.stdout)
+    );
+    for file in [
+        "worker.js",
+        "components.js",
+        "snapshot.json",
+        "workerd.capnp",
+        "wrangler.toml",
+    ] {
+        assert!(
+            bundle.join(file).exists(),
+            "{file} is missing from the bundle"
+        );
     }
     let port = free_port();
-    let _workerd = Workerd(
+    let workerd = Workerd(
         Command::new(&workerd)
             .arg("serve")
             .arg(bundle.join("workerd.capnp"))
@@ -169,73 +400,481 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     );
     let edge = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
-    while http.get(format!("{edge}/__rekindle/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "workerd did not come up");
+    while http
+        .get(format!("{edge}/__rekindle/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "workerd did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Some(Setup {
+        http,
+        base,
+        edge,
+        t0,
+        offer_edges,
+        _server: server,
+        _workerd: workerd,
+        _work: work,
+    })
+}
 
-    let conform = |token: Option<String>, slot: &str, now: i64| {
-        let request = http.post(format!("{edge}/__rekindle/conformance")).json(&json!({"token": token, "slot": slot, "now": now}));
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
-    let (mut personal, mut moved, mut fallbacks) = (0, 0, 0);
-    for case in 0..CASES {
-        let now = t0 + rng.random_range(0..150) * DAY + rng.random_range(0..DAY);
-        let slot = slots[rng.random_range(0..3)].0;
+/// Whether the server's answer shows a plugin call it cut short for want of time or a free
+/// thread (its deadline is wall-clock time, and this test shares two cores with others), in
+/// a plugin that finishes in well under its deadline when it gets the CPU: asked again, it
+/// decides. The edge's fuel does not depend on load.
+fn starved(answer: &Value) -> bool {
+    match answer {
+        Value::Object(map) => {
+            let slow_segment = map.get("segment").is_some_and(|s| s != "Spin")
+                && map.get("error").and_then(Value::as_str).is_some_and(|e| e.starts_with("timed out") || e.starts_with("every plugin thread"));
+            let slot = map.get("slot").and_then(Value::as_str).unwrap_or_default();
+            let slow_tiles = map.get("fallback") == Some(&Value::Bool(true)) && ["hero", "sidebar", "footer"].contains(&slot);
+            slow_segment || slow_tiles || map.values().any(starved)
+        }
+        Value::Array(items) => items.iter().any(starved),
+        _ => false,
+    }
+}
+
+/// A time for a reference case: mostly anywhere in the next 150 days, and often exactly
+/// at (or a millisecond either side of) a day boundary, an offer's validity edge, a DST
+/// change in Europe and the US, or a leap day.
+fn pick_time(rng: &mut ChaCha8Rng, s: &Setup) -> i64 {
+    let near = |at: i64, rng: &mut ChaCha8Rng| at + rng.random_range(-1..=1);
+    match rng.random_range(0..10) {
+        0..=4 => s.t0 + rng.random_range(0..150) * DAY + rng.random_range(0..DAY),
+        5 | 6 => near(s.t0 + rng.random_range(1..150) * DAY, rng),
+        7 if !s.offer_edges.is_empty() => {
+            near(s.offer_edges[rng.random_range(0..s.offer_edges.len())], rng)
+        }
+        _ => {
+            let special = [
+                "2027-03-28T01:00:00Z",
+                "2027-10-31T01:00:00Z",
+                "2027-03-14T07:00:00Z",
+                "2028-02-29T00:00:00Z",
+                "2028-02-29T23:59:59.999Z",
+                "2028-03-01T00:00:00Z",
+            ];
+            near(ms(special[rng.random_range(0..special.len())]), rng)
+        }
+    }
+}
+
+/// Other spellings and alterations of a real token: each must be nobody, at both sides.
+fn tampered(token: &str, rng: &mut ChaCha8Rng) -> String {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .unwrap();
+    match rng.random_range(0..7) {
+        0 => base64::engine::general_purpose::URL_SAFE.encode(&raw),
+        1 => base64::engine::general_purpose::STANDARD.encode(&raw),
+        2 => format!(" {token}"),
+        3 => format!("{token}\n"),
+        4 => token[..token.len() - 1].to_string(),
+        5 => {
+            let mut altered = raw.clone();
+            let at = rng.random_range(0..altered.len());
+            altered[at] ^= 1 << rng.random_range(0..8);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&altered)
+        }
+        _ => format!("{}=", token),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus() {
+    let Some(s) = setup().await else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut cases = 0;
+
+    // The token vectors, judged by the edge as the host's unit test judges them.
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(support::workspace_root().join("tests/vectors/tokens.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    for v in vectors["vectors"].as_array().unwrap() {
+        let body = json!({"token": v["token"], "secret": vectors["secret"], "now": vectors["now"]});
+        let at_edge = s.post(format!("{}/__rekindle/token", s.edge), &body).await;
+        assert_eq!(
+            at_edge,
+            json!({"valid": v["valid"], "sub": v["sub"]}),
+            "token vector {}",
+            v["name"]
+        );
+        cases += 1;
+    }
+
+    // Reference cases.
+    let (mut personal, mut moved, mut fallbacks, mut errors, mut evaluated) = (0, 0, 0, 0, 0);
+    let mut retried = 0;
+    for case in 0..REFERENCE_CASES {
+        let now = pick_time(&mut rng, &s);
+        let slot = pick_slot(&mut rng);
         let user = (rng.random_range(0..10) > 0).then(|| format!("c{}", rng.random_range(0..40)));
-        let token = match &user {
+        let mut token = match &user {
             // Issued up to five days before the request: memberships may have moved since.
-            Some(user) => Some(admin("/admin/tiles/token", json!({"userId": user, "at": now - rng.random_range(0..5 * DAY)})).await["token"].as_str().unwrap().to_string()),
+            Some(user) => Some(s.token(user, now - rng.random_range(0..5 * DAY)).await),
             None => None,
         };
-        let at_edge = conform(token.clone(), slot, now).await;
-        let at_server = admin("/admin/edge/reference", json!({"userId": user, "slot": slot, "now": now})).await;
-        assert_eq!(at_edge, at_server, "case {case}: {user:?} in {slot} at {}", iso(now));
+        let mut asked_for = user.clone();
+        if let Some(t) = &token
+            && rng.random_range(0..10) == 0
+        {
+            // Another spelling can be the same string (no padding due, no `-` or `_`).
+            let other = tampered(t, &mut rng);
+            if other != *t {
+                token = Some(other);
+                asked_for = None;
+            }
+        }
+        let at_edge = s.conform(token.as_deref(), slot, now).await;
+        let at_server = s.settled_reference(&at_edge, asked_for.as_deref(), slot, now, &mut retried).await;
+        assert_eq!(
+            at_edge,
+            at_server,
+            "case {case}: {user:?} in {slot} at {} (token tampered: {})",
+            iso(now),
+            asked_for.is_none() && user.is_some()
+        );
         personal += usize::from(at_server["decision"]["known_visitor"] == true);
         fallbacks += usize::from(at_server["decision"]["fallback"] == true);
-        // A verdict that differs from the membership the token carried: time alone moved it.
-        if let Some(token) = &token {
+        let verdicts = at_server["verdicts"].as_array().unwrap();
+        errors += verdicts.iter().filter(|v| v.get("error").is_some()).count();
+        evaluated += usize::from(!verdicts.is_empty());
+        if let Some(token) = token.as_deref().filter(|_| asked_for.is_some()) {
             // Sealed: only the secret opens it (0 as "now", since only the claims matter here).
             let claims = rekindle_server::token::verify(token, SECRET.as_bytes(), 0).unwrap();
             let carried = |segment: &str| claims.segments.iter().any(|m| m.segment == segment);
-            moved += at_server["verdicts"].as_array().unwrap().iter().filter(|v| v["member"].as_bool() != Some(carried(v["segment"].as_str().unwrap()))).count();
+            moved += verdicts
+                .iter()
+                .filter(|v| {
+                    v.get("member").is_some()
+                        && v["member"].as_bool() != Some(carried(v["segment"].as_str().unwrap()))
+                })
+                .count();
         }
+        // One visitor's static state never shows in the next visitor's tile.
+        if slot == "memory" && at_server["decision"]["fallback"] == false {
+            for tile in at_edge["decision"]["tiles"].as_array().unwrap() {
+                assert_eq!(
+                    tile["title"], "last visitor: ",
+                    "case {case}: an instance kept a visitor"
+                );
+            }
+        }
+        cases += 1;
     }
-    assert!(personal >= 150, "{personal} of {CASES} cases were personal");
-    assert!(moved >= 20, "only {moved} verdicts moved with time; the corpus should exercise edge rules");
-    assert_eq!(fallbacks, 0);
-    for user in [Some("c1"), None] {
-        let now = t0 + 3 * DAY;
-        let token = match user {
-            Some(user) => Some(admin("/admin/tiles/token", json!({"userId": user, "at": now})).await["token"].as_str().unwrap().to_string()),
+    eprintln!(
+        "{REFERENCE_CASES} reference cases: {personal} personal, {fallbacks} fallbacks, {moved} verdicts moved with time, {errors} error verdicts"
+    );
+    assert!(
+        personal >= REFERENCE_CASES * 6 / 10,
+        "{personal} of {REFERENCE_CASES} cases were personal"
+    );
+    assert!(
+        moved >= 100,
+        "only {moved} verdicts moved with time; the corpus should exercise edge rules"
+    );
+    assert!(
+        fallbacks >= REFERENCE_CASES / 10,
+        "hostile slots must fall back: {fallbacks}"
+    );
+    assert_eq!(
+        errors,
+        5 * evaluated,
+        "every hostile rule's verdict is an error, and no other"
+    );
+
+    // Live cases: the same request to both `/v1/tiles`, answered at the real clock.
+    for case in 0..LIVE_CASES {
+        let user = (rng.random_range(0..5) > 0).then(|| format!("c{}", rng.random_range(0..40)));
+        let token = match &user {
+            Some(user) => Some(
+                s.token(
+                    user,
+                    chrono::Utc::now().timestamp_millis() - rng.random_range(0..DAY),
+                )
+                .await,
+            ),
             None => None,
         };
-        let at_server = admin("/admin/edge/reference", json!({"userId": user, "slot": "ghost", "now": now})).await;
-        assert_eq!(at_server["decision"]["fallback"], true);
-        assert_eq!(conform(token, "ghost", now).await, at_server);
+        let send_both = async |post: Option<&Value>, slot: &str| {
+            let (origin, edge) = match post {
+                Some(body) => {
+                    let send = |base: &str| s.http.post(format!("{base}/v1/tiles")).json(body).send();
+                    (send(&s.base).await.unwrap(), send(&s.edge).await.unwrap())
+                }
+                None => {
+                    let send = |base: &str| {
+                        let request = s.http.get(tiles_url(base, &[("slot", slot)]));
+                        match &token {
+                            Some(token) => request.header("x-rekindle-token", token),
+                            None => request,
+                        }
+                        .send()
+                    };
+                    (send(&s.base).await.unwrap(), send(&s.edge).await.unwrap())
+                }
+            };
+            let (origin_status, edge_status) = (origin.status(), edge.status());
+            let (origin_body, edge_body): (Value, Value) = (origin.json().await.unwrap(), edge.json().await.unwrap());
+            ((origin_status, origin_body), (edge_status, edge_body))
+        };
+        let (post, slot) = if rng.random_bool(0.7) {
+            let count = rng.random_range(1..=3);
+            let mut names: Vec<&str> = Vec::new();
+            while names.len() < count {
+                let slot = pick_slot(&mut rng);
+                if slot != "spin" && !names.contains(&slot) {
+                    names.push(slot);
+                }
+            }
+            (Some(json!({"slots": names, "token": token, "url": "https://shop.example/?utm_source=mail"})), "")
+        } else {
+            (None, pick_slot(&mut rng))
+        };
+        let (mut origin, mut edge) = send_both(post.as_ref(), slot).await;
+        for _ in 0..3 {
+            if origin == edge || !starved(&origin.1) {
+                break;
+            }
+            retried += 1;
+            (origin, edge) = send_both(post.as_ref(), slot).await;
+        }
+        assert_eq!(edge, origin, "live case {case}: {user:?}");
+        cases += 1;
     }
 
-    // A forged, altered, expired or otherwise spelled token gets the anonymous decision, and
-    // the edge then agrees with the server's answer for nobody.
-    use base64::Engine as _;
-    let now = t0 + 10 * DAY;
-    let token = admin("/admin/tiles/token", json!({"userId": "c1", "at": now - DAY})).await["token"].as_str().unwrap().to_string();
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
-    let mut altered = raw.clone();
-    altered[20] ^= 1;
-    let expired = admin("/admin/tiles/token", json!({"userId": "c1", "at": now - 30 * DAY})).await["token"].as_str().unwrap().to_string();
-    let anonymous = admin("/admin/edge/reference", json!({"slot": "hero", "now": now})).await;
-    let spelled = [
-        base64::engine::general_purpose::URL_SAFE.encode(&raw),
-        base64::engine::general_purpose::STANDARD.encode(&raw),
-        format!(" {token}"),
-        format!("{token}\n"),
+    // Bad requests get the same status and body at both.
+    let long = "x".repeat(201);
+    let long_url = format!("https://shop.example/{}", "x".repeat(2048));
+    let posts: Vec<(&str, String)> = vec![
+        ("not JSON", "{".into()),
+        ("JSON null", "null".into()),
+        ("a list", "[]".into()),
+        ("a number", "7".into()),
+        ("no slots", "{}".into()),
+        ("slots not a list", r#"{"slots": "hero"}"#.into()),
+        ("no slot named", r#"{"slots": []}"#.into()),
+        (
+            "eleven slots",
+            json!({"slots": (0..11).map(|i| format!("s{i}")).collect::<Vec<_>>()}).to_string(),
+        ),
+        ("a number as a slot", r#"{"slots": ["hero", 5]}"#.into()),
+        ("null as a slot", r#"{"slots": [null]}"#.into()),
+        (
+            "an object without a slot",
+            r#"{"slots": [{"name": "hero"}]}"#.into(),
+        ),
+        (
+            "an object with a slot",
+            r#"{"slots": [{"slot": "hero"}]}"#.into(),
+        ),
+        (
+            "a slot twice",
+            r#"{"slots": ["hero", {"slot": "hero"}]}"#.into(),
+        ),
+        ("an over-long slot", json!({"slots": [long]}).to_string()),
+        (
+            "an unknown slot",
+            r#"{"slots": ["nowhere", "hero"]}"#.into(),
+        ),
+        (
+            "an over-long user id",
+            json!({"slots": ["hero"], "userId": long}).to_string(),
+        ),
+        (
+            "a numeric user id",
+            r#"{"slots": ["hero"], "userId": 5}"#.into(),
+        ),
+        (
+            "an over-long anonymous id",
+            json!({"slots": ["hero"], "anonymousId": long}).to_string(),
+        ),
+        (
+            "an over-long write key",
+            json!({"slots": ["hero"], "writeKey": long}).to_string(),
+        ),
+        (
+            "an over-long page URL",
+            json!({"slots": ["hero"], "url": long_url}).to_string(),
+        ),
+        (
+            "a long page URL within limits",
+            json!({"slots": ["hero"], "url": format!("https://shop.example/{}", "x".repeat(1500))})
+                .to_string(),
+        ),
+        (
+            "a numeric token",
+            r#"{"slots": ["hero"], "token": 5}"#.into(),
+        ),
+        (
+            "an over-long token",
+            json!({"slots": ["hero"], "token": "x".repeat(17 << 10)}).to_string(),
+        ),
+        (
+            "a garbage token",
+            r#"{"slots": ["hero"], "token": "garbage"}"#.into(),
+        ),
+        ("a NUL in a slot", "{\"slots\": [\"he\\u0000ro\"]}".into()),
+        (
+            "a NUL in a key",
+            "{\"slots\": [\"hero\"], \"a\\u0000\": 1}".into(),
+        ),
+        ("a lone surrogate", r#"{"slots": ["\ud800"]}"#.into()),
+        (
+            "nesting past 128",
+            format!(
+                "{{\"slots\": [\"hero\"], \"x\": {}{}}}",
+                "[".repeat(130),
+                "]".repeat(130)
+            ),
+        ),
+        ("an empty body", String::new()),
     ];
-    let others = [base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&altered), expired, token[1..].to_string(), "garbage".to_string()];
-    for other in spelled.into_iter().filter(|t| *t != token).chain(others) {
-        let at_edge = conform(Some(other.clone()), "hero", now).await;
-        assert_eq!(at_edge, anonymous, "{other:?}");
-        assert_eq!(at_edge["decision"]["known_visitor"], false);
-        assert!(rekindle_server::token::verify(&other, SECRET.as_bytes(), now).is_err(), "the host must refuse {other:?} too");
+    for (name, body) in &posts {
+        let send = |base: &str| {
+            s.http
+                .post(format!("{base}/v1/tiles"))
+                .body(body.clone())
+                .send()
+        };
+        let (origin, edge) = (send(&s.base).await.unwrap(), send(&s.edge).await.unwrap());
+        let (origin_status, edge_status) = (origin.status(), edge.status());
+        let (origin_body, edge_body) = (origin.text().await.unwrap(), edge.text().await.unwrap());
+        let parse = |t: &str| {
+            serde_json::from_str::<Value>(t)
+                .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {t}"))
+        };
+        assert_eq!(
+            (edge_status, parse(&edge_body)),
+            (origin_status, parse(&origin_body)),
+            "POST with {name}"
+        );
+        cases += 1;
     }
+    type Query = Vec<(&'static str, String)>;
+    type Headers = Vec<(&'static str, &'static str)>;
+    let gets: Vec<(&str, Query, Headers)> = vec![
+        ("no slot", vec![], vec![]),
+        ("an empty slot", vec![("slot", String::new())], vec![]),
+        ("an over-long slot", vec![("slot", long.clone())], vec![]),
+        ("an unknown slot", vec![("slot", "nowhere".into())], vec![]),
+        (
+            "an over-long user id",
+            vec![("slot", "hero".into()), ("userId", long.clone())],
+            vec![],
+        ),
+        (
+            "an over-long anonymous id",
+            vec![("slot", "hero".into()), ("anonymousId", long.clone())],
+            vec![],
+        ),
+        (
+            "an over-long page URL",
+            vec![("slot", "hero".into()), ("url", long_url.clone())],
+            vec![],
+        ),
+        (
+            "a malformed cookie",
+            vec![("slot", "hero".into())],
+            vec![("cookie", "rekindle_token=%E0%A4%A")],
+        ),
+        (
+            "a garbage token header",
+            vec![("slot", "hero".into())],
+            vec![("x-rekindle-token", "garbage")],
+        ),
+    ];
+    for (name, query, headers) in &gets {
+        let send = |base: &str| {
+            let mut request = s.http.get(tiles_url(base, query));
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            request.send()
+        };
+        let (origin, edge) = (send(&s.base).await.unwrap(), send(&s.edge).await.unwrap());
+        let (origin_status, edge_status) = (origin.status(), edge.status());
+        let (origin_body, edge_body): (Value, Value) =
+            (origin.json().await.unwrap(), edge.json().await.unwrap());
+        assert_eq!(
+            (edge_status, edge_body),
+            (origin_status, origin_body),
+            "GET with {name}"
+        );
+        cases += 1;
+    }
+
+    // The fallback of a slot whose plugin is not loaded, for a visitor and for nobody.
+    for user in [Some("c1"), None] {
+        let now = s.t0 + 3 * DAY;
+        let token = match user {
+            Some(user) => Some(s.token(user, now).await),
+            None => None,
+        };
+        let at_edge = s.conform(token.as_deref(), "ghost", now).await;
+        let at_server = s.settled_reference(&at_edge, user, "ghost", now, &mut retried).await;
+        assert_eq!(at_server["decision"]["fallback"], true);
+        assert_eq!(at_edge, at_server);
+        cases += 1;
+    }
+    eprintln!("{cases} cases in all; {retried} asked again of a server too busy to finish a plugin call in time");
+    assert!(cases >= 2_000, "{cases} cases");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_plugin_is_stopped_at_the_edge_and_others_are_still_answered() {
+    let Some(s) = setup().await else { return };
+    let token = s.token("c1", chrono::Utc::now().timestamp_millis()).await;
+    // Once to instantiate everything, so the timed request measures the deadline alone.
+    s.http.post(format!("{}/v1/tiles", s.edge)).json(&json!({"slots": ["spin"], "token": token})).send().await.unwrap();
+    let spin = {
+        let request = s
+            .http
+            .post(format!("{}/v1/tiles", s.edge))
+            .json(&json!({"slots": ["spin", "hero"], "token": token}));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            (answer, started.elapsed())
+        })
+    };
+    // Asked while the loop runs: answered once the deadline stops it.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let started = Instant::now();
+    let health = s
+        .http
+        .get(format!("{}/__rekindle/health", s.edge))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    let health_took = started.elapsed();
+    let (answer, spin_took) = spin.await.unwrap();
+    assert_eq!(answer["decisions"][0]["slot"], "spin");
+    assert_eq!(answer["decisions"][0]["fallback"], true, "{answer}");
+    assert_eq!(
+        answer["decisions"][1]["fallback"], false,
+        "the other slot is decided: {answer}"
+    );
+    eprintln!(
+        "a looping plugin's request took {spin_took:?} at the edge; the health check asked meanwhile took {health_took:?}"
+    );
+    assert!(
+        spin_took < Duration::from_secs(2) && health_took < Duration::from_secs(2),
+        "{spin_took:?}, {health_took:?}"
+    );
+    // And a tile request after it is decided as usual.
+    let after = s.post(format!("{}/v1/tiles", s.edge), &json!({"slots": ["hero"], "token": token})).await;
+    assert_eq!(after["decisions"][0]["fallback"], false, "{after}");
 }

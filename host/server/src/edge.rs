@@ -9,7 +9,7 @@
 
 use rekindle_runtime::json::fields_from_json;
 use rekindle_runtime::wit::{Field, InputQuery, Membership, Profile, Verdict};
-use rekindle_runtime::{PluginInfo, filter_profile, merge_params};
+use rekindle_runtime::{CallError, Limits, PluginInfo, filter_profile, merge_params};
 use rekindle_store::CONTACT_TRAITS;
 use serde_json::{Value, json};
 
@@ -181,15 +181,28 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
     }
     let queries = token_queries(state, &catalog, edge.iter().map(|s| &s.query));
     let (traits, aggregates) = token_fields(&queries);
+    let limits = state.registry.runtime().limits();
     Ok(json!({
         "version": 1,
         "generated_at": now,
+        "latest_timestamp": rekindle_runtime::json::LATEST_TIMESTAMP,
+        "limits": {"rule": limits_json(limits.rule), "tiles": limits_json(limits.tiles)},
         "token": {"traits": traits, "aggregates": aggregates},
         "plugins": plugins,
         "slots": slots,
         "offers": offers,
         "segments": segments,
     }))
+}
+
+/// What a call may use at the edge, as at the host, with the host's words for a timeout.
+fn limits_json(limits: Limits) -> Value {
+    json!({
+        "deadline_ms": limits.deadline.as_millis() as u64,
+        "memory_bytes": limits.memory_bytes,
+        "output_bytes": limits.output_bytes,
+        "timed_out": CallError::Timeout(limits.deadline).to_string(),
+    })
 }
 
 /// Applies a fresh verdict to a membership list kept sorted by name: a member keeps the
@@ -238,7 +251,6 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
             }
         }
     }
-    let id = full.as_ref().map(|p| p.id.clone());
-    let decision = state.tiles.decide_for(&state.registry, &catalog, def, Ok(full), id.as_deref(), None, now).await;
+    let decision = state.tiles.decide_for(&state.registry, &catalog, def, Ok(full), None, now).await;
     Ok(json!({"verdicts": verdicts, "decision": decision}))
 }

@@ -320,7 +320,7 @@ impl TileService {
             }
             _ => Ok(None),
         };
-        Some(self.decide_for(registry, &catalog, def, full, visitor.id(), page_url, now).await)
+        Some(self.decide_for(registry, &catalog, def, full, page_url, now).await)
     }
 
     /// What a slot's decision reads: the plugin's declared input, and the traits the slot's
@@ -353,7 +353,6 @@ impl TileService {
         catalog: &Catalog,
         def: &SlotDef,
         full: Result<Option<Profile>, String>,
-        visitor_id: Option<&str>,
         page_url: Option<String>,
         now: i64,
     ) -> Value {
@@ -368,7 +367,7 @@ impl TileService {
             Err(why) => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(slot = def.name, "serving fallback tiles: {why}");
-                fallback_answer(def, visitor_id)
+                fallback_answer(def)
             }
         }
     }
@@ -428,7 +427,14 @@ async fn personalised(
 pub async fn full_profile(store: &Store, queries: Vec<&InputQuery>, id: &str, now: i64) -> Result<Option<Profile>, StoreError> {
     let reads = Reads::new(queries, now);
     let inputs = store.rule_inputs(Scope::Ids(vec![id.to_string()]), reads.needs().clone()).await?;
-    Ok(inputs.first().map(|input| reads.profile(input)))
+    Ok(inputs.first().map(|input| {
+        let mut profile = reads.profile(input);
+        // By code point, whatever the database's collation: the edge sorts the same way.
+        if let Some(segments) = &mut profile.segments {
+            segments.sort_by(|a, b| a.segment.cmp(&b.segment));
+        }
+        profile
+    }))
 }
 
 fn has_trait(profile: &Profile, name: &str, want: &Value) -> bool {
@@ -456,8 +462,11 @@ fn tile_json(tile: &Tile, slot: &str, visitor: &str, plugin_slot: &str, digest: 
     })
 }
 
-fn fallback_answer(def: &SlotDef, visitor_id: Option<&str>) -> Value {
-    let who = visitor_id.unwrap_or("anonymous");
+/// The slot's fallback tiles. They are the same for every visitor, so their decision ids
+/// name no one: the origin (which knows a user id) and the edge (which knows a profile id)
+/// give the same ids.
+fn fallback_answer(def: &SlotDef) -> Value {
+    let who = "anonymous";
     let tiles: Vec<Value> = def
         .fallback
         .iter()

@@ -1,14 +1,31 @@
-// Rekindle at the edge: decides promo tiles from a signed segment token, with the same
+// Rekindle at the edge: decides promo tiles from a sealed segment token, with the same
 // compiled components and the same steps as the server, so its answers match the
 // server's byte for byte (after canonical JSON). Generated bundles import this file with
-// `components.js` (the transpiled components) and `snapshot.json` (slots, offers, edge
-// segments) beside it. Bindings: REKINDLE_TOKEN_SECRET (required for personal answers),
-// REKINDLE_CONFORMANCE = "1" (enables the test endpoint).
+// `components.js` (the transpiled, instrumented components) and `snapshot.json` (slots,
+// offers, edge segments, the host's limits) beside it. Bindings: REKINDLE_TOKEN_SECRET
+// (required for personal answers), REKINDLE_CONFORMANCE = "1" (enables the test endpoint).
 import snapshot from "./snapshot.json";
 import { components } from "./components.js";
 
 const encoder = new TextEncoder();
-const log = { write() {} };
+
+// ---------------------------------------------------------------------------------------
+// The sandbox. The host gives every call a fresh instance and stops it at its deadline;
+// workerd can do neither cheaply, so `rekindle edge build` instruments each core module
+// (see instrument.rs): fuel charged at every function entry and loop, `memory.grow`
+// capped as at the host, and every memory and mutable global exported. Before each call
+// the worker puts those back as they were at instantiation, so no call sees what an
+// earlier visitor's call left behind. A module the snapshot cannot cover (it changes
+// tables or drops segments), or one whose memory grew, is instantiated afresh instead.
+
+const PANIC_PREFIX = "panicked at ";
+// What the current call's plugin reported as it panicked, as the host's log import keeps it.
+let panicked = null;
+const log = {
+  write(_level, message) {
+    if (typeof message === "string" && message.startsWith(PANIC_PREFIX)) panicked = message;
+  },
+};
 const imports = {
   "rekindle:plugin/log": log,
   "rekindle:plugin/log@0.1.0": log,
@@ -16,26 +33,127 @@ const imports = {
   "rekindle:plugin/types@0.1.0": {},
 };
 
-// One instance per component for the isolate's life. Plugins are pure functions of their
-// input and the SDK's allocator starts over after every call, so an instance carries
-// nothing from one visitor to the next; instantiating costs more than deciding. An
-// instance whose call throws is dropped (see `discard`), so a trap never poisons the next.
-const instances = new Map();
+/** A fresh instance of a component, with what its core instances held at the start. */
+function instantiate(component) {
+  const cores = [];
+  const instance = component.instantiate((name) => component.modules[name], imports, (module, importObject) => {
+    const core = new WebAssembly.Instance(module, importObject);
+    cores.push(core);
+    return core;
+  });
+  const state = cores.map(({ exports }) => {
+    const memories = [];
+    for (const [name, value] of Object.entries(exports)) {
+      if (name.startsWith("__rekindle:memory:")) memories.push({ memory: value, image: new Uint8Array(value.buffer).slice() });
+    }
+    exports["__rekindle:save"]();
+    return {
+      setFuel: exports["__rekindle:set-fuel"], fuel: exports["__rekindle:fuel"], wanted: exports["__rekindle:memory-wanted"],
+      restore: exports["__rekindle:restore"], memories,
+    };
+  });
+  return { instance, state, used: false };
+}
 
-function instantiate(slot) {
-  let instance = instances.get(slot);
-  if (!instance) {
-    const c = components[slot];
-    if (!c) throw new Error(`no component for slot ${slot} in this bundle`);
-    instance = c.instantiate((name) => c.modules[name], imports);
-    instances.set(slot, instance);
+/** Puts every memory and global back as it was at instantiation; false when it cannot. */
+function restore(sandbox) {
+  for (const core of sandbox.state) {
+    for (const m of core.memories) if (m.memory.buffer.byteLength !== m.image.length) return false;
   }
-  return instance;
+  for (const core of sandbox.state) {
+    for (const m of core.memories) new Uint8Array(m.memory.buffer).set(m.image);
+    core.restore();
+  }
+  return true;
 }
 
-function discard(slot) {
-  instances.delete(slot);
+const sandboxes = new Map();
+
+// How instances are kept between calls: "restore" (shipped). The conformance endpoint may
+// ask for "fresh" (a new instance per call) or "reuse" (no restoring, unsafe) to measure
+// what isolation costs; nothing else can change it.
+let isolation = "restore";
+
+/** A sandbox for one call into the component in `slot`, in its initial state. */
+function sandbox(slot) {
+  const component = components[slot];
+  if (!component) throw new Error(`no component for slot ${slot} in this bundle`);
+  let box = sandboxes.get(slot);
+  if (box && box.used && !(isolation === "reuse" || (isolation === "restore" && component.restorable && restore(box)))) box = null;
+  if (!box) {
+    box = instantiate(component);
+    sandboxes.set(slot, box);
+  }
+  const fuel = BigInt(component.fuel);
+  for (const core of box.state) core.setFuel(fuel);
+  box.used = true;
+  return box;
 }
+
+const OUT_OF_BOUNDS = "out of bounds memory access; in a Rust plugin this usually means a stack overflow (deep or endless recursion in a 64 KiB stack)";
+// wasmtime's words for each trap, keyed by V8's, so an error reads the same at both.
+const TRAPS = [
+  ["unreachable", "wasm `unreachable` instruction executed"],
+  ["memory access out of bounds", OUT_OF_BOUNDS],
+  ["out of bounds memory access", OUT_OF_BOUNDS],
+  ["divide by zero", "integer divide by zero"],
+  ["remainder by zero", "integer divide by zero"],
+  ["divide result unrepresentable", "integer overflow"],
+  ["float unrepresentable in integer range", "invalid conversion to integer"],
+  ["table index is out of bounds", "undefined element: out of bounds table access"],
+  ["null function or function signature mismatch", "indirect call type mismatch"],
+];
+
+/** Why a call failed, in the host's words (its CallError's text). */
+function callError(error, box, limits) {
+  const wanted = box.state.reduce((most, core) => (core.wanted() > most ? core.wanted() : most), 0n);
+  if (wanted > 0n) return `out of memory: tried to grow linear memory to ${wanted} bytes; the cap is ${limits.memory_bytes} bytes`;
+  if (box.state.some((core) => core.fuel() === -1n)) return limits.timed_out;
+  if (error && error.constructor && error.constructor.name === "ComponentError") return `the plugin returned an error: ${error.payload}`;
+  if (error instanceof RangeError) return "trapped: stack overflow";
+  const message = String(error && error.message ? error.message : error);
+  const trap = TRAPS.find(([v8]) => message.includes(v8));
+  if (trap && trap[0] === "unreachable" && panicked) return `trapped: ${panicked}`;
+  return `trapped: ${trap ? trap[1] : message}`;
+}
+
+/** Calls `run` with the instance of the component in `slot`, as the host calls a plugin:
+ * a failure of any kind comes back as `{ error }` with the host's text, and the instance is
+ * never used again. */
+function call(slot, limits, run) {
+  const box = sandbox(slot);
+  panicked = null;
+  try {
+    return { value: run(box.instance) };
+  } catch (e) {
+    sandboxes.delete(slot);
+    return { error: callError(e, box, limits) };
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output limits, counted as the host counts them (plugin.rs `OutputSize`): the UTF-8 bytes
+// of every string, and ITEM_BYTES for each list item.
+const ITEM_BYTES = 16;
+
+function bytes(text) {
+  return text == null ? 0 : encoder.encode(text).length;
+}
+
+function verdictSize(v) {
+  return bytes(v.reason) + bytes(v.label);
+}
+
+function tilesSize(tiles) {
+  return tiles.reduce((sum, t) => sum + bytes(t.offerId) + bytes(t.title) + bytes(t.body) + bytes(t.image) + bytes(t.link) + bytes(t.voucher) + bytes(t.reason) + 8 + ITEM_BYTES, 0);
+}
+
+function oversize(size, limits) {
+  return size > limits.output_bytes ? `bad output: output is ${size} bytes; the limit is ${limits.output_bytes} bytes` : null;
+}
+
+// ---------------------------------------------------------------------------------------
+// Values, profiles and tokens.
 
 /** A contract value from the typed JSON the server writes (["i", "42"], ["t", "Ann"], ...). */
 function value([tag, val]) {
@@ -58,30 +176,39 @@ function sameValue(a, b) {
   return a.tag === b.tag && a.val === b.val;
 }
 
+/** Orders strings by code point, as Rust compares them (JavaScript's `<` compares UTF-16
+ * units, which puts U+FF5E after U+1F600). */
+export function byCodePoint(a, b) {
+  const x = Array.from(a, (c) => c.codePointAt(0));
+  const y = Array.from(b, (c) => c.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
+
 function byName(a, b) {
-  return a.segment < b.segment ? -1 : a.segment > b.segment ? 1 : 0;
+  return byCodePoint(a.segment, b.segment);
 }
 
 const BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /** The bytes of canonical unpadded base64url, or null for anything else: the host accepts
  * exactly one spelling of a token, and so does the edge. */
-function unbase64url(text) {
+export function unbase64url(text) {
   if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return null;
-  const bytes = [];
+  const out = [];
   let bits = 0;
-  let value = 0;
+  let acc = 0;
   for (const c of text) {
-    value = (value << 6) | BASE64URL.indexOf(c);
+    acc = ((acc << 6) | BASE64URL.indexOf(c)) & 0xffffff;
     bits += 6;
     if (bits >= 8) {
       bits -= 8;
-      bytes.push((value >> bits) & 255);
+      out.push((acc >> bits) & 255);
     }
   }
   // Spare bits must be zero, or two spellings would decode to the same bytes.
-  if (value & ((1 << bits) - 1)) return null;
-  return Uint8Array.from(bytes);
+  if (acc & ((1 << bits) - 1)) return null;
+  return Uint8Array.from(out);
 }
 
 // The host's token key: HKDF-SHA256 of the secret, for AES-256-GCM (see token.rs).
@@ -100,29 +227,87 @@ function tokenKey(secret) {
   return key;
 }
 
-/** The profile a valid token describes, or null (no token, forged, expired, malformed). */
+/** A number the token's JSON wrote with a fraction or an exponent, which the host's
+ * parser reads as a float and never as a time (JSON.parse would make 2.0 an integer). */
+class Float {
+  constructor(value) {
+    this.value = value;
+  }
+}
+
+function parseClaims(text) {
+  return JSON.parse(text, (_key, v, context) => (typeof v === "number" && context && /[.eE]/.test(context.source) ? new Float(v) : v));
+}
+
+const isTime = (t) => Number.isSafeInteger(t) && t >= 0 && t <= snapshot.latest_timestamp;
+const isText = (t) => typeof t === "string";
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+
+/** A typed value from the token as the host's `token::untyped` reads it, or undefined. */
+function typedValue([tag, val]) {
+  switch (tag) {
+    case "z": return { tag: "null" };
+    case "b": return typeof val === "boolean" ? { tag: "boolean", val } : undefined;
+    case "i": {
+      if (!isText(val) || !/^[+-]?[0-9]+$/.test(val)) return undefined;
+      const n = BigInt(val);
+      return n >= I64_MIN && n <= I64_MAX ? { tag: "integer", val: n } : undefined;
+    }
+    case "n": return typeof val === "number" ? { tag: "number", val } : val instanceof Float ? { tag: "number", val: val.value } : undefined;
+    case "t": return isText(val) ? { tag: "text", val } : undefined;
+    case "j": return isText(val) ? { tag: "json", val } : undefined;
+    default: return undefined;
+  }
+}
+
+function typedFields(list) {
+  if (!Array.isArray(list)) return undefined;
+  const out = [];
+  for (const entry of list) {
+    if (!Array.isArray(entry) || !isText(entry[0])) return undefined;
+    const v = typedValue(entry.slice(1));
+    if (!v) return undefined;
+    out.push({ name: entry[0], value: v });
+  }
+  return out;
+}
+
+/** The profile a valid token describes, checked as the host's `token::open` checks it, or
+ * null (no token, another spelling, forged, expired, malformed). */
 export async function profileFromToken(token, secret, now) {
   if (typeof token !== "string" || !secret) return null;
   const raw = unbase64url(token);
   if (!raw || raw.length <= 28) return null;
+  let claims;
   try {
     const opened = await crypto.subtle.decrypt({ name: "AES-GCM", iv: raw.slice(0, 12), additionalData: TOKEN_ASSOCIATED }, await tokenKey(secret), raw.slice(12));
-    const claims = JSON.parse(new TextDecoder().decode(opened));
-    if (claims.v !== 2 || !Number.isSafeInteger(claims.exp) || typeof claims.sub !== "string") return null;
-    if (!(now < claims.exp)) return null;
-    return {
-      id: claims.sub,
-      traits: fields(claims.tr),
-      events: [],
-      consents: undefined,
-      contacts: undefined,
-      segments: claims.seg.map(([segment, label, since]) => ({ segment, label: label ?? undefined, since: BigInt(since) })).sort(byName),
-      aggregates: fields(claims.ag),
-      timezone: claims.tz ?? undefined,
-    };
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(opened);
+    claims = parseClaims(text);
+    if (!serdeAccepts(claims)) return null;
   } catch {
     return null;
   }
+  if (!claims || typeof claims !== "object" || Array.isArray(claims)) return null;
+  if (claims.v !== 2 || !isText(claims.sub) || !isTime(claims.iat) || !isTime(claims.exp) || !Array.isArray(claims.seg)) return null;
+  const segments = [];
+  for (const m of claims.seg) {
+    if (!Array.isArray(m) || !isText(m[0]) || !isTime(m[2])) return null;
+    segments.push({ segment: m[0], label: isText(m[1]) ? m[1] : undefined, since: BigInt(m[2]) });
+  }
+  const traits = typedFields(claims.tr);
+  const aggregates = typedFields(claims.ag);
+  if (!traits || !aggregates || !(now < claims.exp)) return null;
+  return {
+    id: claims.sub,
+    traits,
+    events: [],
+    consents: undefined,
+    contacts: undefined,
+    segments: segments.sort(byName),
+    aggregates,
+    timezone: isText(claims.tz) ? claims.tz : undefined,
+  };
 }
 
 /** The profile cut to a plugin's declared input, as the host's filter_profile does. */
@@ -140,22 +325,28 @@ function cut(profile, input) {
   };
 }
 
+// ---------------------------------------------------------------------------------------
+// Decisions.
+
 /** Re-evaluates the edge segments at `now`, updating the profile's memberships in place. */
 export function evaluateSegments(profile, now) {
+  const limits = snapshot.limits.rule;
   const verdicts = [];
   for (const s of snapshot.segments) {
-    try {
-      const rule = instantiate(s.slot);
-      const v = rule.rule.evaluate({ now: BigInt(now), params: fields(s.params) }, cut(profile, s.query));
-      const at = profile.segments.findIndex((m) => m.segment === s.name);
-      if (v.member && at >= 0) profile.segments[at].label = v.label;
-      else if (v.member) profile.segments = [...profile.segments, { segment: s.name, label: v.label, since: BigInt(now) }].sort(byName);
-      else if (at >= 0) profile.segments.splice(at, 1);
-      verdicts.push({ segment: s.name, member: v.member, label: v.label ?? null, reason: v.reason });
-    } catch (e) {
-      discard(s.slot);
-      verdicts.push({ segment: s.name, error: String(e && e.message ? e.message : e) });
+    const ctx = { now: BigInt(now), params: fields(s.params) };
+    const input = cut(profile, s.query);
+    const result = call(s.slot, limits, (instance) => instance.rule.evaluate(ctx, input));
+    const v = result.value;
+    const error = result.error ?? oversize(verdictSize(v), limits);
+    if (error) {
+      verdicts.push({ segment: s.name, error });
+      continue;
     }
+    const at = profile.segments.findIndex((m) => m.segment === s.name);
+    if (v.member && at >= 0) profile.segments[at].label = v.label;
+    else if (v.member) profile.segments = [...profile.segments, { segment: s.name, label: v.label, since: BigInt(now) }].sort(byName);
+    else if (at >= 0) profile.segments.splice(at, 1);
+    verdicts.push({ segment: s.name, member: v.member, label: v.label ?? null, reason: v.reason });
   }
   return verdicts;
 }
@@ -174,13 +365,13 @@ function contractOffer(o) {
   };
 }
 
-async function fallback(slot, visitorId) {
-  const who = visitorId ?? "anonymous";
+/** The slot's fallback tiles: the same for every visitor, so their ids name no one. */
+async function fallback(slot) {
   const tiles = [];
   for (const [i, t] of slot.fallback.slice(0, slot.max_tiles).entries()) {
     const offer = t.offer_id ?? `fallback-${i}`;
     tiles.push({
-      decision_id: await decisionId(slot.name, who, offer, "fallback"), offer_id: offer, title: t.title, body: t.body,
+      decision_id: await decisionId(slot.name, "anonymous", offer, "fallback"), offer_id: offer, title: t.title, body: t.body,
       image: t.image ?? null, link: t.link, voucher: null, plugin: null,
     });
   }
@@ -208,26 +399,25 @@ export async function decide(slotName, profile, now, pageUrl) {
   const slot = snapshot.slots.find((s) => s.name === slotName);
   if (!slot) return null;
   const plugin = snapshot.plugins[slot.plugin];
-  if (!plugin) return fallback(slot, profile ? profile.id : null);
-  let tiles;
-  let offered;
-  try {
-    offered = snapshot.offers
-      .filter((o) => o.offer.slot === slot.name)
-      .filter((o) => (o.valid_from == null || o.valid_from <= now) && (o.offer.validUntil == null || now < o.offer.validUntil))
-      .filter((o) => o.traits.every(([name, ...want]) => profile && profile.traits.some((f) => f.name === name && sameValue(f.value, value(want)))))
-      .map((o) => contractOffer(o.offer));
-    const instance = instantiate(slot.plugin);
-    const request = { slot: slot.name, pageUrl: pageUrl ?? undefined, maxTiles: slot.max_tiles };
-    tiles = instance.tiles.decide({ now: BigInt(now), params: fields(slot.params) }, request, profile ? cut(profile, plugin.input) : undefined, offered);
-    // The host's output checks: no more tiles than the slot shows, only offers it was given.
-    if (tiles.length > slot.max_tiles || tiles.some((t) => !offered.some((o) => o.id === t.offerId))) throw new Error("bad output");
-    // As at the host: a tile whose link or image a page must not use is dropped.
-    tiles = tiles.filter((t) => safeLink(t.link) && (t.image == null || safeLink(t.image)));
-  } catch {
-    discard(slot.plugin);
-    return fallback(slot, profile ? profile.id : null);
+  if (!plugin) return fallback(slot);
+  const limits = snapshot.limits.tiles;
+  const offered = snapshot.offers
+    .filter((o) => o.offer.slot === slot.name)
+    .filter((o) => (o.valid_from == null || o.valid_from <= now) && (o.offer.validUntil == null || now < o.offer.validUntil))
+    .filter((o) => o.traits.every(([name, ...want]) => profile && profile.traits.some((f) => f.name === name && sameValue(f.value, value(want)))))
+    .map((o) => contractOffer(o.offer));
+  const ctx = { now: BigInt(now), params: fields(slot.params) };
+  const request = { slot: slot.name, pageUrl: pageUrl ?? undefined, maxTiles: slot.max_tiles };
+  const input = profile ? cut(profile, plugin.input) : undefined;
+  const result = call(slot.plugin, limits, (instance) => instance.tiles.decide(ctx, request, input, offered));
+  let tiles = result.value;
+  // The host's output checks: its size, no more tiles than the slot shows, only offers it
+  // was given. Any failure serves the fallback.
+  if (result.error || oversize(tilesSize(tiles), limits) || tiles.length > slot.max_tiles || tiles.some((t) => !offered.some((o) => o.id === t.offerId))) {
+    return fallback(slot);
   }
+  // As at the host: a tile whose link or image a page must not use is dropped.
+  tiles = tiles.filter((t) => safeLink(t.link) && (t.image == null || safeLink(t.image)));
   const who = profile ? profile.id : "anonymous";
   const answer = [];
   for (const t of tiles) {
@@ -242,8 +432,22 @@ export async function decide(slotName, profile, now, pageUrl) {
   };
 }
 
+// ---------------------------------------------------------------------------------------
+// HTTP, validated exactly as the host's /v1/tiles validates (api/tiles.rs).
+
 // As at the host: each slot is a plugin call, and the endpoint is public.
 const MAX_SLOTS_PER_REQUEST = 10;
+const MAX_TEXT_BYTES = 200;
+const MAX_URL_BYTES = 2048;
+const MAX_TOKEN_BYTES = 16 << 10;
+// serde_json's nesting limit.
+const MAX_DEPTH = 128;
+
+class BadRequest {
+  constructor(field, message, code = "invalid_field") {
+    this.body = { error: field == null ? { code, message } : { code, field, message } };
+  }
+}
 
 function json(body, status = 200) {
   return new Response(JSON.stringify(body), {
@@ -252,13 +456,68 @@ function json(body, status = 200) {
   });
 }
 
-function tokenOf(request, body) {
-  if (body && typeof body.token === "string" && body.token) return body.token;
+/** A string field of at most `max` UTF-8 bytes, empty meaning absent, as `optional_text`. */
+function optionalText(v, field, max = MAX_TEXT_BYTES) {
+  if (v === undefined || v === null) return null;
+  if (typeof v === "string" && bytes(v) <= max) return v === "" ? null : v;
+  throw new BadRequest(field, `\`${field}\` must be a string of at most ${max} bytes`);
+}
+
+/** The first NUL character in `v`, by the path the host's `refuse_nul` names. */
+function refuseNul(v, path) {
+  if (typeof v === "string") {
+    if (v.includes("\0")) throw new BadRequest(path, `${path}: contains a NUL character`);
+  } else if (Array.isArray(v)) {
+    v.forEach((item, i) => refuseNul(item, `${path}[${i}]`));
+  } else if (v && typeof v === "object") {
+    // serde_json's map is ordered by key, by code point.
+    for (const key of Object.keys(v).sort(byCodePoint)) {
+      const at = `${path}.${key}`;
+      if (key.includes("\0")) throw new BadRequest(at, `${at}: a key contains a NUL character`);
+      refuseNul(v[key], at);
+    }
+  }
+}
+
+/** Whether a parsed value is what serde_json would have accepted: no lone surrogates (which
+ * it refuses to decode) and no deeper nesting than it allows. */
+function serdeAccepts(v, depth = 1) {
+  if (typeof v === "string") return v.isWellFormed();
+  if (v && typeof v === "object") {
+    if (depth > MAX_DEPTH) return false;
+    return Object.entries(v).every(([k, item]) => k.isWellFormed() && serdeAccepts(item, depth + 1));
+  }
+  return true;
+}
+
+async function parseBody(request) {
+  let body;
+  try {
+    body = JSON.parse(await request.text());
+  } catch {
+    body = undefined;
+  }
+  if (body === undefined || !serdeAccepts(body)) throw new BadRequest(null, "the body is not valid JSON", "malformed_json");
+  refuseNul(body, "body");
+  return body;
+}
+
+/** The token a request carries: in the body, else `X-Rekindle-Token`, else the site's
+ * `rekindle_token` cookie (the edge sits on the shop's domain; the origin never sees it). */
+function tokenOf(request, given) {
   const header = request.headers.get("x-rekindle-token");
-  if (header) return header;
-  const cookie = request.headers.get("cookie") || "";
-  const match = cookie.match(/(?:^|;\s*)rekindle_token=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : null;
+  const token = given === undefined || given === null ? header : given;
+  if (token !== undefined && token !== null) {
+    if (typeof token !== "string" || bytes(token) > MAX_TOKEN_BYTES) throw new BadRequest("token", `\`token\` must be a string of at most ${MAX_TOKEN_BYTES} bytes`);
+    if (token !== "") return token;
+  }
+  const match = (request.headers.get("cookie") || "").match(/(?:^|;\s*)rekindle_token=([^;]*)/);
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]) || null;
+  } catch {
+    return null;
+  }
 }
 
 async function visitor(token, env, now) {
@@ -267,51 +526,91 @@ async function visitor(token, env, now) {
   return { profile, verdicts };
 }
 
+async function decideOne(request, url, env, now) {
+  const get = (key) => url.searchParams.get(key) ?? undefined;
+  const slot = optionalText(get("slot"), "slot");
+  if (slot === null) throw new BadRequest("slot", "`slot` names the page slot to fill");
+  optionalText(get("anonymousId"), "anonymousId");
+  const token = tokenOf(request, undefined);
+  for (const field of ["writeKey", "userId", "userHash"]) optionalText(get(field), field);
+  const pageUrl = optionalText(get("url"), "url", MAX_URL_BYTES);
+  const { profile } = await visitor(token, env, now);
+  const answer = await decide(slot, profile, now, pageUrl);
+  return answer ? json(answer) : json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
+}
+
+async function decideMany(request, env, now) {
+  const body = await parseBody(request);
+  const slots = body && typeof body === "object" && !Array.isArray(body) ? body.slots : undefined;
+  if (!Array.isArray(slots)) throw new BadRequest("slots", "`slots` must be a list of slot names");
+  if (slots.length < 1 || slots.length > MAX_SLOTS_PER_REQUEST) throw new BadRequest("slots", `\`slots\` must name from 1 to ${MAX_SLOTS_PER_REQUEST} slots`);
+  const names = slots.map((entry, i) => {
+    if (typeof entry === "string") return entry;
+    if (entry && typeof entry === "object" && !Array.isArray(entry)) {
+      if (typeof entry.slot === "string") return entry.slot;
+      throw new BadRequest(`slots[${i}].slot`, "each slot object needs a `slot` name");
+    }
+    throw new BadRequest(`slots[${i}]`, "each entry is a slot name");
+  });
+  const twice = names.findIndex((name, i) => names.indexOf(name) < i);
+  if (twice >= 0) throw new BadRequest(`slots[${twice}]`, `\`${names[twice]}\` is asked for twice`);
+  optionalText(body.anonymousId, "anonymousId");
+  const token = tokenOf(request, body.token);
+  for (const field of ["writeKey", "userId", "userHash"]) optionalText(body[field], field);
+  const pageUrl = optionalText(body.url, "url", MAX_URL_BYTES);
+  const { profile } = await visitor(token, env, now);
+  const decisions = [];
+  for (const name of names) {
+    decisions.push((await decide(name, profile, now, pageUrl)) ?? { slot: name, error: `no tile slot \`${name}\``, fallback: true, tiles: [] });
+  }
+  return json({ decisions });
+}
+
+/** The test endpoint: `{token, slot, now, repeat?}` decided as the host's
+ * /admin/edge/reference decides it. */
+async function conformance(request, env) {
+  const body = await parseBody(request);
+  const now = body && body.now;
+  if (!Number.isSafeInteger(now) || now < 0 || now > snapshot.latest_timestamp) throw new BadRequest("now", "`now` must lie between 1970 and the end of year 9999");
+  const slot = optionalText(body.slot, "slot");
+  if (slot === null) throw new BadRequest("slot", "`slot` names the page slot");
+  const runs = Math.max(1, Math.min(10000, Number.isSafeInteger(body.repeat) ? body.repeat : 1));
+  let answer;
+  isolation = ["fresh", "reuse"].includes(body.isolation) ? body.isolation : "restore";
+  try {
+    for (let i = 0; i < runs; i++) {
+      const { profile, verdicts } = await visitor(body.token, env, now);
+      const decision = await decide(slot, profile, now, null);
+      if (!decision) return json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
+      answer = { verdicts, decision };
+    }
+  } finally {
+    isolation = "restore";
+  }
+  return json(answer);
+}
+
 export default {
   async fetch(request, env) {
     const url = new URL(request.url);
     const now = Date.now();
-    if (url.pathname === "/v1/tiles" && request.method === "GET") {
-      const slot = url.searchParams.get("slot");
-      if (!slot) return json({ error: { code: "invalid_field", field: "slot", message: "`slot` names the page slot to fill" } }, 400);
-      const { profile } = await visitor(tokenOf(request), env, now);
-      const answer = await decide(slot, profile, now, url.searchParams.get("url"));
-      return answer ? json(answer) : json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
+    try {
+      if (url.pathname === "/v1/tiles" && request.method === "GET") return await decideOne(request, url, env, now);
+      if (url.pathname === "/v1/tiles" && request.method === "POST") return await decideMany(request, env, now);
+      if (url.pathname === "/__rekindle/conformance" && request.method === "POST" && env.REKINDLE_CONFORMANCE === "1") return await conformance(request, env);
+      if (url.pathname === "/__rekindle/token" && request.method === "POST" && env.REKINDLE_CONFORMANCE === "1") {
+        // The shared token vectors: `{token, secret, now}` opened as a visitor would be.
+        const body = await parseBody(request);
+        const profile = await profileFromToken(body.token, body.secret, body.now);
+        return json({ valid: !!profile, sub: profile ? profile.id : null });
+      }
+      if (url.pathname === "/__rekindle/health") return json({ ok: true, generated_at: snapshot.generated_at });
+      return json({ error: { code: "not_found", message: "not found" } }, 404);
+    } catch (e) {
+      if (e instanceof BadRequest) return json(e.body, 400);
+      // Never a 500 for a page: whatever went wrong, the answer is an empty decision list.
+      console.error("rekindle edge:", e && e.stack ? e.stack : e);
+      return json({ error: { code: "internal", message: "internal error" } }, 500);
     }
-    if (url.pathname === "/v1/tiles" && request.method === "POST") {
-      let body;
-      try {
-        body = await request.json();
-      } catch {
-        return json({ error: { code: "malformed_json", message: "the body is not valid JSON" } }, 400);
-      }
-      if (!Array.isArray(body.slots) || body.slots.length < 1 || body.slots.length > MAX_SLOTS_PER_REQUEST) {
-        return json({ error: { code: "invalid_field", field: "slots", message: `\`slots\` must name from 1 to ${MAX_SLOTS_PER_REQUEST} slots` } }, 400);
-      }
-      const names = body.slots.map((entry) => (typeof entry === "string" ? entry : entry && entry.slot));
-      const twice = names.findIndex((name, i) => typeof name === "string" && names.indexOf(name) < i);
-      if (twice >= 0) {
-        return json({ error: { code: "invalid_field", field: `slots[${twice}]`, message: `\`${names[twice]}\` is asked for twice` } }, 400);
-      }
-      const { profile } = await visitor(tokenOf(request, body), env, now);
-      const decisions = [];
-      for (const entry of body.slots) {
-        const name = typeof entry === "string" ? entry : entry && entry.slot;
-        decisions.push((await decide(name, profile, now, body.url)) ?? { slot: name, error: `no tile slot \`${name}\``, fallback: true, tiles: [] });
-      }
-      return json({ decisions });
-    }
-    if (url.pathname === "/__rekindle/conformance" && request.method === "POST" && env.REKINDLE_CONFORMANCE === "1") {
-      const body = await request.json();
-      const runs = Math.max(1, Math.min(10000, body.repeat ?? 1));
-      let answer;
-      for (let i = 0; i < runs; i++) {
-        const { profile, verdicts } = await visitor(body.token, env, body.now);
-        answer = { verdicts, decision: await decide(body.slot, profile, body.now, null) };
-      }
-      return json(answer);
-    }
-    if (url.pathname === "/__rekindle/health") return json({ ok: true, generated_at: snapshot.generated_at });
-    return json({ error: { code: "not_found", message: "not found" } }, 404);
   },
 };

@@ -146,13 +146,23 @@ async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(S
     crate::edge::snapshot(&state, now).await.map(Json)
 }
 
-/// What the edge must answer: `{"userId"?, "slot", "now"}`.
+/// What the edge must answer: `{"userId"?, "slot", "now", "repeat"?}`. `repeat` decides
+/// that many times and answers the last, so a benchmark can time a decision without HTTP,
+/// as the edge's conformance endpoint does.
 async fn edge_reference(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
     let slot = optional_text(body.get("slot"), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot"))?;
     let now = rekindle_runtime::json::timestamp_from_json(body.get("now"), "now")?;
     let user = optional_text(body.get("userId"), "userId")?;
-    crate::edge::reference(&state, user.as_deref(), &slot, now).await.map(Json)
+    let repeat = match body.get("repeat") {
+        None | Some(Value::Null) => 1,
+        Some(n) => n.as_u64().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| ApiError::field("repeat", "`repeat` must be a whole number from 1 to 10000"))?,
+    };
+    let mut answer = Value::Null;
+    for _ in 0..repeat {
+        answer = crate::edge::reference(&state, user.as_deref(), &slot, now).await?;
+    }
+    Ok(Json(answer))
 }
 
 /// The active component of a slot, as uploaded: what `rekindle edge build` transpiles.
@@ -277,11 +287,23 @@ async fn snippet() -> impl IntoResponse {
     )
 }
 
+/// The most bytes of an id, key or slot name in a tile request.
+const MAX_TEXT_BYTES: usize = 200;
+
+/// The most bytes of the page URL a tile request names (the longest link a tile may have).
+const MAX_URL_BYTES: usize = 2048;
+
 fn optional_text(value: Option<&Value>, field: &str) -> Result<Option<String>, ApiError> {
+    optional_text_of(value, field, MAX_TEXT_BYTES)
+}
+
+/// A string of at most `max` bytes, where empty means absent. The edge worker checks the
+/// same, in the same order, with the same words.
+fn optional_text_of(value: Option<&Value>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= 200 => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
-        Some(_) => Err(ApiError::field(field, format!("`{field}` must be a string of at most 200 characters"))),
+        Some(Value::String(s)) if s.len() <= max => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
+        Some(_) => Err(ApiError::field(field, format!("`{field}` must be a string of at most {max} bytes"))),
     }
 }
 
@@ -313,7 +335,7 @@ async fn decide_one(State(state): State<AppState>, headers: HeaderMap, Query(que
     let slot = optional_text(get("slot").as_ref(), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot to fill"))?;
     optional_text(get("anonymousId").as_ref(), "anonymousId")?;
     let visitor = verify(&state, &Claim::from_query(&query, &headers)?).await;
-    let url = optional_text(get("url").as_ref(), "url")?;
+    let url = optional_text_of(get("url").as_ref(), "url", MAX_URL_BYTES)?;
     let store = state.ingestion.as_deref().map(|i| &i.store);
     let answer = state
         .tiles
@@ -324,7 +346,10 @@ async fn decide_one(State(state): State<AppState>, headers: HeaderMap, Query(que
 }
 
 async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let body = parse_json(&body)?;
+    // Without the parser's detail: the edge answers this request too, with the same words.
+    let body = serde_json::from_slice::<Value>(&body)
+        .map_err(|_| ApiError::BadRequest { code: "malformed_json", message: "the body is not valid JSON".into(), field: None })?;
+    super::refuse_nul(&body, "body")?;
     let Some(Value::Array(slots)) = body.get("slots") else {
         return Err(ApiError::field("slots", "`slots` must be a list of slot names"));
     };
@@ -349,7 +374,7 @@ async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: By
     }
     optional_text(body.get("anonymousId"), "anonymousId")?;
     let visitor = verify(&state, &Claim::from_body(&body, &headers)?).await;
-    let url = optional_text(body.get("url"), "url")?;
+    let url = optional_text_of(body.get("url"), "url", MAX_URL_BYTES)?;
     let store = state.ingestion.as_deref().map(|i| &i.store);
     let now = state.clock.now();
     let mut decisions = Vec::with_capacity(names.len());
