@@ -120,6 +120,20 @@ pub fn profile(id: &str) -> Profile {
 pub fn buyer(id: &str, order_days: &[i64]) -> Profile {
     let mut p = profile(id);
     p.events.push(series_from("Order Completed".into(), order_days.iter().map(|d| order(d * DAY, 40.0)).collect()));
+    with_order_aggregates(p)
+}
+
+/// `p` with the order aggregates the host would compute from its `Order Completed` events
+/// (count, first and last order), as rules that read aggregates receive them.
+pub fn with_order_aggregates(mut p: Profile) -> Profile {
+    let times: Vec<Timestamp> = p.events.iter().filter(|s| s.name == "Order Completed").flat_map(|s| s.timestamps.iter().copied()).collect();
+    let aggregates = p.aggregates.get_or_insert_default();
+    aggregates.retain(|f| !["order_count", "first_order_at", "last_order_at"].contains(&f.name.as_str()));
+    aggregates.push(Field { name: "order_count".into(), value: Value::Integer(times.len() as i64) });
+    if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
+        aggregates.push(Field { name: "first_order_at".into(), value: Value::Integer(*first) });
+        aggregates.push(Field { name: "last_order_at".into(), value: Value::Integer(*last) });
+    }
     p
 }
 
@@ -157,7 +171,7 @@ pub fn realistic_profile(now: i64) -> Profile {
     let orders = (0..20i64).map(|i| order(start + i * 36 * DAY, 25.0 + i as f64)).collect();
     p.events.push(series_from("Order Completed".into(), orders));
     p.traits.get_or_insert_default().push(Field { name: "first_name".into(), value: Value::Text("Ann".into()) });
-    p
+    with_order_aggregates(p)
 }
 
 /// Conversions that let benchmarks and tests call a plugin crate's logic natively, on the

@@ -49,7 +49,7 @@ fn lapsing_rule_boundaries_through_wasm_match_native() {
 }
 
 #[test]
-fn declared_input_filter_keeps_only_orders_and_the_verdict_is_unchanged() {
+fn declared_input_filter_keeps_only_the_order_aggregates_and_the_verdict_is_unchanged() {
     let runtime = runtime();
     let plugin = lapsing(&runtime);
     let PluginInfo::Rule(info) = plugin.info() else { unreachable!() };
@@ -57,10 +57,10 @@ fn declared_input_filter_keeps_only_orders_and_the_verdict_is_unchanged() {
     let full = realistic_profile(now);
     let cut = filter_profile(&full, &info.input, now);
     assert_eq!(full.events.iter().map(|s| s.timestamps.len()).sum::<usize>(), 200);
-    assert_eq!(cut.events.len(), 1);
-    assert_eq!(cut.events[0].name, "Order Completed");
-    assert_eq!(cut.events[0].timestamps.len(), 20);
-    assert!(cut.events[0].properties.is_empty());
+    assert!(cut.events.is_empty(), "the rule reads the order aggregates, which the edge's token carries, not the events");
+    let names: Vec<&str> = cut.aggregates.iter().flatten().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["order_count", "first_order_at", "last_order_at"]);
+    assert!(cut.traits.as_ref().is_none_or(Vec::is_empty));
     let ctx = defaults(&plugin, now);
     assert_eq!(plugin.evaluate(&ctx, &full).unwrap(), plugin.evaluate(&ctx, &cut).unwrap());
 }
@@ -274,10 +274,7 @@ fn profile_json_feeds_the_rule() {
     let plugin = lapsing(&runtime);
     let profile = profile_from_json(&json!({
         "id": "ann",
-        "events": [
-            {"name": "Order Completed", "timestamp": "2026-01-01T00:00:00Z"},
-            {"name": "Order Completed", "timestamp": "2026-03-02T00:00:00Z"},
-        ]
+        "aggregates": {"order_count": 2, "first_order_at": chrono_ms("2026-01-01T00:00:00Z"), "last_order_at": chrono_ms("2026-03-02T00:00:00Z")}
     }))
     .unwrap();
     // 60 days apart; day 68 after the last order is 2026-05-09.

@@ -131,16 +131,24 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         let limits = &snapshot["limits"][info["kind"].as_str().unwrap_or_default()];
         let fuel = fuel_for(limits["deadline_ms"].as_i64().context("the snapshot gives no deadline for this kind")?);
         let cap = limits["memory_bytes"].as_u64().context("the snapshot gives no memory cap for this kind")?;
-        let mut restorable = true;
+        // State in jco's glue (resources, tasks) is out of the snapshot's reach.
+        let glue = instrument::glue_state(&bytes).with_context(|| format!("slot `{slot}` cannot run at the edge"))?;
+        let mut restorable = glue.is_none();
+        let mut memories = 0;
         for core in &cores {
             let path = out.join("components").join(core);
             let rewritten = instrument::instrument(&std::fs::read(&path)?, fuel, cap).with_context(|| format!("slot `{slot}` cannot run at the edge"))?;
             restorable &= rewritten.restorable;
+            memories += usize::from(rewritten.defines_memory);
             std::fs::write(&path, rewritten.bytes)?;
+        }
+        // The host's memory cap is for the whole instance; the edge caps one memory.
+        if memories > 1 {
+            bail!("slot `{slot}` cannot run at the edge: its component defines {memories} memories; the edge runs components with one");
         }
         writeln!(imports, "import {{ instantiate as {name} }} from \"./components/{name}.js\";")?;
         modules.push(format!("components/{name}.js"));
-        write!(table, "  {slot:?}: {{ instantiate: {name}, restorable: {restorable}, fuel: {fuel}, modules: {{")?;
+        write!(table, "  {slot:?}: {{ instantiate: {name}, restorable: {restorable}, fuel: {fuel}, shimFuel: {SHIM_FUEL}, modules: {{")?;
         for (k, core) in cores.iter().enumerate() {
             writeln!(imports, "import {name}_{k} from \"./components/{core}\";")?;
             write!(table, " {core:?}: {name}_{k},")?;
@@ -172,6 +180,11 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 /// plugin's whole decision takes 63,000 units, a fortieth of a tile call's budget.
 /// Measured in BENCHMARKS.md ("A deadline at the edge").
 const FUEL_PER_MS: i64 = 250_000;
+
+/// Fuel for each call in a core module that defines no memory: the small modules that
+/// connect a component's imports run a few instructions per import call. A component that
+/// hides a loop in one gets only this much of it, so it cannot double its budget.
+const SHIM_FUEL: i64 = 100_000;
 
 fn fuel_for(deadline_ms: i64) -> i64 {
     deadline_ms.max(1).saturating_mul(FUEL_PER_MS)

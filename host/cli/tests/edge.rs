@@ -220,7 +220,12 @@ async fn setup() -> Option<Setup> {
         }
     }
     let data = work.path().join("data");
+    // Tokens last 14 days, so one issued on day 60 is still good on day 68.
+    let config = work.path().join("rekindle.toml");
+    std::fs::write(&config, "[tiles]\ntoken_ttl_hours = 336\n").unwrap();
     let args = [
+        OsStr::new("--config"),
+        config.as_os_str(),
         OsStr::new("--plugins"),
         plugins.as_os_str(),
         OsStr::new("--data-dir"),
@@ -277,6 +282,12 @@ async fn setup() -> Option<Setup> {
             batch.push(json!({"type": "track", "messageId": format!("{user}-o{k}"), "userId": user, "event": "Order Completed",
                 "timestamp": iso(at), "properties": {"revenue": rng.random_range(20..400), "products": [{"category": categories[rng.random_range(0..3)]}]}}));
         }
+    }
+    // A 60-day buyer whose last order was 60 days ago: lapsing from day 68.
+    batch.push(json!({"type": "identify", "messageId": "flip-i", "userId": "flip", "traits": {"first_name": "Flo"}}));
+    for (k, days_ago) in [180, 120, 60].into_iter().enumerate() {
+        batch.push(json!({"type": "track", "messageId": format!("flip-o{k}"), "userId": "flip", "event": "Order Completed",
+            "timestamp": iso(t0 - days_ago * DAY), "properties": {"revenue": 30}}));
     }
     let response = http
         .post(format!("{base}/v1/batch"))
@@ -369,7 +380,7 @@ async fn setup() -> Option<Setup> {
     assert!(built.status.success(), "{}", text(&built.stderr));
     assert!(
         text(&built.stdout)
-            .contains("11 slot(s), 32 offer(s), 10 edge segment(s), 10 component(s)"),
+            .contains("11 slot(s), 32 offer(s), 11 edge segment(s), 11 component(s)"),
         "{}",
         text(&built.stdout)
     );
@@ -607,6 +618,13 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
             ),
             None => None,
         };
+        // Sometimes the page names who is logged in: the token's own user, or someone else
+        // (a token left behind on a shared computer), who must get the anonymous tiles.
+        let named = match rng.random_range(0..10) {
+            0..=5 => None,
+            6..=8 => user.clone(),
+            _ => Some(format!("c{}", rng.random_range(0..40))),
+        };
         let send_both = async |post: Option<&Value>, slot: &str| {
             let (origin, edge) = match post {
                 Some(body) => {
@@ -615,7 +633,11 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
                 }
                 None => {
                     let send = |base: &str| {
-                        let request = s.http.get(tiles_url(base, &[("slot", slot)]));
+                        let mut query = vec![("slot", slot)];
+                        if let Some(named) = &named {
+                            query.push(("userId", named));
+                        }
+                        let request = s.http.get(tiles_url(base, &query));
                         match &token {
                             Some(token) => request.header("x-rekindle-token", token),
                             None => request,
@@ -638,7 +660,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
                     names.push(slot);
                 }
             }
-            (Some(json!({"slots": names, "token": token, "url": "https://shop.example/?utm_source=mail"})), "")
+            (Some(json!({"slots": names, "token": token, "userId": named, "url": "https://shop.example/?utm_source=mail"})), "")
         } else {
             (None, pick_slot(&mut rng))
         };
@@ -740,7 +762,13 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
             ),
         ),
         ("an empty body", String::new()),
+        ("a byte-order mark", "\u{feff}{\"slots\": [\"hero\"]}".into()),
+        ("a number too large for a float", r#"{"slots": ["hero"], "x": 1e400}"#.into()),
+        ("nesting of 127", format!("{{\"slots\": [\"hero\"], \"x\": {}{}}}", "[".repeat(126), "]".repeat(126))),
+        ("nesting of 128", format!("{{\"slots\": [\"hero\"], \"x\": {}{}}}", "[".repeat(127), "]".repeat(127))),
     ];
+    let mut posts: Vec<(&str, Vec<u8>)> = posts.into_iter().map(|(name, body)| (name, body.into_bytes())).collect();
+    posts.push(("bytes that are not UTF-8", b"{\"slots\": [\"he\xffro\"]}".to_vec()));
     for (name, body) in &posts {
         let send = |base: &str| {
             s.http
@@ -794,12 +822,18 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
             vec![("slot", "hero".into())],
             vec![("x-rekindle-token", "garbage")],
         ),
+        (
+            "a token header that is not ASCII",
+            vec![("slot", "hero".into())],
+            vec![("x-rekindle-token", "caf\u{e9}")],
+        ),
     ];
     for (name, query, headers) in &gets {
         let send = |base: &str| {
             let mut request = s.http.get(tiles_url(base, query));
             for (k, v) in headers {
-                request = request.header(*k, *v);
+                // As bytes: a header need not be ASCII on the wire.
+                request = request.header(*k, reqwest::header::HeaderValue::from_bytes(v.as_bytes()).unwrap());
             }
             request.send()
         };
@@ -812,6 +846,29 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
             (origin_status, origin_body),
             "GET with {name}"
         );
+        cases += 1;
+    }
+
+    // Other methods: the same status at both.
+    for method in [reqwest::Method::HEAD, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let send = |base: &str| s.http.request(method.clone(), tiles_url(base, &[("slot", "hero")])).send();
+        let (origin, edge) = (send(&s.base).await.unwrap(), send(&s.edge).await.unwrap());
+        assert_eq!(edge.status(), origin.status(), "{method}");
+        cases += 1;
+    }
+
+    // A 60-day buyer turns lapsing on day 68 at the edge, from a token issued on day 60
+    // that says they are not.
+    let last_order = s.t0 - 60 * DAY;
+    let token = s.token("flip", s.t0).await;
+    let claims = rekindle_server::token::verify(&token, SECRET.as_bytes(), 0).unwrap();
+    assert!(!claims.segments.iter().any(|m| m.segment == "Lapsing"), "not lapsing on day 60");
+    for (now, member) in [(last_order + 68 * DAY - 1, false), (last_order + 68 * DAY, true)] {
+        let at_edge = s.conform(Some(&token), "hero", now).await;
+        let at_server = s.settled_reference(&at_edge, Some("flip"), "hero", now, &mut retried).await;
+        assert_eq!(at_edge, at_server, "the flip at {}", iso(now));
+        let lapsing = at_edge["verdicts"].as_array().unwrap().iter().find(|v| v["segment"] == "Lapsing").cloned();
+        assert_eq!(lapsing.as_ref().map(|v| v["member"].clone()), Some(json!(member)), "at {}: {lapsing:?}", iso(now));
         cases += 1;
     }
 

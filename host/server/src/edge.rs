@@ -90,6 +90,7 @@ pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result
     let queries = token_queries(state, &catalog, &edge_rule_queries(state).await?);
     let Some(full) = full_profile(store, queries.iter().collect(), id, now).await? else { return Ok(None) };
     let (traits, aggregates) = token_fields(&queries);
+    let user_ids = store.profile(&full.id, 0).await?.map(|record| record.user_ids).unwrap_or_default();
     let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> {
         fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect()
     };
@@ -101,6 +102,7 @@ pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result
         traits: keep(&full.traits, &traits),
         aggregates: keep(&full.aggregates, &aggregates),
         timezone: full.timezone.clone(),
+        user_ids,
     }))
 }
 

@@ -62,6 +62,9 @@ pub struct Claims {
     pub aggregates: Vec<Field>,
     /// The visitor's IANA time zone, which plugins receive with the profile.
     pub timezone: Option<String>,
+    /// The person's user ids when it was issued: a page that names someone else does not
+    /// get this person's tiles, at the origin or at the edge.
+    pub user_ids: Vec<String>,
 }
 
 /// A contract value in the token's typed JSON form.
@@ -134,6 +137,7 @@ pub fn seal(claims: &Claims, key: &TokenKey) -> String {
         "tr": typed_fields(&claims.traits),
         "ag": typed_fields(&claims.aggregates),
         "tz": claims.timezone,
+        "uid": claims.user_ids,
     })
     .to_string();
     let mut nonce = [0u8; NONCE_BYTES];
@@ -207,6 +211,11 @@ pub fn open(token: &str, key: &TokenKey, now: i64) -> Result<Claims, TokenError>
             traits: untyped_fields(json.get("tr")?)?,
             aggregates: untyped_fields(json.get("ag")?)?,
             timezone: json.get("tz").and_then(Json::as_str).map(str::to_string),
+            // Absent in tokens issued before it existed: then no page may name anyone.
+            user_ids: match json.get("uid") {
+                None => Vec::new(),
+                Some(ids) => ids.as_array()?.iter().map(|id| id.as_str().map(str::to_string)).collect::<Option<_>>()?,
+            },
         })
     })()
     .ok_or(TokenError::BadClaims)?;
@@ -232,6 +241,7 @@ mod tests {
                 Field { name: "lifetime_value".into(), value: Value::Number(5.0) },
             ],
             timezone: Some("Europe/Paris".into()),
+            user_ids: vec!["ann@example.com".into()],
         }
     }
 
@@ -321,6 +331,11 @@ mod tests {
         let without = |key: &str| {
             let mut payload = base.clone();
             payload.as_object_mut().unwrap().remove(key);
+            payload
+        };
+        let with_uid = |uid: Json| {
+            let mut payload = base.clone();
+            payload["uid"] = uid;
             payload
         };
         let canonical = seal_raw(&base, SECRET, 1);
@@ -428,6 +443,9 @@ mod tests {
                 seal_raw(&with("/seg/1/1", json!(5)), SECRET, 22),
             ),
             ("not an object", seal_raw(&json!([2, "p1"]), SECRET, 23)),
+            ("user ids", seal_raw(&with_uid(json!(["u1"])), SECRET, 24)),
+            ("user ids not a list", seal_raw(&with_uid(json!("u1")), SECRET, 25)),
+            ("a user id not text", seal_raw(&with_uid(json!([1])), SECRET, 26)),
         ];
         cases.retain(|(name, token)| *name == "canonical" || token != &canonical);
         let vectors: Vec<Json> = cases
@@ -476,8 +494,8 @@ mod tests {
         }
         // Only these spellings and payloads are a visitor: the rest must be refused.
         assert_eq!(
-            valid, 4,
-            "canonical, no time zone, a time zone or a label that is not text, and nothing else"
+            valid, 5,
+            "canonical, no time zone, a time zone or a label that is not text, user ids, and nothing else"
         );
     }
 

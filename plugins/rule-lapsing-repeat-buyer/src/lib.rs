@@ -1,12 +1,15 @@
 //! Lapsing repeat buyers (seed 001): at least `min_orders` orders, and the days since the
 //! last order reach the customer's own average gap between orders plus `grace_days`. A
 //! customer who buys every 60 days qualifies on day 68, not on day 67.
+//!
+//! It reads the order aggregates (count, first and last order), not the order events:
+//! the average gap between orders telescopes to (last - first) / (count - 1), and
+//! aggregates travel in the edge's segment token, so the verdict flips on day 68 at the
+//! edge too, from a token issued weeks before.
 #![no_std]
 
-use rekindle_sdk::OneDecimal as D;
 use rekindle_sdk::prelude::*;
-
-const ORDER: &str = "Order Completed";
+use rekindle_sdk::{DAY, OneDecimal as D};
 
 /// The rule; its logic is also callable natively, for benchmarks and tests.
 pub struct LapsingRepeatBuyer;
@@ -16,14 +19,18 @@ impl Rule for LapsingRepeatBuyer {
         RuleInfo::new("lapsing-repeat-buyer", env!("CARGO_PKG_VERSION"), "Repeat buyers overdue by more than their usual gap")
             .param(ParamSpec::integer("min_orders", 2, "Orders a customer needs to count as a repeat buyer"))
             .param(ParamSpec::number("grace_days", 8.0, "Days beyond the customer's average gap before they count as lapsing"))
-            .reads(InputQuery::new().events(ORDER))
+            .reads(InputQuery::new().aggregate("order_count").aggregate("first_order_at").aggregate("last_order_at"))
     }
 
     fn evaluate(ctx: &Context, profile: &Profile) -> Result<Verdict, String> {
         let min_orders = ctx.integer("min_orders")?;
         let grace = ctx.number("grace_days")?;
-        let orders = profile.count(ORDER) as i64;
-        let (Some(gap), Some(since)) = (profile.average_interval_days(ORDER), profile.days_since(ORDER, ctx.now)) else {
+        let orders = profile.aggregate_number("order_count").unwrap_or(0.0) as i64;
+        let first = profile.aggregate_number("first_order_at").map(|t| t as i64);
+        let last = profile.aggregate_number("last_order_at").map(|t| t as i64);
+        let gap = first.zip(last).filter(|_| orders >= 2).map(|(first, last)| (last - first) as f64 / (orders - 1) as f64 / DAY as f64);
+        let since = last.map(|at| (ctx.now - at) as f64 / DAY as f64);
+        let (Some(gap), Some(since)) = (gap, since) else {
             return Ok(Verdict::not_member(format!("{orders} order(s); needs {min_orders} to have a usual gap")));
         };
         if orders < min_orders {
@@ -50,9 +57,15 @@ mod tests {
         ] }
     }
 
+    /// The aggregates the host computes for orders on `order_days`.
     fn buyer(order_days: &[i64]) -> Profile {
         let mut profile = Profile::empty("p");
-        profile.events.push(EventSeries::at(ORDER, order_days.iter().map(|d| days(*d))));
+        let mut aggregates = vec![Field { name: "order_count".into(), value: Value::Integer(order_days.len() as i64) }];
+        if let (Some(first), Some(last)) = (order_days.iter().min(), order_days.iter().max()) {
+            aggregates.push(Field { name: "first_order_at".into(), value: Value::Integer(days(*first)) });
+            aggregates.push(Field { name: "last_order_at".into(), value: Value::Integer(days(*last)) });
+        }
+        profile.aggregates = Some(aggregates);
         profile
     }
 

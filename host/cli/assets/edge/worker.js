@@ -21,9 +21,24 @@ const encoder = new TextEncoder();
 const PANIC_PREFIX = "panicked at ";
 // What the current call's plugin reported as it panicked, as the host's log import keeps it.
 let panicked = null;
+// The sandbox whose call is running: what the log import charges.
+let running = null;
+// Units of fuel a byte handed to the host costs: lifting a string is work the plugin's own
+// fuel does not see, and a loop logging a megabyte a time must not outlast its deadline.
+const BYTES_PER_HOST_FUEL = 4n;
 const log = {
   write(_level, message) {
-    if (typeof message === "string" && message.startsWith(PANIC_PREFIX)) panicked = message;
+    if (typeof message !== "string") return;
+    const own = running && running.state.find((core) => core.memories.length);
+    if (own) {
+      const left = own.fuel() - (BigInt(message.length) / BYTES_PER_HOST_FUEL + 1n);
+      if (left < 0n) {
+        own.setFuel(-1n);
+        throw new Error("out of fuel in the log import");
+      }
+      own.setFuel(left);
+    }
+    if (message.startsWith(PANIC_PREFIX)) panicked = message;
   },
 };
 const imports = {
@@ -69,13 +84,11 @@ function restore(sandbox) {
 
 const sandboxes = new Map();
 
-// How instances are kept between calls: "restore" (shipped). The conformance endpoint may
-// ask for "fresh" (a new instance per call) or "reuse" (no restoring, unsafe) to measure
-// what isolation costs; nothing else can change it.
-let isolation = "restore";
-
-/** A sandbox for one call into the component in `slot`, in its initial state. */
-function sandbox(slot) {
+/** A sandbox for one call into the component in `slot`, in its initial state.
+ * `isolation` is "restore" for every real request; the conformance endpoint may ask for
+ * "fresh" (a new instance per call) or "reuse" (no restoring, unsafe) to measure what
+ * isolation costs. */
+function sandbox(slot, isolation) {
   const component = components[slot];
   if (!component) throw new Error(`no component for slot ${slot} in this bundle`);
   let box = sandboxes.get(slot);
@@ -84,8 +97,11 @@ function sandbox(slot) {
     box = instantiate(component);
     sandboxes.set(slot, box);
   }
+  // The plugin's own module gets the deadline's fuel; the modules that only connect its
+  // imports get a little, so a loop hidden in one cannot double the budget.
   const fuel = BigInt(component.fuel);
-  for (const core of box.state) core.setFuel(fuel);
+  const shimFuel = BigInt(component.shimFuel);
+  for (const core of box.state) core.setFuel(core.memories.length ? fuel : shimFuel);
   box.used = true;
   return box;
 }
@@ -120,14 +136,20 @@ function callError(error, box, limits) {
 /** Calls `run` with the instance of the component in `slot`, as the host calls a plugin:
  * a failure of any kind comes back as `{ error }` with the host's text, and the instance is
  * never used again. */
-function call(slot, limits, run) {
-  const box = sandbox(slot);
+function call(slot, limits, run, isolation = "restore") {
+  let box = { state: [] };
   panicked = null;
   try {
+    // Inside the `try`: an instantiation that fails (a start function that traps) is
+    // this call's error, as at the host, never the request's.
+    box = sandbox(slot, isolation);
+    running = box;
     return { value: run(box.instance) };
   } catch (e) {
     sandboxes.delete(slot);
     return { error: callError(e, box, limits) };
+  } finally {
+    running = null;
   }
 }
 
@@ -236,7 +258,7 @@ class Float {
 }
 
 function parseClaims(text) {
-  return JSON.parse(text, (_key, v, context) => (typeof v === "number" && context && /[.eE]/.test(context.source) ? new Float(v) : v));
+  return JSON.parse(text, (_key, v, context) => (typeof v === "number" && context && /[.eE]|^-0$/.test(context.source) ? new Float(v) : v));
 }
 
 const isTime = (t) => Number.isSafeInteger(t) && t >= 0 && t <= snapshot.latest_timestamp;
@@ -282,7 +304,7 @@ export async function profileFromToken(token, secret, now) {
   let claims;
   try {
     const opened = await crypto.subtle.decrypt({ name: "AES-GCM", iv: raw.slice(0, 12), additionalData: TOKEN_ASSOCIATED }, await tokenKey(secret), raw.slice(12));
-    const text = new TextDecoder("utf-8", { fatal: true }).decode(opened);
+    const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(opened);
     claims = parseClaims(text);
     if (!serdeAccepts(claims)) return null;
   } catch {
@@ -298,6 +320,9 @@ export async function profileFromToken(token, secret, now) {
   const traits = typedFields(claims.tr);
   const aggregates = typedFields(claims.ag);
   if (!traits || !aggregates || !(now < claims.exp)) return null;
+  // Absent in tokens issued before it existed.
+  const userIds = claims.uid === undefined ? [] : claims.uid;
+  if (!Array.isArray(userIds) || !userIds.every(isText)) return null;
   return {
     id: claims.sub,
     traits,
@@ -307,6 +332,7 @@ export async function profileFromToken(token, secret, now) {
     segments: segments.sort(byName),
     aggregates,
     timezone: isText(claims.tz) ? claims.tz : undefined,
+    userIds,
   };
 }
 
@@ -329,13 +355,13 @@ function cut(profile, input) {
 // Decisions.
 
 /** Re-evaluates the edge segments at `now`, updating the profile's memberships in place. */
-export function evaluateSegments(profile, now) {
+export function evaluateSegments(profile, now, isolation = "restore") {
   const limits = snapshot.limits.rule;
   const verdicts = [];
   for (const s of snapshot.segments) {
     const ctx = { now: BigInt(now), params: fields(s.params) };
     const input = cut(profile, s.query);
-    const result = call(s.slot, limits, (instance) => instance.rule.evaluate(ctx, input));
+    const result = call(s.slot, limits, (instance) => instance.rule.evaluate(ctx, input), isolation);
     const v = result.value;
     const error = result.error ?? oversize(verdictSize(v), limits);
     if (error) {
@@ -395,7 +421,7 @@ export function safeLink(url) {
 }
 
 /** One slot's decision for a profile (already carrying current memberships) or null. */
-export async function decide(slotName, profile, now, pageUrl) {
+export async function decide(slotName, profile, now, pageUrl, isolation = "restore") {
   const slot = snapshot.slots.find((s) => s.name === slotName);
   if (!slot) return null;
   const plugin = snapshot.plugins[slot.plugin];
@@ -409,7 +435,7 @@ export async function decide(slotName, profile, now, pageUrl) {
   const ctx = { now: BigInt(now), params: fields(slot.params) };
   const request = { slot: slot.name, pageUrl: pageUrl ?? undefined, maxTiles: slot.max_tiles };
   const input = profile ? cut(profile, plugin.input) : undefined;
-  const result = call(slot.plugin, limits, (instance) => instance.tiles.decide(ctx, request, input, offered));
+  const result = call(slot.plugin, limits, (instance) => instance.tiles.decide(ctx, request, input, offered), isolation);
   let tiles = result.value;
   // The host's output checks: its size, no more tiles than the slot shows, only offers it
   // was given. Any failure serves the fallback.
@@ -483,8 +509,9 @@ function refuseNul(v, path) {
  * it refuses to decode) and no deeper nesting than it allows. */
 function serdeAccepts(v, depth = 1) {
   if (typeof v === "string") return v.isWellFormed();
+  if (typeof v === "number") return Number.isFinite(v);
   if (v && typeof v === "object") {
-    if (depth > MAX_DEPTH) return false;
+    if (depth >= MAX_DEPTH) return false;
     return Object.entries(v).every(([k, item]) => k.isWellFormed() && serdeAccepts(item, depth + 1));
   }
   return true;
@@ -493,7 +520,8 @@ function serdeAccepts(v, depth = 1) {
 async function parseBody(request) {
   let body;
   try {
-    body = JSON.parse(await request.text());
+    // As serde_json reads bytes: UTF-8 only, and a byte-order mark is not whitespace.
+    body = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(await request.arrayBuffer()));
   } catch {
     body = undefined;
   }
@@ -505,7 +533,9 @@ async function parseBody(request) {
 /** The token a request carries: in the body, else `X-Rekindle-Token`, else the site's
  * `rekindle_token` cookie (the edge sits on the shop's domain; the origin never sees it). */
 function tokenOf(request, given) {
-  const header = request.headers.get("x-rekindle-token");
+  let header = request.headers.get("x-rekindle-token");
+  // The host reads a header that is not visible ASCII as U+FFFD, which proves nobody.
+  if (header !== null && !/^[\t\x20-\x7e]*$/.test(header)) header = "\ufffd";
   const token = given === undefined || given === null ? header : given;
   if (token !== undefined && token !== null) {
     if (typeof token !== "string" || bytes(token) > MAX_TOKEN_BYTES) throw new BadRequest("token", `\`token\` must be a string of at most ${MAX_TOKEN_BYTES} bytes`);
@@ -514,15 +544,20 @@ function tokenOf(request, given) {
   const match = (request.headers.get("cookie") || "").match(/(?:^|;\s*)rekindle_token=([^;]*)/);
   if (!match) return null;
   try {
-    return decodeURIComponent(match[1]) || null;
+    const token = decodeURIComponent(match[1]);
+    return token && bytes(token) <= MAX_TOKEN_BYTES ? token : null;
   } catch {
     return null;
   }
 }
 
-async function visitor(token, env, now) {
-  const profile = await profileFromToken(token, env.REKINDLE_TOKEN_SECRET, now);
-  const verdicts = profile ? evaluateSegments(profile, now) : [];
+/** Who a token proves the visitor is, and their verdicts; nobody when the page names
+ * someone (`userId`) the token was not issued to, as at the origin (a token left behind on
+ * a shared computer). */
+async function visitor(token, env, now, isolation = "restore", userId = null) {
+  let profile = await profileFromToken(token, env.REKINDLE_TOKEN_SECRET, now);
+  if (profile && userId !== null && userId !== profile.id && !profile.userIds.includes(userId)) profile = null;
+  const verdicts = profile ? evaluateSegments(profile, now, isolation) : [];
   return { profile, verdicts };
 }
 
@@ -532,9 +567,9 @@ async function decideOne(request, url, env, now) {
   if (slot === null) throw new BadRequest("slot", "`slot` names the page slot to fill");
   optionalText(get("anonymousId"), "anonymousId");
   const token = tokenOf(request, undefined);
-  for (const field of ["writeKey", "userId", "userHash"]) optionalText(get(field), field);
+  const [, userId] = ["writeKey", "userId", "userHash"].map((field) => optionalText(get(field), field));
   const pageUrl = optionalText(get("url"), "url", MAX_URL_BYTES);
-  const { profile } = await visitor(token, env, now);
+  const { profile } = await visitor(token, env, now, "restore", userId);
   const answer = await decide(slot, profile, now, pageUrl);
   return answer ? json(answer) : json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
 }
@@ -556,9 +591,9 @@ async function decideMany(request, env, now) {
   if (twice >= 0) throw new BadRequest(`slots[${twice}]`, `\`${names[twice]}\` is asked for twice`);
   optionalText(body.anonymousId, "anonymousId");
   const token = tokenOf(request, body.token);
-  for (const field of ["writeKey", "userId", "userHash"]) optionalText(body[field], field);
+  const [, userId] = ["writeKey", "userId", "userHash"].map((field) => optionalText(body[field], field));
   const pageUrl = optionalText(body.url, "url", MAX_URL_BYTES);
-  const { profile } = await visitor(token, env, now);
+  const { profile } = await visitor(token, env, now, "restore", userId);
   const decisions = [];
   for (const name of names) {
     decisions.push((await decide(name, profile, now, pageUrl)) ?? { slot: name, error: `no tile slot \`${name}\``, fallback: true, tiles: [] });
@@ -576,16 +611,12 @@ async function conformance(request, env) {
   if (slot === null) throw new BadRequest("slot", "`slot` names the page slot");
   const runs = Math.max(1, Math.min(10000, Number.isSafeInteger(body.repeat) ? body.repeat : 1));
   let answer;
-  isolation = ["fresh", "reuse"].includes(body.isolation) ? body.isolation : "restore";
-  try {
-    for (let i = 0; i < runs; i++) {
-      const { profile, verdicts } = await visitor(body.token, env, now);
-      const decision = await decide(slot, profile, now, null);
-      if (!decision) return json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
-      answer = { verdicts, decision };
-    }
-  } finally {
-    isolation = "restore";
+  const isolation = ["fresh", "reuse"].includes(body.isolation) ? body.isolation : "restore";
+  for (let i = 0; i < runs; i++) {
+    const { profile, verdicts } = await visitor(body.token, env, now, isolation);
+    const decision = await decide(slot, profile, now, null, isolation);
+    if (!decision) return json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
+    answer = { verdicts, decision };
   }
   return json(answer);
 }
@@ -596,7 +627,12 @@ export default {
     const now = Date.now();
     try {
       if (url.pathname === "/v1/tiles" && request.method === "GET") return await decideOne(request, url, env, now);
+      if (url.pathname === "/v1/tiles" && request.method === "HEAD") {
+        const answer = await decideOne(request, url, env, now);
+        return new Response(null, { status: answer.status, headers: answer.headers });
+      }
       if (url.pathname === "/v1/tiles" && request.method === "POST") return await decideMany(request, env, now);
+      if (url.pathname === "/v1/tiles") return new Response(null, { status: 405, headers: { allow: "GET,HEAD,POST" } });
       if (url.pathname === "/__rekindle/conformance" && request.method === "POST" && env.REKINDLE_CONFORMANCE === "1") return await conformance(request, env);
       if (url.pathname === "/__rekindle/token" && request.method === "POST" && env.REKINDLE_CONFORMANCE === "1") {
         // The shared token vectors: `{token, secret, now}` opened as a visitor would be.

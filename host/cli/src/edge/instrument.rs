@@ -42,8 +42,6 @@ pub const RESTORE: &str = "__rekindle:restore";
 pub const MEMORY_PREFIX: &str = "__rekindle:memory:";
 
 const PAGE: u64 = 65_536;
-/// A 32-bit memory holds at most this many pages.
-const MAX_PAGES: u64 = 65_536;
 /// Bytes a bulk memory operation may move per unit of fuel.
 const BYTES_PER_FUEL: i64 = 16;
 
@@ -54,6 +52,9 @@ pub struct Instrumented {
     /// Whether putting back the exported memories and globals restores every piece of
     /// state a call can change.
     pub restorable: bool,
+    /// Whether the module defines a memory: the plugin's own module, rather than one of
+    /// the small modules that connect its imports.
+    pub defines_memory: bool,
 }
 
 /// Why a module cannot run at the edge.
@@ -97,7 +98,6 @@ pub fn instrument(
         functions,
         grow: (survey.memories == 1).then_some(GrowLimits {
             cap_pages: memory_cap / PAGE,
-            max_pages: survey.memory_max.unwrap_or(MAX_PAGES).min(MAX_PAGES),
         }),
         done_types: false,
         done_functions: false,
@@ -118,7 +118,29 @@ pub fn instrument(
     Ok(Instrumented {
         bytes: module.finish(),
         restorable: survey.stateful.is_none(),
+        defines_memory: survey.defined_memory,
     })
+}
+
+/// The first canonical built-in of a component, other than lifting and lowering, that
+/// keeps state in jco's JavaScript glue (resource tables, tasks, streams), where restoring
+/// an instance's memory and globals cannot reach it; `None` for a component with none.
+/// Such a component gets a fresh instance for every call at the edge.
+pub fn glue_state(component: &[u8]) -> Result<Option<String>, InstrumentError> {
+    for payload in Parser::new(0).parse_all(component) {
+        if let Payload::ComponentCanonicalSection(reader) = payload? {
+            for function in reader {
+                match function? {
+                    wasmparser::CanonicalFunction::Lift { .. } | wasmparser::CanonicalFunction::Lower { .. } => {}
+                    other => {
+                        let name = format!("{other:?}");
+                        return Ok(Some(name.split([' ', '{', '(']).next().unwrap_or_default().to_string()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The counts the rewrite needs before it starts.
@@ -135,7 +157,6 @@ struct Survey {
     memories: u32,
     defined_memory: bool,
     memory64: bool,
-    memory_max: Option<u64>,
     /// The first instruction found that changes state outside memories and globals.
     stateful: Option<&'static str>,
 }
@@ -172,7 +193,6 @@ impl Survey {
                             TypeRef::Memory(m) => {
                                 s.memories += 1;
                                 s.memory64 |= m.memory64;
-                                s.memory_max = m.maximum;
                             }
                             _ => {}
                         }
@@ -189,7 +209,6 @@ impl Survey {
                         s.memories += 1;
                         s.defined_memory = true;
                         s.memory64 |= memory.memory64;
-                        s.memory_max = memory.maximum;
                     }
                 }
                 Payload::GlobalSection(reader) => {
@@ -197,12 +216,24 @@ impl Survey {
                         s.defined_globals.push(global?.ty);
                     }
                 }
-                Payload::CodeSectionEntry(body) if s.stateful.is_none() => {
+                Payload::CodeSectionEntry(body) => {
                     let mut reader = body.get_operators_reader()?;
                     while !reader.eof() {
-                        if let Some(name) = state_changing(&reader.read()?) {
-                            s.stateful = Some(name);
-                            break;
+                        let op = reader.read()?;
+                        // The host caps a table at 100,000 entries; the edge has no such
+                        // cap to give, and no plugin built with the SDK grows a table.
+                        if matches!(op, Operator::TableGrow { .. }) {
+                            return Err(InstrumentError::Unsupported("the module grows a table (table.grow), which the edge does not run".into()));
+                        }
+                        if s.stateful.is_none() {
+                            s.stateful = state_changing(&op);
+                        }
+                    }
+                }
+                Payload::TableSection(reader) => {
+                    for table in reader {
+                        if table?.ty.table64 {
+                            return Err(InstrumentError::Unsupported("the module has a 64-bit table, which the edge does not run".into()));
                         }
                     }
                 }
@@ -240,7 +271,6 @@ fn state_changing(op: &Operator<'_>) -> Option<&'static str> {
 #[derive(Clone, Copy)]
 struct GrowLimits {
     cap_pages: u64,
-    max_pages: u64,
 }
 
 /// Where the rewrite's own globals, types and functions go: after the module's.
@@ -452,7 +482,9 @@ impl Rewrite<'_> {
     }
 
     /// `memory.grow` as the host's limiter answers it: past the cap, the size asked for
-    /// is recorded and the call traps.
+    /// is recorded and the call traps. wasmtime asks the limiter before it checks the
+    /// memory's declared maximum, so a grow past both traps too; one within the cap but
+    /// past the maximum fails with -1, as unrewritten.
     fn grow_body(&self, grow: GrowLimits) -> Function {
         let mut f = Function::new([(1, ValType::I64)]);
         f.instructions()
@@ -462,12 +494,8 @@ impl Rewrite<'_> {
             .i64_extend_i32_u()
             .i64_add()
             .local_tee(1)
-            .i64_const(grow.max_pages as i64)
-            .i64_le_u()
-            .local_get(1)
             .i64_const(grow.cap_pages as i64)
             .i64_gt_u()
-            .i32_and()
             .if_(BlockType::Empty)
             .local_get(1)
             .i64_const(PAGE as i64)
@@ -509,10 +537,16 @@ fn charge_costs(ops: &[Operator<'_>]) -> Vec<u64> {
     costs.iter().map(|&c| c.max(1)).collect()
 }
 
+/// Instructions whose work grows with the length on top of the stack.
 fn is_bulk(op: &Operator<'_>) -> bool {
     matches!(
         op,
-        Operator::MemoryFill { .. } | Operator::MemoryCopy { .. } | Operator::MemoryInit { .. }
+        Operator::MemoryFill { .. }
+            | Operator::MemoryCopy { .. }
+            | Operator::MemoryInit { .. }
+            | Operator::TableFill { .. }
+            | Operator::TableCopy { .. }
+            | Operator::TableInit { .. }
     )
 }
 
@@ -780,16 +814,17 @@ mod tests {
         assert_eq!(get(&mut store, &instance, MEMORY_WANTED), 0);
         assert!(grow.call(&mut store, 1).is_err());
         assert_eq!(get(&mut store, &instance, MEMORY_WANTED), 5 * PAGE as i64);
-        // Past what a 32-bit memory can hold, the grow fails as it would unrewritten.
+        // Past the declared maximum but within the cap, the grow fails as unrewritten;
+        // past both, it traps, as the host's limiter (asked first) makes it.
         let (mut store, instance) = self::instance(
-            r#"(module (memory 1) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#,
+            r#"(module (memory 1 2) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#,
             1_000,
             4 * PAGE,
         );
-        let grow = instance
-            .get_typed_func::<i32, i32>(&mut store, "grow")
-            .unwrap();
-        assert_eq!(grow.call(&mut store, 70_000).unwrap(), -1);
+        let grow = instance.get_typed_func::<i32, i32>(&mut store, "grow").unwrap();
+        assert_eq!(grow.call(&mut store, 2).unwrap(), -1);
+        assert!(grow.call(&mut store, 70_000).is_err());
+        assert_eq!(get(&mut store, &instance, MEMORY_WANTED), 70_001 * PAGE as i64);
     }
 
     #[test]
@@ -814,6 +849,34 @@ mod tests {
         assert_eq!(get(&mut store, &instance, "g"), 7);
         call(&mut store, RESTORE);
         assert_eq!(get(&mut store, &instance, "g"), 5);
+    }
+
+    #[test]
+    fn table_copies_are_charged_by_length_and_table_growth_is_refused() {
+        let (mut store, instance) = instance(
+            r#"(module (table 1000 funcref) (func (export "copy") (param i32) (table.copy (i32.const 0) (i32.const 0) (local.get 0))))"#,
+            1_000,
+            PAGE,
+        );
+        let copy = instance.get_typed_func::<i32, ()>(&mut store, "copy").unwrap();
+        let set_fuel = instance.get_typed_func::<i64, ()>(&mut store, SET_FUEL).unwrap();
+        set_fuel.call(&mut store, 1_000).unwrap();
+        copy.call(&mut store, 16).unwrap();
+        let small = 1_000 - get(&mut store, &instance, FUEL);
+        set_fuel.call(&mut store, 1_000).unwrap();
+        copy.call(&mut store, 1_000).unwrap();
+        let large = 1_000 - get(&mut store, &instance, FUEL);
+        assert!(large >= small + 1_000 / BYTES_PER_FUEL - 2, "{small} then {large}");
+        let grows = wat::parse_str(r#"(module (table 1 funcref) (func (drop (table.grow (ref.null func) (i32.const 10)))))"#).unwrap();
+        assert!(instrument(&grows, 1, PAGE).unwrap_err().to_string().contains("table.grow"));
+    }
+
+    #[test]
+    fn glue_state_is_found_in_components_that_keep_it() {
+        let component = wat::parse_str(r#"(component (type $r (resource (rep i32))) (core func (canon resource.new $r)))"#).unwrap();
+        assert_eq!(glue_state(&component).unwrap().as_deref(), Some("ResourceNew"));
+        let shipped = std::fs::read(rekindle_tests::components::TILES_BASIC).unwrap();
+        assert_eq!(glue_state(&shipped).unwrap(), None);
     }
 
     #[test]
