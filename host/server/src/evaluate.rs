@@ -28,6 +28,30 @@ pub(crate) fn aggregates(c: &Computed) -> Vec<Field> {
     fields
 }
 
+/// Gives a JSON input's `profile` (as `/admin/slots/{slot}/invoke` and `rekindle plugin
+/// run` take it) the aggregates the host would compute from its order events, when it has
+/// events and names no aggregates of its own: a rule reading `order_count` sees the orders
+/// the case lists, as it would once they were ingested.
+pub fn derive_aggregates(input: &mut serde_json::Value) {
+    let Some(profile) = input.get_mut("profile").and_then(serde_json::Value::as_object_mut) else { return };
+    if profile.contains_key("aggregates") {
+        return;
+    }
+    let Some(events) = profile.get("events").and_then(serde_json::Value::as_array) else { return };
+    let mapping = rekindle_store::EventMapping::default();
+    let mut computed = Computed::default();
+    for event in events {
+        if event.get("name").and_then(serde_json::Value::as_str) != Some(mapping.order_completed.as_str()) {
+            continue;
+        }
+        // A malformed event is the profile parser's to report, with its path.
+        let Ok(at) = rekindle_runtime::json::timestamp_from_json(event.get("timestamp"), "timestamp") else { return };
+        let empty = serde_json::Map::new();
+        computed.add_order(&mapping, at, event.get("properties").and_then(serde_json::Value::as_object).unwrap_or(&empty));
+    }
+    profile.insert("aggregates".into(), rekindle_runtime::json::fields_to_json(&aggregates(&computed)));
+}
+
 /// The profile `id` names, cut to `query` as seen at `now`; `None` when nobody matched.
 pub(crate) async fn rule_profile(store: &Store, id: &str, query: &InputQuery, now: i64) -> Result<Option<Profile>, StoreError> {
     profile_at(store, id, query, now, false).await

@@ -27,7 +27,7 @@ use rekindle_store::Store;
 pub use api::segments::define_segment;
 pub use api::tiles::{define_offer, define_tile_slot};
 pub use error::ApiError;
-pub use evaluate::EvaluateError;
+pub use evaluate::{EvaluateError, derive_aggregates};
 pub use slots::{SlotStore, SlotStoreError};
 
 /// What every handler can reach.

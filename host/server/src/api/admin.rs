@@ -124,7 +124,8 @@ async fn describe(State(state): State<AppState>, Path(slot): Path<String>) -> Re
 }
 
 async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let input = parse_json(&body)?;
+    let mut input = parse_json(&body)?;
+    crate::derive_aggregates(&mut input);
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
     let mut answer = plugin.call(None, move |p| Ok(json::invoke(p, &input))).await.map_err(ApiError::Plugin)?.map_err(|e| match e {
         InvokeError::Input(e) => ApiError::from(e),
