@@ -142,8 +142,9 @@ struct Setup {
     /// The times offers start and stop being valid: their edges are parity cases.
     offer_edges: Vec<i64>,
     _server: support::Server,
-    _workerd: Workerd,
-    _work: tempfile::TempDir,
+    workerd: Workerd,
+    workerd_binary: PathBuf,
+    work: tempfile::TempDir,
 }
 
 impl Setup {
@@ -165,6 +166,14 @@ impl Setup {
     /// The JSON answer to POSTing `body` to `url`.
     async fn post(&self, url: String, body: &Value) -> Value {
         self.http.post(url).json(body).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Builds and serves the bundle again, after a change to the host's catalog.
+    async fn rebuild(&mut self) {
+        let bundle = self.work.path().join(format!("bundle-{}", free_port()));
+        let (workerd, edge, _) = serve_bundle(&self.workerd_binary, &self.http, &self.base, &bundle).await;
+        self.workerd = workerd;
+        self.edge = edge;
     }
 
     async fn token(&self, user: &str, at: i64) -> String {
@@ -206,8 +215,39 @@ impl Setup {
     }
 }
 
+/// Builds an edge bundle from the host at `base` into `bundle` with the CLI and serves it
+/// in workerd on a free loopback port: the process, its URL and the build's summary.
+async fn serve_bundle(workerd: &PathBuf, http: &reqwest::Client, base: &str, bundle: &std::path::Path) -> (Workerd, String, String) {
+    let built = rekindle().args(["edge", "build", "--url", base, "--out"]).arg(bundle).env("REKINDLE_ADMIN_TOKEN", ADMIN).output().unwrap();
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    for file in ["worker.js", "components.js", "snapshot.json", "workerd.capnp", "wrangler.toml"] {
+        assert!(bundle.join(file).exists(), "{file} is missing from the bundle");
+    }
+    let port = free_port();
+    let process = Workerd(
+        Command::new(workerd)
+            .arg("serve")
+            .arg(bundle.join("workerd.capnp"))
+            .args(["--socket-addr", &format!("http=127.0.0.1:{port}")])
+            .env("REKINDLE_TOKEN_SECRET", SECRET)
+            .env("REKINDLE_CONFORMANCE", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let edge = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{edge}/__rekindle/health")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "workerd did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (process, edge, text(&built.stdout))
+}
+
 async fn setup() -> Option<Setup> {
-    let workerd = workerd_binary()?;
+    let workerd_binary = workerd_binary()?;
+    let workerd = &workerd_binary;
     let work = tempfile::tempdir().unwrap();
     let plugins = shipped_plugins(work.path());
     for (name, path) in rekindle_tests::components::ALL {
@@ -370,59 +410,8 @@ async fn setup() -> Option<Setup> {
     }
 
     // The bundle, built by the CLI from the running host, served by workerd on loopback.
-    let bundle = work.path().join("bundle");
-    let built = rekindle()
-        .args(["edge", "build", "--url", &base, "--out"])
-        .arg(&bundle)
-        .env("REKINDLE_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", text(&built.stderr));
-    assert!(
-        text(&built.stdout)
-            .contains("11 slot(s), 32 offer(s), 11 edge segment(s), 11 component(s)"),
-        "{}",
-        text(&built.stdout)
-    );
-    for file in [
-        "worker.js",
-        "components.js",
-        "snapshot.json",
-        "workerd.capnp",
-        "wrangler.toml",
-    ] {
-        assert!(
-            bundle.join(file).exists(),
-            "{file} is missing from the bundle"
-        );
-    }
-    let port = free_port();
-    let workerd = Workerd(
-        Command::new(&workerd)
-            .arg("serve")
-            .arg(bundle.join("workerd.capnp"))
-            .args(["--socket-addr", &format!("http=127.0.0.1:{port}")])
-            .env("REKINDLE_TOKEN_SECRET", SECRET)
-            .env("REKINDLE_CONFORMANCE", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let edge = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http
-        .get(format!("{edge}/__rekindle/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "workerd did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (workerd, edge, summary) = serve_bundle(&workerd, &http, &base, &work.path().join("bundle")).await;
+    assert!(summary.contains("11 slot(s), 32 offer(s), 11 edge segment(s), 11 component(s)"), "{summary}");
     Some(Setup {
         http,
         base,
@@ -430,8 +419,9 @@ async fn setup() -> Option<Setup> {
         t0,
         offer_edges,
         _server: server,
-        _workerd: workerd,
-        _work: work,
+        workerd,
+        workerd_binary,
+        work,
     })
 }
 
@@ -934,4 +924,39 @@ async fn a_looping_plugin_is_stopped_at_the_edge_and_others_are_still_answered()
     // And a tile request after it is decided as usual.
     let after = s.post(format!("{}/v1/tiles", s.edge), &json!({"slots": ["hero"], "token": token})).await;
     assert_eq!(after["decisions"][0]["fallback"], false, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_before_a_catalog_change_is_stale_at_the_edge_until_replaced() {
+    let Some(mut s) = setup().await else { return };
+    let now = chrono::Utc::now().timestamp_millis();
+    let before = s.token("c1", now).await;
+
+    // An offer alone changes nothing a token carries: the old token still answers as the
+    // origin would.
+    s.admin("/v1/offers", json!({"id": "plain-new", "slot": "hero", "priority": 99, "title": "New in", "body": "", "link": "/new"})).await;
+    s.rebuild().await;
+    let mut retried = 0;
+    let at_edge = s.conform(Some(&before), "hero", now).await;
+    assert_eq!(at_edge["decision"].get("stale"), None, "{at_edge}");
+    assert_eq!(at_edge, s.settled_reference(&at_edge, Some("c1"), "hero", now, &mut retried).await);
+
+    // A new segment, and an offer for its members: a token from before cannot say whether
+    // its visitor is one, so the edge marks its answer stale rather than silently
+    // leaving the offer out.
+    s.admin("/v1/segments", json!({"name": "Carts", "slot": "rule-abandoned-cart"})).await;
+    s.admin("/v1/offers", json!({"id": "for-carts", "slot": "hero", "priority": 100, "include_segments": ["Carts"], "title": "Your cart", "body": "", "link": "/cart"})).await;
+    s.rebuild().await;
+    let stale = s.conform(Some(&before), "hero", now).await;
+    assert_eq!(stale["decision"]["stale"], true, "{stale}");
+    // The page then asks the origin once, which answers with a fresh token; from that one
+    // the edge gives the origin's answer again.
+    let origin = s.http.post(format!("{}/v1/tiles", s.base)).json(&json!({"slots": ["hero"], "token": before})).send().await.unwrap();
+    let fresh = origin.headers().get("x-rekindle-token").unwrap().to_str().unwrap().to_string();
+    let at_edge = s.conform(Some(&fresh), "hero", now).await;
+    assert_eq!(at_edge["decision"].get("stale"), None, "{at_edge}");
+    assert_eq!(at_edge, s.settled_reference(&at_edge, Some("c1"), "hero", now, &mut retried).await);
+    // The live path marks the old token's answers the same way.
+    let live: Value = s.post(format!("{}/v1/tiles", s.edge), &json!({"slots": ["hero"], "token": before})).await;
+    assert_eq!(live["decisions"][0]["stale"], true, "{live}");
 }

@@ -11,7 +11,8 @@
  * proof gets the anonymous tiles.
  *
  * With data-edge-url="https://shop.example/rekindle" decisions come from an edge bundle
- * (rekindle edge build) instead, which reads the same token.
+ * (rekindle edge build) instead, which reads the same token; when the edge says the token
+ * is stale (issued before the catalog changed), the snippet asks the host once instead.
  *
  * Visitors without a user id get an anonymous id kept in localStorage (analytics.js's, when
  * the page has one). window.rekindle.identify(userId, userHash) decides again after a
@@ -173,9 +174,16 @@
       slots: slots, writeKey: writeKey, userId: visitor.userId, userHash: visitor.userHash,
       anonymousId: visitor.anonymousId, token: storedToken(), url: location.href
     };
+    function decisions(response) { return response.ok ? response.json() : { decisions: [] }; }
     return send("/v1/tiles", body, false, edge)
       .then(keepToken)
-      .then(function (response) { return response.ok ? response.json() : { decisions: [] }; })
+      .then(decisions)
+      .then(function (answer) {
+        // The edge marks an answer stale when the token predates the catalog it decides
+        // from: the origin then answers, once, with a fresh token for the next page.
+        var stale = edge && (answer.decisions || []).some(function (d) { return d.stale; });
+        return stale ? send("/v1/tiles", body, false).then(keepToken).then(decisions) : answer;
+      })
       .then(function (answer) {
         (answer.decisions || []).forEach(function (decision) {
           containers.forEach(function (c) {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::batch::{Plan, PlannedSegment};
 use crate::tiles::{Catalog, full_profile};
-use crate::token::{Claims, typed_fields};
+use crate::token::{Claims, TokenCatalog, typed_fields};
 use crate::{AppState, ApiError};
 
 /// Whether a rule's declared input travels in a token: no events, consents, contacts or
@@ -91,6 +91,8 @@ pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result
     let Some(full) = full_profile(store, queries.iter().collect(), id, now).await? else { return Ok(None) };
     let (traits, aggregates) = token_fields(&queries);
     let user_ids = store.profile(&full.id, 0).await?.map(|record| record.user_ids).unwrap_or_default();
+    let segments = store.segments().await?.into_iter().map(|def| def.name).collect();
+    let catalog = Some(TokenCatalog { traits: traits.clone(), aggregates: aggregates.clone(), segments });
     let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> {
         fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect()
     };
@@ -103,6 +105,7 @@ pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result
         aggregates: keep(&full.aggregates, &aggregates),
         timezone: full.timezone.clone(),
         user_ids,
+        catalog,
     }))
 }
 
@@ -189,12 +192,20 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
         "generated_at": now,
         "latest_timestamp": rekindle_runtime::json::LATEST_TIMESTAMP,
         "limits": {"rule": limits_json(limits.rule), "tiles": limits_json(limits.tiles)},
-        "token": {"traits": traits, "aggregates": aggregates},
+        // What a token must cover for the edge to answer from it: these names, and every
+        // segment defined (the edge cannot know a membership the token does not report).
+        "token": {"traits": traits, "aggregates": aggregates,
+                  "segments": store_segment_names(state).await?},
         "plugins": plugins,
         "slots": slots,
         "offers": offers,
         "segments": segments,
     }))
+}
+
+/// Every segment defined, by name.
+async fn store_segment_names(state: &AppState) -> Result<Vec<String>, ApiError> {
+    Ok(state.customer_data()?.store.segments().await?.into_iter().map(|def| def.name).collect())
 }
 
 /// What a call may use at the edge, as at the host, with the host's words for a timeout.

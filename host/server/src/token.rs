@@ -65,6 +65,20 @@ pub struct Claims {
     /// The person's user ids when it was issued: a page that names someone else does not
     /// get this person's tiles, at the origin or at the edge.
     pub user_ids: Vec<String>,
+    /// What the token was issued to answer; `None` in tokens from before it existed.
+    pub catalog: Option<TokenCatalog>,
+}
+
+/// The catalog a token was issued for: the trait and aggregate names it was built to
+/// carry (a name absent from `traits` then means the person has no such trait, not that
+/// the token does not know), and every segment defined then (one absent from the
+/// memberships then means not a member). The edge answers from a token only when it
+/// covers everything the bundle reads, and otherwise marks the answer stale.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TokenCatalog {
+    pub traits: Vec<String>,
+    pub aggregates: Vec<String>,
+    pub segments: Vec<String>,
 }
 
 /// A contract value in the token's typed JSON form.
@@ -138,6 +152,7 @@ pub fn seal(claims: &Claims, key: &TokenKey) -> String {
         "ag": typed_fields(&claims.aggregates),
         "tz": claims.timezone,
         "uid": claims.user_ids,
+        "cat": claims.catalog.as_ref().map(|c| json!({"tr": c.traits, "ag": c.aggregates, "sg": c.segments})),
     })
     .to_string();
     let mut nonce = [0u8; NONCE_BYTES];
@@ -156,6 +171,11 @@ pub fn seal(claims: &Claims, key: &TokenKey) -> String {
 /// JavaScript holds exactly too (anything past 2^53 it would round).
 fn time(json: &Json) -> Option<i64> {
     json.as_i64().filter(|t| rekindle_runtime::json::check_timestamp(*t, "").is_ok())
+}
+
+/// A list of strings in a token.
+fn texts(json: &Json) -> Option<Vec<String>> {
+    json.as_array()?.iter().map(|t| t.as_str().map(str::to_string)).collect()
 }
 
 /// Why a token was not accepted.
@@ -214,7 +234,11 @@ pub fn open(token: &str, key: &TokenKey, now: i64) -> Result<Claims, TokenError>
             // Absent in tokens issued before it existed: then no page may name anyone.
             user_ids: match json.get("uid") {
                 None => Vec::new(),
-                Some(ids) => ids.as_array()?.iter().map(|id| id.as_str().map(str::to_string)).collect::<Option<_>>()?,
+                Some(ids) => texts(ids)?,
+            },
+            catalog: match json.get("cat") {
+                None | Some(Json::Null) => None,
+                Some(c) => Some(TokenCatalog { traits: texts(c.get("tr")?)?, aggregates: texts(c.get("ag")?)?, segments: texts(c.get("sg")?)? }),
             },
         })
     })()
@@ -242,6 +266,7 @@ mod tests {
             ],
             timezone: Some("Europe/Paris".into()),
             user_ids: vec!["ann@example.com".into()],
+            catalog: Some(TokenCatalog { traits: vec!["first_name".into()], aggregates: vec!["order_count".into()], segments: vec!["VIP".into()] }),
         }
     }
 
@@ -336,6 +361,11 @@ mod tests {
         let with_uid = |uid: Json| {
             let mut payload = base.clone();
             payload["uid"] = uid;
+            payload
+        };
+        let with_catalog = |catalog: Json| {
+            let mut payload = base.clone();
+            payload["cat"] = catalog;
             payload
         };
         let canonical = seal_raw(&base, SECRET, 1);
@@ -446,6 +476,10 @@ mod tests {
             ("user ids", seal_raw(&with_uid(json!(["u1"])), SECRET, 24)),
             ("user ids not a list", seal_raw(&with_uid(json!("u1")), SECRET, 25)),
             ("a user id not text", seal_raw(&with_uid(json!([1])), SECRET, 26)),
+            ("a catalog", seal_raw(&with_catalog(json!({"tr": ["first_name"], "ag": [], "sg": ["VIP"]})), SECRET, 27)),
+            ("a catalog without segments", seal_raw(&with_catalog(json!({"tr": [], "ag": []})), SECRET, 28)),
+            ("a catalog with a number", seal_raw(&with_catalog(json!({"tr": [5], "ag": [], "sg": []})), SECRET, 29)),
+            ("a catalog that is null", seal_raw(&with_catalog(Json::Null), SECRET, 30)),
         ];
         cases.retain(|(name, token)| *name == "canonical" || token != &canonical);
         let vectors: Vec<Json> = cases
@@ -494,8 +528,8 @@ mod tests {
         }
         // Only these spellings and payloads are a visitor: the rest must be refused.
         assert_eq!(
-            valid, 5,
-            "canonical, no time zone, a time zone or a label that is not text, user ids, and nothing else"
+            valid, 7,
+            "canonical, no time zone, a time zone or a label that is not text, user ids, a catalog or a null one, and nothing else"
         );
     }
 

@@ -320,9 +320,12 @@ export async function profileFromToken(token, secret, now) {
   const traits = typedFields(claims.tr);
   const aggregates = typedFields(claims.ag);
   if (!traits || !aggregates || !(now < claims.exp)) return null;
-  // Absent in tokens issued before it existed.
+  // Absent in tokens issued before they existed.
   const userIds = claims.uid === undefined ? [] : claims.uid;
   if (!Array.isArray(userIds) || !userIds.every(isText)) return null;
+  const texts = (list) => Array.isArray(list) && list.every(isText);
+  const cat = claims.cat ?? null;
+  if (cat !== null && (typeof cat !== "object" || Array.isArray(cat) || !texts(cat.tr) || !texts(cat.ag) || !texts(cat.sg))) return null;
   return {
     id: claims.sub,
     traits,
@@ -333,7 +336,18 @@ export async function profileFromToken(token, secret, now) {
     aggregates,
     timezone: isText(claims.tz) ? claims.tz : undefined,
     userIds,
+    stale: !covers(cat),
   };
+}
+
+/** Whether a token's catalog covers everything this bundle reads: each trait and
+ * aggregate the token must carry, and each segment defined when the bundle was built.
+ * When it does, the edge's answer is provably the origin's; when it does not (the catalog
+ * changed after the token was issued), the answer is marked stale. */
+function covers(cat) {
+  if (!cat) return false;
+  const need = snapshot.token;
+  return need.traits.every((n) => cat.tr.includes(n)) && need.aggregates.every((n) => cat.ag.includes(n)) && need.segments.every((n) => cat.sg.includes(n));
 }
 
 /** The profile cut to a plugin's declared input, as the host's filter_profile does. */
@@ -436,11 +450,12 @@ export async function decide(slotName, profile, now, pageUrl, isolation = "resto
   const request = { slot: slot.name, pageUrl: pageUrl ?? undefined, maxTiles: slot.max_tiles };
   const input = profile ? cut(profile, plugin.input) : undefined;
   const result = call(slot.plugin, limits, (instance) => instance.tiles.decide(ctx, request, input, offered), isolation);
+  const stale = profile && profile.stale ? { stale: true } : {};
   let tiles = result.value;
   // The host's output checks: its size, no more tiles than the slot shows, only offers it
   // was given. Any failure serves the fallback.
   if (result.error || oversize(tilesSize(tiles), limits) || tiles.length > slot.max_tiles || tiles.some((t) => !offered.some((o) => o.id === t.offerId))) {
-    return fallback(slot);
+    return { ...(await fallback(slot)), ...stale };
   }
   // As at the host: a tile whose link or image a page must not use is dropped.
   tiles = tiles.filter((t) => safeLink(t.link) && (t.image == null || safeLink(t.image)));
@@ -454,7 +469,7 @@ export async function decide(slotName, profile, now, pageUrl, isolation = "resto
   }
   return {
     slot: slot.name, fallback: false, known_visitor: !!profile,
-    plugin: { slot: slot.plugin, digest: plugin.digest, version: plugin.version }, tiles: answer,
+    plugin: { slot: slot.plugin, digest: plugin.digest, version: plugin.version }, tiles: answer, ...stale,
   };
 }
 
