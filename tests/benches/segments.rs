@@ -125,7 +125,7 @@ fn main() {
             store.upsert_segment(def.clone()).await.expect("define");
             defs.push(def);
         }
-        let (plan, refused) = Plan::new(&registry, &store, &defs, now).await.expect("plan");
+        let (plan, refused) = Plan::new(&registry, &store, &defs, now, rekindle_server::batch::Cutoffs::Refresh).await.expect("plan");
         assert!(refused.is_empty(), "{}", refused.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; "));
         let plan = Arc::new(plan);
 

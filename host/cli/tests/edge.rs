@@ -352,6 +352,8 @@ async fn setup() -> Option<Setup> {
         ("Verbose", "hostile-huge-output", json!({})),
         ("Hoard", "hostile-unbounded-alloc", json!({})),
         ("Deep", "hostile-infinite-recursion", json!({})),
+        // Population cutoffs: the host's recorded ones at both sides, named in each verdict.
+        ("RFM", "rule-rfm-win-back", json!({"recency_days_cutoffs": "auto", "frequency_cutoffs": "auto", "monetary_cutoffs": "auto"})),
     ] {
         admin(
             "/v1/segments",
@@ -411,7 +413,7 @@ async fn setup() -> Option<Setup> {
 
     // The bundle, built by the CLI from the running host, served by workerd on loopback.
     let (workerd, edge, summary) = serve_bundle(&workerd, &http, &base, &work.path().join("bundle")).await;
-    assert!(summary.contains("11 slot(s), 32 offer(s), 11 edge segment(s), 11 component(s)"), "{summary}");
+    assert!(summary.contains("11 slot(s), 32 offer(s), 12 edge segment(s), 12 component(s)"), "{summary}");
     Some(Setup {
         http,
         base,
@@ -517,6 +519,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     // Reference cases.
     let (mut personal, mut moved, mut fallbacks, mut errors, mut evaluated) = (0, 0, 0, 0, 0);
     let mut retried = 0;
+    let mut rfm_named = 0;
     for case in 0..REFERENCE_CASES {
         let now = pick_time(&mut rng, &s);
         let slot = pick_slot(&mut rng);
@@ -550,6 +553,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         fallbacks += usize::from(at_server["decision"]["fallback"] == true);
         let verdicts = at_server["verdicts"].as_array().unwrap();
         errors += verdicts.iter().filter(|v| v.get("error").is_some()).count();
+        rfm_named += verdicts.iter().filter(|v| v["segment"] == "RFM" && v["cutoffs_at"].is_i64()).count();
         evaluated += usize::from(!verdicts.is_empty());
         if let Some(token) = token.as_deref().filter(|_| asked_for.is_some()) {
             // Sealed: only the secret opens it (0 as "now", since only the claims matter here).
@@ -585,6 +589,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         moved >= 100,
         "only {moved} verdicts moved with time; the corpus should exercise edge rules"
     );
+    assert!(rfm_named >= personal / 2, "RFM verdicts name their cutoffs: {rfm_named}");
     assert!(
         fallbacks >= REFERENCE_CASES / 10,
         "hostile slots must fall back: {fallbacks}"

@@ -10,6 +10,7 @@ use rekindle_runtime::wit::{Consent, ContactKind, ContactPoint, Context, Field, 
 use rekindle_runtime::{CallError, Plugin, PluginInfo, Registry, RuleInstance, filter_profile};
 use rekindle_store::{EventNeed, InputNeeds, RuleInput, Scope, SegmentDefinition, Store, StoreError, VerdictWrite};
 
+pub use crate::evaluate::Cutoffs;
 use crate::evaluate::{EvaluateError, aggregates, resolve_auto_params, segment_context};
 
 /// Profiles read and evaluated together; large enough that per-page costs (queries, task
@@ -23,6 +24,8 @@ pub struct PlannedSegment {
     pub plugin: Arc<Plugin>,
     pub ctx: Context,
     pub query: InputQuery,
+    /// When the RFM cutoffs in `ctx` were computed, for a segment with `auto` ones.
+    pub cutoffs_at: Option<i64>,
 }
 
 /// Segments to evaluate together at one `now`, and the union of what their rules read.
@@ -63,22 +66,23 @@ impl RunReport {
 }
 
 impl Plan {
-    /// Resolves each definition's rule, parameters (RFM cutoffs included) and input at
-    /// `now`. Segments that cannot run are returned beside the plan with the reason.
+    /// Resolves each definition's rule, parameters (RFM cutoffs as `cutoffs` says) and
+    /// input at `now`. Segments that cannot run are returned beside the plan with the reason.
     pub async fn new(
         registry: &Registry,
         store: &Store,
         defs: &[SegmentDefinition],
         now: i64,
+        cutoffs: Cutoffs,
     ) -> Result<(Plan, Vec<(String, EvaluateError)>), StoreError> {
         let (mut segments, mut refused) = (Vec::new(), Vec::new());
         for def in defs {
-            let def = resolve_auto_params(store, def, now).await?;
+            let (def, cutoffs_at) = resolve_auto_params(store, def, now, cutoffs).await?;
             match segment_context(registry, &def, now) {
                 Ok((plugin, ctx)) => {
                     let PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by segment_context") };
                     let query = info.input.clone();
-                    segments.push(PlannedSegment { def, plugin, ctx, query });
+                    segments.push(PlannedSegment { def, plugin, ctx, query, cutoffs_at });
                 }
                 Err(e) => refused.push((def.name.clone(), e)),
             }

@@ -33,7 +33,7 @@ fn reads_contact_trait(query: &InputQuery) -> bool {
 pub async fn edge_segments(state: &AppState, now: i64) -> Result<Vec<PlannedSegment>, ApiError> {
     let store = &state.customer_data()?.store;
     let defs = store.segments().await?;
-    let (plan, _) = Plan::new(&state.registry, store, &defs, now).await?;
+    let (plan, _) = Plan::new(&state.registry, store, &defs, now, crate::batch::Cutoffs::Recorded).await?;
     Ok(plan.segments.into_iter().filter(|s| fits_token(&s.query)).collect())
 }
 
@@ -182,7 +182,7 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
             s.def.slot.clone(),
             json!({"kind": "rule", "digest": s.plugin.digest(), "version": s.plugin.info().version(), "input": query_json(&s.query)}),
         );
-        segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query)}));
+        segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query), "cutoffs_at": s.cutoffs_at}));
     }
     let queries = token_queries(state, &catalog, edge.iter().map(|s| &s.query));
     let (traits, aggregates) = token_fields(&queries);
@@ -258,7 +258,12 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
                     let mut segments = profile.segments.take().unwrap_or_default();
                     apply_verdict(&mut segments, &s.def.name, &verdict, now);
                     profile.segments = Some(segments);
-                    verdicts.push(json!({"segment": s.def.name, "member": verdict.member, "label": verdict.label, "reason": verdict.reason}));
+                    let mut v = json!({"segment": s.def.name, "member": verdict.member, "label": verdict.label, "reason": verdict.reason});
+                    // The cutoffs' version, so an RFM verdict says which ones it used.
+                    if let Some(at) = s.cutoffs_at {
+                        v["cutoffs_at"] = json!(at);
+                    }
+                    verdicts.push(v);
                 }
                 Err(e) => verdicts.push(json!({"segment": s.def.name, "error": e.to_string()})),
             }

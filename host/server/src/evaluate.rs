@@ -142,10 +142,32 @@ fn quintile_cutoffs(mut values: Vec<f64>) -> String {
 
 /// The definition with every `"auto"` RFM cutoff replaced by the population's quintiles at
 /// `now`; unchanged when it asks for none.
-pub(crate) async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, now: i64) -> Result<SegmentDefinition, StoreError> {
+/// Where a run takes `auto` RFM cutoffs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoffs {
+    /// Those recorded on the segment's schedule, so every evaluation between two
+    /// scheduled runs (real time, reference decisions, the edge's bundle, other hosts on
+    /// the same database) uses the same ones; computed and recorded now if there are none
+    /// for the segment's current parameters.
+    Recorded,
+    /// Computed afresh at `now` and recorded: a scheduled run, or a segment's first.
+    Refresh,
+    /// Computed at `now` for this run only: a preview of another time.
+    AtNow,
+}
+
+/// The definition with its `auto` parameters resolved, and when those cutoffs were
+/// computed (`None` for a definition without any).
+pub(crate) async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, now: i64, cutoffs: Cutoffs) -> Result<(SegmentDefinition, Option<i64>), StoreError> {
     let wants_auto = RFM_CUTOFFS.iter().any(|name| def.params.get(name).and_then(|v| v.as_str()) == Some("auto"));
     if !wants_auto {
-        return Ok(def.clone());
+        return Ok((def.clone(), None));
+    }
+    if cutoffs == Cutoffs::Recorded
+        && let Some((from, resolved, at)) = store.cutoffs(&def.name).await?
+        && from == def.params
+    {
+        return Ok((SegmentDefinition { params: resolved, ..def.clone() }, Some(at)));
     }
     let population = store.rfm_population(now).await?;
     let columns = [
@@ -160,13 +182,16 @@ pub(crate) async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, 
         }
     }
     tracing::debug!(segment = def.name, params = %resolved.params, "RFM cutoffs for this run");
-    Ok(resolved)
+    if cutoffs != Cutoffs::AtNow {
+        store.record_cutoffs(&def.name, &def.params, &resolved.params, now).await?;
+    }
+    Ok((resolved, Some(now)))
 }
 
 /// Evaluates a segment over every stored profile at `now`, in pages on both cores.
 /// Returns (evaluated, failed).
 pub(crate) async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<(usize, usize), EvaluateError> {
-    let (plan, refused) = Plan::new(registry, store, std::slice::from_ref(def), now).await?;
+    let (plan, refused) = Plan::new(registry, store, std::slice::from_ref(def), now, Cutoffs::Refresh).await?;
     if let Some((_, e)) = refused.into_iter().next() {
         return Err(e);
     }
@@ -211,7 +236,7 @@ pub(crate) async fn schedule_loop(
             continue;
         }
         let started = std::time::Instant::now();
-        let (plan, refused) = match Plan::new(&registry, &ingestion.store, &due, now).await {
+        let (plan, refused) = match Plan::new(&registry, &ingestion.store, &due, now, Cutoffs::Refresh).await {
             Ok(planned) => planned,
             Err(e) => {
                 tracing::error!("the scheduler cannot plan a run: {e}");
@@ -342,8 +367,8 @@ async fn realtime_plan(registry: &Registry, store: &Store, cache: &mut AutoParam
     for def in store.segments().await?.into_iter().filter(|s| s.schedule == "realtime") {
         match cache.get(&def.name) {
             Some((params, at, done)) if *params == def.params && now - at < AUTO_PARAMS_FOR && done.slot == def.slot => resolved.push(done.clone()),
-            _ => match resolve_auto_params(store, &def, now).await {
-                Ok(done) => {
+            _ => match resolve_auto_params(store, &def, now, Cutoffs::Recorded).await {
+                Ok((done, _)) => {
                     cache.insert(def.name.clone(), (def.params.clone(), now, done.clone()));
                     resolved.push(done);
                 }
@@ -351,7 +376,7 @@ async fn realtime_plan(registry: &Registry, store: &Store, cache: &mut AutoParam
             },
         }
     }
-    let (plan, refused) = Plan::new(registry, store, &resolved, now).await?;
+    let (plan, refused) = Plan::new(registry, store, &resolved, now, Cutoffs::Recorded).await?;
     for (segment, e) in refused {
         tracing::warn!(segment, "real-time evaluation skipped a segment: {e}");
     }

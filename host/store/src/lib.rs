@@ -143,6 +143,19 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::mark_run(db, &name, at)))
     }
 
+    /// The RFM cutoffs a segment's parameters last resolved to: (the parameters they were
+    /// resolved from, the resolved parameters, when).
+    pub async fn cutoffs(&self, name: &str) -> Result<Option<(serde_json::Value, serde_json::Value, i64)>, StoreError> {
+        let name = name.to_string();
+        on_backend!(self.read(|db, _mapping| logic::cutoffs(db, &name)))
+    }
+
+    /// Records what a segment's parameters resolved to at `at`.
+    pub async fn record_cutoffs(&self, name: &str, from: &serde_json::Value, resolved: &serde_json::Value, at: i64) -> Result<(), StoreError> {
+        let (name, from, resolved) = (name.to_string(), from.clone(), resolved.clone());
+        on_backend!(self.write(|db, _mapping| logic::record_cutoffs(db, &name, &from, &resolved, at)))
+    }
+
     /// Every segment definition, by name.
     pub async fn segments(&self) -> Result<Vec<SegmentDefinition>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::segments(db)))

@@ -552,6 +552,24 @@ pub(crate) fn segments(db: &mut impl Db) -> Result<Vec<SegmentDefinition>, Store
         .collect())
 }
 
+/// The cutoffs a segment's parameters resolved to: (the parameters they were resolved from,
+/// the resolved parameters, when).
+pub(crate) fn cutoffs(db: &mut impl Db, name: &str) -> Result<Option<(Value, Value, i64)>, StoreError> {
+    Ok(db.query_opt("SELECT from_params, resolved, computed_at FROM segment_cutoffs WHERE segment = ?1", &[P::Text(name)])?.map(|r| {
+        (serde_json::from_str(&r.text(0)).unwrap_or(Value::Null), serde_json::from_str(&r.text(1)).unwrap_or(Value::Null), r.int(2))
+    }))
+}
+
+/// Records what a segment's parameters resolved to at `at`, replacing what was there.
+pub(crate) fn record_cutoffs(db: &mut impl Db, name: &str, from: &Value, resolved: &Value, at: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO segment_cutoffs (segment, from_params, resolved, computed_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (segment) DO UPDATE SET from_params = excluded.from_params, resolved = excluded.resolved, computed_at = excluded.computed_at",
+        &[P::Text(name), P::Text(&from.to_string()), P::Text(&resolved.to_string()), P::Int(at)],
+    )
+    .map(drop)
+}
+
 /// Records that a segment was evaluated over every profile at `at`.
 pub(crate) fn mark_run(db: &mut impl Db, name: &str, at: i64) -> Result<(), StoreError> {
     db.execute("UPDATE segments SET last_run = ?2 WHERE name = ?1", &[P::Text(name), P::Int(at)]).map(drop)

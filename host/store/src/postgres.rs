@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/postgres/0007_journeys.sql")),
     (8, include_str!("../migrations/postgres/0008_journey_sends_by_run.sql")),
     (9, include_str!("../migrations/postgres/0009_written_by_browser.sql")),
+    (10, include_str!("../migrations/postgres/0010_segment_cutoffs.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/sqlite/0007_journeys.sql")),
     (8, include_str!("../migrations/sqlite/0008_journey_sends_by_run.sql")),
     (9, include_str!("../migrations/sqlite/0009_written_by_browser.sql")),
+    (10, include_str!("../migrations/sqlite/0010_segment_cutoffs.sql")),
 ];
 
 /// The least time between checkpoints.

@@ -386,7 +386,7 @@ export function evaluateSegments(profile, now, isolation = "restore") {
     if (v.member && at >= 0) profile.segments[at].label = v.label;
     else if (v.member) profile.segments = [...profile.segments, { segment: s.name, label: v.label, since: BigInt(now) }].sort(byName);
     else if (at >= 0) profile.segments.splice(at, 1);
-    verdicts.push({ segment: s.name, member: v.member, label: v.label ?? null, reason: v.reason });
+    verdicts.push({ segment: s.name, member: v.member, label: v.label ?? null, reason: v.reason, ...(s.cutoffs_at == null ? {} : { cutoffs_at: s.cutoffs_at }) });
   }
   return verdicts;
 }
