@@ -764,6 +764,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     ];
     let mut posts: Vec<(&str, Vec<u8>)> = posts.into_iter().map(|(name, body)| (name, body.into_bytes())).collect();
     posts.push(("bytes that are not UTF-8", b"{\"slots\": [\"he\xffro\"]}".to_vec()));
+    posts.push(("a body over 2 MiB", format!("{{\"slots\": [\"hero\"], \"x\": \"{}\"}}", "x".repeat(3 << 20)).into_bytes()));
     for (name, body) in &posts {
         let send = |base: &str| {
             s.http

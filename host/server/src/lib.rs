@@ -246,7 +246,20 @@ pub fn app(state: AppState) -> Router {
         .merge(api::segments::router(state.clone()))
         .merge(api::tiles::admin_router(state.clone()))
         .merge(api::journeys::router(state.clone()))
+        .layer(axum::middleware::map_response(json_too_large))
         .with_state(state)
+}
+
+/// What the body-size limit answers, in our JSON error shape rather than axum's plain text,
+/// so a client (and the edge, which says the same) can read it.
+pub const TOO_LARGE: &str = "the body is over this endpoint's size limit";
+
+async fn json_too_large(response: axum::response::Response) -> axum::response::Response {
+    let plain = response.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && plain {
+        return axum::response::IntoResponse::into_response(ApiError::TooLarge(TOO_LARGE.into()));
+    }
+    response
 }
 
 /// Loads the tile catalog at start and re-reads it every few seconds, so offers changed on

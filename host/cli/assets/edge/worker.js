@@ -484,9 +484,17 @@ const MAX_TOKEN_BYTES = 16 << 10;
 // serde_json's nesting limit.
 const MAX_DEPTH = 128;
 
-class BadRequest {
+/** A 4xx the handler answers with, in the host's JSON error shape. */
+class HttpError {
+  constructor(status, body) {
+    this.status = status;
+    this.body = body;
+  }
+}
+
+class BadRequest extends HttpError {
   constructor(field, message, code = "invalid_field") {
-    this.body = { error: field == null ? { code, message } : { code, field, message } };
+    super(400, { error: field == null ? { code, message } : { code, field, message } });
   }
 }
 
@@ -532,11 +540,17 @@ function serdeAccepts(v, depth = 1) {
   return true;
 }
 
+// The host's limit for a tile request's body (axum's default), and its words.
+const MAX_BODY_BYTES = 2 << 20;
+const TOO_LARGE = "the body is over this endpoint's size limit";
+
 async function parseBody(request) {
+  const raw = await request.arrayBuffer();
+  if (raw.byteLength > MAX_BODY_BYTES) throw new HttpError(413, { error: { code: "too_large", message: TOO_LARGE } });
   let body;
   try {
     // As serde_json reads bytes: UTF-8 only, and a byte-order mark is not whitespace.
-    body = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(await request.arrayBuffer()));
+    body = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(raw));
   } catch {
     body = undefined;
   }
@@ -658,7 +672,7 @@ export default {
       if (url.pathname === "/__rekindle/health") return json({ ok: true, generated_at: snapshot.generated_at });
       return json({ error: { code: "not_found", message: "not found" } }, 404);
     } catch (e) {
-      if (e instanceof BadRequest) return json(e.body, 400);
+      if (e instanceof HttpError) return json(e.body, e.status);
       // Never a 500 for a page: whatever went wrong, the answer is an empty decision list.
       console.error("rekindle edge:", e && e.stack ? e.stack : e);
       return json({ error: { code: "internal", message: "internal error" } }, 500);
