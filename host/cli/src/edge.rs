@@ -86,6 +86,13 @@ fn get(url: &str, token: &str) -> anyhow::Result<Vec<u8>> {
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/');
     let snapshot: Value = serde_json::from_slice(&get(&format!("{base}/admin/edge/snapshot"), &args.admin_token)?)?;
+    let version = snapshot["version"].as_u64().unwrap_or_default();
+    if version != rekindle_server::edge::SNAPSHOT_VERSION {
+        bail!(
+            "{base} sends an edge snapshot of version {version}; this rekindle builds bundles from version {}. Use the same release of rekindle for the host and the build",
+            rekindle_server::edge::SNAPSHOT_VERSION
+        );
+    }
     let plugins = snapshot["plugins"].as_object().context("the snapshot lists no plugins")?.clone();
     if snapshot["slots"].as_array().is_none_or(Vec::is_empty) {
         bail!("{base} defines no tile slots; define one (POST /v1/tile-slots) before building an edge bundle");

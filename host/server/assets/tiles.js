@@ -182,7 +182,14 @@
         // The edge marks an answer stale when the token predates the catalog it decides
         // from: the origin then answers, once, with a fresh token for the next page.
         var stale = edge && (answer.decisions || []).some(function (d) { return d.stale; });
-        return stale ? send("/v1/tiles", body, false).then(keepToken).then(decisions) : answer;
+        if (!stale) return answer;
+        // The edge's answer stands when the origin cannot be reached or will not answer;
+        // a token the origin does not renew (an erased person) is dropped.
+        return send("/v1/tiles", body, false).then(function (response) {
+          if (!response.ok) return answer;
+          if (!response.headers.get("x-rekindle-token")) forgetToken();
+          return keepToken(response).json();
+        }).catch(function () { return answer; });
       })
       .then(function (answer) {
         (answer.decisions || []).forEach(function (decision) {

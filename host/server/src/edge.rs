@@ -91,8 +91,8 @@ pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result
     let Some(full) = full_profile(store, queries.iter().collect(), id, now).await? else { return Ok(None) };
     let (traits, aggregates) = token_fields(&queries);
     let user_ids = store.profile(&full.id, 0).await?.map(|record| record.user_ids).unwrap_or_default();
-    let segments = store.segments().await?.into_iter().map(|def| def.name).collect();
-    let catalog = Some(TokenCatalog { traits: traits.clone(), aggregates: aggregates.clone(), segments });
+    // Read after the queries above, so every segment defined by `at` is in the memberships.
+    let catalog = Some(TokenCatalog { at: state.clock.now(), traits: traits.clone(), aggregates: aggregates.clone() });
     let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> {
         fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect()
     };
@@ -188,14 +188,15 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
     let (traits, aggregates) = token_fields(&queries);
     let limits = state.registry.runtime().limits();
     Ok(json!({
-        "version": 1,
+        "version": SNAPSHOT_VERSION,
         "generated_at": now,
         "latest_timestamp": rekindle_runtime::json::LATEST_TIMESTAMP,
         "limits": {"rule": limits_json(limits.rule), "tiles": limits_json(limits.tiles)},
-        // What a token must cover for the edge to answer from it: these names, and every
-        // segment defined (the edge cannot know a membership the token does not report).
+        // What a token must cover for the edge to answer from it: these names, and the
+        // latest segment definition (the edge cannot know a membership the token does not
+        // report), so its catalog must be read after this.
         "token": {"traits": traits, "aggregates": aggregates,
-                  "segments": store_segment_names(state).await?},
+                  "segments_changed_at": state.customer_data()?.store.segments_changed_at().await?},
         "plugins": plugins,
         "slots": slots,
         "offers": offers,
@@ -203,10 +204,9 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
     }))
 }
 
-/// Every segment defined, by name.
-async fn store_segment_names(state: &AppState) -> Result<Vec<String>, ApiError> {
-    Ok(state.customer_data()?.store.segments().await?.into_iter().map(|def| def.name).collect())
-}
+/// The snapshot's shape; `rekindle edge build` refuses any other, since its worker reads
+/// exactly this one.
+pub const SNAPSHOT_VERSION: u64 = 2;
 
 /// What a call may use at the edge, as at the host, with the host's words for a timeout.
 fn limits_json(limits: Limits) -> Value {

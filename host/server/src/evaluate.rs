@@ -39,6 +39,9 @@ pub fn derive_aggregates(input: &mut serde_json::Value) {
     }
     let Some(events) = profile.get("events").and_then(serde_json::Value::as_array) else { return };
     let mapping = rekindle_store::EventMapping::default();
+    if !events.iter().any(|e| e.get("name").and_then(serde_json::Value::as_str) == Some(mapping.order_completed.as_str())) {
+        return;
+    }
     let mut computed = Computed::default();
     for event in events {
         if event.get("name").and_then(serde_json::Value::as_str) != Some(mapping.order_completed.as_str()) {
@@ -52,12 +55,8 @@ pub fn derive_aggregates(input: &mut serde_json::Value) {
     profile.insert("aggregates".into(), rekindle_runtime::json::fields_to_json(&aggregates(&computed)));
 }
 
-/// The profile `id` names, cut to `query` as seen at `now`; `None` when nobody matched.
-pub(crate) async fn rule_profile(store: &Store, id: &str, query: &InputQuery, now: i64) -> Result<Option<Profile>, StoreError> {
-    profile_at(store, id, query, now, false).await
-}
-
-/// As [`rule_profile`]; with `replay`, the computed traits are refolded from the events up
+/// The profile `id` names, cut to `query` as seen at `now`, `None` when nobody matched;
+/// with `replay`, the computed traits are refolded from the events up
 /// to `now`, so a past `now` sees the customer as they were then.
 pub(crate) async fn profile_at(store: &Store, id: &str, query: &InputQuery, now: i64, replay: bool) -> Result<Option<Profile>, StoreError> {
     let Some(mut record) = store.profile(id, 0).await? else { return Ok(None) };
@@ -147,10 +146,12 @@ fn quintile_cutoffs(mut values: Vec<f64>) -> String {
 pub enum Cutoffs {
     /// Those recorded on the segment's schedule, so every evaluation between two
     /// scheduled runs (real time, reference decisions, the edge's bundle, other hosts on
-    /// the same database) uses the same ones; computed and recorded now if there are none
-    /// for the segment's current parameters.
+    /// the same database) uses the same ones; computed for this run only while there are
+    /// none for the segment's current parameters (the scheduler records them at start).
+    /// Never recorded from here: an admin read at a chosen `now` must not set them.
     Recorded,
-    /// Computed afresh at `now` and recorded: a scheduled run, or a segment's first.
+    /// Computed afresh at `now` and recorded: a scheduled run, a segment's first, a run
+    /// asked for now.
     Refresh,
     /// Computed at `now` for this run only: a preview of another time.
     AtNow,
@@ -182,7 +183,7 @@ pub(crate) async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, 
         }
     }
     tracing::debug!(segment = def.name, params = %resolved.params, "RFM cutoffs for this run");
-    if cutoffs != Cutoffs::AtNow {
+    if cutoffs == Cutoffs::Refresh {
         store.record_cutoffs(&def.name, &def.params, &resolved.params, now).await?;
     }
     Ok((resolved, Some(now)))
@@ -218,6 +219,19 @@ pub(crate) async fn schedule_loop(
     clock: crate::Clock,
     tick: std::time::Duration,
 ) {
+    // Segments with auto cutoffs and none recorded for their parameters (defined before
+    // cutoffs were recorded) get them now, at the real clock.
+    match ingestion.store.segments().await {
+        Ok(all) => {
+            for def in all {
+                let recorded = ingestion.store.cutoffs(&def.name).await.ok().flatten().is_some_and(|(from, _, _)| from == def.params);
+                if !recorded && let Err(e) = resolve_auto_params(&ingestion.store, &def, clock.now(), Cutoffs::Refresh).await {
+                    tracing::error!(segment = def.name, "could not record RFM cutoffs: {e}");
+                }
+            }
+        }
+        Err(e) => tracing::error!("the scheduler cannot read segments: {e}"),
+    }
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

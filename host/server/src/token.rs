@@ -69,16 +69,17 @@ pub struct Claims {
     pub catalog: Option<TokenCatalog>,
 }
 
-/// The catalog a token was issued for: the trait and aggregate names it was built to
-/// carry (a name absent from `traits` then means the person has no such trait, not that
-/// the token does not know), and every segment defined then (one absent from the
-/// memberships then means not a member). The edge answers from a token only when it
-/// covers everything the bundle reads, and otherwise marks the answer stale.
+/// The catalog a token was issued for: when it was read (every segment defined by then
+/// is in the memberships, so one absent means not a member), and the trait and aggregate
+/// names the token was built to carry (a name absent from `traits` then means the person
+/// has no such trait, not that the token does not know). A time rather than the segment
+/// names, so a token does not grow with the catalog. The edge answers from a token only
+/// when it covers everything the bundle reads, and otherwise marks the answer stale.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TokenCatalog {
+    pub at: i64,
     pub traits: Vec<String>,
     pub aggregates: Vec<String>,
-    pub segments: Vec<String>,
 }
 
 /// A contract value in the token's typed JSON form.
@@ -152,7 +153,7 @@ pub fn seal(claims: &Claims, key: &TokenKey) -> String {
         "ag": typed_fields(&claims.aggregates),
         "tz": claims.timezone,
         "uid": claims.user_ids,
-        "cat": claims.catalog.as_ref().map(|c| json!({"tr": c.traits, "ag": c.aggregates, "sg": c.segments})),
+        "cat": claims.catalog.as_ref().map(|c| json!({"at": c.at, "tr": c.traits, "ag": c.aggregates})),
     })
     .to_string();
     let mut nonce = [0u8; NONCE_BYTES];
@@ -238,7 +239,7 @@ pub fn open(token: &str, key: &TokenKey, now: i64) -> Result<Claims, TokenError>
             },
             catalog: match json.get("cat") {
                 None | Some(Json::Null) => None,
-                Some(c) => Some(TokenCatalog { traits: texts(c.get("tr")?)?, aggregates: texts(c.get("ag")?)?, segments: texts(c.get("sg")?)? }),
+                Some(c) => Some(TokenCatalog { at: time(c.get("at")?)?, traits: texts(c.get("tr")?)?, aggregates: texts(c.get("ag")?)? }),
             },
         })
     })()
@@ -266,7 +267,7 @@ mod tests {
             ],
             timezone: Some("Europe/Paris".into()),
             user_ids: vec!["ann@example.com".into()],
-            catalog: Some(TokenCatalog { traits: vec!["first_name".into()], aggregates: vec!["order_count".into()], segments: vec!["VIP".into()] }),
+            catalog: Some(TokenCatalog { at: 1_000, traits: vec!["first_name".into()], aggregates: vec!["order_count".into()] }),
         }
     }
 
@@ -476,9 +477,9 @@ mod tests {
             ("user ids", seal_raw(&with_uid(json!(["u1"])), SECRET, 24)),
             ("user ids not a list", seal_raw(&with_uid(json!("u1")), SECRET, 25)),
             ("a user id not text", seal_raw(&with_uid(json!([1])), SECRET, 26)),
-            ("a catalog", seal_raw(&with_catalog(json!({"tr": ["first_name"], "ag": [], "sg": ["VIP"]})), SECRET, 27)),
-            ("a catalog without segments", seal_raw(&with_catalog(json!({"tr": [], "ag": []})), SECRET, 28)),
-            ("a catalog with a number", seal_raw(&with_catalog(json!({"tr": [5], "ag": [], "sg": []})), SECRET, 29)),
+            ("a catalog", seal_raw(&with_catalog(json!({"at": NOW - 1_000, "tr": ["first_name"], "ag": []})), SECRET, 27)),
+            ("a catalog without its time", seal_raw(&with_catalog(json!({"tr": [], "ag": []})), SECRET, 28)),
+            ("a catalog with a number", seal_raw(&with_catalog(json!({"at": NOW, "tr": [5], "ag": []})), SECRET, 29)),
             ("a catalog that is null", seal_raw(&with_catalog(Json::Null), SECRET, 30)),
         ];
         cases.retain(|(name, token)| *name == "canonical" || token != &canonical);

@@ -156,6 +156,11 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::record_cutoffs(db, &name, &from, &resolved, at)))
     }
 
+    /// When a segment was last defined or redefined; `None` while there are none.
+    pub async fn segments_changed_at(&self) -> Result<Option<i64>, StoreError> {
+        on_backend!(self.read(|db, _mapping| logic::segments_changed_at(db)))
+    }
+
     /// Every segment definition, by name.
     pub async fn segments(&self) -> Result<Vec<SegmentDefinition>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::segments(db)))

@@ -537,6 +537,11 @@ pub(crate) fn upsert_segment(db: &mut impl Db, def: &SegmentDefinition, at: i64)
     .map(drop)
 }
 
+/// When a segment was last defined or redefined, the latest of them; `None` without any.
+pub(crate) fn segments_changed_at(db: &mut impl Db) -> Result<Option<i64>, StoreError> {
+    Ok(db.query_opt("SELECT MAX(updated_at) FROM segments", &[])?.and_then(|r| r.opt_int(0)))
+}
+
 /// Every segment definition, by name.
 pub(crate) fn segments(db: &mut impl Db) -> Result<Vec<SegmentDefinition>, StoreError> {
     Ok(db

@@ -325,7 +325,7 @@ export async function profileFromToken(token, secret, now) {
   if (!Array.isArray(userIds) || !userIds.every(isText)) return null;
   const texts = (list) => Array.isArray(list) && list.every(isText);
   const cat = claims.cat ?? null;
-  if (cat !== null && (typeof cat !== "object" || Array.isArray(cat) || !texts(cat.tr) || !texts(cat.ag) || !texts(cat.sg))) return null;
+  if (cat !== null && (typeof cat !== "object" || Array.isArray(cat) || !isTime(cat.at) || !texts(cat.tr) || !texts(cat.ag))) return null;
   return {
     id: claims.sub,
     traits,
@@ -341,13 +341,15 @@ export async function profileFromToken(token, secret, now) {
 }
 
 /** Whether a token's catalog covers everything this bundle reads: each trait and
- * aggregate the token must carry, and each segment defined when the bundle was built.
- * When it does, the edge's answer is provably the origin's; when it does not (the catalog
- * changed after the token was issued), the answer is marked stale. */
+ * aggregate the token must carry, and every segment as last defined before the bundle was
+ * built (the token's catalog read after that). When it does, the edge's answer is
+ * provably the origin's; when it does not (the catalog changed after the token was
+ * issued), the answer is marked stale. */
 function covers(cat) {
   if (!cat) return false;
   const need = snapshot.token;
-  return need.traits.every((n) => cat.tr.includes(n)) && need.aggregates.every((n) => cat.ag.includes(n)) && need.segments.every((n) => cat.sg.includes(n));
+  const segmentsKnown = need.segments_changed_at == null || cat.at > need.segments_changed_at;
+  return segmentsKnown && need.traits.every((n) => cat.tr.includes(n)) && need.aggregates.every((n) => cat.ag.includes(n));
 }
 
 /** The profile cut to a plugin's declared input, as the host's filter_profile does. */

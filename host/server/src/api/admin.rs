@@ -155,7 +155,10 @@ async fn evaluate_stored(
     };
     let overrides = json::fields_from_json(options.get("params"), "params")?;
     let ctx = rekindle_runtime::wit::Context { now, params: rekindle_runtime::merge_params(&info.params, &overrides)? };
-    let profile = crate::evaluate::rule_profile(&ingestion.store, &profile_id, &info.input, now)
+    // Another time sees the customer as they were then: computed traits refolded from the
+    // orders up to `now`, as an event-reading rule would have seen only those.
+    let replay = now != state.clock.now();
+    let profile = crate::evaluate::profile_at(&ingestion.store, &profile_id, &info.input, now, replay)
         .await
         ?
         .ok_or_else(|| ApiError::NotFound(format!("no profile for `{profile_id}`")))?;

@@ -115,7 +115,8 @@ async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     };
     let now = state.clock.now();
     let started = std::time::Instant::now();
-    let (plan, refused) = crate::batch::Plan::new(&state.registry, store, &wanted, now, crate::batch::Cutoffs::AtNow).await?;
+    // A run like a scheduled one: its cutoffs become the ones everything else uses.
+    let (plan, refused) = crate::batch::Plan::new(&state.registry, store, &wanted, now, crate::batch::Cutoffs::Refresh).await?;
     if let Some((name, e)) = refused.into_iter().next() {
         return Err(ApiError::field("segments", format!("segment `{name}` cannot run: {e}")));
     }
