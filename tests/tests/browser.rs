@@ -241,3 +241,69 @@ async fn the_snippet_refuses_links_that_are_not_http_urls_or_site_paths() {
     assert_eq!(rendered, "[\"/sale\"]");
     assert_eq!(page.eval("document.querySelectorAll('img').length").await, 0);
 }
+
+/// An edge that marks its answer stale (the visitor's token predates the catalog) gets
+/// the origin's answer instead, once, and the origin's fresh token is kept; when the
+/// origin cannot answer, the edge's answer stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_edge_answer_is_replaced_by_the_origins_once() {
+    let Some(binary) = chromium() else { return };
+    let tile = |id: &str, link: &str| json!({"decision_id": format!("d-{id}"), "offer_id": id, "title": id, "body": "", "image": null, "link": link, "voucher": null, "plugin": null});
+    let from_edge = json!({"decisions": [{"slot": "home-hero", "fallback": false, "stale": true, "tiles": [tile("edge", "/from-edge")]}]});
+    let from_origin = json!({"decisions": [{"slot": "home-hero", "fallback": false, "tiles": [tile("origin", "/from-origin")]}]});
+    let snippet = include_str!("../../host/server/assets/tiles.js");
+    let origin_asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for origin_answers in [true, false] {
+        let asked = origin_asked.clone();
+        let answer = from_origin.clone();
+        let router = axum::Router::new()
+            .route("/v1/tiles.js", axum::routing::get(move || async move { ([("content-type", "text/javascript")], snippet) }))
+            .route(
+                "/v1/tiles",
+                axum::routing::post(move || {
+                    let (asked, answer) = (asked.clone(), answer.clone());
+                    async move {
+                        asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let status = if origin_answers { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+                        (status, [("access-control-allow-origin", "*"), ("access-control-expose-headers", "x-rekindle-token"), ("x-rekindle-token", "fresh-token")], axum::Json(answer))
+                    }
+                }),
+            )
+            .route("/v1/track", axum::routing::post(|| async { ([("access-control-allow-origin", "*")], "{}") }));
+        let host = rekindle_tests::serve(router).await;
+        let edge_answer = from_edge.clone();
+        let page = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/tiles/index.html")).unwrap();
+        // The edge sits on the shop's own origin, as a site would route it.
+        let edge_router = axum::Router::new()
+            .route("/tiles/", axum::routing::get({
+                let host = host.clone();
+                move |headers: axum::http::HeaderMap| {
+                    let origin = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+                    let page = page.replace("http://127.0.0.1:8080/v1/tiles.js\"", &format!("{host}/v1/tiles.js\" data-edge-url=\"http://{origin}/edge\""));
+                    async move { axum::response::Html(page) }
+                }
+            }))
+            .route("/edge/v1/tiles", axum::routing::post(move || async move { axum::Json(edge_answer.clone()) }));
+        let shop = rekindle_tests::serve(edge_router).await;
+
+        let browser = launch(&binary).await;
+        let mut page = Page::open(&browser).await;
+        page.call("Page.navigate", json!({"url": format!("{shop}/tiles/")})).await;
+        let started = Instant::now();
+        let rendered = loop {
+            let rendered = page.eval("JSON.stringify(Array.from(document.querySelectorAll('.rekindle-tile')).map(a => a.getAttribute('href')))").await;
+            if rendered.as_str().is_some_and(|r| r != "[]") {
+                break rendered;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no tile rendered; page: {}", page.eval("document.body.innerHTML").await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if origin_answers {
+            assert_eq!(rendered, "[\"/from-origin\"]");
+            assert!(page.eval("document.cookie").await.as_str().unwrap().contains("rekindle_token=fresh-token"));
+        } else {
+            assert_eq!(rendered, "[\"/from-edge\"]", "the edge's answer stands when the origin cannot answer");
+        }
+    }
+    assert_eq!(origin_asked.load(std::sync::atomic::Ordering::SeqCst), 2, "the origin is asked once per page");
+}
