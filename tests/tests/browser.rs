@@ -111,6 +111,19 @@ impl Page {
     }
 }
 
+/// The links of the tiles the page renders, once it renders any (JSON text).
+async fn rendered_links(page: &mut Page) -> Value {
+    let started = Instant::now();
+    loop {
+        let rendered = page.eval("JSON.stringify(Array.from(document.querySelectorAll('.rekindle-tile')).map(a => a.getAttribute('href')))").await;
+        if rendered.as_str().is_some_and(|r| r != "[]") {
+            return rendered;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no tile rendered; page: {}", page.eval("document.body.innerHTML").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Serves the shipped example page, pointed at `host`, from its own origin.
 async fn serve_page(host: &str) -> String {
     let page = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/tiles/index.html")).unwrap();
@@ -229,15 +242,7 @@ async fn the_snippet_refuses_links_that_are_not_http_urls_or_site_paths() {
     let browser = launch(&binary).await;
     let mut page = Page::open(&browser).await;
     page.call("Page.navigate", json!({"url": format!("{page_origin}/tiles/")})).await;
-    let started = Instant::now();
-    let rendered = loop {
-        let rendered = page.eval("JSON.stringify(Array.from(document.querySelectorAll('.rekindle-tile')).map(a => a.getAttribute('href')))").await;
-        if rendered.as_str().is_some_and(|r| r != "[]") {
-            break rendered;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "no tile rendered; page: {}", page.eval("document.body.innerHTML").await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let rendered = rendered_links(&mut page).await;
     assert_eq!(rendered, "[\"/sale\"]");
     assert_eq!(page.eval("document.querySelectorAll('img').length").await, 0);
 }
@@ -289,15 +294,7 @@ async fn a_stale_edge_answer_is_replaced_by_the_origins_once() {
         let browser = launch(&binary).await;
         let mut page = Page::open(&browser).await;
         page.call("Page.navigate", json!({"url": format!("{shop}/tiles/")})).await;
-        let started = Instant::now();
-        let rendered = loop {
-            let rendered = page.eval("JSON.stringify(Array.from(document.querySelectorAll('.rekindle-tile')).map(a => a.getAttribute('href')))").await;
-            if rendered.as_str().is_some_and(|r| r != "[]") {
-                break rendered;
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "no tile rendered; page: {}", page.eval("document.body.innerHTML").await);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let rendered = rendered_links(&mut page).await;
         if origin_answers {
             assert_eq!(rendered, "[\"/from-origin\"]");
             assert!(page.eval("document.cookie").await.as_str().unwrap().contains("rekindle_token=fresh-token"));
