@@ -500,11 +500,34 @@ class BadRequest extends HttpError {
   }
 }
 
+/** JSON as serde_json writes the host's answers: object keys in code-point order, no
+ * spaces, so an answer is the origin's byte for byte and so is its ETag. */
+export function canonical(v) {
+  if (Array.isArray(v)) return `[${v.map((item) => (item === undefined ? "null" : canonical(item))).join(",")}]`;
+  if (v && typeof v === "object") {
+    const keys = Object.keys(v).filter((k) => v[k] !== undefined).sort(byCodePoint);
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
 function json(body, status = 200) {
-  return new Response(JSON.stringify(body), {
+  return new Response(canonical(body), {
     status,
     headers: { "content-type": "application/json", "cache-control": "private" },
   });
+}
+
+/** A decision answer as the host's `cached` serves it: an ETag over the body, and 304
+ * when the page already holds this exact answer. */
+async function cached(request, body) {
+  const text = canonical(body);
+  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", encoder.encode(text)));
+  const etag = `"${Array.from(hash.slice(0, 10), (b) => b.toString(16).padStart(2, "0")).join("")}"`;
+  const given = request.headers.get("if-none-match");
+  const headers = { "cache-control": "private", etag };
+  if (given && given.split(",").some((tag) => tag.trim().replace(/^W\//, "") === etag)) return new Response(null, { status: 304, headers });
+  return new Response(text, { status: 200, headers: { "content-type": "application/json", ...headers } });
 }
 
 /** A string field of at most `max` UTF-8 bytes, empty meaning absent, as `optional_text`. */
@@ -602,7 +625,7 @@ async function decideOne(request, url, env, now) {
   const pageUrl = optionalText(get("url"), "url", MAX_URL_BYTES);
   const { profile } = await visitor(token, env, now, "restore", userId);
   const answer = await decide(slot, profile, now, pageUrl);
-  return answer ? json(answer) : json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
+  return answer ? cached(request, answer) : json({ error: { code: "not_found", message: `no tile slot \`${slot}\`` } }, 404);
 }
 
 async function decideMany(request, env, now) {
@@ -629,7 +652,7 @@ async function decideMany(request, env, now) {
   for (const name of names) {
     decisions.push((await decide(name, profile, now, pageUrl)) ?? { slot: name, error: `no tile slot \`${name}\``, fallback: true, tiles: [] });
   }
-  return json({ decisions });
+  return cached(request, { decisions });
 }
 
 /** The test endpoint: `{token, slot, now, repeat?}` decided as the host's
