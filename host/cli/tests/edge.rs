@@ -171,7 +171,7 @@ impl Setup {
     /// Builds and serves the bundle again, after a change to the host's catalog.
     async fn rebuild(&mut self) {
         let bundle = self.work.path().join(format!("bundle-{}", free_port()));
-        let (workerd, edge, _) = serve_bundle(&self.workerd_binary, &self.http, &self.base, &bundle).await;
+        let (workerd, edge, _) = serve_bundle(&self.workerd_binary, &self.base, &bundle).await;
         self.workerd = workerd;
         self.edge = edge;
     }
@@ -217,7 +217,7 @@ impl Setup {
 
 /// Builds an edge bundle from the host at `base` into `bundle` with the CLI and serves it
 /// in workerd on a free loopback port: the process, its URL and the build's summary.
-async fn serve_bundle(workerd: &PathBuf, http: &reqwest::Client, base: &str, bundle: &std::path::Path) -> (Workerd, String, String) {
+async fn serve_bundle(workerd: &PathBuf, base: &str, bundle: &std::path::Path) -> (Workerd, String, String) {
     let built = rekindle().args(["edge", "build", "--url", base, "--out"]).arg(bundle).env("REKINDLE_ADMIN_TOKEN", ADMIN).output().unwrap();
     assert!(built.status.success(), "{}", text(&built.stderr));
     for file in ["worker.js", "components.js", "snapshot.json", "workerd.capnp", "wrangler.toml"] {
@@ -237,11 +237,7 @@ async fn serve_bundle(workerd: &PathBuf, http: &reqwest::Client, base: &str, bun
             .unwrap(),
     );
     let edge = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http.get(format!("{edge}/__rekindle/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "workerd did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_until_up(&format!("{edge}/__rekindle/health"), "workerd", Duration::from_secs(30)).await;
     (process, edge, text(&built.stdout))
 }
 
@@ -412,7 +408,7 @@ async fn setup() -> Option<Setup> {
     }
 
     // The bundle, built by the CLI from the running host, served by workerd on loopback.
-    let (workerd, edge, summary) = serve_bundle(&workerd, &http, &base, &work.path().join("bundle")).await;
+    let (workerd, edge, summary) = serve_bundle(workerd, &base, &work.path().join("bundle")).await;
     assert!(summary.contains("11 slot(s), 32 offer(s), 12 edge segment(s), 12 component(s)"), "{summary}");
     Some(Setup {
         http,

@@ -346,7 +346,6 @@ impl TileService {
 
     /// Decides a slot for a visitor whose full profile (or the failure to read it) is
     /// already known: the part of a decision the edge repeats.
-    #[allow(clippy::too_many_arguments)]
     pub async fn decide_for(
         &self,
         registry: &Registry,

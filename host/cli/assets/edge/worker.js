@@ -177,21 +177,12 @@ function oversize(size, limits) {
 // ---------------------------------------------------------------------------------------
 // Values, profiles and tokens.
 
-/** A contract value from the typed JSON the server writes (["i", "42"], ["t", "Ann"], ...). */
-function value([tag, val]) {
-  switch (tag) {
-    case "z": return { tag: "null" };
-    case "b": return { tag: "boolean", val };
-    case "i": return { tag: "integer", val: BigInt(val) };
-    case "n": return { tag: "number", val };
-    case "t": return { tag: "text", val };
-    case "j": return { tag: "json", val };
-    default: throw new Error(`unknown value tag ${tag}`);
-  }
-}
-
+/** Typed fields from the snapshot (["name", "i", "42"], ...), read as a token's are; the
+ * host wrote them, so one that does not read is a broken bundle. */
 function fields(list) {
-  return list.map(([name, ...typed]) => ({ name, value: value(typed) }));
+  const out = typedFields(list);
+  if (!out) throw new Error("the snapshot holds a typed field that does not read");
+  return out;
 }
 
 function sameValue(a, b) {
@@ -446,7 +437,7 @@ export async function decide(slotName, profile, now, pageUrl, isolation = "resto
   const offered = snapshot.offers
     .filter((o) => o.offer.slot === slot.name)
     .filter((o) => (o.valid_from == null || o.valid_from <= now) && (o.offer.validUntil == null || now < o.offer.validUntil))
-    .filter((o) => o.traits.every(([name, ...want]) => profile && profile.traits.some((f) => f.name === name && sameValue(f.value, value(want)))))
+    .filter((o) => o.traits.every(([name, ...want]) => profile && profile.traits.some((f) => f.name === name && sameValue(f.value, typedValue(want)))))
     .map((o) => contractOffer(o.offer));
   const ctx = { now: BigInt(now), params: fields(slot.params) };
   const request = { slot: slot.name, pageUrl: pageUrl ?? undefined, maxTiles: slot.max_tiles };

@@ -23,7 +23,7 @@
 
 use wasm_encoder::reencode::{Error, Reencode, utils};
 use wasm_encoder::{
-    BlockType, CodeSection, ConstExpr, ExportKind, ExportSection, Function, FunctionSection,
+    BlockType, CodeSection, ConstExpr, InstructionSink, ExportKind, ExportSection, Function, FunctionSection,
     GlobalSection, GlobalType, Module, SectionId, TypeSection, ValType,
 };
 use wasmparser::{CompositeInnerType, Operator, Parser, Payload, TypeRef};
@@ -379,48 +379,32 @@ impl Rewrite<'_> {
         self.added_exports = true;
     }
 
-    /// Charges `cost` units of fuel, trapping (with the fuel at -1) when there are fewer.
+    /// Takes the cost `push_cost` leaves on the stack from the fuel, trapping (with the
+    /// fuel at -1) when there is less.
+    fn deduct(&self, f: &mut Function, push_cost: impl Fn(&mut InstructionSink<'_>)) {
+        let fuel = self.added.fuel;
+        let mut sink = f.instructions();
+        sink.global_get(fuel);
+        push_cost(&mut sink);
+        sink.i64_lt_s().if_(BlockType::Empty).i64_const(-1).global_set(fuel).unreachable().end().global_get(fuel);
+        push_cost(&mut sink);
+        sink.i64_sub().global_set(fuel);
+    }
+
+    /// Charges `cost` units of fuel.
     fn charge(&self, f: &mut Function, cost: u64) {
-        let (fuel, cost) = (self.added.fuel, cost as i64);
-        f.instructions()
-            .global_get(fuel)
-            .i64_const(cost)
-            .i64_lt_s()
-            .if_(BlockType::Empty)
-            .i64_const(-1)
-            .global_set(fuel)
-            .unreachable()
-            .end()
-            .global_get(fuel)
-            .i64_const(cost)
-            .i64_sub()
-            .global_set(fuel);
+        self.deduct(f, |sink| {
+            sink.i64_const(cost as i64);
+        });
     }
 
     /// Charges for the byte count on top of the stack (left there), kept in `scratch`.
     fn charge_length(&self, f: &mut Function, scratch: u32) {
-        let fuel = self.added.fuel;
-        f.instructions()
-            .local_set(scratch)
-            .global_get(fuel)
-            .local_get(scratch)
-            .i64_extend_i32_u()
-            .i64_const(BYTES_PER_FUEL)
-            .i64_div_u()
-            .i64_lt_s()
-            .if_(BlockType::Empty)
-            .i64_const(-1)
-            .global_set(fuel)
-            .unreachable()
-            .end()
-            .global_get(fuel)
-            .local_get(scratch)
-            .i64_extend_i32_u()
-            .i64_const(BYTES_PER_FUEL)
-            .i64_div_u()
-            .i64_sub()
-            .global_set(fuel)
-            .local_get(scratch);
+        f.instructions().local_set(scratch);
+        self.deduct(f, |sink| {
+            sink.local_get(scratch).i64_extend_i32_u().i64_const(BYTES_PER_FUEL).i64_div_u();
+        });
+        f.instructions().local_get(scratch);
     }
 
     fn add_types(&mut self, types: &mut TypeSection) {

@@ -58,12 +58,17 @@ pub async fn serve_with_env(args: &[&OsStr], token: &str, env: &[(&str, &str)]) 
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
+    wait_until_up(&format!("{base}/health"), "rekindle serve", Duration::from_secs(60)).await;
+    (server, base)
+}
+
+/// Waits until `url` answers at all, failing the test after `patience`.
+pub async fn wait_until_up(url: &str, what: &str, patience: Duration) {
     let started = Instant::now();
-    while reqwest::get(format!("{base}/health")).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not come up");
+    while reqwest::get(url).await.is_err() {
+        assert!(started.elapsed() < patience, "{what} did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (server, base)
 }
 
 
