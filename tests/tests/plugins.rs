@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use rekindle_runtime::json::{invoke, profile_from_json};
+use rekindle_runtime::invoke;
+use rekindle_runtime::json::profile_from_json;
 use rekindle_runtime::wit::{Offer, TileRequest, Value};
 use rekindle_runtime::{Kind, Plugin, PluginInfo, Registry, Runtime, RuntimeConfig, filter_profile, merge_params};
 use rekindle_tests::native::{to_sdk_context, to_sdk_profile};

@@ -15,7 +15,7 @@ use crate::bindings::rule::SegmentRule;
 use crate::bindings::wit::{Level, SECRETS_IMPORT};
 use crate::cache::ArtifactCache;
 use crate::pool::{BACKGROUND_NICE, CallPool, INTERACTIVE_NICE, REALTIME_NICE};
-use crate::plugin::Kind;
+use crate::limits::{KindLimits, Limits};
 use crate::secrets::SecretMarker;
 
 /// Bytes of each pooled memory and table kept resident between instances.
@@ -23,69 +23,6 @@ const KEEP_RESIDENT: usize = 128 << 10;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// What one call into a plugin may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Wall-clock time for instantiation plus the call.
-    pub deadline: Duration,
-    /// The most linear memory one instance may grow to.
-    pub memory_bytes: usize,
-    /// The most bytes of output (strings and lists, added up) a call may return.
-    pub output_bytes: usize,
-    /// The most bytes of log lines kept per call; the rest is dropped and counted.
-    pub log_bytes: usize,
-}
-
-impl Limits {
-    const fn new(deadline_ms: u64, output_bytes: usize) -> Self {
-        Limits {
-            deadline: Duration::from_millis(deadline_ms),
-            memory_bytes: 32 << 20,
-            output_bytes,
-            log_bytes: 1024,
-        }
-    }
-}
-
-/// Limits for each plugin kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KindLimits {
-    pub rule: Limits,
-    pub tiles: Limits,
-    pub channel: Limits,
-}
-
-impl Default for KindLimits {
-    fn default() -> Self {
-        KindLimits {
-            rule: Limits::new(10, 16 << 10),
-            tiles: Limits::new(10, 64 << 10),
-            // Adapters format whole messages and audience batches, so they get more room.
-            channel: Limits::new(50, 4 << 20),
-        }
-    }
-}
-
-impl KindLimits {
-    /// The same deadline for every kind, for tools and tests where wall-clock time is not
-    /// what is being checked.
-    pub fn with_deadline(mut self, deadline: Duration) -> KindLimits {
-        for limits in [&mut self.rule, &mut self.tiles, &mut self.channel] {
-            limits.deadline = deadline;
-        }
-        self
-    }
-
-    /// The limits for one kind.
-    pub fn of(&self, kind: Kind) -> Limits {
-        match kind {
-            Kind::Rule => self.rule,
-            Kind::Tiles => self.tiles,
-            Kind::Channel => self.channel,
-        }
-    }
-}
 
 /// How to build a [`Runtime`].
 #[derive(Debug, Clone)]

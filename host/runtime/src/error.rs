@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::plugin::Kind;
+use crate::kind::Kind;
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]

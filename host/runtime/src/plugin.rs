@@ -11,70 +11,15 @@ use crate::bindings::channel::ChannelAdapterPre;
 use crate::bindings::rule::SegmentRulePre;
 use crate::bindings::tiles::PromoTilesPre;
 use crate::bindings::wit::{
-    AdapterInfo, AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer,
-    Outcome, Profile, RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, TilesInfo, Verdict,
+    AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer, Outcome, Profile,
+    RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, Verdict,
 };
-use crate::engine::{CallState, Limits, Runtime, RuntimeInner};
+use crate::engine::{CallState, Runtime, RuntimeInner};
 use crate::error::{CallError, LoadError};
+use crate::kind::{Kind, PluginInfo};
+use crate::limits::{Limits, check_size};
 use crate::policy;
 use crate::secrets::SecretMarker;
-
-/// The three kinds of plugin, one per world of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// `segment-rule`: decides segment membership.
-    Rule,
-    /// `channel-adapter`: formats provider requests.
-    Channel,
-    /// `promo-tiles`: decides on-site tiles.
-    Tiles,
-}
-
-impl Kind {
-    /// The WIT world name.
-    pub fn world(self) -> &'static str {
-        match self {
-            Kind::Rule => "segment-rule",
-            Kind::Channel => "channel-adapter",
-            Kind::Tiles => "promo-tiles",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.world())
-    }
-}
-
-/// What `describe()` returned, by kind.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PluginInfo {
-    Rule(RuleInfo),
-    Channel(AdapterInfo),
-    Tiles(TilesInfo),
-}
-
-impl PluginInfo {
-    /// The plugin's own name.
-    pub fn name(&self) -> &str {
-        match self {
-            PluginInfo::Rule(i) => &i.name,
-            PluginInfo::Channel(i) => &i.name,
-            PluginInfo::Tiles(i) => &i.name,
-        }
-    }
-
-    /// The plugin's own version string.
-    pub fn version(&self) -> &str {
-        match self {
-            PluginInfo::Rule(i) => &i.version,
-            PluginInfo::Channel(i) => &i.version,
-            PluginInfo::Tiles(i) => &i.version,
-        }
-    }
-}
 
 /// The requests one adapter call returned, with the marker of the secret placeholders it
 /// took: the host fills those, and only those (see [`crate::fill_placeholders`]).
@@ -540,109 +485,5 @@ fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallErro
             CallError::Instantiate(format!("{err:#}"))
         }
         None => CallError::Trap(format!("{err:#}")),
-    }
-}
-
-/// Refuses output larger than the kind's limit, counted as the bytes of its strings and lists.
-fn check_size<T: OutputSize>(value: T, limits: Limits) -> Result<T, CallError> {
-    let size = value.output_size();
-    if size > limits.output_bytes {
-        return Err(CallError::BadOutput(format!(
-            "output is {size} bytes; the limit is {} bytes",
-            limits.output_bytes
-        )));
-    }
-    Ok(value)
-}
-
-/// Roughly how many bytes a plugin's output occupies.
-trait OutputSize {
-    fn output_size(&self) -> usize;
-}
-
-impl OutputSize for String {
-    fn output_size(&self) -> usize {
-        self.len()
-    }
-}
-
-impl<T: OutputSize> OutputSize for Option<T> {
-    fn output_size(&self) -> usize {
-        self.as_ref().map_or(0, OutputSize::output_size)
-    }
-}
-
-/// What each list item counts besides its contents, so a list of empty items is not free.
-/// A fixed figure rather than the host's in-memory size, so the edge counts the same.
-pub const ITEM_BYTES: usize = 16;
-
-impl<T: OutputSize> OutputSize for Vec<T> {
-    fn output_size(&self) -> usize {
-        self.iter().map(OutputSize::output_size).sum::<usize>() + self.len() * ITEM_BYTES
-    }
-}
-
-impl<A: OutputSize, B: OutputSize> OutputSize for (A, B) {
-    fn output_size(&self) -> usize {
-        self.0.output_size() + self.1.output_size()
-    }
-}
-
-impl OutputSize for u8 {
-    fn output_size(&self) -> usize {
-        1
-    }
-}
-
-impl OutputSize for Verdict {
-    fn output_size(&self) -> usize {
-        self.reason.len() + self.label.output_size()
-    }
-}
-
-impl OutputSize for Tile {
-    fn output_size(&self) -> usize {
-        self.offer_id.len()
-            + self.title.len()
-            + self.body.len()
-            + self.image.output_size()
-            + self.link.len()
-            + self.voucher.output_size()
-            + self.reason.len()
-            + 8
-    }
-}
-
-impl OutputSize for HttpRequest {
-    fn output_size(&self) -> usize {
-        self.url.len() + self.headers.output_size() + self.body.len()
-    }
-}
-
-impl OutputSize for Outcome {
-    fn output_size(&self) -> usize {
-        match self {
-            Outcome::Delivered(id) => id.output_size(),
-            Outcome::RetryLater(retry) => retry.reason.len() + 4,
-            Outcome::Failed(reason) | Outcome::NotEligible(reason) => reason.len(),
-        }
-    }
-}
-
-impl OutputSize for Found {
-    fn output_size(&self) -> usize {
-        match self {
-            Found::Accepted(id) => id.output_size(),
-            Found::Absent => 0,
-            Found::Unknown(reason) => reason.len(),
-        }
-    }
-}
-
-impl OutputSize for PluginInfo {
-    fn output_size(&self) -> usize {
-        // describe() runs once per load, so measuring its whole JSON form is cheap enough,
-        // and it counts every string: names, docs, defaults, hosts, secrets, the query.
-        serde_json::to_string(&crate::json::info_to_json(self)).map_or(usize::MAX, |s| s.len())
     }
 }

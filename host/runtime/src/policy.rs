@@ -5,7 +5,7 @@ use wasmtime::component::Component;
 
 use crate::bindings::wit::{ADAPTER_EXPORT, RULE_EXPORT, TILES_EXPORT};
 use crate::error::LoadError;
-use crate::plugin::Kind;
+use crate::kind::Kind;
 
 /// Interfaces of the contract every plugin may import, matched without their patch version.
 const GRANTED: &[&str] = &["rekindle:plugin/types@0.1.", "rekindle:plugin/log@0.1."];

@@ -11,7 +11,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::engine::Runtime;
 use crate::error::{CallError, RegistryError};
-use crate::plugin::{Kind, Plugin};
+use crate::kind::Kind;
+use crate::plugin::Plugin;
 
 /// One uploaded version of a slot.
 struct Version {

@@ -8,7 +8,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rekindle_runtime::json::{self, InvokeError, info_to_json};
+use rekindle_runtime::json::{self, info_to_json};
+use rekindle_runtime::InvokeError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -127,7 +128,7 @@ async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, body: B
     let mut input = parse_json(&body)?;
     crate::derive_aggregates(&mut input);
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
-    let mut answer = plugin.call(None, move |p| Ok(json::invoke(p, &input))).await.map_err(ApiError::Plugin)?.map_err(|e| match e {
+    let mut answer = plugin.call(None, move |p| Ok(rekindle_runtime::invoke(p, &input))).await.map_err(ApiError::Plugin)?.map_err(|e| match e {
         InvokeError::Input(e) => ApiError::from(e),
         InvokeError::Param(e) => ApiError::from(e),
         InvokeError::Call(e) => ApiError::Plugin(e),
