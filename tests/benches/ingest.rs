@@ -36,7 +36,7 @@ fn serve(backend: Backend, dir: &std::path::Path) -> Option<String> {
             };
             let sources = [("bench-key".to_string(), rekindle_server::Source::server("bench"))].into_iter().collect();
             let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-            let state = AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store, sources });
+            let state = AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store: store.into(), sources });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(Some(format!("http://{}", listener.local_addr().unwrap()))).unwrap();
             axum::serve(listener, app(state)).await.unwrap();

@@ -38,7 +38,7 @@ fn serve(dir: &std::path::Path) -> String {
             let sources = [("bench-key".to_string(), rekindle_server::Source::server("bench"))].into_iter().collect();
             let registry = Arc::new(Registry::new(Runtime::new(RuntimeConfig { plugin_threads: std::env::var("PLUGIN_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0), ..RuntimeConfig::default() }).unwrap()));
             registry.install("hostile-tiles", &rekindle_tests::component(rekindle_tests::components::HOSTILE_TILES)).unwrap();
-            let state = AppState::new(registry, None, Some("bench-admin-token-0123".into())).with_ingestion(Ingestion { store, sources });
+            let state = AppState::new(registry, None, Some("bench-admin-token-0123".into())).with_ingestion(Ingestion { store: store.into(), sources });
             for i in 0..SLOTS {
                 let slot = json!({"name": format!("burn-{i}"), "plugin": "hostile-tiles", "params": {"mode": "loop"},
                                   "fallback": [{"title": "Sale", "link": "/sale"}]});

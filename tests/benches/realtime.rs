@@ -42,7 +42,7 @@ fn serve(dir: &std::path::Path) -> String {
                 ("lapsing-repeat-buyer", rekindle_tests::components::RULE_LAPSING_REPEAT_BUYER),
                 ("engaged-not-purchased", rekindle_tests::components::RULE_ENGAGED_NOT_PURCHASED),
             ]);
-            let state = AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store, sources });
+            let state = AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store: store.into(), sources });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(format!("http://{}", listener.local_addr().unwrap())).unwrap();
             axum::serve(listener, app(state)).await.unwrap();

@@ -152,7 +152,7 @@ async fn the_example_page_renders_a_personal_tile_and_reports_the_click() {
     assert!(demo.contains(&format!("identity_secret = \"{}\"", std::str::from_utf8(DEMO_IDENTITY_SECRET).unwrap())), "examples/demo.toml changed its identity secret");
     let sources = [(WRITE_KEY.to_string(), rekindle_server::Source::browser("web", Some(DEMO_IDENTITY_SECRET)))].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
-        .with_ingestion(Ingestion { store, sources })
+        .with_ingestion(Ingestion { store: store.into(), sources })
         .with_tile_origins(vec![page_origin.clone()]);
     tokio::spawn(async move { axum::serve(page_listener, app(state)).await.unwrap() });
 

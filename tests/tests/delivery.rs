@@ -19,7 +19,7 @@ use axum::http::Method;
 use base64::Engine as _;
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{AudienceChange, AudienceMember, Field, Message, Outcome, Value};
-use rekindle_server::delivery::{ChannelConfig, Deliverer, DeliveryError, MAX_ANSWER_BYTES};
+use rekindle_journeys::delivery::{ChannelConfig, Deliverer, DeliveryError, MAX_ANSWER_BYTES};
 use rekindle_tests::components;
 use rekindle_tests::provider::{Received, provider};
 

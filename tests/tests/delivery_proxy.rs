@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rekindle_runtime::wit::{Field, Message, Value};
-use rekindle_server::delivery::{ChannelConfig, Deliverer, DeliveryError};
+use rekindle_journeys::delivery::{ChannelConfig, Deliverer, DeliveryError};
 
 #[tokio::test]
 async fn a_proxy_from_the_environment_is_not_used() {

@@ -48,7 +48,7 @@ async fn start_with(backend: Backend, data: &Path, clock: Clock, tick: Duration)
     ]);
     let store = rekindle_tests::open_store(backend, data).await?;
     let sources = [(WRITE_KEY.to_string(), rekindle_server::Source::server("web"))].into_iter().collect();
-    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources }).with_clock(clock, tick);
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store: store.into(), sources }).with_clock(clock, tick);
     let base = rekindle_tests::serve(app(state)).await;
     Some(Host { http: reqwest::Client::new(), base })
 }

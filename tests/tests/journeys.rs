@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{Field, Value as WitValue};
-use rekindle_server::delivery::{ChannelConfig, Deliverer};
-use rekindle_server::journeys::{Engine, FrequencyCap};
+use rekindle_journeys::delivery::{ChannelConfig, Deliverer};
+use rekindle_journeys::engine::{Engine, FrequencyCap};
 use rekindle_server::{AppState, Clock, Ingestion};
 use rekindle_store::{Message, MessageKind, Purpose};
 use rekindle_tests::Backend;
@@ -99,7 +99,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let sources = [("key".to_string(), rekindle_server::Source::server("web"))].into_iter().collect();
     let clock = Clock::manual(t0);
     let state = AppState::new(registry.clone(), None, Some("admin".into()))
-        .with_ingestion(Ingestion { store, sources })
+        .with_ingestion(Ingestion { store: store.into(), sources })
         .with_clock(clock.clone(), Duration::from_secs(3600));
     let ingestion = state.ingestion.clone().unwrap();
 
@@ -134,7 +134,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let deliverer = Arc::new(Deliverer::new(channels).unwrap());
     // A cap of three messages a week leaves this journey's two alone; a tighter cap is
     // checked at the end.
-    let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
+    let engine = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
     let journey = engine.deploy(JOURNEY).await.unwrap();
     assert_eq!(journey.steps.len(), 3);
     assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().contains("no channel `fax`"));
@@ -164,7 +164,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
 
     // Dan buys on day 1; a restarted host (a new engine on the same store) carries on.
     ingestion.store.ingest(vec![message("dan-buys", "dan", Some("Order Completed"), t0 + DAY, json!({}))]).await.unwrap();
-    let restarted = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
+    let restarted = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
     restarted.tick(t0 + DAY).await.unwrap();
     assert_eq!(emails().len(), 2, "nothing is due on day 1");
 
@@ -210,7 +210,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     assert!(emails().iter().any(|e| e.contains("Hello Ann")), "{:?}", emails());
 
     // With a cap of one message a week, Ann's second journey message is held back.
-    let capped = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
+    let capped = Engine { registry, store: ingestion.store.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
     capped.deploy(&JOURNEY.replace("name = \"Win back\"", "name = \"Win back again\"")).await.unwrap();
     capped.tick(t0 + 3 * DAY).await.unwrap();
     assert_eq!(emails().len(), 4, "no message over the cap");
@@ -248,7 +248,7 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         ("channel-twilio", rekindle_tests::components::CHANNEL_TWILIO),
         ("channel-meta-audiences", rekindle_tests::components::CHANNEL_META_AUDIENCES),
     ]);
-    let ingestion = Arc::new(Ingestion { store, sources: HashMap::new() });
+    let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
     // Ann (email and ads consent) leaves her cart; Bob buys ten minutes after his.
     let mut batch = Vec::new();
     for (user, traits) in [("ann", json!({"first_name": "Ann", "email": "ann@example.com"})), ("bob", json!({"first_name": "Bob", "email": "bob@example.com"}))] {
@@ -279,7 +279,7 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "m")])),
     ]))
     .unwrap();
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(deliverer), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(deliverer), frequency_cap: None };
     let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/abandoned-cart/journey.toml")).unwrap();
     engine.deploy(&source).await.unwrap();
     let requests = || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
@@ -323,7 +323,7 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     let (base, received) = provider(HashMap::from([("/v3/mail/send", vec![(202, vec![], "")])])).await;
     let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
     registry.install("channel-sendgrid", &rekindle_tests::component(rekindle_tests::components::CHANNEL_SENDGRID)).unwrap();
-    let ingestion = Arc::new(Ingestion { store, sources: HashMap::new() });
+    let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
     let renewal = chrono::DateTime::from_timestamp_millis(t0 + DAY).unwrap().to_rfc3339();
     let mut batch = Vec::new();
     for (user, traits) in [("eve", json!({"email": "eve@example.com", "renewal": renewal})), ("fay", json!({"email": "fay@example.com"}))] {
@@ -336,7 +336,7 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "k".to_string())]);
     email.allowed_hosts = vec![base.to_string()];
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()), frequency_cap: None };
     engine
         .deploy("name = \"Renewal\"\n[entry]\napi = true\n[[steps]]\nid = \"until\"\ntype = \"wait\"\nuntil_trait = \"renewal\"\nplus_days = 1\n[[steps]]\nid = \"remind\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Time to renew\" }\n")
         .await
@@ -367,7 +367,7 @@ fn template_host(store: rekindle_store::Store, t0: i64) -> (AppState, Arc<Regist
     }
     let clock = Clock::manual(t0);
     let state = AppState::new(registry.clone(), None, Some("admin".into()))
-        .with_ingestion(Ingestion { store, sources: HashMap::new() })
+        .with_ingestion(Ingestion { store: store.into(), sources: HashMap::new() })
         .with_clock(clock.clone(), Duration::from_secs(3600));
     (state, registry, clock)
 }
@@ -423,7 +423,7 @@ async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
     batch.push(message("wes-o", "wes", Some("Order Completed"), t0 - 60 * DAY, json!({})));
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
     let usecases = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases");
     for name in ["lapsing-repeat-buyers", "win-back-45"] {
         let segments: toml::Table = toml::from_str(&std::fs::read_to_string(usecases.join(name).join("segments.toml")).unwrap()).unwrap();
@@ -486,7 +486,7 @@ async fn the_about_to_sleep_template_splits_by_value_and_favourite_category(back
     }
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/about-to-sleep");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -560,7 +560,7 @@ async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Ba
         }
     }
     ingestion.store.ingest(batch).await.unwrap();
-    let engine = Engine { registry, store: ingestion.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
+    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/rfm-win-back");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -614,7 +614,7 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     assert!(!registry.get("plain-channel").unwrap().can_reconcile(), "built against the plain channel-adapter world");
     let clock = Clock::manual(t0);
     let state = AppState::new(registry.clone(), None, Some("admin".into()))
-        .with_ingestion(Ingestion { store, sources: HashMap::new() })
+        .with_ingestion(Ingestion { store: store.into(), sources: HashMap::new() })
         .with_clock(clock, Duration::from_secs(3600));
     let ingestion = state.ingestion.clone().unwrap();
     let mut batch = Vec::new();
@@ -637,7 +637,7 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let deliverer = Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email), ("hook".to_string(), hook)])).unwrap());
     // A cap of one message a week: the hook's repeats count, and must not hold back the
     // emails in doubt, which were decided before the crash.
-    let engine = Engine { registry, store: ingestion.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
+    let engine = Engine { registry, store: ingestion.store.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
     let journey = |name: &str, channels: &str| {
         format!(
             "name = \"{name}\"\n[entry]\nsegment = \"Win back\"\n[[steps]]\nid = \"pause\"\ntype = \"wait\"\nduration = \"1h\"\n\

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use rekindle_runtime::wit::{Field, Value as WitValue};
-use rekindle_server::delivery::{ChannelConfig, Deliverer};
+use rekindle_journeys::delivery::{ChannelConfig, Deliverer};
 use rekindle_server::{AppState, Clock, Ingestion};
 use rekindle_tests::{Backend, components};
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ async fn a_plugin_burning_its_deadline_cannot_stall_the_host() {
     let registry = std::sync::Arc::new(rekindle_runtime::Registry::new(rekindle_runtime::Runtime::new(rekindle_runtime::RuntimeConfig::default()).unwrap()));
     registry.install("burn", &rekindle_tests::component(components::HOSTILE_TILES)).unwrap();
     let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
-    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store: store.into(), sources });
     for i in 0..10 {
         let slot = json!({"name": format!("s{i}"), "plugin": "burn", "params": {"mode": "loop"}, "fallback": [{"title": "Sale", "link": "/sale"}]});
         rekindle_server::define_tile_slot(&state, &slot).await.unwrap();
@@ -113,7 +113,7 @@ async fn a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_neve
     email.max_attempts = 1;
     let clock = Clock::manual(1_790_000_000_000);
     let state = AppState::new(registry, None, Some("admin-token-for-tests".into()))
-        .with_ingestion(Ingestion { store, sources: HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]) })
+        .with_ingestion(Ingestion { store: store.into(), sources: HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]) })
         .with_clock(clock.clone(), Duration::from_secs(3600))
         .with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap(), None);
     let engine = state.journeys.clone().unwrap();
@@ -159,7 +159,7 @@ async fn host_with_sources(store: rekindle_store::Store) -> String {
         ("public-key".to_string(), rekindle_server::Source::browser("web", None)),
         ("server-key".to_string(), rekindle_server::Source::server("backend")),
     ]);
-    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store: store.into(), sources });
     rekindle_tests::serve(rekindle_server::app(state)).await
 }
 
@@ -270,7 +270,7 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
     let mut email = ChannelConfig::new("channel-sendgrid");
     email.allowed_hosts = vec!["http://127.0.0.1:9".into()];
     let state = AppState::new(registry, None, Some(ADMIN.into()))
-        .with_ingestion(Ingestion { store, sources })
+        .with_ingestion(Ingestion { store: store.into(), sources })
         .with_clock(clock.clone(), Duration::from_secs(3600))
         .with_token_secret(b"security-test-token-secret-0123456789", Duration::from_secs(3600))
         .with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap(), None);
@@ -385,7 +385,7 @@ async fn an_erased_person_s_bytes_are_gone_from_the_sqlite_file_and_its_wal() {
     let registry = rekindle_tests::registry(&[("rule-high-ltv", components::RULE_HIGH_LTV), ("tiles-basic", components::TILES_BASIC)]);
     let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
     let state = AppState::new(registry, None, Some(ADMIN.into()))
-        .with_ingestion(Ingestion { store, sources })
+        .with_ingestion(Ingestion { store: store.into(), sources })
         .with_token_secret(b"security-test-token-secret-0123456789", Duration::from_secs(3600));
     let host = rekindle_tests::serve(rekindle_server::app(state)).await;
     let http = reqwest::Client::new();
@@ -440,7 +440,7 @@ async fn real_time_evaluation_racing_an_erasure_cannot_bring_the_person_back(bac
     let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
     let registry = rekindle_tests::registry(&[("rule-high-ltv", components::RULE_HIGH_LTV)]);
     let sources = HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]);
-    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store, sources });
+    let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store: store.into(), sources });
     let host = rekindle_tests::serve(rekindle_server::app(state)).await;
     let http = reqwest::Client::new();
     let defined = http

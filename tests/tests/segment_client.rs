@@ -34,7 +34,7 @@ async fn the_official_python_library_works_unchanged() {
     let store = Store::open_sqlite(&data.path().join("rekindle.db"), EventMapping::default()).unwrap();
     let sources = [("py-key".to_string(), rekindle_server::Source::server("python"))].into_iter().collect();
     let state = AppState::new(Arc::new(Registry::new(rekindle_tests::patient_runtime())), None, Some("admin".into()))
-        .with_ingestion(Ingestion { store, sources });
+        .with_ingestion(Ingestion { store: store.into(), sources });
     let base = rekindle_tests::serve(app(state)).await;
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/segment_python.py");

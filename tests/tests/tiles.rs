@@ -48,7 +48,7 @@ async fn start(backend: Backend, data: &Path) -> Option<Host> {
     .into_iter()
     .collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
-        .with_ingestion(Ingestion { store, sources })
+        .with_ingestion(Ingestion { store: store.into(), sources })
         .with_tile_origins(vec![SHOP.into()])
         .with_token_secret(TOKEN_SECRET, Duration::from_secs(3600));
     let base = rekindle_tests::serve(app(state)).await;

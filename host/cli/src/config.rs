@@ -45,7 +45,7 @@ pub struct Config {
     pub journeys: Vec<PathBuf>,
     /// At most this many journey messages per customer in a window, across journeys:
     /// `frequency_cap = { messages = 3, days = 7 }`.
-    pub frequency_cap: Option<rekindle_server::journeys::FrequencyCap>,
+    pub frequency_cap: Option<rekindle_journeys::engine::FrequencyCap>,
 }
 
 /// `[[channels]]`: a name journeys use (`email`), the adapter's slot, its parameters, the

@@ -110,7 +110,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let sources = sources(&config.sources)?;
     let mut state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
-        .with_ingestion(Ingestion { store, sources })
+        .with_ingestion(Ingestion { store: store.into(), sources })
         .with_tile_origins(config.tiles.origins.clone());
     let token_secret = match std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
         Some(value) => Some(long_secret(&value, "the token secret ([tiles] token_secret or REKINDLE_TOKEN_SECRET)")?),
@@ -121,7 +121,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_token_secret(secret.as_bytes(), ttl);
     }
     if !config.channels.is_empty() {
-        state = state.with_journeys(rekindle_server::delivery::Deliverer::new(channel_configs(&config.channels)?)?, config.frequency_cap);
+        state = state.with_journeys(rekindle_journeys::delivery::Deliverer::new(channel_configs(&config.channels)?)?, config.frequency_cap);
     }
     let journey_files = config.journeys.clone();
     let listen = config.listen;
@@ -280,10 +280,10 @@ async fn shutdown() {
 
 /// The delivery settings of `[[channels]]`, with `env:NAME` secrets read from the
 /// environment; a missing variable is an error naming the channel and the secret.
-fn channel_configs(sections: &[crate::config::ChannelSection]) -> anyhow::Result<std::collections::HashMap<String, rekindle_server::delivery::ChannelConfig>> {
+fn channel_configs(sections: &[crate::config::ChannelSection]) -> anyhow::Result<std::collections::HashMap<String, rekindle_journeys::delivery::ChannelConfig>> {
     let mut channels = std::collections::HashMap::new();
     for section in sections {
-        let mut config = rekindle_server::delivery::ChannelConfig::new(&section.slot);
+        let mut config = rekindle_journeys::delivery::ChannelConfig::new(&section.slot);
         let params = serde_json::to_value(&section.params)?;
         config.params = rekindle_runtime::json::fields_from_json(Some(&params), "params")
             .map_err(|e| anyhow::anyhow!("channel `{}`: {e}", section.name))?;

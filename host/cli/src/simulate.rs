@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use rekindle_runtime::{Registry, Runtime, RuntimeConfig};
 use rekindle_server::Ingestion;
-use rekindle_server::delivery::{ChannelConfig, Deliverer};
-use rekindle_server::journeys::Engine;
+use rekindle_journeys::delivery::{ChannelConfig, Deliverer};
+use rekindle_journeys::engine::Engine;
 use rekindle_store::{EventMapping, Store};
 
 /// The channel names the seed templates use, the shipped adapter behind each, and the
@@ -79,8 +79,8 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
         let store = Store::open_sqlite(&copy, EventMapping::default())?;
-        let ingestion = Arc::new(Ingestion { store, sources: HashMap::new() });
-        let engine = Engine { registry: registry.clone(), store: ingestion.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
+        let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
+        let engine = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
         // A template's segments.toml beside the journey defines its audiences in the copy.
         let beside = args.journey.with_file_name("segments.toml");
         if beside.exists() {

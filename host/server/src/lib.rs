@@ -3,12 +3,7 @@
 
 mod api;
 pub mod batch;
-pub mod delivery;
-pub mod journey;
-pub mod journeys;
-pub mod messages;
 mod error;
-mod egress;
 mod evaluate;
 mod slots;
 pub mod edge;
@@ -21,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
+use rekindle_journeys::{Deliverer, FrequencyCap};
 use rekindle_runtime::Registry;
 use rekindle_store::Store;
 
@@ -51,12 +47,12 @@ pub struct AppState {
     /// Promo-tile offers, slots and decisions.
     pub tiles: Arc<tiles::TileService>,
     /// The journey engine, when delivery channels are configured.
-    pub journeys: Option<Arc<journeys::Engine>>,
+    pub journeys: Option<Arc<rekindle_journeys::Engine>>,
 }
 
 /// The customer-data store and the sources that may write to it.
 pub struct Ingestion {
-    pub store: Store,
+    pub store: Arc<Store>,
     /// Write key to source.
     pub sources: HashMap<String, Source>,
 }
@@ -153,11 +149,11 @@ impl AppState {
 
     /// Runs journeys over customer data, delivering through `deliverer`'s channels; call
     /// after [`AppState::with_ingestion`].
-    pub fn with_journeys(mut self, deliverer: delivery::Deliverer, frequency_cap: Option<journeys::FrequencyCap>) -> AppState {
+    pub fn with_journeys(mut self, deliverer: Deliverer, frequency_cap: Option<FrequencyCap>) -> AppState {
         if let Some(ingestion) = &self.ingestion {
-            self.journeys = Some(Arc::new(journeys::Engine {
+            self.journeys = Some(Arc::new(rekindle_journeys::Engine {
                 registry: self.registry.clone(),
-                store: ingestion.clone(),
+                store: ingestion.store.clone(),
                 deliverer: Arc::new(deliverer),
                 frequency_cap,
             }));
@@ -275,7 +271,7 @@ async fn tiles_refresh_loop(state: AppState, ingestion: Arc<Ingestion>) {
 }
 
 /// Advances journeys every `tick` (and takes new entrants in).
-async fn journey_loop(engine: Arc<journeys::Engine>, clock: Clock, tick: Duration) {
+async fn journey_loop(engine: Arc<rekindle_journeys::Engine>, clock: Clock, tick: Duration) {
     let mut interval = tokio::time::interval(tick.min(Duration::from_secs(60)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -19,7 +19,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
-fn engine(state: &AppState) -> Result<&crate::journeys::Engine, ApiError> {
+fn engine(state: &AppState) -> Result<&rekindle_journeys::Engine, ApiError> {
     state.journeys.as_deref().ok_or(ApiError::Unavailable("journeys need delivery channels: add [[channels]] to the config"))
 }
 

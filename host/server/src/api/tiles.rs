@@ -336,7 +336,7 @@ async fn decide_one(State(state): State<AppState>, headers: HeaderMap, Query(que
     optional_text(get("anonymousId").as_ref(), "anonymousId")?;
     let visitor = verify(&state, &Claim::from_query(&query, &headers)?).await;
     let url = optional_text_of(get("url").as_ref(), "url", MAX_URL_BYTES)?;
-    let store = state.ingestion.as_deref().map(|i| &i.store);
+    let store = state.ingestion.as_deref().map(|i| &*i.store);
     let answer = state
         .tiles
         .decide(&state.registry, store, &slot, &visitor, url, state.clock.now())
@@ -375,7 +375,7 @@ async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: By
     optional_text(body.get("anonymousId"), "anonymousId")?;
     let visitor = verify(&state, &Claim::from_body(&body, &headers)?).await;
     let url = optional_text_of(body.get("url"), "url", MAX_URL_BYTES)?;
-    let store = state.ingestion.as_deref().map(|i| &i.store);
+    let store = state.ingestion.as_deref().map(|i| &*i.store);
     let now = state.clock.now();
     let mut decisions = Vec::with_capacity(names.len());
     for name in names {

@@ -22,7 +22,7 @@ use rekindle_store::{JourneyLogEntry, JourneyRun, Store, StoreError};
 use serde_json::Value;
 
 use crate::delivery::{Deliverer, Reconciled};
-use crate::journey::{self, Journey, Step, parse_duration};
+use crate::definition::{self, Journey, Step, parse_duration};
 use crate::messages::{choose_channel, render};
 
 /// Steps one run may take in one tick; a journey looping without a wait stops here.
@@ -31,7 +31,7 @@ const MAX_STEPS_PER_TICK: usize = 64;
 /// Runs journeys over the store with the configured channels.
 pub struct Engine {
     pub registry: Arc<Registry>,
-    pub store: Arc<crate::Ingestion>,
+    pub store: Arc<Store>,
     pub deliverer: Arc<Deliverer>,
     /// At most this many messages per customer in this window, across all journeys.
     pub frequency_cap: Option<FrequencyCap>,
@@ -54,13 +54,13 @@ pub struct TickReport {
 }
 
 fn store(engine: &Engine) -> &Store {
-    &engine.store.store
+    &engine.store
 }
 
 impl Engine {
     /// Checks a journey file against the configured channels and stores it.
     pub async fn deploy(&self, source: &str) -> Result<Journey, String> {
-        let journey = journey::load(source, &self.deliverer.channel_names())?;
+        let journey = definition::load(source, &self.deliverer.channel_names())?;
         store(self).upsert_journey(&journey.name, source).await.map_err(|e| e.to_string())?;
         Ok(journey)
     }
@@ -71,7 +71,7 @@ impl Engine {
     pub async fn enter_by_api(&self, journey_name: &str, id: &str, now: i64) -> Result<bool, String> {
         let journeys = store(self).journeys().await.map_err(|e| e.to_string())?;
         let (_, source, _) = journeys.iter().find(|(name, _, _)| name == journey_name).ok_or_else(|| format!("no journey `{journey_name}`"))?;
-        let journey = journey::load(source, &self.deliverer.channel_names())?;
+        let journey = definition::load(source, &self.deliverer.channel_names())?;
         if !journey.entry.api {
             return Err(format!("journey `{journey_name}` does not take entries through the API (its [entry] has no `api = true`)"));
         }
@@ -85,7 +85,7 @@ impl Engine {
         let mut journeys = Vec::new();
         let channels = self.deliverer.channel_names();
         for (name, source, cursor) in store(self).journeys().await? {
-            match journey::load(&source, &channels) {
+            match definition::load(&source, &channels) {
                 Ok(journey) => {
                     report.entered += self.enter(&journey, cursor, now).await?;
                     journeys.push(journey);
