@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rekindle_runtime::wit::{Profile, Verdict};
 use rekindle_runtime::{CallError, Registry};
 use rekindle_sdk::Rule;
-use rekindle_server::batch::{Evaluator, Plan, RunReport, WasmEvaluator, Worker, run_all};
+use rekindle_segments::batch::{Evaluator, Plan, RunReport, WasmEvaluator, Worker, run_all};
 use rekindle_store::{EventMapping, Scope, SegmentDefinition, Store};
 use rekindle_tests::native::{to_sdk_context, to_sdk_profile};
 use rekindle_tests::{component, components};
@@ -125,7 +125,7 @@ fn main() {
             store.upsert_segment(def.clone()).await.expect("define");
             defs.push(def);
         }
-        let (plan, refused) = Plan::new(&registry, &store, &defs, now, rekindle_server::batch::Cutoffs::Refresh).await.expect("plan");
+        let (plan, refused) = Plan::new(&registry, &store, &defs, now, rekindle_segments::batch::Cutoffs::Refresh).await.expect("plan");
         assert!(refused.is_empty(), "{}", refused.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; "));
         let plan = Arc::new(plan);
 

@@ -522,8 +522,8 @@ async fn the_about_to_sleep_template_splits_by_value_and_favourite_category(back
 async fn run_every_segment_now(state: &AppState) -> usize {
     let ingestion = state.ingestion.as_ref().unwrap();
     let defs = ingestion.store.segments().await.unwrap();
-    let (plan, _) = rekindle_server::batch::Plan::new(&state.registry, &ingestion.store, &defs, state.clock.now(), rekindle_server::batch::Cutoffs::Refresh).await.unwrap();
-    let report = rekindle_server::batch::run_all(&ingestion.store, Arc::new(plan), Arc::new(rekindle_server::batch::WasmEvaluator)).await.unwrap();
+    let (plan, _) = rekindle_segments::batch::Plan::new(&state.registry, &ingestion.store, &defs, state.clock.now(), rekindle_segments::batch::Cutoffs::Refresh).await.unwrap();
+    let report = rekindle_segments::batch::run_all(&ingestion.store, Arc::new(plan), Arc::new(rekindle_segments::batch::WasmEvaluator)).await.unwrap();
     report.profiles
 }
 

@@ -49,7 +49,7 @@ pub fn run(file: &Path, input: &Path, deadline_ms: Option<u64>) -> anyhow::Resul
     let mut value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", input.display()))?;
     // The aggregates the host would compute from the case's orders, as in the host's invoke.
-    rekindle_server::derive_aggregates(&mut value);
+    rekindle_segments::derive_aggregates(&mut value);
     let answer = rekindle_runtime::invoke(&plugin, &value).with_context(|| format!("running {} on {}", file.display(), input.display()))?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())

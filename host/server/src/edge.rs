@@ -13,7 +13,7 @@ use rekindle_runtime::{CallError, Limits, PluginInfo, filter_profile, merge_para
 use rekindle_store::CONTACT_TRAITS;
 use serde_json::{Value, json};
 
-use crate::batch::{Plan, PlannedSegment};
+use rekindle_segments::batch::{Plan, PlannedSegment};
 use crate::tiles::{Catalog, full_profile};
 use crate::token::{Claims, TokenCatalog, typed_fields};
 use crate::{AppState, ApiError};
@@ -33,7 +33,7 @@ fn reads_contact_trait(query: &InputQuery) -> bool {
 pub async fn edge_segments(state: &AppState, now: i64) -> Result<Vec<PlannedSegment>, ApiError> {
     let store = &state.customer_data()?.store;
     let defs = store.segments().await?;
-    let (plan, _) = Plan::new(&state.registry, store, &defs, now, crate::batch::Cutoffs::Recorded).await?;
+    let (plan, _) = Plan::new(&state.registry, store, &defs, now, rekindle_segments::Cutoffs::Recorded).await?;
     Ok(plan.segments.into_iter().filter(|s| fits_token(&s.query)).collect())
 }
 

@@ -2,16 +2,13 @@
 //! caller's business, so tests can serve it on any port.
 
 mod api;
-pub mod batch;
 mod error;
-mod evaluate;
 mod slots;
 pub mod edge;
 pub mod token;
 pub mod tiles;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,7 +20,8 @@ use rekindle_store::Store;
 pub use api::segments::define_segment;
 pub use api::tiles::{define_offer, define_tile_slot};
 pub use error::ApiError;
-pub use evaluate::{EvaluateError, derive_aggregates};
+pub use rekindle_store::Clock;
+pub use rekindle_segments::{EvaluateError, derive_aggregates};
 pub use slots::{SlotStore, SlotStoreError};
 
 /// What every handler can reach.
@@ -94,33 +92,6 @@ impl Source {
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source").field("name", &self.name).field("kind", &self.kind).field("identity_secret", &self.identity_secret.is_some()).finish()
-    }
-}
-
-/// The time segment evaluation runs at: the system clock, or a manual one that tests and
-/// simulations move by hand.
-#[derive(Clone, Default)]
-pub struct Clock(Option<Arc<AtomicI64>>);
-
-impl Clock {
-    /// A clock standing at `ms` until moved.
-    pub fn manual(ms: i64) -> Clock {
-        Clock(Some(Arc::new(AtomicI64::new(ms))))
-    }
-
-    /// Milliseconds since the epoch.
-    pub fn now(&self) -> i64 {
-        match &self.0 {
-            Some(ms) => ms.load(Ordering::SeqCst),
-            None => rekindle_store::now_ms(),
-        }
-    }
-
-    /// Moves a manual clock forward; no effect on the system clock.
-    pub fn advance(&self, ms: i64) {
-        if let Some(at) = &self.0 {
-            at.fetch_add(ms, Ordering::SeqCst);
-        }
     }
 }
 
@@ -207,8 +178,8 @@ pub fn app(state: AppState) -> Router {
     if let (Some(ingestion), Some(realtime)) = (&state.ingestion, &state.realtime) {
         let receiver = realtime.receiver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(receiver) = receiver {
-            tokio::spawn(evaluate::realtime_loop(state.registry.clone(), ingestion.clone(), state.clock.clone(), receiver));
-            tokio::spawn(evaluate::schedule_loop(state.registry.clone(), ingestion.clone(), state.clock.clone(), state.schedule_tick));
+            tokio::spawn(rekindle_segments::realtime::realtime_loop(state.registry.clone(), ingestion.store.clone(), state.clock.clone(), receiver));
+            tokio::spawn(rekindle_segments::schedule::schedule_loop(state.registry.clone(), ingestion.store.clone(), state.clock.clone(), state.schedule_tick));
         }
     }
     if let Some(ingestion) = &state.ingestion {

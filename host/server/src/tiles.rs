@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::ApiError;
-use crate::batch::Reads;
+use rekindle_segments::batch::Reads;
 
 /// The registry slot a page slot uses when its definition names none.
 pub const DEFAULT_PLUGIN: &str = "tiles-basic";

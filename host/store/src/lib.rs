@@ -1,6 +1,7 @@
 //! Rekindle's customer data: profiles, identities, events, traits, consents, contact points
 //! and the catalog. SQLite is the embedded default.
 
+mod clock;
 mod computed;
 mod db;
 mod logic;
@@ -10,6 +11,7 @@ mod sqlite;
 
 use std::path::Path;
 
+pub use clock::{Clock, now_ms};
 pub use logic::TileDocument;
 pub use model::{
     CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, Ignored, IngestReport, MembershipChange, MembershipRecord, Message,
@@ -29,13 +31,6 @@ pub enum StoreError {
     /// The store is shutting down or its writer stopped.
     #[error("the store is not accepting requests")]
     Closed,
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 enum Backend {

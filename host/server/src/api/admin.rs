@@ -159,7 +159,7 @@ async fn evaluate_stored(
     // Another time sees the customer as they were then: computed traits refolded from the
     // orders up to `now`, as an event-reading rule would have seen only those.
     let replay = now != state.clock.now();
-    let profile = crate::evaluate::profile_at(&ingestion.store, &profile_id, &info.input, now, replay)
+    let profile = rekindle_segments::profile::profile_at(&ingestion.store, &profile_id, &info.input, now, replay)
         .await
         ?
         .ok_or_else(|| ApiError::NotFound(format!("no profile for `{profile_id}`")))?;

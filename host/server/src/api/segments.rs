@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::require_token;
-use crate::evaluate::{EvaluateError, profile_at, run_segment, segment_context};
+use rekindle_segments::EvaluateError;
+use rekindle_segments::definition::segment_context;
+use rekindle_segments::profile::profile_at;
+use rekindle_segments::schedule::run_segment;
 use crate::{ApiError, AppState};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
@@ -116,12 +119,12 @@ async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     let now = state.clock.now();
     let started = std::time::Instant::now();
     // A run like a scheduled one: its cutoffs become the ones everything else uses.
-    let (plan, refused) = crate::batch::Plan::new(&state.registry, store, &wanted, now, crate::batch::Cutoffs::Refresh).await?;
+    let (plan, refused) = rekindle_segments::batch::Plan::new(&state.registry, store, &wanted, now, rekindle_segments::batch::Cutoffs::Refresh).await?;
     if let Some((name, e)) = refused.into_iter().next() {
         return Err(ApiError::field("segments", format!("segment `{name}` cannot run: {e}")));
     }
     let names: Vec<String> = plan.segments.iter().map(|s| s.def.name.clone()).collect();
-    let report = crate::batch::run_all(store, std::sync::Arc::new(plan), std::sync::Arc::new(crate::batch::WasmEvaluator)).await?;
+    let report = rekindle_segments::batch::run_all(store, std::sync::Arc::new(plan), std::sync::Arc::new(rekindle_segments::batch::WasmEvaluator)).await?;
     let mut results = Vec::new();
     for (name, (evaluated, failed)) in names.iter().zip(&report.per_segment) {
         store.mark_run(name, now).await?;

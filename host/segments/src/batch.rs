@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use rekindle_runtime::json::{series_from, value_from_json};
-use rekindle_runtime::wit::{Consent, ContactKind, ContactPoint, Context, Field, InputQuery, Membership, Profile, Purpose, Verdict};
+use rekindle_runtime::wit::{Context, Field, InputQuery, Membership, Profile, Verdict};
 use rekindle_runtime::{CallError, Plugin, PluginInfo, Registry, RuleInstance, filter_profile};
 use rekindle_store::{EventNeed, InputNeeds, RuleInput, Scope, SegmentDefinition, Store, StoreError, VerdictWrite};
 
-pub use crate::evaluate::Cutoffs;
-use crate::evaluate::{EvaluateError, aggregates, resolve_auto_params, segment_context};
+pub use crate::definition::Cutoffs;
+use crate::definition::{EvaluateError, resolve_auto_params, segment_context};
+use crate::profile::{aggregates, consents, contact_points};
 
 /// Profiles read and evaluated together; large enough that per-page costs (queries, task
 /// hand-offs, the write transaction) vanish, small enough to keep memory flat.
@@ -205,36 +206,6 @@ impl Reads {
         }
     }
 
-}
-
-/// Stored consents as the contract's.
-pub(crate) fn consents(stored: &[rekindle_store::Consent]) -> Vec<Consent> {
-    stored.iter().map(|c| Consent { purpose: purpose(c.purpose), granted: c.granted, updated_at: c.updated_at }).collect()
-}
-
-/// Stored contact points as the contract's; kinds the contract does not know are left out.
-pub(crate) fn contact_points(stored: &[rekindle_store::Contact]) -> Vec<ContactPoint> {
-    stored
-        .iter()
-        .filter_map(|c| {
-            let kind = match c.kind.as_str() {
-                "email" => ContactKind::Email,
-                "phone" => ContactKind::Phone,
-                "push_token" => ContactKind::PushToken,
-                _ => return None,
-            };
-            Some(ContactPoint { kind, address: c.address.clone(), active: c.active })
-        })
-        .collect()
-}
-
-fn purpose(p: rekindle_store::Purpose) -> Purpose {
-    match p {
-        rekindle_store::Purpose::Email => Purpose::Email,
-        rekindle_store::Purpose::Sms => Purpose::Sms,
-        rekindle_store::Purpose::Push => Purpose::Push,
-        rekindle_store::Purpose::Ads => Purpose::Ads,
-    }
 }
 
 /// Runs rules for one thread of a batch. The host's is [`WasmEvaluator`]; benchmarks plug

@@ -1,0 +1,116 @@
+//! A segment definition resolved for a run: its rule, its parameters over the rule's
+//! defaults, RFM cutoffs recorded or refreshed, and how often its schedule comes round.
+
+use rekindle_runtime::json::fields_from_json;
+use rekindle_runtime::wit::Context;
+use rekindle_runtime::{PluginInfo, Registry, merge_params};
+use rekindle_store::{SegmentDefinition, Store, StoreError};
+
+/// Why a segment could not be evaluated for a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    /// The definition names a missing slot, a plugin of another kind or bad parameters.
+    #[error("{0}")]
+    Definition(String),
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The rule trapped, timed out or returned bad output.
+    #[error("the rule failed: {0}")]
+    Call(#[from] rekindle_runtime::CallError),
+}
+
+/// The segment's rule context at `now`: its parameters over the rule's defaults.
+pub fn segment_context(registry: &Registry, def: &SegmentDefinition, now: i64) -> Result<(std::sync::Arc<rekindle_runtime::Plugin>, Context), EvaluateError> {
+    let plugin = registry.get(&def.slot).map_err(|e| EvaluateError::Definition(format!("slot: {e}")))?;
+    let PluginInfo::Rule(info) = plugin.info() else {
+        return Err(EvaluateError::Definition(format!("slot: `{}` holds a {} plugin, not a segment rule", def.slot, plugin.kind())));
+    };
+    let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| EvaluateError::Definition(e.to_string()))?;
+    let params = merge_params(&info.params, &overrides).map_err(|e| EvaluateError::Definition(format!("params: {e}")))?;
+    Ok((plugin, Context { now, params }))
+}
+
+/// Parameters an RFM rule takes as population quintile cutoffs; `"auto"` asks the host to
+/// compute them, because a plugin sees one profile at a time.
+const RFM_CUTOFFS: [&str; 3] = ["recency_days_cutoffs", "frequency_cutoffs", "monetary_cutoffs"];
+
+/// Four cutoffs splitting `values` into quintiles, as "a,b,c,d".
+fn quintile_cutoffs(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    let at = |k: usize| values.get(values.len() * k / 5).copied().unwrap_or(0.0);
+    (1..=4).map(|k| format!("{}", (at(k) * 100.0).round() / 100.0)).collect::<Vec<_>>().join(",")
+}
+
+/// The definition with every `"auto"` RFM cutoff replaced by the population's quintiles at
+/// `now`; unchanged when it asks for none.
+/// Where a run takes `auto` RFM cutoffs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoffs {
+    /// Those recorded on the segment's schedule, so every evaluation between two
+    /// scheduled runs (real time, reference decisions, the edge's bundle, other hosts on
+    /// the same database) uses the same ones; computed for this run only while there are
+    /// none for the segment's current parameters (the scheduler records them at start).
+    /// Never recorded from here: an admin read at a chosen `now` must not set them.
+    Recorded,
+    /// Computed afresh at `now` and recorded: a scheduled run, a segment's first, a run
+    /// asked for now.
+    Refresh,
+    /// Computed at `now` for this run only: a preview of another time.
+    AtNow,
+}
+
+/// The definition with its `auto` parameters resolved, and when those cutoffs were
+/// computed (`None` for a definition without any).
+pub async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, now: i64, cutoffs: Cutoffs) -> Result<(SegmentDefinition, Option<i64>), StoreError> {
+    let wants_auto = RFM_CUTOFFS.iter().any(|name| def.params.get(name).and_then(|v| v.as_str()) == Some("auto"));
+    if !wants_auto {
+        return Ok((def.clone(), None));
+    }
+    if cutoffs == Cutoffs::Recorded
+        && let Some((from, resolved, at)) = store.cutoffs(&def.name).await?
+        && from == def.params
+    {
+        return Ok((SegmentDefinition { params: resolved, ..def.clone() }, Some(at)));
+    }
+    let population = store.rfm_population(now).await?;
+    let columns = [
+        population.iter().map(|p| p.0).collect::<Vec<_>>(),
+        population.iter().map(|p| p.1).collect(),
+        population.iter().map(|p| p.2).collect(),
+    ];
+    let mut resolved = def.clone();
+    for (name, values) in RFM_CUTOFFS.iter().zip(columns) {
+        if resolved.params.get(name).and_then(|v| v.as_str()) == Some("auto") {
+            resolved.params[*name] = serde_json::Value::String(quintile_cutoffs(values));
+        }
+    }
+    tracing::debug!(segment = def.name, params = %resolved.params, "RFM cutoffs for this run");
+    if cutoffs == Cutoffs::Refresh {
+        store.record_cutoffs(&def.name, &def.params, &resolved.params, now).await?;
+    }
+    Ok((resolved, Some(now)))
+}
+
+/// How often a schedule re-evaluates everyone. Real-time segments are also swept, since
+/// some change with time alone (a cart becomes abandoned 30 minutes after the last event).
+pub fn period(schedule: &str) -> i64 {
+    const MINUTE: i64 = 60_000;
+    match schedule {
+        "realtime" => 15 * MINUTE,
+        "weekly" => 7 * 24 * 60 * MINUTE,
+        "biweekly" => 14 * 24 * 60 * MINUTE,
+        _ => 24 * 60 * MINUTE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quintile_cutoffs_split_the_population() {
+        assert_eq!(quintile_cutoffs((1..=10).map(f64::from).collect()), "3,5,7,9");
+        assert_eq!(quintile_cutoffs(vec![]), "0,0,0,0");
+    }
+}
