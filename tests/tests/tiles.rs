@@ -224,7 +224,7 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     // segments, and the browser may read it (CORS exposes the header).
     let token = response.headers()["x-rekindle-token"].to_str().unwrap().to_string();
     assert!(response.headers()["access-control-expose-headers"].to_str().unwrap().contains("x-rekindle-token"));
-    let claims = rekindle_server::token::verify(&token, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
+    let claims = rekindle_tiles::token::verify(&token, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
     assert_eq!(claims.segments.iter().map(|m| m.segment.as_str()).collect::<Vec<_>>(), ["lapsing"]);
     assert!(claims.traits.iter().any(|f| f.name == "first_name"), "{claims:?}");
     // Never a contact point, even when an offer is conditioned on one.
@@ -235,7 +235,7 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     assert_eq!(host.slot(json!({"name": "mail"})).await.0, 200);
     let sealed = host.http.get(format!("{}/v1/tiles?slot=mail&{}", host.base, signed("ann"))).send().await.unwrap();
     let sealed = sealed.headers()["x-rekindle-token"].to_str().unwrap().to_string();
-    let claims = rekindle_server::token::verify(&sealed, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
+    let claims = rekindle_tiles::token::verify(&sealed, TOKEN_SECRET, chrono::Utc::now().timestamp_millis()).unwrap();
     assert!(claims.traits.iter().all(|f| f.name != "email" && f.name != "phone"), "{claims:?}");
     for unproved in ["slot=home", "slot=home&userId=ann"] {
         let anonymous = host.http.get(format!("{}/v1/tiles?{unproved}", host.base)).send().await.unwrap();

@@ -87,10 +87,10 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/');
     let snapshot: Value = serde_json::from_slice(&get(&format!("{base}/admin/edge/snapshot"), &args.admin_token)?)?;
     let version = snapshot["version"].as_u64().unwrap_or_default();
-    if version != rekindle_server::edge::SNAPSHOT_VERSION {
+    if version != rekindle_tiles::edge::SNAPSHOT_VERSION {
         bail!(
             "{base} sends an edge snapshot of version {version}; this rekindle builds bundles from version {}. Use the same release of rekindle for the host and the build",
-            rekindle_server::edge::SNAPSHOT_VERSION
+            rekindle_tiles::edge::SNAPSHOT_VERSION
         );
     }
     let plugins = snapshot["plugins"].as_object().context("the snapshot lists no plugins")?.clone();

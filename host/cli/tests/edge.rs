@@ -553,7 +553,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         evaluated += usize::from(!verdicts.is_empty());
         if let Some(token) = token.as_deref().filter(|_| asked_for.is_some()) {
             // Sealed: only the secret opens it (0 as "now", since only the claims matter here).
-            let claims = rekindle_server::token::verify(token, SECRET.as_bytes(), 0).unwrap();
+            let claims = rekindle_tiles::token::verify(token, SECRET.as_bytes(), 0).unwrap();
             let carried = |segment: &str| claims.segments.iter().any(|m| m.segment == segment);
             moved += verdicts
                 .iter()
@@ -867,7 +867,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     // that says they are not.
     let last_order = s.t0 - 60 * DAY;
     let token = s.token("flip", s.t0).await;
-    let claims = rekindle_server::token::verify(&token, SECRET.as_bytes(), 0).unwrap();
+    let claims = rekindle_tiles::token::verify(&token, SECRET.as_bytes(), 0).unwrap();
     assert!(!claims.segments.iter().any(|m| m.segment == "Lapsing"), "not lapsing on day 60");
     for (now, member) in [(last_order + 68 * DAY - 1, false), (last_order + 68 * DAY, true)] {
         let at_edge = s.conform(Some(&token), "hero", now).await;

@@ -130,3 +130,13 @@ impl From<rekindle_runtime::ParamError> for ApiError {
         ApiError::field("context.params", err.to_string())
     }
 }
+
+impl From<rekindle_tiles::TilesError> for ApiError {
+    fn from(err: rekindle_tiles::TilesError) -> ApiError {
+        match err {
+            rekindle_tiles::TilesError::Field { field, message } => ApiError::field(field, message),
+            rekindle_tiles::TilesError::NotFound(message) => ApiError::NotFound(message),
+            rekindle_tiles::TilesError::Store(e) => e.into(),
+        }
+    }
+}

@@ -4,9 +4,6 @@
 mod api;
 mod error;
 mod slots;
-pub mod edge;
-pub mod token;
-pub mod tiles;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +12,8 @@ use std::time::Duration;
 use axum::Router;
 use rekindle_journeys::{Deliverer, FrequencyCap};
 use rekindle_runtime::Registry;
+use rekindle_tiles::TileService;
+use rekindle_tiles::token::TokenKey;
 use rekindle_store::Store;
 
 pub use api::segments::define_segment;
@@ -43,7 +42,12 @@ pub struct AppState {
     /// How often the scheduler looks for segments that are due.
     pub schedule_tick: Duration,
     /// Promo-tile offers, slots and decisions.
-    pub tiles: Arc<tiles::TileService>,
+    pub tiles: Arc<TileService>,
+    /// Origins allowed to call the tile and event endpoints from a browser.
+    pub tile_origins: Vec<String>,
+    /// The key sealing segment tokens for the edge, and how long a token lasts (ms);
+    /// `None` issues no tokens.
+    pub token: Option<(TokenKey, i64)>,
     /// The journey engine, when delivery channels are configured.
     pub journeys: Option<Arc<rekindle_journeys::Engine>>,
 }
@@ -113,7 +117,9 @@ impl AppState {
             realtime: None,
             clock: Clock::default(),
             schedule_tick: Duration::from_secs(60),
-            tiles: Arc::new(tiles::TileService::new(Vec::new(), None)),
+            tiles: Arc::new(TileService::new()),
+            tile_origins: Vec::new(),
+            token: None,
             journeys: None,
         }
     }
@@ -135,15 +141,14 @@ impl AppState {
     /// Lets pages on `origins` (such as `https://shop.example`) call the tile and event
     /// endpoints from the browser.
     pub fn with_tile_origins(mut self, origins: Vec<String>) -> AppState {
-        self.tiles = Arc::new(tiles::TileService::new(origins, self.tiles.token.clone()));
+        self.tile_origins = origins;
         self
     }
 
     /// Signs segment tokens for the edge with `secret`, each valid for `ttl`; tile answers
     /// for known visitors then carry one in `X-Rekindle-Token`.
     pub fn with_token_secret(mut self, secret: &[u8], ttl: Duration) -> AppState {
-        let token = Some((token::TokenKey::new(secret), i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
-        self.tiles = Arc::new(tiles::TileService::new(self.tiles.origins.clone(), token));
+        self.token = Some((TokenKey::new(secret), i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         self
     }
 
@@ -189,9 +194,9 @@ pub fn app(state: AppState) -> Router {
         tokio::spawn(journey_loop(engine.clone(), state.clock.clone(), state.schedule_tick));
     }
     // Browsers on the configured origins call decisions and send events; nothing else.
-    let cors = (!state.tiles.origins.is_empty()).then(|| {
+    let cors = (!state.tile_origins.is_empty()).then(|| {
         use axum::http::{HeaderName, Method, header};
-        let origins: Vec<axum::http::HeaderValue> = state.tiles.origins.iter().filter_map(|o| o.parse().ok()).collect();
+        let origins: Vec<axum::http::HeaderValue> = state.tile_origins.iter().filter_map(|o| o.parse().ok()).collect();
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST])

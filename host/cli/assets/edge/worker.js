@@ -230,7 +230,7 @@ export function unbase64url(text) {
   return out;
 }
 
-// The host's token key: HKDF-SHA256 of the secret, for AES-256-GCM (see token.rs).
+// The host's token key: HKDF-SHA256 of the secret, for AES-256-GCM (see host/tiles/src/token.rs).
 const TOKEN_INFO = encoder.encode("rekindle segment token v2");
 const TOKEN_ASSOCIATED = encoder.encode("rekindle-token-v2");
 const tokenKeys = new Map();

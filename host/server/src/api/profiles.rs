@@ -172,8 +172,8 @@ fn product(item: &Value, at: &str) -> Result<Product, ApiError> {
     let link = |key: &str| -> Result<Option<String>, ApiError> {
         let value = text(key, false)?;
         match &value {
-            Some(url) if !crate::tiles::is_safe_link(url) => {
-                Err(ApiError::field(format!("{at}.{key}"), format!("{at}.{key} {}", crate::tiles::SAFE_LINK)))
+            Some(url) if !rekindle_tiles::catalog::is_safe_link(url) => {
+                Err(ApiError::field(format!("{at}.{key}"), format!("{at}.{key} {}", rekindle_tiles::catalog::SAFE_LINK)))
             }
             _ => Ok(value),
         }

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::api::admin::require_token;
-use crate::tiles::{Visitor, catalog_json, parse_offer, parse_slot, stored_text};
+use rekindle_tiles::Visitor;
+use rekindle_tiles::catalog::{catalog_json, parse_offer, parse_slot, stored_text};
+use rekindle_tiles::edge::EdgeSources;
 use crate::{AppState, ApiError};
 
 /// The website snippet, served as is.
@@ -125,14 +127,14 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
 /// `{"userId", "at"?}`; `at` (ms) back-dates the issue time.
 async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_json(&body)?;
-    let (key, ttl) = state.tiles.token.clone().ok_or(ApiError::Unavailable("no token secret is configured ([tiles] token_secret)"))?;
+    let (key, ttl) = state.token.clone().ok_or(ApiError::Unavailable("no token secret is configured ([tiles] token_secret)"))?;
     let id = optional_text(body.get("userId"), "userId")?.ok_or_else(|| ApiError::field("userId", "`userId` names the visitor"))?;
     let at = match body.get("at") {
         None | Some(Value::Null) => state.clock.now(),
         at => rekindle_runtime::json::timestamp_from_json(at, "at")?,
     };
-    let claims = crate::edge::claims(&state, &id, at, ttl).await?.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
-    Ok(Json(json!({"token": crate::token::seal(&claims, &key), "expires_at": claims.expires_at})))
+    let claims = rekindle_tiles::edge::claims(edge_sources(&state)?, &id, at, ttl, &state.clock).await?.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
+    Ok(Json(json!({"token": rekindle_tiles::token::seal(&claims, &key), "expires_at": claims.expires_at})))
 }
 
 async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(String, String)>>) -> Result<Json<Value>, ApiError> {
@@ -143,7 +145,7 @@ async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(S
         }
         None => state.clock.now(),
     };
-    crate::edge::snapshot(&state, now).await.map(Json)
+    Ok(Json(rekindle_tiles::edge::snapshot(edge_sources(&state)?, now).await?))
 }
 
 /// What the edge must answer: `{"userId"?, "slot", "now", "repeat"?}`. `repeat` decides
@@ -160,7 +162,7 @@ async fn edge_reference(State(state): State<AppState>, body: Bytes) -> Result<Js
     };
     let mut answer = Value::Null;
     for _ in 0..repeat {
-        answer = crate::edge::reference(&state, user.as_deref(), &slot, now).await?;
+        answer = rekindle_tiles::edge::reference(edge_sources(&state)?, user.as_deref(), &slot, now).await?;
     }
     Ok(Json(answer))
 }
@@ -245,8 +247,8 @@ async fn verify(state: &AppState, claim: &Claim) -> Visitor {
     {
         return Visitor::verified(user.clone());
     }
-    let (Some(token), Some((key, _))) = (&claim.token, &state.tiles.token) else { return Visitor::default() };
-    let Ok(claims) = crate::token::open(token, key, state.clock.now()) else { return Visitor::default() };
+    let (Some(token), Some((key, _))) = (&claim.token, &state.token) else { return Visitor::default() };
+    let Ok(claims) = rekindle_tiles::token::open(token, key, state.clock.now()) else { return Visitor::default() };
     // The token's person must still exist (an erased one is nobody), and a token left in
     // the browser by someone else (a shared computer) is not the visitor a page now names.
     let Some(ingestion) = &state.ingestion else { return Visitor::default() };
@@ -259,12 +261,19 @@ async fn verify(state: &AppState, claim: &Claim) -> Visitor {
 /// A segment token for a verified visitor, issued at the start of the hour so that its
 /// claims within the hour are the same.
 async fn visitor_token(state: &AppState, visitor: &Visitor) -> Option<String> {
-    let (key, ttl) = state.tiles.token.clone()?;
+    let (key, ttl) = state.token.clone()?;
     let id = visitor.id()?;
     const HOUR: i64 = 3_600_000;
     let at = state.clock.now() / HOUR * HOUR;
-    match crate::edge::claims(state, id, at, ttl).await {
-        Ok(Some(claims)) => Some(crate::token::seal(&claims, &key)),
+    let sources = match edge_sources(state) {
+        Ok(sources) => sources,
+        Err(e) => {
+            tracing::warn!("no segment token for this answer: {e}");
+            return None;
+        }
+    };
+    match rekindle_tiles::edge::claims(sources, id, at, ttl, &state.clock).await {
+        Ok(Some(claims)) => Some(rekindle_tiles::token::seal(&claims, &key)),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!("no segment token for this answer: {e}");
@@ -386,4 +395,9 @@ async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: By
         });
     }
     Ok(with_token(cached(&headers, &json!({ "decisions": decisions })), visitor_token(&state, &visitor).await))
+}
+
+/// The plugins, customer data and tiles the edge functions read; a 503 without customer data.
+fn edge_sources(state: &AppState) -> Result<EdgeSources<'_>, ApiError> {
+    Ok(EdgeSources { registry: &state.registry, store: &state.customer_data()?.store, tiles: &state.tiles })
 }

@@ -13,10 +13,22 @@ use rekindle_runtime::{CallError, Limits, PluginInfo, filter_profile, merge_para
 use rekindle_store::CONTACT_TRAITS;
 use serde_json::{Value, json};
 
+use rekindle_runtime::Registry;
 use rekindle_segments::batch::{Plan, PlannedSegment};
-use crate::tiles::{Catalog, full_profile};
+use rekindle_store::Store;
+
+use crate::TilesError;
+use crate::catalog::Catalog;
+use crate::decide::{TileService, full_profile};
 use crate::token::{Claims, TokenCatalog, typed_fields};
-use crate::{AppState, ApiError};
+
+/// What the edge's answers are made from: the plugins, the customer data and the tiles.
+#[derive(Clone, Copy)]
+pub struct EdgeSources<'a> {
+    pub registry: &'a Registry,
+    pub store: &'a Store,
+    pub tiles: &'a TileService,
+}
 
 /// Whether a rule's declared input travels in a token: no events, consents, contacts or
 /// segments, and no trait that is a contact point, which a token never carries.
@@ -30,18 +42,17 @@ fn reads_contact_trait(query: &InputQuery) -> bool {
 }
 
 /// The segments whose rules the edge evaluates itself, planned at `now`.
-pub async fn edge_segments(state: &AppState, now: i64) -> Result<Vec<PlannedSegment>, ApiError> {
-    let store = &state.customer_data()?.store;
+pub async fn edge_segments(registry: &Registry, store: &Store, now: i64) -> Result<Vec<PlannedSegment>, TilesError> {
     let defs = store.segments().await?;
-    let (plan, _) = Plan::new(&state.registry, store, &defs, now, rekindle_segments::Cutoffs::Recorded).await?;
+    let (plan, _) = Plan::new(registry, store, &defs, now, rekindle_segments::Cutoffs::Recorded).await?;
     Ok(plan.segments.into_iter().filter(|s| fits_token(&s.query)).collect())
 }
 
 /// Every query a token must serve: each slot's decision and each edge rule.
-fn token_queries<'a>(state: &AppState, catalog: &Catalog, edge_rules: impl IntoIterator<Item = &'a InputQuery>) -> Vec<InputQuery> {
+fn token_queries<'a>(src: EdgeSources<'_>, catalog: &Catalog, edge_rules: impl IntoIterator<Item = &'a InputQuery>) -> Vec<InputQuery> {
     let mut slots: Vec<&String> = catalog.slots.keys().collect();
     slots.sort();
-    let mut queries: Vec<InputQuery> = slots.into_iter().flat_map(|slot| state.tiles.queries(&state.registry, catalog, slot)).collect();
+    let mut queries: Vec<InputQuery> = slots.into_iter().flat_map(|slot| src.tiles.queries(src.registry, catalog, slot)).collect();
     queries.extend(edge_rules.into_iter().cloned());
     queries
 }
@@ -49,11 +60,10 @@ fn token_queries<'a>(state: &AppState, catalog: &Catalog, edge_rules: impl IntoI
 /// The input queries of the edge segments' rules: what a token must carry for them. Unlike
 /// [`edge_segments`] this resolves no parameters, so issuing a token on every tile answer
 /// never computes RFM quintiles over the whole population.
-async fn edge_rule_queries(state: &AppState) -> Result<Vec<InputQuery>, ApiError> {
-    let store = &state.customer_data()?.store;
+async fn edge_rule_queries(registry: &Registry, store: &Store) -> Result<Vec<InputQuery>, TilesError> {
     let mut queries = Vec::new();
     for def in store.segments().await? {
-        if let Ok(plugin) = state.registry.get(&def.slot)
+        if let Ok(plugin) = registry.get(&def.slot)
             && let PluginInfo::Rule(info) = plugin.info()
             && fits_token(&info.input)
         {
@@ -83,16 +93,16 @@ fn token_fields(queries: &[InputQuery]) -> (Vec<String>, Vec<String>) {
 }
 
 /// The claims for the person `id` names at `now`, valid for `ttl_ms`; `None` for someone
-/// Rekindle has never seen.
-pub async fn claims(state: &AppState, id: &str, now: i64, ttl_ms: i64) -> Result<Option<Claims>, ApiError> {
-    let store = &state.customer_data()?.store;
-    let catalog = state.tiles.catalog();
-    let queries = token_queries(state, &catalog, &edge_rule_queries(state).await?);
+/// Rekindle has never seen. `clock` gives the time the token's catalog is read at.
+pub async fn claims(src: EdgeSources<'_>, id: &str, now: i64, ttl_ms: i64, clock: &rekindle_store::Clock) -> Result<Option<Claims>, TilesError> {
+    let store = src.store;
+    let catalog = src.tiles.catalog();
+    let queries = token_queries(src, &catalog, &edge_rule_queries(src.registry, store).await?);
     let Some(full) = full_profile(store, queries.iter().collect(), id, now).await? else { return Ok(None) };
     let (traits, aggregates) = token_fields(&queries);
     let user_ids = store.profile(&full.id, 0).await?.map(|record| record.user_ids).unwrap_or_default();
     // Read after the queries above, so every segment defined by `at` is in the memberships.
-    let catalog = Some(TokenCatalog { at: state.clock.now(), traits: traits.clone(), aggregates: aggregates.clone() });
+    let catalog = Some(TokenCatalog { at: clock.now(), traits: traits.clone(), aggregates: aggregates.clone() });
     let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> {
         fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect()
     };
@@ -118,9 +128,9 @@ fn query_json(query: &InputQuery) -> Value {
 /// parameters, offers in the contract's form, the plugins (by slot and digest), the edge
 /// segments, and which traits and aggregates the token carries. Values are typed as in
 /// the token.
-pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
-    let catalog = state.tiles.catalog();
-    let edge = edge_segments(state, now).await?;
+pub async fn snapshot(src: EdgeSources<'_>, now: i64) -> Result<Value, TilesError> {
+    let catalog = src.tiles.catalog();
+    let edge = edge_segments(src.registry, src.store, now).await?;
     let mut plugins = serde_json::Map::new();
     let mut slots = Vec::new();
     let mut names: Vec<&String> = catalog.slots.keys().collect();
@@ -128,16 +138,16 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
     for name in names {
         let def = &catalog.slots[name];
         // A slot whose plugin is not loaded serves its fallback tiles, at the edge as here.
-        let Ok(plugin) = state.registry.get(&def.plugin) else {
+        let Ok(plugin) = src.registry.get(&def.plugin) else {
             slots.push(json!({"name": def.name, "plugin": def.plugin, "max_tiles": def.max_tiles, "params": [], "fallback": def.fallback}));
             continue;
         };
         let PluginInfo::Tiles(info) = plugin.info() else {
-            return Err(ApiError::field("plugin", format!("slot `{name}`: `{}` is not a promo-tiles plugin", def.plugin)));
+            return Err(TilesError::field("plugin", format!("slot `{name}`: `{}` is not a promo-tiles plugin", def.plugin)));
         };
         // A tile plugin may read segments: the token carries them.
         if !info.input.events.is_empty() || info.input.consents || info.input.contacts || reads_contact_trait(&info.input) {
-            return Err(ApiError::field(
+            return Err(TilesError::field(
                 "plugin",
                 format!(
                     "slot `{name}`: `{}` reads events, consents, contacts or a contact trait (email, phone), which a token does not carry; it cannot run at the edge",
@@ -145,8 +155,8 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
                 ),
             ));
         }
-        let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| ApiError::field("params", e.to_string()))?;
-        let params = merge_params(&info.params, &overrides).map_err(|e| ApiError::field("params", e.to_string()))?;
+        let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| TilesError::field("params", e.to_string()))?;
+        let params = merge_params(&info.params, &overrides).map_err(|e| TilesError::field("params", e.to_string()))?;
         plugins.insert(
             def.plugin.clone(),
             json!({"kind": "tiles", "digest": plugin.digest(), "version": info.version, "input": query_json(&info.input)}),
@@ -162,7 +172,7 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
     for o in all {
         let offer = &o.offer;
         if let Some((name, _)) = o.traits.iter().find(|(name, _)| CONTACT_TRAITS.contains(&name.as_str())) {
-            return Err(ApiError::field("traits", format!("offer `{}` is conditioned on `{name}`, a contact point a token never carries; it cannot run at the edge", offer.id)));
+            return Err(TilesError::field("traits", format!("offer `{}` is conditioned on `{name}`, a contact point a token never carries; it cannot run at the edge", offer.id)));
         }
         offers.push(json!({
             "valid_from": o.valid_from,
@@ -184,9 +194,9 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
         );
         segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query), "cutoffs_at": s.cutoffs_at}));
     }
-    let queries = token_queries(state, &catalog, edge.iter().map(|s| &s.query));
+    let queries = token_queries(src, &catalog, edge.iter().map(|s| &s.query));
     let (traits, aggregates) = token_fields(&queries);
-    let limits = state.registry.runtime().limits();
+    let limits = src.registry.runtime().limits();
     Ok(json!({
         "version": SNAPSHOT_VERSION,
         "generated_at": now,
@@ -196,7 +206,7 @@ pub async fn snapshot(state: &AppState, now: i64) -> Result<Value, ApiError> {
         // latest segment definition (the edge cannot know a membership the token does not
         // report), so its catalog must be read after this.
         "token": {"traits": traits, "aggregates": aggregates,
-                  "segments_changed_at": state.customer_data()?.store.segments_changed_at().await?},
+                  "segments_changed_at": src.store.segments_changed_at().await?},
         "plugins": plugins,
         "slots": slots,
         "offers": offers,
@@ -237,12 +247,12 @@ pub fn apply_verdict(segments: &mut Vec<Membership>, name: &str, verdict: &Verdi
 
 /// What the edge must answer for this visitor, slot and time: the edge segments
 /// re-evaluated at `now`, then the slot's decision with those memberships.
-pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now: i64) -> Result<Value, ApiError> {
-    let store = &state.customer_data()?.store;
-    let catalog = state.tiles.catalog();
-    let def = catalog.slots.get(slot).ok_or_else(|| ApiError::NotFound(format!("no tile slot `{slot}`")))?;
-    let edge = edge_segments(state, now).await?;
-    let queries = token_queries(state, &catalog, edge.iter().map(|s| &s.query));
+pub async fn reference(src: EdgeSources<'_>, visitor: Option<&str>, slot: &str, now: i64) -> Result<Value, TilesError> {
+    let store = src.store;
+    let catalog = src.tiles.catalog();
+    let def = catalog.slots.get(slot).ok_or_else(|| TilesError::NotFound(format!("no tile slot `{slot}`")))?;
+    let edge = edge_segments(src.registry, store, now).await?;
+    let queries = token_queries(src, &catalog, edge.iter().map(|s| &s.query));
     let mut full: Option<Profile> = match visitor {
         Some(id) => full_profile(store, queries.iter().collect(), id, now).await?,
         None => None,
@@ -269,6 +279,6 @@ pub async fn reference(state: &AppState, visitor: Option<&str>, slot: &str, now:
             }
         }
     }
-    let decision = state.tiles.decide_for(&state.registry, &catalog, def, Ok(full), None, now).await;
+    let decision = src.tiles.decide_for(src.registry, &catalog, def, Ok(full), None, now).await;
     Ok(json!({"verdicts": verdicts, "decision": decision}))
 }
