@@ -330,3 +330,19 @@ fn seed_rule_boundaries_hold_through_wasm() {
     assert!(!verdict(components::RULE_ONE_TIME_ABOUT_TO_SLEEP, "2026-06-29T00:00:00Z", last_order("2026-01-01T00:00:00Z")));
     assert!(verdict(components::RULE_HIGH_LTV, "2026-01-02T00:00:00Z", last_order("2026-01-01T00:00:00Z")));
 }
+
+#[test]
+fn a_full_instance_pool_is_reported_as_busy_not_as_a_broken_plugin() {
+    // A pool of two component instances and four core ones; a Rust component takes three
+    // core instances, so while a batch worker holds one instance a second call finds the
+    // pool full: the host at capacity (a 503), not the plugin's fault (a 502). Before, this
+    // error's words ("maximum concurrent limit of 4 for core instances reached") matched
+    // none the host looked for, and it was reported as a trap.
+    let runtime = Runtime::new(RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() }).unwrap();
+    let plugin = lapsing(&runtime);
+    let held = plugin.rule_instance().unwrap();
+    let err = plugin.evaluate(&defaults(&plugin, 200 * DAY), &buyer("ann", &[0, 60])).unwrap_err();
+    assert!(matches!(err, rekindle_runtime::CallError::Instantiate(_)), "{err:?}");
+    drop(held);
+    assert!(plugin.evaluate(&defaults(&plugin, 200 * DAY), &buyer("ann", &[0, 60])).is_ok());
+}

@@ -481,7 +481,9 @@ fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallErro
             CallError::Trap(state.panic.clone().unwrap_or_default())
         }
         Some(trap) => CallError::Trap(trap.to_string()),
-        None if err.to_string().contains("instance count") || err.to_string().contains("pool") => {
+        // The pooling allocator has no free slot: the host is at capacity. Its error is typed;
+        // a store's own instance limit is not, and wasmtime words it "instance count".
+        None if err.chain().any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) || err.to_string().contains("instance count") => {
             CallError::Instantiate(format!("{err:#}"))
         }
         None => CallError::Trap(format!("{err:#}")),
