@@ -137,7 +137,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let engine = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
     let journey = engine.deploy(JOURNEY).await.unwrap();
     assert_eq!(journey.steps.len(), 3);
-    assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().contains("no channel `fax`"));
+    assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().to_string().contains("no channel `fax`"));
 
     let sent = |path: &'static str| {
         let received = received.clone();

@@ -22,6 +22,34 @@
 use std::collections::HashSet;
 
 use serde::Deserialize;
+use rekindle_store::StoreError;
+
+/// Why a journey could not be deployed or entered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JourneyError {
+    /// The journey file is wrong; `field` names the field or step at fault (`name`,
+    /// `steps[2] "wait"`), and is `None` for malformed TOML, whose message names the line.
+    #[error("{message}")]
+    Invalid { field: Option<String>, message: String },
+    /// No journey has this name.
+    #[error("no journey `{0}`")]
+    UnknownJourney(String),
+    /// Nobody has this id.
+    #[error("no profile for `{0}`")]
+    UnknownProfile(String),
+    /// The journey's entry is not `api = true`.
+    #[error("journey `{0}` does not take entries through the API (its [entry] has no `api = true`)")]
+    NotEnteredByApi(String),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A refusal naming `field`, whose message starts with it.
+fn invalid(field: impl Into<String>, problem: impl std::fmt::Display) -> JourneyError {
+    let field = field.into();
+    JourneyError::Invalid { message: format!("{field}: {problem}"), field: Some(field) }
+}
 
 use crate::messages::{MessageTemplate, check_template};
 
@@ -201,16 +229,16 @@ fn parse_clock(text: &str) -> Option<u32> {
 /// Parses and checks a journey file. `channels` are the configured channel names a `send`
 /// or audience step may use; the error names the file's line for malformed TOML, and the
 /// step and field for everything else.
-pub fn load(source: &str, channels: &[&str]) -> Result<Journey, String> {
-    let journey: Journey = toml::from_str(source).map_err(|e| e.to_string().trim().to_string())?;
+pub fn load(source: &str, channels: &[&str]) -> Result<Journey, JourneyError> {
+    let journey: Journey = toml::from_str(source).map_err(|e| JourneyError::Invalid { field: None, message: e.to_string().trim().to_string() })?;
     check(&journey, channels)?;
     Ok(journey)
 }
 
 /// Checks a parsed journey: references between steps, channels, durations, templates.
-pub fn check(journey: &Journey, channels: &[&str]) -> Result<(), String> {
+pub fn check(journey: &Journey, channels: &[&str]) -> Result<(), JourneyError> {
     if journey.name.trim().is_empty() {
-        return Err("name: a journey needs a name".into());
+        return Err(invalid("name", "a journey needs a name"));
     }
     let entry = &journey.entry;
     let ways = [entry.segment.is_some() && entry.schedule.is_none(), entry.event.is_some(), entry.schedule.is_some(), entry.api]
@@ -218,46 +246,47 @@ pub fn check(journey: &Journey, channels: &[&str]) -> Result<(), String> {
         .filter(|w| **w)
         .count();
     if ways != 1 {
-        return Err("entry: give exactly one of `segment`, `event`, `schedule` (with `segment`) or `api = true`".into());
+        return Err(invalid("entry", "give exactly one of `segment`, `event`, `schedule` (with `segment`) or `api = true`"));
     }
     if let Some(schedule) = &entry.schedule {
         if entry.segment.is_none() {
-            return Err("entry.schedule: a scheduled entry takes everyone in `segment`".into());
+            return Err(invalid("entry.schedule", "a scheduled entry takes everyone in `segment`"));
         }
         if !["daily", "weekly", "biweekly"].contains(&schedule.as_str()) {
-            return Err(format!("entry.schedule: `{schedule}` is not daily, weekly or biweekly"));
+            return Err(invalid("entry.schedule", format!("`{schedule}` is not daily, weekly or biweekly")));
         }
     }
     if !["never", "after_exit", "always"].contains(&journey.re_entry.as_str()) {
-        return Err(format!("re_entry: `{}` is not never, after_exit or always", journey.re_entry));
+        return Err(invalid("re_entry", format!("`{}` is not never, after_exit or always", journey.re_entry)));
     }
     if journey.holdout_percent > 100 {
-        return Err("holdout_percent: must be from 0 to 100".into());
+        return Err(invalid("holdout_percent", "must be from 0 to 100"));
     }
     if let Some(quiet) = &journey.quiet_hours {
         for (field, value) in [("start", &quiet.start), ("end", &quiet.end)] {
             if parse_clock(value).is_none() {
-                return Err(format!("quiet_hours.{field}: `{value}` is not a time like 21:00"));
+                return Err(invalid(format!("quiet_hours.{field}"), format!("`{value}` is not a time like 21:00")));
             }
         }
     }
     if journey.steps.is_empty() {
-        return Err("steps: a journey needs at least one step".into());
+        return Err(invalid("steps", "a journey needs at least one step"));
     }
     let mut ids = HashSet::new();
     for (i, step) in journey.steps.iter().enumerate() {
         if step.id().trim().is_empty() || step.id() == "exit" || !ids.insert(step.id()) {
-            return Err(format!("steps[{i}]: id: `{}` must be unique, non-empty and not `exit`", step.id()));
+            return Err(invalid(format!("steps[{i}]"), format!("id: `{}` must be unique, non-empty and not `exit`", step.id())));
         }
     }
     for (i, step) in journey.steps.iter().enumerate() {
-        let at = |field: &str, problem: String| format!("steps[{i}] {:?}: {field}: {problem}", step.id());
+        let step_at = format!("steps[{i}] {:?}", step.id());
+        let at = |field: &str, problem: String| invalid(step_at.clone(), format!("{field}: {problem}"));
         for (field, target) in step.targets() {
             if target != "exit" && !ids.contains(target) {
                 return Err(at(&field, format!("no step `{target}` (or `exit`)")));
             }
         }
-        let known_channel = |field: &str, name: &str| -> Result<(), String> {
+        let known_channel = |field: &str, name: &str| -> Result<(), JourneyError> {
             if channels.contains(&name) { Ok(()) } else { Err(at(field, format!("no channel `{name}` is configured (configured: {})", channels.join(", ")))) }
         };
         match step {
@@ -356,7 +385,15 @@ no = "exit"
 
     #[test]
     fn errors_name_the_step_and_the_field() {
-        let broken = |from: &str, to: &str| load(&LAPSING.replace(from, to), &CHANNELS).unwrap_err();
+        let broken = |from: &str, to: &str| load(&LAPSING.replace(from, to), &CHANNELS).unwrap_err().to_string();
+        // The field at fault travels with the error, for the API to report.
+        let field = |from: &str, to: &str| match load(&LAPSING.replace(from, to), &CHANNELS).unwrap_err() {
+            JourneyError::Invalid { field, .. } => field,
+            other => panic!("not a refusal of the file: {other:?}"),
+        };
+        assert_eq!(field("duration = \"3d\"", "duration = \"3x\"").as_deref(), Some("steps[2] \"wait\""));
+        assert_eq!(field("re_entry = \"after_exit\"", "re_entry = \"sometimes\"").as_deref(), Some("re_entry"));
+        assert_eq!(field("[entry]", "[entry\n"), None, "malformed TOML names its line, not a field");
         assert_eq!(broken("duration = \"3d\"", "duration = \"3x\""), "steps[2] \"wait\": duration: `3x` is not a duration like 30m, 12h or 7d, of at most 3650d");
         assert_eq!(broken("no = \"exit\"", "no = \"nowhere\""), "steps[3] \"which\": no: no step `nowhere` (or `exit`)");
         assert!(broken("\"email\", \"push\"", "\"email\", \"fax\"").starts_with("steps[1] \"nudge\": channels[1]: no channel `fax`"));

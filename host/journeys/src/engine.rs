@@ -22,7 +22,7 @@ use rekindle_store::{JourneyLogEntry, JourneyRun, Store, StoreError};
 use serde_json::Value;
 
 use crate::delivery::{Deliverer, Reconciled};
-use crate::definition::{self, Journey, Step, parse_duration};
+use crate::definition::{self, Journey, JourneyError, Step, parse_duration};
 use crate::messages::{choose_channel, render};
 
 /// Steps one run may take in one tick; a journey looping without a wait stops here.
@@ -59,24 +59,27 @@ fn store(engine: &Engine) -> &Store {
 
 impl Engine {
     /// Checks a journey file against the configured channels and stores it.
-    pub async fn deploy(&self, source: &str) -> Result<Journey, String> {
+    pub async fn deploy(&self, source: &str) -> Result<Journey, JourneyError> {
         let journey = definition::load(source, &self.deliverer.channel_names())?;
-        store(self).upsert_journey(&journey.name, source).await.map_err(|e| e.to_string())?;
+        store(self).upsert_journey(&journey.name, source).await?;
         Ok(journey)
     }
 
     /// Puts the person `id` names (profile id, userId or anonymousId) into a journey whose
     /// entry is `api = true`: `Ok(true)` when a run started, `Ok(false)` when the re-entry
     /// policy, test mode or a holdout kept them out.
-    pub async fn enter_by_api(&self, journey_name: &str, id: &str, now: i64) -> Result<bool, String> {
-        let journeys = store(self).journeys().await.map_err(|e| e.to_string())?;
-        let (_, source, _) = journeys.iter().find(|(name, _, _)| name == journey_name).ok_or_else(|| format!("no journey `{journey_name}`"))?;
+    pub async fn enter_by_api(&self, journey_name: &str, id: &str, now: i64) -> Result<bool, JourneyError> {
+        let journeys = store(self).journeys().await?;
+        let (_, source, _) = journeys
+            .iter()
+            .find(|(name, _, _)| name == journey_name)
+            .ok_or_else(|| JourneyError::UnknownJourney(journey_name.to_string()))?;
         let journey = definition::load(source, &self.deliverer.channel_names())?;
         if !journey.entry.api {
-            return Err(format!("journey `{journey_name}` does not take entries through the API (its [entry] has no `api = true`)"));
+            return Err(JourneyError::NotEnteredByApi(journey_name.to_string()));
         }
-        let profile = store(self).profile(id, 0).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no profile for `{id}`"))?;
-        self.start(&journey, &profile.id, now).await.map_err(|e| e.to_string())
+        let profile = store(self).profile(id, 0).await?.ok_or_else(|| JourneyError::UnknownProfile(id.to_string()))?;
+        Ok(self.start(&journey, &profile.id, now).await?)
     }
 
     /// Takes new entrants in, then advances every run that is due at `now`.

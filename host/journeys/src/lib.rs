@@ -10,6 +10,6 @@ mod egress;
 pub mod engine;
 pub mod messages;
 
-pub use definition::Journey;
+pub use definition::{Journey, JourneyError};
 pub use delivery::Deliverer;
 pub use engine::{Engine, FrequencyCap};

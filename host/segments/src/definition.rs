@@ -9,9 +9,12 @@ use rekindle_store::{SegmentDefinition, Store, StoreError};
 /// Why a segment could not be evaluated for a profile.
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluateError {
-    /// The definition names a missing slot, a plugin of another kind or bad parameters.
+    /// The definition's `slot` holds no plugin, or one that is not a segment rule.
     #[error("{0}")]
-    Definition(String),
+    Slot(String),
+    /// The definition's `params` do not fit the rule's declaration.
+    #[error("{0}")]
+    Params(String),
     /// The store could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -22,12 +25,12 @@ pub enum EvaluateError {
 
 /// The segment's rule context at `now`: its parameters over the rule's defaults.
 pub fn segment_context(registry: &Registry, def: &SegmentDefinition, now: i64) -> Result<(std::sync::Arc<rekindle_runtime::Plugin>, Context), EvaluateError> {
-    let plugin = registry.get(&def.slot).map_err(|e| EvaluateError::Definition(format!("slot: {e}")))?;
+    let plugin = registry.get(&def.slot).map_err(|e| EvaluateError::Slot(format!("slot: {e}")))?;
     let PluginInfo::Rule(info) = plugin.info() else {
-        return Err(EvaluateError::Definition(format!("slot: `{}` holds a {} plugin, not a segment rule", def.slot, plugin.kind())));
+        return Err(EvaluateError::Slot(format!("slot: `{}` holds a {} plugin, not a segment rule", def.slot, plugin.kind())));
     };
-    let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| EvaluateError::Definition(e.to_string()))?;
-    let params = merge_params(&info.params, &overrides).map_err(|e| EvaluateError::Definition(format!("params: {e}")))?;
+    let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| EvaluateError::Params(e.to_string()))?;
+    let params = merge_params(&info.params, &overrides).map_err(|e| EvaluateError::Params(format!("params: {e}")))?;
     Ok((plugin, Context { now, params }))
 }
 

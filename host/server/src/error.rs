@@ -140,3 +140,26 @@ impl From<rekindle_tiles::TilesError> for ApiError {
         }
     }
 }
+
+impl From<rekindle_journeys::JourneyError> for ApiError {
+    /// An entry refused: an unknown journey or person is a 404; anything else names the journey.
+    fn from(err: rekindle_journeys::JourneyError) -> ApiError {
+        use rekindle_journeys::JourneyError::*;
+        match err {
+            UnknownJourney(_) | UnknownProfile(_) => ApiError::NotFound(err.to_string()),
+            Invalid { .. } | NotEnteredByApi(_) | Store(_) => ApiError::field("journey", err.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// A journey file refused at deploy, naming the field or step at fault. A store failure
+    /// answers 400 with the database's text, as it always has (to become a 500).
+    pub fn deploy(err: rekindle_journeys::JourneyError) -> ApiError {
+        let field = match &err {
+            rekindle_journeys::JourneyError::Invalid { field, .. } => field.clone(),
+            _ => None,
+        };
+        ApiError::BadRequest { code: "invalid_journey", message: err.to_string(), field }
+    }
+}

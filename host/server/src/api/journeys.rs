@@ -28,11 +28,7 @@ async fn deploy(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
         .ok()
         .filter(|text| !text.contains('\0'))
         .ok_or_else(|| ApiError::BadRequest { code: "malformed_toml", message: "the body must be UTF-8 TOML without NUL characters".into(), field: None })?;
-    let journey = engine(&state)?.deploy(source).await.map_err(|e| {
-        // The checker's messages start with the field or step at fault.
-        let field = e.split(':').next().filter(|f| !f.contains(' ') || f.starts_with("steps[")).map(str::to_string);
-        ApiError::BadRequest { code: "invalid_journey", message: e, field }
-    })?;
+    let journey = engine(&state)?.deploy(source).await.map_err(ApiError::deploy)?;
     Ok(Json(json!({"deployed": journey.name, "steps": journey.steps.len()})))
 }
 
@@ -59,8 +55,6 @@ async fn enter(State(state): State<AppState>, Path(name): Path<String>, body: By
         .iter()
         .find_map(|k| body.get(*k).and_then(Value::as_str))
         .ok_or_else(|| ApiError::field("userId", "name the person with `userId`, `anonymousId` or `profileId`"))?;
-    let started = engine(&state)?.enter_by_api(&name, id, state.clock.now()).await.map_err(|e| {
-        if e.starts_with("no ") { ApiError::NotFound(e) } else { ApiError::field("journey", e) }
-    })?;
+    let started = engine(&state)?.enter_by_api(&name, id, state.clock.now()).await?;
     Ok(Json(json!({ "started": started })))
 }

@@ -52,7 +52,7 @@ fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiEr
     let def = SegmentDefinition { name, slot, params, schedule, last_run: None };
     // Resolving the rule and merging the parameters now reports a bad definition at once.
     segment_context(&state.registry, &def, 0).map_err(|e| match e {
-        EvaluateError::Definition(message) if message.starts_with("slot") => ApiError::field("slot", message),
+        EvaluateError::Slot(message) => ApiError::field("slot", message),
         other => ApiError::field("params", other.to_string()),
     })?;
     Ok(def)
