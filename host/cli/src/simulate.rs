@@ -106,8 +106,8 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             if hour % 24 == 0 {
                 // Every simulated midnight, segments catch up with time, as the scheduler would.
                 let defs = ingestion.store.segments().await?;
-                let (plan, _) = rekindle_segments::batch::Plan::new(&registry, &ingestion.store, &defs, now, rekindle_segments::batch::Cutoffs::AtNow).await?;
-                rekindle_segments::batch::run_all(&ingestion.store, Arc::new(plan), Arc::new(rekindle_segments::batch::WasmEvaluator)).await?;
+                let (plan, _) = rekindle_segments::batch::Plan::new(&registry, &ingestion.store, &defs, now, rekindle_segments::Cutoffs::AtNow).await?;
+                rekindle_segments::schedule::run_planned(&ingestion.store, plan).await?;
             }
             engine.tick(now).await?;
         }

@@ -301,7 +301,7 @@ impl Engine {
                 }
                 Step::Send { channels, template, voucher, products, next, .. } => {
                     // A send left in doubt by a crash waits here until its provider can be asked.
-                    let send = Send { step: step.id(), order: channels, template, voucher: voucher.as_deref(), products: *products, quiet };
+                    let send = SendStep { step: step.id(), order: channels, template, voucher: voucher.as_deref(), products: *products, quiet };
                     // A profile erased meanwhile has nobody to send to: the step passes.
                     let ask = match &profile {
                         Some(profile) => self.send(&run, profile, &send, now, &mut entries).await?,
@@ -346,7 +346,7 @@ impl Engine {
         &self,
         run: &JourneyRun,
         profile: &rekindle_store::ProfileRecord,
-        send: &Send<'_>,
+        send: &SendStep<'_>,
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<Option<i64>, StoreError> {
@@ -609,7 +609,7 @@ enum InDoubt {
 }
 
 /// A send step's settings, as the engine hands them to [`Engine::send`].
-struct Send<'a> {
+struct SendStep<'a> {
     step: &'a str,
     order: &'a [String],
     template: &'a crate::messages::MessageTemplate,

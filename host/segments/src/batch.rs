@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use rekindle_runtime::json::{series_from, value_from_json};
 use rekindle_runtime::wit::{Context, Field, InputQuery, Membership, Profile, Verdict};
-use rekindle_runtime::{CallError, Plugin, PluginInfo, Registry, RuleInstance, filter_profile};
+use rekindle_runtime::{CallError, Plugin, Registry, RuleInstance, filter_profile};
 use rekindle_store::{EventNeed, InputNeeds, RuleInput, Scope, SegmentDefinition, Store, StoreError, VerdictWrite};
 
 pub use crate::definition::Cutoffs;
-use crate::definition::{EvaluateError, resolve_auto_params, segment_context};
+use crate::definition::{EvaluateError, ResolvedRule, resolve_auto_params, segment_context};
 use crate::profile::{aggregates, consents, contact_points};
 
 /// Profiles read and evaluated together; large enough that per-page costs (queries, task
@@ -80,11 +80,7 @@ impl Plan {
         for def in defs {
             let (def, cutoffs_at) = resolve_auto_params(store, def, now, cutoffs).await?;
             match segment_context(registry, &def, now) {
-                Ok((plugin, ctx)) => {
-                    let PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by segment_context") };
-                    let query = info.input.clone();
-                    segments.push(PlannedSegment { def, plugin, ctx, query, cutoffs_at });
-                }
+                Ok(ResolvedRule { plugin, ctx, query }) => segments.push(PlannedSegment { def, plugin, ctx, query, cutoffs_at }),
                 Err(e) => refused.push((def.name.clone(), e)),
             }
         }

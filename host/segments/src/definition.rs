@@ -2,8 +2,10 @@
 //! defaults, RFM cutoffs recorded or refreshed, and how often its schedule comes round.
 
 use rekindle_runtime::json::fields_from_json;
-use rekindle_runtime::wit::Context;
-use rekindle_runtime::{PluginInfo, Registry, merge_params};
+use std::sync::Arc;
+
+use rekindle_runtime::wit::{Context, InputQuery};
+use rekindle_runtime::{Plugin, PluginInfo, Registry, merge_params};
 use rekindle_store::{SegmentDefinition, Store, StoreError};
 
 /// Why a segment could not be evaluated for a profile.
@@ -23,15 +25,26 @@ pub enum EvaluateError {
     Call(#[from] rekindle_runtime::CallError),
 }
 
-/// The segment's rule context at `now`: its parameters over the rule's defaults.
-pub fn segment_context(registry: &Registry, def: &SegmentDefinition, now: i64) -> Result<(std::sync::Arc<rekindle_runtime::Plugin>, Context), EvaluateError> {
+/// A segment's rule, checked to be one, with its context at a time and what it reads.
+#[derive(Clone)]
+pub struct ResolvedRule {
+    pub plugin: Arc<Plugin>,
+    /// The definition's parameters over the rule's defaults, at the time asked for.
+    pub ctx: Context,
+    /// What the rule declared it reads.
+    pub query: InputQuery,
+}
+
+/// The segment's rule and its context at `now`: its parameters over the rule's defaults.
+pub fn segment_context(registry: &Registry, def: &SegmentDefinition, now: i64) -> Result<ResolvedRule, EvaluateError> {
     let plugin = registry.get(&def.slot).map_err(|e| EvaluateError::Slot(format!("slot: {e}")))?;
     let PluginInfo::Rule(info) = plugin.info() else {
         return Err(EvaluateError::Slot(format!("slot: `{}` holds a {} plugin, not a segment rule", def.slot, plugin.kind())));
     };
     let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| EvaluateError::Params(e.to_string()))?;
     let params = merge_params(&info.params, &overrides).map_err(|e| EvaluateError::Params(format!("params: {e}")))?;
-    Ok((plugin, Context { now, params }))
+    let query = info.input.clone();
+    Ok(ResolvedRule { plugin, ctx: Context { now, params }, query })
 }
 
 /// Parameters an RFM rule takes as population quintile cutoffs; `"auto"` asks the host to

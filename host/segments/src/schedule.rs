@@ -4,20 +4,39 @@
 use std::sync::Arc;
 
 use rekindle_runtime::Registry;
-use rekindle_store::{Clock, SegmentDefinition, Store};
+use rekindle_store::{Clock, SegmentDefinition, Store, StoreError};
 
-use crate::batch::{Plan, WasmEvaluator, run_all};
+use crate::batch::{Plan, RunReport, WasmEvaluator, run_all};
 use crate::definition::{Cutoffs, EvaluateError, period, resolve_auto_params};
 
-/// Evaluates a segment over every stored profile at `now`, in pages on both cores.
+/// What one run did: the batch's report, and the segments it ran, in its order.
+pub struct SegmentRun {
+    pub report: RunReport,
+    pub segments: Vec<String>,
+}
+
+/// Runs planned segments over every stored profile, in pages on both cores, each page read
+/// once for all of them, and records each segment as run at the plan's time. The schedule,
+/// a new segment's backfill, the API's run-now and the CLI's simulation all run this way.
+pub async fn run_planned(store: &Store, plan: Plan) -> Result<SegmentRun, StoreError> {
+    let now = plan.now;
+    let segments: Vec<String> = plan.segments.iter().map(|s| s.def.name.clone()).collect();
+    let report = run_all(store, Arc::new(plan), Arc::new(WasmEvaluator)).await?;
+    for name in &segments {
+        store.mark_run(name, now).await?;
+    }
+    Ok(SegmentRun { report, segments })
+}
+
+/// Evaluates a segment over every stored profile at `now` and records the run.
 /// Returns (evaluated, failed).
 pub async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<(usize, usize), EvaluateError> {
     let (plan, refused) = Plan::new(registry, store, std::slice::from_ref(def), now, Cutoffs::Refresh).await?;
     if let Some((_, e)) = refused.into_iter().next() {
         return Err(e);
     }
-    let report = run_all(store, Arc::new(plan), Arc::new(WasmEvaluator)).await?;
-    Ok((report.evaluations(), report.failures()))
+    let run = run_planned(store, plan).await?;
+    Ok((run.report.evaluations(), run.report.failures()))
 }
 
 /// Every `tick`, runs the segments whose period has passed since their last run.
@@ -68,14 +87,10 @@ pub async fn schedule_loop(
         for (segment, e) in refused {
             tracing::error!(segment, "scheduled run skipped: {e}");
         }
-        let names: Vec<String> = plan.segments.iter().map(|s| s.def.name.clone()).collect();
-        match run_all(&store, Arc::new(plan), Arc::new(WasmEvaluator)).await {
-            Ok(report) => {
-                for (name, (evaluated, failed)) in names.iter().zip(&report.per_segment) {
+        match run_planned(&store, plan).await {
+            Ok(SegmentRun { report, segments }) => {
+                for (name, (evaluated, failed)) in segments.iter().zip(&report.per_segment) {
                     tracing::info!(segment = name, evaluated, failed, "scheduled run");
-                    if let Err(e) = store.mark_run(name, now).await {
-                        tracing::error!(segment = name, "could not record the run: {e}");
-                    }
                 }
                 tracing::info!(profiles = report.profiles, changes = report.changes, took = ?started.elapsed(), "scheduled run finished");
             }

@@ -5,9 +5,9 @@ pub(crate) mod health;
 pub(crate) mod ingest;
 pub(crate) mod journeys;
 pub(crate) mod profiles;
-pub(crate) mod segment;
 pub mod segments;
 pub(crate) mod tiles;
+pub(crate) mod tracking_api;
 
 use serde_json::Value;
 

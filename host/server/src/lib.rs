@@ -204,7 +204,7 @@ pub fn app(state: AppState) -> Router {
             .expose_headers([header::ETAG, HeaderName::from_static("x-rekindle-token")])
     });
     let browser = Router::new()
-        .merge(api::ingest::router().layer(axum::extract::DefaultBodyLimit::max(api::segment::MAX_BATCH_BYTES * 2)))
+        .merge(api::ingest::router().layer(axum::extract::DefaultBodyLimit::max(api::tracking_api::MAX_BATCH_BYTES * 2)))
         .merge(api::tiles::public_router());
     let browser = match cors {
         Some(cors) => browser.layer(cors),

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use rekindle_store::{Message, MessageKind};
 use serde_json::{Value, json};
 
-use super::segment::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, parse_message};
+use super::tracking_api::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, parse_message};
 use crate::{ApiError, AppState, Ingestion, Source};
 
 pub(crate) fn router() -> Router<AppState> {

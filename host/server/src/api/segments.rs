@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::admin::require_token;
 use rekindle_segments::EvaluateError;
 use rekindle_segments::definition::segment_context;
-use rekindle_segments::profile::profile_at;
-use rekindle_segments::schedule::run_segment;
+use rekindle_segments::preview::{PreviewRequest, preview as preview_rule};
+use rekindle_segments::schedule::{SegmentRun, run_planned, run_segment};
 use crate::{ApiError, AppState};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
@@ -70,13 +70,12 @@ pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, Api
     super::refuse_nul(body, "segment")?;
     let def = definition(state, body)?;
     store.upsert_segment(def.clone()).await?;
-    // Backfill: evaluate the new definition over every stored profile.
+    // Backfill: evaluate the new definition over every stored profile, recorded as a run.
     let now = state.clock.now();
     let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await.map_err(|e| match e {
         EvaluateError::Store(e) => ApiError::from(e),
         other => ApiError::field("slot", other.to_string()),
     })?;
-    store.mark_run(&def.name, now).await?;
     let def = SegmentDefinition { last_run: Some(now), ..def };
     let members = count_members(store, &def.name).await?;
     tracing::info!(segment = def.name, evaluated, failed, members, "segment defined and backfilled");
@@ -123,11 +122,9 @@ async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     if let Some((name, e)) = refused.into_iter().next() {
         return Err(ApiError::field("segments", format!("segment `{name}` cannot run: {e}")));
     }
-    let names: Vec<String> = plan.segments.iter().map(|s| s.def.name.clone()).collect();
-    let report = rekindle_segments::batch::run_all(store, std::sync::Arc::new(plan), std::sync::Arc::new(rekindle_segments::batch::WasmEvaluator)).await?;
+    let SegmentRun { report, segments } = run_planned(store, plan).await?;
     let mut results = Vec::new();
-    for (name, (evaluated, failed)) in names.iter().zip(&report.per_segment) {
-        store.mark_run(name, now).await?;
+    for (name, (evaluated, failed)) in segments.iter().zip(&report.per_segment) {
         results.push(json!({"segment": name, "evaluated": evaluated, "failed": failed, "members": count_members(store, name).await?}));
     }
     Ok(Json(json!({"profiles": report.profiles, "changes": report.changes, "took_ms": started.elapsed().as_millis() as u64, "segments": results})))
@@ -177,11 +174,6 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         },
         None => None,
     };
-    let (plugin, ctx) = segment_context(&state.registry, &def, at).map_err(|e| ApiError::field("slot", e.to_string()))?;
-    let rekindle_runtime::PluginInfo::Rule(info) = plugin.info() else { unreachable!("checked by definition") };
-    let input = info.input.clone();
-    let (mut members, mut sample, mut evaluated, mut failed) = (Vec::new(), Vec::new(), 0usize, 0usize);
-    let mut after = body.get("after").and_then(Value::as_str).unwrap_or("").to_string();
     let paged = match body.get("limit") {
         None | Some(Value::Null) => None,
         Some(n) => Some(n.as_u64().filter(|n| (1..=1000).contains(n)).ok_or_else(|| ApiError::field("limit", "`limit` must be from 1 to 1000"))? as usize),
@@ -189,76 +181,32 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     if paged.is_some() && compare.is_some() {
         return Err(ApiError::field("compare", "`compare` needs a whole run; page without it and compare the member ids"));
     }
-    let mut next = None;
-    loop {
-        let size = paged.unwrap_or(500);
-        let page = store.profile_ids(&after, size).await?;
-        let Some(last) = page.last().cloned() else { break };
-        let mut profiles = Vec::with_capacity(page.len());
-        for id in &page {
-            if let Some(profile) = profile_at(store, id, &input, at, replay).await? {
-                profiles.push(profile);
-            }
-        }
-        // One hop to the plugin threads per page: the calls themselves take microseconds.
-        let (call, ctx) = (plugin.clone(), ctx.clone());
-        let verdicts = plugin
-            .background_pool()
-            .run(None, move || profiles.into_iter().map(|p| (p.id.clone(), call.evaluate(&ctx, &p))).collect::<Vec<_>>())
-            .await
-            .map_err(ApiError::Plugin)?;
-        for (id, verdict) in verdicts {
-            match verdict {
-                Ok(v) => {
-                    evaluated += 1;
-                    if v.member {
-                        if sample.len() < sample_size {
-                            sample.push(json!({ "profile_id": id, "reason": v.reason, "label": v.label }));
-                        }
-                        members.push(id);
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    tracing::debug!(profile = id, "preview call failed: {e}");
-                }
-            }
-        }
-        if paged.is_some() {
-            next = (page.len() == size).then_some(last);
-            break;
-        }
-        after = last;
-    }
+    let after = body.get("after").and_then(Value::as_str).unwrap_or("").to_string();
+    let first_page = after.is_empty();
+    let request = PreviewRequest { def, at, replay, sample_size, page: paged, after, compare };
+    let found = preview_rule(&state.registry, store, &request).await.map_err(|e| match e {
+        EvaluateError::Store(e) => ApiError::from(e),
+        EvaluateError::Call(e) => ApiError::Plugin(e),
+        other => ApiError::field("slot", other.to_string()),
+    })?;
+    let sample: Vec<Value> = found.sample.iter().map(|m| json!({ "profile_id": m.profile_id, "reason": m.reason, "label": m.label })).collect();
     let mut answer = json!({
-        "slot": def.slot, "at": rekindle_runtime::json::timestamp_to_json(at), "digest": plugin.digest(),
-        "evaluated": evaluated, "failed": failed, "count": members.len(), "sample": sample,
+        "slot": request.def.slot, "at": rekindle_runtime::json::timestamp_to_json(at), "digest": found.digest,
+        "evaluated": found.evaluated, "failed": found.failed, "count": found.members.len(), "sample": sample,
     });
     if paged.is_some() {
-        answer["member_ids"] = json!(members);
-        answer["next"] = json!(next);
-        if body.get("after").and_then(Value::as_str).unwrap_or("").is_empty() {
+        answer["member_ids"] = json!(found.members);
+        answer["next"] = json!(found.next);
+        if first_page {
             let counts = store.table_counts().await?;
             answer["total_profiles"] = json!(counts.iter().find(|(t, _)| t == "profiles").map_or(0, |(_, n)| *n));
         }
     }
-    if let Some(name) = compare {
-        let mut current = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let page = store.members(&name, &cursor, 1000).await?;
-            let Some(last) = page.last() else { break };
-            cursor = last.profile_id.clone();
-            current.extend(page.into_iter().map(|m| m.profile_id));
-        }
-        let now: std::collections::HashSet<&String> = members.iter().collect();
-        let before: std::collections::HashSet<&String> = current.iter().collect();
-        let enters: Vec<&&String> = now.difference(&before).collect();
-        let leaves: Vec<&&String> = before.difference(&now).collect();
+    if let Some(c) = &found.compare {
         answer["compare"] = json!({
-            "segment": name, "current": current.len(), "enters": enters.len(), "leaves": leaves.len(),
-            "enter_sample": enters.iter().take(sample_size).collect::<Vec<_>>(),
-            "leave_sample": leaves.iter().take(sample_size).collect::<Vec<_>>(),
+            "segment": c.segment, "current": c.current, "enters": c.enters.len(), "leaves": c.leaves.len(),
+            "enter_sample": c.enters.iter().take(sample_size).collect::<Vec<_>>(),
+            "leave_sample": c.leaves.iter().take(sample_size).collect::<Vec<_>>(),
         });
     }
     Ok(Json(answer))
