@@ -212,3 +212,30 @@ async fn hot_swaps_over_http_drop_no_request() {
     }
     assert!(total > 0);
 }
+
+#[tokio::test]
+async fn dropping_the_background_handle_stops_its_loops() {
+    let data = tempfile::tempdir().unwrap();
+    let store = rekindle_store::Store::open_sqlite(&data.path().join("rekindle.db"), rekindle_store::EventMapping::default()).unwrap();
+    let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
+    let state = AppState::new(registry, None, Some(TOKEN.into()))
+        .with_ingestion(rekindle_server::Ingestion { store: store.into(), sources: Default::default() });
+    let store = state.ingestion.as_ref().unwrap().store.clone();
+    let alone = Arc::strong_count(&store);
+    // Real-time and scheduled segments and the tile catalog each hold the store.
+    let background = rekindle_server::Background::spawn(&state);
+    tokio::task::yield_now().await;
+    assert_eq!(Arc::strong_count(&store), alone + 3, "three loops share the store");
+    // The real-time queue is taken once: a second start adds no second evaluator.
+    let second = rekindle_server::Background::spawn(&state);
+    assert_eq!(Arc::strong_count(&store), alone + 4, "only the catalog refresh starts again");
+    drop(second);
+    drop(background);
+    for _ in 0..100 {
+        if Arc::strong_count(&store) == alone {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the loops still hold the store: {} references, {alone} expected", Arc::strong_count(&store));
+}

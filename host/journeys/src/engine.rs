@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{AudienceChange, AudienceMember, Found, Outcome};
-use rekindle_store::{JourneyLogEntry, JourneyRun, Store, StoreError};
+use rekindle_store::{Clock, JourneyLogEntry, JourneyRun, Store, StoreError};
 use serde_json::Value;
 
 use crate::delivery::{Deliverer, Reconciled};
@@ -80,6 +80,20 @@ impl Engine {
         }
         let profile = store(self).profile(id, 0).await?.ok_or_else(|| JourneyError::UnknownProfile(id.to_string()))?;
         Ok(self.start(&journey, &profile.id, now).await?)
+    }
+
+    /// Ticks every `tick` (at most a minute) at `clock`'s time, for the life of the process.
+    pub async fn run(self: Arc<Self>, clock: Clock, tick: std::time::Duration) {
+        let mut interval = tokio::time::interval(tick.min(std::time::Duration::from_secs(60)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match self.tick(clock.now()).await {
+                Ok(report) if report.entered + report.advanced > 0 => tracing::info!(entered = report.entered, advanced = report.advanced, "journeys"),
+                Ok(_) => {}
+                Err(e) => tracing::error!("journeys could not advance: {e}"),
+            }
+        }
     }
 
     /// Takes new entrants in, then advances every run that is due at `now`.

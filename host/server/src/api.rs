@@ -9,9 +9,11 @@ pub mod segments;
 pub(crate) mod tiles;
 pub(crate) mod tracking_api;
 
+use axum::Router;
 use serde_json::Value;
 
 use crate::ApiError;
+use crate::state::AppState;
 
 /// A request body as JSON, in our error shape when it is not, and without NUL characters,
 /// which PostgreSQL cannot store.
@@ -36,4 +38,47 @@ pub(crate) fn refuse_nul(value: &Value, path: &str) -> Result<(), ApiError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The whole HTTP API over `state`, starting nothing: see [`crate::app`] for the host.
+pub fn router(state: AppState) -> Router {
+    // Browsers on the configured origins call decisions and send events; nothing else.
+    let cors = (!state.tile_origins.is_empty()).then(|| {
+        use axum::http::{HeaderName, Method, header};
+        let origins: Vec<axum::http::HeaderValue> = state.tile_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_NONE_MATCH, HeaderName::from_static("content-encoding")])
+            .expose_headers([header::ETAG, HeaderName::from_static("x-rekindle-token")])
+    });
+    let browser = Router::new()
+        .merge(ingest::router().layer(axum::extract::DefaultBodyLimit::max(tracking_api::MAX_BATCH_BYTES * 2)))
+        .merge(tiles::public_router());
+    let browser = match cors {
+        Some(cors) => browser.layer(cors),
+        None => browser,
+    };
+    Router::new()
+        .merge(health::router())
+        .merge(admin::router(state.clone()))
+        .merge(browser)
+        .merge(profiles::router(state.clone()))
+        .merge(segments::router(state.clone()))
+        .merge(tiles::admin_router(state.clone()))
+        .merge(journeys::router(state.clone()))
+        .layer(axum::middleware::map_response(json_too_large))
+        .with_state(state)
+}
+
+/// What the body-size limit answers, in our JSON error shape rather than axum's plain text,
+/// so a client (and the edge, which says the same) can read it.
+pub const TOO_LARGE: &str = "the body is over this endpoint's size limit";
+
+async fn json_too_large(response: axum::response::Response) -> axum::response::Response {
+    let plain = response.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && plain {
+        return axum::response::IntoResponse::into_response(ApiError::TooLarge(TOO_LARGE.into()));
+    }
+    response
 }

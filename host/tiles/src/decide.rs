@@ -104,6 +104,18 @@ impl TileService {
         Ok(())
     }
 
+    /// Loads the catalog now and re-reads it every `period`, for the life of the process:
+    /// a host sharing its database with others sees the offers they change.
+    pub async fn refresh_every(self: Arc<Self>, store: Arc<Store>, registry: Arc<Registry>, period: std::time::Duration) {
+        let mut interval = tokio::time::interval(period);
+        loop {
+            interval.tick().await;
+            if let Err(e) = self.reload(&store, &registry).await {
+                tracing::warn!("could not refresh the tile catalog: {e}");
+            }
+        }
+    }
+
     /// Decisions, fallbacks and unsafe tiles dropped since start.
     pub fn counts(&self) -> TileCounts {
         TileCounts {
