@@ -210,147 +210,161 @@ impl Engine {
     async fn advance(&self, journey: &Journey, mut run: JourneyRun, now: i64) -> Result<JourneyRun, StoreError> {
         let mut entries = Vec::new();
         for _ in 0..MAX_STEPS_PER_TICK {
-            if run.status == "done" {
-                break;
-            }
-            if let Some(goal) = &journey.goal
-                && !store(self).events(&run.profile_id, &goal.event, run.entered_at, now, Some(1)).await?.is_empty()
-            {
-                entries.push(log(&run, "goal", "exited", None, format!("{} after entering", goal.event), now));
-                self.leave_audiences(journey, &run, now, &mut entries).await?;
-                finish(&mut run, "goal");
+            if run.status == "done" || self.reached_goal(journey, &mut run, now, &mut entries).await? {
                 break;
             }
             let Some(step) = journey.steps.get(run.step as usize) else {
                 finish(&mut run, "completed");
                 break;
             };
-            let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
-            // A send reads the customer once: for their time zone here, and for the message.
-            let profile = if matches!(step, Step::Send { .. }) { store(self).profile(&run.profile_id, 0).await? } else { None };
-            let zone = profile.as_ref().and_then(|p| p.timezone.as_deref());
-            // Quiet hours, in the customer's time zone (UTC when unknown).
-            let quiet = journey.quiet_hours.as_ref().and_then(|q| quiet_until(&q.start, &q.end, zone, now));
-            // A send due in quiet hours waits at this step until they end; woken, it sends.
-            if !woken && let Some(until) = quiet {
-                wait_until(&mut run, until);
-                entries.push(log(&run, step.id(), "quiet hours", None, format!("until {}", iso(until)), now));
-                break;
-            }
-            let next: Next = match step {
-                Step::Wait { duration: Some(duration), .. } if !woken => {
-                    let until = now.saturating_add(parse_duration(duration).unwrap_or(0));
-                    wait_until(&mut run, until);
-                    entries.push(log(&run, step.id(), "waiting", None, format!("until {}", iso(until)), now));
-                    break;
-                }
-                Step::Wait { until_trait: Some(name), plus_days, next, .. } if !woken => {
-                    // A date trait (RFC 3339 text or milliseconds) plus some days; a date
-                    // already past goes straight on, a missing one is logged and skipped.
-                    let profile = store(self).profile(&run.profile_id, 0).await?;
-                    // A trait is whatever a write key sent: a date outside the host's range
-                    // counts as no date, and the arithmetic cannot overflow.
-                    let date = profile.and_then(|p| p.traits.into_iter().find(|(n, _, _)| n == name)).and_then(|(_, value, _)| match value {
-                        Value::Number(n) => n.as_i64(),
-                        Value::String(text) => chrono::DateTime::parse_from_rfc3339(&text).ok().map(|t| t.timestamp_millis()),
-                        _ => None,
-                    });
-                    let date = date.filter(|d| rekindle_runtime::json::check_timestamp(*d, name).is_ok());
-                    match date.and_then(|d| d.checked_add(plus_days.checked_mul(86_400_000)?)) {
-                        Some(until) if until > now => {
-                            wait_until(&mut run, until);
-                            entries.push(log(&run, step.id(), "waiting", None, format!("until {} ({name} + {plus_days} days)", iso(until)), now));
-                            break;
-                        }
-                        Some(_) => Next::from(next),
-                        None => {
-                            entries.push(log(&run, step.id(), "skipped", None, format!("no date in trait `{name}`"), now));
-                            Next::from(next)
-                        }
-                    }
-                }
-                Step::Wait { next, .. } => Next::from(next),
-                Step::WaitFor { event, timeout, on_event, on_timeout, .. } => {
-                    let deadline = run.step_started_at.saturating_add(parse_duration(timeout).unwrap_or(0));
-                    if !store(self).events(&run.profile_id, event, run.step_started_at, now, Some(1)).await?.is_empty() {
-                        entries.push(log(&run, step.id(), "event", None, event.clone(), now));
-                        Next::To(on_event.clone())
-                    } else if now >= deadline {
-                        entries.push(log(&run, step.id(), "timeout", None, format!("no {event}"), now));
-                        Next::To(on_timeout.clone())
-                    } else {
-                        // Looks again within a minute, so an event is noticed soon.
-                        wait_until(&mut run, deadline.min(now + 60_000));
-                        break;
-                    }
-                }
-                Step::Split { segment, r#trait, equals, yes, no, .. } => {
-                    let answer = match (segment, r#trait) {
-                        (Some(segment), _) => store(self).membership(segment, &run.profile_id).await?.is_some(),
-                        (None, Some(name)) => {
-                            let want = equals.as_ref().and_then(|v| serde_json::to_value(v).ok()).unwrap_or(Value::Null);
-                            store(self).profile(&run.profile_id, 0).await?.is_some_and(|p| p.traits.iter().any(|(n, v, _)| n == name && *v == want))
-                        }
-                        _ => false,
-                    };
-                    entries.push(log(&run, step.id(), "split", None, answer.to_string(), now));
-                    Next::To(if answer { yes.clone() } else { no.clone() })
-                }
-                Step::Branch { segment, branches, default, .. } => {
-                    let label = store(self).membership(segment, &run.profile_id).await?.and_then(|m| m.label);
-                    let to = label.as_ref().and_then(|l| branches.get(l)).unwrap_or(default);
-                    entries.push(log(&run, step.id(), "branch", None, label.unwrap_or_default(), now));
-                    Next::To(to.clone())
-                }
-                Step::Random { variants, .. } => {
-                    let total: u32 = variants.iter().map(|v| v.weight).sum();
-                    let mut pick = u32::from(bucket(&run.id)) * total / 100;
-                    let chosen = variants.iter().find(|v| pick < v.weight || {
-                        pick -= v.weight;
-                        false
-                    });
-                    let to = chosen.unwrap_or(&variants[variants.len() - 1]).next.clone();
-                    entries.push(log(&run, step.id(), "random", None, to.clone(), now));
-                    Next::To(to)
-                }
-                Step::Send { channels, template, voucher, products, next, .. } => {
-                    // A send left in doubt by a crash waits here until its provider can be asked.
-                    let send = SendStep { step: step.id(), order: channels, template, voucher: voucher.as_deref(), products: *products, quiet };
-                    // A profile erased meanwhile has nobody to send to: the step passes.
-                    let ask = match &profile {
-                        Some(profile) => self.send(&run, profile, &send, now, &mut entries).await?,
-                        None => None,
-                    };
-                    if let Some(ask_at) = ask {
-                        wait_until(&mut run, ask_at);
-                        break;
-                    }
-                    Next::from(next)
-                }
-                Step::AudienceAdd { audiences, next, .. } | Step::AudienceRemove { audiences, next, .. } => {
-                    let add = matches!(step, Step::AudienceAdd { .. });
-                    self.audiences(&run, step.id(), audiences, add, now, &mut entries).await?;
-                    Next::from(next)
-                }
-                Step::Exit { .. } => Next::To("exit".into()),
-            };
-            match next {
-                Next::Following => {
-                    let following = run.step + 1;
-                    go_to(&mut run, following, now);
-                }
-                Next::To(target) if target == "exit" => {
-                    entries.push(log(&run, step.id(), "exited", None, "exit".into(), now));
-                    finish(&mut run, "exit");
-                }
-                Next::To(target) => {
-                    let index = journey.steps.iter().position(|s| s.id() == target).unwrap_or(journey.steps.len());
-                    go_to(&mut run, index as i64, now);
-                }
+            match self.take_step(journey, step, &mut run, now, &mut entries).await? {
+                Flow::Stay => break,
+                Flow::Go(next) => follow(journey, step, next, &mut run, now, &mut entries),
             }
         }
         store(self).save_run(run.clone(), entries).await?;
         Ok(run)
+    }
+
+    /// Ends the run when its goal event happened since it entered, leaving the journey's
+    /// audiences; whether it did.
+    async fn reached_goal(&self, journey: &Journey, run: &mut JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<bool, StoreError> {
+        let Some(goal) = &journey.goal else { return Ok(false) };
+        if store(self).events(&run.profile_id, &goal.event, run.entered_at, now, Some(1)).await?.is_empty() {
+            return Ok(false);
+        }
+        entries.push(log(run, "goal", "exited", None, format!("{} after entering", goal.event), now));
+        self.leave_audiences(journey, run, now, entries).await?;
+        finish(run, "goal");
+        Ok(true)
+    }
+
+    /// Does what the run's current step asks at `now`: where to go next, or to stay.
+    async fn take_step(&self, journey: &Journey, step: &Step, run: &mut JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<Flow, StoreError> {
+        let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
+        // A send reads the customer once: for their time zone here, and for the message.
+        let profile = if matches!(step, Step::Send { .. }) { store(self).profile(&run.profile_id, 0).await? } else { None };
+        let zone = profile.as_ref().and_then(|p| p.timezone.as_deref());
+        // Quiet hours, in the customer's time zone (UTC when unknown).
+        let quiet = journey.quiet_hours.as_ref().and_then(|q| quiet_until(&q.start, &q.end, zone, now));
+        // A send due in quiet hours waits at this step until they end; woken, it sends.
+        if !woken && let Some(until) = quiet {
+            wait_until(run, until);
+            entries.push(log(run, step.id(), "quiet hours", None, format!("until {}", iso(until)), now));
+            return Ok(Flow::Stay);
+        }
+        Ok(match step {
+            Step::Wait { duration: Some(duration), .. } if !woken => {
+                let until = now.saturating_add(parse_duration(duration).unwrap_or(0));
+                wait_until(run, until);
+                entries.push(log(run, step.id(), "waiting", None, format!("until {}", iso(until)), now));
+                Flow::Stay
+            }
+            Step::Wait { until_trait: Some(name), plus_days, next, .. } if !woken => {
+                self.wait_for_date(step, name, *plus_days, next, run, now, entries).await?
+            }
+            Step::Wait { next, .. } => Flow::Go(Next::from(next)),
+            Step::WaitFor { event, timeout, on_event, on_timeout, .. } => {
+                let deadline = run.step_started_at.saturating_add(parse_duration(timeout).unwrap_or(0));
+                if !store(self).events(&run.profile_id, event, run.step_started_at, now, Some(1)).await?.is_empty() {
+                    entries.push(log(run, step.id(), "event", None, event.clone(), now));
+                    Flow::Go(Next::To(on_event.clone()))
+                } else if now >= deadline {
+                    entries.push(log(run, step.id(), "timeout", None, format!("no {event}"), now));
+                    Flow::Go(Next::To(on_timeout.clone()))
+                } else {
+                    // Looks again within a minute, so an event is noticed soon.
+                    wait_until(run, deadline.min(now + 60_000));
+                    Flow::Stay
+                }
+            }
+            Step::Split { segment, r#trait, equals, yes, no, .. } => {
+                let answer = self.split(run, segment.as_deref(), r#trait.as_deref(), equals.as_ref()).await?;
+                entries.push(log(run, step.id(), "split", None, answer.to_string(), now));
+                Flow::Go(Next::To(if answer { yes.clone() } else { no.clone() }))
+            }
+            Step::Branch { segment, branches, default, .. } => {
+                let label = store(self).membership(segment, &run.profile_id).await?.and_then(|m| m.label);
+                let to = label.as_ref().and_then(|l| branches.get(l)).unwrap_or(default);
+                entries.push(log(run, step.id(), "branch", None, label.unwrap_or_default(), now));
+                Flow::Go(Next::To(to.clone()))
+            }
+            Step::Random { variants, .. } => {
+                let to = pick_variant(variants, &run.id);
+                entries.push(log(run, step.id(), "random", None, to.clone(), now));
+                Flow::Go(Next::To(to))
+            }
+            Step::Send { channels, template, voucher, products, next, .. } => {
+                // A send left in doubt by a crash waits here until its provider can be asked.
+                let send = SendStep { step: step.id(), order: channels, template, voucher: voucher.as_deref(), products: *products, quiet };
+                // A profile erased meanwhile has nobody to send to: the step passes.
+                let ask = match &profile {
+                    Some(profile) => self.send(run, profile, &send, now, entries).await?,
+                    None => None,
+                };
+                match ask {
+                    Some(ask_at) => {
+                        wait_until(run, ask_at);
+                        Flow::Stay
+                    }
+                    None => Flow::Go(Next::from(next)),
+                }
+            }
+            Step::AudienceAdd { audiences, next, .. } | Step::AudienceRemove { audiences, next, .. } => {
+                let add = matches!(step, Step::AudienceAdd { .. });
+                self.audiences(run, step.id(), audiences, add, now, entries).await?;
+                Flow::Go(Next::from(next))
+            }
+            Step::Exit { .. } => Flow::Go(Next::To("exit".into())),
+        })
+    }
+
+    /// A `wait` until a date trait (RFC 3339 text or milliseconds) plus some days: a date
+    /// already past goes straight on, a missing one is logged and skipped.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_for_date(
+        &self,
+        step: &Step,
+        name: &str,
+        plus_days: i64,
+        next: &Option<String>,
+        run: &mut JourneyRun,
+        now: i64,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<Flow, StoreError> {
+        let profile = store(self).profile(&run.profile_id, 0).await?;
+        // A trait is whatever a write key sent: a date outside the host's range counts as
+        // no date, and the arithmetic cannot overflow.
+        let date = profile.and_then(|p| p.traits.into_iter().find(|(n, _, _)| n == name)).and_then(|(_, value, _)| match value {
+            Value::Number(n) => n.as_i64(),
+            Value::String(text) => chrono::DateTime::parse_from_rfc3339(&text).ok().map(|t| t.timestamp_millis()),
+            _ => None,
+        });
+        let date = date.filter(|d| rekindle_runtime::json::check_timestamp(*d, name).is_ok());
+        Ok(match date.and_then(|d| d.checked_add(plus_days.checked_mul(86_400_000)?)) {
+            Some(until) if until > now => {
+                wait_until(run, until);
+                entries.push(log(run, step.id(), "waiting", None, format!("until {} ({name} + {plus_days} days)", iso(until)), now));
+                Flow::Stay
+            }
+            Some(_) => Flow::Go(Next::from(next)),
+            None => {
+                entries.push(log(run, step.id(), "skipped", None, format!("no date in trait `{name}`"), now));
+                Flow::Go(Next::from(next))
+            }
+        })
+    }
+
+    /// A split's answer: membership of `segment`, or `trait` equal to `equals`.
+    async fn split(&self, run: &JourneyRun, segment: Option<&str>, r#trait: Option<&str>, equals: Option<&toml::Value>) -> Result<bool, StoreError> {
+        Ok(match (segment, r#trait) {
+            (Some(segment), _) => store(self).membership(segment, &run.profile_id).await?.is_some(),
+            (None, Some(name)) => {
+                let want = equals.and_then(|v| serde_json::to_value(v).ok()).unwrap_or(Value::Null);
+                store(self).profile(&run.profile_id, 0).await?.is_some_and(|p| p.traits.iter().any(|(n, v, _)| n == name && *v == want))
+            }
+            _ => false,
+        })
     }
 
     /// Sends one step's message on the first channel that reaches the customer. Returns
@@ -365,58 +379,8 @@ impl Engine {
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<Option<i64>, StoreError> {
         let step = send.step;
-        // A claim made for this step before decides everything: a send settled on any
-        // channel is never repeated, and one left in doubt stays on its channel, since
-        // another channel could message the customer twice.
-        let (channel, to, key, in_doubt_since) = match store(self).step_send(&run.id, step).await? {
-            Some((_, _, outcome, _)) if outcome != "pending" => return Ok(None),
-            Some((key, channel, _, claimed_at)) => {
-                let reach = self.deliverer.needs(&self.registry, &channel).map(|needs| {
-                    let (chosen, skipped) = choose_channel(std::slice::from_ref(&needs), profile);
-                    (chosen.map(|(_, to)| to), skipped)
-                });
-                match reach {
-                    Some((Some(to), _)) => (channel, to, key, Some(claimed_at)),
-                    unreachable => {
-                        let why = unreachable.and_then(|(_, skipped)| skipped.into_iter().next()).map_or("the channel is no longer configured".into(), |s| s.reason);
-                        store(self).settle_send(&key, "failed").await?;
-                        entries.push(log(run, step, "failed", Some(&channel), format!("in doubt after a restart, and no longer sendable: {why}"), now));
-                        return Ok(None);
-                    }
-                }
-            }
-            None => {
-                if let Some(cap) = self.frequency_cap {
-                    let since = now - i64::from(cap.days) * 86_400_000;
-                    let recent = store(self).sends_since(&run.profile_id, since).await?;
-                    if recent >= i64::from(cap.messages) {
-                        let detail = format!("frequency cap: {recent} messages in the last {} days (at most {})", cap.days, cap.messages);
-                        entries.push(log(run, step, "capped", None, detail, now));
-                        return Ok(None);
-                    }
-                }
-                let mut needs = Vec::with_capacity(send.order.len());
-                for name in send.order {
-                    match self.deliverer.needs(&self.registry, name) {
-                        Some(channel) => needs.push(channel),
-                        None => entries.push(log(run, step, "skipped", Some(name), "not a message channel (an ad audience, or not configured)".into(), now)),
-                    }
-                }
-                let (chosen, skipped) = choose_channel(&needs, profile);
-                for skip in skipped {
-                    entries.push(log(run, step, "skipped", Some(&skip.channel), skip.reason, now));
-                }
-                let Some((channel, to)) = chosen else {
-                    entries.push(log(run, step, "unreachable", None, "no channel can reach this customer".into(), now));
-                    return Ok(None);
-                };
-                let key = format!("{}:{step}:{}", run.id, channel.name);
-                match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
-                    None => (channel.name.clone(), to, key, None),
-                    Some((outcome, _)) if outcome != "pending" => return Ok(None),
-                    Some((_, claimed_at)) => (channel.name.clone(), to, key, Some(claimed_at)),
-                }
-            }
+        let Some(Claimed { channel, to, key, in_doubt_since }) = self.claim(run, profile, send, now, entries).await? else {
+            return Ok(None);
         };
         let related = if send.products > 0 { store(self).related_products(&run.profile_id, send.products).await? } else { Vec::new() };
         let message = match render(send.template, profile, send.voucher, &related, to, key.clone()) {
@@ -453,6 +417,83 @@ impl Engine {
         store(self).settle_send(&key, action).await?;
         entries.push(log(run, step, action, Some(&channel), detail + &resent, now));
         Ok(None)
+    }
+
+    /// The channel, address and idempotency key this step sends under, claimed in the
+    /// store; `None` when the step has nothing (more) to send. A claim made for this step
+    /// before decides everything: a send settled on any channel is never repeated, and one
+    /// left in doubt stays on its channel, since another channel could message the
+    /// customer twice.
+    async fn claim(
+        &self,
+        run: &JourneyRun,
+        profile: &rekindle_store::ProfileRecord,
+        send: &SendStep<'_>,
+        now: i64,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let step = send.step;
+        let (key, channel, claimed_at) = match store(self).step_send(&run.id, step).await? {
+            Some((_, _, outcome, _)) if outcome != "pending" => return Ok(None),
+            Some((key, channel, _, claimed_at)) => (key, channel, claimed_at),
+            None => return self.claim_new(run, profile, send, now, entries).await,
+        };
+        let reach = self.deliverer.needs(&self.registry, &channel).map(|needs| {
+            let (chosen, skipped) = choose_channel(std::slice::from_ref(&needs), profile);
+            (chosen.map(|(_, to)| to), skipped)
+        });
+        match reach {
+            Some((Some(to), _)) => Ok(Some(Claimed { channel, to, key, in_doubt_since: Some(claimed_at) })),
+            unreachable => {
+                let why = unreachable.and_then(|(_, skipped)| skipped.into_iter().next()).map_or("the channel is no longer configured".into(), |s| s.reason);
+                store(self).settle_send(&key, "failed").await?;
+                entries.push(log(run, step, "failed", Some(&channel), format!("in doubt after a restart, and no longer sendable: {why}"), now));
+                Ok(None)
+            }
+        }
+    }
+
+    /// A first claim for this step: within the frequency cap, on the first channel in the
+    /// step's order that reaches the customer.
+    async fn claim_new(
+        &self,
+        run: &JourneyRun,
+        profile: &rekindle_store::ProfileRecord,
+        send: &SendStep<'_>,
+        now: i64,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let step = send.step;
+        if let Some(cap) = self.frequency_cap {
+            let since = now - i64::from(cap.days) * 86_400_000;
+            let recent = store(self).sends_since(&run.profile_id, since).await?;
+            if recent >= i64::from(cap.messages) {
+                let detail = format!("frequency cap: {recent} messages in the last {} days (at most {})", cap.days, cap.messages);
+                entries.push(log(run, step, "capped", None, detail, now));
+                return Ok(None);
+            }
+        }
+        let mut needs = Vec::with_capacity(send.order.len());
+        for name in send.order {
+            match self.deliverer.needs(&self.registry, name) {
+                Some(channel) => needs.push(channel),
+                None => entries.push(log(run, step, "skipped", Some(name), "not a message channel (an ad audience, or not configured)".into(), now)),
+            }
+        }
+        let (chosen, skipped) = choose_channel(&needs, profile);
+        for skip in skipped {
+            entries.push(log(run, step, "skipped", Some(&skip.channel), skip.reason, now));
+        }
+        let Some((channel, to)) = chosen else {
+            entries.push(log(run, step, "unreachable", None, "no channel can reach this customer".into(), now));
+            return Ok(None);
+        };
+        let key = format!("{}:{step}:{}", run.id, channel.name);
+        Ok(match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
+            None => Some(Claimed { channel: channel.name.clone(), to, key, in_doubt_since: None }),
+            Some((outcome, _)) if outcome != "pending" => None,
+            Some((_, claimed_at)) => Some(Claimed { channel: channel.name.clone(), to, key, in_doubt_since: Some(claimed_at) }),
+        })
     }
 
     /// Decides a send a crash left in doubt: asks the provider when the adapter can, once
@@ -541,6 +582,52 @@ impl Engine {
 enum Next {
     Following,
     To(String),
+}
+
+/// A send claimed in the store: its channel, address and idempotency key, and when a
+/// claim left in doubt by a crash was made.
+struct Claimed {
+    channel: String,
+    to: String,
+    key: String,
+    in_doubt_since: Option<i64>,
+}
+
+/// What a step decided: go on to another step, or stay at this one (waiting, or done).
+enum Flow {
+    Go(Next),
+    Stay,
+}
+
+/// Moves the run to the step `next` names after `step`, or out of the journey.
+fn follow(journey: &Journey, step: &Step, next: Next, run: &mut JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) {
+    match next {
+        Next::Following => {
+            let following = run.step + 1;
+            go_to(run, following, now);
+        }
+        Next::To(target) if target == "exit" => {
+            entries.push(log(run, step.id(), "exited", None, "exit".into(), now));
+            finish(run, "exit");
+        }
+        Next::To(target) => {
+            let index = journey.steps.iter().position(|s| s.id() == target).unwrap_or(journey.steps.len());
+            go_to(run, index as i64, now);
+        }
+    }
+}
+
+/// The variant a run's bucket falls in, by weight; the last when weights run out.
+fn pick_variant(variants: &[crate::definition::Variant], run_id: &str) -> String {
+    let total: u32 = variants.iter().map(|v| v.weight).sum();
+    let mut pick = u32::from(bucket(run_id)) * total / 100;
+    let chosen = variants.iter().find(|v| {
+        pick < v.weight || {
+            pick -= v.weight;
+            false
+        }
+    });
+    chosen.unwrap_or(&variants[variants.len() - 1]).next.clone()
 }
 
 impl From<&Option<String>> for Next {

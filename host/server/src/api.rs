@@ -9,36 +9,13 @@ pub mod segments;
 pub(crate) mod tiles;
 pub(crate) mod tracking_api;
 
+pub(crate) use crate::extract::{json_body, refuse_nul};
+
 use axum::Router;
-use serde_json::Value;
 
 use crate::ApiError;
+use crate::extract::require_admin_token;
 use crate::state::AppState;
-
-/// A request body as JSON, in our error shape when it is not, and without NUL characters,
-/// which PostgreSQL cannot store.
-pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
-    let value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
-    refuse_nul(&value, "body")?;
-    Ok(value)
-}
-
-/// Refuses a NUL character anywhere in `value`, naming where.
-pub(crate) fn refuse_nul(value: &Value, path: &str) -> Result<(), ApiError> {
-    match value {
-        Value::String(s) if s.contains('\0') => Err(ApiError::field(path, format!("{path}: contains a NUL character"))),
-        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| refuse_nul(v, &format!("{path}[{i}]"))),
-        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
-            let at = format!("{path}.{k}");
-            if k.contains('\0') {
-                return Err(ApiError::field(&at, format!("{at}: a key contains a NUL character")));
-            }
-            refuse_nul(v, &at)
-        }),
-        _ => Ok(()),
-    }
-}
 
 /// The whole HTTP API over `state`, starting nothing: see [`crate::app`] for the host.
 pub fn router(state: AppState) -> Router {
@@ -59,14 +36,18 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => browser.layer(cors),
         None => browser,
     };
+    // Everything an operator does, behind the admin token, layered once.
+    let admin = Router::new()
+        .merge(admin::router())
+        .merge(profiles::router())
+        .merge(segments::router())
+        .merge(tiles::admin_router())
+        .merge(journeys::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_admin_token));
     Router::new()
         .merge(health::router())
-        .merge(admin::router(state.clone()))
+        .merge(admin)
         .merge(browser)
-        .merge(profiles::router(state.clone()))
-        .merge(segments::router(state.clone()))
-        .merge(tiles::admin_router(state.clone()))
-        .merge(journeys::router(state.clone()))
         .layer(axum::middleware::map_response(json_too_large))
         .with_state(state)
 }

@@ -6,6 +6,7 @@
 mod api;
 mod background;
 mod error;
+mod extract;
 mod slots;
 mod state;
 

@@ -2,10 +2,8 @@
 //! roll back, list slots, and invoke a slot's plugin with a JSON input to try it.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rekindle_runtime::json::{self, info_to_json};
@@ -13,12 +11,13 @@ use rekindle_runtime::InvokeError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::extract::{JsonBody, json_body};
 use crate::{ApiError, AppState};
 
 /// Components are small, but partners' adapters may bundle tables; 32 MiB is ample.
 const MAX_COMPONENT_BYTES: usize = 32 << 20;
 
-pub(crate) fn router(state: AppState) -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/slots", get(list_slots))
         .route(
@@ -30,24 +29,8 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/admin/slots/{slot}", get(describe))
         .route("/admin/slots/{slot}/invoke", post(invoke))
         .route("/admin/slots/{slot}/evaluate/{profile}", post(evaluate_stored))
-        .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
-pub(crate) async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let Some(expected) = state.admin_token.as_deref() else {
-        return Err(ApiError::Unauthorized("the admin API is disabled: start the server with an admin token"));
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized("send `Authorization: Bearer <admin token>`"))?;
-    if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Err(ApiError::Unauthorized("wrong admin token"));
-    }
-    Ok(next.run(request).await)
-}
 
 async fn list_slots(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "slots": state.registry.slots() }))
@@ -96,8 +79,7 @@ struct ActivateBody {
     version: u32,
 }
 
-async fn activate(State(state): State<AppState>, Path(slot): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let value = parse_json(&body)?;
+async fn activate(State(state): State<AppState>, Path(slot): Path<String>, JsonBody(value): JsonBody) -> Result<Json<Value>, ApiError> {
     let ActivateBody { version } = serde_json::from_value(value)
         .map_err(|_| ApiError::field("version", "`version` must be a positive whole number"))?;
     let _write = state.admin_write();
@@ -124,8 +106,7 @@ async fn describe(State(state): State<AppState>, Path(slot): Path<String>) -> Re
     Ok(Json(json!({ "slot": slot, "digest": plugin.digest(), "describe": info_to_json(plugin.info()) })))
 }
 
-async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let mut input = parse_json(&body)?;
+async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, JsonBody(mut input): JsonBody) -> Result<Json<Value>, ApiError> {
     crate::derive_aggregates(&mut input);
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
     let mut answer = plugin.call(None, move |p| Ok(rekindle_runtime::invoke(p, &input))).await.map_err(ApiError::Plugin)?.map_err(|e| match e {
@@ -145,7 +126,7 @@ async fn evaluate_stored(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let ingestion = state.customer_data()?;
-    let options = if body.is_empty() { json!({}) } else { parse_json(&body)? };
+    let options = if body.is_empty() { json!({}) } else { json_body(&body)? };
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
     let rekindle_runtime::PluginInfo::Rule(info) = plugin.info() else {
         return Err(ApiError::Conflict(format!("slot `{slot}` holds a {} plugin, not a segment rule", plugin.kind())));
@@ -168,10 +149,6 @@ async fn evaluate_stored(
         "verdict": json::verdict_to_json(&verdict),
         "plugin": { "name": plugin.info().name(), "version": plugin.info().version(), "digest": plugin.digest() },
     })))
-}
-
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    super::json_body(body)
 }
 
 /// Runs work that blocks (compiling a component) off the async workers.

@@ -7,16 +7,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::api::admin::require_token;
+use crate::extract::JsonBody;
 use crate::{AppState, ApiError};
 
-pub(crate) fn router(state: AppState) -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/journeys", post(deploy).get(list))
         .route("/v1/journeys/{name}/runs", get(runs))
         .route("/v1/journeys/{name}/log", get(log))
         .route("/v1/journeys/{name}/entries", post(enter))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
 fn engine(state: &AppState) -> Result<&rekindle_journeys::Engine, ApiError> {
@@ -49,8 +48,7 @@ async fn log(State(state): State<AppState>, Path(name): Path<String>) -> Result<
 }
 
 /// Puts someone into an API-entry journey: `{"userId"}` (or `anonymousId`, or a profile id).
-async fn enter(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: Value = super::json_body(&body)?;
+async fn enter(State(state): State<AppState>, Path(name): Path<String>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
     let id = ["userId", "anonymousId", "profileId"]
         .iter()
         .find_map(|k| body.get(*k).and_then(Value::as_str))

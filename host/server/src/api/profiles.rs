@@ -9,16 +9,14 @@ use rekindle_store::{ProfileRecord, Product, Purpose};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::admin::require_token;
 use crate::{ApiError, AppState};
 
-pub(crate) fn router(state: AppState) -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/profiles/{id}", get(read).delete(erase))
         .route("/v1/profiles/{id}/consents", post(consents))
         .route("/v1/profiles/{id}/contacts", post(contacts))
         .route("/v1/catalog/products", post(products))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
 
@@ -103,13 +101,9 @@ async fn erase(State(state): State<AppState>, Path(id): Path<String>) -> Result<
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    super::json_body(body)
-}
-
 async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let store = &state.customer_data()?.store;
-    let Value::Object(map) = parse_json(&body)? else {
+    let Value::Object(map) = super::json_body(&body)? else {
         return Err(ApiError::field("body", "send an object such as {\"email\": true, \"sms\": false}"));
     };
     let mut updates = Vec::new();
@@ -128,7 +122,7 @@ async fn consents(State(state): State<AppState>, Path(id): Path<String>, body: B
 /// (a dead push token, a hard bounce) reaches the profile.
 async fn contacts(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let store = &state.customer_data()?.store;
-    let body = parse_json(&body)?;
+    let body = super::json_body(&body)?;
     let kind = match body.get("kind").and_then(Value::as_str) {
         Some(kind @ ("email" | "phone" | "push_token")) => kind,
         _ => return Err(ApiError::field("kind", "`kind` must be email, phone or push_token")),
@@ -183,7 +177,7 @@ fn product(item: &Value, at: &str) -> Result<Product, ApiError> {
 
 async fn products(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let store = &state.customer_data()?.store;
-    let value = parse_json(&body)?;
+    let value = super::json_body(&body)?;
     let items = match &value {
         Value::Array(items) => items.clone(),
         Value::Object(map) => match map.get("products") {

@@ -9,7 +9,7 @@ use rekindle_store::SegmentDefinition;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::admin::require_token;
+use crate::extract::JsonBody;
 use rekindle_segments::EvaluateError;
 use rekindle_segments::definition::segment_context;
 use rekindle_segments::preview::{PreviewRequest, preview as preview_rule};
@@ -18,14 +18,13 @@ use crate::{ApiError, AppState};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
 
-pub(crate) fn router(state: AppState) -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/segments", get(list).post(define))
         .route("/v1/segments/{name}/members", get(members))
         .route("/v1/segments/{name}/changes", get(changes))
         .route("/v1/segments/preview", axum::routing::post(preview))
         .route("/v1/segments/run", axum::routing::post(run_now))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
 
@@ -58,8 +57,7 @@ fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiEr
     Ok(def)
 }
 
-async fn define(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: Value = super::json_body(&body)?;
+async fn define(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
     define_segment(&state, &body).await.map(Json)
 }
 

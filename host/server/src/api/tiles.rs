@@ -12,7 +12,7 @@ use rekindle_store::TileDocument;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api::admin::require_token;
+use crate::extract::JsonBody;
 use rekindle_tiles::Visitor;
 use rekindle_tiles::catalog::{catalog_json, parse_offer, parse_slot, stored_text};
 use rekindle_tiles::edge::EdgeSources;
@@ -27,7 +27,7 @@ pub(crate) fn public_router() -> Router<AppState> {
 }
 
 /// Routes behind the admin token.
-pub(crate) fn admin_router(state: AppState) -> Router<AppState> {
+pub(crate) fn admin_router() -> Router<AppState> {
     Router::new()
         .route("/v1/offers", get(list).post(create_offer))
         .route("/v1/offers/{id}", put(replace_offer).delete(delete_offer))
@@ -38,11 +38,6 @@ pub(crate) fn admin_router(state: AppState) -> Router<AppState> {
         .route("/admin/edge/snapshot", get(edge_snapshot))
         .route("/admin/edge/reference", axum::routing::post(edge_reference))
         .route("/admin/slots/{slot}/component", get(component))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_token))
-}
-
-fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
-    super::json_body(body)
 }
 
 /// Validates and stores an offer given as JSON, then refreshes the snapshot; the API and
@@ -66,8 +61,8 @@ pub async fn define_tile_slot(state: &AppState, body: &Value) -> Result<Value, A
     Ok(slot.json)
 }
 
-async fn create_offer(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    define_offer(&state, &parse_json(&body)?).await.map(Json)
+async fn create_offer(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+    define_offer(&state, &body).await.map(Json)
 }
 
 /// The path names the offer; a body without an id takes it, one with another id is refused.
@@ -84,17 +79,17 @@ fn with_path_id(mut body: Value, key: &str, id: &str) -> Result<Value, ApiError>
     }
 }
 
-async fn replace_offer(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body = with_path_id(parse_json(&body)?, "id", &id)?;
+async fn replace_offer(State(state): State<AppState>, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+    let body = with_path_id(body, "id", &id)?;
     define_offer(&state, &body).await.map(Json)
 }
 
-async fn create_slot(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    define_tile_slot(&state, &parse_json(&body)?).await.map(Json)
+async fn create_slot(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+    define_tile_slot(&state, &body).await.map(Json)
 }
 
-async fn replace_slot(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body = with_path_id(parse_json(&body)?, "name", &name)?;
+async fn replace_slot(State(state): State<AppState>, Path(name): Path<String>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+    let body = with_path_id(body, "name", &name)?;
     define_tile_slot(&state, &body).await.map(Json)
 }
 
@@ -125,8 +120,7 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
 
 /// The signed token for a visitor, for the site's backend (and the conformance test):
 /// `{"userId", "at"?}`; `at` (ms) back-dates the issue time.
-async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body = parse_json(&body)?;
+async fn issue_token(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
     let (key, ttl) = state.token.clone().ok_or(ApiError::Unavailable("no token secret is configured ([tiles] token_secret)"))?;
     let id = optional_text(body.get("userId"), "userId")?.ok_or_else(|| ApiError::field("userId", "`userId` names the visitor"))?;
     let at = match body.get("at") {
@@ -151,8 +145,7 @@ async fn edge_snapshot(State(state): State<AppState>, Query(query): Query<Vec<(S
 /// What the edge must answer: `{"userId"?, "slot", "now", "repeat"?}`. `repeat` decides
 /// that many times and answers the last, so a benchmark can time a decision without HTTP,
 /// as the edge's conformance endpoint does.
-async fn edge_reference(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body = parse_json(&body)?;
+async fn edge_reference(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
     let slot = optional_text(body.get("slot"), "slot")?.ok_or_else(|| ApiError::field("slot", "`slot` names the page slot"))?;
     let now = rekindle_runtime::json::timestamp_from_json(body.get("now"), "now")?;
     let user = optional_text(body.get("userId"), "userId")?;
