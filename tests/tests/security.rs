@@ -300,7 +300,6 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
     assert!(bea["computed"]["lifetime_value"].as_f64().is_some_and(f64::is_finite), "{bea}");
 
     let refused = |path: &'static str, body: String, field: &'static str| {
-        let send = send.clone();
         async move {
             let (status, answer) = send(path, body).await;
             assert_eq!(status, 400, "{field}: {answer}");

@@ -115,44 +115,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
             bail!("slot `{slot}` changed while the bundle was being built; build again");
         }
         let name = format!("c{i}");
-        let input = scratch.path().join(format!("{name}.wasm"));
-        std::fs::write(&input, &bytes)?;
-        let output = Command::new(&jco)
-            .arg("transpile")
-            .arg(&input)
-            .args(["--name", &name, "--instantiation", "sync", "--no-typescript", "--no-nodejs-compat", "--base64-cutoff", "0", "--quiet"])
-            .arg("-o")
-            .arg(out.join("components"))
-            .output()
-            .with_context(|| format!("running {}", jco.display()))?;
-        if !output.status.success() {
-            bail!("jco could not transpile slot `{slot}`: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let mut cores: Vec<String> = std::fs::read_dir(out.join("components"))?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|f| f.starts_with(&format!("{name}.")) && f.ends_with(".wasm"))
-            .collect();
-        cores.sort();
-        // Fuel for the deadline, the memory cap, and the snapshot restored before each call.
         let limits = &snapshot["limits"][info["kind"].as_str().unwrap_or_default()];
-        let fuel = fuel_for(limits["deadline_ms"].as_i64().context("the snapshot gives no deadline for this kind")?);
-        let cap = limits["memory_bytes"].as_u64().context("the snapshot gives no memory cap for this kind")?;
-        // State in jco's glue (resources, tasks) is out of the snapshot's reach.
-        let glue = instrument::glue_state(&bytes).with_context(|| format!("slot `{slot}` cannot run at the edge"))?;
-        let mut restorable = glue.is_none();
-        let mut memories = 0;
-        for core in &cores {
-            let path = out.join("components").join(core);
-            let rewritten = instrument::instrument(&std::fs::read(&path)?, fuel, cap).with_context(|| format!("slot `{slot}` cannot run at the edge"))?;
-            restorable &= rewritten.restorable;
-            memories += usize::from(rewritten.defines_memory);
-            std::fs::write(&path, rewritten.bytes)?;
-        }
-        // The host's memory cap is for the whole instance; the edge caps one memory.
-        if memories > 1 {
-            bail!("slot `{slot}` cannot run at the edge: its component defines {memories} memories; the edge runs components with one");
-        }
+        let Prepared { cores, restorable, fuel } = prepare(&jco, scratch.path(), out, &name, slot, &bytes, limits)?;
         writeln!(imports, "import {{ instantiate as {name} }} from \"./components/{name}.js\";")?;
         modules.push(format!("components/{name}.js"));
         write!(table, "  {slot:?}: {{ instantiate: {name}, restorable: {restorable}, fuel: {fuel}, shimFuel: {SHIM_FUEL}, modules: {{")?;
@@ -179,6 +143,58 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         plugins.len()
     );
     Ok(())
+}
+
+/// A slot's component ready for the bundle.
+struct Prepared {
+    /// The core modules' file names, in jco's order.
+    cores: Vec<String>,
+    /// Whether restoring memories and globals isolates its calls (else a fresh instance each).
+    restorable: bool,
+    fuel: i64,
+}
+
+/// Transpiles a slot's component with jco into `out/components` as `name`, and
+/// instruments each core module for the slot kind's deadline and memory cap.
+fn prepare(jco: &std::path::Path, scratch: &std::path::Path, out: &std::path::Path, name: &str, slot: &str, bytes: &[u8], limits: &Value) -> anyhow::Result<Prepared> {
+    let input = scratch.join(format!("{name}.wasm"));
+    std::fs::write(&input, bytes)?;
+    let output = Command::new(jco)
+        .arg("transpile")
+        .arg(&input)
+        .args(["--name", name, "--instantiation", "sync", "--no-typescript", "--no-nodejs-compat", "--base64-cutoff", "0", "--quiet"])
+        .arg("-o")
+        .arg(out.join("components"))
+        .output()
+        .with_context(|| format!("running {}", jco.display()))?;
+    if !output.status.success() {
+        bail!("jco could not transpile slot `{slot}`: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut cores: Vec<String> = std::fs::read_dir(out.join("components"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&format!("{name}.")) && f.ends_with(".wasm"))
+        .collect();
+    cores.sort();
+    // Fuel for the deadline, the memory cap, and the snapshot restored before each call.
+    let fuel = fuel_for(limits["deadline_ms"].as_i64().context("the snapshot gives no deadline for this kind")?);
+    let cap = limits["memory_bytes"].as_u64().context("the snapshot gives no memory cap for this kind")?;
+    // State in jco's glue (resources, tasks) is out of the snapshot's reach.
+    let glue = instrument::glue_state(bytes).with_context(|| format!("slot `{slot}` cannot run at the edge"))?;
+    let mut restorable = glue.is_none();
+    let mut memories = 0;
+    for core in &cores {
+        let path = out.join("components").join(core);
+        let rewritten = instrument::instrument(&std::fs::read(&path)?, fuel, cap).with_context(|| format!("slot `{slot}` cannot run at the edge"))?;
+        restorable &= rewritten.restorable;
+        memories += usize::from(rewritten.defines_memory);
+        std::fs::write(&path, rewritten.bytes)?;
+    }
+    // The host's memory cap is for the whole instance; the edge caps one memory.
+    if memories > 1 {
+        bail!("slot `{slot}` cannot run at the edge: its component defines {memories} memories; the edge runs components with one");
+    }
+    Ok(Prepared { cores, restorable, fuel })
 }
 
 /// Units of fuel per millisecond of a call's deadline. One unit covers one instruction;

@@ -109,7 +109,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no event sources: ingestion refuses every write key (add --source NAME=WRITE_KEY)");
     }
     let sources = sources(&config.sources)?;
-    let mut state = AppState::new(registry, Some(slot_store), config.admin_token.map(Into::into))
+    let mut state = AppState::new(registry, Some(slot_store), config.admin_token.clone().map(Into::into))
         .with_ingestion(Ingestion { store: store.into(), sources })
         .with_tile_origins(config.tiles.origins.clone());
     let token_secret = match std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
@@ -123,40 +123,39 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !config.channels.is_empty() {
         state = state.with_journeys(rekindle_journeys::delivery::Deliverer::new(channel_configs(&config.channels)?)?, config.frequency_cap);
     }
-    let journey_files = config.journeys.clone();
-    let listen = config.listen;
-    let (segments, tile_slots, offers) = (config.segments.clone(), config.tile_slots.clone(), config.offers.clone());
     let config_name = args.config.as_ref().map_or("the config".to_string(), |p| p.display().to_string());
+    let listen = config.listen;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
-        for (i, table) in segments.iter().enumerate() {
-            let definition = serde_json::to_value(table).context("reading a [[segments]] entry")?;
-            rekindle_server::define_segment(&state, &definition)
-                .await
-                .map_err(|e| anyhow::anyhow!("{config_name}: segments[{i}]: {e}"))?;
-        }
-        for (i, table) in tile_slots.iter().enumerate() {
-            let definition = serde_json::to_value(table).context("reading a [[tile_slots]] entry")?;
-            rekindle_server::define_tile_slot(&state, &definition)
-                .await
-                .map_err(|e| anyhow::anyhow!("{config_name}: tile_slots[{i}]: {e}"))?;
-        }
-        for (i, table) in offers.iter().enumerate() {
-            let definition = serde_json::to_value(table).context("reading an [[offers]] entry")?;
-            rekindle_server::define_offer(&state, &definition)
-                .await
-                .map_err(|e| anyhow::anyhow!("{config_name}: offers[{i}]: {e}"))?;
-        }
-        for path in &journey_files {
-            let engine = state.journeys.as_ref().context("journeys need [[channels]] to deliver through")?;
-            let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            tracing::info!(journey = journey.name, "journey deployed");
-        }
+        define_from_config(&state, &config, &config_name).await?;
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         axum::serve(listener, rekindle_server::app(state)).with_graceful_shutdown(shutdown()).await?;
         Ok(())
     })
+}
+
+/// Defines the config file's segments, tile slots and offers, and deploys its journeys;
+/// an error names the file and the entry at fault.
+async fn define_from_config(state: &AppState, config: &Config, config_name: &str) -> anyhow::Result<()> {
+    for (i, table) in config.segments.iter().enumerate() {
+        let definition = serde_json::to_value(table).context("reading a [[segments]] entry")?;
+        rekindle_server::define_segment(state, &definition).await.map_err(|e| anyhow::anyhow!("{config_name}: segments[{i}]: {e}"))?;
+    }
+    for (i, table) in config.tile_slots.iter().enumerate() {
+        let definition = serde_json::to_value(table).context("reading a [[tile_slots]] entry")?;
+        rekindle_server::define_tile_slot(state, &definition).await.map_err(|e| anyhow::anyhow!("{config_name}: tile_slots[{i}]: {e}"))?;
+    }
+    for (i, table) in config.offers.iter().enumerate() {
+        let definition = serde_json::to_value(table).context("reading an [[offers]] entry")?;
+        rekindle_server::define_offer(state, &definition).await.map_err(|e| anyhow::anyhow!("{config_name}: offers[{i}]: {e}"))?;
+    }
+    for path in &config.journeys {
+        let engine = state.journeys.as_ref().context("journeys need [[channels]] to deliver through")?;
+        let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        tracing::info!(journey = journey.name, "journey deployed");
+    }
+    Ok(())
 }
 
 /// The sources by write key, with their identity secrets read and checked.

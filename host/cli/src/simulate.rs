@@ -47,17 +47,8 @@ pub struct SimulateArgs {
 /// Runs the simulation and prints the paths.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let source = std::fs::read_to_string(&args.journey).with_context(|| format!("reading {}", args.journey.display()))?;
-    let database = args.data_dir.join("rekindle.db");
-    anyhow::ensure!(database.exists(), "{} holds no rekindle.db; run the host (scripts/demo) first", args.data_dir.display());
     let scratch = tempfile::tempdir()?;
-    let copy = scratch.path().join("rekindle.db");
-    std::fs::copy(&database, &copy).with_context(|| format!("copying {}", database.display()))?;
-    for suffix in ["-wal", "-shm"] {
-        let side = args.data_dir.join(format!("rekindle.db{suffix}"));
-        if side.exists() {
-            std::fs::copy(&side, scratch.path().join(format!("rekindle.db{suffix}")))?;
-        }
-    }
+    let copy = copy_database(&args.data_dir, scratch.path())?;
     let start = match &args.start {
         Some(text) => chrono::DateTime::parse_from_rfc3339(text).with_context(|| format!("--start {text:?} is not RFC 3339"))?.timestamp_millis(),
         None => chrono::Utc::now().timestamp_millis(),
@@ -81,24 +72,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         let store = Store::open_sqlite(&copy, EventMapping::default())?;
         let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
         let engine = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
-        // A template's segments.toml beside the journey defines its audiences in the copy.
-        let beside = args.journey.with_file_name("segments.toml");
-        if beside.exists() {
-            let table: toml::Table = toml::from_str(&std::fs::read_to_string(&beside)?).with_context(|| format!("{} is not valid TOML", beside.display()))?;
-            for segment in table.get("segments").and_then(|s| s.as_array()).into_iter().flatten() {
-                let text = |key: &str| segment.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                ingestion
-                    .store
-                    .upsert_segment(rekindle_store::SegmentDefinition {
-                        name: text("name"),
-                        slot: text("slot"),
-                        params: serde_json::to_value(segment.get("params").cloned().unwrap_or(toml::Value::Table(toml::Table::new())))?,
-                        schedule: Some(text("schedule")).filter(|s| !s.is_empty()).unwrap_or_else(|| "daily".into()),
-                        last_run: None,
-                    })
-                    .await?;
-            }
-        }
+        define_segments_beside(&args.journey, &ingestion.store).await?;
         let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", args.journey.display()))?;
         const HOUR: i64 = 3_600_000;
         for hour in 0..i64::from(args.days) * 24 {
@@ -111,31 +85,74 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             }
             engine.tick(now).await?;
         }
-        let log = ingestion.store.journey_log(&journey.name).await?;
-        let runs = ingestion.store.journey_runs(&journey.name).await?;
-        let mut paths: BTreeMap<(usize, String), usize> = BTreeMap::new();
-        for entry in &log {
-            let position = journey.steps.iter().position(|s| s.id() == entry.step).map_or(0, |i| i + 1);
-            let what = match (&entry.channel, entry.action.as_str()) {
-                (Some(channel), "skipped") => format!("skipped {channel}: {}", entry.detail),
-                (Some(channel), action) => format!("{action} on {channel}"),
-                (None, "split" | "branch" | "random") => format!("{} -> {}", entry.action, entry.detail),
-                (None, "skipped" | "capped") => format!("{}: {}", entry.action, entry.detail),
-                (None, action) => action.to_string(),
-            };
-            *paths.entry((position, format!("{:<14} {what}", entry.step))).or_default() += 1;
-        }
-        println!("{} over {} days from {}: {} entered", journey.name, args.days, chrono::DateTime::from_timestamp_millis(start).unwrap_or_default().to_rfc3339(), runs.len());
-        for ((_, line), count) in paths {
-            println!("{count:>7}  {line}");
-        }
-        let mut ends: BTreeMap<String, usize> = BTreeMap::new();
-        for run in &runs {
-            *ends.entry(run.ended_reason.clone().unwrap_or_else(|| format!("still {}", run.status))).or_default() += 1;
-        }
-        for (end, count) in ends {
-            println!("{count:>7}  ended: {end}");
-        }
-        Ok(())
+        print_report(&ingestion.store, &journey, args.days, start).await
     })
+}
+
+/// Copies the host's SQLite database (with its WAL) from `data_dir` into `scratch`, so the
+/// simulation never writes to it.
+fn copy_database(data_dir: &std::path::Path, scratch: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let database = data_dir.join("rekindle.db");
+    anyhow::ensure!(database.exists(), "{} holds no rekindle.db; run the host (scripts/demo) first", data_dir.display());
+    let copy = scratch.join("rekindle.db");
+    std::fs::copy(&database, &copy).with_context(|| format!("copying {}", database.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = data_dir.join(format!("rekindle.db{suffix}"));
+        if side.exists() {
+            std::fs::copy(&side, scratch.join(format!("rekindle.db{suffix}")))?;
+        }
+    }
+    Ok(copy)
+}
+
+/// A template's segments.toml beside the journey defines its audiences in the copy.
+async fn define_segments_beside(journey: &std::path::Path, store: &Store) -> anyhow::Result<()> {
+    let beside = journey.with_file_name("segments.toml");
+    if !beside.exists() {
+        return Ok(());
+    }
+    let table: toml::Table = toml::from_str(&std::fs::read_to_string(&beside)?).with_context(|| format!("{} is not valid TOML", beside.display()))?;
+    for segment in table.get("segments").and_then(|s| s.as_array()).into_iter().flatten() {
+        let text = |key: &str| segment.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        store
+            .upsert_segment(rekindle_store::SegmentDefinition {
+                name: text("name"),
+                slot: text("slot"),
+                params: serde_json::to_value(segment.get("params").cloned().unwrap_or(toml::Value::Table(toml::Table::new())))?,
+                schedule: Some(text("schedule")).filter(|s| !s.is_empty()).unwrap_or_else(|| "daily".into()),
+                last_run: None,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Prints how many runs took each path through the journey, and how they ended.
+async fn print_report(store: &Store, journey: &rekindle_journeys::Journey, days: u32, start: i64) -> anyhow::Result<()> {
+    let log = store.journey_log(&journey.name).await?;
+    let runs = store.journey_runs(&journey.name).await?;
+    let mut paths: BTreeMap<(usize, String), usize> = BTreeMap::new();
+    for entry in &log {
+        let position = journey.steps.iter().position(|s| s.id() == entry.step).map_or(0, |i| i + 1);
+        let what = match (&entry.channel, entry.action.as_str()) {
+            (Some(channel), "skipped") => format!("skipped {channel}: {}", entry.detail),
+            (Some(channel), action) => format!("{action} on {channel}"),
+            (None, "split" | "branch" | "random") => format!("{} -> {}", entry.action, entry.detail),
+            (None, "skipped" | "capped") => format!("{}: {}", entry.action, entry.detail),
+            (None, action) => action.to_string(),
+        };
+        *paths.entry((position, format!("{:<14} {what}", entry.step))).or_default() += 1;
+    }
+    println!("{} over {} days from {}: {} entered", journey.name, days, chrono::DateTime::from_timestamp_millis(start).unwrap_or_default().to_rfc3339(), runs.len());
+    for ((_, line), count) in paths {
+        println!("{count:>7}  {line}");
+    }
+    let mut ends: BTreeMap<String, usize> = BTreeMap::new();
+    for run in &runs {
+        *ends.entry(run.ended_reason.clone().unwrap_or_else(|| format!("still {}", run.status))).or_default() += 1;
+    }
+    for (end, count) in ends {
+        println!("{count:>7}  ended: {end}");
+    }
+    Ok(())
 }

@@ -272,13 +272,19 @@ pub fn check(journey: &Journey, channels: &[&str]) -> Result<(), JourneyError> {
     if journey.steps.is_empty() {
         return Err(invalid("steps", "a journey needs at least one step"));
     }
+    check_steps(&journey.steps, channels)
+}
+
+/// Checks the steps: unique ids, targets that exist, channels that are configured, and
+/// each kind's own fields.
+fn check_steps(steps: &[Step], channels: &[&str]) -> Result<(), JourneyError> {
     let mut ids = HashSet::new();
-    for (i, step) in journey.steps.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         if step.id().trim().is_empty() || step.id() == "exit" || !ids.insert(step.id()) {
             return Err(invalid(format!("steps[{i}]"), format!("id: `{}` must be unique, non-empty and not `exit`", step.id())));
         }
     }
-    for (i, step) in journey.steps.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         let step_at = format!("steps[{i}] {:?}", step.id());
         let at = |field: &str, problem: String| invalid(step_at.clone(), format!("{field}: {problem}"));
         for (field, target) in step.targets() {

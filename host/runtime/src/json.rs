@@ -178,7 +178,25 @@ pub fn contact_kind_name(kind: ContactKind) -> &'static str {
 pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
     let path = "profile";
     let map = object(json, path)?;
-    // Flat events in, series by name out: (name, [(time, properties)]) in first-seen order.
+    let events = events_from_json(map, path)?;
+    let consents = consents_from_json(map, path)?;
+    let contacts = contacts_from_json(map, path)?;
+    let segments = memberships_from_json(map, path)?;
+    Ok(Profile {
+        id: string(map, "id", path)?,
+        traits: Some(fields_from_json(map.get("traits"), &format!("{path}.traits"))?),
+        events,
+        consents: Some(consents),
+        contacts: Some(contacts),
+        segments: Some(segments),
+        aggregates: Some(fields_from_json(map.get("aggregates"), &format!("{path}.aggregates"))?),
+        timezone: opt_string(map, "timezone", path)?,
+    })
+}
+
+/// Flat events in, series by name out, in first-seen order; bounded in count and in
+/// distinct property names.
+fn events_from_json(map: &Map<String, Json>, path: &str) -> Result<Vec<EventSeries>, JsonError> {
     let mut grouped: Vec<(String, Vec<Row>)> = Vec::new();
     let mut series_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut property_names: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -207,8 +225,12 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
             }
         }
     }
-    let events = grouped.into_iter().map(|(name, occurrences)| series_from(name, occurrences)).collect();
-    let consents = match map.get("consents") {
+    Ok(grouped.into_iter().map(|(name, occurrences)| series_from(name, occurrences)).collect())
+}
+
+/// Consents as `{"email": true, ...}`.
+fn consents_from_json(map: &Map<String, Json>, path: &str) -> Result<Vec<Consent>, JsonError> {
+    Ok(match map.get("consents") {
         None | Some(Json::Null) => Vec::new(),
         Some(Json::Object(c)) => {
             let mut list = Vec::new();
@@ -223,7 +245,11 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
             list
         }
         Some(_) => return Err(err(&format!("{path}.consents"), "must be an object such as {\"email\": true}")),
-    };
+    })
+}
+
+/// Contact points as `[{"kind", "address", "active"?}]`.
+fn contacts_from_json(map: &Map<String, Json>, path: &str) -> Result<Vec<ContactPoint>, JsonError> {
     let mut contacts = Vec::new();
     for (i, contact) in array(map, "contacts", path)?.iter().enumerate() {
         let at = format!("{path}.contacts[{i}]");
@@ -234,6 +260,11 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
             active: c.get("active").and_then(Json::as_bool).unwrap_or(true),
         });
     }
+    Ok(contacts)
+}
+
+/// Memberships as segment names or `{"segment", "label"?, "since"?}`.
+fn memberships_from_json(map: &Map<String, Json>, path: &str) -> Result<Vec<Membership>, JsonError> {
     let mut segments = Vec::new();
     for (i, membership) in array(map, "segments", path)?.iter().enumerate() {
         let at = format!("{path}.segments[{i}]");
@@ -253,16 +284,7 @@ pub fn profile_from_json(json: &Json) -> Result<Profile, JsonError> {
         };
         segments.push(m);
     }
-    Ok(Profile {
-        id: string(map, "id", path)?,
-        traits: Some(fields_from_json(map.get("traits"), &format!("{path}.traits"))?),
-        events,
-        consents: Some(consents),
-        contacts: Some(contacts),
-        segments: Some(segments),
-        aggregates: Some(fields_from_json(map.get("aggregates"), &format!("{path}.aggregates"))?),
-        timezone: opt_string(map, "timezone", path)?,
-    })
+    Ok(segments)
 }
 
 /// The JSON form of a profile, as [`profile_from_json`] reads it.

@@ -297,27 +297,7 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
                 &[P::Text(&profile), P::Text(zone), P::Int(msg.timestamp)],
             )?;
         }
-        for (name, value) in &msg.traits {
-            // The consent object is a consent, which a browser may give while anonymous.
-            let refused = match name.as_str() {
-                "consent" if guarded => Some("a browser source cannot change an identified profile's consents"),
-                "consent" => None,
-                name if guarded && CONTACT_TRAITS.contains(&name) => Some("a browser source cannot change an identified profile's contact points"),
-                name if msg.from_browser && RESERVED_TRAITS.contains(&name) => Some("a browser source cannot write a reserved trait"),
-                _ => None,
-            };
-            if let Some(reason) = refused {
-                report.ignored.push(Ignored { index, field: format!("traits.{name}"), reason });
-                continue;
-            }
-            upsert_trait(db, &profile, name, value, msg.timestamp, by)?;
-            let address = value.as_str().map(str::trim).filter(|a| !a.is_empty());
-            match (name.as_str(), address) {
-                ("email", Some(email)) => upsert_contact(db, &profile, "email", &email.to_lowercase(), true, msg.timestamp, by)?,
-                ("phone", Some(phone)) => upsert_contact(db, &profile, "phone", phone, true, msg.timestamp, by)?,
-                _ => {}
-            }
-        }
+        write_traits(db, msg, index, &profile, guarded, by, &mut report)?;
         match &msg.push_token {
             Some(_) if guarded => report.ignored.push(Ignored {
                 index,
@@ -335,19 +315,7 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
             }
         }
         report.ignored.extend(refused.into_iter().map(|(field, reason)| Ignored { index, field: field.into(), reason }));
-        if let Some(event) = &msg.event {
-            let properties = Value::Object(msg.properties.clone()).to_string();
-            db.execute(
-                "INSERT INTO events (profile_id, name, timestamp, properties, message_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-                &[P::Text(&profile), P::Text(event), P::Int(msg.timestamp), P::Text(&properties), P::Text(&msg.message_id)],
-            )?;
-            if *event == mapping.order_completed {
-                let mut computed = load_computed(db, &profile)?;
-                computed.add_order(mapping, msg.timestamp, &msg.properties);
-                save_computed(db, &profile, &computed)?;
-                count_co_purchases(db, &ordered_products(mapping, &msg.properties))?;
-            }
-        }
+        write_event(db, mapping, msg, &profile)?;
         // Identifying messages may merge two profiles, which moves any kind of data.
         let may_merge = (msg.user_id.is_some() && msg.anonymous_id.is_some()) || msg.previous_id.is_some();
         let changes_more =
@@ -359,6 +327,52 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
         });
     }
     Ok(report)
+}
+
+/// A message's traits, with the contact points `email` and `phone` carry, except what a
+/// browser source may not change (listed in the report as ignored).
+fn write_traits(db: &mut impl Db, msg: &Message, index: usize, profile: &str, guarded: bool, by: Writer, report: &mut IngestReport) -> Result<(), StoreError> {
+    for (name, value) in &msg.traits {
+        // The consent object is a consent, which a browser may give while anonymous.
+        let refused = match name.as_str() {
+            "consent" if guarded => Some("a browser source cannot change an identified profile's consents"),
+            "consent" => None,
+            name if guarded && CONTACT_TRAITS.contains(&name) => Some("a browser source cannot change an identified profile's contact points"),
+            name if msg.from_browser && RESERVED_TRAITS.contains(&name) => Some("a browser source cannot write a reserved trait"),
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            report.ignored.push(Ignored { index, field: format!("traits.{name}"), reason });
+            continue;
+        }
+        upsert_trait(db, profile, name, value, msg.timestamp, by)?;
+        let address = value.as_str().map(str::trim).filter(|a| !a.is_empty());
+        match (name.as_str(), address) {
+            ("email", Some(email)) => upsert_contact(db, profile, "email", &email.to_lowercase(), true, msg.timestamp, by)?,
+            ("phone", Some(phone)) => upsert_contact(db, profile, "phone", phone, true, msg.timestamp, by)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A message's event, and for an order what it adds to the computed traits and to the
+/// products bought together.
+fn write_event(db: &mut impl Db, mapping: &EventMapping, msg: &Message, profile: &str) -> Result<(), StoreError> {
+    if let Some(event) = &msg.event {
+        let properties = Value::Object(msg.properties.clone()).to_string();
+        db.execute(
+            "INSERT INTO events (profile_id, name, timestamp, properties, message_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &[P::Text(profile), P::Text(event), P::Int(msg.timestamp), P::Text(&properties), P::Text(&msg.message_id)],
+        )?;
+        if *event == mapping.order_completed {
+            let mut computed = load_computed(db, profile)?;
+            computed.add_order(mapping, msg.timestamp, &msg.properties);
+            save_computed(db, profile, &computed)?;
+            count_co_purchases(db, &ordered_products(mapping, &msg.properties))?;
+        }
+    }
+    Ok(())
 }
 
 /// The profile an id names: a profile id, a userId or an anonymousId.
@@ -766,12 +780,22 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
     // One profile is an equality, so the (profile_id, name, timestamp) index seeks straight
     // to one name's events; a range on the first column could only filter names in a scan.
     let who = if first == last { "profile_id = ?1 AND profile_id = ?2" } else { "profile_id >= ?1 AND profile_id <= ?2" };
+    fill_sections(db, &at, inputs, who, &range, needs)?;
+    if first == last && !needs.events.is_empty() {
+        return fill_one_profile_events(db, &mut inputs[0], first, needs);
+    }
+    fill_events(db, &at, inputs, who, &range, needs)
+}
+
+/// Memberships, and the traits, consents, contacts and computed traits `needs` asks for, of
+/// the profiles `who` selects.
+fn fill_sections(db: &mut impl Db, at: &HashMap<String, usize>, inputs: &mut [RuleInput], who: &str, range: &[P; 2], needs: &InputNeeds) -> Result<(), StoreError> {
     each_row(
         db,
-        &at,
+        at,
         inputs,
         &format!("SELECT profile_id, segment, label, reason, digest, since FROM memberships WHERE {who}"),
-        &range,
+        range,
         |p, r| {
             p.memberships.push(MembershipRecord {
                 segment: r.text(1),
@@ -786,20 +810,20 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
     if needs.traits {
         each_row(
             db,
-            &at,
+            at,
             inputs,
             &format!("SELECT profile_id, name, value FROM traits WHERE {who}"),
-            &range,
+            range,
             |p, r| p.traits.push((r.text(1), serde_json::from_str(&r.text(2)).unwrap_or(Value::Null))),
         )?;
     }
     if needs.consents {
         each_row(
             db,
-            &at,
+            at,
             inputs,
             &format!("SELECT profile_id, purpose, granted, updated_at FROM consents WHERE {who}"),
-            &range,
+            range,
             |p, r| {
                 if let Some(purpose) = Purpose::parse(&r.text(1)) {
                     p.consents.push(Consent { purpose, granted: r.bool(2), updated_at: r.int(3) });
@@ -810,28 +834,30 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
     if needs.contacts {
         each_row(
             db,
-            &at,
+            at,
             inputs,
             &format!("SELECT profile_id, kind, address, active, updated_at FROM contacts WHERE {who}"),
-            &range,
+            range,
             |p, r| p.contacts.push(Contact { kind: r.text(1), address: r.text(2), active: r.bool(3), updated_at: r.int(4) }),
         )?;
     }
     if needs.computed {
         each_row(
             db,
-            &at,
+            at,
             inputs,
             &format!(
                 "SELECT profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts FROM computed WHERE {who}"
             ),
-            &range,
+            range,
             |p, r| p.computed = computed_from(&Row(r.0[1..].to_vec())),
         )?;
     }
-    if first == last && !needs.events.is_empty() {
-        return fill_one_profile_events(db, &mut inputs[0], first, needs);
-    }
+    Ok(())
+}
+
+/// The events `needs` asks for, of the profiles `who` selects, each in time order.
+fn fill_events(db: &mut impl Db, at: &HashMap<String, usize>, inputs: &mut [RuleInput], who: &str, range: &[P; 2], needs: &InputNeeds) -> Result<(), StoreError> {
     for (n, need) in needs.events.iter().enumerate() {
         // Properties are only selected when wanted; the empty text parses to nothing. A
         // limit is applied in the query, per profile, so a rule that wants the last view of

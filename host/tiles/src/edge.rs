@@ -132,6 +132,39 @@ pub async fn snapshot(src: EdgeSources<'_>, now: i64) -> Result<Value, TilesErro
     let catalog = src.tiles.catalog();
     let edge = edge_segments(src.registry, src.store, now).await?;
     let mut plugins = serde_json::Map::new();
+    let slots = slots_json(src, &catalog, &mut plugins)?;
+    let offers = offers_json(&catalog)?;
+    let mut segments = Vec::new();
+    for s in &edge {
+        plugins.insert(
+            s.def.slot.clone(),
+            json!({"kind": "rule", "digest": s.plugin.digest(), "version": s.plugin.info().version(), "input": query_json(&s.query)}),
+        );
+        segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query), "cutoffs_at": s.cutoffs_at}));
+    }
+    let queries = token_queries(src, &catalog, edge.iter().map(|s| &s.query));
+    let (traits, aggregates) = token_fields(&queries);
+    let limits = src.registry.runtime().limits();
+    Ok(json!({
+        "version": SNAPSHOT_VERSION,
+        "generated_at": now,
+        "latest_timestamp": rekindle_runtime::json::LATEST_TIMESTAMP,
+        "limits": {"rule": limits_json(limits.rule), "tiles": limits_json(limits.tiles)},
+        // What a token must cover for the edge to answer from it: these names, and the
+        // latest segment definition (the edge cannot know a membership the token does not
+        // report), so its catalog must be read after this.
+        "token": {"traits": traits, "aggregates": aggregates,
+                  "segments_changed_at": src.store.segments_changed_at().await?},
+        "plugins": plugins,
+        "slots": slots,
+        "offers": offers,
+        "segments": segments,
+    }))
+}
+
+/// The slots as the bundle reads them, each tile plugin recorded in `plugins`; a slot whose
+/// plugin reads what a token does not carry cannot run at the edge.
+fn slots_json(src: EdgeSources<'_>, catalog: &Catalog, plugins: &mut serde_json::Map<String, Value>) -> Result<Vec<Value>, TilesError> {
     let mut slots = Vec::new();
     let mut names: Vec<&String> = catalog.slots.keys().collect();
     names.sort();
@@ -166,6 +199,12 @@ pub async fn snapshot(src: EdgeSources<'_>, now: i64) -> Result<Value, TilesErro
             "fallback": def.fallback,
         }));
     }
+    Ok(slots)
+}
+
+/// The offers in the contract's form, by slot and id; an offer conditioned on a contact
+/// point cannot run at the edge.
+fn offers_json(catalog: &Catalog) -> Result<Vec<Value>, TilesError> {
     let mut offers = Vec::new();
     let mut all: Vec<_> = catalog.offers.values().flatten().collect();
     all.sort_by(|a, b| (&a.offer.slot, &a.offer.id).cmp(&(&b.offer.slot, &b.offer.id)));
@@ -186,32 +225,7 @@ pub async fn snapshot(src: EdgeSources<'_>, now: i64) -> Result<Value, TilesErro
             },
         }));
     }
-    let mut segments = Vec::new();
-    for s in &edge {
-        plugins.insert(
-            s.def.slot.clone(),
-            json!({"kind": "rule", "digest": s.plugin.digest(), "version": s.plugin.info().version(), "input": query_json(&s.query)}),
-        );
-        segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query), "cutoffs_at": s.cutoffs_at}));
-    }
-    let queries = token_queries(src, &catalog, edge.iter().map(|s| &s.query));
-    let (traits, aggregates) = token_fields(&queries);
-    let limits = src.registry.runtime().limits();
-    Ok(json!({
-        "version": SNAPSHOT_VERSION,
-        "generated_at": now,
-        "latest_timestamp": rekindle_runtime::json::LATEST_TIMESTAMP,
-        "limits": {"rule": limits_json(limits.rule), "tiles": limits_json(limits.tiles)},
-        // What a token must cover for the edge to answer from it: these names, and the
-        // latest segment definition (the edge cannot know a membership the token does not
-        // report), so its catalog must be read after this.
-        "token": {"traits": traits, "aggregates": aggregates,
-                  "segments_changed_at": src.store.segments_changed_at().await?},
-        "plugins": plugins,
-        "slots": slots,
-        "offers": offers,
-        "segments": segments,
-    }))
+    Ok(offers)
 }
 
 /// The snapshot's shape; `rekindle edge build` refuses any other, since its worker reads

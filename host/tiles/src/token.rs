@@ -301,7 +301,7 @@ mod tests {
             }
         }
         // Spare low bits in the last character decode to the same bytes elsewhere; not here.
-        if raw.len() % 3 != 0 {
+        if !raw.len().is_multiple_of(3) {
             let mut tweaked = token.clone().into_bytes();
             let last = tweaked.len() - 1;
             let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

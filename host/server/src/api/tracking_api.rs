@@ -103,6 +103,57 @@ fn check_amounts(value: &Value, path: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A batch message's own `type`.
+fn kind_of(msg: &Map<String, Value>, at: &str) -> Result<MessageKind, ApiError> {
+    match msg.get("type").and_then(Value::as_str) {
+        Some(name) => kind_from(name).ok_or_else(|| {
+            ApiError::field(format!("{at}.type"), format!("{at}: unknown type {name:?}; use track, identify, page, screen, group or alias"))
+        }),
+        None => Err(ApiError::field(format!("{at}.type"), format!("{at}: `type` is required in a batch"))),
+    }
+}
+
+/// The event a message records: a track call's name, or "Page Viewed" and "Screen Viewed"
+/// (their `name` and `category` joining the properties); none for the other types.
+fn event_of(msg: &Map<String, Value>, kind: MessageKind, properties: &mut Map<String, Value>, at: &str) -> Result<Option<String>, ApiError> {
+    Ok(match kind {
+        MessageKind::Track => match msg.get("event") {
+            Some(Value::String(name)) if !name.trim().is_empty() => Some(name.clone()),
+            _ => return Err(ApiError::field(format!("{at}.event"), format!("{at}: a track call needs an `event` name"))),
+        },
+        MessageKind::Page | MessageKind::Screen => {
+            for key in ["name", "category"] {
+                if let Some(v) = msg.get(key).filter(|v| !v.is_null()) {
+                    properties.entry(key.to_string()).or_insert_with(|| v.clone());
+                }
+            }
+            Some(if kind == MessageKind::Page { "Page Viewed" } else { "Screen Viewed" }.to_string())
+        }
+        MessageKind::Identify | MessageKind::Group | MessageKind::Alias => None,
+    })
+}
+
+/// When the event happened, by Segment's clock-skew correction: the client's clock is
+/// trusted for the interval between the event and sending it, the server's for when it was
+/// sent. A time the correction puts before 2000 or over a day ahead is refused.
+fn corrected_time(msg: &Map<String, Value>, at: &str, received_at: i64, batch_sent_at: Option<i64>) -> Result<i64, ApiError> {
+    let (original, given_as) = match time(msg, "timestamp", at)? {
+        Some(t) => (Some(t), "timestamp"),
+        None => (time(msg, "originalTimestamp", at)?, "originalTimestamp"),
+    };
+    let sent_at = time(msg, "sentAt", at)?.or(batch_sent_at);
+    let timestamp = match (original, sent_at) {
+        (Some(original), Some(sent)) => received_at.saturating_sub(sent.saturating_sub(original)),
+        (Some(original), None) => original,
+        (None, _) => received_at,
+    };
+    if original.is_some() && !(EARLIEST_EVENT..=received_at.saturating_add(LATEST_EVENT_AHEAD)).contains(&timestamp) {
+        let field = format!("{at}.{given_as}");
+        return Err(ApiError::field(&field, format!("{field}: after clock-skew correction the event falls at {}, before 2000 or more than a day ahead of the host's clock", rekindle_runtime::json::timestamp_to_json(timestamp))));
+    }
+    Ok(timestamp)
+}
+
 /// Validates one message. `kind` is the endpoint's type, or `None` in a batch, where the
 /// message's own `type` says. `batch_sent_at` is the batch's `sentAt`, if any.
 pub(crate) fn parse_message(
@@ -121,12 +172,7 @@ pub(crate) fn parse_message(
     check_amounts(value, at)?;
     let kind = match kind {
         Some(kind) => kind,
-        None => match msg.get("type").and_then(Value::as_str) {
-            Some(name) => kind_from(name).ok_or_else(|| {
-                ApiError::field(format!("{at}.type"), format!("{at}: unknown type {name:?}; use track, identify, page, screen, group or alias"))
-            })?,
-            None => return Err(ApiError::field(format!("{at}.type"), format!("{at}: `type` is required in a batch"))),
-        },
+        None => kind_of(msg, at)?,
     };
     let user_id = id_field(msg, "userId", at)?;
     let anonymous_id = id_field(msg, "anonymousId", at)?;
@@ -146,21 +192,7 @@ pub(crate) fn parse_message(
         }
     }
     let mut properties = object(msg, "properties", at)?;
-    let event = match kind {
-        MessageKind::Track => match msg.get("event") {
-            Some(Value::String(name)) if !name.trim().is_empty() => Some(name.clone()),
-            _ => return Err(ApiError::field(format!("{at}.event"), format!("{at}: a track call needs an `event` name"))),
-        },
-        MessageKind::Page | MessageKind::Screen => {
-            for key in ["name", "category"] {
-                if let Some(v) = msg.get(key).filter(|v| !v.is_null()) {
-                    properties.entry(key.to_string()).or_insert_with(|| v.clone());
-                }
-            }
-            Some(if kind == MessageKind::Page { "Page Viewed" } else { "Screen Viewed" }.to_string())
-        }
-        MessageKind::Identify | MessageKind::Group | MessageKind::Alias => None,
-    };
+    let event = event_of(msg, kind, &mut properties, at)?;
     if kind == MessageKind::Group {
         // A group call's traits describe the group, not the person: keep only the link.
         traits = Map::new();
@@ -168,22 +200,7 @@ pub(crate) fn parse_message(
             traits.insert("group_id".into(), Value::String(group));
         }
     }
-    // Segment's clock-skew correction: the client's clock is trusted for the interval
-    // between the event and sending it, the server's for when it was sent.
-    let (original, given_as) = match time(msg, "timestamp", at)? {
-        Some(t) => (Some(t), "timestamp"),
-        None => (time(msg, "originalTimestamp", at)?, "originalTimestamp"),
-    };
-    let sent_at = time(msg, "sentAt", at)?.or(batch_sent_at);
-    let timestamp = match (original, sent_at) {
-        (Some(original), Some(sent)) => received_at.saturating_sub(sent.saturating_sub(original)),
-        (Some(original), None) => original,
-        (None, _) => received_at,
-    };
-    if original.is_some() && !(EARLIEST_EVENT..=received_at.saturating_add(LATEST_EVENT_AHEAD)).contains(&timestamp) {
-        let field = format!("{at}.{given_as}");
-        return Err(ApiError::field(&field, format!("{field}: after clock-skew correction the event falls at {}, before 2000 or more than a day ahead of the host's clock", rekindle_runtime::json::timestamp_to_json(timestamp))));
-    }
+    let timestamp = corrected_time(msg, at, received_at, batch_sent_at)?;
     let message_id = match id_field(msg, "messageId", at)? {
         Some(id) => id,
         None => format!("rekindle-{}", uuid::Uuid::now_v7()),
