@@ -26,8 +26,7 @@ fn main() {
     for watched in ["plugins", "tests/hostile", "guest-sdk", "wit", "Cargo.lock", ".cargo"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let crates: Vec<String> =
-        [crates_in(&root.join("plugins")), crates_in(&root.join("tests/hostile"))].concat();
+    let crates: Vec<String> = [crates_in(&root.join("plugins")), crates_in(&root.join("tests/hostile"))].concat();
     let target_dir = root.join("target/wasm");
 
     let mut cargo = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -57,10 +56,7 @@ fn main() {
         let path = out_dir.join(format!("{}.wasm", name.replace('-', "_")));
         assert!(path.exists(), "cargo built {name} but {} is missing", path.display());
         let ident = name.replace('-', "_").to_uppercase();
-        consts.push_str(&format!(
-            "/// The component built from `{name}`.\npub const {ident}: &str = {:?};\n",
-            path.display().to_string()
-        ));
+        consts.push_str(&format!("/// The component built from `{name}`.\npub const {ident}: &str = {:?};\n", path.display().to_string()));
         all.push_str(&format!("    ({name:?}, {ident}),\n"));
     }
     all.push_str("];\n");

@@ -4,8 +4,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::{
-    AdapterInfo, ChannelKind, ContactKind, EventQuery, HttpMethod, HttpRequest, HttpResponse, InputQuery, Outcome,
-    ParamKind, ParamSpec, Purpose, Retry, RuleInfo, TilesInfo, Value, Verdict,
+    AdapterInfo, ChannelKind, ContactKind, EventQuery, HttpMethod, HttpRequest, HttpResponse, InputQuery, Outcome, ParamKind, ParamSpec, Purpose, Retry,
+    RuleInfo, TilesInfo, Value, Verdict,
 };
 
 impl ParamSpec {
@@ -33,14 +33,7 @@ impl ParamSpec {
 impl InputQuery {
     /// Reads nothing; add what the plugin needs.
     pub fn new() -> InputQuery {
-        InputQuery {
-            events: Vec::new(),
-            traits: Vec::new(),
-            aggregates: Vec::new(),
-            consents: false,
-            contacts: false,
-            segments: false,
-        }
+        InputQuery { events: Vec::new(), traits: Vec::new(), aggregates: Vec::new(), consents: false, contacts: false, segments: false }
     }
 
     /// Reads every event of `name` in the whole history, without properties.

@@ -125,14 +125,8 @@ mod tests {
         // SHA-256 of "test@example.com", a published test vector.
         let expected = "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b";
         assert_eq!(hash_email(AdPlatform::Meta, " Test@Example.com").as_deref(), Some(expected));
-        assert_eq!(
-            hash_email(AdPlatform::Google, "j.o.hn@gmail.com"),
-            hash_email(AdPlatform::Google, "john@gmail.com")
-        );
-        assert_ne!(
-            hash_email(AdPlatform::Meta, "j.o.hn@gmail.com"),
-            hash_email(AdPlatform::Meta, "john@gmail.com")
-        );
+        assert_eq!(hash_email(AdPlatform::Google, "j.o.hn@gmail.com"), hash_email(AdPlatform::Google, "john@gmail.com"));
+        assert_ne!(hash_email(AdPlatform::Meta, "j.o.hn@gmail.com"), hash_email(AdPlatform::Meta, "john@gmail.com"));
         assert_eq!(hash_phone(AdPlatform::Meta, "+1 555 123 4567", "1"), Some(sha256_hex("15551234567")));
         assert_eq!(hash_phone(AdPlatform::TikTok, "+1 555 123 4567", "1"), Some(sha256_hex("+15551234567")));
     }

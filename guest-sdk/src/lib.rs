@@ -52,11 +52,9 @@ mod time;
 
 pub use describe::form_urlencoded;
 pub use fmt::OneDecimal;
+pub use hashing::{AdPlatform, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex};
+pub use log::{log_level, log_line};
 pub use profile::Occurrence;
-pub use hashing::{
-    AdPlatform, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex,
-};
-pub use log::{log_line, log_level};
 pub use rfm::{RfmCutoffs, RfmScore};
 pub use template::render;
 pub use time::{DAY, HOUR, MINUTE, days, hours, minutes};
@@ -114,19 +112,16 @@ pub mod bindings {
 }
 
 pub use bindings::channel::exports::rekindle::plugin::adapter::{
-    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest,
-    HttpResponse, Message, Outcome, Retry,
+    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest, HttpResponse, Message, Outcome, Retry,
 };
 pub use bindings::channel::exports::rekindle::plugin::reconcile::Found;
 pub use bindings::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
 pub use bindings::rule::rekindle::plugin::log::Level;
 pub use bindings::rule::rekindle::plugin::types::{
-    Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries, Field, InputQuery,
-    Membership, ParamKind, ParamSpec, Profile, PropertyColumn, Purpose, Timestamp, Value,
+    Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries, Field, InputQuery, Membership, ParamKind, ParamSpec, Profile, PropertyColumn,
+    Purpose, Timestamp, Value,
 };
-pub use bindings::tiles::exports::rekindle::plugin::tiles::{
-    Offer, Tile, TileRequest, TilesInfo,
-};
+pub use bindings::tiles::exports::rekindle::plugin::tiles::{Offer, Tile, TileRequest, TilesInfo};
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -203,16 +198,12 @@ pub trait Tiles {
     /// Name, version, parameters and the input the plugin reads.
     fn describe() -> TilesInfo;
     /// Ranked tiles for the request; `profile` is `None` for an unknown visitor.
-    fn decide(
-        ctx: &Context,
-        request: &TileRequest,
-        profile: Option<&Profile>,
-        offers: &[Offer],
-    ) -> Result<Vec<Tile>, String>;
+    fn decide(ctx: &Context, request: &TileRequest, profile: Option<&Profile>, offers: &[Offer]) -> Result<Vec<Tile>, String>;
 }
 
 /// Exports a [`Rule`] implementation as the component's `segment-rule` world.
 #[macro_export]
+#[rustfmt::skip]
 macro_rules! export_rule {
     ($rule:ty) => {
         // Natively (unit tests) there is nothing to export, but the type still counts as used.
@@ -242,6 +233,7 @@ macro_rules! export_rule {
 /// Exports a [`Channel`] implementation as the component's `channel-adapter-with-secrets`
 /// world.
 #[macro_export]
+#[rustfmt::skip]
 macro_rules! export_channel {
     ($channel:ty) => {
         // Natively (unit tests) there is nothing to export, but the type still counts as used.
@@ -303,6 +295,7 @@ macro_rules! export_channel {
 
 /// Exports a [`Tiles`] implementation as the component's `promo-tiles` world.
 #[macro_export]
+#[rustfmt::skip]
 macro_rules! export_tiles {
     ($tiles:ty) => {
         // Natively (unit tests) there is nothing to export, but the type still counts as used.
@@ -336,11 +329,9 @@ macro_rules! export_tiles {
 /// `format!` and `vec!`, since plugins are `#![no_std]`.
 pub mod prelude {
     pub use crate::{
-        AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context,
-        EventQuery, EventSeries, Field, Found, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message,
-        Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile,
-        TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, basic_auth, days, hours,
-        minutes, secret,
+        AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context, EventQuery, EventSeries, Field, Found, HttpMethod,
+        HttpRequest, HttpResponse, InputQuery, Message, Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile, TileRequest,
+        Tiles, TilesInfo, Timestamp, Value, Verdict, basic_auth, days, hours, minutes, secret,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;
@@ -374,12 +365,7 @@ static ALLOCATOR: bump::BumpAllocator = bump::BumpAllocator::new();
 /// Called only by the component model's canonical ABI, with a pointer this function returned.
 #[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cabi_realloc(
-    old_ptr: *mut u8,
-    old_len: usize,
-    align: usize,
-    new_len: usize,
-) -> *mut u8 {
+pub unsafe extern "C" fn cabi_realloc(old_ptr: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
     use alloc::alloc::{Layout, alloc, realloc};
     if new_len == 0 {
         return align as *mut u8;

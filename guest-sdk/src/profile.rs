@@ -2,7 +2,7 @@
 
 use alloc::string::String;
 
-use crate::{ContactKind, EventSeries, Field, Profile, PropertyColumn, Purpose, Timestamp, Value, DAY};
+use crate::{ContactKind, DAY, EventSeries, Field, Profile, PropertyColumn, Purpose, Timestamp, Value};
 
 fn field<'a>(fields: &'a [Field], name: &str) -> Option<&'a Value> {
     fields.iter().find(|f| f.name == name).map(|f| &f.value)

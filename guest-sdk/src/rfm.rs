@@ -43,11 +43,7 @@ mod tests {
 
     #[test]
     fn scores_at_the_cutoffs() {
-        let cutoffs = RfmCutoffs {
-            recency_days: [30.0, 60.0, 90.0, 180.0],
-            frequency: [2.0, 3.0, 5.0, 8.0],
-            monetary: [50.0, 100.0, 250.0, 500.0],
-        };
+        let cutoffs = RfmCutoffs { recency_days: [30.0, 60.0, 90.0, 180.0], frequency: [2.0, 3.0, 5.0, 8.0], monetary: [50.0, 100.0, 250.0, 500.0] };
         assert_eq!(cutoffs.score(10.0, 1.0, 10.0), RfmScore { recency: 5, frequency: 1, monetary: 1 });
         assert_eq!(cutoffs.score(180.0, 8.0, 500.0), RfmScore { recency: 1, frequency: 5, monetary: 5 });
         assert_eq!(cutoffs.score(59.9, 2.0, 99.9), RfmScore { recency: 4, frequency: 2, monetary: 2 });

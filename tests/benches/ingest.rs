@@ -79,8 +79,8 @@ async fn ingest(base: &str) {
             let mut latencies = Vec::new();
             for body in bodies.iter().skip(c).step_by(CLIENTS) {
                 let sent = Instant::now();
-                let response = http.post(&url).basic_auth("bench-key", Some("")).header("content-type", "application/json")
-                    .body(body.clone()).send().await.unwrap();
+                let response =
+                    http.post(&url).basic_auth("bench-key", Some("")).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
                 assert!(response.status().is_success(), "{}", response.status());
                 latencies.push(sent.elapsed());
             }

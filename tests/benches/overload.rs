@@ -36,7 +36,13 @@ fn serve(dir: &std::path::Path) -> String {
         runtime.block_on(async move {
             let store = rekindle_tests::open_store(Backend::Sqlite, &dir).await.unwrap();
             let sources = [("bench-key".to_string(), rekindle_server::Source::server("bench"))].into_iter().collect();
-            let registry = Arc::new(Registry::new(Runtime::new(RuntimeConfig { plugin_threads: std::env::var("PLUGIN_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0), ..RuntimeConfig::default() }).unwrap()));
+            let registry = Arc::new(Registry::new(
+                Runtime::new(RuntimeConfig {
+                    plugin_threads: std::env::var("PLUGIN_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0),
+                    ..RuntimeConfig::default()
+                })
+                .unwrap(),
+            ));
             registry.install("hostile-tiles", &rekindle_tests::component(rekindle_tests::components::HOSTILE_TILES)).unwrap();
             let state = AppState::new(registry, None, Some("bench-admin-token-0123".into())).with_ingestion(Ingestion { store: store.into(), sources });
             for i in 0..SLOTS {
@@ -103,8 +109,10 @@ async fn phase(base: &str, seconds: u64, load: Option<&tokio::runtime::Handle>, 
     let health = probe(seconds, |_| http.get(format!("{base}/health")));
     let ingest = probe(seconds, |n| {
         let events: Vec<_> = (0..10)
-            .map(|i| json!({"type": "track", "messageId": format!("r{round}-{}-{n}-{i}", load.is_some()), "userId": format!("u{}", (n * 10 + i) % 500),
-                            "event": "Page Viewed", "properties": {"url": "https://shop.example/"}}))
+            .map(|i| {
+                json!({"type": "track", "messageId": format!("r{round}-{}-{n}-{i}", load.is_some()), "userId": format!("u{}", (n * 10 + i) % 500),
+                            "event": "Page Viewed", "properties": {"url": "https://shop.example/"}})
+            })
             .collect();
         http.post(format!("{base}/v1/batch")).basic_auth("bench-key", Some("")).json(&json!({"batch": events}))
     });
@@ -149,7 +157,10 @@ fn main() {
             let row = |name: &str, idle: &[Duration], loaded: &[Duration]| {
                 println!(
                     "  {name:<10} unloaded p50 {} p99 {}  |  loaded p50 {} p99 {}  |  p99 ratio {:.2}",
-                    ms(percentile(idle, 0.5)), ms(percentile(idle, 0.99)), ms(percentile(loaded, 0.5)), ms(percentile(loaded, 0.99)),
+                    ms(percentile(idle, 0.5)),
+                    ms(percentile(idle, 0.99)),
+                    ms(percentile(loaded, 0.5)),
+                    ms(percentile(loaded, 0.99)),
                     percentile(loaded, 0.99).as_secs_f64() / percentile(idle, 0.99).as_secs_f64()
                 );
             };

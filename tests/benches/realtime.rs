@@ -78,8 +78,13 @@ async fn run(base: &str, rate: Option<u64>, realtime: bool) {
         ("lapsing", "lapsing-repeat-buyer", json!({}), "daily"),
         ("engaged", "engaged-not-purchased", json!({}), "daily"),
     ] {
-        let response = http.post(format!("{base}/v1/segments")).bearer_auth("admin")
-            .json(&json!({"name": name, "slot": slot, "params": params, "schedule": schedule})).send().await.unwrap();
+        let response = http
+            .post(format!("{base}/v1/segments"))
+            .bearer_auth("admin")
+            .json(&json!({"name": name, "slot": slot, "params": params, "schedule": schedule}))
+            .send()
+            .await
+            .unwrap();
         assert!(response.status().is_success(), "{}", response.text().await.unwrap());
     }
     // Bodies are made up front, so the load generator's own work stays off the two cores
@@ -103,8 +108,14 @@ async fn run(base: &str, rate: Option<u64>, realtime: bool) {
                 if let Some(ticks) = &mut ticks {
                     ticks.tick().await;
                 }
-                let response = http.post(&url).basic_auth("bench-key", Some("")).header("content-type", "application/json")
-                    .body(bodies[n % BODIES].clone()).send().await.unwrap();
+                let response = http
+                    .post(&url)
+                    .basic_auth("bench-key", Some(""))
+                    .header("content-type", "application/json")
+                    .body(bodies[n % BODIES].clone())
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(response.status().is_success(), "{}", response.status());
                 sent.fetch_add(PER_BATCH, Ordering::Relaxed);
                 n += CLIENTS;
@@ -123,15 +134,18 @@ async fn run(base: &str, rate: Option<u64>, realtime: bool) {
     }
     for p in 0..PROBES {
         let user = format!("probe-{p}");
-        let response = http.post(format!("{base}/v1/track")).basic_auth("bench-key", Some(""))
+        let response = http
+            .post(format!("{base}/v1/track"))
+            .basic_auth("bench-key", Some(""))
             .json(&json!({"userId": user, "messageId": format!("probe-{p}"), "event": "Product Added",
                           "timestamp": chrono::Utc::now().to_rfc3339()}))
-            .send().await.unwrap();
+            .send()
+            .await
+            .unwrap();
         assert!(response.status().is_success());
         let acknowledged = Instant::now();
         loop {
-            let profile: Value = http.get(format!("{base}/v1/profiles/{user}")).bearer_auth("admin").send().await.unwrap()
-                .json().await.unwrap();
+            let profile: Value = http.get(format!("{base}/v1/profiles/{user}")).bearer_auth("admin").send().await.unwrap().json().await.unwrap();
             if profile["segments"].as_array().is_some_and(|s| s.iter().any(|m| m["segment"] == "carts")) {
                 latencies.push(acknowledged.elapsed());
                 break;

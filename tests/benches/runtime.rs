@@ -28,22 +28,12 @@ fn lapsing(c: &mut Criterion) {
     let (native_ctx, native_profile) = (to_sdk_context(&ctx), to_sdk_profile(&cut));
 
     let mut group = c.benchmark_group("lapsing");
-    group.bench_function("native", |b| {
-        b.iter(|| LapsingRepeatBuyer::evaluate(black_box(&native_ctx), black_box(&native_profile)))
-    });
+    group.bench_function("native", |b| b.iter(|| LapsingRepeatBuyer::evaluate(black_box(&native_ctx), black_box(&native_profile))));
     let mut instance = plugin.rule_instance().expect("instance");
-    group.bench_function("wasm-reused-instance", |b| {
-        b.iter(|| instance.evaluate(black_box(&ctx), black_box(&cut)).expect("verdict"))
-    });
-    group.bench_function("wasm-fresh-instance", |b| {
-        b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&cut)).expect("verdict"))
-    });
-    group.bench_function("declared-input-filter", |b| {
-        b.iter(|| filter_profile(black_box(&full), &info.input, now))
-    });
-    group.bench_function("wasm-fresh-instance-unfiltered", |b| {
-        b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&full)).expect("verdict"))
-    });
+    group.bench_function("wasm-reused-instance", |b| b.iter(|| instance.evaluate(black_box(&ctx), black_box(&cut)).expect("verdict")));
+    group.bench_function("wasm-fresh-instance", |b| b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&cut)).expect("verdict")));
+    group.bench_function("declared-input-filter", |b| b.iter(|| filter_profile(black_box(&full), &info.input, now)));
+    group.bench_function("wasm-fresh-instance-unfiltered", |b| b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&full)).expect("verdict")));
     group.finish();
 }
 

@@ -115,13 +115,8 @@ fn main() {
         let mut defs = Vec::new();
         for (slot, path) in RULES {
             registry.install(slot, &component(path)).expect("install");
-            let def = SegmentDefinition {
-                name: slot.to_string(),
-                slot: slot.to_string(),
-                params: serde_json::json!({}),
-                schedule: "daily".into(),
-                last_run: None,
-            };
+            let def =
+                SegmentDefinition { name: slot.to_string(), slot: slot.to_string(), params: serde_json::json!({}), schedule: "daily".into(), last_run: None };
             store.upsert_segment(def.clone()).await.expect("define");
             defs.push(def);
         }

@@ -48,10 +48,7 @@ pub async fn open_store(backend: Backend, dir: &std::path::Path) -> Option<rekin
 /// [`open_store`] for when it returns `None`.
 pub async fn fresh_postgres_database() -> Option<String> {
     let Ok(admin_url) = std::env::var("REKINDLE_TEST_POSTGRES") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "REKINDLE_TEST_POSTGRES is not set: PostgreSQL tests must run in CI (scripts/test starts a server)"
-        );
+        assert!(std::env::var_os("CI").is_none(), "REKINDLE_TEST_POSTGRES is not set: PostgreSQL tests must run in CI (scripts/test starts a server)");
         eprintln!("skipping the PostgreSQL run: set REKINDLE_TEST_POSTGRES or use scripts/test");
         return None;
     };
@@ -59,8 +56,7 @@ pub async fn fresh_postgres_database() -> Option<String> {
     let create = format!("CREATE DATABASE {name}");
     let url = admin_url.clone();
     tokio::task::spawn_blocking(move || {
-        let mut client =
-            postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
         client.batch_execute(&create).expect("creating the test database");
         // Closed here, off the async threads: the blocking client may not close on them.
         drop(client);
@@ -96,10 +92,7 @@ pub fn component(path: &str) -> Vec<u8> {
 
 /// A context at `now` with the given parameters.
 pub fn context(now: i64, params: &[(&str, Value)]) -> Context {
-    Context {
-        now,
-        params: params.iter().map(|(n, v)| Field { name: (*n).into(), value: v.clone() }).collect(),
-    }
+    Context { now, params: params.iter().map(|(n, v)| Field { name: (*n).into(), value: v.clone() }).collect() }
 }
 
 /// An empty profile with the given id.
@@ -141,10 +134,7 @@ fn order(at: i64, revenue: f64) -> (Timestamp, Vec<Field>) {
     let fields = vec![
         Field { name: "revenue".into(), value: Value::Number(revenue) },
         Field { name: "order_id".into(), value: Value::Text(format!("o-{at}")) },
-        Field {
-            name: "products".into(),
-            value: Value::Json(r#"[{"sku":"s-1","category":"shoes","price":40}]"#.into()),
-        },
+        Field { name: "products".into(), value: Value::Json(r#"[{"sku":"s-1","category":"shoes","price":40}]"#.into()) },
     ];
     (at, fields)
 }
@@ -213,10 +203,7 @@ pub mod native {
                     properties: s
                         .properties
                         .iter()
-                        .map(|c| rekindle_sdk::PropertyColumn {
-                            name: c.name.clone(),
-                            values: c.values.iter().map(sdk_value).collect(),
-                        })
+                        .map(|c| rekindle_sdk::PropertyColumn { name: c.name.clone(), values: c.values.iter().map(sdk_value).collect() })
                         .collect(),
                 })
                 .collect(),

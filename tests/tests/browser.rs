@@ -149,7 +149,10 @@ async fn the_example_page_renders_a_personal_tile_and_reports_the_click() {
     let store = rekindle_tests::open_store(Backend::Sqlite, data.path()).await.unwrap();
     // The page was signed with the demo's identity secret: the two must not drift apart.
     let demo = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.toml")).unwrap();
-    assert!(demo.contains(&format!("identity_secret = \"{}\"", std::str::from_utf8(DEMO_IDENTITY_SECRET).unwrap())), "examples/demo.toml changed its identity secret");
+    assert!(
+        demo.contains(&format!("identity_secret = \"{}\"", std::str::from_utf8(DEMO_IDENTITY_SECRET).unwrap())),
+        "examples/demo.toml changed its identity secret"
+    );
     let sources = [(WRITE_KEY.to_string(), rekindle_server::Source::browser("web", Some(DEMO_IDENTITY_SECRET)))].into_iter().collect();
     let state = AppState::new(registry, None, Some(ADMIN.into()))
         .with_ingestion(Ingestion { store: store.into(), sources })
@@ -167,8 +170,11 @@ async fn the_example_page_renders_a_personal_tile_and_reports_the_click() {
         ("/v1/segments", json!({"name": "VIP", "slot": "rule-high-ltv"})),
         ("/v1/tile-slots", json!({"name": "home-hero", "fallback": [{"title": "Our sale", "link": "/sale"}]})),
         ("/v1/tile-slots", json!({"name": "home-sidebar", "max_tiles": 2})),
-        ("/v1/offers", json!({"id": "vip", "slot": "home-hero", "include_segments": ["VIP"], "title": "Early access for {{first_name|you}}",
-                              "voucher": "VIP20", "link": format!("{page_origin}/vip")})),
+        (
+            "/v1/offers",
+            json!({"id": "vip", "slot": "home-hero", "include_segments": ["VIP"], "title": "Early access for {{first_name|you}}",
+                              "voucher": "VIP20", "link": format!("{page_origin}/vip")}),
+        ),
         ("/v1/offers", json!({"id": "generic", "slot": "home-hero", "title": "New arrivals", "link": format!("{page_origin}/new")})),
     ] {
         let response = admin(path, body).await.unwrap();
@@ -220,9 +226,7 @@ async fn the_example_page_renders_a_personal_tile_and_reports_the_click() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_snippet_refuses_links_that_are_not_http_urls_or_site_paths() {
     let Some(binary) = chromium() else { return };
-    let tile = |id: &str, link: &str, image: Option<&str>| {
-        json!({"decision_id": format!("d-{id}"), "offer_id": id, "title": id, "body": "", "image": image, "link": link, "voucher": null, "plugin": null})
-    };
+    let tile = |id: &str, link: &str, image: Option<&str>| json!({"decision_id": format!("d-{id}"), "offer_id": id, "title": id, "body": "", "image": image, "link": link, "voucher": null, "plugin": null});
     let answer = json!({"decisions": [{"slot": "home-hero", "fallback": false, "tiles": [
         tile("script", "javascript:document.title='owned'", None),
         tile("elsewhere", "//evil.example/login", None),
@@ -270,7 +274,11 @@ async fn a_stale_edge_answer_is_replaced_by_the_origins_once() {
                     async move {
                         asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let status = if origin_answers { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
-                        (status, [("access-control-allow-origin", "*"), ("access-control-expose-headers", "x-rekindle-token"), ("x-rekindle-token", "fresh-token")], axum::Json(answer))
+                        (
+                            status,
+                            [("access-control-allow-origin", "*"), ("access-control-expose-headers", "x-rekindle-token"), ("x-rekindle-token", "fresh-token")],
+                            axum::Json(answer),
+                        )
                     }
                 }),
             )
@@ -280,14 +288,17 @@ async fn a_stale_edge_answer_is_replaced_by_the_origins_once() {
         let page = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/tiles/index.html")).unwrap();
         // The edge sits on the shop's own origin, as a site would route it.
         let edge_router = axum::Router::new()
-            .route("/tiles/", axum::routing::get({
-                let host = host.clone();
-                move |headers: axum::http::HeaderMap| {
-                    let origin = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
-                    let page = page.replace("http://127.0.0.1:8080/v1/tiles.js\"", &format!("{host}/v1/tiles.js\" data-edge-url=\"http://{origin}/edge\""));
-                    async move { axum::response::Html(page) }
-                }
-            }))
+            .route(
+                "/tiles/",
+                axum::routing::get({
+                    let host = host.clone();
+                    move |headers: axum::http::HeaderMap| {
+                        let origin = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+                        let page = page.replace("http://127.0.0.1:8080/v1/tiles.js\"", &format!("{host}/v1/tiles.js\" data-edge-url=\"http://{origin}/edge\""));
+                        async move { axum::response::Html(page) }
+                    }
+                }),
+            )
             .route("/edge/v1/tiles", axum::routing::post(move || async move { axum::Json(edge_answer.clone()) }));
         let shop = rekindle_tests::serve(edge_router).await;
 

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use base64::Engine as _;
+use rekindle_journeys::delivery::{ChannelConfig, Deliverer, DeliveryError, MAX_ANSWER_BYTES};
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{AudienceChange, AudienceMember, Field, Message, Outcome, Value};
-use rekindle_journeys::delivery::{ChannelConfig, Deliverer, DeliveryError, MAX_ANSWER_BYTES};
 use rekindle_tests::components;
 use rekindle_tests::provider::{Received, provider};
 
@@ -84,11 +84,30 @@ async fn the_host_fills_secrets_enforces_hosts_and_retries() {
     strict.allowed_hosts = vec!["api.sendgrid.com".into()];
     let channels = HashMap::from([
         ("email".to_string(), channel("channel-sendgrid", &base, email_params(), &[("SENDGRID_API_KEY", "sg-secret")])),
-        ("sms".to_string(), channel("channel-twilio", &base, vec![text("base_url", &base), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC123"), ("TWILIO_AUTH_TOKEN", "tw-token")])),
-        ("meta".to_string(), channel("channel-meta-audiences", &base, vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "meta-token")])),
+        (
+            "sms".to_string(),
+            channel(
+                "channel-twilio",
+                &base,
+                vec![text("base_url", &base), text("from", "+15550000000")],
+                &[("TWILIO_ACCOUNT_SID", "AC123"), ("TWILIO_AUTH_TOKEN", "tw-token")],
+            ),
+        ),
+        (
+            "meta".to_string(),
+            channel("channel-meta-audiences", &base, vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "meta-token")]),
+        ),
         ("email-strict".to_string(), strict),
         ("email-no-key".to_string(), channel("channel-sendgrid", &base, email_params(), &[])),
-        ("email-down".to_string(), channel("channel-sendgrid", &base, vec![text("base_url", &format!("{base}/down")), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "kkkk")])),
+        (
+            "email-down".to_string(),
+            channel(
+                "channel-sendgrid",
+                &base,
+                vec![text("base_url", &format!("{base}/down")), text("from_email", "shop@example.com")],
+                &[("SENDGRID_API_KEY", "kkkk")],
+            ),
+        ),
     ]);
     let deliverer = Deliverer::new(channels).unwrap();
 
@@ -211,11 +230,19 @@ async fn customer_data_that_reads_like_a_placeholder_reaches_every_provider_as_w
             } else if !slot.contains("audiences") && !slot.contains("customer-match") {
                 // Form and JSON bodies encode it, but the text arrives exactly as written.
                 let decoded: String = if body.contains("Body=") {
-                    body.split('&').filter_map(|kv| kv.split_once('=')).map(|(_, v)| v.replace('+', " ")).map(|v| percent_decode(&v)).collect::<Vec<_>>().join("\n")
+                    body.split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(_, v)| v.replace('+', " "))
+                        .map(|v| percent_decode(&v))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 } else {
                     serde_json::from_str::<serde_json::Value>(&body).map(|v| v.to_string()).unwrap_or_default()
                 };
-                assert!(decoded.contains(&hostile.replace('"', "\\\"")) || decoded.contains(&hostile), "{slot}: the customer's text did not arrive as written: {decoded}");
+                assert!(
+                    decoded.contains(&hostile.replace('"', "\\\"")) || decoded.contains(&hostile),
+                    "{slot}: the customer's text did not arrive as written: {decoded}"
+                );
             }
         }
     }
@@ -226,7 +253,10 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
             out.push(b);
             i += 3;
         } else {
@@ -242,7 +272,8 @@ async fn a_redirect_is_handed_to_the_adapter_not_followed() {
     let (elsewhere, stolen) = provider(HashMap::from([("", vec![(200, vec![], "")])])).await;
     let location: &'static str = Box::leak(format!("{elsewhere}/steal").into_boxed_str());
     let (base, received) = provider(HashMap::from([("/v3/mail/send", vec![(302, vec![("location", location)], "")])])).await;
-    let mut config = channel("channel-sendgrid", &base, vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.redirect-me")]);
+    let mut config =
+        channel("channel-sendgrid", &base, vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.redirect-me")]);
     // Even an allowlist naming both origins must not carry the key across a redirect.
     config.allowed_hosts.push(elsewhere.clone());
     let deliverer = Deliverer::new(HashMap::from([("email".to_string(), config)])).unwrap();
@@ -259,7 +290,8 @@ async fn the_allowlist_pins_scheme_host_and_port_and_refuses_private_addresses()
     let port = base.rsplit(':').next().unwrap().to_string();
     let registry = registry();
     let sendgrid = |allowed: Vec<String>, url: String| {
-        let mut config = channel("channel-sendgrid", &base, vec![text("base_url", &url), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.key")]);
+        let mut config =
+            channel("channel-sendgrid", &base, vec![text("base_url", &url), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.key")]);
         config.allowed_hosts = allowed;
         config
     };
@@ -323,7 +355,11 @@ fn a_channel_with_secrets_must_name_the_origins_they_go_to() {
 #[tokio::test]
 async fn one_message_cannot_become_thousands_of_requests() {
     let (base, received) = provider(HashMap::from([("/hook", vec![(200, vec![], "")])])).await;
-    let deliverer = Deliverer::new(HashMap::from([("flood".to_string(), channel("hostile-channel", &base, vec![text("mode", "flood"), text("base_url", &base)], &[("TOKEN", "tttt")]))])).unwrap();
+    let deliverer = Deliverer::new(HashMap::from([(
+        "flood".to_string(),
+        channel("hostile-channel", &base, vec![text("mode", "flood"), text("base_url", &base)], &[("TOKEN", "tttt")]),
+    )]))
+    .unwrap();
     let started = Instant::now();
     let err = deliverer.deliver(&registry(), "flood", &message("x")).await.unwrap_err();
     assert_eq!(err, DeliveryError::TooManyRequests { channel: "flood".into(), made: 20_000, cap: 10 });
@@ -353,7 +389,8 @@ async fn an_endless_answer_is_cut_off_at_the_cap() {
             counter.fetch_add(chunk.len(), Ordering::Relaxed);
         }
     });
-    let mut config = channel("channel-sendgrid", &base, vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.key")]);
+    let mut config =
+        channel("channel-sendgrid", &base, vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.key")]);
     config.max_attempts = 1;
     let deliverer = Deliverer::new(HashMap::from([("email".to_string(), config)])).unwrap();
     let sent = deliverer.deliver(&registry(), "email", &message("ann@example.com")).await.unwrap();
@@ -373,17 +410,37 @@ async fn a_provider_echoing_the_request_cannot_put_a_secret_in_an_outcome() {
             text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or_default()));
         }
         text.push_str(&String::from_utf8_lossy(&body));
-        (axum::http::StatusCode::BAD_REQUEST, [("x-echo", headers.get("authorization").map(|v| v.to_str().unwrap_or_default().to_string()).unwrap_or_default())], text)
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            [("x-echo", headers.get("authorization").map(|v| v.to_str().unwrap_or_default().to_string()).unwrap_or_default())],
+            text,
+        )
     };
     let base = rekindle_tests::serve(axum::Router::new().fallback(echo)).await;
     let registry = registry();
     let channels = HashMap::from([
-        ("email".to_string(), channel("channel-sendgrid", &base, vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.echoed-key")])),
-        ("sms".to_string(), channel("channel-twilio", &base, vec![text("base_url", &base), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC-echoed-sid"), ("TWILIO_AUTH_TOKEN", "echoed-token")])),
+        (
+            "email".to_string(),
+            channel("channel-sendgrid", &base, vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "SG.echoed-key")]),
+        ),
+        (
+            "sms".to_string(),
+            channel(
+                "channel-twilio",
+                &base,
+                vec![text("base_url", &base), text("from", "+15550000000")],
+                &[("TWILIO_ACCOUNT_SID", "AC-echoed-sid"), ("TWILIO_AUTH_TOKEN", "echoed-token")],
+            ),
+        ),
         ("echo".to_string(), channel("hostile-channel", &base, vec![text("mode", "echo"), text("base_url", &base)], &[("TOKEN", "echoed-hostile-token")])),
         // Nothing listens on port 9: the transport error must not quote the URL, which holds the SID.
         ("sms-down".to_string(), {
-            let mut config = channel("channel-twilio", "http://127.0.0.1:9", vec![text("base_url", "http://127.0.0.1:9"), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC-echoed-sid"), ("TWILIO_AUTH_TOKEN", "echoed-token")]);
+            let mut config = channel(
+                "channel-twilio",
+                "http://127.0.0.1:9",
+                vec![text("base_url", "http://127.0.0.1:9"), text("from", "+15550000000")],
+                &[("TWILIO_ACCOUNT_SID", "AC-echoed-sid"), ("TWILIO_AUTH_TOKEN", "echoed-token")],
+            );
             config.max_attempts = 1;
             config
         }),

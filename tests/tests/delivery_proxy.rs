@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rekindle_runtime::wit::{Field, Message, Value};
 use rekindle_journeys::delivery::{ChannelConfig, Deliverer, DeliveryError};
+use rekindle_runtime::wit::{Field, Message, Value};
 
 #[tokio::test]
 async fn a_proxy_from_the_environment_is_not_used() {
@@ -38,8 +38,15 @@ async fn a_proxy_from_the_environment_is_not_used() {
     config.max_attempts = 1;
     let deliverer = Deliverer::new(HashMap::from([("email".to_string(), config)])).unwrap();
     let message = Message {
-        idempotency_key: "k".into(), profile_id: "p".into(), to: "ann@example.com".into(), subject: None, text: "hi".into(),
-        html: None, link: None, image: None, data: vec![],
+        idempotency_key: "k".into(),
+        profile_id: "p".into(),
+        to: "ann@example.com".into(),
+        subject: None,
+        text: "hi".into(),
+        html: None,
+        link: None,
+        image: None,
+        data: vec![],
     };
     let err = deliverer.deliver(&registry, "email", &message).await.unwrap_err();
     assert!(matches!(&err, DeliveryError::PrivateAddress(why) if why.contains("localhost")), "{err}");

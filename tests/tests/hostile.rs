@@ -185,9 +185,9 @@ async fn a_plugin_that_runs_out_of_time_is_confined_to_fewer_threads() {
 /// Makes `calls` concurrent calls that each burn the deadline; returns how many timed out
 /// and the most that ran at once.
 async fn burn_concurrently(burner: &std::sync::Arc<Plugin>, calls: usize) -> (usize, usize) {
+    use rekindle_runtime::wit::{TileRequest, Value};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use rekindle_runtime::wit::{TileRequest, Value};
     let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let calls: Vec<_> = (0..calls)
         .map(|_| {

@@ -78,22 +78,41 @@ async fn tracks_identifies_and_builds_the_profile(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let Some(host) = start(backend, data.path()).await else { return };
     // Before login: an anonymous visitor browses and adds to cart.
-    let (status, body) = host.post("/v1/page", json!({"anonymousId": "anon-1", "name": "Shoes", "messageId": "m1",
-        "timestamp": "2026-01-01T09:00:00Z"})).await;
+    let (status, body) = host
+        .post(
+            "/v1/page",
+            json!({"anonymousId": "anon-1", "name": "Shoes", "messageId": "m1",
+        "timestamp": "2026-01-01T09:00:00Z"}),
+        )
+        .await;
     assert_eq!((status, body), (200, json!({"success": true})));
-    host.post("/v1/track", json!({"anonymousId": "anon-1", "event": "Product Added", "messageId": "m2",
-        "timestamp": "2026-01-01T09:01:00Z", "properties": {"sku": "s-1"}})).await;
+    host.post(
+        "/v1/track",
+        json!({"anonymousId": "anon-1", "event": "Product Added", "messageId": "m2",
+        "timestamp": "2026-01-01T09:01:00Z", "properties": {"sku": "s-1"}}),
+    )
+    .await;
     // Login stitches the anonymous history onto the user.
-    let (status, _) = host.post("/v1/identify", json!({"userId": "ann", "anonymousId": "anon-1", "messageId": "m3",
+    let (status, _) = host
+        .post(
+            "/v1/identify",
+            json!({"userId": "ann", "anonymousId": "anon-1", "messageId": "m3",
         "timestamp": "2026-01-01T09:02:00Z",
         "traits": {"first_name": "Ann", "email": "Ann@Example.com", "phone": "+15551234567"},
-        "context": {"timezone": "Europe/Paris", "consent": {"categoryPreferences": {"email": true, "sms": false}}}})).await;
+        "context": {"timezone": "Europe/Paris", "consent": {"categoryPreferences": {"email": true, "sms": false}}}}),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = host.post("/v1/batch", json!({"batch": [
-        order("o1", "ann", "2026-01-10T10:00:00Z", 40.0, "shoes"),
-        order("o2", "ann", "2026-03-11T10:00:00Z", 60.5, "tops"),
-        order("o3", "ann", "2026-05-10T10:00:00Z", 20.0, "shoes"),
-    ]})).await;
+    let (status, _) = host
+        .post(
+            "/v1/batch",
+            json!({"batch": [
+                order("o1", "ann", "2026-01-10T10:00:00Z", 40.0, "shoes"),
+                order("o2", "ann", "2026-03-11T10:00:00Z", 60.5, "tops"),
+                order("o3", "ann", "2026-05-10T10:00:00Z", 20.0, "shoes"),
+            ]}),
+        )
+        .await;
     assert_eq!(status, 200);
 
     let (status, p) = host.profile("ann").await;
@@ -122,15 +141,32 @@ async fn tracks_identifies_and_builds_the_profile(backend: Backend) {
 async fn merging_an_anonymous_profile_that_already_has_history(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let Some(host) = start(backend, data.path()).await else { return };
-    host.post("/v1/identify", json!({"userId": "bob", "messageId": "a", "timestamp": "2026-01-01T00:00:00Z",
-        "traits": {"plan": "old"}})).await;
-    host.post("/v1/track", json!({"anonymousId": "phone-7", "messageId": "b", "event": "Order Completed",
-        "timestamp": "2026-02-01T00:00:00Z", "properties": {"total": 15}})).await;
-    host.post("/v1/identify", json!({"anonymousId": "phone-7", "messageId": "c", "timestamp": "2026-02-02T00:00:00Z",
-        "traits": {"plan": "new"}})).await;
+    host.post(
+        "/v1/identify",
+        json!({"userId": "bob", "messageId": "a", "timestamp": "2026-01-01T00:00:00Z",
+        "traits": {"plan": "old"}}),
+    )
+    .await;
+    host.post(
+        "/v1/track",
+        json!({"anonymousId": "phone-7", "messageId": "b", "event": "Order Completed",
+        "timestamp": "2026-02-01T00:00:00Z", "properties": {"total": 15}}),
+    )
+    .await;
+    host.post(
+        "/v1/identify",
+        json!({"anonymousId": "phone-7", "messageId": "c", "timestamp": "2026-02-02T00:00:00Z",
+        "traits": {"plan": "new"}}),
+    )
+    .await;
     // Two profiles so far; logging in on the phone joins them.
-    let (status, body) = host.post("/v1/track", json!({"userId": "bob", "anonymousId": "phone-7", "messageId": "d",
-        "event": "Order Completed", "timestamp": "2026-03-01T00:00:00Z", "properties": {"revenue": 5}})).await;
+    let (status, body) = host
+        .post(
+            "/v1/track",
+            json!({"userId": "bob", "anonymousId": "phone-7", "messageId": "d",
+        "event": "Order Completed", "timestamp": "2026-03-01T00:00:00Z", "properties": {"revenue": 5}}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let (_, p) = host.profile("bob").await;
     assert_eq!(p["anonymous_ids"], json!(["phone-7"]));
@@ -155,8 +191,12 @@ async fn traits_are_last_write_wins_by_event_time_and_clock_skew_is_corrected(ba
 
     // A device clock one year fast: the event is placed 2 s before the server received it.
     let before = chrono::Utc::now();
-    host.post("/v1/batch", json!({"sentAt": "2027-11-23T00:00:02Z", "batch": [
-        {"type": "track", "userId": "cy", "messageId": "3", "event": "Skewed", "timestamp": "2027-11-23T00:00:00Z"}]})).await;
+    host.post(
+        "/v1/batch",
+        json!({"sentAt": "2027-11-23T00:00:02Z", "batch": [
+        {"type": "track", "userId": "cy", "messageId": "3", "event": "Skewed", "timestamp": "2027-11-23T00:00:00Z"}]}),
+    )
+    .await;
     let (_, p) = host.profile("cy").await;
     let at = chrono::DateTime::parse_from_rfc3339(p["recent_events"][0]["timestamp"].as_str().unwrap()).unwrap();
     let skew = (before - at.with_timezone(&chrono::Utc)).num_milliseconds();
@@ -173,16 +213,22 @@ async fn retries_never_double_count_and_bad_batches_write_nothing(backend: Backe
     }
     assert_eq!(host.profile("dee").await.1["computed"]["order_count"], 2);
 
-    let (status, body) = host.post("/v1/batch", json!({"batch": [
+    let (status, body) = host
+        .post(
+            "/v1/batch",
+            json!({"batch": [
         order("o3", "eve", "2026-01-01T00:00:00Z", 10.0, "tops"),
-        {"type": "track", "event": "Order Completed", "messageId": "o4"}]})).await;
+        {"type": "track", "event": "Order Completed", "messageId": "o4"}]}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "batch[1].userId");
     assert!(body["error"]["message"].as_str().unwrap().starts_with("batch[1]:"), "{body}");
     assert_eq!(host.profile("eve").await.0, 404, "a rejected batch writes nothing");
 
-    let (status, body) = host.send(host.http.post(format!("{}/v1/track", host.base)).basic_auth(WRITE_KEY, Some(""))
-        .header("content-type", "application/json").body("{oops")).await;
+    let (status, body) = host
+        .send(host.http.post(format!("{}/v1/track", host.base)).basic_auth(WRITE_KEY, Some("")).header("content-type", "application/json").body("{oops"))
+        .await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("malformed_json")));
 }
 
@@ -202,8 +248,16 @@ async fn write_keys_gzip_and_size_limits(backend: Backend) {
 
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(json!({"batch": [{"type": "track", "userId": "fay", "event": "Zipped", "messageId": "g2"}]}).to_string().as_bytes()).unwrap();
-    let (status, _) = host.send(host.http.post(format!("{}/v1/batch", host.base)).basic_auth(WRITE_KEY, Some(""))
-        .header("content-encoding", "gzip").header("content-type", "application/json").body(gz.finish().unwrap())).await;
+    let (status, _) = host
+        .send(
+            host.http
+                .post(format!("{}/v1/batch", host.base))
+                .basic_auth(WRITE_KEY, Some(""))
+                .header("content-encoding", "gzip")
+                .header("content-type", "application/json")
+                .body(gz.finish().unwrap()),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(host.profile("fay").await.1["recent_events"][0]["name"], "Zipped");
 
@@ -213,8 +267,12 @@ async fn write_keys_gzip_and_size_limits(backend: Backend) {
     let (status, body) = host.post("/v1/batch", json!({"batch": [big]})).await;
     assert_eq!(status, 413);
     assert!(body["error"]["message"].as_str().unwrap().starts_with("batch[0]"), "{body}");
-    let many: Vec<Value> = (0..40).map(|i| json!({"type": "track", "userId": "fay", "event": "Bulk", "messageId": format!("b{i}"),
-        "properties": {"blob": "y".repeat(15 * 1024)}})).collect();
+    let many: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"type": "track", "userId": "fay", "event": "Bulk", "messageId": format!("b{i}"),
+        "properties": {"blob": "y".repeat(15 * 1024)}})
+        })
+        .collect();
     assert_eq!(host.post("/v1/batch", json!({"batch": many})).await.0, 413);
 }
 
@@ -230,21 +288,31 @@ async fn consents_erasure_and_catalog(backend: Backend) {
     assert_eq!(host.profile("gus").await.1["consents"]["push"]["granted"], true);
     // A push token arrives with an event, then the push provider reports it dead.
     host.post("/v1/identify", json!({"userId": "gus", "messageId": "3", "context": {"device": {"token": "tok-9"}}})).await;
-    let revoke = host.http.post(format!("{}/v1/profiles/gus/contacts", host.base)).bearer_auth(ADMIN)
+    let revoke = host
+        .http
+        .post(format!("{}/v1/profiles/gus/contacts", host.base))
+        .bearer_auth(ADMIN)
         .json(&json!({"kind": "push_token", "address": "tok-9", "active": false}));
     assert_eq!(host.send(revoke).await.0, 200);
     let contacts = host.profile("gus").await.1["contacts"].clone();
     assert!(contacts.as_array().unwrap().iter().any(|c| c["kind"] == "push_token" && c["active"] == false), "{contacts}");
-    let bad = host.http.post(format!("{}/v1/profiles/gus/contacts", host.base)).bearer_auth(ADMIN).json(&json!({"kind": "fax", "address": "1", "active": true}));
+    let bad =
+        host.http.post(format!("{}/v1/profiles/gus/contacts", host.base)).bearer_auth(ADMIN).json(&json!({"kind": "fax", "address": "1", "active": true}));
     assert_eq!(host.send(bad).await.1["error"]["field"], "kind");
     assert_eq!(host.send(host.http.get(format!("{}/v1/profiles/gus", host.base))).await.0, 401, "profiles need the admin token");
 
-    let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
-        .json(&json!({"products": [{"id": "p1", "name": "Runner", "category": "shoes", "price": 80, "url": "/p1"},
-                                   {"id": "p2", "name": "Tee", "category": "tops", "in_stock": false}]}))).await;
+    let (status, body) = host
+        .send(
+            host.http
+                .post(format!("{}/v1/catalog/products", host.base))
+                .bearer_auth(ADMIN)
+                .json(&json!({"products": [{"id": "p1", "name": "Runner", "category": "shoes", "price": 80, "url": "/p1"},
+                                   {"id": "p2", "name": "Tee", "category": "tops", "in_stock": false}]})),
+        )
+        .await;
     assert_eq!((status, body["upserted"].as_i64()), (200, Some(2)));
-    let (status, body) = host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN)
-        .json(&json!([{"id": "p3", "price": -1}]))).await;
+    let (status, body) =
+        host.send(host.http.post(format!("{}/v1/catalog/products", host.base)).bearer_auth(ADMIN).json(&json!([{"id": "p3", "price": -1}]))).await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("products[0].name")));
     assert_eq!(host.profile("a-gus").await.1["computed"]["order_count"], 1);
 
@@ -260,10 +328,18 @@ async fn erasure_leaves_no_row_and_sqlite_survives_a_restart() {
     let data = tempfile::tempdir().unwrap();
     {
         let host = start(Backend::Sqlite, data.path()).await.expect("SQLite");
-        host.post("/v1/identify", json!({"userId": "hal", "anonymousId": "a-hal", "messageId": "1",
-            "traits": {"email": "h@x.io"}, "context": {"consent": {"categoryPreferences": {"email": true}}}})).await;
-        host.post("/v1/track", json!({"userId": "hal", "messageId": "2", "event": "Order Completed",
-            "properties": {"revenue": 9, "products": [{"category": "tops"}]}})).await;
+        host.post(
+            "/v1/identify",
+            json!({"userId": "hal", "anonymousId": "a-hal", "messageId": "1",
+            "traits": {"email": "h@x.io"}, "context": {"consent": {"categoryPreferences": {"email": true}}}}),
+        )
+        .await;
+        host.post(
+            "/v1/track",
+            json!({"userId": "hal", "messageId": "2", "event": "Order Completed",
+            "properties": {"revenue": 9, "products": [{"category": "tops"}]}}),
+        )
+        .await;
     }
     // A restart on the same file keeps everything.
     let host = start(Backend::Sqlite, data.path()).await.expect("SQLite");
@@ -281,11 +357,16 @@ async fn erasure_leaves_no_row_and_sqlite_survives_a_restart() {
 async fn rules_evaluate_stored_profiles(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let Some(host) = start(backend, data.path()).await else { return };
-    let (status, _) = host.post("/v1/batch", json!({"batch": [
-        order("o1", "ann", "2026-01-01T10:00:00Z", 40.0, "shoes"),
-        order("o2", "ann", "2026-03-02T10:00:00Z", 40.0, "shoes"),
-        {"type": "track", "messageId": "c1", "userId": "cat", "event": "Product Added", "timestamp": "2026-11-23T10:00:00Z"},
-    ]})).await;
+    let (status, _) = host
+        .post(
+            "/v1/batch",
+            json!({"batch": [
+                order("o1", "ann", "2026-01-01T10:00:00Z", 40.0, "shoes"),
+                order("o2", "ann", "2026-03-02T10:00:00Z", 40.0, "shoes"),
+                {"type": "track", "messageId": "c1", "userId": "cat", "event": "Product Added", "timestamp": "2026-11-23T10:00:00Z"},
+            ]}),
+        )
+        .await;
     assert_eq!(status, 200);
     let host = &host;
     let evaluate = |slot: &str, who: &str, now: &str| {
@@ -304,11 +385,13 @@ async fn rules_evaluate_stored_profiles(backend: Backend) {
     assert_eq!(evaluate("abandoned-cart", "cat", "2026-11-23T10:29:00Z").await.1["verdict"]["member"], false);
     assert_eq!(evaluate("abandoned-cart", "cat", "2026-11-23T10:31:00Z").await.1["verdict"]["member"], true);
     // Parameters override the defaults; unknown ones are refused by name.
-    let request = host.http.post(format!("{}/admin/slots/lapsing/evaluate/ann", host.base)).bearer_auth(ADMIN)
+    let request = host
+        .http
+        .post(format!("{}/admin/slots/lapsing/evaluate/ann", host.base))
+        .bearer_auth(ADMIN)
         .json(&json!({"now": "2026-05-09T09:59:59Z", "params": {"grace_days": 7}}));
     assert_eq!(host.send(request).await.1["verdict"]["member"], true);
-    let request = host.http.post(format!("{}/admin/slots/lapsing/evaluate/ann", host.base)).bearer_auth(ADMIN)
-        .json(&json!({"params": {"grace": 7}}));
+    let request = host.http.post(format!("{}/admin/slots/lapsing/evaluate/ann", host.base)).bearer_auth(ADMIN).json(&json!({"params": {"grace": 7}}));
     let (status, body) = host.send(request).await;
     assert_eq!(status, 400);
     assert!(body["error"]["message"].as_str().unwrap().contains("unknown parameter `grace`"), "{body}");
@@ -326,13 +409,15 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let Some(host) = start(backend, data.path()).await else { return };
     let host = &host;
-    host.post("/v1/batch", json!({"batch": [
-        order("a1", "ann", &days_ago(130.0), 40.0, "shoes"), order("a2", "ann", &days_ago(70.0), 40.0, "shoes"),
-        order("b1", "bob", &days_ago(20.0), 40.0, "tops"), order("b2", "bob", &days_ago(10.0), 40.0, "tops"),
-    ]})).await;
-    let define = |body: Value| async move {
-        host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&body)).await
-    };
+    host.post(
+        "/v1/batch",
+        json!({"batch": [
+            order("a1", "ann", &days_ago(130.0), 40.0, "shoes"), order("a2", "ann", &days_ago(70.0), 40.0, "shoes"),
+            order("b1", "bob", &days_ago(20.0), 40.0, "tops"), order("b2", "bob", &days_ago(10.0), 40.0, "tops"),
+        ]}),
+    )
+    .await;
+    let define = |body: Value| async move { host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&body)).await };
     let members = |name: &'static str| async move {
         let url = format!("{}/v1/segments/{}/members", host.base, name.replace(' ', "%20"));
         let (status, body) = host.send(host.http.get(url).bearer_auth(ADMIN)).await;
@@ -350,9 +435,7 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
     assert!(ann["segments"][0]["reason"].as_str().unwrap().starts_with("last order 70.0 days ago"), "{ann}");
 
     // Preview: who would qualify with a grace of 0, compared with the live segment.
-    let preview = |body: Value| async move {
-        host.send(host.http.post(format!("{}/v1/segments/preview", host.base)).bearer_auth(ADMIN).json(&body)).await
-    };
+    let preview = |body: Value| async move { host.send(host.http.post(format!("{}/v1/segments/preview", host.base)).bearer_auth(ADMIN).json(&body)).await };
     let (status, body) = preview(json!({"slot": "lapsing", "params": {"grace_days": 0}, "compare": "Lapsing repeat buyers"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["count"].as_u64(), body["compare"]["enters"].as_u64(), body["compare"]["leaves"].as_u64()), (Some(2), Some(1), Some(0)), "{body}");
@@ -373,13 +456,15 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
 
     // A daily segment misses someone who qualifies after its run, until it runs again;
     // an operator can run it now.
-    host.post("/v1/batch", json!({"batch": [
-        order("d1", "dan", &days_ago(140.0), 40.0, "shoes"), order("d2", "dan", &days_ago(75.0), 40.0, "shoes"),
-    ]})).await;
+    host.post(
+        "/v1/batch",
+        json!({"batch": [
+            order("d1", "dan", &days_ago(140.0), 40.0, "shoes"), order("d2", "dan", &days_ago(75.0), 40.0, "shoes"),
+        ]}),
+    )
+    .await;
     assert!(!members("Lapsing repeat buyers").await.contains(&id_of("dan").await));
-    let run = |body: Value| async move {
-        host.send(host.http.post(format!("{}/v1/segments/run", host.base)).bearer_auth(ADMIN).json(&body)).await
-    };
+    let run = |body: Value| async move { host.send(host.http.post(format!("{}/v1/segments/run", host.base)).bearer_auth(ADMIN).json(&body)).await };
     let (status, body) = run(json!({"segments": ["Lapsing repeat buyers"]})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["segments"][0]["evaluated"].as_u64(), body["segments"][0]["members"].as_u64()), (Some(3), Some(2)), "{body}");
@@ -410,8 +495,12 @@ async fn segments_backfill_and_follow_events_in_real_time(backend: Backend) {
     };
     let cat = eventually(true).await;
     assert!(cat["segments"][0]["reason"].as_str().unwrap().contains("with no order"), "{cat}");
-    host.post("/v1/track", json!({"userId": "cat", "messageId": "c2", "event": "Order Completed", "timestamp": days_ago(0.0),
-        "properties": {"revenue": 5}})).await;
+    host.post(
+        "/v1/track",
+        json!({"userId": "cat", "messageId": "c2", "event": "Order Completed", "timestamp": days_ago(0.0),
+        "properties": {"revenue": 5}}),
+    )
+    .await;
     eventually(false).await;
     assert!(members("carts").await.is_empty());
     // The log has both, in order, with the rule's reasons.
@@ -432,15 +521,18 @@ async fn scheduled_runs_catch_changes_that_come_with_time_alone(backend: Backend
     let clock = Clock::manual(chrono::DateTime::parse_from_rfc3339("2026-05-08T10:00:00Z").unwrap().timestamp_millis());
     let Some(host) = start_with(backend, data.path(), clock.clone(), Duration::from_millis(20)).await else { return };
     let host = &host;
-    host.post("/v1/batch", json!({"batch": [
-        order("a1", "ann", "2026-01-01T10:00:00Z", 40.0, "shoes"), order("a2", "ann", "2026-03-02T10:00:00Z", 40.0, "shoes"),
-    ]})).await;
-    let (status, body) = host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN)
-        .json(&json!({"name": "lapsing", "slot": "lapsing", "schedule": "daily"}))).await;
+    host.post(
+        "/v1/batch",
+        json!({"batch": [
+            order("a1", "ann", "2026-01-01T10:00:00Z", 40.0, "shoes"), order("a2", "ann", "2026-03-02T10:00:00Z", 40.0, "shoes"),
+        ]}),
+    )
+    .await;
+    let (status, body) = host
+        .send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&json!({"name": "lapsing", "slot": "lapsing", "schedule": "daily"})))
+        .await;
     assert_eq!((status, body["members"].as_u64()), (200, Some(0)), "day 67: {body}");
-    let in_segment = || async move {
-        host.profile("ann").await.1["segments"].as_array().is_some_and(|s| s.iter().any(|m| m["segment"] == "lapsing"))
-    };
+    let in_segment = || async move { host.profile("ann").await.1["segments"].as_array().is_some_and(|s| s.iter().any(|m| m["segment"] == "lapsing")) };
     // Half a day later the daily run is not due yet, and nothing changes.
     clock.advance(day / 2);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -472,8 +564,8 @@ async fn rfm_cutoffs_come_from_the_population(backend: Backend) {
     }
     assert_eq!(host.post("/v1/batch", json!({ "batch": batch })).await.0, 200);
     let auto = json!({"recency_days_cutoffs": "auto", "frequency_cutoffs": "auto", "monetary_cutoffs": "auto"});
-    let (status, body) = host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN)
-        .json(&json!({"name": "rfm", "slot": "rfm", "params": auto}))).await;
+    let (status, body) =
+        host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&json!({"name": "rfm", "slot": "rfm", "params": auto}))).await;
     assert_eq!(status, 200, "{body}");
     // Quintiles over ten buyers: F 3,5,7,9; M 90,250,490,810; R 45,85,125,165 days.
     // F ≥ 4, M ≥ 4 and R ≤ 2 leaves r6, r7, r8 and r9.
@@ -498,9 +590,7 @@ async fn a_rule_failing_mid_batch_costs_only_its_own_verdicts(backend: Backend) 
         batch.push(order(&format!("o{n}b"), &format!("u{n}"), &days_ago(70.0), 40.0, "shoes"));
     }
     host.post("/v1/batch", json!({ "batch": batch })).await;
-    let define = |body: Value| async move {
-        host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&body)).await
-    };
+    let define = |body: Value| async move { host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&body)).await };
     let (status, body) = define(json!({"name": "flaky", "slot": "flaky"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["evaluated"].as_u64(), body["failed"].as_u64(), body["members"].as_u64()), (Some(9), Some(1), Some(9)), "{body}");

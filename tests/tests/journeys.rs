@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rekindle_runtime::Registry;
-use rekindle_runtime::wit::{Field, Value as WitValue};
 use rekindle_journeys::delivery::{ChannelConfig, Deliverer};
 use rekindle_journeys::engine::{Engine, FrequencyCap};
+use rekindle_runtime::Registry;
+use rekindle_runtime::wit::{Field, Value as WitValue};
 use rekindle_server::{AppState, Clock, Ingestion};
 use rekindle_store::{Message, MessageKind, Purpose};
 use rekindle_tests::Backend;
@@ -134,7 +134,12 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let deliverer = Arc::new(Deliverer::new(channels).unwrap());
     // A cap of three messages a week leaves this journey's two alone; a tighter cap is
     // checked at the end.
-    let engine = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
+    let engine = Engine {
+        registry: registry.clone(),
+        store: ingestion.store.clone(),
+        deliverer: deliverer.clone(),
+        frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }),
+    };
     let journey = engine.deploy(JOURNEY).await.unwrap();
     assert_eq!(journey.steps.len(), 3);
     assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().to_string().contains("no channel `fax`"));
@@ -164,7 +169,12 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
 
     // Dan buys on day 1; a restarted host (a new engine on the same store) carries on.
     ingestion.store.ingest(vec![message("dan-buys", "dan", Some("Order Completed"), t0 + DAY, json!({}))]).await.unwrap();
-    let restarted = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: deliverer.clone(), frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }) };
+    let restarted = Engine {
+        registry: registry.clone(),
+        store: ingestion.store.clone(),
+        deliverer: deliverer.clone(),
+        frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }),
+    };
     restarted.tick(t0 + DAY).await.unwrap();
     assert_eq!(emails().len(), 2, "nothing is due on day 1");
 
@@ -188,7 +198,9 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let http = reqwest::Client::new();
     let deployed = http.post(format!("{api}/v1/journeys")).bearer_auth("admin").body(api_journey).send().await.unwrap();
     assert!(deployed.status().is_success(), "{}", deployed.text().await.unwrap());
-    let enter = |who: &'static str, journey: &'static str| http.post(format!("{api}/v1/journeys/{journey}/entries")).bearer_auth("admin").json(&json!({"userId": who})).send();
+    let enter = |who: &'static str, journey: &'static str| {
+        http.post(format!("{api}/v1/journeys/{journey}/entries")).bearer_auth("admin").json(&json!({"userId": who})).send()
+    };
     let answer: Value = enter("ann", "Welcome%20back").await.unwrap().json().await.unwrap();
     assert_eq!(answer["started"], true, "{answer}");
     let again: Value = enter("ann", "Welcome%20back").await.unwrap().json().await.unwrap();
@@ -251,7 +263,8 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
     let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
     // Ann (email and ads consent) leaves her cart; Bob buys ten minutes after his.
     let mut batch = Vec::new();
-    for (user, traits) in [("ann", json!({"first_name": "Ann", "email": "ann@example.com"})), ("bob", json!({"first_name": "Bob", "email": "bob@example.com"}))] {
+    for (user, traits) in [("ann", json!({"first_name": "Ann", "email": "ann@example.com"})), ("bob", json!({"first_name": "Bob", "email": "bob@example.com"}))]
+    {
         let mut identify = message(&format!("{user}-i"), user, None, t0 - DAY, traits);
         identify.consents = vec![(Purpose::Email, true), (Purpose::Ads, true)];
         batch.push(identify);
@@ -275,14 +288,18 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
     };
     let deliverer = Deliverer::new(HashMap::from([
         ("email".to_string(), channel("channel-sendgrid", vec![text("base_url", &base), text("from_email", "shop@example.com")], &[("SENDGRID_API_KEY", "k")])),
-        ("sms".to_string(), channel("channel-twilio", vec![text("base_url", &base), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC"), ("TWILIO_AUTH_TOKEN", "t")])),
+        (
+            "sms".to_string(),
+            channel("channel-twilio", vec![text("base_url", &base), text("from", "+15550000000")], &[("TWILIO_ACCOUNT_SID", "AC"), ("TWILIO_AUTH_TOKEN", "t")]),
+        ),
         ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "m")])),
     ]))
     .unwrap();
     let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(deliverer), frequency_cap: None };
     let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/abandoned-cart/journey.toml")).unwrap();
     engine.deploy(&source).await.unwrap();
-    let requests = || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
+    let requests =
+        || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
 
     // A minute in, everyone is inside their 30 minutes: nothing is sent.
     assert_eq!(engine.tick(t0 + minute).await.unwrap().entered, 3);
@@ -336,7 +353,12 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "k".to_string())]);
     email.allowed_hosts = vec![base.to_string()];
-    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()), frequency_cap: None };
+    let engine = Engine {
+        registry,
+        store: ingestion.store.clone(),
+        deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()),
+        frequency_cap: None,
+    };
     engine
         .deploy("name = \"Renewal\"\n[entry]\napi = true\n[[steps]]\nid = \"until\"\ntype = \"wait\"\nuntil_trait = \"renewal\"\nplus_days = 1\n[[steps]]\nid = \"remind\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Time to renew\" }\n")
         .await
@@ -384,7 +406,10 @@ fn all_channels(base: &str) -> HashMap<String, ChannelConfig> {
     };
     HashMap::from([
         ("email".to_string(), channel("channel-sendgrid", vec![text("base_url", base), text("from_email", "shop@example.com")], &["SENDGRID_API_KEY"])),
-        ("sms".to_string(), channel("channel-twilio", vec![text("base_url", base), text("from", "+15550000000")], &["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"])),
+        (
+            "sms".to_string(),
+            channel("channel-twilio", vec![text("base_url", base), text("from", "+15550000000")], &["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]),
+        ),
         ("push".to_string(), channel("channel-fcm", vec![text("base_url", base), text("project_id", "shop")], &["FCM_ACCESS_TOKEN"])),
         ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &["META_ACCESS_TOKEN"])),
         ("tiktok".to_string(), channel("channel-tiktok-audiences", vec![text("base_url", base), text("advertiser_id", "7")], &["TIKTOK_ACCESS_TOKEN"])),
@@ -432,7 +457,8 @@ async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
         }
         engine.deploy(&std::fs::read_to_string(usecases.join(name).join("journey.toml")).unwrap()).await.unwrap();
     }
-    let requests = || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
+    let requests =
+        || received.lock().unwrap().iter().map(|r| (r.method.to_string(), r.path.clone(), String::from_utf8_lossy(&r.body).into_owned())).collect::<Vec<_>>();
 
     engine.tick(t0).await.unwrap();
     let sent = requests();
@@ -522,7 +548,10 @@ async fn the_about_to_sleep_template_splits_by_value_and_favourite_category(back
 async fn run_every_segment_now(state: &AppState) -> usize {
     let ingestion = state.ingestion.as_ref().unwrap();
     let defs = ingestion.store.segments().await.unwrap();
-    let (plan, _) = rekindle_segments::batch::Plan::new(&state.registry, &ingestion.store, &defs, state.clock.now(), rekindle_segments::batch::Cutoffs::Refresh).await.unwrap();
+    let (plan, _) =
+        rekindle_segments::batch::Plan::new(&state.registry, &ingestion.store, &defs, state.clock.now(), rekindle_segments::batch::Cutoffs::Refresh)
+            .await
+            .unwrap();
     let report = rekindle_segments::batch::run_all(&ingestion.store, Arc::new(plan), Arc::new(rekindle_segments::batch::WasmEvaluator)).await.unwrap();
     report.profiles
 }
@@ -539,8 +568,13 @@ async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Ba
     let ingestion = state.ingestion.clone().unwrap();
     let products: Vec<rekindle_store::Product> = (0..14)
         .map(|n| rekindle_store::Product {
-            id: format!("shoe-{n}"), name: format!("Shoe {n:02}"), category: Some("shoes".into()), price: Some(50.0),
-            url: Some(format!("https://shop.example/shoe-{n}")), image: None, in_stock: true,
+            id: format!("shoe-{n}"),
+            name: format!("Shoe {n:02}"),
+            category: Some("shoes".into()),
+            price: Some(50.0),
+            url: Some(format!("https://shop.example/shoe-{n}")),
+            image: None,
+            in_stock: true,
         })
         .collect();
     ingestion.store.upsert_products(products).await.unwrap();
@@ -548,14 +582,19 @@ async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Ba
     // (1) stopped 200 days ago while the rest bought last week. The other ten bought once.
     let mut batch = Vec::new();
     for c in 0..20 {
-        let user = match c { 0 => "rita".to_string(), 1 => "ron".to_string(), n => format!("c{n}") };
+        let user = match c {
+            0 => "rita".to_string(),
+            1 => "ron".to_string(),
+            n => format!("c{n}"),
+        };
         let mut identify = message(&format!("{user}-i"), &user, None, t0 - 900 * DAY, json!({"email": format!("{user}@example.com"), "newsletter": c != 1}));
         identify.consents = vec![(Purpose::Email, true)];
         batch.push(identify);
         let (orders, last) = if c < 10 { (12, if c < 2 { 200 } else { 7 }) } else { (1, 30 + c) };
         for k in 0..orders {
             let mut order = message(&format!("{user}-o{k}"), &user, Some("Order Completed"), t0 - (last + 20 * k as i64) * DAY, json!({}));
-            order.properties = json!({"revenue": 150, "products": [{"product_id": format!("shoe-{}", k % 3), "category": "shoes"}]}).as_object().cloned().unwrap();
+            order.properties =
+                json!({"revenue": 150, "products": [{"product_id": format!("shoe-{}", k % 3), "category": "shoes"}]}).as_object().cloned().unwrap();
             batch.push(order);
         }
     }
@@ -597,11 +636,14 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let (base, received) = provider(HashMap::from([
         ("/v3/mail/send", vec![(202, vec![], "")]),
         // Email Activity is rate limited at first; then it knows one message, not the other.
-        ("/v3/messages", vec![
-            (429, vec![("retry-after", "90")], ""),
-            (200, vec![], r#"{"messages":[{"msg_id":"sg-1","status":"delivered"}]}"#),
-            (200, vec![], r#"{"messages":[]}"#),
-        ]),
+        (
+            "/v3/messages",
+            vec![
+                (429, vec![("retry-after", "90")], ""),
+                (200, vec![], r#"{"messages":[{"msg_id":"sg-1","status":"delivered"}]}"#),
+                (200, vec![], r#"{"messages":[]}"#),
+            ],
+        ),
         ("/hook", vec![(204, vec![], "")]),
     ]))
     .await;

@@ -39,11 +39,7 @@ fn lapsing_rule_boundaries_through_wasm_match_native() {
         let profile = buyer("ann", &[0, 60, 120]);
         let wasm = plugin.evaluate(&ctx, &profile).unwrap();
         assert_eq!(wasm.member, expected, "day {day}: {}", wasm.reason);
-        let native = <rule_lapsing_repeat_buyer::LapsingRepeatBuyer as rekindle_sdk::Rule>::evaluate(
-            &to_sdk_context(&ctx),
-            &to_sdk_profile(&profile),
-        )
-        .unwrap();
+        let native = <rule_lapsing_repeat_buyer::LapsingRepeatBuyer as rekindle_sdk::Rule>::evaluate(&to_sdk_context(&ctx), &to_sdk_profile(&profile)).unwrap();
         assert_eq!(native.member, wasm.member);
         assert_eq!(native.reason, wasm.reason);
     }
@@ -102,9 +98,20 @@ fn tiles_plugin_output_is_checked_against_the_candidates() {
     let mut ctx = context(0, &[]);
     ctx.params = merge_params(&info.params, &[]).unwrap();
     let offer = Offer {
-        id: "a".into(), slot: "home".into(), priority: 1, include_segments: vec![], exclude_segments: vec![],
-        category: None, title: "t".into(), body: String::new(), image: None, link: "/".into(), voucher: None,
-        holdout_percent: 0, valid_until: None, attributes: vec![],
+        id: "a".into(),
+        slot: "home".into(),
+        priority: 1,
+        include_segments: vec![],
+        exclude_segments: vec![],
+        category: None,
+        title: "t".into(),
+        body: String::new(),
+        image: None,
+        link: "/".into(),
+        voucher: None,
+        holdout_percent: 0,
+        valid_until: None,
+        attributes: vec![],
     };
     let request = TileRequest { slot: "home".into(), page_url: None, max_tiles: 3 };
     let tiles = plugin.decide(&ctx, &request, None, &[offer]).unwrap();
@@ -145,11 +152,35 @@ fn provider_adapters_describe_themselves_and_format_for_their_provider() {
     let audience = |id: &str| json!({"audience": id, "add": [{"profile_id": "ann", "emails": ["Ann@Example.com"], "phones": ["+15551234567"]}], "remove": []});
     let cases = [
         (components::CHANNEL_SENDGRID, "api.sendgrid.com", json!({"from_email": "shop@example.com"}), json!({"message": message}), "/v3/mail/send"),
-        (components::CHANNEL_TWILIO, "api.twilio.com", json!({"from": "+15550000000"}), json!({"message": {"to": "+15551234567", "text": "Hi", "idempotency_key": "k", "profile_id": "ann"}}), "/Messages.json"),
-        (components::CHANNEL_FCM, "fcm.googleapis.com", json!({"project_id": "shop"}), json!({"message": {"to": "token-1", "text": "Hi", "idempotency_key": "k", "profile_id": "ann"}}), "/v1/projects/shop/messages:send"),
+        (
+            components::CHANNEL_TWILIO,
+            "api.twilio.com",
+            json!({"from": "+15550000000"}),
+            json!({"message": {"to": "+15551234567", "text": "Hi", "idempotency_key": "k", "profile_id": "ann"}}),
+            "/Messages.json",
+        ),
+        (
+            components::CHANNEL_FCM,
+            "fcm.googleapis.com",
+            json!({"project_id": "shop"}),
+            json!({"message": {"to": "token-1", "text": "Hi", "idempotency_key": "k", "profile_id": "ann"}}),
+            "/v1/projects/shop/messages:send",
+        ),
         (components::CHANNEL_META_AUDIENCES, "graph.facebook.com", json!({}), json!({"audience_change": audience("1234")}), "/1234/users"),
-        (components::CHANNEL_TIKTOK_AUDIENCES, "business-api.tiktok.com", json!({"advertiser_id": "7"}), json!({"audience_change": audience("a")}), "/segment/mapping/"),
-        (components::CHANNEL_GOOGLE_CUSTOMER_MATCH, "datamanager.googleapis.com", json!({"customer_id": "123"}), json!({"audience_change": audience("9")}), "/v1/audienceMembers:ingest"),
+        (
+            components::CHANNEL_TIKTOK_AUDIENCES,
+            "business-api.tiktok.com",
+            json!({"advertiser_id": "7"}),
+            json!({"audience_change": audience("a")}),
+            "/segment/mapping/",
+        ),
+        (
+            components::CHANNEL_GOOGLE_CUSTOMER_MATCH,
+            "datamanager.googleapis.com",
+            json!({"customer_id": "123"}),
+            json!({"audience_change": audience("9")}),
+            "/v1/audienceMembers:ingest",
+        ),
     ];
     for (path, host, params, input, url_end) in cases {
         let plugin = Plugin::load(&runtime, &component(path)).unwrap();

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use rekindle_runtime::wit::{Field, Value as WitValue};
 use rekindle_journeys::delivery::{ChannelConfig, Deliverer};
+use rekindle_runtime::wit::{Field, Value as WitValue};
 use rekindle_server::{AppState, Clock, Ingestion};
 use rekindle_tests::{Backend, components};
 use serde_json::{Value, json};
@@ -127,7 +127,8 @@ async fn a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_neve
     assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
     let deployed = http.post(format!("{host}/v1/journeys")).bearer_auth("admin-token-for-tests").body(JOURNEY).send().await.unwrap();
     assert!(deployed.status().is_success(), "{}", deployed.text().await.unwrap());
-    let entered = http.post(format!("{host}/v1/journeys/Hello/entries")).bearer_auth("admin-token-for-tests").json(&json!({"userId": "mallory"})).send().await.unwrap();
+    let entered =
+        http.post(format!("{host}/v1/journeys/Hello/entries")).bearer_auth("admin-token-for-tests").json(&json!({"userId": "mallory"})).send().await.unwrap();
     assert_eq!(entered.status(), 200, "{}", entered.text().await.unwrap());
     engine.tick(clock.now()).await.unwrap();
 
@@ -184,25 +185,40 @@ async fn a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer(ba
     };
 
     // The shop's backend knows the victim: address, phone, push token, consent.
-    batch("server-key", json!([{"type": "identify", "userId": "victim", "traits": {"first_name": "Vic", "email": "vic@example.com", "phone": "+15550001111"},
-        "context": {"device": {"token": "vic-device"}, "consent": {"categoryPreferences": {"email": true, "sms": false}}}}])).await;
+    batch(
+        "server-key",
+        json!([{"type": "identify", "userId": "victim", "traits": {"first_name": "Vic", "email": "vic@example.com", "phone": "+15550001111"},
+        "context": {"device": {"token": "vic-device"}, "consent": {"categoryPreferences": {"email": true, "sms": false}}}}]),
+    )
+    .await;
 
     // With the key from the shop's page, an attacker tries to take the victim's messages:
     // their own address and number, a device, consents, and computed and test traits.
-    let answer = batch("public-key", json!([
-        {"type": "identify", "userId": "victim", "traits": {"first_name": "Still Vic", "email": "attacker@evil.example", "phone": "+15559999999",
-            "lifetime_value": 1e9, "test": true},
-         "context": {"device": {"token": "attacker-device"}, "consent": {"categoryPreferences": {"email": false, "sms": true}}}},
-        {"type": "identify", "userId": "attacker", "traits": {"first_name": "Eve"}},
-        {"type": "alias", "userId": "attacker", "previousId": "victim"},
-        // An address set while anonymous, then a "login" as the victim.
-        {"type": "identify", "anonymousId": "anon-eve", "traits": {"email": "eve-anon@evil.example"}},
-        {"type": "identify", "userId": "victim", "anonymousId": "anon-eve"},
-        {"type": "track", "userId": "victim", "event": "Product Viewed", "properties": {"sku": "s-1"}},
-    ])).await;
+    let answer = batch(
+        "public-key",
+        json!([
+            {"type": "identify", "userId": "victim", "traits": {"first_name": "Still Vic", "email": "attacker@evil.example", "phone": "+15559999999",
+                "lifetime_value": 1e9, "test": true},
+             "context": {"device": {"token": "attacker-device"}, "consent": {"categoryPreferences": {"email": false, "sms": true}}}},
+            {"type": "identify", "userId": "attacker", "traits": {"first_name": "Eve"}},
+            {"type": "alias", "userId": "attacker", "previousId": "victim"},
+            // An address set while anonymous, then a "login" as the victim.
+            {"type": "identify", "anonymousId": "anon-eve", "traits": {"email": "eve-anon@evil.example"}},
+            {"type": "identify", "userId": "victim", "anonymousId": "anon-eve"},
+            {"type": "track", "userId": "victim", "event": "Product Viewed", "properties": {"sku": "s-1"}},
+        ]),
+    )
+    .await;
     let fields: Vec<&str> = answer["ignored"].as_array().unwrap_or_else(|| panic!("{answer}")).iter().map(|i| i["field"].as_str().unwrap()).collect();
-    for field in ["batch[0].traits.email", "batch[0].traits.phone", "batch[0].traits.lifetime_value", "batch[0].traits.test",
-                  "batch[0].context.device.token", "batch[0].consents", "batch[2].previousId"] {
+    for field in [
+        "batch[0].traits.email",
+        "batch[0].traits.phone",
+        "batch[0].traits.lifetime_value",
+        "batch[0].traits.test",
+        "batch[0].context.device.token",
+        "batch[0].consents",
+        "batch[2].previousId",
+    ] {
         assert!(fields.contains(&field), "{field} must be reported as ignored: {answer}");
     }
 
@@ -235,12 +251,16 @@ async fn a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer(ba
         {"type": "identify", "anonymousId": "anon-trap", "traits": {"email": "trap@evil.example"}, "context": {"consent": {"categoryPreferences": {"email": true}}}},
     ])).await;
     assert!(answer.get("ignored").is_none(), "{answer}");
-    batch("server-key", json!([
-        {"type": "identify", "userId": "bob-future", "traits": {"email": "bob@example.com"}},
-        {"type": "identify", "userId": "carol-future", "traits": {"email": "carol@example.com"}},
-        // The backend reports a login on the trapped device, as it would for anyone.
-        {"type": "identify", "userId": "dave", "anonymousId": "anon-trap", "traits": {"first_name": "Dave"}},
-    ])).await;
+    batch(
+        "server-key",
+        json!([
+            {"type": "identify", "userId": "bob-future", "traits": {"email": "bob@example.com"}},
+            {"type": "identify", "userId": "carol-future", "traits": {"email": "carol@example.com"}},
+            // The backend reports a login on the trapped device, as it would for anyone.
+            {"type": "identify", "userId": "dave", "anonymousId": "anon-trap", "traits": {"first_name": "Dave"}},
+        ]),
+    )
+    .await;
     let attacker = profile("attacker").await;
     for newcomer in ["bob-future", "carol-future"] {
         let theirs = profile(newcomer).await;
@@ -284,7 +304,8 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
             (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    let order = |id: &str, revenue: Value| json!({"type": "track", "messageId": id, "userId": "ann", "event": "Order Completed", "properties": {"revenue": revenue}});
+    let order =
+        |id: &str, revenue: Value| json!({"type": "track", "messageId": id, "userId": "ann", "event": "Order Completed", "properties": {"revenue": revenue}});
     assert_eq!(send("/v1/batch", json!({"batch": [order("good", json!(42))]}).to_string()).await.0, 200);
     // Finite amounts can add up to infinity; the lifetime value stays a number.
     let huge: Vec<Value> = [order("huge-1", json!(1.7e308)), order("huge-2", json!(1.7e308))]
@@ -299,12 +320,10 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
     let bea: Value = http.get(format!("{host}/v1/profiles/bea")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
     assert!(bea["computed"]["lifetime_value"].as_f64().is_some_and(f64::is_finite), "{bea}");
 
-    let refused = |path: &'static str, body: String, field: &'static str| {
-        async move {
-            let (status, answer) = send(path, body).await;
-            assert_eq!(status, 400, "{field}: {answer}");
-            assert_eq!(answer["error"]["field"], field, "{answer}");
-        }
+    let refused = |path: &'static str, body: String, field: &'static str| async move {
+        let (status, answer) = send(path, body).await;
+        assert_eq!(status, 400, "{field}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
     };
     for (i, bad) in ["NaN", "inf", "-inf", "Infinity", "1e999"].into_iter().enumerate() {
         let batch = json!({"batch": [order(&format!("ok-{i}"), json!(10)), order(&format!("bad-{i}"), json!(bad))]});
@@ -344,8 +363,18 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
         (reqwest::Method::POST, "/v1/segments/preview".to_string(), json!({"slot": "rule-high-ltv", "at": max}), "at"),
         (reqwest::Method::POST, "/admin/slots/rule-high-ltv/evaluate/ann".to_string(), json!({"now": max}), "now"),
         (reqwest::Method::POST, "/admin/slots/rule-high-ltv/invoke".to_string(), json!({"context": {"now": max}, "profile": {"id": "x"}}), "context.now"),
-        (reqwest::Method::POST, "/v1/offers".to_string(), json!({"id": "o", "slot": "home", "title": "t", "link": "/x", "valid_until": max}), "offer.valid_until"),
-        (reqwest::Method::POST, "/v1/offers".to_string(), json!({"id": "o", "slot": "home", "title": "t", "link": "/x", "valid_from": -max}), "offer.valid_from"),
+        (
+            reqwest::Method::POST,
+            "/v1/offers".to_string(),
+            json!({"id": "o", "slot": "home", "title": "t", "link": "/x", "valid_until": max}),
+            "offer.valid_until",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/offers".to_string(),
+            json!({"id": "o", "slot": "home", "title": "t", "link": "/x", "valid_from": -max}),
+            "offer.valid_from",
+        ),
     ] {
         let response = admin(method, path.clone(), body).await.unwrap();
         let status = response.status().as_u16();
@@ -354,7 +383,10 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
     }
 
     // Waits no clock can reach are refused when the journey is deployed.
-    for (field, step) in [("duration", "type = \"wait\"\nduration = \"106751991167d\""), ("timeout", "type = \"wait_for\"\nevent = \"x\"\ntimeout = \"99999999999999h\"\non_event = \"exit\"\non_timeout = \"exit\"")] {
+    for (field, step) in [
+        ("duration", "type = \"wait\"\nduration = \"106751991167d\""),
+        ("timeout", "type = \"wait_for\"\nevent = \"x\"\ntimeout = \"99999999999999h\"\non_event = \"exit\"\non_timeout = \"exit\""),
+    ] {
         let journey = format!("name = \"Forever\"\n[entry]\napi = true\n[[steps]]\nid = \"w\"\n{step}\n");
         let deployed = http.post(format!("{host}/v1/journeys")).bearer_auth(ADMIN).body(journey).send().await.unwrap();
         let status = deployed.status().as_u16();
@@ -391,7 +423,13 @@ async fn an_erased_person_s_bytes_are_gone_from_the_sqlite_file_and_its_wal() {
     let batch = |messages: Value| http.post(format!("{host}/v1/batch")).basic_auth("server-key", Some("")).json(&json!({"batch": messages})).send();
     // Others' data around hers, so her rows share pages with rows that stay.
     for n in 0..50 {
-        assert!(batch(json!([{"type": "identify", "userId": format!("other-{n}"), "traits": {"first_name": format!("Other {n}")}}])).await.unwrap().status().is_success());
+        assert!(
+            batch(json!([{"type": "identify", "userId": format!("other-{n}"), "traits": {"first_name": format!("Other {n}")}}]))
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
     }
     let markers = ["Zsofia-7f3a", "zsofia-7f3a@example.com", "Zsofia-7f3b", "note-7f3c", "zsofia-user-7f3d"];
     // Her first name changes in a later commit: the earlier value lives on in an older
@@ -405,8 +443,23 @@ async fn an_erased_person_s_bytes_are_gone_from_the_sqlite_file_and_its_wal() {
     }
     let defined = http.post(format!("{host}/v1/segments")).bearer_auth(ADMIN).json(&json!({"name": "VIP", "slot": "rule-high-ltv"})).send().await.unwrap();
     assert!(defined.status().is_success(), "{}", defined.text().await.unwrap());
-    let token: Value = http.post(format!("{host}/admin/tiles/token")).bearer_auth(ADMIN).json(&json!({"userId": "zsofia-user-7f3d"})).send().await.unwrap().json().await.unwrap();
-    let slot = http.post(format!("{host}/v1/tile-slots")).bearer_auth(ADMIN).json(&json!({"name": "home", "fallback": [{"title": "Sale", "link": "/sale"}]})).send().await.unwrap();
+    let token: Value = http
+        .post(format!("{host}/admin/tiles/token"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"userId": "zsofia-user-7f3d"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slot = http
+        .post(format!("{host}/v1/tile-slots"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "home", "fallback": [{"title": "Sale", "link": "/sale"}]}))
+        .send()
+        .await
+        .unwrap();
     assert!(slot.status().is_success());
     let personal = |token: Value| {
         let request = http.post(format!("{host}/v1/tiles")).body(json!({"slots": ["home"], "token": token}).to_string());

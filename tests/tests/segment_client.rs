@@ -25,11 +25,7 @@ fn python() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_library_works_unchanged() {
     let python = python();
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/test, which installs segment-analytics-python there",
-        python.display()
-    );
+    assert!(python.exists(), "{} is missing: run scripts/test, which installs segment-analytics-python there", python.display());
     let data = tempfile::tempdir().unwrap();
     let store = Store::open_sqlite(&data.path().join("rekindle.db"), EventMapping::default()).unwrap();
     let sources = [("py-key".to_string(), rekindle_server::Source::server("python"))].into_iter().collect();
@@ -41,9 +37,7 @@ async fn the_official_python_library_works_unchanged() {
     let (python, host) = (python.clone(), base.clone());
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || {
-            Command::new(python).arg(script).env("REKINDLE_HOST", host).env("REKINDLE_WRITE_KEY", "py-key").output()
-        }),
+        tokio::task::spawn_blocking(move || Command::new(python).arg(script).env("REKINDLE_HOST", host).env("REKINDLE_WRITE_KEY", "py-key").output()),
     )
     .await
     .expect("the Python client hung")
@@ -51,15 +45,7 @@ async fn the_official_python_library_works_unchanged() {
     .unwrap();
     assert!(output.status.success(), "python failed:\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
 
-    let profile: Value = reqwest::Client::new()
-        .get(format!("{base}/v1/profiles/py-anon"))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let profile: Value = reqwest::Client::new().get(format!("{base}/v1/profiles/py-anon")).bearer_auth("admin").send().await.unwrap().json().await.unwrap();
     assert_eq!(profile["user_ids"], serde_json::json!(["py-user"]), "{profile}");
     assert_eq!(profile["traits"]["first_name"], "Py");
     assert_eq!(profile["timezone"], "Europe/Berlin");

@@ -37,10 +37,7 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = tokio::time::timeout(Duration::from_secs(30), request.send())
-            .await
-            .expect("request timed out")
-            .expect("request failed");
+        let response = tokio::time::timeout(Duration::from_secs(30), request.send()).await.expect("request timed out").expect("request failed");
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
@@ -77,8 +74,7 @@ async fn health_and_admin_auth() {
     let (status, body) = client.send(client.http.get(format!("{}/admin/slots", client.base))).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthorized");
-    let (status, _) =
-        client.send(client.http.get(format!("{}/admin/slots", client.base)).bearer_auth("wrong")).await;
+    let (status, _) = client.send(client.http.get(format!("{}/admin/slots", client.base)).bearer_auth("wrong")).await;
     assert_eq!(status, 401);
 }
 
@@ -123,8 +119,7 @@ async fn upload_activate_invoke_rollback_and_clear_errors() {
     let (status, body) = client.admin_post("/admin/slots/lapsing/versions", component(components::CHANNEL_WEBHOOK)).await;
     assert_eq!(status, 409);
     assert!(body["error"]["message"].as_str().unwrap().contains("channel-adapter"), "{body}");
-    let (status, body) =
-        client.admin_post("/admin/slots/lapsing/versions", component(components::HOSTILE_FORBIDDEN_IMPORT)).await;
+    let (status, body) = client.admin_post("/admin/slots/lapsing/versions", component(components::HOSTILE_FORBIDDEN_IMPORT)).await;
     assert_eq!(status, 422);
     assert!(body["error"]["message"].as_str().unwrap().contains("acme:net/http-client"), "{body}");
 
@@ -191,8 +186,7 @@ async fn hot_swaps_over_http_drop_no_request() {
         callers.push(tokio::spawn(async move {
             let mut ok = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (status, body) =
-                    client.admin_post("/admin/slots/lapsing/invoke", lapsing_case("2026-05-09T00:00:00Z")).await;
+                let (status, body) = client.admin_post("/admin/slots/lapsing/invoke", lapsing_case("2026-05-09T00:00:00Z")).await;
                 assert_eq!(status, 200, "{body}");
                 assert_eq!(body["verdict"]["member"], true);
                 ok += 1;
@@ -201,8 +195,7 @@ async fn hot_swaps_over_http_drop_no_request() {
         }));
     }
     for i in 0..100 {
-        let (status, body) =
-            client.admin_post("/admin/slots/lapsing/activate", format!(r#"{{"version": {}}}"#, 1 + i % 2)).await;
+        let (status, body) = client.admin_post("/admin/slots/lapsing/activate", format!(r#"{{"version": {}}}"#, 1 + i % 2)).await;
         assert_eq!(status, 200, "{body}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -218,8 +211,8 @@ async fn dropping_the_background_handle_stops_its_loops() {
     let data = tempfile::tempdir().unwrap();
     let store = rekindle_store::Store::open_sqlite(&data.path().join("rekindle.db"), rekindle_store::EventMapping::default()).unwrap();
     let registry = Arc::new(Registry::new(rekindle_tests::patient_runtime()));
-    let state = AppState::new(registry, None, Some(TOKEN.into()))
-        .with_ingestion(rekindle_server::Ingestion { store: store.into(), sources: Default::default() });
+    let state =
+        AppState::new(registry, None, Some(TOKEN.into())).with_ingestion(rekindle_server::Ingestion { store: store.into(), sources: Default::default() });
     let store = state.ingestion.as_ref().unwrap().store.clone();
     let alone = Arc::strong_count(&store);
     // Real-time and scheduled segments and the tile catalog each hold the store.

@@ -40,10 +40,7 @@ async fn anonymous_history_merges_into_the_user_on_login(backend: Backend) {
     store.ingest(vec![msg("a", Some("bob"), None, None, 1, json!({"plan": "old"}), json!({}))]).await.unwrap();
     store.ingest(vec![msg("b", None, Some("phone"), Some("Order Completed"), 2, json!({}), json!({"total": 15}))]).await.unwrap();
     store.ingest(vec![msg("c", None, Some("phone"), None, 3, json!({"plan": "new"}), json!({}))]).await.unwrap();
-    store
-        .ingest(vec![msg("d", Some("bob"), Some("phone"), Some("Order Completed"), 4, json!({}), json!({"revenue": 5}))])
-        .await
-        .unwrap();
+    store.ingest(vec![msg("d", Some("bob"), Some("phone"), Some("Order Completed"), 4, json!({}), json!({"revenue": 5}))]).await.unwrap();
     let p = store.profile("bob", 10).await.unwrap().unwrap();
     assert_eq!(p.anonymous_ids, ["phone"]);
     assert_eq!(p.computed.order_count, 2);
@@ -204,13 +201,24 @@ async fn related_products_are_bought_together_then_from_favourite_categories(bac
     let dir = tempfile::tempdir().unwrap();
     let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
     let product = |id: &str, category: &str, in_stock: bool| Product {
-        id: id.into(), name: id.to_uppercase(), category: Some(category.into()), price: Some(10.0), url: None, image: None, in_stock,
+        id: id.into(),
+        name: id.to_uppercase(),
+        category: Some(category.into()),
+        price: Some(10.0),
+        url: None,
+        image: None,
+        in_stock,
     };
     store
         .upsert_products(vec![
-            product("boot", "shoes", true), product("sock", "shoes", true), product("lace", "shoes", true),
-            product("sandal", "shoes", false), product("scarf", "accessories", true), product("belt", "accessories", true),
-            product("hat", "accessories", true), product("tee", "tops", true),
+            product("boot", "shoes", true),
+            product("sock", "shoes", true),
+            product("lace", "shoes", true),
+            product("sandal", "shoes", false),
+            product("scarf", "accessories", true),
+            product("belt", "accessories", true),
+            product("hat", "accessories", true),
+            product("tee", "tops", true),
         ])
         .await
         .unwrap();

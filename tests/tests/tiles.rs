@@ -143,12 +143,15 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
     let track = |body: Value| async move {
         host.send(host.http.post(format!("{}/v1/batch", host.base)).basic_auth(WRITE_KEY, Some("")).json(&json!({"batch": body}))).await
     };
-    let order = |id: &str, at: String| json!({"type": "track", "messageId": id, "userId": "ann", "event": "Order Completed", "timestamp": at,
-        "properties": {"revenue": 40, "products": [{"category": "shoes"}]}});
+    let order = |id: &str, at: String| {
+        json!({"type": "track", "messageId": id, "userId": "ann", "event": "Order Completed", "timestamp": at,
+        "properties": {"revenue": 40, "products": [{"category": "shoes"}]}})
+    };
     track(json!([
         {"type": "identify", "messageId": "i1", "userId": "ann", "traits": {"first_name": "Ann", "plan": "silver"}},
         order("a1", days_ago(130.0)), order("a2", days_ago(70.0)),
-    ])).await;
+    ]))
+    .await;
     let (status, body) = host.admin(reqwest::Method::POST, "/v1/segments", json!({"name": "lapsing", "slot": "lapsing"})).await;
     assert_eq!((status, body["members"].as_u64()), (200, Some(1)), "{body}");
 
@@ -272,8 +275,9 @@ async fn decisions_are_personal_cached_and_fail_safe(backend: Backend) {
 
     // Fail-safe: every way the plugin can fail serves the fallback tiles with a 200.
     let fallback = json!([{"title": "Our sale", "link": "/sale", "offer_id": "sale"}]);
-    for (slot, plugin, mode) in [("trap", "failing-tiles", "panic"), ("loop", "failing-tiles", "loop"),
-                                 ("bogus", "failing-tiles", "bogus"), ("missing", "not-uploaded", "")] {
+    for (slot, plugin, mode) in
+        [("trap", "failing-tiles", "panic"), ("loop", "failing-tiles", "loop"), ("bogus", "failing-tiles", "bogus"), ("missing", "not-uploaded", "")]
+    {
         let params = if mode.is_empty() { json!({}) } else { json!({"mode": mode}) };
         let (status, body) = host.slot(json!({"name": slot, "plugin": plugin, "params": params, "fallback": fallback})).await;
         assert_eq!(status, 200, "{body}");

@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
+use rekindle_journeys::definition::{self as journey, Step};
 use rekindle_runtime::json::fields_from_json;
 use rekindle_runtime::{Plugin, PluginInfo, merge_params};
-use rekindle_journeys::definition::{self as journey, Step};
 use rekindle_tests::{component, components};
 
 /// The channels a deployment configures for the shipped adapters.

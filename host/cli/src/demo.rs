@@ -16,9 +16,7 @@ use serde_json::{Value, json};
 
 const DAY: i64 = 86_400_000;
 const CATEGORIES: [&str; 5] = ["shoes", "tops", "pants", "accessories", "outerwear"];
-const NAMES: [&str; 16] = [
-    "Ann", "Bob", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Luca", "Maya", "Noah", "Olga", "Priya",
-];
+const NAMES: [&str; 16] = ["Ann", "Bob", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Luca", "Maya", "Noah", "Olga", "Priya"];
 const ZONES: [&str; 6] = ["Europe/Paris", "Europe/London", "America/New_York", "America/Los_Angeles", "Asia/Tokyo", "Australia/Sydney"];
 
 /// Flags for `rekindle demo generate`.
@@ -110,9 +108,12 @@ impl Customer<'_> {
         let quantity = self.rng.random_range(1..=2);
         self.push(json!({"type": "track", "event": "Checkout Started", "properties": {"value": price * quantity as f64}}), at - 5 * 60_000);
         let revenue = (price * quantity as f64 * 100.0).round() / 100.0;
-        self.push(json!({"type": "track", "event": "Order Completed", "properties": {
+        self.push(
+            json!({"type": "track", "event": "Order Completed", "properties": {
             "order_id": format!("order-{}-{}", self.index, self.messages.len()), "revenue": revenue, "currency": "USD",
-            "products": [{"product_id": id, "category": category, "price": price, "quantity": quantity}]}}), at);
+            "products": [{"product_id": id, "category": category, "price": price, "quantity": quantity}]}}),
+            at,
+        );
     }
 }
 

@@ -156,7 +156,15 @@ struct Prepared {
 
 /// Transpiles a slot's component with jco into `out/components` as `name`, and
 /// instruments each core module for the slot kind's deadline and memory cap.
-fn prepare(jco: &std::path::Path, scratch: &std::path::Path, out: &std::path::Path, name: &str, slot: &str, bytes: &[u8], limits: &Value) -> anyhow::Result<Prepared> {
+fn prepare(
+    jco: &std::path::Path,
+    scratch: &std::path::Path,
+    out: &std::path::Path,
+    name: &str,
+    slot: &str,
+    bytes: &[u8],
+    limits: &Value,
+) -> anyhow::Result<Prepared> {
     let input = scratch.join(format!("{name}.wasm"));
     std::fs::write(&input, bytes)?;
     let output = Command::new(jco)

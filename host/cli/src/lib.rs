@@ -137,9 +137,7 @@ pub fn main() -> ExitCode {
         Command::Journey(JourneyCommand::Simulate(args)) => simulate::simulate(args),
         Command::Plugin(PluginCommand::Inspect { file, json, deadline_ms }) => plugin::inspect(&file, json, deadline_ms),
         Command::Plugin(PluginCommand::Run { file, input, deadline_ms }) => plugin::run(&file, &input, deadline_ms),
-        Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => {
-            scaffold::new_plugin(&name, kind, dir, sdk_path)
-        }
+        Command::Plugin(PluginCommand::New { name, kind, dir, sdk_path }) => scaffold::new_plugin(&name, kind, dir, sdk_path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,8 +46,7 @@ pub fn inspect(file: &Path, as_json: bool, deadline_ms: Option<u64>) -> anyhow::
 pub fn run(file: &Path, input: &Path, deadline_ms: Option<u64>) -> anyhow::Result<()> {
     let plugin = load(file, deadline_ms)?;
     let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", input.display()))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", input.display()))?;
     // The aggregates the host would compute from the case's orders, as in the host's invoke.
     rekindle_segments::derive_aggregates(&mut value);
     let answer = rekindle_runtime::invoke(&plugin, &value).with_context(|| format!("running {} on {}", file.display(), input.display()))?;

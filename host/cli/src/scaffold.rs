@@ -27,11 +27,42 @@ fn valid_crate_name(name: &str) -> bool {
 
 /// Names the prelude already brings into a plugin's scope.
 const PRELUDE: &[&str] = &[
-    "AdapterInfo", "AudienceChange", "AudienceMember", "Box", "Channel", "ChannelKind", "ContactKind",
-    "Context", "EventQuery", "EventSeries", "Field", "HttpMethod", "HttpRequest", "HttpResponse",
-    "InputQuery", "Message", "Occurrence", "Offer", "Outcome", "ParamKind", "ParamSpec", "Profile",
-    "Purpose", "Rule", "RuleInfo", "String", "Tile", "TileRequest", "Tiles", "TilesInfo", "Timestamp",
-    "ToOwned", "ToString", "Value", "Vec", "Verdict",
+    "AdapterInfo",
+    "AudienceChange",
+    "AudienceMember",
+    "Box",
+    "Channel",
+    "ChannelKind",
+    "ContactKind",
+    "Context",
+    "EventQuery",
+    "EventSeries",
+    "Field",
+    "HttpMethod",
+    "HttpRequest",
+    "HttpResponse",
+    "InputQuery",
+    "Message",
+    "Occurrence",
+    "Offer",
+    "Outcome",
+    "ParamKind",
+    "ParamSpec",
+    "Profile",
+    "Purpose",
+    "Rule",
+    "RuleInfo",
+    "String",
+    "Tile",
+    "TileRequest",
+    "Tiles",
+    "TilesInfo",
+    "Timestamp",
+    "ToOwned",
+    "ToString",
+    "Value",
+    "Vec",
+    "Verdict",
 ];
 
 /// `rule-vip` becomes `RuleVip`; a name the prelude already uses gets `Plugin` appended.
@@ -59,20 +90,14 @@ pub fn new_plugin(name: &str, kind: PluginKind, dir: Option<PathBuf>, sdk_path: 
         bail!("{} already exists and is not empty", dir.display());
     }
     let sdk = sdk_path.unwrap_or_else(default_sdk_path);
-    let sdk = sdk.canonicalize().with_context(|| {
-        format!("the guest SDK is not at {}; pass --sdk-path to a checkout's guest-sdk folder", sdk.display())
-    })?;
+    let sdk = sdk.canonicalize().with_context(|| format!("the guest SDK is not at {}; pass --sdk-path to a checkout's guest-sdk folder", sdk.display()))?;
     let source = match kind {
         PluginKind::Rule => RULE,
         PluginKind::Channel => CHANNEL,
         PluginKind::Tiles => TILES,
     };
-    let fill = |template: &str| {
-        template
-            .replace("@NAME@", name)
-            .replace("@TYPE@", &type_name(name))
-            .replace("@SDK@", &sdk.display().to_string().replace('\\', "/"))
-    };
+    let fill =
+        |template: &str| template.replace("@NAME@", name).replace("@TYPE@", &type_name(name)).replace("@SDK@", &sdk.display().to_string().replace('\\', "/"));
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("Cargo.toml"), fill(CARGO_TOML))?;
     std::fs::write(dir.join("src/lib.rs"), fill(source))?;

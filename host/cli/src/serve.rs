@@ -68,10 +68,7 @@ fn from_env(value: &str, what: &str) -> anyhow::Result<String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()))
         .init();
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -206,15 +203,12 @@ fn check_admin_token(token: &str) -> anyhow::Result<()> {
 fn open_store(config: &Config) -> anyhow::Result<Store> {
     if let Some(url) = &config.postgres_url {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let store = runtime
-            .block_on(Store::open_postgres(url, config.events.clone()))
-            .context("opening the customer database on PostgreSQL")?;
+        let store = runtime.block_on(Store::open_postgres(url, config.events.clone())).context("opening the customer database on PostgreSQL")?;
         tracing::info!("customer data on PostgreSQL");
         return Ok(store);
     }
     let path = config.sqlite_path.clone().unwrap_or_else(|| config.data_dir.join("rekindle.db"));
-    let store = Store::open_sqlite(&path, config.events.clone())
-        .with_context(|| format!("opening the customer database {}", path.display()))?;
+    let store = Store::open_sqlite(&path, config.events.clone()).with_context(|| format!("opening the customer database {}", path.display()))?;
     tracing::info!(path = %path.display(), "customer data on SQLite");
     Ok(store)
 }
@@ -279,13 +273,14 @@ async fn shutdown() {
 
 /// The delivery settings of `[[channels]]`, with `env:NAME` secrets read from the
 /// environment; a missing variable is an error naming the channel and the secret.
-fn channel_configs(sections: &[crate::config::ChannelSection]) -> anyhow::Result<std::collections::HashMap<String, rekindle_journeys::delivery::ChannelConfig>> {
+fn channel_configs(
+    sections: &[crate::config::ChannelSection],
+) -> anyhow::Result<std::collections::HashMap<String, rekindle_journeys::delivery::ChannelConfig>> {
     let mut channels = std::collections::HashMap::new();
     for section in sections {
         let mut config = rekindle_journeys::delivery::ChannelConfig::new(&section.slot);
         let params = serde_json::to_value(&section.params)?;
-        config.params = rekindle_runtime::json::fields_from_json(Some(&params), "params")
-            .map_err(|e| anyhow::anyhow!("channel `{}`: {e}", section.name))?;
+        config.params = rekindle_runtime::json::fields_from_json(Some(&params), "params").map_err(|e| anyhow::anyhow!("channel `{}`: {e}", section.name))?;
         config.allowed_hosts = section.allowed_hosts.clone();
         config.allow_private_addresses = section
             .allow_private_addresses

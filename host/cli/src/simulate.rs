@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use rekindle_runtime::{Registry, Runtime, RuntimeConfig};
-use rekindle_server::Ingestion;
 use rekindle_journeys::delivery::{ChannelConfig, Deliverer};
 use rekindle_journeys::engine::Engine;
+use rekindle_runtime::{Registry, Runtime, RuntimeConfig};
+use rekindle_server::Ingestion;
 use rekindle_store::{EventMapping, Store};
 
 /// The channel names the seed templates use, the shipped adapter behind each, and the
@@ -71,7 +71,8 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
         let store = Store::open_sqlite(&copy, EventMapping::default())?;
         let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
-        let engine = Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
+        let engine =
+            Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
         define_segments_beside(&args.journey, &ingestion.store).await?;
         let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", args.journey.display()))?;
         const HOUR: i64 = 3_600_000;
@@ -143,7 +144,13 @@ async fn print_report(store: &Store, journey: &rekindle_journeys::Journey, days:
         };
         *paths.entry((position, format!("{:<14} {what}", entry.step))).or_default() += 1;
     }
-    println!("{} over {} days from {}: {} entered", journey.name, days, chrono::DateTime::from_timestamp_millis(start).unwrap_or_default().to_rfc3339(), runs.len());
+    println!(
+        "{} over {} days from {}: {} entered",
+        journey.name,
+        days,
+        chrono::DateTime::from_timestamp_millis(start).unwrap_or_default().to_rfc3339(),
+        runs.len()
+    );
     for ((_, line), count) in paths {
         println!("{count:>7}  {line}");
     }

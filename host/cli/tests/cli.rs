@@ -63,12 +63,7 @@ fn run_calls_a_component_with_a_json_case() {
 /// Kills the server when the test ends, pass or fail.
 fn cargo(dir: &Path, args: &[&str]) {
     let target = workspace_root().join("target/scaffold");
-    let out = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("running cargo");
+    let out = Command::new(env!("CARGO")).args(args).current_dir(dir).env("CARGO_TARGET_DIR", &target).output().expect("running cargo");
     assert!(out.status.success(), "cargo {args:?} in {} failed:\n{}", dir.display(), text(&out.stderr));
 }
 
@@ -113,15 +108,27 @@ async fn scaffolded_plugins_build_pass_their_tests_and_load_into_serve() {
             response.json::<Value>().await.unwrap()
         }
     };
-    let verdict = invoke("my-rule", json!({"context": {"now": "2026-02-01T00:00:00Z"}, "profile": {"id": "a", "events": [
+    let verdict = invoke(
+        "my-rule",
+        json!({"context": {"now": "2026-02-01T00:00:00Z"}, "profile": {"id": "a", "events": [
         {"name": "Order Completed", "timestamp": "2026-01-20T00:00:00Z"},
-        {"name": "Order Completed", "timestamp": "2026-01-25T00:00:00Z"}]}})).await;
+        {"name": "Order Completed", "timestamp": "2026-01-25T00:00:00Z"}]}}),
+    )
+    .await;
     assert_eq!(verdict["verdict"]["member"], true, "{verdict}");
-    let tiles = invoke("my-tiles", json!({"context": {"now": 0}, "request": {"slot": "home", "max_tiles": 1},
-        "offers": [{"id": "o1", "slot": "home", "title": "Hi {{first_name|there}}", "link": "/"}]})).await;
+    let tiles = invoke(
+        "my-tiles",
+        json!({"context": {"now": 0}, "request": {"slot": "home", "max_tiles": 1},
+        "offers": [{"id": "o1", "slot": "home", "title": "Hi {{first_name|there}}", "link": "/"}]}),
+    )
+    .await;
     assert_eq!(tiles["tiles"][0]["title"], "Hi there", "{tiles}");
-    let requests = invoke("my-channel", json!({"context": {"now": 0}, "message": {"idempotency_key": "k",
-        "profile_id": "a", "to": "+15551234567", "text": "hello"}})).await;
+    let requests = invoke(
+        "my-channel",
+        json!({"context": {"now": 0}, "message": {"idempotency_key": "k",
+        "profile_id": "a", "to": "+15551234567", "text": "hello"}}),
+    )
+    .await;
     assert_eq!(requests["requests"][0]["url"], "https://api.acme-sms.example/v1/messages", "{requests}");
 }
 
@@ -171,17 +178,22 @@ async fn segments_in_the_config_file_are_defined_at_start_up() {
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(components::RULE_LAPSING_REPEAT_BUYER, plugins.join("rule_lapsing_repeat_buyer.wasm")).unwrap();
     let config = work.path().join("rekindle.toml");
-    std::fs::write(&config, r#"
+    std::fs::write(
+        &config,
+        r#"
 [[segments]]
 name = "Lapsing repeat buyers"
 slot = "rule-lapsing-repeat-buyer"
 schedule = "daily"
 params = { grace_days = 10 }
-"#).unwrap();
+"#,
+    )
+    .unwrap();
     let data = work.path().join("data");
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
     let (server, base) = serve(&args, "cfg-admin-0123456789").await;
-    let segments: Value = reqwest::Client::new().get(format!("{base}/v1/segments")).bearer_auth("cfg-admin-0123456789").send().await.unwrap().json().await.unwrap();
+    let segments: Value =
+        reqwest::Client::new().get(format!("{base}/v1/segments")).bearer_auth("cfg-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert_eq!(segments["segments"][0]["name"], "Lapsing repeat buyers", "{segments}");
     assert_eq!(segments["segments"][0]["params"]["grace_days"], 10);
     drop(server);
@@ -252,20 +264,39 @@ secrets = { TWILIO_ACCOUNT_SID = "AC1", TWILIO_AUTH_TOKEN = "env:REKINDLE_TEST_T
     let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str()];
     let env = [("REKINDLE_TEST_SENDGRID_KEY", "sg"), ("REKINDLE_TEST_TWILIO_TOKEN", "tw")];
     let (server, base) = support::serve_with_env(&args, "j-admin-0123456789", &env).await;
-    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("j-admin-0123456789").send().await.unwrap().json().await.unwrap();
+    let journeys: Value =
+        reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("j-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert_eq!(journeys["journeys"][0]["name"], "Win back after 45 days", "{journeys}");
     drop(server);
 
     // A journey that needs a channel the config does not define.
     write(channels);
-    let start = || run(rekindle().arg("serve").arg("--config").arg(&config).arg("--plugins").arg(&plugins).arg("--data-dir").arg(&data)
-        .args(["--listen", "127.0.0.1:0"]).envs(env));
+    let start = || {
+        run(rekindle()
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--plugins")
+            .arg(&plugins)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env))
+    };
     let err = text(&start().stderr);
     assert!(err.contains("journey.toml") && err.contains("no channel `sms`"), "{err}");
     // A secret read from an unset variable.
     write(&format!("{channels}{sms}"));
-    let bad = run(rekindle().arg("serve").arg("--config").arg(&config).arg("--plugins").arg(&plugins).arg("--data-dir").arg(&data)
-        .args(["--listen", "127.0.0.1:0"]).env("REKINDLE_TEST_SENDGRID_KEY", "sg"));
+    let bad = run(rekindle()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("REKINDLE_TEST_SENDGRID_KEY", "sg"));
     let err = text(&bad.stderr);
     assert!(err.contains("channel `sms`: secret TWILIO_AUTH_TOKEN reads $REKINDLE_TEST_TWILIO_TOKEN"), "{err}");
 }
@@ -279,35 +310,71 @@ async fn all_five_seed_templates_deploy_on_the_demo_data() {
     let config = work.path().join("rekindle.toml");
     // The providers are unreachable here: this is about deploying, not delivering.
     let channel = |name: &str, slot: &str, params: &str, secrets: &str| {
-        format!("[[channels]]\nname = {name:?}\nslot = {slot:?}\nparams = {{ base_url = \"http://127.0.0.1:9\", {params} }}\nallowed_hosts = [\"http://127.0.0.1:9\"]\nsecrets = {{ {secrets} }}\nmax_attempts = 1\n")
+        format!(
+            "[[channels]]\nname = {name:?}\nslot = {slot:?}\nparams = {{ base_url = \"http://127.0.0.1:9\", {params} }}\nallowed_hosts = [\"http://127.0.0.1:9\"]\nsecrets = {{ {secrets} }}\nmax_attempts = 1\n"
+        )
     };
-    std::fs::write(&config, [
-        channel("email", "channel-sendgrid", "from_email = \"shop@example.com\"", "SENDGRID_API_KEY = \"k\""),
-        channel("sms", "channel-twilio", "from = \"+15550000000\"", "TWILIO_ACCOUNT_SID = \"AC\", TWILIO_AUTH_TOKEN = \"t\""),
-        channel("push", "channel-fcm", "project_id = \"shop\"", "FCM_ACCESS_TOKEN = \"f\""),
-        channel("meta", "channel-meta-audiences", "default_country_code = \"1\"", "META_ACCESS_TOKEN = \"m\""),
-        channel("tiktok", "channel-tiktok-audiences", "advertiser_id = \"7\"", "TIKTOK_ACCESS_TOKEN = \"t\""),
-        channel("google", "channel-google-customer-match", "customer_id = \"123\"", "GOOGLE_ACCESS_TOKEN = \"g\""),
-    ].concat()).unwrap();
+    std::fs::write(
+        &config,
+        [
+            channel("email", "channel-sendgrid", "from_email = \"shop@example.com\"", "SENDGRID_API_KEY = \"k\""),
+            channel("sms", "channel-twilio", "from = \"+15550000000\"", "TWILIO_ACCOUNT_SID = \"AC\", TWILIO_AUTH_TOKEN = \"t\""),
+            channel("push", "channel-fcm", "project_id = \"shop\"", "FCM_ACCESS_TOKEN = \"f\""),
+            channel("meta", "channel-meta-audiences", "default_country_code = \"1\"", "META_ACCESS_TOKEN = \"m\""),
+            channel("tiktok", "channel-tiktok-audiences", "advertiser_id = \"7\"", "TIKTOK_ACCESS_TOKEN = \"t\""),
+            channel("google", "channel-google-customer-match", "customer_id = \"123\"", "GOOGLE_ACCESS_TOKEN = \"g\""),
+        ]
+        .concat(),
+    )
+    .unwrap();
     let data = work.path().join("data");
-    let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(),
-                OsStr::new("--server-source"), OsStr::new("demo=demo-key")];
+    let args = [
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--plugins"),
+        plugins.as_os_str(),
+        OsStr::new("--data-dir"),
+        data.as_os_str(),
+        OsStr::new("--server-source"),
+        OsStr::new("demo=demo-key"),
+    ];
     let (_server, base) = serve(&args, "uc-admin-0123456789").await;
-    let generated = rekindle().args(["demo", "generate", "--profiles", "300", "--url", &base, "--write-key", "demo-key"])
-        .env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789").output().unwrap();
+    let generated = rekindle()
+        .args(["demo", "generate", "--profiles", "300", "--url", &base, "--write-key", "demo-key"])
+        .env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789")
+        .output()
+        .unwrap();
     assert!(generated.status.success(), "{}", text(&generated.stderr));
     let usecases = workspace_root().join("usecases");
     for name in ["abandoned-cart", "lapsing-repeat-buyers", "about-to-sleep", "win-back-45", "rfm-win-back"] {
-        let out = rekindle().args(["usecase", "deploy", name, "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789").output().unwrap();
+        let out = rekindle()
+            .args(["usecase", "deploy", name, "--url", &base, "--dir"])
+            .arg(&usecases)
+            .env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("deployed with"), "{name}: {}", text(&out.stdout));
     }
-    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("uc-admin-0123456789").send().await.unwrap().json().await.unwrap();
+    let journeys: Value =
+        reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("uc-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert_eq!(journeys["journeys"].as_array().unwrap().len(), 5, "{journeys}");
-    let lapsing: Value = reqwest::Client::new().get(format!("{base}/v1/segments/Lapsing%20repeat%20buyers/members")).bearer_auth("uc-admin-0123456789")
-        .send().await.unwrap().json().await.unwrap();
+    let lapsing: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/segments/Lapsing%20repeat%20buyers/members"))
+        .bearer_auth("uc-admin-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(!lapsing["members"].as_array().unwrap().is_empty(), "the demo shop has lapsing buyers: {lapsing}");
-    let unknown = rekindle().args(["usecase", "deploy", "nope", "--url", &base, "--dir"]).arg(&usecases).env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789").output().unwrap();
+    let unknown = rekindle()
+        .args(["usecase", "deploy", "nope", "--url", &base, "--dir"])
+        .arg(&usecases)
+        .env("REKINDLE_ADMIN_TOKEN", "uc-admin-0123456789")
+        .output()
+        .unwrap();
     assert!(text(&unknown.stderr).contains("no template `nope`") && text(&unknown.stderr).contains("win-back-45"), "{}", text(&unknown.stderr));
 }
 
@@ -318,22 +385,31 @@ async fn journey_simulate_replays_a_template_over_a_copy_of_the_data() {
     let work = tempfile::tempdir().unwrap();
     let plugins = shipped_plugins(work.path());
     let data = work.path().join("data");
-    let args = [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--server-source"), OsStr::new("demo=demo-key")];
+    let args =
+        [OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(), OsStr::new("--server-source"), OsStr::new("demo=demo-key")];
     {
         let (_server, base) = serve(&args, "sim-admin-0123456789").await;
         let generated = rekindle().args(["demo", "generate", "--profiles", "200", "--url", &base, "--write-key", "demo-key"]).output().unwrap();
         assert!(generated.status.success(), "{}", text(&generated.stderr));
     }
     let journey = workspace_root().join("usecases/win-back-45/journey.toml");
-    let out = rekindle().args(["journey", "simulate"]).arg(&journey).args(["--days", "3", "--start", "2026-11-23T12:00:00Z", "--data-dir"]).arg(&data)
-        .arg("--plugins").arg(&plugins).output().unwrap();
+    let out = rekindle()
+        .args(["journey", "simulate"])
+        .arg(&journey)
+        .args(["--days", "3", "--start", "2026-11-23T12:00:00Z", "--data-dir"])
+        .arg(&data)
+        .arg("--plugins")
+        .arg(&plugins)
+        .output()
+        .unwrap();
     let printed = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(printed.starts_with("Win back after 45 days over 3 days"), "{printed}");
     assert!(printed.contains("entry          entered") && printed.contains("discount       sent on"), "{printed}");
     // The host's own data has no trace of the simulation.
     let (_server, base) = serve(&args, "sim-admin-0123456789").await;
-    let journeys: Value = reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("sim-admin-0123456789").send().await.unwrap().json().await.unwrap();
+    let journeys: Value =
+        reqwest::Client::new().get(format!("{base}/v1/journeys")).bearer_auth("sim-admin-0123456789").send().await.unwrap().json().await.unwrap();
     assert!(journeys["journeys"].as_array().unwrap().is_empty(), "{journeys}");
 }
 
@@ -348,17 +424,30 @@ async fn segment_preview_compares_a_candidate_with_the_live_segment() {
     // with the rest of the suite; deadlines are not what this test is about.
     let config = work.path().join("rekindle.toml");
     std::fs::write(&config, "[limits]\nrule_deadline_ms = 1000\n").unwrap();
-    let args = [OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--server-source"), OsStr::new("demo=demo-key"), OsStr::new("--data-dir"), data.as_os_str()];
+    let args = [
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--plugins"),
+        plugins.as_os_str(),
+        OsStr::new("--server-source"),
+        OsStr::new("demo=demo-key"),
+        OsStr::new("--data-dir"),
+        data.as_os_str(),
+    ];
     let (_server, base) = serve(&args, "pv-admin-0123456789").await;
     let now = chrono_now_day();
-    let generate = run(rekindle()
-        .args(["demo", "generate", "--profiles", "300", "--seed", "3", "--now", &now, "--url", &base, "--write-key", "demo-key"]));
+    let generate = run(rekindle().args(["demo", "generate", "--profiles", "300", "--seed", "3", "--now", &now, "--url", &base, "--write-key", "demo-key"]));
     assert!(generate.status.success(), "{}", text(&generate.stderr));
     let defined: Value = reqwest::Client::new()
         .post(format!("{base}/v1/segments"))
         .bearer_auth("pv-admin-0123456789")
         .json(&json!({"name": "lapsing", "slot": "rule-lapsing-repeat-buyer"}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let live = defined["members"].as_u64().unwrap();
     assert!(live > 0, "{defined}");
 

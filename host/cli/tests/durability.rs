@@ -32,9 +32,7 @@ const STEPS: [&str; 3] = ["one", "two", "three"];
 fn journey(channel: &str) -> String {
     let mut text = String::from("name = \"Three messages\"\n[entry]\nsegment = \"Buyers\"\n");
     for step in STEPS {
-        text += &format!(
-            "[[steps]]\nid = \"{step}\"\ntype = \"send\"\nchannels = [\"{channel}\"]\ntemplate = {{ subject = \"{step}\", text = \"{step}\" }}\n"
-        );
+        text += &format!("[[steps]]\nid = \"{step}\"\ntype = \"send\"\nchannels = [\"{channel}\"]\ntemplate = {{ subject = \"{step}\", text = \"{step}\" }}\n");
     }
     text
 }
@@ -67,8 +65,14 @@ slot = "{slot}"
     .unwrap();
     let data = work.path().join("data");
     let args = [
-        OsStr::new("--config"), config.as_os_str(), OsStr::new("--plugins"), plugins.as_os_str(), OsStr::new("--data-dir"), data.as_os_str(),
-        OsStr::new("--server-source"), OsStr::new("web=web-key"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--plugins"),
+        plugins.as_os_str(),
+        OsStr::new("--data-dir"),
+        data.as_os_str(),
+        OsStr::new("--server-source"),
+        OsStr::new("web=web-key"),
     ];
 
     // The shop: customers with an order and email consent. The weekly segment is empty
@@ -86,7 +90,8 @@ slot = "{slot}"
                 ]
             })
             .collect();
-        let response = reqwest::Client::new().post(format!("{base}/v1/batch")).basic_auth("web-key", Some("")).json(&json!({"batch": batch})).send().await.unwrap();
+        let response =
+            reqwest::Client::new().post(format!("{base}/v1/batch")).basic_auth("web-key", Some("")).json(&json!({"batch": batch})).send().await.unwrap();
         assert!(response.status().is_success());
     }
 
@@ -95,8 +100,14 @@ slot = "{slot}"
     loop {
         let (host, base) = serve(&args, "durability-admin-token").await;
         tokio::time::sleep(Duration::from_millis(150 + 97 * (kills % 7) as u64)).await;
-        let runs: Value = reqwest::Client::new().get(format!("{base}/v1/journeys/Three%20messages/runs")).bearer_auth("durability-admin-token")
-            .send().await.map(|r| async { r.json::<Value>().await.unwrap_or(Value::Null) }).unwrap().await;
+        let runs: Value = reqwest::Client::new()
+            .get(format!("{base}/v1/journeys/Three%20messages/runs"))
+            .bearer_auth("durability-admin-token")
+            .send()
+            .await
+            .map(|r| async { r.json::<Value>().await.unwrap_or(Value::Null) })
+            .unwrap()
+            .await;
         let finished = runs["runs"].as_array().is_some_and(|r| r.len() == CUSTOMERS && r.iter().all(|run| run["status"] == "done"));
         drop(host); // SIGKILL
         if finished {

@@ -47,10 +47,7 @@ fn workerd_binary() -> Option<PathBuf> {
     match rekindle::edge::tool("workerd") {
         Ok(path) => Some(path),
         Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "the edge tools are missing in CI: {e:#}"
-            );
+            assert!(std::env::var_os("CI").is_none(), "the edge tools are missing in CI: {e:#}");
             eprintln!("skipping: {e:#}");
             None
         }
@@ -58,53 +55,27 @@ fn workerd_binary() -> Option<PathBuf> {
 }
 
 fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn ms(rfc3339: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339)
-        .unwrap()
-        .timestamp_millis()
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
 }
 
 /// `{base}/v1/tiles` with `query`, encoded.
 fn tiles_url<K: AsRef<str>, V: AsRef<str>>(base: &str, query: &[(K, V)]) -> reqwest::Url {
-    reqwest::Url::parse_with_params(
-        &format!("{base}/v1/tiles"),
-        query.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
-    )
-    .unwrap()
+    reqwest::Url::parse_with_params(&format!("{base}/v1/tiles"), query.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))).unwrap()
 }
 
 /// The hostile plugins the corpus runs beside the shipped ones, by registry slot.
-const HOSTILE: [&str; 6] = [
-    "hostile-tiles",
-    "hostile-endless-loop",
-    "hostile-huge-output",
-    "hostile-unbounded-alloc",
-    "hostile-panics",
-    "hostile-infinite-recursion",
-];
+const HOSTILE: [&str; 6] =
+    ["hostile-tiles", "hostile-endless-loop", "hostile-huge-output", "hostile-unbounded-alloc", "hostile-panics", "hostile-infinite-recursion"];
 
 /// Page slots, with their plugin and parameters and how often the corpus asks for each.
 const SLOTS: [(&str, &str, u32, &str, u32); 11] = [
     ("hero", "tiles-basic", 1, "{}", 30),
-    (
-        "sidebar",
-        "tiles-basic",
-        2,
-        r#"{"segment_weight": 30.0}"#,
-        20,
-    ),
-    (
-        "footer",
-        "tiles-basic",
-        3,
-        r#"{"category_weight": 0.0}"#,
-        20,
-    ),
+    ("sidebar", "tiles-basic", 2, r#"{"segment_weight": 30.0}"#, 20),
+    ("footer", "tiles-basic", 3, r#"{"category_weight": 0.0}"#, 20),
     ("ghost", "not-loaded", 1, "{}", 3),
     ("memory", "hostile-tiles", 1, r#"{"mode": "remember"}"#, 12),
     ("spin", "hostile-tiles", 1, r#"{"mode": "loop"}"#, 1),
@@ -112,13 +83,7 @@ const SLOTS: [(&str, &str, u32, &str, u32); 11] = [
     ("grow", "hostile-tiles", 1, r#"{"mode": "grow"}"#, 3),
     ("panic", "hostile-tiles", 1, r#"{"mode": "panic"}"#, 3),
     ("bogus", "hostile-tiles", 1, r#"{"mode": "bogus"}"#, 2),
-    (
-        "links",
-        "hostile-tiles",
-        2,
-        r#"{"mode": "unsafe-links"}"#,
-        3,
-    ),
+    ("links", "hostile-tiles", 2, r#"{"mode": "unsafe-links"}"#, 3),
 ];
 
 fn pick_slot(rng: &mut ChaCha8Rng) -> &'static str {
@@ -149,14 +114,7 @@ struct Setup {
 
 impl Setup {
     async fn admin(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.post(format!("{}{path}", self.base)).bearer_auth(ADMIN).json(&body).send().await.unwrap();
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "{path}: {status}: {body}");
@@ -177,27 +135,16 @@ impl Setup {
     }
 
     async fn token(&self, user: &str, at: i64) -> String {
-        self.admin("/admin/tiles/token", json!({"userId": user, "at": at}))
-            .await["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.admin("/admin/tiles/token", json!({"userId": user, "at": at})).await["token"].as_str().unwrap().to_string()
     }
 
     async fn conform(&self, token: Option<&str>, slot: &str, now: i64) -> Value {
-        let request = self
-            .http
-            .post(format!("{}/__rekindle/conformance", self.edge))
-            .json(&json!({"token": token, "slot": slot, "now": now}));
+        let request = self.http.post(format!("{}/__rekindle/conformance", self.edge)).json(&json!({"token": token, "slot": slot, "now": now}));
         request.send().await.unwrap().json::<Value>().await.unwrap()
     }
 
     async fn reference(&self, user: Option<&str>, slot: &str, now: i64) -> Value {
-        self.admin(
-            "/admin/edge/reference",
-            json!({"userId": user, "slot": slot, "now": now}),
-        )
-        .await
+        self.admin("/admin/edge/reference", json!({"userId": user, "slot": slot, "now": now})).await
     }
 
     /// The server's reference, asked again (up to three times, counted in `retried`) while
@@ -248,11 +195,7 @@ async fn setup() -> Option<Setup> {
     let plugins = shipped_plugins(work.path());
     for (name, path) in rekindle_tests::components::ALL {
         if HOSTILE.contains(name) {
-            std::fs::copy(
-                path,
-                plugins.join(format!("{}.wasm", name.replace('-', "_"))),
-            )
-            .unwrap();
+            std::fs::copy(path, plugins.join(format!("{}.wasm", name.replace('-', "_")))).unwrap();
         }
     }
     let data = work.path().join("data");
@@ -272,10 +215,7 @@ async fn setup() -> Option<Setup> {
     let (server, base) = serve_with_env(&args, ADMIN, &[("REKINDLE_TOKEN_SECRET", SECRET)]).await;
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
-        let request = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(ADMIN)
-            .json(&body);
+        let request = http.post(format!("{base}{path}")).bearer_auth(ADMIN).json(&body);
         async move {
             let response = request.send().await.unwrap();
             let status = response.status();
@@ -296,16 +236,7 @@ async fn setup() -> Option<Setup> {
     let mut batch = Vec::new();
     for c in 0..40 {
         let user = format!("c{c}");
-        let name = [
-            "Ann",
-            "Bob",
-            "Chloé",
-            "Dev",
-            "😀 Zoë",
-            "Ｗei",
-            "",
-            "O'Brien <b>",
-        ][c % 8];
+        let name = ["Ann", "Bob", "Chloé", "Dev", "😀 Zoë", "Ｗei", "", "O'Brien <b>"][c % 8];
         let mut traits = json!({ "first_name": name });
         if rng.random_bool(0.5) {
             let plan = ["gold", "silver"][c % 2];
@@ -325,13 +256,7 @@ async fn setup() -> Option<Setup> {
         batch.push(json!({"type": "track", "messageId": format!("flip-o{k}"), "userId": "flip", "event": "Order Completed",
             "timestamp": iso(t0 - days_ago * DAY), "properties": {"revenue": 30}}));
     }
-    let response = http
-        .post(format!("{base}/v1/batch"))
-        .basic_auth("web-key", Some(""))
-        .json(&json!({"batch": batch}))
-        .send()
-        .await
-        .unwrap();
+    let response = http.post(format!("{base}/v1/batch")).basic_auth("web-key", Some("")).json(&json!({"batch": batch})).send().await.unwrap();
     assert!(response.status().is_success());
 
     // The edge segments, two of them named so that code-point and UTF-16 order differ, a
@@ -351,16 +276,13 @@ async fn setup() -> Option<Setup> {
         // Population cutoffs: the host's recorded ones at both sides, named in each verdict.
         ("RFM", "rule-rfm-win-back", json!({"recency_days_cutoffs": "auto", "frequency_cutoffs": "auto", "monetary_cutoffs": "auto"})),
     ] {
-        admin(
-            "/v1/segments",
-            json!({"name": name, "slot": slot, "params": params}),
-        )
-        .await;
+        admin("/v1/segments", json!({"name": name, "slot": slot, "params": params})).await;
     }
     let segments = ["VIP", "Win back", "Sleepy", "Lapsing", "～ big", "😀 some"];
     for (name, plugin, max, params, _) in SLOTS {
         let params: Value = serde_json::from_str(params).unwrap();
-        admin("/v1/tile-slots", json!({"name": name, "plugin": plugin, "max_tiles": max, "params": params, "fallback": [{"title": "Sale", "link": "/sale"}]})).await;
+        admin("/v1/tile-slots", json!({"name": name, "plugin": plugin, "max_tiles": max, "params": params, "fallback": [{"title": "Sale", "link": "/sale"}]}))
+            .await;
     }
     let mut offer_edges = Vec::new();
     for o in 0..18 {
@@ -410,17 +332,7 @@ async fn setup() -> Option<Setup> {
     // The bundle, built by the CLI from the running host, served by workerd on loopback.
     let (workerd, edge, summary) = serve_bundle(workerd, &base, &work.path().join("bundle")).await;
     assert!(summary.contains("11 slot(s), 32 offer(s), 12 edge segment(s), 12 component(s)"), "{summary}");
-    Some(Setup {
-        http,
-        base,
-        edge,
-        t0,
-        offer_edges,
-        _server: server,
-        workerd,
-        workerd_binary,
-        work,
-    })
+    Some(Setup { http, base, edge, t0, offer_edges, _server: server, workerd, workerd_binary, work })
 }
 
 /// Whether the server's answer shows a plugin call it cut short for want of time or a free
@@ -449,9 +361,7 @@ fn pick_time(rng: &mut ChaCha8Rng, s: &Setup) -> i64 {
     match rng.random_range(0..10) {
         0..=4 => s.t0 + rng.random_range(0..150) * DAY + rng.random_range(0..DAY),
         5 | 6 => near(s.t0 + rng.random_range(1..150) * DAY, rng),
-        7 if !s.offer_edges.is_empty() => {
-            near(s.offer_edges[rng.random_range(0..s.offer_edges.len())], rng)
-        }
+        7 if !s.offer_edges.is_empty() => near(s.offer_edges[rng.random_range(0..s.offer_edges.len())], rng),
         _ => {
             let special = [
                 "2027-03-28T01:00:00Z",
@@ -469,9 +379,7 @@ fn pick_time(rng: &mut ChaCha8Rng, s: &Setup) -> i64 {
 /// Other spellings and alterations of a real token: each must be nobody, at both sides.
 fn tampered(token: &str, rng: &mut ChaCha8Rng) -> String {
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).unwrap();
     match rng.random_range(0..7) {
         0 => base64::engine::general_purpose::URL_SAFE.encode(&raw),
         1 => base64::engine::general_purpose::STANDARD.encode(&raw),
@@ -495,20 +403,11 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     let mut cases = 0;
 
     // The token vectors, judged by the edge as the host's unit test judges them.
-    let vectors: Value = serde_json::from_str(
-        &std::fs::read_to_string(support::workspace_root().join("tests/vectors/tokens.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let vectors: Value = serde_json::from_str(&std::fs::read_to_string(support::workspace_root().join("tests/vectors/tokens.json")).unwrap()).unwrap();
     for v in vectors["vectors"].as_array().unwrap() {
         let body = json!({"token": v["token"], "secret": vectors["secret"], "now": vectors["now"]});
         let at_edge = s.post(format!("{}/__rekindle/token", s.edge), &body).await;
-        assert_eq!(
-            at_edge,
-            json!({"valid": v["valid"], "sub": v["sub"]}),
-            "token vector {}",
-            v["name"]
-        );
+        assert_eq!(at_edge, json!({"valid": v["valid"], "sub": v["sub"]}), "token vector {}", v["name"]);
         cases += 1;
     }
 
@@ -538,13 +437,7 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         }
         let at_edge = s.conform(token.as_deref(), slot, now).await;
         let at_server = s.settled_reference(&at_edge, asked_for.as_deref(), slot, now, &mut retried).await;
-        assert_eq!(
-            at_edge,
-            at_server,
-            "case {case}: {user:?} in {slot} at {} (token tampered: {})",
-            iso(now),
-            asked_for.is_none() && user.is_some()
-        );
+        assert_eq!(at_edge, at_server, "case {case}: {user:?} in {slot} at {} (token tampered: {})", iso(now), asked_for.is_none() && user.is_some());
         personal += usize::from(at_server["decision"]["known_visitor"] == true);
         fallbacks += usize::from(at_server["decision"]["fallback"] == true);
         let verdicts = at_server["verdicts"].as_array().unwrap();
@@ -555,58 +448,28 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
             // Sealed: only the secret opens it (0 as "now", since only the claims matter here).
             let claims = rekindle_tiles::token::verify(token, SECRET.as_bytes(), 0).unwrap();
             let carried = |segment: &str| claims.segments.iter().any(|m| m.segment == segment);
-            moved += verdicts
-                .iter()
-                .filter(|v| {
-                    v.get("member").is_some()
-                        && v["member"].as_bool() != Some(carried(v["segment"].as_str().unwrap()))
-                })
-                .count();
+            moved += verdicts.iter().filter(|v| v.get("member").is_some() && v["member"].as_bool() != Some(carried(v["segment"].as_str().unwrap()))).count();
         }
         // One visitor's static state never shows in the next visitor's tile.
         if slot == "memory" && at_server["decision"]["fallback"] == false {
             for tile in at_edge["decision"]["tiles"].as_array().unwrap() {
-                assert_eq!(
-                    tile["title"], "last visitor: ",
-                    "case {case}: an instance kept a visitor"
-                );
+                assert_eq!(tile["title"], "last visitor: ", "case {case}: an instance kept a visitor");
             }
         }
         cases += 1;
     }
-    eprintln!(
-        "{REFERENCE_CASES} reference cases: {personal} personal, {fallbacks} fallbacks, {moved} verdicts moved with time, {errors} error verdicts"
-    );
-    assert!(
-        personal >= REFERENCE_CASES * 6 / 10,
-        "{personal} of {REFERENCE_CASES} cases were personal"
-    );
-    assert!(
-        moved >= 100,
-        "only {moved} verdicts moved with time; the corpus should exercise edge rules"
-    );
+    eprintln!("{REFERENCE_CASES} reference cases: {personal} personal, {fallbacks} fallbacks, {moved} verdicts moved with time, {errors} error verdicts");
+    assert!(personal >= REFERENCE_CASES * 6 / 10, "{personal} of {REFERENCE_CASES} cases were personal");
+    assert!(moved >= 100, "only {moved} verdicts moved with time; the corpus should exercise edge rules");
     assert!(rfm_named >= personal / 2, "RFM verdicts name their cutoffs: {rfm_named}");
-    assert!(
-        fallbacks >= REFERENCE_CASES / 10,
-        "hostile slots must fall back: {fallbacks}"
-    );
-    assert_eq!(
-        errors,
-        5 * evaluated,
-        "every hostile rule's verdict is an error, and no other"
-    );
+    assert!(fallbacks >= REFERENCE_CASES / 10, "hostile slots must fall back: {fallbacks}");
+    assert_eq!(errors, 5 * evaluated, "every hostile rule's verdict is an error, and no other");
 
     // Live cases: the same request to both `/v1/tiles`, answered at the real clock.
     for case in 0..LIVE_CASES {
         let user = (rng.random_range(0..5) > 0).then(|| format!("c{}", rng.random_range(0..40)));
         let token = match &user {
-            Some(user) => Some(
-                s.token(
-                    user,
-                    chrono::Utc::now().timestamp_millis() - rng.random_range(0..DAY),
-                )
-                .await,
-            ),
+            Some(user) => Some(s.token(user, chrono::Utc::now().timestamp_millis() - rng.random_range(0..DAY)).await),
             None => None,
         };
         // Sometimes the page names who is logged in: the token's own user, or someone else
@@ -680,80 +543,27 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         ("no slots", "{}".into()),
         ("slots not a list", r#"{"slots": "hero"}"#.into()),
         ("no slot named", r#"{"slots": []}"#.into()),
-        (
-            "eleven slots",
-            json!({"slots": (0..11).map(|i| format!("s{i}")).collect::<Vec<_>>()}).to_string(),
-        ),
+        ("eleven slots", json!({"slots": (0..11).map(|i| format!("s{i}")).collect::<Vec<_>>()}).to_string()),
         ("a number as a slot", r#"{"slots": ["hero", 5]}"#.into()),
         ("null as a slot", r#"{"slots": [null]}"#.into()),
-        (
-            "an object without a slot",
-            r#"{"slots": [{"name": "hero"}]}"#.into(),
-        ),
-        (
-            "an object with a slot",
-            r#"{"slots": [{"slot": "hero"}]}"#.into(),
-        ),
-        (
-            "a slot twice",
-            r#"{"slots": ["hero", {"slot": "hero"}]}"#.into(),
-        ),
+        ("an object without a slot", r#"{"slots": [{"name": "hero"}]}"#.into()),
+        ("an object with a slot", r#"{"slots": [{"slot": "hero"}]}"#.into()),
+        ("a slot twice", r#"{"slots": ["hero", {"slot": "hero"}]}"#.into()),
         ("an over-long slot", json!({"slots": [long]}).to_string()),
-        (
-            "an unknown slot",
-            r#"{"slots": ["nowhere", "hero"]}"#.into(),
-        ),
-        (
-            "an over-long user id",
-            json!({"slots": ["hero"], "userId": long}).to_string(),
-        ),
-        (
-            "a numeric user id",
-            r#"{"slots": ["hero"], "userId": 5}"#.into(),
-        ),
-        (
-            "an over-long anonymous id",
-            json!({"slots": ["hero"], "anonymousId": long}).to_string(),
-        ),
-        (
-            "an over-long write key",
-            json!({"slots": ["hero"], "writeKey": long}).to_string(),
-        ),
-        (
-            "an over-long page URL",
-            json!({"slots": ["hero"], "url": long_url}).to_string(),
-        ),
-        (
-            "a long page URL within limits",
-            json!({"slots": ["hero"], "url": format!("https://shop.example/{}", "x".repeat(1500))})
-                .to_string(),
-        ),
-        (
-            "a numeric token",
-            r#"{"slots": ["hero"], "token": 5}"#.into(),
-        ),
-        (
-            "an over-long token",
-            json!({"slots": ["hero"], "token": "x".repeat(17 << 10)}).to_string(),
-        ),
-        (
-            "a garbage token",
-            r#"{"slots": ["hero"], "token": "garbage"}"#.into(),
-        ),
+        ("an unknown slot", r#"{"slots": ["nowhere", "hero"]}"#.into()),
+        ("an over-long user id", json!({"slots": ["hero"], "userId": long}).to_string()),
+        ("a numeric user id", r#"{"slots": ["hero"], "userId": 5}"#.into()),
+        ("an over-long anonymous id", json!({"slots": ["hero"], "anonymousId": long}).to_string()),
+        ("an over-long write key", json!({"slots": ["hero"], "writeKey": long}).to_string()),
+        ("an over-long page URL", json!({"slots": ["hero"], "url": long_url}).to_string()),
+        ("a long page URL within limits", json!({"slots": ["hero"], "url": format!("https://shop.example/{}", "x".repeat(1500))}).to_string()),
+        ("a numeric token", r#"{"slots": ["hero"], "token": 5}"#.into()),
+        ("an over-long token", json!({"slots": ["hero"], "token": "x".repeat(17 << 10)}).to_string()),
+        ("a garbage token", r#"{"slots": ["hero"], "token": "garbage"}"#.into()),
         ("a NUL in a slot", "{\"slots\": [\"he\\u0000ro\"]}".into()),
-        (
-            "a NUL in a key",
-            "{\"slots\": [\"hero\"], \"a\\u0000\": 1}".into(),
-        ),
+        ("a NUL in a key", "{\"slots\": [\"hero\"], \"a\\u0000\": 1}".into()),
         ("a lone surrogate", r#"{"slots": ["\ud800"]}"#.into()),
-        (
-            "nesting past 128",
-            format!(
-                "{{\"slots\": [\"hero\"], \"x\": {}{}}}",
-                "[".repeat(130),
-                "]".repeat(130)
-            ),
-        ),
+        ("nesting past 128", format!("{{\"slots\": [\"hero\"], \"x\": {}{}}}", "[".repeat(130), "]".repeat(130))),
         ("an empty body", String::new()),
         ("a byte-order mark", "\u{feff}{\"slots\": [\"hero\"]}".into()),
         ("a number too large for a float", r#"{"slots": ["hero"], "x": 1e400}"#.into()),
@@ -764,24 +574,12 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
     posts.push(("bytes that are not UTF-8", b"{\"slots\": [\"he\xffro\"]}".to_vec()));
     posts.push(("a body over 2 MiB", format!("{{\"slots\": [\"hero\"], \"x\": \"{}\"}}", "x".repeat(3 << 20)).into_bytes()));
     for (name, body) in &posts {
-        let send = |base: &str| {
-            s.http
-                .post(format!("{base}/v1/tiles"))
-                .body(body.clone())
-                .send()
-        };
+        let send = |base: &str| s.http.post(format!("{base}/v1/tiles")).body(body.clone()).send();
         let (origin, edge) = (send(&s.base).await.unwrap(), send(&s.edge).await.unwrap());
         let (origin_status, edge_status) = (origin.status(), edge.status());
         let (origin_body, edge_body) = (origin.text().await.unwrap(), edge.text().await.unwrap());
-        let parse = |t: &str| {
-            serde_json::from_str::<Value>(t)
-                .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {t}"))
-        };
-        assert_eq!(
-            (edge_status, parse(&edge_body)),
-            (origin_status, parse(&origin_body)),
-            "POST with {name}"
-        );
+        let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {t}"));
+        assert_eq!((edge_status, parse(&edge_body)), (origin_status, parse(&origin_body)), "POST with {name}");
         cases += 1;
     }
     type Query = Vec<(&'static str, String)>;
@@ -791,36 +589,12 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         ("an empty slot", vec![("slot", String::new())], vec![]),
         ("an over-long slot", vec![("slot", long.clone())], vec![]),
         ("an unknown slot", vec![("slot", "nowhere".into())], vec![]),
-        (
-            "an over-long user id",
-            vec![("slot", "hero".into()), ("userId", long.clone())],
-            vec![],
-        ),
-        (
-            "an over-long anonymous id",
-            vec![("slot", "hero".into()), ("anonymousId", long.clone())],
-            vec![],
-        ),
-        (
-            "an over-long page URL",
-            vec![("slot", "hero".into()), ("url", long_url.clone())],
-            vec![],
-        ),
-        (
-            "a malformed cookie",
-            vec![("slot", "hero".into())],
-            vec![("cookie", "rekindle_token=%E0%A4%A")],
-        ),
-        (
-            "a garbage token header",
-            vec![("slot", "hero".into())],
-            vec![("x-rekindle-token", "garbage")],
-        ),
-        (
-            "a token header that is not ASCII",
-            vec![("slot", "hero".into())],
-            vec![("x-rekindle-token", "caf\u{e9}")],
-        ),
+        ("an over-long user id", vec![("slot", "hero".into()), ("userId", long.clone())], vec![]),
+        ("an over-long anonymous id", vec![("slot", "hero".into()), ("anonymousId", long.clone())], vec![]),
+        ("an over-long page URL", vec![("slot", "hero".into()), ("url", long_url.clone())], vec![]),
+        ("a malformed cookie", vec![("slot", "hero".into())], vec![("cookie", "rekindle_token=%E0%A4%A")]),
+        ("a garbage token header", vec![("slot", "hero".into())], vec![("x-rekindle-token", "garbage")]),
+        ("a token header that is not ASCII", vec![("slot", "hero".into())], vec![("x-rekindle-token", "caf\u{e9}")]),
     ];
     for (name, query, headers) in &gets {
         let send = |base: &str| {
@@ -833,13 +607,8 @@ async fn the_edge_bundle_in_workerd_agrees_with_the_server_on_a_generated_corpus
         };
         let (origin, edge) = (send(&s.base).await.unwrap(), send(&s.edge).await.unwrap());
         let (origin_status, edge_status) = (origin.status(), edge.status());
-        let (origin_body, edge_body): (Value, Value) =
-            (origin.json().await.unwrap(), edge.json().await.unwrap());
-        assert_eq!(
-            (edge_status, edge_body),
-            (origin_status, origin_body),
-            "GET with {name}"
-        );
+        let (origin_body, edge_body): (Value, Value) = (origin.json().await.unwrap(), edge.json().await.unwrap());
+        assert_eq!((edge_status, edge_body), (origin_status, origin_body), "GET with {name}");
         cases += 1;
     }
 
@@ -902,10 +671,7 @@ async fn a_looping_plugin_is_stopped_at_the_edge_and_others_are_still_answered()
     // Once to instantiate everything, so the timed request measures the deadline alone.
     s.http.post(format!("{}/v1/tiles", s.edge)).json(&json!({"slots": ["spin"], "token": token})).send().await.unwrap();
     let spin = {
-        let request = s
-            .http
-            .post(format!("{}/v1/tiles", s.edge))
-            .json(&json!({"slots": ["spin", "hero"], "token": token}));
+        let request = s.http.post(format!("{}/v1/tiles", s.edge)).json(&json!({"slots": ["spin", "hero"], "token": token}));
         tokio::spawn(async move {
             let started = Instant::now();
             let answer: Value = request.send().await.unwrap().json().await.unwrap();
@@ -915,28 +681,15 @@ async fn a_looping_plugin_is_stopped_at_the_edge_and_others_are_still_answered()
     // Asked while the loop runs: answered once the deadline stops it.
     tokio::time::sleep(Duration::from_millis(2)).await;
     let started = Instant::now();
-    let health = s
-        .http
-        .get(format!("{}/__rekindle/health", s.edge))
-        .send()
-        .await
-        .unwrap();
+    let health = s.http.get(format!("{}/__rekindle/health", s.edge)).send().await.unwrap();
     assert!(health.status().is_success());
     let health_took = started.elapsed();
     let (answer, spin_took) = spin.await.unwrap();
     assert_eq!(answer["decisions"][0]["slot"], "spin");
     assert_eq!(answer["decisions"][0]["fallback"], true, "{answer}");
-    assert_eq!(
-        answer["decisions"][1]["fallback"], false,
-        "the other slot is decided: {answer}"
-    );
-    eprintln!(
-        "a looping plugin's request took {spin_took:?} at the edge; the health check asked meanwhile took {health_took:?}"
-    );
-    assert!(
-        spin_took < Duration::from_secs(2) && health_took < Duration::from_secs(2),
-        "{spin_took:?}, {health_took:?}"
-    );
+    assert_eq!(answer["decisions"][1]["fallback"], false, "the other slot is decided: {answer}");
+    eprintln!("a looping plugin's request took {spin_took:?} at the edge; the health check asked meanwhile took {health_took:?}");
+    assert!(spin_took < Duration::from_secs(2) && health_took < Duration::from_secs(2), "{spin_took:?}, {health_took:?}");
     // And a tile request after it is decided as usual.
     let after = s.post(format!("{}/v1/tiles", s.edge), &json!({"slots": ["hero"], "token": token})).await;
     assert_eq!(after["decisions"][0]["fallback"], false, "{after}");
@@ -961,7 +714,11 @@ async fn a_token_from_before_a_catalog_change_is_stale_at_the_edge_until_replace
     // its visitor is one, so the edge marks its answer stale rather than silently
     // leaving the offer out.
     s.admin("/v1/segments", json!({"name": "Carts", "slot": "rule-abandoned-cart"})).await;
-    s.admin("/v1/offers", json!({"id": "for-carts", "slot": "hero", "priority": 100, "include_segments": ["Carts"], "title": "Your cart", "body": "", "link": "/cart"})).await;
+    s.admin(
+        "/v1/offers",
+        json!({"id": "for-carts", "slot": "hero", "priority": 100, "include_segments": ["Carts"], "title": "Your cart", "body": "", "link": "/cart"}),
+    )
+    .await;
     s.rebuild().await;
     let stale = s.conform(Some(&before), "hero", now).await;
     assert_eq!(stale["decision"]["stale"], true, "{stale}");

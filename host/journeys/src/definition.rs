@@ -21,8 +21,8 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
 use rekindle_store::StoreError;
+use serde::Deserialize;
 
 /// Why a journey could not be deployed or entered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -131,12 +131,7 @@ pub enum Step {
     /// True/false on a segment membership or a trait's value.
     Split { id: String, segment: Option<String>, r#trait: Option<String>, equals: Option<toml::Value>, yes: String, no: String },
     /// Many ways, on the label a segment's rule gave (a favourite category).
-    Branch {
-        id: String,
-        segment: String,
-        branches: std::collections::BTreeMap<String, String>,
-        default: String,
-    },
+    Branch { id: String, segment: String, branches: std::collections::BTreeMap<String, String>, default: String },
     /// Random A/B (or more) by weight, by hashing the journey run.
     Random { id: String, variants: Vec<Variant> },
     /// A message on the first channel that can reach the customer, in this order.
@@ -241,10 +236,7 @@ pub fn check(journey: &Journey, channels: &[&str]) -> Result<(), JourneyError> {
         return Err(invalid("name", "a journey needs a name"));
     }
     let entry = &journey.entry;
-    let ways = [entry.segment.is_some() && entry.schedule.is_none(), entry.event.is_some(), entry.schedule.is_some(), entry.api]
-        .iter()
-        .filter(|w| **w)
-        .count();
+    let ways = [entry.segment.is_some() && entry.schedule.is_none(), entry.event.is_some(), entry.schedule.is_some(), entry.api].iter().filter(|w| **w).count();
     if ways != 1 {
         return Err(invalid("entry", "give exactly one of `segment`, `event`, `schedule` (with `segment`) or `api = true`"));
     }
@@ -400,11 +392,18 @@ no = "exit"
         assert_eq!(field("duration = \"3d\"", "duration = \"3x\"").as_deref(), Some("steps[2] \"wait\""));
         assert_eq!(field("re_entry = \"after_exit\"", "re_entry = \"sometimes\"").as_deref(), Some("re_entry"));
         assert_eq!(field("[entry]", "[entry\n"), None, "malformed TOML names its line, not a field");
-        assert_eq!(broken("duration = \"3d\"", "duration = \"3x\""), "steps[2] \"wait\": duration: `3x` is not a duration like 30m, 12h or 7d, of at most 3650d");
+        assert_eq!(
+            broken("duration = \"3d\"", "duration = \"3x\""),
+            "steps[2] \"wait\": duration: `3x` is not a duration like 30m, 12h or 7d, of at most 3650d"
+        );
         assert_eq!(broken("no = \"exit\"", "no = \"nowhere\""), "steps[3] \"which\": no: no step `nowhere` (or `exit`)");
         assert!(broken("\"email\", \"push\"", "\"email\", \"fax\"").starts_with("steps[1] \"nudge\": channels[1]: no channel `fax`"));
         assert!(broken("tiktok = \"aud-1\"", "google = \"9\"").starts_with("steps[0] \"audiences\": audiences.google: no channel"));
-        assert!(broken("Use {{ voucher }}", "Use {{ voucher }").starts_with("steps[1] \"nudge\": template: text: line 1"), "{}", broken("Use {{ voucher }}", "Use {{ voucher }"));
+        assert!(
+            broken("Use {{ voucher }}", "Use {{ voucher }").starts_with("steps[1] \"nudge\": template: text: line 1"),
+            "{}",
+            broken("Use {{ voucher }}", "Use {{ voucher }")
+        );
         assert_eq!(broken("start = \"21:00\"", "start = \"9pm\""), "quiet_hours.start: `9pm` is not a time like 21:00");
         assert!(broken("schedule = \"daily\"", "schedule = \"hourly\"").starts_with("entry.schedule:"));
         assert!(broken("id = \"wait\"", "id = \"nudge\"").starts_with("steps[2]: id: `nudge` must be unique"));

@@ -233,9 +233,8 @@ impl Deliverer {
     /// Delivers one rendered message on channel `name`; one outcome per adapter request.
     pub async fn deliver(&self, registry: &Registry, name: &str, message: &Message) -> Result<Vec<Attempted>, DeliveryError> {
         let (channel, plugin, info, ctx) = self.channel(name, registry)?;
-        let requests = off_thread(&plugin, &ctx, message, |p, ctx, message| p.deliver(ctx, message))
-            .await
-            .map_err(|e| DeliveryError::Adapter(e.to_string()))?;
+        let requests =
+            off_thread(&plugin, &ctx, message, |p, ctx, message| p.deliver(ctx, message)).await.map_err(|e| DeliveryError::Adapter(e.to_string()))?;
         self.perform(&channel, &plugin, &info, &ctx, requests).await
     }
 
@@ -288,13 +287,19 @@ impl Deliverer {
     /// Applies one audience change on channel `name`.
     pub async fn sync_audience(&self, registry: &Registry, name: &str, change: &AudienceChange) -> Result<Vec<Attempted>, DeliveryError> {
         let (channel, plugin, info, ctx) = self.channel(name, registry)?;
-        let requests = off_thread(&plugin, &ctx, change, |p, ctx, change| p.sync_audience(ctx, change))
-            .await
-            .map_err(|e| DeliveryError::Adapter(e.to_string()))?;
+        let requests =
+            off_thread(&plugin, &ctx, change, |p, ctx, change| p.sync_audience(ctx, change)).await.map_err(|e| DeliveryError::Adapter(e.to_string()))?;
         self.perform(&channel, &plugin, &info, &ctx, requests).await
     }
 
-    async fn perform(&self, channel: &Channel, plugin: &Arc<Plugin>, info: &AdapterInfo, ctx: &Context, requests: AdapterRequests) -> Result<Vec<Attempted>, DeliveryError> {
+    async fn perform(
+        &self,
+        channel: &Channel,
+        plugin: &Arc<Plugin>,
+        info: &AdapterInfo,
+        ctx: &Context,
+        requests: AdapterRequests,
+    ) -> Result<Vec<Attempted>, DeliveryError> {
         let cap = channel.config.max_requests;
         if requests.requests.len() > cap {
             return Err(DeliveryError::TooManyRequests { channel: channel.name.clone(), made: requests.requests.len(), cap });
@@ -313,7 +318,9 @@ impl Deliverer {
                 let outcome = match channel.send(&request, &redactor).await {
                     Ok(response) => redacted(&redactor, call_interpret(plugin, ctx, original, response).await),
                     Err(Failure::Refused(e)) => return Err(e),
-                    Err(Failure::Transport(why)) => Outcome::RetryLater(rekindle_runtime::wit::Retry { after_seconds: None, reason: format!("transport: {why}") }),
+                    Err(Failure::Transport(why)) => {
+                        Outcome::RetryLater(rekindle_runtime::wit::Retry { after_seconds: None, reason: format!("transport: {why}") })
+                    }
                 };
                 match &outcome {
                     Outcome::RetryLater(retry) if attempts < channel.config.max_attempts => {
@@ -399,7 +406,8 @@ impl Channel {
         let allowed = match &self.allowed {
             Some(allowed) => allowed,
             None => {
-                declared = info.hosts.iter().filter(|h| h.as_str() != "*").filter_map(|h| Origin::parse(h).ok()).filter(|o| o.scheme == "https").collect::<Vec<_>>();
+                declared =
+                    info.hosts.iter().filter(|h| h.as_str() != "*").filter_map(|h| Origin::parse(h).ok()).filter(|o| o.scheme == "https").collect::<Vec<_>>();
                 &declared
             }
         };
@@ -451,11 +459,7 @@ impl Channel {
         };
         let mut response = builder.send().await.map_err(failure)?;
         let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), redactor.text(v.to_str().ok()?))))
-            .collect();
+        let headers = response.headers().iter().filter_map(|(k, v)| Some((k.to_string(), redactor.text(v.to_str().ok()?)))).collect();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(failure)? {
             let room = MAX_ANSWER_BYTES - body.len();

@@ -21,8 +21,8 @@ use rekindle_runtime::wit::{AudienceChange, AudienceMember, Found, Outcome};
 use rekindle_store::{Clock, JourneyLogEntry, JourneyRun, Store, StoreError};
 use serde_json::Value;
 
-use crate::delivery::{Deliverer, Reconciled};
 use crate::definition::{self, Journey, JourneyError, Step, parse_duration};
+use crate::delivery::{Deliverer, Reconciled};
 use crate::messages::{choose_channel, render};
 
 /// Steps one run may take in one tick; a journey looping without a wait stops here.
@@ -70,10 +70,7 @@ impl Engine {
     /// policy, test mode or a holdout kept them out.
     pub async fn enter_by_api(&self, journey_name: &str, id: &str, now: i64) -> Result<bool, JourneyError> {
         let journeys = store(self).journeys().await?;
-        let (_, source, _) = journeys
-            .iter()
-            .find(|(name, _, _)| name == journey_name)
-            .ok_or_else(|| JourneyError::UnknownJourney(journey_name.to_string()))?;
+        let (_, source, _) = journeys.iter().find(|(name, _, _)| name == journey_name).ok_or_else(|| JourneyError::UnknownJourney(journey_name.to_string()))?;
         let journey = definition::load(source, &self.deliverer.channel_names())?;
         if !journey.entry.api {
             return Err(JourneyError::NotEnteredByApi(journey_name.to_string()));

@@ -110,7 +110,14 @@ fn describe_error(e: &minijinja::Error) -> String {
 
 /// The rendered message for `profile` on one channel: `to` is the address the channel
 /// chose, `key` the idempotency key of this (journey run, step, channel).
-pub fn render(template: &MessageTemplate, profile: &ProfileRecord, voucher: Option<&str>, products: &[Product], to: String, key: String) -> Result<Message, String> {
+pub fn render(
+    template: &MessageTemplate,
+    profile: &ProfileRecord,
+    voucher: Option<&str>,
+    products: &[Product],
+    to: String,
+    key: String,
+) -> Result<Message, String> {
     let env = environment();
     let traits: serde_json::Map<String, Value> = profile.traits.iter().map(|(name, value, _)| (name.clone(), value.clone())).collect();
     let products: Vec<Value> = products
@@ -162,7 +169,10 @@ mod tests {
             traits: vec![("first_name".into(), json!("Ann"), 0)],
             computed: Computed::default(),
             consents: consents.iter().map(|(purpose, granted)| Consent { purpose: *purpose, granted: *granted, updated_at: 0 }).collect(),
-            contacts: contacts.iter().map(|(kind, address, active)| Contact { kind: (*kind).into(), address: (*address).into(), active: *active, updated_at: 0 }).collect(),
+            contacts: contacts
+                .iter()
+                .map(|(kind, address, active)| Contact { kind: (*kind).into(), address: (*address).into(), active: *active, updated_at: 0 })
+                .collect(),
             recent_events: vec![],
         }
     }
@@ -191,15 +201,16 @@ mod tests {
     #[test]
     fn the_first_reachable_consented_channel_wins_and_skips_say_why() {
         let order = order();
-        let profile = ann(&[(Purpose::Email, false), (Purpose::Push, true), (Purpose::Sms, true)], &[
-            ("email", "ann@example.com", true), ("push_token", "tok", false), ("phone", "+15551234567", true),
-        ]);
+        let profile = ann(
+            &[(Purpose::Email, false), (Purpose::Push, true), (Purpose::Sms, true)],
+            &[("email", "ann@example.com", true), ("push_token", "tok", false), ("phone", "+15551234567", true)],
+        );
         let (chosen, skipped) = choose_channel(&order, &profile);
         assert_eq!(chosen.map(|(c, to)| (c.name.as_str(), to)), Some(("sms", "+15551234567".to_string())));
-        assert_eq!(skipped, [
-            Skipped { channel: "email".into(), reason: "no email consent".into() },
-            Skipped { channel: "push".into(), reason: "no active push token".into() },
-        ]);
+        assert_eq!(
+            skipped,
+            [Skipped { channel: "email".into(), reason: "no email consent".into() }, Skipped { channel: "push".into(), reason: "no active push token".into() },]
+        );
         let (none, skipped) = choose_channel(&order, &ann(&[], &[]));
         assert!(none.is_none());
         assert_eq!(skipped[2].reason, "no sms consent and no active phone");
@@ -238,7 +249,9 @@ mod tests {
         let message = render(&template, &phisher, None, &[], "x".into(), "k".into()).unwrap();
         assert_eq!(
             message.html.as_deref(),
-            Some("<p>Hi &lt;a href=&quot;https:&#x2f;&#x2f;evil.example&quot;&gt;Verify your account&lt;&#x2f;a&gt;, <a href=\"https://shop.example/\">shop</a></p>")
+            Some(
+                "<p>Hi &lt;a href=&quot;https:&#x2f;&#x2f;evil.example&quot;&gt;Verify your account&lt;&#x2f;a&gt;, <a href=\"https://shop.example/\">shop</a></p>"
+            )
         );
         assert_eq!(message.text, "Hi <a href=\"https://evil.example\">Verify your account</a>");
         assert_eq!(message.subject.as_deref(), Some("Hi <a href=\"https://evil.example\">Verify your account</a>"));
@@ -246,7 +259,8 @@ mod tests {
 
     #[test]
     fn a_broken_template_names_its_part_and_line() {
-        let template = MessageTemplate { text: "fine".into(), html: Some("<p>\n{{ traits.first_name | nosuchfilter }}</p>".into()), ..MessageTemplate::default() };
+        let template =
+            MessageTemplate { text: "fine".into(), html: Some("<p>\n{{ traits.first_name | nosuchfilter }}</p>".into()), ..MessageTemplate::default() };
         let err = check_template(&template).err().or_else(|| render(&template, &ann(&[], &[]), None, &[], "x".into(), "k".into()).err()).unwrap();
         assert!(err.starts_with("html: line 2"), "{err}");
         let unclosed = MessageTemplate { text: "{% if voucher %}".into(), ..MessageTemplate::default() };

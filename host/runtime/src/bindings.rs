@@ -38,14 +38,13 @@ pub(crate) mod tiles {
 /// The contract's types as the host sees them, one module for all three worlds.
 pub mod wit {
     pub use super::channel::exports::rekindle::plugin::adapter::{
-        AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest,
-        HttpResponse, Message, Outcome, Retry,
+        AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest, HttpResponse, Message, Outcome, Retry,
     };
     pub use super::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
     pub use super::rule::rekindle::plugin::log::Level;
     pub use super::rule::rekindle::plugin::types::{
-        Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries, Field, InputQuery,
-        Membership, ParamKind, PropertyColumn, ParamSpec, Profile, Purpose, Timestamp, Value,
+        Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries, Field, InputQuery, Membership, ParamKind, ParamSpec, Profile, PropertyColumn,
+        Purpose, Timestamp, Value,
     };
     pub use super::tiles::exports::rekindle::plugin::tiles::{Offer, Tile, TileRequest, TilesInfo};
 

@@ -28,12 +28,7 @@ impl ArtifactCache {
     }
 
     /// Returns the compiled component, from disk when this engine compiled it before.
-    pub(crate) fn load_or_compile(
-        &self,
-        engine: &Engine,
-        digest: &str,
-        bytes: &[u8],
-    ) -> Result<Component, LoadError> {
+    pub(crate) fn load_or_compile(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {
         let path = self.path_for(digest);
         // Read into memory rather than mmap: a file truncated under a live mapping would
         // take the process down with SIGBUS.
@@ -45,10 +40,8 @@ impl ArtifactCache {
                 Err(err) => tracing::warn!(path = %path.display(), "recompiling: {err}"),
             }
         }
-        let component =
-            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let serialized =
-            component.serialize().map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let serialized = component.serialize().map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         // A cache that cannot be written costs a recompile next time, not this load.
         if let Err(err) = write_atomically(&self.dir, &path, &serialized) {
             tracing::warn!(path = %path.display(), "not caching the compiled component: {err}");

@@ -14,8 +14,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::bindings::rule::SegmentRule;
 use crate::bindings::wit::{Level, SECRETS_IMPORT};
 use crate::cache::ArtifactCache;
-use crate::pool::{BACKGROUND_NICE, CallPool, INTERACTIVE_NICE, REALTIME_NICE};
 use crate::limits::{KindLimits, Limits};
+use crate::pool::{BACKGROUND_NICE, CallPool, INTERACTIVE_NICE, REALTIME_NICE};
 use crate::secrets::SecretMarker;
 
 /// Bytes of each pooled memory and table kept resident between instances.
@@ -63,11 +63,7 @@ impl Runtime {
     /// Builds the engine, probing for the pooling allocator and falling back to on-demand
     /// allocation where the address space cannot hold the pool.
     pub fn new(config: RuntimeConfig) -> Result<Runtime, wasmtime::Error> {
-        let max_memory = [config.limits.rule, config.limits.tiles, config.limits.channel]
-            .iter()
-            .map(|l| l.memory_bytes)
-            .max()
-            .unwrap_or(32 << 20);
+        let max_memory = [config.limits.rule, config.limits.tiles, config.limits.channel].iter().map(|l| l.memory_bytes).max().unwrap_or(32 << 20);
         let engine = match Engine::new(&engine_config(Some((config.max_instances, max_memory)))) {
             Ok(engine) => engine,
             Err(err) => {
@@ -103,18 +99,7 @@ impl Runtime {
         // each yields the cores to ingestion, whose writes they wait on anyway.
         let realtime = CallPool::new("realtime", cores.min(2).min(share), REALTIME_NICE)?;
         let background = CallPool::new("background", cores.min(2).min(share), BACKGROUND_NICE)?;
-        Ok(Runtime {
-            inner: Arc::new(RuntimeInner {
-                engine,
-                linker,
-                limits: config.limits,
-                cache,
-                pool,
-                realtime,
-                background,
-                _ticker: ticker,
-            }),
-        })
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, limits: config.limits, cache, pool, realtime, background, _ticker: ticker }) })
     }
 
     /// The wasmtime engine, for tools that need to inspect components.
@@ -126,8 +111,6 @@ impl Runtime {
     pub fn limits(&self) -> KindLimits {
         self.inner.limits
     }
-
-
 }
 
 fn engine_config(pool: Option<(u32, usize)>) -> Config {
@@ -164,14 +147,12 @@ impl EpochTicker {
     fn start(engine: Engine) -> std::io::Result<EpochTicker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("rekindle-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })?;
+        let thread = std::thread::Builder::new().name("rekindle-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
         Ok(EpochTicker { stop, thread: Some(thread) })
     }
 }
@@ -232,12 +213,7 @@ impl RuntimeInner {
 }
 
 impl wasmtime::ResourceLimiter for CallState {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // The cap is for the whole instance: a component may hold several core memories.
         let total = self.memory_total + desired.saturating_sub(current);
         if total > self.memory_cap {
@@ -250,12 +226,7 @@ impl wasmtime::ResourceLimiter for CallState {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }

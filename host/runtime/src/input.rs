@@ -41,9 +41,7 @@ pub fn filter_profile(profile: &Profile, query: &InputQuery, now: Timestamp) -> 
         events.push(EventSeries { name: series.name.clone(), timestamps: series.timestamps[lo..hi].to_vec(), properties });
     }
     let named = |fields: &Option<Vec<Field>>, names: &[String]| {
-        (!names.is_empty()).then(|| {
-            fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect::<Vec<_>>()
-        })
+        (!names.is_empty()).then(|| fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect::<Vec<_>>())
     };
     Profile {
         id: profile.id.clone(),

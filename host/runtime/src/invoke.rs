@@ -7,8 +7,8 @@ use crate::bindings::wit::HttpRequest;
 use crate::error::CallError;
 use crate::input::filter_profile;
 use crate::json::{
-    JsonError, audience_change_from_json, context_from_json, err, message_from_json, offer_from_json, profile_from_json,
-    requests_to_json, tile_request_from_json, tiles_to_json, verdict_to_json,
+    JsonError, audience_change_from_json, context_from_json, err, message_from_json, offer_from_json, profile_from_json, requests_to_json,
+    tile_request_from_json, tiles_to_json, verdict_to_json,
 };
 use crate::kind::PluginInfo;
 use crate::params::{ParamError, merge_params};
@@ -72,11 +72,9 @@ pub fn invoke(plugin: &Plugin, input: &Json) -> Result<Json, InvokeError> {
                 Some(p) => Some(filter_profile(&profile_from_json(p)?, &info.input, ctx.now)),
             };
             let offers = match input.get("offers") {
-                Some(Json::Array(items)) => items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, o)| offer_from_json(o, &format!("offers[{i}]")))
-                    .collect::<Result<Vec<_>, _>>()?,
+                Some(Json::Array(items)) => {
+                    items.iter().enumerate().map(|(i, o)| offer_from_json(o, &format!("offers[{i}]"))).collect::<Result<Vec<_>, _>>()?
+                }
                 _ => return Err(err("offers", "must be an array of offers").into()),
             };
             Ok(json!({ "tiles": tiles_to_json(&plugin.decide(&ctx, &request, profile.as_ref(), &offers)?) }))

@@ -6,9 +6,9 @@
 use serde_json::{Map, Value as Json, json};
 
 use crate::bindings::wit::{
-    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries,
-    Field, HttpMethod, HttpRequest, InputQuery, Membership, Message, Offer, Outcome, ParamKind, ParamSpec,
-    Profile, PropertyColumn, Purpose, RuleInfo, Tile, TileRequest, TilesInfo, Timestamp, Value, Verdict,
+    AdapterInfo, AudienceChange, AudienceMember, ChannelKind, Consent, ContactKind, ContactPoint, Context, EventQuery, EventSeries, Field, HttpMethod,
+    HttpRequest, InputQuery, Membership, Message, Offer, Outcome, ParamKind, ParamSpec, Profile, PropertyColumn, Purpose, RuleInfo, Tile, TileRequest,
+    TilesInfo, Timestamp, Value, Verdict,
 };
 use crate::kind::PluginInfo;
 
@@ -59,10 +59,7 @@ pub fn value_to_json(value: &Value) -> Json {
 pub fn fields_from_json(json: Option<&Json>, path: &str) -> Result<Vec<Field>, JsonError> {
     match json {
         None | Some(Json::Null) => Ok(Vec::new()),
-        Some(Json::Object(map)) => Ok(map
-            .iter()
-            .map(|(name, value)| Field { name: name.clone(), value: value_from_json(value) })
-            .collect()),
+        Some(Json::Object(map)) => Ok(map.iter().map(|(name, value)| Field { name: name.clone(), value: value_from_json(value) }).collect()),
         Some(_) => Err(err(path, "must be an object")),
     }
 }
@@ -76,9 +73,9 @@ pub fn fields_to_json(fields: &[Field]) -> Json {
 pub fn timestamp_from_json(json: Option<&Json>, path: &str) -> Result<Timestamp, JsonError> {
     let at = match json {
         Some(Json::Number(n)) => n.as_i64().ok_or_else(|| err(path, "must be whole milliseconds"))?,
-        Some(Json::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
-            .map(|t| t.timestamp_millis())
-            .map_err(|e| err(path, format!("is not an RFC 3339 time ({e})")))?,
+        Some(Json::String(s)) => {
+            chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()).map_err(|e| err(path, format!("is not an RFC 3339 time ({e})")))?
+        }
         Some(_) => return Err(err(path, "must be an RFC 3339 string or milliseconds since the epoch")),
         None => return Err(err(path, "is required")),
     };
@@ -91,11 +88,7 @@ pub const LATEST_TIMESTAMP: Timestamp = 253_402_300_799_999;
 
 /// `at` if it lies between the epoch and [`LATEST_TIMESTAMP`]; otherwise an error naming `path`.
 pub fn check_timestamp(at: Timestamp, path: &str) -> Result<Timestamp, JsonError> {
-    if (0..=LATEST_TIMESTAMP).contains(&at) {
-        Ok(at)
-    } else {
-        Err(err(path, "must lie between 1970 and the end of year 9999"))
-    }
+    if (0..=LATEST_TIMESTAMP).contains(&at) { Ok(at) } else { Err(err(path, "must lie between 1970 and the end of year 9999")) }
 }
 
 /// The RFC 3339 form of a timestamp.
@@ -208,10 +201,8 @@ fn events_from_json(map: &Map<String, Json>, path: &str) -> Result<Vec<EventSeri
         let at = format!("{path}.events[{i}]");
         let e = object(event, &at)?;
         let name = string(e, "name", &at)?;
-        let occurrence = (
-            timestamp_from_json(e.get("timestamp"), &format!("{at}.timestamp"))?,
-            fields_from_json(e.get("properties"), &format!("{at}.properties"))?,
-        );
+        let occurrence =
+            (timestamp_from_json(e.get("timestamp"), &format!("{at}.timestamp"))?, fields_from_json(e.get("properties"), &format!("{at}.properties"))?);
         // Columns are dense, so distinct property names multiply memory by the event count.
         property_names.extend(occurrence.1.iter().map(|f| f.name.clone()));
         if property_names.len() > MAX_PROPERTY_NAMES {
@@ -348,10 +339,7 @@ fn flat_events(profile: &Profile) -> Json {
 /// A call context from `{"now": ..., "params": {...}}`.
 pub fn context_from_json(json: &Json) -> Result<Context, JsonError> {
     let map = object(json, "context")?;
-    Ok(Context {
-        now: timestamp_from_json(map.get("now"), "context.now")?,
-        params: fields_from_json(map.get("params"), "context.params")?,
-    })
+    Ok(Context { now: timestamp_from_json(map.get("now"), "context.now")?, params: fields_from_json(map.get("params"), "context.params")? })
 }
 
 /// A tile request from `{"slot": ..., "page_url": ..., "max_tiles": 3}`.
@@ -365,11 +353,7 @@ pub fn tile_request_from_json(json: &Json) -> Result<TileRequest, JsonError> {
             .filter(|n| (1..=20).contains(n))
             .ok_or_else(|| err("request.max_tiles", "must be a whole number from 1 to 20"))?,
     };
-    Ok(TileRequest {
-        slot: string(map, "slot", "request")?,
-        page_url: opt_string(map, "page_url", "request")?,
-        max_tiles,
-    })
+    Ok(TileRequest { slot: string(map, "slot", "request")?, page_url: opt_string(map, "page_url", "request")?, max_tiles })
 }
 
 /// An offer from its JSON form.
@@ -379,25 +363,16 @@ pub fn offer_from_json(json: &Json, path: &str) -> Result<Offer, JsonError> {
         array(map, key, path)?
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                s.as_str().map(str::to_string).ok_or_else(|| err(&format!("{path}.{key}[{i}]"), "must be a string"))
-            })
+            .map(|(i, s)| s.as_str().map(str::to_string).ok_or_else(|| err(&format!("{path}.{key}[{i}]"), "must be a string")))
             .collect()
     };
     let holdout = match map.get("holdout_percent") {
         None => 0,
-        Some(n) => n
-            .as_u64()
-            .filter(|n| *n <= 100)
-            .ok_or_else(|| err(&format!("{path}.holdout_percent"), "must be a whole number from 0 to 100"))?
-            as u8,
+        Some(n) => n.as_u64().filter(|n| *n <= 100).ok_or_else(|| err(&format!("{path}.holdout_percent"), "must be a whole number from 0 to 100"))? as u8,
     };
     let priority = match map.get("priority") {
         None => 0,
-        Some(n) => n
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| err(&format!("{path}.priority"), "must be a whole number"))?,
+        Some(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| err(&format!("{path}.priority"), "must be a whole number"))?,
     };
     Ok(Offer {
         id: string(map, "id", path)?,
@@ -485,9 +460,7 @@ pub fn info_to_json(info: &PluginInfo) -> Json {
             "world": "promo-tiles", "name": name, "version": version, "summary": summary,
             "params": params_to_json(params), "input": query_to_json(input),
         }),
-        PluginInfo::Channel(AdapterInfo {
-            name, version, summary, kind, contact, consent, hosts, secrets, params,
-        }) => json!({
+        PluginInfo::Channel(AdapterInfo { name, version, summary, kind, contact, consent, hosts, secrets, params }) => json!({
             "world": "channel-adapter", "name": name, "version": version, "summary": summary,
             "kind": channel_kind_name(*kind),
             "contact": contact.map(contact_kind_name),
@@ -584,10 +557,7 @@ pub fn audience_change_from_json(json: &Json) -> Result<AudienceChange, JsonErro
                 let at = format!("{path}.{key}[{i}]");
                 let m = object(m, &at)?;
                 let list = |k: &str| -> Result<Vec<String>, JsonError> {
-                    array(m, k, &at)?
-                        .iter()
-                        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| err(&format!("{at}.{k}"), "must be strings")))
-                        .collect()
+                    array(m, k, &at)?.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| err(&format!("{at}.{k}"), "must be strings"))).collect()
                 };
                 Ok(AudienceMember { profile_id: string(m, "profile_id", &at)?, emails: list("emails")?, phones: list("phones")? })
             })
@@ -619,9 +589,7 @@ mod tests {
         let bad = json!({"id": "u1", "events": [{"name": "x", "timestamp": "yesterday"}]});
         let e = profile_from_json(&bad).unwrap_err();
         assert_eq!(e.path, "profile.events[0].timestamp");
-        let many: Vec<Json> = (0..=MAX_PROPERTY_NAMES)
-            .map(|i| json!({"name": "e", "timestamp": i, "properties": {format!("p{i}"): 1}}))
-            .collect();
+        let many: Vec<Json> = (0..=MAX_PROPERTY_NAMES).map(|i| json!({"name": "e", "timestamp": i, "properties": {format!("p{i}"): 1}})).collect();
         let e = profile_from_json(&json!({"id": "u1", "events": many})).unwrap_err();
         assert_eq!(e.path, format!("profile.events[{MAX_PROPERTY_NAMES}].properties"));
         let bad = json!({"id": "u1", "consents": {"fax": true}});

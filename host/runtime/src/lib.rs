@@ -22,13 +22,13 @@ mod secrets;
 
 pub use bindings::wit;
 pub use engine::{Runtime, RuntimeConfig};
+pub use error::{CallError, LoadError, RegistryError};
+pub use input::{empty_query, event_since, filter_profile};
 pub use invoke::{InvokeError, invoke};
 pub use kind::{Kind, PluginInfo};
 pub use limits::{KindLimits, Limits};
-pub use error::{CallError, LoadError, RegistryError};
-pub use input::{empty_query, event_since, filter_profile};
 pub use params::{ParamError, merge_params};
-pub use pool::CallPool;
 pub use plugin::{AdapterRequests, Plugin, RuleInstance};
-pub use secrets::{SecretMarker, SecretRef, fill_placeholders, show_placeholders};
+pub use pool::CallPool;
 pub use registry::{Registry, SlotSummary, VersionSummary};
+pub use secrets::{SecretMarker, SecretRef, fill_placeholders, show_placeholders};

@@ -23,12 +23,7 @@ pub struct Limits {
 
 impl Limits {
     const fn new(deadline_ms: u64, output_bytes: usize) -> Self {
-        Limits {
-            deadline: Duration::from_millis(deadline_ms),
-            memory_bytes: 32 << 20,
-            output_bytes,
-            log_bytes: 1024,
-        }
+        Limits { deadline: Duration::from_millis(deadline_ms), memory_bytes: 32 << 20, output_bytes, log_bytes: 1024 }
     }
 }
 
@@ -75,10 +70,7 @@ impl KindLimits {
 pub(crate) fn check_size<T: OutputSize>(value: T, limits: Limits) -> Result<T, CallError> {
     let size = value.output_size();
     if size > limits.output_bytes {
-        return Err(CallError::BadOutput(format!(
-            "output is {size} bytes; the limit is {} bytes",
-            limits.output_bytes
-        )));
+        return Err(CallError::BadOutput(format!("output is {size} bytes; the limit is {} bytes", limits.output_bytes)));
     }
     Ok(value)
 }

@@ -23,11 +23,7 @@ pub fn merge_params(specs: &[ParamSpec], overrides: &[Field]) -> Result<Vec<Fiel
             return Err(ParamError::Unknown { name: field.name.clone(), known });
         };
         if !fits(spec.kind, &field.value) {
-            return Err(ParamError::WrongType {
-                name: field.name.clone(),
-                expected: kind_name(spec.kind),
-                got: value_name(&field.value),
-            });
+            return Err(ParamError::WrongType { name: field.name.clone(), expected: kind_name(spec.kind), got: value_name(&field.value) });
         }
     }
     Ok(specs
@@ -86,22 +82,14 @@ mod tests {
 
     #[test]
     fn merges_over_defaults_and_names_bad_fields() {
-        let specs = [
-            spec("grace_days", ParamKind::Integer, Value::Integer(8)),
-            spec("min_orders", ParamKind::Integer, Value::Integer(2)),
-        ];
-        let merged =
-            merge_params(&specs, &[Field { name: "grace_days".into(), value: Value::Integer(10) }])
-                .unwrap();
+        let specs = [spec("grace_days", ParamKind::Integer, Value::Integer(8)), spec("min_orders", ParamKind::Integer, Value::Integer(2))];
+        let merged = merge_params(&specs, &[Field { name: "grace_days".into(), value: Value::Integer(10) }]).unwrap();
         assert_eq!(merged[0].value, Value::Integer(10));
         assert_eq!(merged[1].value, Value::Integer(2));
 
-        let err = merge_params(&specs, &[Field { name: "grace".into(), value: Value::Integer(1) }])
-            .unwrap_err();
+        let err = merge_params(&specs, &[Field { name: "grace".into(), value: Value::Integer(1) }]).unwrap_err();
         assert!(err.to_string().contains("`grace`"), "{err}");
-        let err =
-            merge_params(&specs, &[Field { name: "grace_days".into(), value: Value::Text("x".into()) }])
-                .unwrap_err();
+        let err = merge_params(&specs, &[Field { name: "grace_days".into(), value: Value::Text("x".into()) }]).unwrap_err();
         assert_eq!(err.to_string(), "parameter `grace_days` must be an integer, got text");
     }
 }

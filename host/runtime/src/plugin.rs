@@ -11,8 +11,7 @@ use crate::bindings::channel::ChannelAdapterPre;
 use crate::bindings::rule::SegmentRulePre;
 use crate::bindings::tiles::PromoTilesPre;
 use crate::bindings::wit::{
-    AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer, Outcome, Profile,
-    RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, Verdict,
+    AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer, Outcome, Profile, RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, Verdict,
 };
 use crate::engine::{CallState, Runtime, RuntimeInner};
 use crate::error::{CallError, LoadError};
@@ -105,15 +104,11 @@ impl Plugin {
         let digest = hex::encode(Sha256::digest(bytes));
         let component = match &inner.cache {
             Some(cache) => cache.load_or_compile(&inner.engine, &digest, bytes)?,
-            None => Component::new(&inner.engine, bytes)
-                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+            None => Component::new(&inner.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
         };
         let kind = policy::detect_kind(&inner.engine, &component)?;
         let imports = policy::check_imports(&inner.engine, &component, kind)?;
-        let instance_pre = inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let instance_pre = inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
         let pre = match kind {
             Kind::Rule => Pre::Rule(SegmentRulePre::new(instance_pre).map_err(invalid)?),
@@ -124,12 +119,7 @@ impl Plugin {
         let reconcile = (kind == Kind::Channel)
             .then(|| component.get_export_index(None, RECONCILE_EXPORT))
             .flatten()
-            .and_then(|at| {
-                Some((
-                    component.get_export_index(Some(&at), "lookup")?,
-                    component.get_export_index(Some(&at), "confirm")?,
-                ))
-            });
+            .and_then(|at| Some((component.get_export_index(Some(&at), "lookup")?, component.get_export_index(Some(&at), "confirm")?)));
         let mut plugin = Plugin {
             runtime: inner.clone(),
             pre,
@@ -151,9 +141,7 @@ impl Plugin {
         };
         plugin.info = plugin.call_describe().map_err(|e| LoadError::Describe(Box::new(e)))?;
         if plugin.info.name().trim().is_empty() {
-            return Err(LoadError::Describe(Box::new(CallError::BadOutput(
-                "describe() returned an empty name".into(),
-            ))));
+            return Err(LoadError::Describe(Box::new(CallError::BadOutput("describe() returned an empty name".into()))));
         }
         // An adapter built before `secrets` wrote `{{secret:NAME}}` into its requests itself.
         // The host no longer fills that, since customer data can read the same, so such an
@@ -164,9 +152,7 @@ impl Plugin {
         {
             return Err(LoadError::UnmarkedSecrets { secrets: info.secrets.join(", ") });
         }
-        plugin.label =
-            format!("{}@{} ({})", plugin.info.name(), plugin.info.version(), &plugin.digest[..12])
-                .into();
+        plugin.label = format!("{}@{} ({})", plugin.info.name(), plugin.info.version(), &plugin.digest[..12]).into();
         Ok(plugin)
     }
 
@@ -212,11 +198,7 @@ impl Plugin {
     ) -> Result<R, CallError> {
         let confined = match (self.confinement.active(), wait) {
             (false, _) => None,
-            (true, Some(limit)) => Some(
-                tokio::time::timeout(limit, self.confinement.slots.clone().acquire_owned())
-                    .await
-                    .map_err(|_| CallError::Busy(limit))?,
-            ),
+            (true, Some(limit)) => Some(tokio::time::timeout(limit, self.confinement.slots.clone().acquire_owned()).await.map_err(|_| CallError::Busy(limit))?),
             (true, None) => Some(self.confinement.slots.clone().acquire_owned().await),
         };
         let plugin = self.clone();
@@ -305,13 +287,7 @@ impl Plugin {
     }
 
     /// Ranks and personalises tiles for a slot.
-    pub fn decide(
-        &self,
-        ctx: &Context,
-        request: &TileRequest,
-        profile: Option<&Profile>,
-        offers: &[Offer],
-    ) -> Result<Vec<Tile>, CallError> {
+    pub fn decide(&self, ctx: &Context, request: &TileRequest, profile: Option<&Profile>, offers: &[Offer]) -> Result<Vec<Tile>, CallError> {
         let Pre::Tiles(pre) = &self.pre else {
             return Err(CallError::WrongKind { function: "decide", kind: self.kind });
         };
@@ -321,17 +297,10 @@ impl Plugin {
         })?;
         let tiles = check_size(tiles.map_err(CallError::Plugin)?, self.limits())?;
         if tiles.len() > request.max_tiles as usize {
-            return Err(CallError::BadOutput(format!(
-                "returned {} tiles for a slot of {}",
-                tiles.len(),
-                request.max_tiles
-            )));
+            return Err(CallError::BadOutput(format!("returned {} tiles for a slot of {}", tiles.len(), request.max_tiles)));
         }
         if let Some(tile) = tiles.iter().find(|t| !offers.iter().any(|o| o.id == t.offer_id)) {
-            return Err(CallError::BadOutput(format!(
-                "tile refers to offer `{}`, which was not among the candidates",
-                tile.offer_id
-            )));
+            return Err(CallError::BadOutput(format!("tile refers to offer `{}`, which was not among the candidates", tile.offer_id)));
         }
         Ok(tiles)
     }
@@ -350,11 +319,7 @@ impl Plugin {
     }
 
     /// The requests that apply one audience change.
-    pub fn sync_audience(
-        &self,
-        ctx: &Context,
-        change: &AudienceChange,
-    ) -> Result<AdapterRequests, CallError> {
+    pub fn sync_audience(&self, ctx: &Context, change: &AudienceChange) -> Result<AdapterRequests, CallError> {
         let Pre::Channel(pre) = &self.pre else {
             return Err(CallError::WrongKind { function: "sync-audience", kind: self.kind });
         };
@@ -367,12 +332,7 @@ impl Plugin {
     }
 
     /// What a provider's response to one of the adapter's requests means.
-    pub fn interpret(
-        &self,
-        ctx: &Context,
-        request: &HttpRequest,
-        response: &HttpResponse,
-    ) -> Result<Outcome, CallError> {
+    pub fn interpret(&self, ctx: &Context, request: &HttpRequest, response: &HttpResponse) -> Result<Outcome, CallError> {
         let Pre::Channel(pre) = &self.pre else {
             return Err(CallError::WrongKind { function: "interpret", kind: self.kind });
         };
@@ -412,8 +372,7 @@ impl Plugin {
         };
         let found = self.run(|store| {
             let instance = pre.instance_pre().instantiate(&mut *store)?;
-            let confirm = instance
-                .get_typed_func::<(&Context, &Message, &HttpResponse), (Found,)>(&mut *store, confirm)?;
+            let confirm = instance.get_typed_func::<(&Context, &Message, &HttpResponse), (Found,)>(&mut *store, confirm)?;
             let (found,) = confirm.call(&mut *store, (ctx, message, response))?;
             Ok(found)
         })?;
@@ -421,18 +380,12 @@ impl Plugin {
     }
 
     /// Runs `f` in a fresh store and turns every wasmtime failure into a typed error.
-    fn run<R>(
-        &self,
-        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+    fn run<R>(&self, f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>) -> Result<R, CallError> {
         self.run_marked(f).map(|(result, _)| result)
     }
 
     /// [`Plugin::run`], also returning the marker of the secret placeholders the call took.
-    fn run_marked<R>(
-        &self,
-        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
-    ) -> Result<(R, Option<SecretMarker>), CallError> {
+    fn run_marked<R>(&self, f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>) -> Result<(R, Option<SecretMarker>), CallError> {
         let limits = self.limits();
         let mut store = self.runtime.new_store(self.label.clone(), limits);
         let result = f(&mut store);
@@ -477,9 +430,7 @@ fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallErro
              (deep or endless recursion in a 64 KiB stack)"
                 .into(),
         ),
-        Some(wasmtime::Trap::UnreachableCodeReached) if state.panic.is_some() => {
-            CallError::Trap(state.panic.clone().unwrap_or_default())
-        }
+        Some(wasmtime::Trap::UnreachableCodeReached) if state.panic.is_some() => CallError::Trap(state.panic.clone().unwrap_or_default()),
         Some(trap) => CallError::Trap(trap.to_string()),
         // The pooling allocator has no free slot: the host is at capacity. Its error is typed;
         // a store's own instance limit is not, and wasmtime words it "instance count".

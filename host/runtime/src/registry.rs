@@ -86,12 +86,7 @@ impl Registry {
 
     /// The active plugin of a slot. Lock-free.
     pub fn get(&self, slot: &str) -> Result<Arc<Plugin>, CallError> {
-        self.slots
-            .load()
-            .get(slot)
-            .and_then(|s| s.active.load_full())
-            .map(|v| v.plugin.clone())
-            .ok_or_else(|| CallError::NotLoaded(slot.to_string()))
+        self.slots.load().get(slot).and_then(|s| s.active.load_full()).map(|v| v.plugin.clone()).ok_or_else(|| CallError::NotLoaded(slot.to_string()))
     }
 
     /// Loads a component as a new version of a slot, creating the slot on first use. The
@@ -107,21 +102,12 @@ impl Registry {
         let slot_ref = match current.get(slot) {
             Some(existing) => {
                 if existing.kind != plugin.kind() {
-                    return Err(crate::error::LoadError::WrongWorld {
-                        slot: slot.to_string(),
-                        expected: existing.kind,
-                        found: plugin.kind(),
-                    }
-                    .into());
+                    return Err(crate::error::LoadError::WrongWorld { slot: slot.to_string(), expected: existing.kind, found: plugin.kind() }.into());
                 }
                 existing.clone()
             }
             None => {
-                let created = Arc::new(Slot {
-                    kind: plugin.kind(),
-                    active: ArcSwapOption::empty(),
-                    history: Mutex::new(SlotHistory::default()),
-                });
+                let created = Arc::new(Slot { kind: plugin.kind(), active: ArcSwapOption::empty(), history: Mutex::new(SlotHistory::default()) });
                 let mut next = (*current).clone();
                 next.insert(slot.to_string(), created.clone());
                 self.slots.store(Arc::new(next));
@@ -144,12 +130,7 @@ impl Registry {
         let _writer = lock(&self.writer);
         let slot_ref = self.slot(slot)?;
         let mut history = lock(&slot_ref.history);
-        let chosen = history
-            .versions
-            .iter()
-            .find(|v| v.number == version)
-            .cloned()
-            .ok_or(RegistryError::UnknownVersion { slot: slot.to_string(), version })?;
+        let chosen = history.versions.iter().find(|v| v.number == version).cloned().ok_or(RegistryError::UnknownVersion { slot: slot.to_string(), version })?;
         let previous = slot_ref.active.swap(Some(chosen.clone()));
         if let Some(previous) = previous.filter(|p| p.number != version) {
             history.previously_active.push(previous.number);
@@ -162,16 +143,9 @@ impl Registry {
         let _writer = lock(&self.writer);
         let slot_ref = self.slot(slot)?;
         let mut history = lock(&slot_ref.history);
-        let number = history
-            .previously_active
-            .pop()
-            .ok_or_else(|| RegistryError::NothingToRollBack(slot.to_string()))?;
-        let chosen = history
-            .versions
-            .iter()
-            .find(|v| v.number == number)
-            .cloned()
-            .ok_or(RegistryError::UnknownVersion { slot: slot.to_string(), version: number })?;
+        let number = history.previously_active.pop().ok_or_else(|| RegistryError::NothingToRollBack(slot.to_string()))?;
+        let chosen =
+            history.versions.iter().find(|v| v.number == number).cloned().ok_or(RegistryError::UnknownVersion { slot: slot.to_string(), version: number })?;
         slot_ref.active.store(Some(chosen.clone()));
         Ok(summary(&chosen, Some(number)))
     }
@@ -190,12 +164,7 @@ impl Registry {
             .map(|(name, slot)| {
                 let active = slot.active.load().as_ref().map(|v| v.number);
                 let history = lock(&slot.history);
-                SlotSummary {
-                    slot: name.clone(),
-                    kind: slot.kind,
-                    active,
-                    versions: history.versions.iter().map(|v| summary(v, active)).collect(),
-                }
+                SlotSummary { slot: name.clone(), kind: slot.kind, active, versions: history.versions.iter().map(|v| summary(v, active)).collect() }
             })
             .collect();
         list.sort_by(|a, b| a.slot.cmp(&b.slot));
@@ -203,11 +172,7 @@ impl Registry {
     }
 
     fn slot(&self, slot: &str) -> Result<Arc<Slot>, RegistryError> {
-        self.slots
-            .load()
-            .get(slot)
-            .cloned()
-            .ok_or_else(|| RegistryError::UnknownSlot(slot.to_string()))
+        self.slots.load().get(slot).cloned().ok_or_else(|| RegistryError::UnknownSlot(slot.to_string()))
     }
 }
 

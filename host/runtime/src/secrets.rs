@@ -57,11 +57,7 @@ pub(crate) fn basic_auth_placeholder(user: &str, password: &str, marker: &Secret
 
 /// Replaces every placeholder of `marker` in `text` with what `resolve` gives for it. Any
 /// other `{{...}}`, including a placeholder under another marker, stays as written.
-pub fn fill_placeholders<E>(
-    text: &str,
-    marker: &SecretMarker,
-    mut resolve: impl FnMut(SecretRef<'_>) -> Result<String, E>,
-) -> Result<String, E> {
+pub fn fill_placeholders<E>(text: &str, marker: &SecretMarker, mut resolve: impl FnMut(SecretRef<'_>) -> Result<String, E>) -> Result<String, E> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -140,10 +136,7 @@ mod tests {
             placeholder("KEY", &other),
         );
         let filled = fill_placeholders(&text, &marker, values).unwrap();
-        assert_eq!(
-            filled,
-            format!("Bearer s3cr3t | Basic xyz | {{{{secret:KEY}}}} | {} | {{{{secret:KEY#}}}} | {{{{", placeholder("KEY", &other))
-        );
+        assert_eq!(filled, format!("Bearer s3cr3t | Basic xyz | {{{{secret:KEY}}}} | {} | {{{{secret:KEY#}}}} | {{{{", placeholder("KEY", &other)));
     }
 
     #[test]

@@ -174,10 +174,8 @@ impl Reads {
                 let rows = rows
                     .iter()
                     .map(|(at, props)| {
-                        let fields = wanted
-                            .iter()
-                            .filter_map(|name| props.get(name).map(|v| Field { name: name.clone(), value: value_from_json(v) }))
-                            .collect();
+                        let fields =
+                            wanted.iter().filter_map(|name| props.get(name).map(|v| Field { name: name.clone(), value: value_from_json(v) })).collect();
                         (*at, fields)
                     })
                     .collect();
@@ -201,7 +199,6 @@ impl Reads {
             timezone: input.timezone.clone(),
         }
     }
-
 }
 
 /// Runs rules for one thread of a batch. The host's is [`WasmEvaluator`]; benchmarks plug
@@ -275,9 +272,7 @@ fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) 
                     let current = input.memberships.iter().find(|m| m.segment == segment.def.name);
                     let unchanged = match current {
                         None => !verdict.member,
-                        Some(m) => {
-                            verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == segment.plugin.digest()
-                        }
+                        Some(m) => verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == segment.plugin.digest(),
                     };
                     if !unchanged {
                         result.writes.push(VerdictWrite {
@@ -347,11 +342,11 @@ async fn evaluate_inputs<E: Evaluator>(
                     Lane::Background => owner.background_pool(),
                 };
                 pool.run(None, move || {
-                        let end = (start + per_lane).min(inputs.len());
-                        let mut worker = evaluator.worker(&plan);
-                        evaluate_slice(&plan, &mut worker, &inputs[start..end])
-                    })
-                    .await
+                    let end = (start + per_lane).min(inputs.len());
+                    let mut worker = evaluator.worker(&plan);
+                    evaluate_slice(&plan, &mut worker, &inputs[start..end])
+                })
+                .await
             })
         })
         .collect();

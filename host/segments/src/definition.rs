@@ -90,11 +90,7 @@ pub async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, now: i6
         return Ok((SegmentDefinition { params: resolved, ..def.clone() }, Some(at)));
     }
     let population = store.rfm_population(now).await?;
-    let columns = [
-        population.iter().map(|p| p.0).collect::<Vec<_>>(),
-        population.iter().map(|p| p.1).collect(),
-        population.iter().map(|p| p.2).collect(),
-    ];
+    let columns = [population.iter().map(|p| p.0).collect::<Vec<_>>(), population.iter().map(|p| p.1).collect(), population.iter().map(|p| p.2).collect()];
     let mut resolved = def.clone();
     for (name, values) in RFM_CUTOFFS.iter().zip(columns) {
         if resolved.params.get(name).and_then(|v| v.as_str()) == Some("auto") {

@@ -60,15 +60,8 @@ pub struct Preview {
 /// Evaluates the candidate over the stored profiles the request covers.
 pub async fn preview(registry: &rekindle_runtime::Registry, store: &Store, request: &PreviewRequest) -> Result<Preview, EvaluateError> {
     let ResolvedRule { plugin, ctx, query } = segment_context(registry, &request.def, request.at)?;
-    let mut answer = Preview {
-        digest: plugin.digest().to_string(),
-        evaluated: 0,
-        failed: 0,
-        members: Vec::new(),
-        sample: Vec::new(),
-        next: None,
-        compare: None,
-    };
+    let mut answer =
+        Preview { digest: plugin.digest().to_string(), evaluated: 0, failed: 0, members: Vec::new(), sample: Vec::new(), next: None, compare: None };
     let mut after = request.after.clone();
     loop {
         let size = request.page.unwrap_or(PAGE);
@@ -82,10 +75,8 @@ pub async fn preview(registry: &rekindle_runtime::Registry, store: &Store, reque
         }
         // One hop to the plugin threads per page: the calls themselves take microseconds.
         let (call, ctx) = (plugin.clone(), ctx.clone());
-        let verdicts = plugin
-            .background_pool()
-            .run(None, move || profiles.into_iter().map(|p| (p.id.clone(), call.evaluate(&ctx, &p))).collect::<Vec<_>>())
-            .await?;
+        let verdicts =
+            plugin.background_pool().run(None, move || profiles.into_iter().map(|p| (p.id.clone(), call.evaluate(&ctx, &p))).collect::<Vec<_>>()).await?;
         for (id, verdict) in verdicts {
             match verdict {
                 Ok(v) => {

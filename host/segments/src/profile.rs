@@ -85,14 +85,7 @@ pub async fn profile_at(store: &Store, id: &str, query: &InputQuery, now: i64, r
         events,
         consents: Some(consents(&record.consents)),
         contacts: Some(contact_points(&record.contacts)),
-        segments: Some(
-            store
-                .memberships(&record.id)
-                .await?
-                .into_iter()
-                .map(|m| Membership { segment: m.segment, label: m.label, since: m.since })
-                .collect(),
-        ),
+        segments: Some(store.memberships(&record.id).await?.into_iter().map(|m| Membership { segment: m.segment, label: m.label, since: m.since }).collect()),
         aggregates: Some(aggregates(&record.computed)),
         timezone: record.timezone.clone(),
     };

@@ -39,7 +39,7 @@ pub async fn realtime_loop(
     clock: Clock,
     mut touched: tokio::sync::mpsc::UnboundedReceiver<Vec<rekindle_store::Touch>>,
 ) {
-        let mut waiting = Waiting::default();
+    let mut waiting = Waiting::default();
     let mut auto_params = AutoParams::default();
     // Verdict writes in flight, with the people each changes. Writes for different people
     // may commit in any order; nobody is read again until their write has committed.
@@ -193,4 +193,3 @@ async fn finish_oldest(writing: &mut VecDeque<(VerdictWrite, HashSet<String>)>, 
     waiting.push_front(ids.into_iter().collect());
     tokio::time::sleep(RETRY_AFTER).await;
 }
-

@@ -40,12 +40,7 @@ pub async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefini
 }
 
 /// Every `tick`, runs the segments whose period has passed since their last run.
-pub async fn schedule_loop(
-    registry: Arc<Registry>,
-    store: Arc<Store>,
-    clock: Clock,
-    tick: std::time::Duration,
-) {
+pub async fn schedule_loop(registry: Arc<Registry>, store: Arc<Store>, clock: Clock, tick: std::time::Duration) {
     // Segments with auto cutoffs and none recorded for their parameters (defined before
     // cutoffs were recorded) get them now, at the real clock.
     match store.segments().await {

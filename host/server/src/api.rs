@@ -29,9 +29,8 @@ pub fn router(state: AppState) -> Router {
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_NONE_MATCH, HeaderName::from_static("content-encoding")])
             .expose_headers([header::ETAG, HeaderName::from_static("x-rekindle-token")])
     });
-    let browser = Router::new()
-        .merge(ingest::router().layer(axum::extract::DefaultBodyLimit::max(tracking_api::MAX_BATCH_BYTES * 2)))
-        .merge(tiles::public_router());
+    let browser =
+        Router::new().merge(ingest::router().layer(axum::extract::DefaultBodyLimit::max(tracking_api::MAX_BATCH_BYTES * 2))).merge(tiles::public_router());
     let browser = match cors {
         Some(cors) => browser.layer(cors),
         None => browser,
@@ -44,12 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tiles::admin_router())
         .merge(journeys::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_admin_token));
-    Router::new()
-        .merge(health::router())
-        .merge(admin)
-        .merge(browser)
-        .layer(axum::middleware::map_response(json_too_large))
-        .with_state(state)
+    Router::new().merge(health::router()).merge(admin).merge(browser).layer(axum::middleware::map_response(json_too_large)).with_state(state)
 }
 
 /// What the body-size limit answers, in our JSON error shape rather than axum's plain text,

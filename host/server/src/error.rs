@@ -105,9 +105,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NothingToRollBack(_) => ApiError::Conflict(err.to_string()),
             RegistryError::Load(LoadError::WrongWorld { .. }) => ApiError::Conflict(err.to_string()),
             RegistryError::Load(LoadError::Cache { .. }) => ApiError::Internal(err.to_string()),
-            RegistryError::Load(LoadError::Describe(ref call)) if matches!(**call, CallError::Instantiate(_)) => {
-                ApiError::Plugin((**call).clone())
-            }
+            RegistryError::Load(LoadError::Describe(ref call)) if matches!(**call, CallError::Instantiate(_)) => ApiError::Plugin((**call).clone()),
             RegistryError::Load(_) => ApiError::Unprocessable(err.to_string()),
         }
     }

@@ -28,8 +28,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 /// A request body as JSON, in our error shape when it is not, and without NUL characters,
 /// which PostgreSQL cannot store.
 pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
-    let value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })?;
+    let value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest {
+        code: "malformed_json",
+        message: format!("the body is not valid JSON: {e}"),
+        field: None,
+    })?;
     refuse_nul(&value, "body")?;
     Ok(value)
 }

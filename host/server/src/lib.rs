@@ -13,12 +13,12 @@ mod state;
 use axum::Router;
 
 pub use api::segments::define_segment;
+pub use api::tiles::{define_offer, define_tile_slot};
 pub use api::{TOO_LARGE, router};
 pub use background::Background;
-pub use api::tiles::{define_offer, define_tile_slot};
 pub use error::ApiError;
-pub use rekindle_store::Clock;
 pub use rekindle_segments::{EvaluateError, derive_aggregates};
+pub use rekindle_store::Clock;
 pub use slots::{SlotStore, SlotStoreError};
 pub use state::{AppState, Ingestion, Source, SourceKind};
 

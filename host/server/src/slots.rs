@@ -57,8 +57,7 @@ impl SlotStore {
     fn read(&self, slot: &str) -> Result<SlotFile, SlotStoreError> {
         let path = self.dir.join(slot).join("slot.json");
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| SlotStoreError::Corrupt { path: path.display().to_string(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| SlotStoreError::Corrupt { path: path.display().to_string(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SlotFile::default()),
             Err(e) => Err(io(&path)(e)),
         }
@@ -67,10 +66,7 @@ impl SlotStore {
     fn write(&self, slot: &str, file: &SlotFile) -> Result<(), SlotStoreError> {
         let path = self.dir.join(slot).join("slot.json");
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(file).map_err(|source| SlotStoreError::Corrupt {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = serde_json::to_vec_pretty(file).map_err(|source| SlotStoreError::Corrupt { path: path.display().to_string(), source })?;
         std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
@@ -115,11 +111,8 @@ impl SlotStore {
     pub fn restore(&self, registry: &Registry) -> Result<Vec<String>, SlotStoreError> {
         let mut restored = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(io(&self.dir))?;
-        let mut slots: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.path().join("slot.json").exists())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut slots: Vec<String> =
+            entries.flatten().filter(|e| e.path().join("slot.json").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         slots.sort();
         for slot in slots {
             let file = self.read(&slot)?;

@@ -44,11 +44,7 @@ impl Computed {
 }
 
 fn order_value(mapping: &EventMapping, properties: &Map<String, Value>) -> f64 {
-    mapping
-        .revenue_properties
-        .iter()
-        .find_map(|key| properties.get(key).and_then(number))
-        .unwrap_or(0.0)
+    mapping.revenue_properties.iter().find_map(|key| properties.get(key).and_then(number)).unwrap_or(0.0)
 }
 
 /// A finite amount: NaN or infinity would put anyone into any lifetime-value segment.
@@ -88,8 +84,12 @@ mod tests {
     fn folds_orders_into_traits() {
         let mapping = EventMapping::default();
         let mut c = Computed::default();
-        c.add_order(&mapping, 60 * 86_400_000, &props(json!({"revenue": 40.5, "products": [
-            {"category": "shoes", "quantity": 2}, {"category": "tops"}]})));
+        c.add_order(
+            &mapping,
+            60 * 86_400_000,
+            &props(json!({"revenue": 40.5, "products": [
+            {"category": "shoes", "quantity": 2}, {"category": "tops"}]})),
+        );
         c.add_order(&mapping, 0, &props(json!({"total": "20", "products": [{"category": "tops"}]})));
         c.add_order(&mapping, 120 * 86_400_000, &props(json!({"revenue": 10, "products": [{"category": "shoes"}]})));
         assert_eq!(c.order_count, 3);

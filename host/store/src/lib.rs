@@ -14,9 +14,9 @@ use std::path::Path;
 pub use clock::{Clock, now_ms};
 pub use logic::TileDocument;
 pub use model::{
-    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, Ignored, IngestReport, MembershipChange, MembershipRecord, Message,
-    MessageKind, RESERVED_TRAITS,
-    EventNeed, InputNeeds, Product, ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite, JourneyLogEntry, JourneyRun,
+    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, EventNeed, Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun,
+    MembershipChange, MembershipRecord, Message, MessageKind, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RuleInput, Scope, SegmentDefinition,
+    StoredEvent, Touch, VerdictWrite,
 };
 
 /// Why a store operation failed.

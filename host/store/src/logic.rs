@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
-    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, Ignored, IngestReport, MembershipChange, RESERVED_TRAITS, MembershipRecord, Message, Product,
-    ProfileRecord, Purpose, RuleInput, Scope, SegmentDefinition, StoredEvent, InputNeeds, JourneyLogEntry, JourneyRun, Touch, VerdictWrite,
+    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun, MembershipChange,
+    MembershipRecord, Message, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite,
 };
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
@@ -81,10 +81,8 @@ fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, b
     }
     db.execute("DELETE FROM profiles WHERE id = ?1", &source_only)?;
     let mut computed = Computed::default();
-    let rows = db.query(
-        "SELECT timestamp, properties FROM events WHERE profile_id = ?1 AND name = ?2",
-        &[P::Text(target), P::Text(&mapping.order_completed)],
-    )?;
+    let rows =
+        db.query("SELECT timestamp, properties FROM events WHERE profile_id = ?1 AND name = ?2", &[P::Text(target), P::Text(&mapping.order_completed)])?;
     for row in rows {
         let properties: Map<String, Value> = serde_json::from_str(&row.text(1)).unwrap_or_default();
         computed.add_order(mapping, row.int(0), &properties);
@@ -121,14 +119,7 @@ fn save_computed(db: &mut impl Db, profile: &str, c: &Computed) -> Result<(), St
          ON CONFLICT (profile_id) DO UPDATE SET order_count = excluded.order_count, lifetime_value = excluded.lifetime_value,
              first_order_at = excluded.first_order_at, last_order_at = excluded.last_order_at,
              category_counts = excluded.category_counts",
-        &[
-            P::Text(profile),
-            P::Int(c.order_count),
-            P::Float(c.lifetime_value),
-            P::OptInt(c.first_order_at),
-            P::OptInt(c.last_order_at),
-            P::Text(&categories),
-        ],
+        &[P::Text(profile), P::Int(c.order_count), P::Float(c.lifetime_value), P::OptInt(c.first_order_at), P::OptInt(c.last_order_at), P::Text(&categories)],
     )
     .map(drop)
 }
@@ -157,9 +148,7 @@ fn resolve(db: &mut impl Db, msg: &Message, mapping: &EventMapping, ignored: &mu
         (Some(user), _) => user,
         // A new user id on a device someone is logged in on: from a browser key that is
         // anyone's claim, so it starts a profile of its own rather than joining theirs.
-        (None, Some(anonymous)) if by_browser && msg.user_id.is_some() && has_user_identity(db, &anonymous)? => {
-            create_profile(db, msg.received_at)?
-        }
+        (None, Some(anonymous)) if by_browser && msg.user_id.is_some() && has_user_identity(db, &anonymous)? => create_profile(db, msg.received_at)?,
         // The login of someone with no profile yet: their anonymous profile becomes theirs,
         // minus what a browser key (anyone's) wrote on it while it was anonymous.
         (None, Some(anonymous)) if msg.user_id.is_some() && !has_user_identity(db, &anonymous)? => {
@@ -255,12 +244,7 @@ fn upsert_consent(db: &mut impl Db, profile: &str, purpose: Purpose, granted: bo
 
 /// Every identity a batch touches, sorted, for [`Db::lock_identities`].
 fn identity_keys(messages: &[Message]) -> Vec<String> {
-    let mut keys: Vec<String> = messages
-        .iter()
-        .flat_map(|m| [&m.user_id, &m.anonymous_id, &m.previous_id])
-        .flatten()
-        .cloned()
-        .collect();
+    let mut keys: Vec<String> = messages.iter().flat_map(|m| [&m.user_id, &m.anonymous_id, &m.previous_id]).flatten().cloned().collect();
     keys.sort();
     keys.dedup();
     keys
@@ -287,10 +271,7 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
         // reached or what they consented to.
         let guarded = msg.from_browser && has_user_identity(db, &profile)?;
         let by = Writer { from_browser: msg.from_browser };
-        db.execute(
-            "UPDATE profiles SET updated_at = ?2 WHERE id = ?1 AND updated_at < ?2",
-            &[P::Text(&profile), P::Int(msg.received_at)],
-        )?;
+        db.execute("UPDATE profiles SET updated_at = ?2 WHERE id = ?1 AND updated_at < ?2", &[P::Text(&profile), P::Int(msg.received_at)])?;
         if let Some(zone) = &msg.timezone {
             db.execute(
                 "UPDATE profiles SET timezone = ?2, timezone_at = ?3 WHERE id = ?1 AND COALESCE(timezone_at, -1) <= ?3",
@@ -318,8 +299,7 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
         write_event(db, mapping, msg, &profile)?;
         // Identifying messages may merge two profiles, which moves any kind of data.
         let may_merge = (msg.user_id.is_some() && msg.anonymous_id.is_some()) || msg.previous_id.is_some();
-        let changes_more =
-            msg.event.is_none() || may_merge || !msg.traits.is_empty() || !msg.consents.is_empty() || msg.push_token.is_some();
+        let changes_more = msg.event.is_none() || may_merge || !msg.traits.is_empty() || !msg.consents.is_empty() || msg.push_token.is_some();
         report.touched.push(Touch {
             event: if changes_more { None } else { msg.event.clone() },
             order: msg.event.as_ref() == Some(&mapping.order_completed),
@@ -418,9 +398,7 @@ pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreEr
     db.lock_profile(&profile, true)?;
     // Journey sends are keyed by run; the runs and their log name the person.
     db.execute("DELETE FROM journey_sends WHERE run_id IN (SELECT id FROM journey_runs WHERE profile_id = ?1)", &[P::Text(&profile)])?;
-    for table in [
-        "events", "traits", "contacts", "consents", "computed", "identities", "memberships", "membership_log", "journey_runs", "journey_log",
-    ] {
+    for table in ["events", "traits", "contacts", "consents", "computed", "identities", "memberships", "membership_log", "journey_runs", "journey_log"] {
         db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &[P::Text(&profile)])?;
     }
     db.execute("DELETE FROM profiles WHERE id = ?1", &[P::Text(&profile)])?;
@@ -503,14 +481,7 @@ pub(crate) fn read_profile(db: &mut impl Db, id: &str, recent: usize) -> Result<
 
 /// A profile's `name` events in `[since, until]`, oldest first; only the latest `limit`
 /// when given.
-pub(crate) fn events(
-    db: &mut impl Db,
-    id: &str,
-    name: &str,
-    since: i64,
-    until: i64,
-    limit: Option<u32>,
-) -> Result<Vec<StoredEvent>, StoreError> {
+pub(crate) fn events(db: &mut impl Db, id: &str, name: &str, since: i64, until: i64, limit: Option<u32>) -> Result<Vec<StoredEvent>, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(Vec::new()) };
     let limit = limit.map_or(i64::MAX, i64::from);
     let mut rows = db.query(
@@ -531,9 +502,7 @@ pub(crate) fn events(
 /// How many rows each table holds, for tests of erasure and for operators.
 pub(crate) fn table_counts(db: &mut impl Db) -> Result<Vec<(String, i64)>, StoreError> {
     let mut counts = Vec::new();
-    for table in [
-        "profiles", "identities", "events", "traits", "contacts", "consents", "computed", "products", "memberships", "membership_log",
-    ] {
+    for table in ["profiles", "identities", "events", "traits", "contacts", "consents", "computed", "products", "memberships", "membership_log"] {
         let n = db.query_opt(&format!("SELECT COUNT(*) FROM {table}"), &[])?.map_or(0, |r| r.int(0));
         counts.push((table.to_string(), n));
     }
@@ -574,9 +543,9 @@ pub(crate) fn segments(db: &mut impl Db) -> Result<Vec<SegmentDefinition>, Store
 /// The cutoffs a segment's parameters resolved to: (the parameters they were resolved from,
 /// the resolved parameters, when).
 pub(crate) fn cutoffs(db: &mut impl Db, name: &str) -> Result<Option<(Value, Value, i64)>, StoreError> {
-    Ok(db.query_opt("SELECT from_params, resolved, computed_at FROM segment_cutoffs WHERE segment = ?1", &[P::Text(name)])?.map(|r| {
-        (serde_json::from_str(&r.text(0)).unwrap_or(Value::Null), serde_json::from_str(&r.text(1)).unwrap_or(Value::Null), r.int(2))
-    }))
+    Ok(db
+        .query_opt("SELECT from_params, resolved, computed_at FROM segment_cutoffs WHERE segment = ?1", &[P::Text(name)])?
+        .map(|r| (serde_json::from_str(&r.text(0)).unwrap_or(Value::Null), serde_json::from_str(&r.text(1)).unwrap_or(Value::Null), r.int(2))))
 }
 
 /// Records what a segment's parameters resolved to at `at`, replacing what was there.
@@ -620,8 +589,9 @@ fn record_verdict(db: &mut impl Db, verdict: &VerdictWrite, at: i64) -> Result<O
             None
         }
         // Gone already (an erasure got there first): nothing exits, nothing is logged.
-        (true, false) => (db.execute("DELETE FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])? > 0)
-            .then_some(Change::Exit),
+        (true, false) => {
+            (db.execute("DELETE FROM memberships WHERE segment = ?1 AND profile_id = ?2", &[P::Text(segment), P::Text(profile)])? > 0).then_some(Change::Exit)
+        }
         (false, false) => None,
     };
     if let Some(change) = change {
@@ -655,10 +625,7 @@ pub(crate) fn members(db: &mut impl Db, segment: &str, after: &str, limit: usize
 pub(crate) fn memberships(db: &mut impl Db, id: &str) -> Result<Vec<MembershipRecord>, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(Vec::new()) };
     Ok(db
-        .query(
-            "SELECT segment, profile_id, label, reason, digest, since FROM memberships WHERE profile_id = ?1 ORDER BY segment",
-            &[P::Text(&profile)],
-        )?
+        .query("SELECT segment, profile_id, label, reason, digest, since FROM memberships WHERE profile_id = ?1 ORDER BY segment", &[P::Text(&profile)])?
         .iter()
         .map(membership_from)
         .collect())
@@ -789,66 +756,47 @@ fn fill_inputs(db: &mut impl Db, inputs: &mut [RuleInput], first: &str, last: &s
 
 /// Memberships, and the traits, consents, contacts and computed traits `needs` asks for, of
 /// the profiles `who` selects.
-fn fill_sections(db: &mut impl Db, at: &HashMap<String, usize>, inputs: &mut [RuleInput], who: &str, range: &[P; 2], needs: &InputNeeds) -> Result<(), StoreError> {
-    each_row(
-        db,
-        at,
-        inputs,
-        &format!("SELECT profile_id, segment, label, reason, digest, since FROM memberships WHERE {who}"),
-        range,
-        |p, r| {
-            p.memberships.push(MembershipRecord {
-                segment: r.text(1),
-                profile_id: r.text(0),
-                label: r.opt_text(2),
-                reason: r.text(3),
-                digest: r.text(4),
-                since: r.int(5),
-            })
-        },
-    )?;
+fn fill_sections(
+    db: &mut impl Db,
+    at: &HashMap<String, usize>,
+    inputs: &mut [RuleInput],
+    who: &str,
+    range: &[P; 2],
+    needs: &InputNeeds,
+) -> Result<(), StoreError> {
+    each_row(db, at, inputs, &format!("SELECT profile_id, segment, label, reason, digest, since FROM memberships WHERE {who}"), range, |p, r| {
+        p.memberships.push(MembershipRecord {
+            segment: r.text(1),
+            profile_id: r.text(0),
+            label: r.opt_text(2),
+            reason: r.text(3),
+            digest: r.text(4),
+            since: r.int(5),
+        })
+    })?;
     if needs.traits {
-        each_row(
-            db,
-            at,
-            inputs,
-            &format!("SELECT profile_id, name, value FROM traits WHERE {who}"),
-            range,
-            |p, r| p.traits.push((r.text(1), serde_json::from_str(&r.text(2)).unwrap_or(Value::Null))),
-        )?;
+        each_row(db, at, inputs, &format!("SELECT profile_id, name, value FROM traits WHERE {who}"), range, |p, r| {
+            p.traits.push((r.text(1), serde_json::from_str(&r.text(2)).unwrap_or(Value::Null)))
+        })?;
     }
     if needs.consents {
-        each_row(
-            db,
-            at,
-            inputs,
-            &format!("SELECT profile_id, purpose, granted, updated_at FROM consents WHERE {who}"),
-            range,
-            |p, r| {
-                if let Some(purpose) = Purpose::parse(&r.text(1)) {
-                    p.consents.push(Consent { purpose, granted: r.bool(2), updated_at: r.int(3) });
-                }
-            },
-        )?;
+        each_row(db, at, inputs, &format!("SELECT profile_id, purpose, granted, updated_at FROM consents WHERE {who}"), range, |p, r| {
+            if let Some(purpose) = Purpose::parse(&r.text(1)) {
+                p.consents.push(Consent { purpose, granted: r.bool(2), updated_at: r.int(3) });
+            }
+        })?;
     }
     if needs.contacts {
-        each_row(
-            db,
-            at,
-            inputs,
-            &format!("SELECT profile_id, kind, address, active, updated_at FROM contacts WHERE {who}"),
-            range,
-            |p, r| p.contacts.push(Contact { kind: r.text(1), address: r.text(2), active: r.bool(3), updated_at: r.int(4) }),
-        )?;
+        each_row(db, at, inputs, &format!("SELECT profile_id, kind, address, active, updated_at FROM contacts WHERE {who}"), range, |p, r| {
+            p.contacts.push(Contact { kind: r.text(1), address: r.text(2), active: r.bool(3), updated_at: r.int(4) })
+        })?;
     }
     if needs.computed {
         each_row(
             db,
             at,
             inputs,
-            &format!(
-                "SELECT profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts FROM computed WHERE {who}"
-            ),
+            &format!("SELECT profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts FROM computed WHERE {who}"),
             range,
             |p, r| p.computed = computed_from(&Row(r.0[1..].to_vec())),
         )?;
@@ -857,7 +805,14 @@ fn fill_sections(db: &mut impl Db, at: &HashMap<String, usize>, inputs: &mut [Ru
 }
 
 /// The events `needs` asks for, of the profiles `who` selects, each in time order.
-fn fill_events(db: &mut impl Db, at: &HashMap<String, usize>, inputs: &mut [RuleInput], who: &str, range: &[P; 2], needs: &InputNeeds) -> Result<(), StoreError> {
+fn fill_events(
+    db: &mut impl Db,
+    at: &HashMap<String, usize>,
+    inputs: &mut [RuleInput],
+    who: &str,
+    range: &[P; 2],
+    needs: &InputNeeds,
+) -> Result<(), StoreError> {
     for (n, need) in needs.events.iter().enumerate() {
         // Properties are only selected when wanted; the empty text parses to nothing. A
         // limit is applied in the query, per profile, so a rule that wants the last view of
@@ -1025,15 +980,7 @@ fn count_co_purchases(db: &mut impl Db, ids: &[String]) -> Result<(), StoreError
 }
 
 fn product_from(r: &Row) -> Product {
-    Product {
-        id: r.text(0),
-        name: r.text(1),
-        category: r.opt_text(2),
-        price: r.opt_float(3),
-        url: r.opt_text(4),
-        image: r.opt_text(5),
-        in_stock: r.bool(6),
-    }
+    Product { id: r.text(0), name: r.text(1), category: r.opt_text(2), price: r.opt_float(3), url: r.opt_text(4), image: r.opt_text(5), in_stock: r.bool(6) }
 }
 
 /// Up to `limit` in-stock products for the person `id` names, none they bought: first what
@@ -1059,10 +1006,9 @@ pub(crate) fn related_products(db: &mut impl Db, mapping: &EventMapping, id: &st
     };
     let mut together: Vec<(i64, Product)> = Vec::new();
     for id in &bought {
-        for row in db.query(
-            &format!("SELECT {columns}, c.orders FROM co_purchases c JOIN products p ON p.id = c.other_id WHERE c.product_id = ?1"),
-            &[P::Text(id)],
-        )? {
+        for row in
+            db.query(&format!("SELECT {columns}, c.orders FROM co_purchases c JOIN products p ON p.id = c.other_id WHERE c.product_id = ?1"), &[P::Text(id)])?
+        {
             together.push((row.int(7), product_from(&row)));
         }
     }
@@ -1070,8 +1016,7 @@ pub(crate) fn related_products(db: &mut impl Db, mapping: &EventMapping, id: &st
     for (_, product) in together {
         take(product, &mut picked);
     }
-    let mut categories: Vec<(String, f64)> =
-        load_computed(db, &profile)?.category_counts.iter().filter_map(|(c, n)| Some((c.clone(), n.as_f64()?))).collect();
+    let mut categories: Vec<(String, f64)> = load_computed(db, &profile)?.category_counts.iter().filter_map(|(c, n)| Some((c.clone(), n.as_f64()?))).collect();
     categories.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     for (category, _) in categories {
         if picked.len() >= limit {
@@ -1172,14 +1117,25 @@ pub(crate) fn due_runs(db: &mut impl Db, now: i64, limit: usize) -> Result<Vec<J
 pub(crate) fn save_run(db: &mut impl Db, run: &JourneyRun) -> Result<(), StoreError> {
     db.execute(
         "UPDATE journey_runs SET step = ?2, status = ?3, wake_at = ?4, step_started_at = ?5, ended_reason = ?6 WHERE id = ?1",
-        &[P::Text(&run.id), P::Int(run.step), P::Text(&run.status), P::OptInt(run.wake_at), P::Int(run.step_started_at), P::OptText(run.ended_reason.as_deref())],
+        &[
+            P::Text(&run.id),
+            P::Int(run.step),
+            P::Text(&run.status),
+            P::OptInt(run.wake_at),
+            P::Int(run.step_started_at),
+            P::OptText(run.ended_reason.as_deref()),
+        ],
     )
     .map(drop)
 }
 
 /// The runs of a journey, for operators and tests.
 pub(crate) fn journey_runs(db: &mut impl Db, journey: &str) -> Result<Vec<JourneyRun>, StoreError> {
-    Ok(db.query(&format!("SELECT {RUN_COLUMNS} FROM journey_runs WHERE journey = ?1 ORDER BY entered_at, id"), &[P::Text(journey)])?.iter().map(run_from).collect())
+    Ok(db
+        .query(&format!("SELECT {RUN_COLUMNS} FROM journey_runs WHERE journey = ?1 ORDER BY entered_at, id"), &[P::Text(journey)])?
+        .iter()
+        .map(run_from)
+        .collect())
 }
 
 /// Appends to the journey log.
@@ -1200,7 +1156,16 @@ pub(crate) fn log_journey(db: &mut impl Db, entries: &[JourneyLogEntry]) -> Resu
         }
         db.execute(
             "INSERT INTO journey_log (run_id, journey, profile_id, step, action, channel, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            &[P::Text(&e.run_id), P::Text(&e.journey), P::Text(&e.profile_id), P::Text(&e.step), P::Text(&e.action), P::OptText(e.channel.as_deref()), P::Text(&e.detail), P::Int(e.at)],
+            &[
+                P::Text(&e.run_id),
+                P::Text(&e.journey),
+                P::Text(&e.profile_id),
+                P::Text(&e.step),
+                P::Text(&e.action),
+                P::OptText(e.channel.as_deref()),
+                P::Text(&e.detail),
+                P::Int(e.at),
+            ],
         )?;
     }
     Ok(())

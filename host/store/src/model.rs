@@ -77,8 +77,15 @@ pub struct Message {
 /// Traits the host gives a meaning of its own, which a browser source may not write:
 /// the computed traits, the test-profile flag and the consent object.
 pub const RESERVED_TRAITS: &[&str] = &[
-    "order_count", "lifetime_value", "first_order_at", "last_order_at", "avg_days_between_orders", "days_since_last_order",
-    "favourite_category", "test", "consent",
+    "order_count",
+    "lifetime_value",
+    "first_order_at",
+    "last_order_at",
+    "avg_days_between_orders",
+    "days_since_last_order",
+    "favourite_category",
+    "test",
+    "consent",
 ];
 
 /// Traits that are contact points: an identified profile's are the server's to change.

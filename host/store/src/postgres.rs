@@ -263,14 +263,9 @@ fn checkin(idle: &Mutex<Vec<Conn>>, conn: Conn) {
 }
 
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-        .map_err(|e| db(&e))?;
+    client.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)").map_err(|e| db(&e))?;
     for (version, sql) in MIGRATIONS {
-        let applied = client
-            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
-            .map_err(|e| db(&e))?
-            .is_some();
+        let applied = client.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version]).map_err(|e| db(&e))?.is_some();
         if applied {
             continue;
         }

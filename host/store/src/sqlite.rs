@@ -2,8 +2,8 @@
 //! together (group commit), and a small pool of read connections. WAL mode; a request is
 //! acknowledged only after the transaction holding it has committed.
 
-use std::path::{Path, PathBuf};
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -83,13 +83,10 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
-        .map_err(db)?;
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)").map_err(db)?;
     let tx = conn.transaction().map_err(db)?;
     for (version, sql) in MIGRATIONS {
-        let applied: bool = tx
-            .query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))
-            .map_err(db)?;
+        let applied: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0)).map_err(db)?;
         if !applied {
             tx.execute_batch(sql).map_err(|e| StoreError::Migration { version: *version, message: e.to_string() })?;
             tx.execute("INSERT INTO schema_migrations VALUES (?1, ?2)", params![version, crate::now_ms()]).map_err(db)?;
@@ -122,7 +119,13 @@ impl SqliteStore {
             .name("rekindle-sqlite-writer".into())
             .spawn(move || write_loop(conn, jobs, waiting, checkpoints, for_writer))
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
-        Ok(SqliteStore { writer, checkpoints: truncate, urgent_waiting, readers: Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }), mapping })
+        Ok(SqliteStore {
+            writer,
+            checkpoints: truncate,
+            urgent_waiting,
+            readers: Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+            mapping,
+        })
     }
 
     /// Runs `work` in the writer's next transaction; resolves once that transaction commits.
@@ -193,23 +196,16 @@ impl SqliteStore {
         work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (readers, mapping) = (self.readers.clone(), self.mapping.clone());
-        tokio::task::spawn_blocking(move || read_now(&readers, &mapping, work))
-            .await
-            .map_err(|e| StoreError::Database(format!("database task failed: {e}")))?
+        tokio::task::spawn_blocking(move || read_now(&readers, &mapping, work)).await.map_err(|e| StoreError::Database(format!("database task failed: {e}")))?
     }
 }
 
 /// Runs `work` on an idle read connection, opening one when none is idle.
-fn read_now<T>(
-    readers: &Readers,
-    mapping: &EventMapping,
-    work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+fn read_now<T>(readers: &Readers, mapping: &EventMapping, work: impl FnOnce(&mut Lite<'_>, &EventMapping) -> Result<T, StoreError>) -> Result<T, StoreError> {
     let conn = match readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
         Some(conn) => conn,
         None => {
-            let conn = Connection::open_with_flags(&readers.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(db)?;
+            let conn = Connection::open_with_flags(&readers.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(db)?;
             conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
             // Every statement the read paths use stays prepared; parsing showed up in profiles.
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -297,13 +293,7 @@ fn truncate(conn: &Connection) -> Result<(), StoreError> {
     Err(StoreError::Database("the WAL could not be truncated: readers kept it busy".into()))
 }
 
-fn write_loop(
-    mut conn: Connection,
-    jobs: mpsc::Receiver<Job>,
-    urgent_waiting: Arc<AtomicUsize>,
-    checkpoints: mpsc::Sender<Checkpoint>,
-    mapping: EventMapping,
-) {
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, urgent_waiting: Arc<AtomicUsize>, checkpoints: mpsc::Sender<Checkpoint>, mapping: EventMapping) {
     let (mut urgent, mut bulk): (VecDeque<Work>, VecDeque<Work>) = (VecDeque::new(), VecDeque::new());
     loop {
         // Block only when there is nothing to do; otherwise take what has arrived.

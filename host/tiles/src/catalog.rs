@@ -92,8 +92,22 @@ pub fn parse_offer(json: &Value) -> Result<OfferDef, TilesError> {
         Some(_) => return Err(TilesError::field("offer.traits", "`traits` must be an object of trait name to required value")),
     };
     const KNOWN: [&str; 16] = [
-        "id", "slot", "priority", "include_segments", "exclude_segments", "traits", "category", "valid_from", "valid_until",
-        "title", "body", "image", "link", "voucher", "holdout_percent", "attributes",
+        "id",
+        "slot",
+        "priority",
+        "include_segments",
+        "exclude_segments",
+        "traits",
+        "category",
+        "valid_from",
+        "valid_until",
+        "title",
+        "body",
+        "image",
+        "link",
+        "voucher",
+        "holdout_percent",
+        "attributes",
     ];
     if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(TilesError::field(format!("offer.{unknown}"), format!("unknown field `{unknown}`; offers take {}", KNOWN.join(", "))));
@@ -115,10 +129,10 @@ pub fn parse_slot(json: &Value, registry: &Registry) -> Result<SlotDef, TilesErr
     let plugin = text("plugin", Some(DEFAULT_PLUGIN))?;
     let max_tiles = match map.get("max_tiles") {
         None => 1,
-        Some(n) => n
-            .as_u64()
-            .filter(|n| (1..=20).contains(n))
-            .ok_or_else(|| TilesError::field("slot.max_tiles", "`max_tiles` must be a whole number from 1 to 20"))? as u32,
+        Some(n) => {
+            n.as_u64().filter(|n| (1..=20).contains(n)).ok_or_else(|| TilesError::field("slot.max_tiles", "`max_tiles` must be a whole number from 1 to 20"))?
+                as u32
+        }
     };
     let params = match map.get("params") {
         None | Some(Value::Null) => json!({}),
@@ -135,11 +149,7 @@ pub fn parse_slot(json: &Value, registry: &Registry) -> Result<SlotDef, TilesErr
     }
     let fallback = match map.get("fallback") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(tiles)) => tiles
-            .iter()
-            .enumerate()
-            .map(|(i, t)| fallback_tile(t, &format!("slot.fallback[{i}]")))
-            .collect::<Result<_, _>>()?,
+        Some(Value::Array(tiles)) => tiles.iter().enumerate().map(|(i, t)| fallback_tile(t, &format!("slot.fallback[{i}]"))).collect::<Result<_, _>>()?,
         Some(_) => return Err(TilesError::field("slot.fallback", "`fallback` must be a list of tiles")),
     };
     Ok(SlotDef { name, plugin, max_tiles, params, fallback, json: json.clone() })
@@ -220,8 +230,20 @@ mod tests {
             assert!(is_safe_link(safe), "{safe}");
         }
         for unsafe_link in [
-            "javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "java\tscript:alert(1)", "data:text/html,<script>",
-            "vbscript:x", "//evil.example", "/\\evil.example", "https:evil.example", "https://", "", "sale", "mailto:a@b.c", "https://x.example/\nfoo",
+            "javascript:alert(1)",
+            "JaVaScRiPt:alert(1)",
+            " javascript:alert(1)",
+            "java\tscript:alert(1)",
+            "data:text/html,<script>",
+            "vbscript:x",
+            "//evil.example",
+            "/\\evil.example",
+            "https:evil.example",
+            "https://",
+            "",
+            "sale",
+            "mailto:a@b.c",
+            "https://x.example/\nfoo",
         ] {
             assert!(!is_safe_link(unsafe_link), "{unsafe_link:?}");
         }

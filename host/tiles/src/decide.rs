@@ -127,15 +127,7 @@ impl TileService {
 
     /// Decides one slot for a visitor at `now`; `None` when the slot is not defined. Every
     /// failure past that point becomes the slot's fallback tiles.
-    pub async fn decide(
-        &self,
-        registry: &Registry,
-        store: Option<&Store>,
-        slot: &str,
-        visitor: &Visitor,
-        page_url: Option<String>,
-        now: i64,
-    ) -> Option<Value> {
+    pub async fn decide(&self, registry: &Registry, store: Option<&Store>, slot: &str, visitor: &Visitor, page_url: Option<String>, now: i64) -> Option<Value> {
         let catalog = self.catalog();
         let def = catalog.slots.get(slot)?;
         // Without a usable plugin the answer is the fallback: skip reading the visitor.
@@ -236,7 +228,12 @@ async fn personalised(
     tiles.retain(|t| is_safe_link(&t.link) && t.image.as_deref().is_none_or(is_safe_link));
     if tiles.len() < before {
         dropped.fetch_add((before - tiles.len()) as u64, Ordering::Relaxed);
-        tracing::warn!(slot = def.name, plugin = def.plugin, "dropped {} tile(s) with a link or image that is not an http(s) URL or a site path", before - tiles.len());
+        tracing::warn!(
+            slot = def.name,
+            plugin = def.plugin,
+            "dropped {} tile(s) with a link or image that is not an http(s) URL or a site path",
+            before - tiles.len()
+        );
     }
     let tiles: Vec<Value> = tiles.iter().map(|t| tile_json(t, &def.name, who.as_deref().unwrap_or("anonymous"), &def.plugin, plugin.digest())).collect();
     Ok(json!({
@@ -314,4 +311,3 @@ fn fallback_answer(def: &SlotDef) -> Value {
         .collect();
     json!({"slot": def.name, "fallback": true, "known_visitor": false, "plugin": null, "tiles": tiles})
 }
-

@@ -103,9 +103,7 @@ pub async fn claims(src: EdgeSources<'_>, id: &str, now: i64, ttl_ms: i64, clock
     let user_ids = store.profile(&full.id, 0).await?.map(|record| record.user_ids).unwrap_or_default();
     // Read after the queries above, so every segment defined by `at` is in the memberships.
     let catalog = Some(TokenCatalog { at: clock.now(), traits: traits.clone(), aggregates: aggregates.clone() });
-    let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> {
-        fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect()
-    };
+    let keep = |fields: &Option<Vec<Field>>, names: &[String]| -> Vec<Field> { fields.iter().flatten().filter(|f| names.contains(&f.name)).cloned().collect() };
     Ok(Some(Claims {
         profile_id: full.id.clone(),
         issued_at: now,
@@ -140,7 +138,9 @@ pub async fn snapshot(src: EdgeSources<'_>, now: i64) -> Result<Value, TilesErro
             s.def.slot.clone(),
             json!({"kind": "rule", "digest": s.plugin.digest(), "version": s.plugin.info().version(), "input": query_json(&s.query)}),
         );
-        segments.push(json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query), "cutoffs_at": s.cutoffs_at}));
+        segments.push(
+            json!({"name": s.def.name, "slot": s.def.slot, "params": typed_fields(&s.ctx.params), "query": query_json(&s.query), "cutoffs_at": s.cutoffs_at}),
+        );
     }
     let queries = token_queries(src, &catalog, edge.iter().map(|s| &s.query));
     let (traits, aggregates) = token_fields(&queries);
@@ -190,10 +190,7 @@ fn slots_json(src: EdgeSources<'_>, catalog: &Catalog, plugins: &mut serde_json:
         }
         let overrides = fields_from_json(Some(&def.params), "params").map_err(|e| TilesError::field("params", e.to_string()))?;
         let params = merge_params(&info.params, &overrides).map_err(|e| TilesError::field("params", e.to_string()))?;
-        plugins.insert(
-            def.plugin.clone(),
-            json!({"kind": "tiles", "digest": plugin.digest(), "version": info.version, "input": query_json(&info.input)}),
-        );
+        plugins.insert(def.plugin.clone(), json!({"kind": "tiles", "digest": plugin.digest(), "version": info.version, "input": query_json(&info.input)}));
         slots.push(json!({
             "name": def.name, "plugin": def.plugin, "max_tiles": def.max_tiles, "params": typed_fields(&params),
             "fallback": def.fallback,
@@ -211,7 +208,10 @@ fn offers_json(catalog: &Catalog) -> Result<Vec<Value>, TilesError> {
     for o in all {
         let offer = &o.offer;
         if let Some((name, _)) = o.traits.iter().find(|(name, _)| CONTACT_TRAITS.contains(&name.as_str())) {
-            return Err(TilesError::field("traits", format!("offer `{}` is conditioned on `{name}`, a contact point a token never carries; it cannot run at the edge", offer.id)));
+            return Err(TilesError::field(
+                "traits",
+                format!("offer `{}` is conditioned on `{name}`, a contact point a token never carries; it cannot run at the edge", offer.id),
+            ));
         }
         offers.push(json!({
             "valid_from": o.valid_from,

@@ -159,10 +159,7 @@ pub fn seal(claims: &Claims, key: &TokenKey) -> String {
     let mut nonce = [0u8; NONCE_BYTES];
     // A nonce must never repeat under one key: without the OS's randomness, no token.
     getrandom::fill(&mut nonce).expect("the operating system's random number generator");
-    let sealed = key
-        .0
-        .encrypt(&Nonce::from(nonce), Payload { msg: payload.as_bytes(), aad: ASSOCIATED })
-        .expect("AES-GCM seals any payload this size");
+    let sealed = key.0.encrypt(&Nonce::from(nonce), Payload { msg: payload.as_bytes(), aad: ASSOCIATED }).expect("AES-GCM seals any payload this size");
     let mut token = nonce.to_vec();
     token.extend(sealed);
     URL_SAFE_NO_PAD.encode(token)
@@ -221,13 +218,7 @@ pub fn open(token: &str, key: &TokenKey, now: i64) -> Result<Claims, TokenError>
                 .get("seg")?
                 .as_array()?
                 .iter()
-                .map(|m| {
-                    Some(Membership {
-                        segment: m.get(0)?.as_str()?.to_string(),
-                        label: m.get(1)?.as_str().map(str::to_string),
-                        since: time(m.get(2)?)?,
-                    })
-                })
+                .map(|m| Some(Membership { segment: m.get(0)?.as_str()?.to_string(), label: m.get(1)?.as_str().map(str::to_string), since: time(m.get(2)?)? }))
                 .collect::<Option<_>>()?,
             traits: untyped_fields(json.get("tr")?)?,
             aggregates: untyped_fields(json.get("ag")?)?,
@@ -325,23 +316,11 @@ mod tests {
     /// Seals any payload, with a fixed nonce: for test vectors only.
     fn seal_raw(payload: &Json, secret: &[u8], nonce: u8) -> String {
         let nonce = [nonce; NONCE_BYTES];
-        let sealed = TokenKey::new(secret)
-            .0
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: payload.to_string().as_bytes(),
-                    aad: ASSOCIATED,
-                },
-            )
-            .unwrap();
+        let sealed = TokenKey::new(secret).0.encrypt(&Nonce::from(nonce), Payload { msg: payload.to_string().as_bytes(), aad: ASSOCIATED }).unwrap();
         URL_SAFE_NO_PAD.encode([nonce.to_vec(), sealed].concat())
     }
 
-    const VECTORS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/vectors/tokens.json"
-    );
+    const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/tokens.json");
 
     /// The vectors the host and the edge worker must both judge the same way.
     fn vectors() -> Json {
@@ -375,104 +354,38 @@ mod tests {
         tampered[20] ^= 1;
         let mut cases: Vec<(&str, String)> = vec![
             ("canonical", canonical.clone()),
-            (
-                "padded",
-                base64::engine::general_purpose::URL_SAFE.encode(&raw),
-            ),
-            (
-                "standard alphabet",
-                base64::engine::general_purpose::STANDARD.encode(&raw),
-            ),
-            (
-                "standard alphabet, no padding",
-                base64::engine::general_purpose::STANDARD_NO_PAD.encode(&raw),
-            ),
+            ("padded", base64::engine::general_purpose::URL_SAFE.encode(&raw)),
+            ("standard alphabet", base64::engine::general_purpose::STANDARD.encode(&raw)),
+            ("standard alphabet, no padding", base64::engine::general_purpose::STANDARD_NO_PAD.encode(&raw)),
             ("leading space", format!(" {canonical}")),
             ("trailing newline", format!("{canonical}\n")),
-            (
-                "a newline inside",
-                format!("{}\n{}", &canonical[..20], &canonical[20..]),
-            ),
-            (
-                "a dot inside",
-                format!("{}.{}", &canonical[..20], &canonical[20..]),
-            ),
+            ("a newline inside", format!("{}\n{}", &canonical[..20], &canonical[20..])),
+            ("a dot inside", format!("{}.{}", &canonical[..20], &canonical[20..])),
             ("truncated", canonical[..canonical.len() - 1].to_string()),
             ("one byte altered", URL_SAFE_NO_PAD.encode(&tampered)),
-            (
-                "another secret",
-                seal_raw(&base, b"another-secret-0123456789abcdef", 1),
-            ),
+            ("another secret", seal_raw(&base, b"another-secret-0123456789abcdef", 1)),
             ("empty", String::new()),
-            (
-                "exp as a string",
-                seal_raw(&with("/exp", json!((NOW + 1_000).to_string())), SECRET, 2),
-            ),
-            (
-                "exp as a float",
-                seal_raw(&with("/exp", json!((NOW + 1_000) as f64 + 0.5)), SECRET, 3),
-            ),
-            (
-                "exp written with a fraction",
-                seal_raw(&with("/exp", json!((NOW + 1_000) as f64)), SECRET, 4),
-            ),
-            (
-                "exp past 2^53",
-                seal_raw(&with("/exp", json!(9_007_199_254_740_993i64)), SECRET, 5),
-            ),
-            (
-                "exp past year 9999",
-                seal_raw(&with("/exp", json!(253_402_300_800_000i64)), SECRET, 6),
-            ),
+            ("exp as a string", seal_raw(&with("/exp", json!((NOW + 1_000).to_string())), SECRET, 2)),
+            ("exp as a float", seal_raw(&with("/exp", json!((NOW + 1_000) as f64 + 0.5)), SECRET, 3)),
+            ("exp written with a fraction", seal_raw(&with("/exp", json!((NOW + 1_000) as f64)), SECRET, 4)),
+            ("exp past 2^53", seal_raw(&with("/exp", json!(9_007_199_254_740_993i64)), SECRET, 5)),
+            ("exp past year 9999", seal_raw(&with("/exp", json!(253_402_300_800_000i64)), SECRET, 6)),
             ("expired", seal_raw(&with("/exp", json!(NOW)), SECRET, 7)),
             ("no exp", seal_raw(&without("exp"), SECRET, 8)),
             ("no iat", seal_raw(&without("iat"), SECRET, 9)),
             ("version 1", seal_raw(&with("/v", json!(1)), SECRET, 10)),
-            (
-                "version as a string",
-                seal_raw(&with("/v", json!("2")), SECRET, 11),
-            ),
-            (
-                "sub as a number",
-                seal_raw(&with("/sub", json!(1)), SECRET, 12),
-            ),
-            (
-                "since as a string",
-                seal_raw(&with("/seg/0/2", json!("1")), SECRET, 13),
-            ),
-            (
-                "since negative",
-                seal_raw(&with("/seg/0/2", json!(-1)), SECRET, 14),
-            ),
-            (
-                "unknown value tag",
-                seal_raw(&with("/tr/0/1", json!("x")), SECRET, 15),
-            ),
-            (
-                "integer that is not one",
-                seal_raw(&with("/ag/0/2", json!("3.5")), SECRET, 16),
-            ),
-            (
-                "integer past i64",
-                seal_raw(&with("/ag/0/2", json!("9223372036854775808")), SECRET, 17),
-            ),
-            (
-                "number as a string",
-                seal_raw(&with("/ag/1/2", json!("5.5")), SECRET, 18),
-            ),
-            (
-                "text that is a number",
-                seal_raw(&with("/tr/0/2", json!(5)), SECRET, 19),
-            ),
+            ("version as a string", seal_raw(&with("/v", json!("2")), SECRET, 11)),
+            ("sub as a number", seal_raw(&with("/sub", json!(1)), SECRET, 12)),
+            ("since as a string", seal_raw(&with("/seg/0/2", json!("1")), SECRET, 13)),
+            ("since negative", seal_raw(&with("/seg/0/2", json!(-1)), SECRET, 14)),
+            ("unknown value tag", seal_raw(&with("/tr/0/1", json!("x")), SECRET, 15)),
+            ("integer that is not one", seal_raw(&with("/ag/0/2", json!("3.5")), SECRET, 16)),
+            ("integer past i64", seal_raw(&with("/ag/0/2", json!("9223372036854775808")), SECRET, 17)),
+            ("number as a string", seal_raw(&with("/ag/1/2", json!("5.5")), SECRET, 18)),
+            ("text that is a number", seal_raw(&with("/tr/0/2", json!(5)), SECRET, 19)),
             ("no time zone", seal_raw(&without("tz"), SECRET, 20)),
-            (
-                "a time zone that is not text",
-                seal_raw(&with("/tz", json!(5)), SECRET, 21),
-            ),
-            (
-                "a label that is not text",
-                seal_raw(&with("/seg/1/1", json!(5)), SECRET, 22),
-            ),
+            ("a time zone that is not text", seal_raw(&with("/tz", json!(5)), SECRET, 21)),
+            ("a label that is not text", seal_raw(&with("/seg/1/1", json!(5)), SECRET, 22)),
             ("not an object", seal_raw(&json!([2, "p1"]), SECRET, 23)),
             ("user ids", seal_raw(&with_uid(json!(["u1"])), SECRET, 24)),
             ("user ids not a list", seal_raw(&with_uid(json!("u1")), SECRET, 25)),
@@ -500,38 +413,20 @@ mod tests {
     fn the_shared_token_vectors_are_judged_as_recorded() {
         let fresh = vectors();
         if std::env::var_os("REKINDLE_WRITE_VECTORS").is_some() {
-            std::fs::write(
-                VECTORS,
-                serde_json::to_string_pretty(&fresh).unwrap() + "\n",
-            )
-            .unwrap();
+            std::fs::write(VECTORS, serde_json::to_string_pretty(&fresh).unwrap() + "\n").unwrap();
         }
-        let recorded: Json =
-            serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
+        let recorded: Json = serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
         let secret = recorded["secret"].as_str().unwrap().as_bytes();
         let now = recorded["now"].as_i64().unwrap();
         let mut valid = 0;
         for v in recorded["vectors"].as_array().unwrap() {
             let verdict = verify(v["token"].as_str().unwrap(), secret, now);
-            assert_eq!(
-                verdict.is_ok(),
-                v["valid"].as_bool().unwrap(),
-                "{}",
-                v["name"]
-            );
-            assert_eq!(
-                verdict.ok().map(|c| c.profile_id),
-                v["sub"].as_str().map(str::to_string),
-                "{}",
-                v["name"]
-            );
+            assert_eq!(verdict.is_ok(), v["valid"].as_bool().unwrap(), "{}", v["name"]);
+            assert_eq!(verdict.ok().map(|c| c.profile_id), v["sub"].as_str().map(str::to_string), "{}", v["name"]);
             valid += usize::from(v["valid"] == true);
         }
         // Only these spellings and payloads are a visitor: the rest must be refused.
-        assert_eq!(
-            valid, 7,
-            "canonical, no time zone, a time zone or a label that is not text, user ids, a catalog or a null one, and nothing else"
-        );
+        assert_eq!(valid, 7, "canonical, no time zone, a time zone or a label that is not text, user ids, a catalog or a null one, and nothing else");
     }
 
     #[test]

@@ -84,9 +84,15 @@ mod tests {
 
     fn message() -> Message {
         Message {
-            idempotency_key: "run-1:send:push".into(), profile_id: "ann".into(), to: "fcm-token-1".into(),
-            subject: Some("We miss you".into()), text: "10% off today".into(), html: None,
-            link: Some("https://shop.example/sale".into()), image: Some("https://shop.example/i.jpg".into()), data: vec![],
+            idempotency_key: "run-1:send:push".into(),
+            profile_id: "ann".into(),
+            to: "fcm-token-1".into(),
+            subject: Some("We miss you".into()),
+            text: "10% off today".into(),
+            html: None,
+            link: Some("https://shop.example/sale".into()),
+            image: Some("https://shop.example/i.jpg".into()),
+            data: vec![],
         }
     }
 
@@ -113,8 +119,14 @@ mod tests {
     fn unregistered_tokens_are_not_eligible() {
         let request = Fcm::deliver(&ctx(), &message()).unwrap().remove(0);
         let respond = |status, body: &str| HttpResponse { status, headers: vec![], body: body.as_bytes().to_vec() };
-        assert_eq!(Fcm::interpret(&ctx(), &request, &respond(200, r#"{"name": "projects/shop-app/messages/1"}"#)), Outcome::Delivered(Some("projects/shop-app/messages/1".into())));
-        assert!(matches!(Fcm::interpret(&ctx(), &request, &respond(404, r#"{"error": {"status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}}"#)), Outcome::NotEligible(_)));
+        assert_eq!(
+            Fcm::interpret(&ctx(), &request, &respond(200, r#"{"name": "projects/shop-app/messages/1"}"#)),
+            Outcome::Delivered(Some("projects/shop-app/messages/1".into()))
+        );
+        assert!(matches!(
+            Fcm::interpret(&ctx(), &request, &respond(404, r#"{"error": {"status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}}"#)),
+            Outcome::NotEligible(_)
+        ));
         assert!(matches!(Fcm::interpret(&ctx(), &request, &respond(503, "")), Outcome::RetryLater(_)));
     }
 }

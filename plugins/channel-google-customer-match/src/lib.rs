@@ -37,7 +37,8 @@ impl Channel for GoogleCustomerMatch {
             let members: Vec<serde_json::Value> = members
                 .iter()
                 .filter_map(|m| {
-                    let mut ids: Vec<serde_json::Value> = m.emails.iter().filter_map(|e| hash_email(AdPlatform::Google, e)).map(|h| json!({"emailAddress": h})).collect();
+                    let mut ids: Vec<serde_json::Value> =
+                        m.emails.iter().filter_map(|e| hash_email(AdPlatform::Google, e)).map(|h| json!({"emailAddress": h})).collect();
                     ids.extend(m.phones.iter().filter_map(|p| hash_phone(AdPlatform::Google, p, country)).map(|h| json!({"phoneNumber": h})));
                     (!ids.is_empty()).then(|| json!({"userData": {"userIdentifiers": ids}}))
                 })

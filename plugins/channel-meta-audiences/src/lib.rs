@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn adds_and_removes_hashed_rows() {
-        let change = AudienceChange { audience: "238712".into(), add: vec![member(" Ann@Example.com ", "07700 900123")], remove: vec![member("bob@example.com", "")] };
+        let change =
+            AudienceChange { audience: "238712".into(), add: vec![member(" Ann@Example.com ", "07700 900123")], remove: vec![member("bob@example.com", "")] };
         let requests = MetaAudiences::sync_audience(&ctx(), &change).unwrap();
         assert_eq!((requests[0].method, requests[1].method), (HttpMethod::Post, HttpMethod::Delete));
         assert_eq!(requests[0].url, "http://127.0.0.1:9200/v21.0/238712/users");

@@ -62,11 +62,8 @@ impl Channel for SendGrid {
     fn lookup(ctx: &Context, message: &Message) -> Result<HttpRequest, String> {
         // Email Activity's query language: custom args are `unique_args['name']="value"`.
         let query = format!("unique_args['idempotency_key']=\"{}\"", message.idempotency_key.replace('\\', "\\\\").replace('"', "\\\""));
-        let url = format!(
-            "{}/v3/messages?{}",
-            ctx.text("base_url")?.trim_end_matches('/'),
-            rekindle_sdk::form_urlencoded(&[("limit", "1"), ("query", &query)])
-        );
+        let url =
+            format!("{}/v3/messages?{}", ctx.text("base_url")?.trim_end_matches('/'), rekindle_sdk::form_urlencoded(&[("limit", "1"), ("query", &query)]));
         Ok(HttpRequest::new(HttpMethod::Get, url).header("authorization", format!("Bearer {}", secret("SENDGRID_API_KEY"))))
     }
 
@@ -93,10 +90,7 @@ mod tests {
     fn looks_a_message_up_by_its_idempotency_key() {
         let request = SendGrid::lookup(&ctx(), &message()).unwrap();
         assert_eq!(request.method, HttpMethod::Get);
-        assert_eq!(
-            request.url,
-            "http://127.0.0.1:9000/v3/messages?limit=1&query=unique_args%5B%27idempotency_key%27%5D%3D%22run-1%3Asend%3Aemail%22"
-        );
+        assert_eq!(request.url, "http://127.0.0.1:9000/v3/messages?limit=1&query=unique_args%5B%27idempotency_key%27%5D%3D%22run-1%3Asend%3Aemail%22");
         assert!(request.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer {{secret:SENDGRID_API_KEY#test}}"));
         let answer = |status, body: &str| HttpResponse { status, headers: vec![], body: body.as_bytes().to_vec() };
         assert_eq!(
@@ -111,17 +105,20 @@ mod tests {
 
     fn ctx() -> Context {
         let text = |name: &str, value: &str| Field { name: name.into(), value: Value::Text(value.into()) };
-        Context {
-            now: 0,
-            params: vec![text("base_url", "http://127.0.0.1:9000/"), text("from_email", "shop@example.com"), text("from_name", "Shop")],
-        }
+        Context { now: 0, params: vec![text("base_url", "http://127.0.0.1:9000/"), text("from_email", "shop@example.com"), text("from_name", "Shop")] }
     }
 
     fn message() -> Message {
         Message {
-            idempotency_key: "run-1:send:email".into(), profile_id: "ann".into(), to: "ann@example.com".into(),
-            subject: Some("We miss you".into()), text: "Come back".into(), html: Some("<p>Come back</p>".into()),
-            link: None, image: None, data: vec![],
+            idempotency_key: "run-1:send:email".into(),
+            profile_id: "ann".into(),
+            to: "ann@example.com".into(),
+            subject: Some("We miss you".into()),
+            text: "Come back".into(),
+            html: Some("<p>Come back</p>".into()),
+            link: None,
+            image: None,
+            data: vec![],
         }
     }
 

@@ -133,8 +133,15 @@ mod tests {
         let mut ctx = ctx("+15550000000");
         ctx.now = 1_795_435_200_000; // 2026-11-23T12:00:00Z
         let message = Message {
-            idempotency_key: "run-1:send:sms".into(), profile_id: "bob".into(), to: "+15551230000".into(),
-            subject: None, text: "Come back".into(), html: None, link: Some("https://s.example/x".into()), image: None, data: vec![],
+            idempotency_key: "run-1:send:sms".into(),
+            profile_id: "bob".into(),
+            to: "+15551230000".into(),
+            subject: None,
+            text: "Come back".into(),
+            html: None,
+            link: Some("https://s.example/x".into()),
+            image: None,
+            data: vec![],
         };
         let request = Twilio::lookup(&ctx, &message).unwrap();
         assert_eq!(request.method, HttpMethod::Get);
@@ -143,7 +150,8 @@ mod tests {
             "https://api.twilio.com/2010-04-01/Accounts/{{secret:TWILIO_ACCOUNT_SID#test}}/Messages.json?To=%2B15551230000&DateSent%3E=2026-11-22&PageSize=50"
         );
         let answer = |body: &str| HttpResponse { status: 200, headers: vec![], body: body.as_bytes().to_vec() };
-        let listed = r#"{"messages":[{"sid":"SM1","to":"+15551230000","body":"Other text"},{"sid":"SM2","to":"+15551230000","body":"Come back https://s.example/x"}]}"#;
+        let listed =
+            r#"{"messages":[{"sid":"SM1","to":"+15551230000","body":"Other text"},{"sid":"SM2","to":"+15551230000","body":"Come back https://s.example/x"}]}"#;
         assert_eq!(Twilio::confirm(&ctx, &message, &answer(listed)), Found::Accepted(Some("SM2".into())));
         assert_eq!(Twilio::confirm(&ctx, &message, &answer(r#"{"messages":[{"sid":"SM1","to":"+15551230000","body":"Other text"}]}"#)), Found::Absent);
         assert!(matches!(Twilio::confirm(&ctx, &message, &HttpResponse { status: 401, headers: vec![], body: vec![] }), Found::Unknown(_)));
@@ -156,8 +164,15 @@ mod tests {
 
     fn message() -> Message {
         Message {
-            idempotency_key: "run-1:send:sms".into(), profile_id: "ann".into(), to: "+15551234567".into(), subject: None,
-            text: "Ann, 10% off: BACK10".into(), html: None, link: Some("https://shop.example/s?a=1".into()), image: None, data: vec![],
+            idempotency_key: "run-1:send:sms".into(),
+            profile_id: "ann".into(),
+            to: "+15551234567".into(),
+            subject: None,
+            text: "Ann, 10% off: BACK10".into(),
+            html: None,
+            link: Some("https://shop.example/s?a=1".into()),
+            image: None,
+            data: vec![],
         }
     }
 

@@ -80,8 +80,14 @@ mod tests {
 
     fn message() -> Message {
         Message {
-            idempotency_key: "run-1:step-2:webhook".into(), profile_id: "ann".into(), to: "ann@example.com".into(),
-            subject: Some("We miss you".into()), text: "Come back".into(), html: None, link: None, image: None,
+            idempotency_key: "run-1:step-2:webhook".into(),
+            profile_id: "ann".into(),
+            to: "ann@example.com".into(),
+            subject: Some("We miss you".into()),
+            text: "Come back".into(),
+            html: None,
+            link: None,
+            image: None,
             data: vec![Field { name: "voucher".into(), value: Value::Text("BACK10".into()) }],
         }
     }

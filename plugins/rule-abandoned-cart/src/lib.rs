@@ -3,8 +3,8 @@
 //! then the campaign has run its course.
 #![no_std]
 
-use rekindle_sdk::prelude::*;
 use rekindle_sdk::MINUTE;
+use rekindle_sdk::prelude::*;
 
 const CART_EVENTS: [&str; 2] = ["Product Added", "Checkout Started"];
 const ORDER: &str = "Order Completed";
@@ -57,10 +57,10 @@ mod tests {
 
     fn member(cart_minutes_ago: i64, order_minutes_ago: Option<i64>) -> bool {
         let now = days(10);
-        let ctx = Context { now, params: vec![
-            Field { name: "wait_minutes".into(), value: Value::Integer(30) },
-            Field { name: "max_age_days".into(), value: Value::Integer(7) },
-        ] };
+        let ctx = Context {
+            now,
+            params: vec![Field { name: "wait_minutes".into(), value: Value::Integer(30) }, Field { name: "max_age_days".into(), value: Value::Integer(7) }],
+        };
         let mut profile = Profile::empty("p");
         profile.events.push(EventSeries::at("Product Added", [now - minutes(cart_minutes_ago)]));
         if let Some(m) = order_minutes_ago {
@@ -82,10 +82,10 @@ mod tests {
     #[test]
     fn checkout_started_counts_too() {
         let now = days(10);
-        let ctx = Context { now, params: vec![
-            Field { name: "wait_minutes".into(), value: Value::Integer(30) },
-            Field { name: "max_age_days".into(), value: Value::Integer(7) },
-        ] };
+        let ctx = Context {
+            now,
+            params: vec![Field { name: "wait_minutes".into(), value: Value::Integer(30) }, Field { name: "max_age_days".into(), value: Value::Integer(7) }],
+        };
         let mut profile = Profile::empty("p");
         profile.events.push(EventSeries::at("Product Added", [now - minutes(120)]));
         profile.events.push(EventSeries::at("Checkout Started", [now - minutes(10)]));

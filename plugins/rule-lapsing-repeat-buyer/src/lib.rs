@@ -51,10 +51,10 @@ mod tests {
     use super::*;
 
     fn ctx(now_day: i64) -> Context {
-        Context { now: days(now_day), params: vec![
-            Field { name: "min_orders".into(), value: Value::Integer(2) },
-            Field { name: "grace_days".into(), value: Value::Number(8.0) },
-        ] }
+        Context {
+            now: days(now_day),
+            params: vec![Field { name: "min_orders".into(), value: Value::Integer(2) }, Field { name: "grace_days".into(), value: Value::Number(8.0) }],
+        }
     }
 
     /// The aggregates the host computes for orders on `order_days`.

@@ -2,8 +2,8 @@
 //! zero times within the last `quiet_days` (180).
 #![no_std]
 
-use rekindle_sdk::prelude::*;
 use rekindle_sdk::DAY;
+use rekindle_sdk::prelude::*;
 
 /// The rule; callable natively for tests and benchmarks.
 pub struct OneTimeAboutToSleep;

@@ -62,10 +62,17 @@ mod tests {
     fn ctx(recency: &str) -> Context {
         let text = |n: &str, v: &str| Field { name: n.into(), value: Value::Text(v.into()) };
         let int = |n: &str, v: i64| Field { name: n.into(), value: Value::Integer(v) };
-        Context { now: days(1000), params: vec![
-            text("recency_days_cutoffs", recency), text("frequency_cutoffs", "2,3,5,8"), text("monetary_cutoffs", "50,100,250,500"),
-            int("min_frequency_score", 4), int("min_monetary_score", 4), int("max_recency_score", 2),
-        ] }
+        Context {
+            now: days(1000),
+            params: vec![
+                text("recency_days_cutoffs", recency),
+                text("frequency_cutoffs", "2,3,5,8"),
+                text("monetary_cutoffs", "50,100,250,500"),
+                int("min_frequency_score", 4),
+                int("min_monetary_score", 4),
+                int("max_recency_score", 2),
+            ],
+        }
     }
 
     fn customer(orders: i64, spend: f64, days_ago: i64) -> Profile {

@@ -2,8 +2,8 @@
 //! whole days ago, inclusive. Day 44 and day 91 are out; 45 and 90 are in.
 #![no_std]
 
-use rekindle_sdk::prelude::*;
 use rekindle_sdk::DAY;
+use rekindle_sdk::prelude::*;
 
 /// The rule; callable natively for tests and benchmarks.
 pub struct WinBackWindow;
@@ -35,10 +35,10 @@ mod tests {
     use super::*;
 
     fn member(days_ago: i64) -> bool {
-        let ctx = Context { now: days(1000), params: vec![
-            Field { name: "min_days".into(), value: Value::Integer(45) },
-            Field { name: "max_days".into(), value: Value::Integer(90) },
-        ] };
+        let ctx = Context {
+            now: days(1000),
+            params: vec![Field { name: "min_days".into(), value: Value::Integer(45) }, Field { name: "max_days".into(), value: Value::Integer(90) }],
+        };
         let mut profile = Profile::empty("p");
         profile.aggregates = Some(vec![Field { name: "last_order_at".into(), value: Value::Integer(days(1000 - days_ago)) }]);
         WinBackWindow::evaluate(&ctx, &profile).unwrap().member
@@ -54,10 +54,10 @@ mod tests {
 
     #[test]
     fn no_order_is_not_a_member() {
-        let ctx = Context { now: 0, params: vec![
-            Field { name: "min_days".into(), value: Value::Integer(45) },
-            Field { name: "max_days".into(), value: Value::Integer(90) },
-        ] };
+        let ctx = Context {
+            now: 0,
+            params: vec![Field { name: "min_days".into(), value: Value::Integer(45) }, Field { name: "max_days".into(), value: Value::Integer(90) }],
+        };
         assert!(!WinBackWindow::evaluate(&ctx, &Profile::empty("p")).unwrap().member);
     }
 }

@@ -73,26 +73,40 @@ mod tests {
 
     fn offer(id: &str, priority: i32, include: &[&str], category: Option<&str>) -> Offer {
         Offer {
-            id: id.into(), slot: "home".into(), priority,
-            include_segments: include.iter().map(|s| (*s).into()).collect(), exclude_segments: vec![],
-            category: category.map(Into::into), title: "Hi {{first_name|there}}".into(),
-            body: "Use {{voucher}}".into(), image: None, link: "/sale".into(),
-            voucher: Some("BACK10".into()), holdout_percent: 0, valid_until: None, attributes: vec![],
+            id: id.into(),
+            slot: "home".into(),
+            priority,
+            include_segments: include.iter().map(|s| (*s).into()).collect(),
+            exclude_segments: vec![],
+            category: category.map(Into::into),
+            title: "Hi {{first_name|there}}".into(),
+            body: "Use {{voucher}}".into(),
+            image: None,
+            link: "/sale".into(),
+            voucher: Some("BACK10".into()),
+            holdout_percent: 0,
+            valid_until: None,
+            attributes: vec![],
         }
     }
 
     fn ctx() -> Context {
-        Context { now: 0, params: vec![
-            Field { name: "segment_weight".into(), value: Value::Number(100.0) },
-            Field { name: "category_weight".into(), value: Value::Number(50.0) },
-        ] }
+        Context {
+            now: 0,
+            params: vec![
+                Field { name: "segment_weight".into(), value: Value::Number(100.0) },
+                Field { name: "category_weight".into(), value: Value::Number(50.0) },
+            ],
+        }
     }
 
     fn ann() -> Profile {
         Profile {
             id: "ann".into(),
             traits: Some(vec![Field { name: "first_name".into(), value: Value::Text("Ann".into()) }]),
-            events: vec![], consents: None, contacts: None,
+            events: vec![],
+            consents: None,
+            contacts: None,
             segments: Some(vec![Membership { segment: "lapsing".into(), label: None, since: 0 }]),
             aggregates: Some(vec![Field { name: "favourite_category".into(), value: Value::Text("shoes".into()) }]),
             timezone: None,

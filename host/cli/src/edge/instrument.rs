@@ -23,8 +23,8 @@
 
 use wasm_encoder::reencode::{Error, Reencode, utils};
 use wasm_encoder::{
-    BlockType, CodeSection, ConstExpr, InstructionSink, ExportKind, ExportSection, Function, FunctionSection,
-    GlobalSection, GlobalType, Module, SectionId, TypeSection, ValType,
+    BlockType, CodeSection, ConstExpr, ExportKind, ExportSection, Function, FunctionSection, GlobalSection, GlobalType, InstructionSink, Module, SectionId,
+    TypeSection, ValType,
 };
 use wasmparser::{CompositeInnerType, Operator, Parser, Payload, TypeRef};
 
@@ -71,22 +71,13 @@ pub enum InstrumentError {
 /// Rewrites a core module: fuel checks charged against `fuel` (which is also its value
 /// during instantiation), `memory.grow` capped at `memory_cap` bytes, memories exported
 /// and mutable globals saved and restored through exported functions.
-pub fn instrument(
-    bytes: &[u8],
-    fuel: i64,
-    memory_cap: u64,
-) -> Result<Instrumented, InstrumentError> {
+pub fn instrument(bytes: &[u8], fuel: i64, memory_cap: u64) -> Result<Instrumented, InstrumentError> {
     let survey = Survey::of(bytes)?;
     if survey.memories > 1 {
-        return Err(InstrumentError::Unsupported(format!(
-            "the module has {} memories; the edge runs modules with one",
-            survey.memories
-        )));
+        return Err(InstrumentError::Unsupported(format!("the module has {} memories; the edge runs modules with one", survey.memories)));
     }
     if survey.memory64 {
-        return Err(InstrumentError::Unsupported(
-            "the module has a 64-bit memory, which the edge does not run".into(),
-        ));
+        return Err(InstrumentError::Unsupported("the module has a 64-bit memory, which the edge does not run".into()));
     }
     let globals = survey.imported_globals + survey.defined_globals.len() as u32;
     let functions = survey.imported_functions + survey.function_types.len() as u32;
@@ -96,30 +87,15 @@ pub fn instrument(
         shadows: globals + 2,
         types: survey.types,
         functions,
-        grow: (survey.memories == 1).then_some(GrowLimits {
-            cap_pages: memory_cap / PAGE,
-        }),
+        grow: (survey.memories == 1).then_some(GrowLimits { cap_pages: memory_cap / PAGE }),
         done_types: false,
         done_functions: false,
         done_code: false,
     };
-    let mut rewrite = Rewrite {
-        survey: &survey,
-        added,
-        fuel,
-        next_body: 0,
-        added_globals: false,
-        added_exports: false,
-    };
+    let mut rewrite = Rewrite { survey: &survey, added, fuel, next_body: 0, added_globals: false, added_exports: false };
     let mut module = Module::new();
-    rewrite
-        .parse_core_module(&mut module, Parser::new(0), bytes)
-        .map_err(|e| InstrumentError::Reencode(e.to_string()))?;
-    Ok(Instrumented {
-        bytes: module.finish(),
-        restorable: survey.stateful.is_none(),
-        defines_memory: survey.defined_memory,
-    })
+    rewrite.parse_core_module(&mut module, Parser::new(0), bytes).map_err(|e| InstrumentError::Reencode(e.to_string()))?;
+    Ok(Instrumented { bytes: module.finish(), restorable: survey.stateful.is_none(), defines_memory: survey.defined_memory })
 }
 
 /// The first canonical built-in of a component, other than lifting and lowering, that
@@ -166,13 +142,8 @@ impl Survey {
         let mut s = Survey::default();
         for payload in Parser::new(0).parse_all(bytes) {
             match payload? {
-                Payload::Version {
-                    encoding: wasmparser::Encoding::Component,
-                    ..
-                } => {
-                    return Err(InstrumentError::Unsupported(
-                        "a component, where a core module was expected".into(),
-                    ));
+                Payload::Version { encoding: wasmparser::Encoding::Component, .. } => {
+                    return Err(InstrumentError::Unsupported("a component, where a core module was expected".into()));
                 }
                 Payload::TypeSection(reader) => {
                     for group in reader {
@@ -245,11 +216,7 @@ impl Survey {
 
     /// The defined mutable globals, by global index, with their types.
     fn mutable_globals(&self) -> impl Iterator<Item = (u32, wasmparser::ValType)> + '_ {
-        self.defined_globals
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.mutable)
-            .map(|(i, g)| (self.imported_globals + i as u32, g.content_type))
+        self.defined_globals.iter().enumerate().filter(|(_, g)| g.mutable).map(|(i, g)| (self.imported_globals + i as u32, g.content_type))
     }
 }
 
@@ -331,11 +298,7 @@ fn position(id: SectionId) -> u8 {
 
 impl Rewrite<'_> {
     fn add_globals(&mut self, globals: &mut GlobalSection) -> Result<(), Error<String>> {
-        let i64_global = GlobalType {
-            val_type: ValType::I64,
-            mutable: true,
-            shared: false,
-        };
+        let i64_global = GlobalType { val_type: ValType::I64, mutable: true, shared: false };
         globals.global(i64_global, &ConstExpr::i64_const(self.fuel));
         globals.global(i64_global, &ConstExpr::i64_const(0));
         for (_, ty) in self.survey.mutable_globals() {
@@ -348,19 +311,10 @@ impl Rewrite<'_> {
                 ValType::V128 => ConstExpr::v128_const(0),
                 ValType::Ref(r) if r.nullable => ConstExpr::ref_null(r.heap_type),
                 ValType::Ref(_) => {
-                    return Err(Error::UserError(
-                        "a mutable global of a non-nullable reference type".into(),
-                    ));
+                    return Err(Error::UserError("a mutable global of a non-nullable reference type".into()));
                 }
             };
-            globals.global(
-                GlobalType {
-                    val_type,
-                    mutable: true,
-                    shared: false,
-                },
-                &zero,
-            );
+            globals.global(GlobalType { val_type, mutable: true, shared: false }, &zero);
         }
         self.added_globals = true;
         Ok(())
@@ -439,13 +393,7 @@ impl Rewrite<'_> {
     fn added_bodies(&self) -> Vec<Function> {
         let a = self.added;
         let mut set_fuel = Function::new([]);
-        set_fuel
-            .instructions()
-            .local_get(0)
-            .global_set(a.fuel)
-            .i64_const(0)
-            .global_set(a.wanted)
-            .end();
+        set_fuel.instructions().local_get(0).global_set(a.fuel).i64_const(0).global_set(a.wanted).end();
         let mut fuel = Function::new([]);
         fuel.instructions().global_get(a.fuel).end();
         let mut wanted = Function::new([]);
@@ -508,10 +456,7 @@ fn charge_costs(ops: &[Operator<'_>]) -> Vec<u64> {
                 frames.push(costs.len());
                 costs.push(0);
             }
-            Operator::Block { .. }
-            | Operator::If { .. }
-            | Operator::TryTable { .. }
-            | Operator::Try { .. } => frames.push(target),
+            Operator::Block { .. } | Operator::If { .. } | Operator::TryTable { .. } | Operator::Try { .. } => frames.push(target),
             Operator::End | Operator::Delegate { .. } => {
                 frames.pop();
             }
@@ -537,47 +482,28 @@ fn is_bulk(op: &Operator<'_>) -> bool {
 impl Reencode for Rewrite<'_> {
     type Error = String;
 
-    fn parse_type_section(
-        &mut self,
-        types: &mut TypeSection,
-        section: wasmparser::TypeSectionReader<'_>,
-    ) -> Result<(), Error<String>> {
+    fn parse_type_section(&mut self, types: &mut TypeSection, section: wasmparser::TypeSectionReader<'_>) -> Result<(), Error<String>> {
         utils::parse_type_section(self, types, section)?;
         self.add_types(types);
         Ok(())
     }
 
-    fn parse_function_section(
-        &mut self,
-        functions: &mut FunctionSection,
-        section: wasmparser::FunctionSectionReader<'_>,
-    ) -> Result<(), Error<String>> {
+    fn parse_function_section(&mut self, functions: &mut FunctionSection, section: wasmparser::FunctionSectionReader<'_>) -> Result<(), Error<String>> {
         utils::parse_function_section(self, functions, section)?;
         self.add_functions(functions);
         Ok(())
     }
 
-    fn parse_global_section(
-        &mut self,
-        globals: &mut GlobalSection,
-        section: wasmparser::GlobalSectionReader<'_>,
-    ) -> Result<(), Error<String>> {
+    fn parse_global_section(&mut self, globals: &mut GlobalSection, section: wasmparser::GlobalSectionReader<'_>) -> Result<(), Error<String>> {
         utils::parse_global_section(self, globals, section)?;
         self.add_globals(globals)
     }
 
-    fn parse_export_section(
-        &mut self,
-        exports: &mut ExportSection,
-        section: wasmparser::ExportSectionReader<'_>,
-    ) -> Result<(), Error<String>> {
+    fn parse_export_section(&mut self, exports: &mut ExportSection, section: wasmparser::ExportSectionReader<'_>) -> Result<(), Error<String>> {
         for export in section {
             let export = export?;
             if export.name.starts_with("__rekindle:") {
-                return Err(Error::UserError(format!(
-                    "the module already exports `{}`, a name the edge reserves",
-                    export.name
-                )));
+                return Err(Error::UserError(format!("the module already exports `{}`, a name the edge reserves", export.name)));
             }
             exports.export(export.name, self.export_kind(export.kind)?, export.index);
         }
@@ -585,12 +511,7 @@ impl Reencode for Rewrite<'_> {
         Ok(())
     }
 
-    fn intersperse_section_hook(
-        &mut self,
-        module: &mut Module,
-        _after: Option<SectionId>,
-        before: Option<SectionId>,
-    ) -> Result<(), Error<String>> {
+    fn intersperse_section_hook(&mut self, module: &mut Module, _after: Option<SectionId>, before: Option<SectionId>) -> Result<(), Error<String>> {
         let past = |id: SectionId| before.is_none_or(|b| position(b) > position(id));
         // A section the module lacks is added where it belongs, holding only ours.
         if !self.added.done_types && past(SectionId::Type) {
@@ -621,27 +542,14 @@ impl Reencode for Rewrite<'_> {
         Ok(())
     }
 
-    fn parse_code_section(
-        &mut self,
-        code: &mut CodeSection,
-        section: wasmparser::CodeSectionReader<'_>,
-    ) -> Result<(), Error<String>> {
+    fn parse_code_section(&mut self, code: &mut CodeSection, section: wasmparser::CodeSectionReader<'_>) -> Result<(), Error<String>> {
         utils::parse_code_section(self, code, section)?;
         self.add_code(code);
         Ok(())
     }
 
-    fn parse_function_body(
-        &mut self,
-        code: &mut CodeSection,
-        body: wasmparser::FunctionBody<'_>,
-    ) -> Result<(), Error<String>> {
-        let ty = self
-            .survey
-            .function_types
-            .get(self.next_body)
-            .copied()
-            .ok_or_else(|| Error::UserError("more bodies than functions".into()))?;
+    fn parse_function_body(&mut self, code: &mut CodeSection, body: wasmparser::FunctionBody<'_>) -> Result<(), Error<String>> {
+        let ty = self.survey.function_types.get(self.next_body).copied().ok_or_else(|| Error::UserError("more bodies than functions".into()))?;
         self.next_body += 1;
         let mut locals = Vec::new();
         let mut declared = self.survey.params.get(ty as usize).copied().unwrap_or(0);
@@ -696,9 +604,7 @@ mod tests {
 
     fn run(wat: &str, fuel: i64, cap: u64) -> Instrumented {
         let out = instrument(&wat::parse_str(wat).unwrap(), fuel, cap).unwrap();
-        wasmparser::Validator::new()
-            .validate_all(&out.bytes)
-            .expect("the rewritten module validates");
+        wasmparser::Validator::new().validate_all(&out.bytes).expect("the rewritten module validates");
         out
     }
 
@@ -716,24 +622,12 @@ mod tests {
         let exports: Vec<String> = Parser::new(0)
             .parse_all(&out.bytes)
             .filter_map(|p| match p.unwrap() {
-                Payload::ExportSection(r) => Some(
-                    r.into_iter()
-                        .map(|e| e.unwrap().name.to_string())
-                        .collect::<Vec<_>>(),
-                ),
+                Payload::ExportSection(r) => Some(r.into_iter().map(|e| e.unwrap().name.to_string()).collect::<Vec<_>>()),
                 _ => None,
             })
             .flatten()
             .collect();
-        for name in [
-            SET_FUEL,
-            FUEL,
-            MEMORY_WANTED,
-            SAVE,
-            RESTORE,
-            "__rekindle:memory:0",
-            "spin",
-        ] {
+        for name in [SET_FUEL, FUEL, MEMORY_WANTED, SAVE, RESTORE, "__rekindle:memory:0", "spin"] {
             assert!(exports.iter().any(|e| e == name), "{name} in {exports:?}");
         }
     }
@@ -750,61 +644,37 @@ mod tests {
     }
 
     fn get(store: &mut wasmtime::Store<()>, instance: &wasmtime::Instance, name: &str) -> i64 {
-        instance
-            .get_typed_func::<(), i64>(&mut *store, name)
-            .unwrap()
-            .call(&mut *store, ())
-            .unwrap()
+        instance.get_typed_func::<(), i64>(&mut *store, name).unwrap().call(&mut *store, ()).unwrap()
     }
 
     #[test]
     fn an_endless_loop_runs_out_of_fuel_and_says_so() {
-        let (mut store, instance) = instance(
-            r#"(module (func (export "spin") (loop $l (br $l))) (func (export "once") (nop)))"#,
-            1_000,
-            PAGE,
-        );
-        let spin = instance
-            .get_typed_func::<(), ()>(&mut store, "spin")
-            .unwrap();
-        let set_fuel = instance
-            .get_typed_func::<i64, ()>(&mut store, SET_FUEL)
-            .unwrap();
+        let (mut store, instance) = instance(r#"(module (func (export "spin") (loop $l (br $l))) (func (export "once") (nop)))"#, 1_000, PAGE);
+        let spin = instance.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
+        let set_fuel = instance.get_typed_func::<i64, ()>(&mut store, SET_FUEL).unwrap();
         set_fuel.call(&mut store, 1_000_000).unwrap();
         assert!(spin.call(&mut store, ()).is_err());
         assert_eq!(get(&mut store, &instance, FUEL), -1);
         // A call that finishes leaves fuel over, charged for what it ran.
         set_fuel.call(&mut store, 100).unwrap();
-        instance
-            .get_typed_func::<(), ()>(&mut store, "once")
-            .unwrap()
-            .call(&mut store, ())
-            .unwrap();
+        instance.get_typed_func::<(), ()>(&mut store, "once").unwrap().call(&mut store, ()).unwrap();
         let left = get(&mut store, &instance, FUEL);
         assert!((90..100).contains(&left), "{left}");
     }
 
     #[test]
     fn growing_past_the_cap_records_the_size_and_traps() {
-        let (mut store, instance) = instance(
-            r#"(module (memory 1) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#,
-            1_000,
-            4 * PAGE,
-        );
-        let grow = instance
-            .get_typed_func::<i32, i32>(&mut store, "grow")
-            .unwrap();
+        let (mut store, instance) =
+            instance(r#"(module (memory 1) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#, 1_000, 4 * PAGE);
+        let grow = instance.get_typed_func::<i32, i32>(&mut store, "grow").unwrap();
         assert_eq!(grow.call(&mut store, 3).unwrap(), 1, "up to the cap grows");
         assert_eq!(get(&mut store, &instance, MEMORY_WANTED), 0);
         assert!(grow.call(&mut store, 1).is_err());
         assert_eq!(get(&mut store, &instance, MEMORY_WANTED), 5 * PAGE as i64);
         // Past the declared maximum but within the cap, the grow fails as unrewritten;
         // past both, it traps, as the host's limiter (asked first) makes it.
-        let (mut store, instance) = self::instance(
-            r#"(module (memory 1 2) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#,
-            1_000,
-            4 * PAGE,
-        );
+        let (mut store, instance) =
+            self::instance(r#"(module (memory 1 2) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#, 1_000, 4 * PAGE);
         let grow = instance.get_typed_func::<i32, i32>(&mut store, "grow").unwrap();
         assert_eq!(grow.call(&mut store, 2).unwrap(), -1);
         assert!(grow.call(&mut store, 70_000).is_err());
@@ -820,13 +690,7 @@ mod tests {
             1_000,
             PAGE,
         );
-        let call = |store: &mut wasmtime::Store<()>, name: &str| {
-            instance
-                .get_typed_func::<(), ()>(&mut *store, name)
-                .unwrap()
-                .call(&mut *store, ())
-                .unwrap()
-        };
+        let call = |store: &mut wasmtime::Store<()>, name: &str| instance.get_typed_func::<(), ()>(&mut *store, name).unwrap().call(&mut *store, ()).unwrap();
         call(&mut store, SAVE);
         call(&mut store, "bump");
         call(&mut store, "bump");
@@ -837,11 +701,8 @@ mod tests {
 
     #[test]
     fn table_copies_are_charged_by_length_and_table_growth_is_refused() {
-        let (mut store, instance) = instance(
-            r#"(module (table 1000 funcref) (func (export "copy") (param i32) (table.copy (i32.const 0) (i32.const 0) (local.get 0))))"#,
-            1_000,
-            PAGE,
-        );
+        let (mut store, instance) =
+            instance(r#"(module (table 1000 funcref) (func (export "copy") (param i32) (table.copy (i32.const 0) (i32.const 0) (local.get 0))))"#, 1_000, PAGE);
         let copy = instance.get_typed_func::<i32, ()>(&mut store, "copy").unwrap();
         let set_fuel = instance.get_typed_func::<i64, ()>(&mut store, SET_FUEL).unwrap();
         set_fuel.call(&mut store, 1_000).unwrap();
@@ -865,17 +726,9 @@ mod tests {
 
     #[test]
     fn tables_and_dropped_segments_make_a_module_not_restorable() {
-        let out = run(
-            r#"(module (table 1 funcref) (func (table.set (i32.const 0) (ref.null func))))"#,
-            100,
-            PAGE,
-        );
+        let out = run(r#"(module (table 1 funcref) (func (table.set (i32.const 0) (ref.null func))))"#, 100, PAGE);
         assert!(!out.restorable);
-        let out = run(
-            r#"(module (memory 1) (data "x") (func (data.drop 0)))"#,
-            100,
-            PAGE,
-        );
+        let out = run(r#"(module (memory 1) (data "x") (func (data.drop 0)))"#, 100, PAGE);
         assert!(!out.restorable);
     }
 
@@ -883,33 +736,20 @@ mod tests {
     fn a_module_without_globals_or_exports_gets_them() {
         run(r#"(module (func (loop)))"#, 100, PAGE);
         run(r#"(module)"#, 100, PAGE);
-        run(
-            r#"(module (import "" "f" (func)) (table 1 funcref) (elem (i32.const 0) 0))"#,
-            100,
-            PAGE,
-        );
+        run(r#"(module (import "" "f" (func)) (table 1 funcref) (elem (i32.const 0) 0))"#, 100, PAGE);
     }
 
     #[test]
     fn reserved_export_names_and_two_memories_are_refused() {
-        let bytes =
-            wat::parse_str(r#"(module (global (export "__rekindle:fuel") i32 (i32.const 0)))"#)
-                .unwrap();
+        let bytes = wat::parse_str(r#"(module (global (export "__rekindle:fuel") i32 (i32.const 0)))"#).unwrap();
         assert!(instrument(&bytes, 1, PAGE).is_err());
         let bytes = wat::parse_str(r#"(module (memory 1) (memory 1))"#).unwrap();
-        assert!(
-            instrument(&bytes, 1, PAGE)
-                .unwrap_err()
-                .to_string()
-                .contains("2 memories")
-        );
+        assert!(instrument(&bytes, 1, PAGE).unwrap_err().to_string().contains("2 memories"));
     }
 
     #[test]
     fn charge_points_cover_every_instruction_outside_nested_loops() {
-        let bytes =
-            wat::parse_str(r#"(module (func (nop) (loop (nop) (nop) (loop (nop))) (nop)))"#)
-                .unwrap();
+        let bytes = wat::parse_str(r#"(module (func (nop) (loop (nop) (nop) (loop (nop))) (nop)))"#).unwrap();
         let body = Parser::new(0)
             .parse_all(&bytes)
             .find_map(|p| match p.unwrap() {

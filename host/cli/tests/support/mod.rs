@@ -71,7 +71,6 @@ pub async fn wait_until_up(url: &str, what: &str, patience: Duration) {
     }
 }
 
-
 /// A `plugins` directory under `dir` holding every shipped rule and tile component, named
 /// as `scripts/build-plugins` names them.
 pub fn shipped_plugins(dir: &Path) -> PathBuf {

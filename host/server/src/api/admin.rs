@@ -6,8 +6,8 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rekindle_runtime::json::{self, info_to_json};
 use rekindle_runtime::InvokeError;
+use rekindle_runtime::json::{self, info_to_json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -20,17 +20,13 @@ const MAX_COMPONENT_BYTES: usize = 32 << 20;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/slots", get(list_slots))
-        .route(
-            "/admin/slots/{slot}/versions",
-            post(upload).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
-        )
+        .route("/admin/slots/{slot}/versions", post(upload).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
         .route("/admin/slots/{slot}/activate", post(activate))
         .route("/admin/slots/{slot}/rollback", post(rollback))
         .route("/admin/slots/{slot}", get(describe))
         .route("/admin/slots/{slot}/invoke", post(invoke))
         .route("/admin/slots/{slot}/evaluate/{profile}", post(evaluate_stored))
 }
-
 
 async fn list_slots(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "slots": state.registry.slots() }))
@@ -80,8 +76,7 @@ struct ActivateBody {
 }
 
 async fn activate(State(state): State<AppState>, Path(slot): Path<String>, JsonBody(value): JsonBody) -> Result<Json<Value>, ApiError> {
-    let ActivateBody { version } = serde_json::from_value(value)
-        .map_err(|_| ApiError::field("version", "`version` must be a positive whole number"))?;
+    let ActivateBody { version } = serde_json::from_value(value).map_err(|_| ApiError::field("version", "`version` must be a positive whole number"))?;
     let _write = state.admin_write();
     let active = state.registry.activate(&slot, version)?;
     if let Some(store) = &state.slot_store {
@@ -120,11 +115,7 @@ async fn invoke(State(state): State<AppState>, Path(slot): Path<String>, JsonBod
 
 /// Evaluates a rule slot for a stored profile, as segment evaluation will: the rule gets
 /// exactly what it declared, read from the store. The body may set `now` and `params`.
-async fn evaluate_stored(
-    State(state): State<AppState>,
-    Path((slot, profile_id)): Path<(String, String)>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn evaluate_stored(State(state): State<AppState>, Path((slot, profile_id)): Path<(String, String)>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let ingestion = state.customer_data()?;
     let options = if body.is_empty() { json!({}) } else { json_body(&body)? };
     let plugin = state.registry.get(&slot).map_err(ApiError::Plugin)?;
@@ -141,8 +132,7 @@ async fn evaluate_stored(
     // orders up to `now`, as an event-reading rule would have seen only those.
     let replay = now != state.clock.now();
     let profile = rekindle_segments::profile::profile_at(&ingestion.store, &profile_id, &info.input, now, replay)
-        .await
-        ?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no profile for `{profile_id}`")))?;
     let verdict = plugin.call(None, move |p| p.evaluate(&ctx, &profile)).await.map_err(ApiError::Plugin)?;
     Ok(Json(json!({

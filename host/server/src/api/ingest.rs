@@ -30,7 +30,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/import", post(ingest_batch))
 }
 
-
 /// The source whose write key the request carries (Basic auth user name, or `writeKey`).
 fn source<'a>(ingestion: &'a Ingestion, headers: &HeaderMap, body: &Value) -> Result<&'a Source, ApiError> {
     let from_header = headers
@@ -49,18 +48,16 @@ fn source<'a>(ingestion: &'a Ingestion, headers: &HeaderMap, body: &Value) -> Re
 
 /// The body as JSON, gunzipped when sent with `Content-Encoding: gzip`, within `limit` bytes.
 fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Value, ApiError> {
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let gzip = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let too_large = |size: String| ApiError::TooLarge(format!("the request is {size} bytes; the limit is {limit} bytes"));
     let raw: std::borrow::Cow<'_, [u8]> = if gzip {
         let mut out = Vec::new();
         // Read one byte past the limit, so a gzip bomb stops there.
-        flate2::read::GzDecoder::new(body)
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| ApiError::BadRequest { code: "malformed_gzip", message: format!("the gzip body cannot be read: {e}"), field: None })?;
+        flate2::read::GzDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| ApiError::BadRequest {
+            code: "malformed_gzip",
+            message: format!("the gzip body cannot be read: {e}"),
+            field: None,
+        })?;
         out.into()
     } else {
         body.into()
@@ -68,11 +65,7 @@ fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Value, ApiEr
     if raw.len() > limit {
         return Err(too_large(if gzip { format!("over {limit} (decompressed)") } else { raw.len().to_string() }));
     }
-    serde_json::from_slice(&raw).map_err(|e| ApiError::BadRequest {
-        code: "malformed_json",
-        message: format!("the body is not valid JSON: {e}"),
-        field: None,
-    })
+    serde_json::from_slice(&raw).map_err(|e| ApiError::BadRequest { code: "malformed_json", message: format!("the body is not valid JSON: {e}"), field: None })
 }
 
 /// Stores the messages; `at(i)` names message `i` (`batch[2]`) for what was ignored.
@@ -91,8 +84,7 @@ async fn store(state: &AppState, messages: Vec<Message>, at: impl Fn(usize) -> S
     }
     // Accepted, minus the changes this key may not make: say which, so nothing is lost
     // silently, without failing the events that came with them.
-    let ignored: Vec<Value> =
-        report.ignored.iter().map(|i| json!({"field": format!("{}.{}", at(i.index), i.field), "reason": i.reason})).collect();
+    let ignored: Vec<Value> = report.ignored.iter().map(|i| json!({"field": format!("{}.{}", at(i.index), i.field), "reason": i.reason})).collect();
     Ok(Json(json!({ "success": true, "ignored": ignored })))
 }
 

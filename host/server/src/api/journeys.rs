@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::extract::JsonBody;
-use crate::{AppState, ApiError};
+use crate::{ApiError, AppState};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -23,10 +23,11 @@ fn engine(state: &AppState) -> Result<&rekindle_journeys::Engine, ApiError> {
 }
 
 async fn deploy(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let source = std::str::from_utf8(&body)
-        .ok()
-        .filter(|text| !text.contains('\0'))
-        .ok_or_else(|| ApiError::BadRequest { code: "malformed_toml", message: "the body must be UTF-8 TOML without NUL characters".into(), field: None })?;
+    let source = std::str::from_utf8(&body).ok().filter(|text| !text.contains('\0')).ok_or_else(|| ApiError::BadRequest {
+        code: "malformed_toml",
+        message: "the body must be UTF-8 TOML without NUL characters".into(),
+        field: None,
+    })?;
     let journey = engine(&state)?.deploy(source).await.map_err(ApiError::deploy)?;
     Ok(Json(json!({"deployed": journey.name, "steps": journey.steps.len()})))
 }

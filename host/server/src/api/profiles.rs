@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rekindle_store::{ProfileRecord, Product, Purpose};
+use rekindle_store::{Product, ProfileRecord, Purpose};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -18,7 +18,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/profiles/{id}/contacts", post(contacts))
         .route("/v1/catalog/products", post(products))
 }
-
 
 /// An id from the path, which the databases take only without NUL characters.
 fn id_from_path(id: &str) -> Result<&str, ApiError> {

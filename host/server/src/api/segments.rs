@@ -10,11 +10,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::extract::JsonBody;
+use crate::{ApiError, AppState};
 use rekindle_segments::EvaluateError;
 use rekindle_segments::definition::segment_context;
 use rekindle_segments::preview::{PreviewRequest, preview as preview_rule};
 use rekindle_segments::schedule::{SegmentRun, run_planned, run_segment};
-use crate::{ApiError, AppState};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
 
@@ -26,7 +26,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/segments/preview", axum::routing::post(preview))
         .route("/v1/segments/run", axum::routing::post(run_now))
 }
-
 
 /// A definition from JSON, every field checked, the rule's parameters included.
 fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiError> {
@@ -94,11 +93,7 @@ async fn count_members(store: &rekindle_store::Store, segment: &str) -> Result<u
 /// or every segment when the body is empty. For operators after an import, and for the demo.
 async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let store = &state.customer_data()?.store;
-    let body: Value = if body.is_empty() {
-        json!({})
-    } else {
-        super::json_body(&body)?
-    };
+    let body: Value = if body.is_empty() { json!({}) } else { super::json_body(&body)? };
     let all = store.segments().await?;
     let wanted: Vec<SegmentDefinition> = match body.get("segments") {
         None | Some(Value::Null) => all,
@@ -228,9 +223,5 @@ async fn changes(State(state): State<AppState>, Path(name): Path<String>, Query(
 
 /// A 404 unless a segment of that name is defined.
 async fn require_segment(store: &rekindle_store::Store, name: &str) -> Result<(), ApiError> {
-    if store.segments().await?.iter().any(|s| s.name == name) {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!("no segment named `{name}`")))
-    }
+    if store.segments().await?.iter().any(|s| s.name == name) { Ok(()) } else { Err(ApiError::NotFound(format!("no segment named `{name}`"))) }
 }

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::extract::JsonBody;
+use crate::{ApiError, AppState};
 use rekindle_tiles::Visitor;
 use rekindle_tiles::catalog::{catalog_json, parse_offer, parse_slot, stored_text};
 use rekindle_tiles::edge::EdgeSources;
-use crate::{AppState, ApiError};
 
 /// The website snippet, served as is.
 const TILES_JS: &str = include_str!("../../assets/tiles.js");
@@ -127,7 +127,9 @@ async fn issue_token(State(state): State<AppState>, JsonBody(body): JsonBody) ->
         None | Some(Value::Null) => state.clock.now(),
         at => rekindle_runtime::json::timestamp_from_json(at, "at")?,
     };
-    let claims = rekindle_tiles::edge::claims(edge_sources(&state)?, &id, at, ttl, &state.clock).await?.ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
+    let claims = rekindle_tiles::edge::claims(edge_sources(&state)?, &id, at, ttl, &state.clock)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no profile for `{id}`")))?;
     Ok(Json(json!({"token": rekindle_tiles::token::seal(&claims, &key), "expires_at": claims.expires_at})))
 }
 
@@ -151,7 +153,9 @@ async fn edge_reference(State(state): State<AppState>, JsonBody(body): JsonBody)
     let user = optional_text(body.get("userId"), "userId")?;
     let repeat = match body.get("repeat") {
         None | Some(Value::Null) => 1,
-        Some(n) => n.as_u64().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| ApiError::field("repeat", "`repeat` must be a whole number from 1 to 10000"))?,
+        Some(n) => {
+            n.as_u64().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| ApiError::field("repeat", "`repeat` must be a whole number from 1 to 10000"))?
+        }
     };
     let mut answer = Value::Null;
     for _ in 0..repeat {
@@ -283,10 +287,7 @@ fn with_token(mut response: Response, token: Option<String>) -> Response {
 }
 
 async fn snippet() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
-        TILES_JS,
-    )
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")], TILES_JS)
 }
 
 /// The most bytes of an id, key or slot name in a tile request.
@@ -319,11 +320,7 @@ fn cached(headers: &HeaderMap, answer: &Value) -> Response {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|given| given.split(',').any(|tag| tag.trim().trim_start_matches("W/") == etag));
-    let mut response = if matches {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-    };
+    let mut response = if matches { StatusCode::NOT_MODIFIED.into_response() } else { ([(header::CONTENT_TYPE, "application/json")], body).into_response() };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     if let Ok(value) = HeaderValue::from_str(&etag) {
@@ -349,8 +346,11 @@ async fn decide_one(State(state): State<AppState>, headers: HeaderMap, Query(que
 
 async fn decide_many(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     // Without the parser's detail: the edge answers this request too, with the same words.
-    let body = serde_json::from_slice::<Value>(&body)
-        .map_err(|_| ApiError::BadRequest { code: "malformed_json", message: "the body is not valid JSON".into(), field: None })?;
+    let body = serde_json::from_slice::<Value>(&body).map_err(|_| ApiError::BadRequest {
+        code: "malformed_json",
+        message: "the body is not valid JSON".into(),
+        field: None,
+    })?;
     super::refuse_nul(&body, "body")?;
     let Some(Value::Array(slots)) = body.get("slots") else {
         return Err(ApiError::field("slots", "`slots` must be a list of slot names"));

@@ -106,9 +106,8 @@ fn check_amounts(value: &Value, path: &str) -> Result<(), ApiError> {
 /// A batch message's own `type`.
 fn kind_of(msg: &Map<String, Value>, at: &str) -> Result<MessageKind, ApiError> {
     match msg.get("type").and_then(Value::as_str) {
-        Some(name) => kind_from(name).ok_or_else(|| {
-            ApiError::field(format!("{at}.type"), format!("{at}: unknown type {name:?}; use track, identify, page, screen, group or alias"))
-        }),
+        Some(name) => kind_from(name)
+            .ok_or_else(|| ApiError::field(format!("{at}.type"), format!("{at}: unknown type {name:?}; use track, identify, page, screen, group or alias"))),
         None => Err(ApiError::field(format!("{at}.type"), format!("{at}: `type` is required in a batch"))),
     }
 }
@@ -149,7 +148,13 @@ fn corrected_time(msg: &Map<String, Value>, at: &str, received_at: i64, batch_se
     };
     if original.is_some() && !(EARLIEST_EVENT..=received_at.saturating_add(LATEST_EVENT_AHEAD)).contains(&timestamp) {
         let field = format!("{at}.{given_as}");
-        return Err(ApiError::field(&field, format!("{field}: after clock-skew correction the event falls at {}, before 2000 or more than a day ahead of the host's clock", rekindle_runtime::json::timestamp_to_json(timestamp))));
+        return Err(ApiError::field(
+            &field,
+            format!(
+                "{field}: after clock-skew correction the event falls at {}, before 2000 or more than a day ahead of the host's clock",
+                rekindle_runtime::json::timestamp_to_json(timestamp)
+            ),
+        ));
     }
     Ok(timestamp)
 }
@@ -205,12 +210,7 @@ pub(crate) fn parse_message(
         Some(id) => id,
         None => format!("rekindle-{}", uuid::Uuid::now_v7()),
     };
-    let push_token = context
-        .get("device")
-        .and_then(|d| d.get("token"))
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .map(|t| (t.to_string(), true));
+    let push_token = context.get("device").and_then(|d| d.get("token")).and_then(Value::as_str).filter(|t| !t.is_empty()).map(|t| (t.to_string(), true));
     Ok(Message {
         source: source.name.clone(),
         from_browser: source.kind == SourceKind::Browser,

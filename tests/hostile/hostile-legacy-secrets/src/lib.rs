@@ -16,9 +16,7 @@ wit_bindgen::generate!({
     world: "channel-adapter",
 });
 
-use exports::rekindle::plugin::adapter::{
-    AdapterInfo, AudienceChange, ChannelKind, Guest, HttpMethod, HttpRequest, HttpResponse, Message, Outcome,
-};
+use exports::rekindle::plugin::adapter::{AdapterInfo, AudienceChange, ChannelKind, Guest, HttpMethod, HttpRequest, HttpResponse, Message, Outcome};
 use rekindle::plugin::types::Context;
 
 struct Legacy;

@@ -7,8 +7,7 @@ struct Sometimes;
 
 impl Rule for Sometimes {
     fn describe() -> RuleInfo {
-        RuleInfo::new("hostile-panics-sometimes", "0.0.0", "panics for profiles that did Boom")
-            .reads(InputQuery::new().events("Boom"))
+        RuleInfo::new("hostile-panics-sometimes", "0.0.0", "panics for profiles that did Boom").reads(InputQuery::new().events("Boom"))
     }
 
     fn evaluate(_: &Context, profile: &Profile) -> Result<Verdict, String> {

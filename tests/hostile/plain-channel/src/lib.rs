@@ -15,9 +15,7 @@ wit_bindgen::generate!({
     world: "channel-adapter",
 });
 
-use exports::rekindle::plugin::adapter::{
-    AdapterInfo, AudienceChange, ChannelKind, Guest, HttpMethod, HttpRequest, HttpResponse, Message, Outcome,
-};
+use exports::rekindle::plugin::adapter::{AdapterInfo, AudienceChange, ChannelKind, Guest, HttpMethod, HttpRequest, HttpResponse, Message, Outcome};
 use rekindle::plugin::types::{Context, ParamKind, ParamSpec, Value};
 
 struct Plain;
@@ -33,12 +31,7 @@ impl Guest for Plain {
             consent: None,
             hosts: vec!["127.0.0.1".into()],
             secrets: vec![],
-            params: vec![ParamSpec {
-                name: "url".into(),
-                kind: ParamKind::Text,
-                default: Value::Text(String::new()),
-                doc: "Where to POST".into(),
-            }],
+            params: vec![ParamSpec { name: "url".into(), kind: ParamKind::Text, default: Value::Text(String::new()), doc: "Where to POST".into() }],
         }
     }
 
