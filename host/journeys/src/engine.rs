@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{AudienceChange, AudienceMember, Found, Outcome};
-use rekindle_store::{Clock, JourneyLogEntry, JourneyRun, Store, StoreError};
+use rekindle_store::{ClaimedSend, Clock, EventRef, JourneyLogEntry, JourneyRun, StepSend, Store, StoreError, StoredJourney};
 use serde_json::Value;
 
 use crate::definition::{self, Journey, JourneyError, Step, parse_duration};
@@ -70,8 +70,8 @@ impl Engine {
     /// policy, test mode or a holdout kept them out.
     pub async fn enter_by_api(&self, journey_name: &str, id: &str, now: i64) -> Result<bool, JourneyError> {
         let journeys = store(self).journeys().await?;
-        let (_, source, _) = journeys.iter().find(|(name, _, _)| name == journey_name).ok_or_else(|| JourneyError::UnknownJourney(journey_name.to_string()))?;
-        let journey = definition::load(source, &self.deliverer.channel_names())?;
+        let stored = journeys.iter().find(|j| j.name == journey_name).ok_or_else(|| JourneyError::UnknownJourney(journey_name.to_string()))?;
+        let journey = definition::load(&stored.definition, &self.deliverer.channel_names())?;
         if !journey.entry.api {
             return Err(JourneyError::NotEnteredByApi(journey_name.to_string()));
         }
@@ -98,7 +98,7 @@ impl Engine {
         let mut report = TickReport::default();
         let mut journeys = Vec::new();
         let channels = self.deliverer.channel_names();
-        for (name, source, cursor) in store(self).journeys().await? {
+        for StoredJourney { name, definition: source, entry_cursor: cursor } in store(self).journeys().await? {
             match definition::load(&source, &channels) {
                 Ok(journey) => {
                     report.entered += self.enter(&journey, cursor, now).await?;
@@ -142,8 +142,8 @@ impl Engine {
         if let Some(event) = &journey.entry.event {
             loop {
                 let events = store(self).events_after(event, cursor, 1000).await?;
-                let Some(last) = events.last().map(|e| e.0) else { break };
-                for (_, profile_id, at) in &events {
+                let Some(last) = events.last().map(|e| e.id) else { break };
+                for EventRef { profile_id, timestamp: at, .. } in &events {
                     // The run starts at the event, so a 30-minute wait means 30 minutes
                     // after the cart, however late the tick.
                     entered += usize::from(self.start(journey, profile_id, (*at).min(now)).await?);
@@ -430,9 +430,9 @@ impl Engine {
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<Option<Claimed>, StoreError> {
         let step = send.step;
-        let (key, channel, claimed_at) = match store(self).step_send(&run.id, step).await? {
-            Some((_, _, outcome, _)) if outcome != "pending" => return Ok(None),
-            Some((key, channel, _, claimed_at)) => (key, channel, claimed_at),
+        let StepSend { key, channel, claimed_at, .. } = match store(self).step_send(&run.id, step).await? {
+            Some(claimed) if claimed.outcome != "pending" => return Ok(None),
+            Some(claimed) => claimed,
             None => return self.claim_new(run, profile, send, now, entries).await,
         };
         let reach = self.deliverer.needs(&self.registry, &channel).map(|needs| {
@@ -488,8 +488,8 @@ impl Engine {
         let key = format!("{}:{step}:{}", run.id, channel.name);
         Ok(match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
             None => Some(Claimed { channel: channel.name.clone(), to, key, in_doubt_since: None }),
-            Some((outcome, _)) if outcome != "pending" => None,
-            Some((_, claimed_at)) => Some(Claimed { channel: channel.name.clone(), to, key, in_doubt_since: Some(claimed_at) }),
+            Some(ClaimedSend { outcome, .. }) if outcome != "pending" => None,
+            Some(ClaimedSend { claimed_at, .. }) => Some(Claimed { channel: channel.name.clone(), to, key, in_doubt_since: Some(claimed_at) }),
         })
     }
 

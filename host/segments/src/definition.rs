@@ -84,13 +84,17 @@ pub async fn resolve_auto_params(store: &Store, def: &SegmentDefinition, now: i6
         return Ok((def.clone(), None));
     }
     if cutoffs == Cutoffs::Recorded
-        && let Some((from, resolved, at)) = store.cutoffs(&def.name).await?
-        && from == def.params
+        && let Some(recorded) = store.cutoffs(&def.name).await?
+        && recorded.from == def.params
     {
-        return Ok((SegmentDefinition { params: resolved, ..def.clone() }, Some(at)));
+        return Ok((SegmentDefinition { params: recorded.resolved, ..def.clone() }, Some(recorded.computed_at)));
     }
     let population = store.rfm_population(now).await?;
-    let columns = [population.iter().map(|p| p.0).collect::<Vec<_>>(), population.iter().map(|p| p.1).collect(), population.iter().map(|p| p.2).collect()];
+    let columns = [
+        population.iter().map(|p| p.recency_days).collect::<Vec<_>>(),
+        population.iter().map(|p| p.frequency).collect(),
+        population.iter().map(|p| p.monetary).collect(),
+    ];
     let mut resolved = def.clone();
     for (name, values) in RFM_CUTOFFS.iter().zip(columns) {
         if resolved.params.get(name).and_then(|v| v.as_str()) == Some("auto") {

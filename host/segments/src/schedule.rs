@@ -39,6 +39,33 @@ pub async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefini
     Ok((run.report.evaluations(), run.report.failures()))
 }
 
+/// What defining a segment did: its backfill over every stored profile.
+pub struct Backfill {
+    pub evaluated: usize,
+    pub failed: usize,
+    pub members: usize,
+}
+
+/// Stores a checked definition and backfills it over every stored profile at `now`,
+/// recorded as its first run.
+pub async fn define(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<Backfill, EvaluateError> {
+    store.upsert_segment(def.clone()).await?;
+    let (evaluated, failed) = run_segment(registry, store, def, now).await?;
+    let members = member_count(store, &def.name).await?;
+    Ok(Backfill { evaluated, failed, members })
+}
+
+/// How many members a segment has now.
+pub async fn member_count(store: &Store, segment: &str) -> Result<usize, StoreError> {
+    let (mut after, mut count) = (String::new(), 0);
+    loop {
+        let page = store.members(segment, &after, 1000).await?;
+        let Some(last) = page.last() else { return Ok(count) };
+        count += page.len();
+        after = last.profile_id.clone();
+    }
+}
+
 /// Every `tick`, runs the segments whose period has passed since their last run.
 pub async fn schedule_loop(registry: Arc<Registry>, store: Arc<Store>, clock: Clock, tick: std::time::Duration) {
     // Segments with auto cutoffs and none recorded for their parameters (defined before
@@ -46,7 +73,7 @@ pub async fn schedule_loop(registry: Arc<Registry>, store: Arc<Store>, clock: Cl
     match store.segments().await {
         Ok(all) => {
             for def in all {
-                let recorded = store.cutoffs(&def.name).await.ok().flatten().is_some_and(|(from, _, _)| from == def.params);
+                let recorded = store.cutoffs(&def.name).await.ok().flatten().is_some_and(|recorded| recorded.from == def.params);
                 if !recorded && let Err(e) = resolve_auto_params(&store, &def, clock.now(), Cutoffs::Refresh).await {
                     tracing::error!(segment = def.name, "could not record RFM cutoffs: {e}");
                 }

@@ -7,7 +7,7 @@ mod api;
 mod background;
 mod error;
 mod extract;
-mod slots;
+mod slot_store;
 mod state;
 
 use axum::Router;
@@ -19,7 +19,7 @@ pub use background::Background;
 pub use error::ApiError;
 pub use rekindle_segments::{EvaluateError, derive_aggregates};
 pub use rekindle_store::Clock;
-pub use slots::{SlotStore, SlotStoreError};
+pub use slot_store::{SlotStore, SlotStoreError};
 pub use state::{AppState, Ingestion, Source, SourceKind};
 
 /// The whole HTTP API, with the background loops `state` calls for started and left running

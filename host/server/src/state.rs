@@ -13,7 +13,7 @@ use rekindle_tiles::TileService;
 use rekindle_tiles::token::TokenKey;
 
 use crate::error::ApiError;
-use crate::slots::SlotStore;
+use crate::slot_store::SlotStore;
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -14,9 +14,9 @@ use std::path::Path;
 pub use clock::{Clock, now_ms};
 pub use logic::TileDocument;
 pub use model::{
-    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, EventNeed, Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun,
-    MembershipChange, MembershipRecord, Message, MessageKind, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RuleInput, Scope, SegmentDefinition,
-    StoredEvent, Touch, VerdictWrite,
+    CONTACT_TRAITS, Change, ClaimedSend, Computed, Consent, Contact, EventMapping, EventNeed, EventRef, Ignored, IngestReport, InputNeeds, JourneyLogEntry,
+    JourneyRun, MembershipChange, MembershipRecord, Message, MessageKind, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint,
+    RuleInput, Scope, SegmentDefinition, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
 };
 
 /// Why a store operation failed.
@@ -140,7 +140,7 @@ impl Store {
 
     /// The RFM cutoffs a segment's parameters last resolved to: (the parameters they were
     /// resolved from, the resolved parameters, when).
-    pub async fn cutoffs(&self, name: &str) -> Result<Option<(serde_json::Value, serde_json::Value, i64)>, StoreError> {
+    pub async fn cutoffs(&self, name: &str) -> Result<Option<RecordedCutoffs>, StoreError> {
         let name = name.to_string();
         on_backend!(self.read(|db, _mapping| logic::cutoffs(db, &name)))
     }
@@ -199,7 +199,7 @@ impl Store {
     }
 
     /// (days since the last order at `now`, order count, lifetime value) of every buyer.
-    pub async fn rfm_population(&self, now: i64) -> Result<Vec<(f64, f64, f64)>, StoreError> {
+    pub async fn rfm_population(&self, now: i64) -> Result<Vec<RfmPoint>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::rfm_population(db, now)))
     }
 
@@ -233,7 +233,7 @@ impl Store {
     }
 
     /// Every offer or page slot as (id, JSON text, updated at), by id.
-    pub async fn tile_documents(&self, kind: TileDocument) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub async fn tile_documents(&self, kind: TileDocument) -> Result<Vec<StoredDocument>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::tile_documents(db, kind)))
     }
 
@@ -251,7 +251,7 @@ impl Store {
     }
 
     /// Every journey as (name, definition, entry cursor).
-    pub async fn journeys(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub async fn journeys(&self) -> Result<Vec<StoredJourney>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::journeys(db)))
     }
 
@@ -259,7 +259,7 @@ impl Store {
     /// event time): the feed event-entry journeys follow. On PostgreSQL, ids from
     /// concurrent transactions can commit out of order, so a reader at the very edge may
     /// pass over one committed late.
-    pub async fn events_after(&self, name: &str, after: i64, limit: usize) -> Result<Vec<(i64, String, i64)>, StoreError> {
+    pub async fn events_after(&self, name: &str, after: i64, limit: usize) -> Result<Vec<EventRef>, StoreError> {
         let name = name.to_string();
         on_backend!(self.read(|db, _mapping| logic::events_after(db, &name, after, limit)))
     }
@@ -315,14 +315,14 @@ impl Store {
 
     /// Claims a send before calling the provider; `None` when new, else its recorded outcome
     /// and when it was claimed.
-    pub async fn claim_send(&self, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<(String, i64)>, StoreError> {
+    pub async fn claim_send(&self, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<ClaimedSend>, StoreError> {
         let (key, run, channel) = (key.to_string(), run.to_string(), channel.to_string());
         on_backend!(self.write(|db, _mapping| logic::claim_send(db, &key, &run, &channel, at)))
     }
 
     /// The send already claimed for `step` of `run` on any channel: (key, channel, outcome,
     /// claimed at).
-    pub async fn step_send(&self, run: &str, step: &str) -> Result<Option<(String, String, String, i64)>, StoreError> {
+    pub async fn step_send(&self, run: &str, step: &str) -> Result<Option<StepSend>, StoreError> {
         let (run, step) = (run.to_string(), step.to_string());
         on_backend!(self.read(|db, _mapping| logic::step_send(db, &run, &step)))
     }

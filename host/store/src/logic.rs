@@ -8,8 +8,9 @@ use serde_json::{Map, Value};
 use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
-    CONTACT_TRAITS, Change, Computed, Consent, Contact, EventMapping, Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun, MembershipChange,
-    MembershipRecord, Message, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RuleInput, Scope, SegmentDefinition, StoredEvent, Touch, VerdictWrite,
+    CONTACT_TRAITS, Change, ClaimedSend, Computed, Consent, Contact, EventMapping, EventRef, Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun,
+    MembershipChange, MembershipRecord, Message, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint, RuleInput, Scope,
+    SegmentDefinition, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
 };
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
@@ -542,10 +543,12 @@ pub(crate) fn segments(db: &mut impl Db) -> Result<Vec<SegmentDefinition>, Store
 
 /// The cutoffs a segment's parameters resolved to: (the parameters they were resolved from,
 /// the resolved parameters, when).
-pub(crate) fn cutoffs(db: &mut impl Db, name: &str) -> Result<Option<(Value, Value, i64)>, StoreError> {
-    Ok(db
-        .query_opt("SELECT from_params, resolved, computed_at FROM segment_cutoffs WHERE segment = ?1", &[P::Text(name)])?
-        .map(|r| (serde_json::from_str(&r.text(0)).unwrap_or(Value::Null), serde_json::from_str(&r.text(1)).unwrap_or(Value::Null), r.int(2))))
+pub(crate) fn cutoffs(db: &mut impl Db, name: &str) -> Result<Option<RecordedCutoffs>, StoreError> {
+    Ok(db.query_opt("SELECT from_params, resolved, computed_at FROM segment_cutoffs WHERE segment = ?1", &[P::Text(name)])?.map(|r| RecordedCutoffs {
+        from: serde_json::from_str(&r.text(0)).unwrap_or(Value::Null),
+        resolved: serde_json::from_str(&r.text(1)).unwrap_or(Value::Null),
+        computed_at: r.int(2),
+    }))
 }
 
 /// Records what a segment's parameters resolved to at `at`, replacing what was there.
@@ -658,11 +661,11 @@ pub(crate) fn computed_as_of(db: &mut impl Db, mapping: &EventMapping, id: &str,
 
 /// (days since the last order at `now`, order count, lifetime value) of every buyer: the
 /// population RFM cutoffs are computed from.
-pub(crate) fn rfm_population(db: &mut impl Db, now: i64) -> Result<Vec<(f64, f64, f64)>, StoreError> {
+pub(crate) fn rfm_population(db: &mut impl Db, now: i64) -> Result<Vec<RfmPoint>, StoreError> {
     Ok(db
         .query("SELECT last_order_at, order_count, lifetime_value FROM computed WHERE order_count > 0", &[])?
         .into_iter()
-        .map(|r| ((now - r.int(0)) as f64 / 86_400_000.0, r.int(1) as f64, r.float(2)))
+        .map(|r| RfmPoint { recency_days: (now - r.int(0)) as f64 / 86_400_000.0, frequency: r.int(1) as f64, monetary: r.float(2) })
         .collect())
 }
 
@@ -944,12 +947,12 @@ pub(crate) fn delete_tile_document(db: &mut impl Db, kind: TileDocument, id: &st
 }
 
 /// Every offer or page slot as (id, JSON text, updated at), by id.
-pub(crate) fn tile_documents(db: &mut impl Db, kind: TileDocument) -> Result<Vec<(String, String, i64)>, StoreError> {
+pub(crate) fn tile_documents(db: &mut impl Db, kind: TileDocument) -> Result<Vec<StoredDocument>, StoreError> {
     let sql = match kind {
         TileDocument::Offer => "SELECT id, definition, updated_at FROM offers ORDER BY id",
         TileDocument::Slot => "SELECT name, definition, updated_at FROM tile_slots ORDER BY name",
     };
-    Ok(db.query(sql, &[])?.into_iter().map(|r| (r.text(0), r.text(1), r.int(2))).collect())
+    Ok(db.query(sql, &[])?.into_iter().map(|r| StoredDocument { id: r.text(0), definition: r.text(1), updated_at: r.int(2) }).collect())
 }
 
 /// The catalog ids of an order's products, each once, in order.
@@ -1043,8 +1046,12 @@ pub(crate) fn upsert_journey(db: &mut impl Db, name: &str, definition: &str, at:
 }
 
 /// Every journey as (name, definition, entry cursor).
-pub(crate) fn journeys(db: &mut impl Db) -> Result<Vec<(String, String, i64)>, StoreError> {
-    Ok(db.query("SELECT name, definition, cursor FROM journeys ORDER BY name", &[])?.into_iter().map(|r| (r.text(0), r.text(1), r.int(2))).collect())
+pub(crate) fn journeys(db: &mut impl Db) -> Result<Vec<StoredJourney>, StoreError> {
+    Ok(db
+        .query("SELECT name, definition, cursor FROM journeys ORDER BY name", &[])?
+        .into_iter()
+        .map(|r| StoredJourney { name: r.text(0), definition: r.text(1), entry_cursor: r.int(2) })
+        .collect())
 }
 
 /// Moves a journey's entry cursor forward.
@@ -1192,14 +1199,14 @@ pub(crate) fn journey_log(db: &mut impl Db, journey: &str) -> Result<Vec<Journey
 /// Claims a send before the provider is called: `None` when it is new, else the outcome
 /// recorded so far (`pending` when a host stopped between claiming and settling) and when
 /// it was claimed.
-pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<(String, i64)>, StoreError> {
+pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<ClaimedSend>, StoreError> {
     // A run erased with its customer since the engine read it is nobody's to message:
     // answered as settled, so nothing is sent.
     let Some(owner) = db.query_opt("SELECT profile_id FROM journey_runs WHERE id = ?1", &[P::Text(run)])? else {
-        return Ok(Some(("erased".into(), at)));
+        return Ok(Some(ClaimedSend { outcome: "erased".into(), claimed_at: at }));
     };
     if !db.lock_profile(&owner.text(0), false)? {
-        return Ok(Some(("erased".into(), at)));
+        return Ok(Some(ClaimedSend { outcome: "erased".into(), claimed_at: at }));
     }
     let inserted = db.execute(
         "INSERT INTO journey_sends (idempotency_key, run_id, channel, outcome, at) VALUES (?1, ?2, ?3, 'pending', ?4)
@@ -1209,18 +1216,19 @@ pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, 
     if inserted > 0 {
         return Ok(None);
     }
-    Ok(db.query_opt("SELECT outcome, at FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?.map(|r| (r.text(0), r.int(1))))
+    Ok(db
+        .query_opt("SELECT outcome, at FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?
+        .map(|r| ClaimedSend { outcome: r.text(0), claimed_at: r.int(1) }))
 }
 
-/// The send already claimed for `step` of `run`, on whichever channel: (key, channel,
-/// outcome, claimed at).
-pub(crate) fn step_send(db: &mut impl Db, run: &str, step: &str) -> Result<Option<(String, String, String, i64)>, StoreError> {
+/// The send already claimed for `step` of `run`, on whichever channel.
+pub(crate) fn step_send(db: &mut impl Db, run: &str, step: &str) -> Result<Option<StepSend>, StoreError> {
     let prefix = format!("{run}:{step}:");
     Ok(db
         .query("SELECT idempotency_key, channel, outcome, at FROM journey_sends WHERE run_id = ?1", &[P::Text(run)])?
         .into_iter()
         .find(|r| r.text(0).starts_with(&prefix))
-        .map(|r| (r.text(0), r.text(1), r.text(2), r.int(3))))
+        .map(|r| StepSend { key: r.text(0), channel: r.text(1), outcome: r.text(2), claimed_at: r.int(3) }))
 }
 
 /// Records what the provider said about a claimed send.
@@ -1228,16 +1236,16 @@ pub(crate) fn settle_send(db: &mut impl Db, key: &str, outcome: &str) -> Result<
     db.execute("UPDATE journey_sends SET outcome = ?2 WHERE idempotency_key = ?1", &[P::Text(key), P::Text(outcome)]).map(drop)
 }
 
-/// Events named `name` stored after event id `after`, oldest first: (id, profile, time).
+/// Events named `name` stored after event id `after`, oldest first.
 /// Journeys that enter on an event follow this feed.
-pub(crate) fn events_after(db: &mut impl Db, name: &str, after: i64, limit: usize) -> Result<Vec<(i64, String, i64)>, StoreError> {
+pub(crate) fn events_after(db: &mut impl Db, name: &str, after: i64, limit: usize) -> Result<Vec<EventRef>, StoreError> {
     Ok(db
         .query(
             "SELECT id, profile_id, timestamp FROM events WHERE id > ?2 AND name = ?1 ORDER BY id LIMIT ?3",
             &[P::Text(name), P::Int(after), P::Int(limit as i64)],
         )?
         .into_iter()
-        .map(|r| (r.int(0), r.text(1), r.int(2)))
+        .map(|r| EventRef { id: r.int(0), profile_id: r.text(1), timestamp: r.int(2) })
         .collect())
 }
 

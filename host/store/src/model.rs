@@ -358,3 +358,63 @@ pub struct JourneyLogEntry {
     pub detail: String,
     pub at: i64,
 }
+
+/// The RFM cutoffs recorded for a segment: the parameters they were resolved from, what
+/// they resolved to, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedCutoffs {
+    pub from: Value,
+    pub resolved: Value,
+    pub computed_at: i64,
+}
+
+/// One buyer's place on the RFM axes: days since the last order, orders, lifetime value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RfmPoint {
+    pub recency_days: f64,
+    pub frequency: f64,
+    pub monetary: f64,
+}
+
+/// An offer or page slot as stored: its id (or name), its definition's JSON text, and when
+/// it was last written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    pub id: String,
+    pub definition: String,
+    pub updated_at: i64,
+}
+
+/// A deployed journey: its name, its definition's TOML, and the event id its entries have
+/// been read up to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJourney {
+    pub name: String,
+    pub definition: String,
+    pub entry_cursor: i64,
+}
+
+/// A stored event, by id, with whose it is and when it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef {
+    pub id: i64,
+    pub profile_id: String,
+    pub timestamp: i64,
+}
+
+/// A send already claimed under an idempotency key: its outcome so far (`pending` until
+/// settled) and when it was claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedSend {
+    pub outcome: String,
+    pub claimed_at: i64,
+}
+
+/// The send claimed for one step of a run, on whichever channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSend {
+    pub key: String,
+    pub channel: String,
+    pub outcome: String,
+    pub claimed_at: i64,
+}

@@ -36,11 +36,13 @@ pub struct FallbackTile {
     pub link: String,
 }
 
-/// A page slot: which plugin decides it, how many tiles it shows, and what to show when
-/// the plugin cannot decide.
+/// A page slot, the place on a page where tiles show: which plugin decides it, how many
+/// tiles it shows, and what to show when the plugin cannot decide. ("Slot" alone is the
+/// registry's: where a plugin is installed, named by `plugin` here.)
 #[derive(Debug, Clone)]
-pub struct SlotDef {
+pub struct PageSlot {
     pub name: String,
+    /// The registry slot of the promo-tiles plugin that decides.
     pub plugin: String,
     pub max_tiles: u32,
     pub params: Value,
@@ -48,11 +50,11 @@ pub struct SlotDef {
     pub json: Value,
 }
 
-/// Every slot and its offers, as the decision endpoint reads them.
+/// Every page slot and its offers, as the decision endpoint reads them.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    pub slots: HashMap<String, SlotDef>,
-    /// Offers by slot, in id order.
+    pub page_slots: HashMap<String, PageSlot>,
+    /// Offers by page slot, in id order.
     pub offers: HashMap<String, Vec<OfferDef>>,
 }
 
@@ -116,7 +118,7 @@ pub fn parse_offer(json: &Value) -> Result<OfferDef, TilesError> {
 }
 
 /// Validates a page slot definition against the registry; errors name the field.
-pub fn parse_slot(json: &Value, registry: &Registry) -> Result<SlotDef, TilesError> {
+pub fn parse_page_slot(json: &Value, registry: &Registry) -> Result<PageSlot, TilesError> {
     let map = json.as_object().ok_or_else(|| TilesError::field("slot", "a slot is a JSON object"))?;
     let text = |key: &str, default: Option<&str>| -> Result<String, TilesError> {
         match (map.get(key), default) {
@@ -152,7 +154,7 @@ pub fn parse_slot(json: &Value, registry: &Registry) -> Result<SlotDef, TilesErr
         Some(Value::Array(tiles)) => tiles.iter().enumerate().map(|(i, t)| fallback_tile(t, &format!("slot.fallback[{i}]"))).collect::<Result<_, _>>()?,
         Some(_) => return Err(TilesError::field("slot.fallback", "`fallback` must be a list of tiles")),
     };
-    Ok(SlotDef { name, plugin, max_tiles, params, fallback, json: json.clone() })
+    Ok(PageSlot { name, plugin, max_tiles, params, fallback, json: json.clone() })
 }
 
 fn fallback_tile(json: &Value, path: &str) -> Result<FallbackTile, TilesError> {
@@ -204,7 +206,7 @@ pub fn is_safe_link(url: &str) -> bool {
 
 /// Offers and slots listed for operators.
 pub fn catalog_json(catalog: &Catalog) -> Value {
-    let mut slots: Vec<&SlotDef> = catalog.slots.values().collect();
+    let mut slots: Vec<&PageSlot> = catalog.page_slots.values().collect();
     slots.sort_by(|a, b| a.name.cmp(&b.name));
     let mut offers: Vec<&OfferDef> = catalog.offers.values().flatten().collect();
     offers.sort_by(|a, b| a.offer.id.cmp(&b.offer.id));

@@ -11,11 +11,12 @@ use rekindle_runtime::json::fields_from_json;
 use rekindle_runtime::wit::{Context, InputQuery, Offer, Profile, Tile, TileRequest};
 use rekindle_runtime::{PluginInfo, Registry, filter_profile, merge_params};
 use rekindle_segments::batch::Reads;
-use rekindle_store::{Scope, Store, StoreError, TileDocument};
+use rekindle_store::{Scope, Store, StoreError, StoredDocument, TileDocument};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Catalog, OfferDef, SlotDef, is_safe_link, parse_offer, parse_slot};
+use crate::TilesError;
+use crate::catalog::{Catalog, OfferDef, PageSlot, is_safe_link, parse_offer, parse_page_slot, stored_text};
 
 /// The tile service's shared state.
 pub struct TileService {
@@ -86,15 +87,15 @@ impl TileService {
     pub async fn reload(&self, store: &Store, registry: &Registry) -> Result<(), StoreError> {
         let _one_at_a_time = self.reloading.lock().await;
         let mut catalog = Catalog::default();
-        for (name, text, _) in store.tile_documents(TileDocument::Slot).await? {
-            match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|v| parse_slot(&v, registry).map_err(|e| e.to_string())) {
+        for StoredDocument { id: name, definition: text, .. } in store.tile_documents(TileDocument::Slot).await? {
+            match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|v| parse_page_slot(&v, registry).map_err(|e| e.to_string())) {
                 Ok(slot) => {
-                    catalog.slots.insert(name, slot);
+                    catalog.page_slots.insert(name, slot);
                 }
                 Err(e) => tracing::warn!(slot = name, "skipping a stored tile slot: {e}"),
             }
         }
-        for (id, text, _) in store.tile_documents(TileDocument::Offer).await? {
+        for StoredDocument { id, definition: text, .. } in store.tile_documents(TileDocument::Offer).await? {
             match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|v| parse_offer(&v).map_err(|e| e.to_string())) {
                 Ok(offer) => catalog.offers.entry(offer.offer.slot.clone()).or_default().push(offer),
                 Err(e) => tracing::warn!(offer = id, "skipping a stored offer: {e}"),
@@ -116,6 +117,24 @@ impl TileService {
         }
     }
 
+    /// Validates and stores an offer given as JSON, then refreshes the snapshot; answers
+    /// the offer as stored.
+    pub async fn define_offer(&self, store: &Store, registry: &Registry, body: &Value) -> Result<Value, TilesError> {
+        let offer = parse_offer(body)?;
+        store.upsert_tile_document(TileDocument::Offer, &offer.offer.id, &offer.offer.slot, stored_text(&offer.json)).await?;
+        self.reload(store, registry).await?;
+        Ok(offer.json)
+    }
+
+    /// Validates and stores a page slot given as JSON, then refreshes the snapshot; answers
+    /// the slot as stored.
+    pub async fn define_page_slot(&self, store: &Store, registry: &Registry, body: &Value) -> Result<Value, TilesError> {
+        let slot = parse_page_slot(body, registry)?;
+        store.upsert_tile_document(TileDocument::Slot, &slot.name, "", stored_text(&slot.json)).await?;
+        self.reload(store, registry).await?;
+        Ok(slot.json)
+    }
+
     /// Decisions, fallbacks and unsafe tiles dropped since start.
     pub fn counts(&self) -> TileCounts {
         TileCounts {
@@ -129,7 +148,7 @@ impl TileService {
     /// failure past that point becomes the slot's fallback tiles.
     pub async fn decide(&self, registry: &Registry, store: Option<&Store>, slot: &str, visitor: &Visitor, page_url: Option<String>, now: i64) -> Option<Value> {
         let catalog = self.catalog();
-        let def = catalog.slots.get(slot)?;
+        let def = catalog.page_slots.get(slot)?;
         // Without a usable plugin the answer is the fallback: skip reading the visitor.
         let decidable = registry.get(&def.plugin).is_ok_and(|p| matches!(p.info(), PluginInfo::Tiles(_)));
         let full = match (store, visitor.id()) {
@@ -154,7 +173,7 @@ impl TileService {
             }
         }
         let mut queries = vec![conditions];
-        if let Some(def) = catalog.slots.get(slot)
+        if let Some(def) = catalog.page_slots.get(slot)
             && let Ok(plugin) = registry.get(&def.plugin)
             && let PluginInfo::Tiles(info) = plugin.info()
         {
@@ -169,7 +188,7 @@ impl TileService {
         &self,
         registry: &Registry,
         catalog: &Catalog,
-        def: &SlotDef,
+        def: &PageSlot,
         full: Result<Option<Profile>, String>,
         page_url: Option<String>,
         now: i64,
@@ -193,7 +212,7 @@ impl TileService {
 
 async fn personalised(
     registry: &Registry,
-    def: &SlotDef,
+    def: &PageSlot,
     offers: &[OfferDef],
     full: Option<Profile>,
     page_url: Option<String>,
@@ -288,7 +307,7 @@ fn tile_json(tile: &Tile, slot: &str, visitor: &str, plugin_slot: &str, digest: 
 /// The slot's fallback tiles. They are the same for every visitor, so their decision ids
 /// name no one: the origin (which knows a user id) and the edge (which knows a profile id)
 /// give the same ids.
-fn fallback_answer(def: &SlotDef) -> Value {
+fn fallback_answer(def: &PageSlot) -> Value {
     let who = "anonymous";
     let tiles: Vec<Value> = def
         .fallback

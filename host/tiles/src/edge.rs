@@ -50,7 +50,7 @@ pub async fn edge_segments(registry: &Registry, store: &Store, now: i64) -> Resu
 
 /// Every query a token must serve: each slot's decision and each edge rule.
 fn token_queries<'a>(src: EdgeSources<'_>, catalog: &Catalog, edge_rules: impl IntoIterator<Item = &'a InputQuery>) -> Vec<InputQuery> {
-    let mut slots: Vec<&String> = catalog.slots.keys().collect();
+    let mut slots: Vec<&String> = catalog.page_slots.keys().collect();
     slots.sort();
     let mut queries: Vec<InputQuery> = slots.into_iter().flat_map(|slot| src.tiles.queries(src.registry, catalog, slot)).collect();
     queries.extend(edge_rules.into_iter().cloned());
@@ -166,10 +166,10 @@ pub async fn snapshot(src: EdgeSources<'_>, now: i64) -> Result<Value, TilesErro
 /// plugin reads what a token does not carry cannot run at the edge.
 fn slots_json(src: EdgeSources<'_>, catalog: &Catalog, plugins: &mut serde_json::Map<String, Value>) -> Result<Vec<Value>, TilesError> {
     let mut slots = Vec::new();
-    let mut names: Vec<&String> = catalog.slots.keys().collect();
+    let mut names: Vec<&String> = catalog.page_slots.keys().collect();
     names.sort();
     for name in names {
-        let def = &catalog.slots[name];
+        let def = &catalog.page_slots[name];
         // A slot whose plugin is not loaded serves its fallback tiles, at the edge as here.
         let Ok(plugin) = src.registry.get(&def.plugin) else {
             slots.push(json!({"name": def.name, "plugin": def.plugin, "max_tiles": def.max_tiles, "params": [], "fallback": def.fallback}));
@@ -264,7 +264,7 @@ pub fn apply_verdict(segments: &mut Vec<Membership>, name: &str, verdict: &Verdi
 pub async fn reference(src: EdgeSources<'_>, visitor: Option<&str>, slot: &str, now: i64) -> Result<Value, TilesError> {
     let store = src.store;
     let catalog = src.tiles.catalog();
-    let def = catalog.slots.get(slot).ok_or_else(|| TilesError::NotFound(format!("no tile slot `{slot}`")))?;
+    let def = catalog.page_slots.get(slot).ok_or_else(|| TilesError::NotFound(format!("no tile slot `{slot}`")))?;
     let edge = edge_segments(src.registry, store, now).await?;
     let queries = token_queries(src, &catalog, edge.iter().map(|s| &s.query));
     let mut full: Option<Profile> = match visitor {

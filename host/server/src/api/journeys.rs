@@ -34,7 +34,7 @@ async fn deploy(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let store = &state.customer_data()?.store;
-    let journeys: Vec<Value> = store.journeys().await?.into_iter().map(|(name, _, cursor)| json!({"name": name, "entry_cursor": cursor})).collect();
+    let journeys: Vec<Value> = store.journeys().await?.into_iter().map(|j| json!({"name": j.name, "entry_cursor": j.entry_cursor})).collect();
     Ok(Json(json!({ "journeys": journeys })))
 }
 

@@ -14,7 +14,7 @@ use crate::{ApiError, AppState};
 use rekindle_segments::EvaluateError;
 use rekindle_segments::definition::segment_context;
 use rekindle_segments::preview::{PreviewRequest, preview as preview_rule};
-use rekindle_segments::schedule::{SegmentRun, run_planned, run_segment};
+use rekindle_segments::schedule::{Backfill, SegmentRun, member_count, run_planned};
 
 const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
 
@@ -66,27 +66,14 @@ pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, Api
     let store = &state.customer_data()?.store;
     super::refuse_nul(body, "segment")?;
     let def = definition(state, body)?;
-    store.upsert_segment(def.clone()).await?;
-    // Backfill: evaluate the new definition over every stored profile, recorded as a run.
     let now = state.clock.now();
-    let (evaluated, failed) = run_segment(&state.registry, store, &def, now).await.map_err(|e| match e {
+    let Backfill { evaluated, failed, members } = rekindle_segments::schedule::define(&state.registry, store, &def, now).await.map_err(|e| match e {
         EvaluateError::Store(e) => ApiError::from(e),
         other => ApiError::field("slot", other.to_string()),
     })?;
     let def = SegmentDefinition { last_run: Some(now), ..def };
-    let members = count_members(store, &def.name).await?;
     tracing::info!(segment = def.name, evaluated, failed, members, "segment defined and backfilled");
     Ok(json!({ "segment": def, "evaluated": evaluated, "failed": failed, "members": members }))
-}
-
-async fn count_members(store: &rekindle_store::Store, segment: &str) -> Result<usize, ApiError> {
-    let (mut after, mut count) = (String::new(), 0);
-    loop {
-        let page = store.members(segment, &after, 1000).await?;
-        let Some(last) = page.last() else { return Ok(count) };
-        count += page.len();
-        after = last.profile_id.clone();
-    }
 }
 
 /// Re-evaluates segments over everyone now, as their schedule would: `{"segments": [names]}`,
@@ -118,7 +105,7 @@ async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     let SegmentRun { report, segments } = run_planned(store, plan).await?;
     let mut results = Vec::new();
     for (name, (evaluated, failed)) in segments.iter().zip(&report.per_segment) {
-        results.push(json!({"segment": name, "evaluated": evaluated, "failed": failed, "members": count_members(store, name).await?}));
+        results.push(json!({"segment": name, "evaluated": evaluated, "failed": failed, "members": member_count(store, name).await?}));
     }
     Ok(Json(json!({"profiles": report.profiles, "changes": report.changes, "took_ms": started.elapsed().as_millis() as u64, "segments": results})))
 }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState};
 use rekindle_tiles::Visitor;
-use rekindle_tiles::catalog::{catalog_json, parse_offer, parse_slot, stored_text};
+use rekindle_tiles::catalog::catalog_json;
 use rekindle_tiles::edge::EdgeSources;
 
 /// The website snippet, served as is.
@@ -45,20 +45,14 @@ pub(crate) fn admin_router() -> Router<AppState> {
 pub async fn define_offer(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     let store = &state.customer_data()?.store;
     super::refuse_nul(body, "offer")?;
-    let offer = parse_offer(body)?;
-    store.upsert_tile_document(TileDocument::Offer, &offer.offer.id, &offer.offer.slot, stored_text(&offer.json)).await?;
-    state.tiles.reload(store, &state.registry).await?;
-    Ok(offer.json)
+    Ok(state.tiles.define_offer(store, &state.registry, body).await?)
 }
 
 /// Validates and stores a page slot given as JSON, then refreshes the snapshot.
 pub async fn define_tile_slot(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     let store = &state.customer_data()?.store;
     super::refuse_nul(body, "slot")?;
-    let slot = parse_slot(body, &state.registry)?;
-    store.upsert_tile_document(TileDocument::Slot, &slot.name, "", stored_text(&slot.json)).await?;
-    state.tiles.reload(store, &state.registry).await?;
-    Ok(slot.json)
+    Ok(state.tiles.define_page_slot(store, &state.registry, body).await?)
 }
 
 async fn create_offer(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
