@@ -37,7 +37,12 @@ fn main() {
         // Flags meant for the host build must not leak into the guest build.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET");
+        .env_remove("CARGO_BUILD_TARGET")
+        // Under `cargo clippy` the host build runs through clippy-driver with its own
+        // flags; the plugins are built as plain rustc builds, once, whichever command ran.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CLIPPY_ARGS");
     for name in &crates {
         cargo.args(["-p", name]);
     }

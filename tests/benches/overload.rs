@@ -48,7 +48,7 @@ fn serve(dir: &std::path::Path) -> String {
             for i in 0..SLOTS {
                 let slot = json!({"name": format!("burn-{i}"), "plugin": "hostile-tiles", "params": {"mode": "loop"},
                                   "fallback": [{"title": "Sale", "link": "/sale"}]});
-                rekindle_server::define_tile_slot(&state, &slot).await.unwrap();
+                rekindle_server::define_page_slot(&state, &slot).await.unwrap();
             }
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(format!("http://{}", listener.local_addr().unwrap())).unwrap();

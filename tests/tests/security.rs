@@ -33,7 +33,7 @@ async fn a_plugin_burning_its_deadline_cannot_stall_the_host() {
     let state = AppState::new(registry, None, Some(ADMIN.into())).with_ingestion(Ingestion { store: store.into(), sources });
     for i in 0..10 {
         let slot = json!({"name": format!("s{i}"), "plugin": "burn", "params": {"mode": "loop"}, "fallback": [{"title": "Sale", "link": "/sale"}]});
-        rekindle_server::define_tile_slot(&state, &slot).await.unwrap();
+        rekindle_server::define_page_slot(&state, &slot).await.unwrap();
     }
     let host = rekindle_tests::serve(rekindle_server::app(state)).await;
     let http = reqwest::Client::new();

@@ -140,7 +140,7 @@ async fn define_from_config(state: &AppState, config: &Config, config_name: &str
     }
     for (i, table) in config.tile_slots.iter().enumerate() {
         let definition = serde_json::to_value(table).context("reading a [[tile_slots]] entry")?;
-        rekindle_server::define_tile_slot(state, &definition).await.map_err(|e| anyhow::anyhow!("{config_name}: tile_slots[{i}]: {e}"))?;
+        rekindle_server::define_page_slot(state, &definition).await.map_err(|e| anyhow::anyhow!("{config_name}: tile_slots[{i}]: {e}"))?;
     }
     for (i, table) in config.offers.iter().enumerate() {
         let definition = serde_json::to_value(table).context("reading an [[offers]] entry")?;

@@ -73,7 +73,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
         let engine =
             Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
-        define_segments_beside(&args.journey, &ingestion.store).await?;
+        define_segments_beside(&args.journey, &registry, &ingestion.store).await?;
         let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", args.journey.display()))?;
         const HOUR: i64 = 3_600_000;
         for hour in 0..i64::from(args.days) * 24 {
@@ -106,24 +106,18 @@ fn copy_database(data_dir: &std::path::Path, scratch: &std::path::Path) -> anyho
     Ok(copy)
 }
 
-/// A template's segments.toml beside the journey defines its audiences in the copy.
-async fn define_segments_beside(journey: &std::path::Path, store: &Store) -> anyhow::Result<()> {
+/// A template's segments.toml beside the journey defines its audiences in the copy, each
+/// checked as the host checks a definition; the midnight run then evaluates them.
+async fn define_segments_beside(journey: &std::path::Path, registry: &Registry, store: &Store) -> anyhow::Result<()> {
     let beside = journey.with_file_name("segments.toml");
     if !beside.exists() {
         return Ok(());
     }
     let table: toml::Table = toml::from_str(&std::fs::read_to_string(&beside)?).with_context(|| format!("{} is not valid TOML", beside.display()))?;
-    for segment in table.get("segments").and_then(|s| s.as_array()).into_iter().flatten() {
-        let text = |key: &str| segment.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        store
-            .upsert_segment(rekindle_store::SegmentDefinition {
-                name: text("name"),
-                slot: text("slot"),
-                params: serde_json::to_value(segment.get("params").cloned().unwrap_or(toml::Value::Table(toml::Table::new())))?,
-                schedule: Some(text("schedule")).filter(|s| !s.is_empty()).unwrap_or_else(|| "daily".into()),
-                last_run: None,
-            })
-            .await?;
+    for (i, segment) in table.get("segments").and_then(|s| s.as_array()).into_iter().flatten().enumerate() {
+        let body = serde_json::to_value(segment)?;
+        let def = rekindle_segments::definition::parse_definition(registry, &body).map_err(|e| anyhow::anyhow!("{}: segments[{i}]: {e}", beside.display()))?;
+        store.upsert_segment(def).await?;
     }
     Ok(())
 }

@@ -433,8 +433,12 @@ fn classify(err: wasmtime::Error, state: &CallState, limits: Limits) -> CallErro
         Some(wasmtime::Trap::UnreachableCodeReached) if state.panic.is_some() => CallError::Trap(state.panic.clone().unwrap_or_default()),
         Some(trap) => CallError::Trap(trap.to_string()),
         // The pooling allocator has no free slot: the host is at capacity. Its error is typed;
-        // a store's own instance limit is not, and wasmtime words it "instance count".
-        None if err.chain().any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) || err.to_string().contains("instance count") => {
+        // a store's own instance limit is not ("instance count"), and other pool errors are
+        // still known by their words, as before.
+        None if err.chain().any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>())
+            || err.to_string().contains("instance count")
+            || err.to_string().contains("pool") =>
+        {
             CallError::Instantiate(format!("{err:#}"))
         }
         None => CallError::Trap(format!("{err:#}")),

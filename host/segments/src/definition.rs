@@ -17,12 +17,51 @@ pub enum EvaluateError {
     /// The definition's `params` do not fit the rule's declaration.
     #[error("{0}")]
     Params(String),
+    /// Another field of the definition is wrong; `field` names it.
+    #[error("{message}")]
+    Field { field: String, message: String },
+    /// One of the segments asked to run together cannot run, so none does.
+    #[error("segment `{segment}` cannot run: {reason}")]
+    Refused { segment: String, reason: Box<EvaluateError> },
     /// The store could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The rule trapped, timed out or returned bad output.
     #[error("the rule failed: {0}")]
     Call(#[from] rekindle_runtime::CallError),
+}
+
+/// How often a segment may be re-evaluated over everyone.
+pub const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
+
+/// A definition from JSON (`{"name", "slot", "params"?, "schedule"?}`), every field
+/// checked, the rule's parameters included. A candidate for a preview (`"preview"` set)
+/// may go without a name.
+pub fn parse_definition(registry: &Registry, body: &serde_json::Value) -> Result<SegmentDefinition, EvaluateError> {
+    use serde_json::Value;
+    let field = |field: &str, message: String| EvaluateError::Field { field: field.to_string(), message };
+    let text = |key: &str| -> Result<String, EvaluateError> {
+        match body.get(key) {
+            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => Ok(s.trim().to_string()),
+            _ => Err(field(key, format!("`{key}` must be a non-empty string of at most 200 characters"))),
+        }
+    };
+    let name = if body.get("name").is_none() && body.get("preview").is_some() { "preview".to_string() } else { text("name")? };
+    let slot = text("slot")?;
+    let schedule = match body.get("schedule") {
+        None => "daily".to_string(),
+        Some(Value::String(s)) if SCHEDULES.contains(&s.as_str()) => s.clone(),
+        Some(other) => return Err(field("schedule", format!("`schedule` must be one of {SCHEDULES:?}, got {other}"))),
+    };
+    let params = match body.get("params") {
+        None | Some(Value::Null) => serde_json::json!({}),
+        Some(Value::Object(map)) => Value::Object(map.clone()),
+        Some(_) => return Err(field("params", "`params` must be an object".into())),
+    };
+    let def = SegmentDefinition { name, slot, params, schedule, last_run: None };
+    // Resolving the rule and merging the parameters now reports a bad definition at once.
+    segment_context(registry, &def, 0)?;
+    Ok(def)
 }
 
 /// A segment's rule, checked to be one, with its context at a time and what it reads.
@@ -58,8 +97,6 @@ fn quintile_cutoffs(mut values: Vec<f64>) -> String {
     (1..=4).map(|k| format!("{}", (at(k) * 100.0).round() / 100.0)).collect::<Vec<_>>().join(",")
 }
 
-/// The definition with every `"auto"` RFM cutoff replaced by the population's quintiles at
-/// `now`; unchanged when it asks for none.
 /// Where a run takes `auto` RFM cutoffs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cutoffs {

@@ -54,14 +54,28 @@ pub struct Preview {
     pub sample: Vec<SampleMember>,
     /// With a page: where the next one starts, when there is one.
     pub next: Option<String>,
+    /// With the first page: how many profiles there are to cover.
+    pub total_profiles: Option<i64>,
     pub compare: Option<Comparison>,
 }
 
 /// Evaluates the candidate over the stored profiles the request covers.
 pub async fn preview(registry: &rekindle_runtime::Registry, store: &Store, request: &PreviewRequest) -> Result<Preview, EvaluateError> {
     let ResolvedRule { plugin, ctx, query } = segment_context(registry, &request.def, request.at)?;
-    let mut answer =
-        Preview { digest: plugin.digest().to_string(), evaluated: 0, failed: 0, members: Vec::new(), sample: Vec::new(), next: None, compare: None };
+    let mut answer = Preview {
+        digest: plugin.digest().to_string(),
+        evaluated: 0,
+        failed: 0,
+        members: Vec::new(),
+        sample: Vec::new(),
+        next: None,
+        total_profiles: None,
+        compare: None,
+    };
+    if request.page.is_some() && request.after.is_empty() {
+        let counts = store.table_counts().await?;
+        answer.total_profiles = Some(counts.iter().find(|(table, _)| table == "profiles").map_or(0, |(_, rows)| *rows));
+    }
     let mut after = request.after.clone();
     loop {
         let size = request.page.unwrap_or(PAGE);

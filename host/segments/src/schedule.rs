@@ -9,10 +9,12 @@ use rekindle_store::{Clock, SegmentDefinition, Store, StoreError};
 use crate::batch::{Plan, RunReport, WasmEvaluator, run_all};
 use crate::definition::{Cutoffs, EvaluateError, period, resolve_auto_params};
 
-/// What one run did: the batch's report, and the segments it ran, in its order.
+/// What one run did: the batch's report, the segments it ran in its order, and those whose
+/// run could not be recorded (they run again at the next tick).
 pub struct SegmentRun {
     pub report: RunReport,
     pub segments: Vec<String>,
+    pub unrecorded: Vec<(String, StoreError)>,
 }
 
 /// Runs planned segments over every stored profile, in pages on both cores, each page read
@@ -22,10 +24,47 @@ pub async fn run_planned(store: &Store, plan: Plan) -> Result<SegmentRun, StoreE
     let now = plan.now;
     let segments: Vec<String> = plan.segments.iter().map(|s| s.def.name.clone()).collect();
     let report = run_all(store, Arc::new(plan), Arc::new(WasmEvaluator)).await?;
+    let mut unrecorded = Vec::new();
     for name in &segments {
-        store.mark_run(name, now).await?;
+        if let Err(e) = store.mark_run(name, now).await {
+            unrecorded.push((name.clone(), e));
+        }
     }
-    Ok(SegmentRun { report, segments })
+    Ok(SegmentRun { report, segments, unrecorded })
+}
+
+/// One segment of a run asked for now, and its members after it.
+pub struct SegmentOutcome {
+    pub segment: String,
+    pub evaluated: usize,
+    pub failed: usize,
+    pub members: usize,
+}
+
+/// What running segments now did.
+pub struct RunNow {
+    pub profiles: usize,
+    pub changes: usize,
+    pub segments: Vec<SegmentOutcome>,
+}
+
+/// Runs `defs` over everyone now, as their schedule would, with RFM cutoffs refreshed (they
+/// become the ones everything else uses); none runs if one cannot.
+pub async fn run_now(registry: &Registry, store: &Store, defs: &[SegmentDefinition], now: i64) -> Result<RunNow, EvaluateError> {
+    let (plan, refused) = Plan::new(registry, store, defs, now, Cutoffs::Refresh).await?;
+    if let Some((segment, reason)) = refused.into_iter().next() {
+        return Err(EvaluateError::Refused { segment, reason: Box::new(reason) });
+    }
+    let SegmentRun { report, segments, unrecorded } = run_planned(store, plan).await?;
+    if let Some((_, e)) = unrecorded.into_iter().next() {
+        return Err(e.into());
+    }
+    let mut outcomes = Vec::new();
+    for (segment, (evaluated, failed)) in segments.into_iter().zip(report.per_segment) {
+        let members = member_count(store, &segment).await?;
+        outcomes.push(SegmentOutcome { segment, evaluated, failed, members });
+    }
+    Ok(RunNow { profiles: report.profiles, changes: report.changes, segments: outcomes })
 }
 
 /// Evaluates a segment over every stored profile at `now` and records the run.
@@ -36,6 +75,9 @@ pub async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefini
         return Err(e);
     }
     let run = run_planned(store, plan).await?;
+    if let Some((_, e)) = run.unrecorded.into_iter().next() {
+        return Err(e.into());
+    }
     Ok((run.report.evaluations(), run.report.failures()))
 }
 
@@ -46,8 +88,8 @@ pub struct Backfill {
     pub members: usize,
 }
 
-/// Stores a checked definition and backfills it over every stored profile at `now`,
-/// recorded as its first run.
+/// Stores a definition (checked by [`crate::definition::parse_definition`]) and backfills
+/// it over every stored profile at `now`, recorded as its first run.
 pub async fn define(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<Backfill, EvaluateError> {
     store.upsert_segment(def.clone()).await?;
     let (evaluated, failed) = run_segment(registry, store, def, now).await?;
@@ -110,9 +152,12 @@ pub async fn schedule_loop(registry: Arc<Registry>, store: Arc<Store>, clock: Cl
             tracing::error!(segment, "scheduled run skipped: {e}");
         }
         match run_planned(&store, plan).await {
-            Ok(SegmentRun { report, segments }) => {
+            Ok(SegmentRun { report, segments, unrecorded }) => {
                 for (name, (evaluated, failed)) in segments.iter().zip(&report.per_segment) {
                     tracing::info!(segment = name, evaluated, failed, "scheduled run");
+                }
+                for (name, e) in unrecorded {
+                    tracing::error!(segment = name, "could not record the run: {e}");
                 }
                 tracing::info!(profiles = report.profiles, changes = report.changes, took = ?started.elapsed(), "scheduled run finished");
             }

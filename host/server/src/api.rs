@@ -17,8 +17,9 @@ use crate::ApiError;
 use crate::extract::require_admin_token;
 use crate::state::AppState;
 
-/// The whole HTTP API over `state`, starting nothing: see [`crate::app`] for the host.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP API over `state`, starting nothing: see [`crate::app`] for the host,
+/// which also starts the loops (without them nothing drains the real-time queue).
+pub(crate) fn router(state: AppState) -> Router {
     // Browsers on the configured origins call decisions and send events; nothing else.
     let cors = (!state.tile_origins.is_empty()).then(|| {
         use axum::http::{HeaderName, Method, header};

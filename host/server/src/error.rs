@@ -152,12 +152,28 @@ impl From<rekindle_journeys::JourneyError> for ApiError {
 
 impl ApiError {
     /// A journey file refused at deploy, naming the field or step at fault. A store failure
-    /// answers 400 with the database's text, as it always has (to become a 500).
+    /// answers 400 with the database's text, as it always has; it should be a 500.
     pub fn deploy(err: rekindle_journeys::JourneyError) -> ApiError {
         let field = match &err {
             rekindle_journeys::JourneyError::Invalid { field, .. } => field.clone(),
             _ => None,
         };
         ApiError::BadRequest { code: "invalid_journey", message: err.to_string(), field }
+    }
+}
+
+impl From<rekindle_segments::EvaluateError> for ApiError {
+    /// A segment refused: the field of its definition at fault, the store's failure, or the
+    /// rule's.
+    fn from(err: rekindle_segments::EvaluateError) -> ApiError {
+        use rekindle_segments::EvaluateError::*;
+        match err {
+            Slot(message) => ApiError::field("slot", message),
+            Params(message) => ApiError::field("params", message),
+            Field { field, message } => ApiError::field(field, message),
+            Refused { .. } => ApiError::field("segments", err.to_string()),
+            Store(e) => e.into(),
+            Call(e) => ApiError::Plugin(e),
+        }
     }
 }

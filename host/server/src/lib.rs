@@ -12,9 +12,9 @@ mod state;
 
 use axum::Router;
 
+pub use api::TOO_LARGE;
 pub use api::segments::define_segment;
-pub use api::tiles::{define_offer, define_tile_slot};
-pub use api::{TOO_LARGE, router};
+pub use api::tiles::{define_offer, define_page_slot};
 pub use background::Background;
 pub use error::ApiError;
 pub use rekindle_segments::{EvaluateError, derive_aggregates};

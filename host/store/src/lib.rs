@@ -138,8 +138,8 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::mark_run(db, &name, at)))
     }
 
-    /// The RFM cutoffs a segment's parameters last resolved to: (the parameters they were
-    /// resolved from, the resolved parameters, when).
+    /// The RFM cutoffs a segment's parameters last resolved to, with what they were resolved
+    /// from and when.
     pub async fn cutoffs(&self, name: &str) -> Result<Option<RecordedCutoffs>, StoreError> {
         let name = name.to_string();
         on_backend!(self.read(|db, _mapping| logic::cutoffs(db, &name)))
@@ -198,7 +198,7 @@ impl Store {
         on_backend!(self.read(|db, mapping| logic::computed_as_of(db, mapping, &id, until)))
     }
 
-    /// (days since the last order at `now`, order count, lifetime value) of every buyer.
+    /// Every buyer's place on the RFM axes at `now`.
     pub async fn rfm_population(&self, now: i64) -> Result<Vec<RfmPoint>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::rfm_population(db, now)))
     }
@@ -232,7 +232,7 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::delete_tile_document(db, kind, &id)))
     }
 
-    /// Every offer or page slot as (id, JSON text, updated at), by id.
+    /// Every offer or page slot as stored, by id.
     pub async fn tile_documents(&self, kind: TileDocument) -> Result<Vec<StoredDocument>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::tile_documents(db, kind)))
     }
@@ -250,15 +250,14 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::upsert_journey(db, &name, &definition, at)))
     }
 
-    /// Every journey as (name, definition, entry cursor).
+    /// Every deployed journey, by name.
     pub async fn journeys(&self) -> Result<Vec<StoredJourney>, StoreError> {
         on_backend!(self.read(|db, _mapping| logic::journeys(db)))
     }
 
-    /// Events named `name` stored after event id `after`, oldest first, as (id, profile id,
-    /// event time): the feed event-entry journeys follow. On PostgreSQL, ids from
-    /// concurrent transactions can commit out of order, so a reader at the very edge may
-    /// pass over one committed late.
+    /// Events named `name` stored after event id `after`, oldest first: the feed
+    /// event-entry journeys follow. On PostgreSQL, ids from concurrent transactions can
+    /// commit out of order, so a reader at the very edge may pass over one committed late.
     pub async fn events_after(&self, name: &str, after: i64, limit: usize) -> Result<Vec<EventRef>, StoreError> {
         let name = name.to_string();
         on_backend!(self.read(|db, _mapping| logic::events_after(db, &name, after, limit)))
@@ -320,8 +319,7 @@ impl Store {
         on_backend!(self.write(|db, _mapping| logic::claim_send(db, &key, &run, &channel, at)))
     }
 
-    /// The send already claimed for `step` of `run` on any channel: (key, channel, outcome,
-    /// claimed at).
+    /// The send already claimed for `step` of `run`, on any channel.
     pub async fn step_send(&self, run: &str, step: &str) -> Result<Option<StepSend>, StoreError> {
         let (run, step) = (run.to_string(), step.to_string());
         on_backend!(self.read(|db, _mapping| logic::step_send(db, &run, &step)))

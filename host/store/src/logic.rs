@@ -659,7 +659,7 @@ pub(crate) fn computed_as_of(db: &mut impl Db, mapping: &EventMapping, id: &str,
     Ok(computed)
 }
 
-/// (days since the last order at `now`, order count, lifetime value) of every buyer: the
+/// Every buyer's days since the last order at `now`, order count and lifetime value: the
 /// population RFM cutoffs are computed from.
 pub(crate) fn rfm_population(db: &mut impl Db, now: i64) -> Result<Vec<RfmPoint>, StoreError> {
     Ok(db
@@ -917,10 +917,10 @@ pub(crate) fn record_verdicts(db: &mut impl Db, verdicts: &[VerdictWrite], at: i
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TileDocument {
     Offer,
-    Slot,
+    PageSlot,
 }
 
-/// Creates or replaces an offer (`slot` set) or a page slot, as JSON text.
+/// Creates or replaces an offer (`slot` names its page slot) or a page slot, as JSON text.
 pub(crate) fn upsert_tile_document(db: &mut impl Db, kind: TileDocument, id: &str, slot: &str, definition: &str, at: i64) -> Result<(), StoreError> {
     match kind {
         TileDocument::Offer => db.execute(
@@ -928,7 +928,7 @@ pub(crate) fn upsert_tile_document(db: &mut impl Db, kind: TileDocument, id: &st
              ON CONFLICT (id) DO UPDATE SET slot = excluded.slot, definition = excluded.definition, updated_at = excluded.updated_at",
             &[P::Text(id), P::Text(slot), P::Text(definition), P::Int(at)],
         ),
-        TileDocument::Slot => db.execute(
+        TileDocument::PageSlot => db.execute(
             "INSERT INTO tile_slots (name, definition, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, updated_at = excluded.updated_at",
             &[P::Text(id), P::Text(definition), P::Int(at)],
@@ -941,16 +941,16 @@ pub(crate) fn upsert_tile_document(db: &mut impl Db, kind: TileDocument, id: &st
 pub(crate) fn delete_tile_document(db: &mut impl Db, kind: TileDocument, id: &str) -> Result<bool, StoreError> {
     let sql = match kind {
         TileDocument::Offer => "DELETE FROM offers WHERE id = ?1",
-        TileDocument::Slot => "DELETE FROM tile_slots WHERE name = ?1",
+        TileDocument::PageSlot => "DELETE FROM tile_slots WHERE name = ?1",
     };
     Ok(db.execute(sql, &[P::Text(id)])? > 0)
 }
 
-/// Every offer or page slot as (id, JSON text, updated at), by id.
+/// Every offer or page slot as stored, by id.
 pub(crate) fn tile_documents(db: &mut impl Db, kind: TileDocument) -> Result<Vec<StoredDocument>, StoreError> {
     let sql = match kind {
         TileDocument::Offer => "SELECT id, definition, updated_at FROM offers ORDER BY id",
-        TileDocument::Slot => "SELECT name, definition, updated_at FROM tile_slots ORDER BY name",
+        TileDocument::PageSlot => "SELECT name, definition, updated_at FROM tile_slots ORDER BY name",
     };
     Ok(db.query(sql, &[])?.into_iter().map(|r| StoredDocument { id: r.text(0), definition: r.text(1), updated_at: r.int(2) }).collect())
 }
@@ -1045,7 +1045,7 @@ pub(crate) fn upsert_journey(db: &mut impl Db, name: &str, definition: &str, at:
     .map(drop)
 }
 
-/// Every journey as (name, definition, entry cursor).
+/// Every deployed journey, by name.
 pub(crate) fn journeys(db: &mut impl Db) -> Result<Vec<StoredJourney>, StoreError> {
     Ok(db
         .query("SELECT name, definition, cursor FROM journeys ORDER BY name", &[])?

@@ -87,7 +87,7 @@ impl TileService {
     pub async fn reload(&self, store: &Store, registry: &Registry) -> Result<(), StoreError> {
         let _one_at_a_time = self.reloading.lock().await;
         let mut catalog = Catalog::default();
-        for StoredDocument { id: name, definition: text, .. } in store.tile_documents(TileDocument::Slot).await? {
+        for StoredDocument { id: name, definition: text, .. } in store.tile_documents(TileDocument::PageSlot).await? {
             match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|v| parse_page_slot(&v, registry).map_err(|e| e.to_string())) {
                 Ok(slot) => {
                     catalog.page_slots.insert(name, slot);
@@ -130,7 +130,7 @@ impl TileService {
     /// the slot as stored.
     pub async fn define_page_slot(&self, store: &Store, registry: &Registry, body: &Value) -> Result<Value, TilesError> {
         let slot = parse_page_slot(body, registry)?;
-        store.upsert_tile_document(TileDocument::Slot, &slot.name, "", stored_text(&slot.json)).await?;
+        store.upsert_tile_document(TileDocument::PageSlot, &slot.name, "", stored_text(&slot.json)).await?;
         self.reload(store, registry).await?;
         Ok(slot.json)
     }
@@ -146,14 +146,22 @@ impl TileService {
 
     /// Decides one slot for a visitor at `now`; `None` when the slot is not defined. Every
     /// failure past that point becomes the slot's fallback tiles.
-    pub async fn decide(&self, registry: &Registry, store: Option<&Store>, slot: &str, visitor: &Visitor, page_url: Option<String>, now: i64) -> Option<Value> {
+    pub async fn decide(
+        &self,
+        registry: &Registry,
+        store: Option<&Store>,
+        page_slot: &str,
+        visitor: &Visitor,
+        page_url: Option<String>,
+        now: i64,
+    ) -> Option<Value> {
         let catalog = self.catalog();
-        let def = catalog.page_slots.get(slot)?;
+        let def = catalog.page_slots.get(page_slot)?;
         // Without a usable plugin the answer is the fallback: skip reading the visitor.
         let decidable = registry.get(&def.plugin).is_ok_and(|p| matches!(p.info(), PluginInfo::Tiles(_)));
         let full = match (store, visitor.id()) {
             (Some(store), Some(id)) if decidable => {
-                let queries = self.queries(registry, &catalog, slot);
+                let queries = self.queries(registry, &catalog, page_slot);
                 full_profile(store, queries.iter().collect(), id, now).await.map_err(|e| format!("reading the visitor: {e}"))
             }
             _ => Ok(None),
@@ -163,9 +171,9 @@ impl TileService {
 
     /// What a slot's decision reads: the plugin's declared input, and the traits the slot's
     /// offers are conditioned on.
-    pub fn queries(&self, registry: &Registry, catalog: &Catalog, slot: &str) -> Vec<InputQuery> {
+    pub fn queries(&self, registry: &Registry, catalog: &Catalog, page_slot: &str) -> Vec<InputQuery> {
         let mut conditions = rekindle_runtime::empty_query();
-        for offer in catalog.offers.get(slot).into_iter().flatten() {
+        for offer in catalog.offers.get(page_slot).into_iter().flatten() {
             for (name, _) in &offer.traits {
                 if !conditions.traits.contains(name) {
                     conditions.traits.push(name.clone());
@@ -173,7 +181,7 @@ impl TileService {
             }
         }
         let mut queries = vec![conditions];
-        if let Some(def) = catalog.page_slots.get(slot)
+        if let Some(def) = catalog.page_slots.get(page_slot)
             && let Ok(plugin) = registry.get(&def.plugin)
             && let PluginInfo::Tiles(info) = plugin.info()
         {

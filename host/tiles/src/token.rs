@@ -408,7 +408,7 @@ mod tests {
 
     /// The vectors the edge's conformance test replays, checked in: the host must still
     /// judge each one as recorded. Rewrite the file with
-    /// `REKINDLE_WRITE_VECTORS=1 cargo test -p rekindle-server token` after a deliberate change.
+    /// `REKINDLE_WRITE_VECTORS=1 cargo test -p rekindle-tiles token` after a deliberate change.
     #[test]
     fn the_shared_token_vectors_are_judged_as_recorded() {
         let fresh = vectors();

@@ -11,12 +11,9 @@ use serde_json::{Value, json};
 
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState};
-use rekindle_segments::EvaluateError;
-use rekindle_segments::definition::segment_context;
+use rekindle_segments::definition::parse_definition;
 use rekindle_segments::preview::{PreviewRequest, preview as preview_rule};
-use rekindle_segments::schedule::{Backfill, SegmentRun, member_count, run_planned};
-
-const SCHEDULES: [&str; 4] = ["realtime", "daily", "weekly", "biweekly"];
+use rekindle_segments::schedule::{Backfill, run_now as run_now_segments};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -25,35 +22,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/segments/{name}/changes", get(changes))
         .route("/v1/segments/preview", axum::routing::post(preview))
         .route("/v1/segments/run", axum::routing::post(run_now))
-}
-
-/// A definition from JSON, every field checked, the rule's parameters included.
-fn definition(state: &AppState, body: &Value) -> Result<SegmentDefinition, ApiError> {
-    let text = |key: &str| -> Result<String, ApiError> {
-        match body.get(key) {
-            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => Ok(s.trim().to_string()),
-            _ => Err(ApiError::field(key, format!("`{key}` must be a non-empty string of at most 200 characters"))),
-        }
-    };
-    let name = if body.get("name").is_none() && body.get("preview").is_some() { "preview".to_string() } else { text("name")? };
-    let slot = text("slot")?;
-    let schedule = match body.get("schedule") {
-        None => "daily".to_string(),
-        Some(Value::String(s)) if SCHEDULES.contains(&s.as_str()) => s.clone(),
-        Some(other) => return Err(ApiError::field("schedule", format!("`schedule` must be one of {SCHEDULES:?}, got {other}"))),
-    };
-    let params = match body.get("params") {
-        None | Some(Value::Null) => json!({}),
-        Some(Value::Object(map)) => Value::Object(map.clone()),
-        Some(_) => return Err(ApiError::field("params", "`params` must be an object")),
-    };
-    let def = SegmentDefinition { name, slot, params, schedule, last_run: None };
-    // Resolving the rule and merging the parameters now reports a bad definition at once.
-    segment_context(&state.registry, &def, 0).map_err(|e| match e {
-        EvaluateError::Slot(message) => ApiError::field("slot", message),
-        other => ApiError::field("params", other.to_string()),
-    })?;
-    Ok(def)
 }
 
 async fn define(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
@@ -65,12 +33,9 @@ async fn define(State(state): State<AppState>, JsonBody(body): JsonBody) -> Resu
 pub async fn define_segment(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     let store = &state.customer_data()?.store;
     super::refuse_nul(body, "segment")?;
-    let def = definition(state, body)?;
+    let def = parse_definition(&state.registry, body)?;
     let now = state.clock.now();
-    let Backfill { evaluated, failed, members } = rekindle_segments::schedule::define(&state.registry, store, &def, now).await.map_err(|e| match e {
-        EvaluateError::Store(e) => ApiError::from(e),
-        other => ApiError::field("slot", other.to_string()),
-    })?;
+    let Backfill { evaluated, failed, members } = rekindle_segments::schedule::define(&state.registry, store, &def, now).await?;
     let def = SegmentDefinition { last_run: Some(now), ..def };
     tracing::info!(segment = def.name, evaluated, failed, members, "segment defined and backfilled");
     Ok(json!({ "segment": def, "evaluated": evaluated, "failed": failed, "members": members }))
@@ -95,19 +60,11 @@ async fn run_now(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         }
         Some(_) => return Err(ApiError::field("segments", "`segments` must be a list of segment names")),
     };
-    let now = state.clock.now();
     let started = std::time::Instant::now();
-    // A run like a scheduled one: its cutoffs become the ones everything else uses.
-    let (plan, refused) = rekindle_segments::batch::Plan::new(&state.registry, store, &wanted, now, rekindle_segments::batch::Cutoffs::Refresh).await?;
-    if let Some((name, e)) = refused.into_iter().next() {
-        return Err(ApiError::field("segments", format!("segment `{name}` cannot run: {e}")));
-    }
-    let SegmentRun { report, segments } = run_planned(store, plan).await?;
-    let mut results = Vec::new();
-    for (name, (evaluated, failed)) in segments.iter().zip(&report.per_segment) {
-        results.push(json!({"segment": name, "evaluated": evaluated, "failed": failed, "members": member_count(store, name).await?}));
-    }
-    Ok(Json(json!({"profiles": report.profiles, "changes": report.changes, "took_ms": started.elapsed().as_millis() as u64, "segments": results})))
+    let run = run_now_segments(&state.registry, store, &wanted, state.clock.now()).await?;
+    let results: Vec<Value> =
+        run.segments.iter().map(|s| json!({"segment": s.segment, "evaluated": s.evaluated, "failed": s.failed, "members": s.members})).collect();
+    Ok(Json(json!({"profiles": run.profiles, "changes": run.changes, "took_ms": started.elapsed().as_millis() as u64, "segments": results})))
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -141,7 +98,7 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     let store = &state.customer_data()?.store;
     let mut body: Value = super::json_body(&body)?;
     body["preview"] = json!(true);
-    let def = definition(&state, &body)?;
+    let def = parse_definition(&state.registry, &body)?;
     let (at, replay) = match body.get("at") {
         None | Some(Value::Null) => (state.clock.now(), false),
         at => (rekindle_runtime::json::timestamp_from_json(at, "at")?, true),
@@ -162,13 +119,8 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
         return Err(ApiError::field("compare", "`compare` needs a whole run; page without it and compare the member ids"));
     }
     let after = body.get("after").and_then(Value::as_str).unwrap_or("").to_string();
-    let first_page = after.is_empty();
     let request = PreviewRequest { def, at, replay, sample_size, page: paged, after, compare };
-    let found = preview_rule(&state.registry, store, &request).await.map_err(|e| match e {
-        EvaluateError::Store(e) => ApiError::from(e),
-        EvaluateError::Call(e) => ApiError::Plugin(e),
-        other => ApiError::field("slot", other.to_string()),
-    })?;
+    let found = preview_rule(&state.registry, store, &request).await?;
     let sample: Vec<Value> = found.sample.iter().map(|m| json!({ "profile_id": m.profile_id, "reason": m.reason, "label": m.label })).collect();
     let mut answer = json!({
         "slot": request.def.slot, "at": rekindle_runtime::json::timestamp_to_json(at), "digest": found.digest,
@@ -177,9 +129,8 @@ async fn preview(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     if paged.is_some() {
         answer["member_ids"] = json!(found.members);
         answer["next"] = json!(found.next);
-        if first_page {
-            let counts = store.table_counts().await?;
-            answer["total_profiles"] = json!(counts.iter().find(|(t, _)| t == "profiles").map_or(0, |(_, n)| *n));
+        if let Some(total) = found.total_profiles {
+            answer["total_profiles"] = json!(total);
         }
     }
     if let Some(c) = &found.compare {

@@ -31,8 +31,8 @@ pub(crate) fn admin_router() -> Router<AppState> {
     Router::new()
         .route("/v1/offers", get(list).post(create_offer))
         .route("/v1/offers/{id}", put(replace_offer).delete(delete_offer))
-        .route("/v1/tile-slots", get(list).post(create_slot))
-        .route("/v1/tile-slots/{name}", put(replace_slot).delete(delete_slot))
+        .route("/v1/tile-slots", get(list).post(create_page_slot))
+        .route("/v1/tile-slots/{name}", put(replace_page_slot).delete(delete_page_slot))
         .route("/admin/tiles/stats", get(stats))
         .route("/admin/tiles/token", axum::routing::post(issue_token))
         .route("/admin/edge/snapshot", get(edge_snapshot))
@@ -49,7 +49,7 @@ pub async fn define_offer(state: &AppState, body: &Value) -> Result<Value, ApiEr
 }
 
 /// Validates and stores a page slot given as JSON, then refreshes the snapshot.
-pub async fn define_tile_slot(state: &AppState, body: &Value) -> Result<Value, ApiError> {
+pub async fn define_page_slot(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     let store = &state.customer_data()?.store;
     super::refuse_nul(body, "slot")?;
     Ok(state.tiles.define_page_slot(store, &state.registry, body).await?)
@@ -78,13 +78,13 @@ async fn replace_offer(State(state): State<AppState>, Path(id): Path<String>, Js
     define_offer(&state, &body).await.map(Json)
 }
 
-async fn create_slot(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
-    define_tile_slot(&state, &body).await.map(Json)
+async fn create_page_slot(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+    define_page_slot(&state, &body).await.map(Json)
 }
 
-async fn replace_slot(State(state): State<AppState>, Path(name): Path<String>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+async fn replace_page_slot(State(state): State<AppState>, Path(name): Path<String>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
     let body = with_path_id(body, "name", &name)?;
-    define_tile_slot(&state, &body).await.map(Json)
+    define_page_slot(&state, &body).await.map(Json)
 }
 
 async fn remove(state: &AppState, kind: TileDocument, id: &str, what: &str) -> Result<Json<Value>, ApiError> {
@@ -100,8 +100,8 @@ async fn delete_offer(State(state): State<AppState>, Path(id): Path<String>) -> 
     remove(&state, TileDocument::Offer, &id, "offer").await
 }
 
-async fn delete_slot(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    remove(&state, TileDocument::Slot, &name, "tile slot").await
+async fn delete_page_slot(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    remove(&state, TileDocument::PageSlot, &name, "tile slot").await
 }
 
 async fn list(State(state): State<AppState>) -> Json<Value> {
