@@ -28,6 +28,34 @@ pub fn sha256_hex(text: &str) -> String {
     out
 }
 
+/// The idempotency key of one audience change: the same on every attempt at it (the host
+/// gives every attempt the `ctx.now` of the change's first), and another for any other
+/// change, even the same member added to the same audience again later.
+pub fn audience_change_key(ctx: &crate::Context, change: &crate::AudienceChange) -> String {
+    let mut hash = Sha256::new();
+    let mut put = |part: &str| {
+        // Lengths first, so no two lists of parts hash alike.
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    };
+    put(&change.audience);
+    put(&alloc::format!("{}", ctx.now));
+    for (side, members) in [("add", &change.add), ("remove", &change.remove)] {
+        put(side);
+        for member in members {
+            put(&member.profile_id);
+        }
+    }
+    let digest = hash.finalize();
+    let mut key = String::from("audience-");
+    for byte in &digest[..16] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        key.push(HEX[(byte >> 4) as usize] as char);
+        key.push(HEX[(byte & 0xf) as usize] as char);
+    }
+    key
+}
+
 /// A stable bucket from 0 to 99 for `key`, for holdouts and A/B splits that must come out
 /// the same at the server and at the edge.
 pub fn percent_bucket(key: &str) -> u8 {

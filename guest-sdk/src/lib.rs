@@ -52,7 +52,7 @@ mod time;
 
 pub use describe::form_urlencoded;
 pub use fmt::OneDecimal;
-pub use hashing::{AdPlatform, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex};
+pub use hashing::{AdPlatform, audience_change_key, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex};
 pub use log::{log_level, log_line};
 pub use profile::Occurrence;
 pub use rfm::{RfmCutoffs, RfmScore};
@@ -144,7 +144,8 @@ pub trait Channel {
         Err("this adapter does not deliver messages; it only syncs audiences".into())
     }
 
-    /// The requests that add and remove audience members.
+    /// The requests that add and remove audience members. `ctx.now` is the same on every
+    /// attempt at one change; [`audience_change_key`] makes its idempotency key.
     fn sync_audience(_ctx: &Context, _change: &AudienceChange) -> Result<Vec<HttpRequest>, String> {
         Err("this adapter does not sync audiences; it only delivers messages".into())
     }
@@ -330,8 +331,8 @@ macro_rules! export_tiles {
 pub mod prelude {
     pub use crate::{
         AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context, EventQuery, EventSeries, Field, Found, HttpMethod,
-        HttpRequest, HttpResponse, InputQuery, Message, Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Rule, RuleInfo, Tile, TileRequest,
-        Tiles, TilesInfo, Timestamp, Value, Verdict, basic_auth, days, hours, minutes, secret,
+        HttpRequest, HttpResponse, InputQuery, Message, Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Retry, Rule, RuleInfo, Tile,
+        TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, audience_change_key, basic_auth, days, hours, minutes, secret,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;

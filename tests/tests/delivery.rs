@@ -138,7 +138,7 @@ async fn the_host_fills_secrets_enforces_hosts_and_retries() {
         add: vec![AudienceMember { profile_id: "ann".into(), emails: vec!["Ann@Example.com".into()], phones: vec![] }],
         remove: vec![],
     };
-    let synced = deliverer.sync_audience(&registry, "meta", &change).await.unwrap();
+    let synced = deliverer.sync_audience(&registry, "meta", &change, 0).await.unwrap();
     assert!(matches!(synced[0].outcome, Outcome::Delivered(_)), "{synced:?}");
     let meta = received.lock().unwrap().iter().find(|r| r.path == "/v21.0/123/users").cloned().unwrap();
     assert_eq!(meta.headers["authorization"], "Bearer meta-token");
@@ -212,7 +212,7 @@ async fn customer_data_that_reads_like_a_placeholder_reaches_every_provider_as_w
     for (slot, _) in &adapters {
         let before = received.lock().unwrap().len();
         let outcomes = if slot.contains("audiences") || slot.contains("customer-match") {
-            deliverer.sync_audience(&registry, slot, &change).await
+            deliverer.sync_audience(&registry, slot, &change, 0).await
         } else {
             deliverer.deliver(&registry, slot, &evil).await
         };

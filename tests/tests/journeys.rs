@@ -13,7 +13,7 @@ use rekindle_journeys::engine::{Engine, FrequencyCap};
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{Field, Value as WitValue};
 use rekindle_server::{AppState, Clock, Ingestion};
-use rekindle_store::{Message, MessageKind, Purpose};
+use rekindle_store::{Lease, Message, MessageKind, Purpose, SendClaim};
 use rekindle_tests::Backend;
 use rekindle_tests::provider::provider;
 use serde_json::{Value, json};
@@ -134,12 +134,8 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let deliverer = Arc::new(Deliverer::new(channels).unwrap());
     // A cap of three messages a week leaves this journey's two alone; a tighter cap is
     // checked at the end.
-    let engine = Engine {
-        registry: registry.clone(),
-        store: ingestion.store.clone(),
-        deliverer: deliverer.clone(),
-        frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }),
-    };
+    let engine =
+        Engine { frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }), ..Engine::new(registry.clone(), ingestion.store.clone(), deliverer.clone()) };
     let journey = engine.deploy(JOURNEY).await.unwrap();
     assert_eq!(journey.steps.len(), 3);
     assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().to_string().contains("no channel `fax`"));
@@ -169,12 +165,8 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
 
     // Dan buys on day 1; a restarted host (a new engine on the same store) carries on.
     ingestion.store.ingest(vec![message("dan-buys", "dan", Some("Order Completed"), t0 + DAY, json!({}))]).await.unwrap();
-    let restarted = Engine {
-        registry: registry.clone(),
-        store: ingestion.store.clone(),
-        deliverer: deliverer.clone(),
-        frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }),
-    };
+    let restarted =
+        Engine { frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }), ..Engine::new(registry.clone(), ingestion.store.clone(), deliverer.clone()) };
     restarted.tick(t0 + DAY).await.unwrap();
     assert_eq!(emails().len(), 2, "nothing is due on day 1");
 
@@ -222,7 +214,7 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     assert!(emails().iter().any(|e| e.contains("Hello Ann")), "{:?}", emails());
 
     // With a cap of one message a week, Ann's second journey message is held back.
-    let capped = Engine { registry, store: ingestion.store.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
+    let capped = Engine { frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }), ..Engine::new(registry, ingestion.store.clone(), deliverer) };
     capped.deploy(&JOURNEY.replace("name = \"Win back\"", "name = \"Win back again\"")).await.unwrap();
     capped.tick(t0 + 3 * DAY).await.unwrap();
     assert_eq!(emails().len(), 4, "no message over the cap");
@@ -295,7 +287,7 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "m")])),
     ]))
     .unwrap();
-    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(deliverer), frequency_cap: None };
+    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(deliverer));
     let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/abandoned-cart/journey.toml")).unwrap();
     engine.deploy(&source).await.unwrap();
     let requests =
@@ -353,12 +345,7 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "k".to_string())]);
     email.allowed_hosts = vec![base.to_string()];
-    let engine = Engine {
-        registry,
-        store: ingestion.store.clone(),
-        deliverer: Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()),
-        frequency_cap: None,
-    };
+    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()));
     engine
         .deploy("name = \"Renewal\"\n[entry]\napi = true\n[[steps]]\nid = \"until\"\ntype = \"wait\"\nuntil_trait = \"renewal\"\nplus_days = 1\n[[steps]]\nid = \"remind\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Time to renew\" }\n")
         .await
@@ -448,7 +435,7 @@ async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
     batch.push(message("wes-o", "wes", Some("Order Completed"), t0 - 60 * DAY, json!({})));
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
+    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap()));
     let usecases = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases");
     for name in ["lapsing-repeat-buyers", "win-back-45"] {
         let segments: toml::Table = toml::from_str(&std::fs::read_to_string(usecases.join(name).join("segments.toml")).unwrap()).unwrap();
@@ -512,7 +499,7 @@ async fn the_about_to_sleep_template_splits_by_value_and_favourite_category(back
     }
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
+    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap()));
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/about-to-sleep");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -599,7 +586,7 @@ async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Ba
         }
     }
     ingestion.store.ingest(batch).await.unwrap();
-    let engine = Engine { registry, store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::new(all_channels(&base)).unwrap()), frequency_cap: None };
+    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap()));
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/rfm-win-back");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -679,7 +666,7 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let deliverer = Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email), ("hook".to_string(), hook)])).unwrap());
     // A cap of one message a week: the hook's repeats count, and must not hold back the
     // emails in doubt, which were decided before the crash.
-    let engine = Engine { registry, store: ingestion.store.clone(), deliverer, frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }) };
+    let engine = Engine { frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }), ..Engine::new(registry, ingestion.store.clone(), deliverer) };
     let journey = |name: &str, channels: &str| {
         format!(
             "name = \"{name}\"\n[entry]\nsegment = \"Win back\"\n[[steps]]\nid = \"pause\"\ntype = \"wait\"\nduration = \"1h\"\n\
@@ -691,17 +678,26 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     engine.deploy(&journey("By hook", "\"hook\"")).await.unwrap();
     assert_eq!(engine.tick(t0).await.unwrap().entered, 4);
 
-    // The crash: each send was claimed at the hour, and its answer never recorded.
+    // The crash: a process of this host took the runs at the hour, claimed each send and
+    // sent its request, and died before the answer was recorded.
     let sent_at = t0 + 3_600_000;
-    for (name, channel) in [("By email", "email"), ("By hook", "hook")] {
-        for run in ingestion.store.journey_runs(name).await.unwrap() {
-            assert_eq!(ingestion.store.claim_send(&format!("{}:hello:{channel}", run.id), &run.id, channel, sent_at).await.unwrap(), None);
-        }
+    let crashed = Lease::new(&engine.lease.host, Duration::from_secs(60));
+    let leased = ingestion.store.claim_due_runs(sent_at, 10, &crashed).await.unwrap();
+    assert_eq!(leased.len(), 4);
+    for run in &leased {
+        let channel = if run.journey == "By email" { "email" } else { "hook" };
+        let key = format!("{}:hello:{channel}", run.id);
+        assert_eq!(ingestion.store.claim_send(&key, run, channel, sent_at, &crashed).await.unwrap(), SendClaim::New);
+        assert!(ingestion.store.mark_sending(&key, run, sent_at, &crashed).await.unwrap());
     }
+    // Another host's process cannot take them over while their lease lasts.
+    let other_host = Lease::new("another-host", Duration::from_secs(60));
+    assert!(ingestion.store.claim_due_runs(sent_at + 1_000, 10, &other_host).await.unwrap().is_empty());
     let count = |path: &str| received.lock().unwrap().iter().filter(|r| r.path.ends_with(path)).count();
 
-    // Restarted a second later: too soon to ask SendGrid, whose activity index lags; the
-    // plain adapter cannot ask, so its two messages go again at once.
+    // Restarted a second later, the same host takes its runs back at once. Too soon to
+    // ask SendGrid, whose activity index lags; the plain adapter cannot ask, so its two
+    // messages go again at once, under the same keys.
     engine.tick(sent_at + 1_000).await.unwrap();
     assert_eq!((count("/v3/messages"), count("/v3/mail/send"), count("/hook")), (0, 0, 2));
     let hook_log = ingestion.store.journey_log("By hook").await.unwrap();
@@ -724,8 +720,8 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let log = ingestion.store.journey_log("By email").await.unwrap();
     let sent: Vec<&str> = log.iter().filter(|e| e.action == "sent").map(|e| e.detail.as_str()).collect();
     assert_eq!(sent.len(), 2, "{log:?}");
-    assert!(sent.iter().any(|d| d.starts_with("sg-1 (confirmed by the provider after a restart")), "{sent:?}");
-    assert!(sent.iter().any(|d| d.ends_with("(resent after a restart: the provider had not received it)")), "{sent:?}");
+    assert!(sent.iter().any(|d| d.starts_with("sg-1 (confirmed by the provider; not sent again)")), "{sent:?}");
+    assert!(sent.iter().any(|d| d.ends_with("(resent: the provider had not received it)")), "{sent:?}");
     assert!(ingestion.store.journey_runs("By email").await.unwrap().iter().all(|r| r.status == "done"));
 
     // Settled now: ticking again asks and sends nothing.

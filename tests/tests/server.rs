@@ -215,13 +215,14 @@ async fn dropping_the_background_handle_stops_its_loops() {
         AppState::new(registry, None, Some(TOKEN.into())).with_ingestion(rekindle_server::Ingestion { store: store.into(), sources: Default::default() });
     let store = state.ingestion.as_ref().unwrap().store.clone();
     let alone = Arc::strong_count(&store);
-    // Real-time and scheduled segments and the tile catalog each hold the store.
+    // Real-time and scheduled segments, the tile catalog and the message-id sweep each
+    // hold the store.
     let background = rekindle_server::Background::spawn(&state);
     tokio::task::yield_now().await;
-    assert_eq!(Arc::strong_count(&store), alone + 3, "three loops share the store");
+    assert_eq!(Arc::strong_count(&store), alone + 4, "four loops share the store");
     // The real-time queue is taken once: a second start adds no second evaluator.
     let second = rekindle_server::Background::spawn(&state);
-    assert_eq!(Arc::strong_count(&store), alone + 4, "only the catalog refresh starts again");
+    assert_eq!(Arc::strong_count(&store), alone + 6, "only the catalog refresh and the sweep start again");
     drop(second);
     drop(background);
     for _ in 0..100 {

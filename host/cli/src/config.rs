@@ -46,6 +46,13 @@ pub struct Config {
     /// At most this many journey messages per customer in a window, across journeys:
     /// `frequency_cap = { messages = 3, days = 7 }`.
     pub frequency_cap: Option<rekindle_journeys::engine::FrequencyCap>,
+    /// How long a lease on a journey run (and on the journey tick) lasts between renewals:
+    /// when a host sharing the database dies, the others take its runs over this long
+    /// after. The same host, restarted on the same data directory, takes them back at once.
+    pub run_lease_seconds: u64,
+    /// How often the journey engine ticks and the scheduler looks for due segments
+    /// (default 60; at most 60).
+    pub tick_seconds: u64,
 }
 
 /// `[[channels]]`: a name journeys use (`email`), the adapter's slot, its parameters, the
@@ -72,9 +79,13 @@ pub struct ChannelSection {
     pub secrets: std::collections::BTreeMap<String, String>,
     pub rate_per_second: Option<u32>,
     pub max_attempts: Option<u32>,
-    /// Seconds after claiming a send left in doubt by a crash before asking the provider
-    /// about it (default 120: providers index accepted messages with a delay).
+    /// Seconds after a send left in doubt (by a crash, or a request that got no answer)
+    /// went out before asking the provider about it (default 120: providers index accepted
+    /// messages with a delay).
     pub reconcile_after_seconds: Option<u64>,
+    /// Seconds one request may take, answer included (default 15). Past it the request
+    /// counts as sent and unanswered: in doubt, looked up rather than retried blindly.
+    pub request_timeout_seconds: Option<u64>,
 }
 
 /// `[tiles]`: which browser origins may ask for tiles and send events, and the secret
@@ -143,6 +154,8 @@ impl Default for Config {
             channels: Vec::new(),
             journeys: Vec::new(),
             frequency_cap: None,
+            run_lease_seconds: rekindle_journeys::engine::DEFAULT_LEASE.as_secs(),
+            tick_seconds: 60,
         }
     }
 }

@@ -108,7 +108,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sources = sources(&config.sources)?;
     let mut state = AppState::new(registry, Some(slot_store), config.admin_token.clone().map(Into::into))
         .with_ingestion(Ingestion { store: store.into(), sources })
-        .with_tile_origins(config.tiles.origins.clone());
+        .with_tile_origins(config.tiles.origins.clone())
+        .with_lease(&host_id(&config.data_dir)?, std::time::Duration::from_secs(config.run_lease_seconds.max(1)));
+    state.schedule_tick = std::time::Duration::from_secs(config.tick_seconds.clamp(1, 60));
     let token_secret = match std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
         Some(value) => Some(long_secret(&value, "the token secret ([tiles] token_secret or REKINDLE_TOKEN_SECRET)")?),
         None => None,
@@ -118,7 +120,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_token_secret(secret.as_bytes(), ttl);
     }
     if !config.channels.is_empty() {
-        state = state.with_journeys(rekindle_journeys::delivery::Deliverer::new(channel_configs(&config.channels)?)?, config.frequency_cap);
+        let channels = channel_configs(&config.channels)?;
+        check_lease_outlasts_requests(config.run_lease_seconds, &channels)?;
+        state = state.with_journeys(rekindle_journeys::delivery::Deliverer::new(channels)?, config.frequency_cap);
     }
     let config_name = args.config.as_ref().map_or("the config".to_string(), |p| p.display().to_string());
     let listen = config.listen;
@@ -129,6 +133,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         axum::serve(listener, rekindle_server::app(state)).with_graceful_shutdown(shutdown()).await?;
         Ok(())
     })
+}
+
+/// A host must hold a run for longer than one of its requests may take: otherwise another
+/// host could take the run over while a request is still on its way, and ask the provider
+/// about it (or send it again) too soon.
+fn check_lease_outlasts_requests(
+    lease_seconds: u64,
+    channels: &std::collections::HashMap<String, rekindle_journeys::delivery::ChannelConfig>,
+) -> anyhow::Result<()> {
+    let mut names: Vec<&String> = channels.keys().collect();
+    names.sort();
+    for name in names {
+        let timeout = channels[name].timeout.as_secs();
+        if timeout >= lease_seconds {
+            anyhow::bail!(
+                "run_lease_seconds ({lease_seconds}) must be longer than channel `{name}`'s request_timeout_seconds ({timeout}): a host must hold a run for as long as one of its requests may take"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// This host's name in leases, kept in the data directory so that the host restarted on
+/// it is the same host: it takes back at once what its previous process held.
+fn host_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("host-id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// Defines the config file's segments, tile slots and offers, and deploys its journeys;
@@ -300,6 +339,9 @@ fn channel_configs(
         config.max_attempts = section.max_attempts.unwrap_or(config.max_attempts);
         if let Some(seconds) = section.reconcile_after_seconds {
             config.reconcile_after = std::time::Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = section.request_timeout_seconds {
+            config.timeout = std::time::Duration::from_secs(seconds.max(1));
         }
         channels.insert(section.name.clone(), config);
     }

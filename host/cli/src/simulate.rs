@@ -71,8 +71,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
         let store = Store::open_sqlite(&copy, EventMapping::default())?;
         let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
-        let engine =
-            Engine { registry: registry.clone(), store: ingestion.store.clone(), deliverer: Arc::new(Deliverer::dry_run(channels)?), frequency_cap: None };
+        let engine = Engine::new(registry.clone(), ingestion.store.clone(), Arc::new(Deliverer::dry_run(channels)?));
         define_segments_beside(&args.journey, &registry, &ingestion.store).await?;
         let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", args.journey.display()))?;
         const HOUR: i64 = 3_600_000;

@@ -299,6 +299,12 @@ secrets = { TWILIO_ACCOUNT_SID = "AC1", TWILIO_AUTH_TOKEN = "env:REKINDLE_TEST_T
         .env("REKINDLE_TEST_SENDGRID_KEY", "sg"));
     let err = text(&bad.stderr);
     assert!(err.contains("channel `sms`: secret TWILIO_AUTH_TOKEN reads $REKINDLE_TEST_TWILIO_TOKEN"), "{err}");
+    // A run lease shorter than a request may take: another host could take a run over
+    // while its request is on its way.
+    let segments = std::fs::read_to_string(usecase.join("segments.toml")).unwrap();
+    std::fs::write(&config, format!("run_lease_seconds = 10\njourneys = [{:?}]\n{segments}\n{channels}{sms}", usecase.join("journey.toml"))).unwrap();
+    let err = text(&start().stderr);
+    assert!(err.contains("run_lease_seconds (10) must be longer than channel `email`'s request_timeout_seconds (15)"), "{err}");
 }
 
 /// Every seed template deploys with `rekindle usecase deploy` onto a host holding the demo

@@ -64,6 +64,8 @@ pub struct ChannelConfig {
     pub reconcile_after: Duration,
     /// Requests one message or audience change may make; past it, nothing is sent.
     pub max_requests: usize,
+    /// How long one request may take, answer included; past it the request is in doubt.
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for ChannelConfig {
@@ -98,6 +100,7 @@ impl ChannelConfig {
             backoff: Duration::from_millis(500),
             reconcile_after: Duration::from_secs(120),
             max_requests: 10,
+            timeout: Duration::from_secs(15),
         }
     }
 }
@@ -111,6 +114,11 @@ pub enum DeliveryError {
     BadAllowlist { channel: String, why: String },
     #[error("the adapter failed: {0}")]
     Adapter(String),
+    /// The adapter could not run to the end now, for the host's reasons more than its own:
+    /// it ran past its deadline, or no instance or thread was free. Nothing was sent; the
+    /// caller may try again later.
+    #[error("the adapter could not run now: {0}")]
+    AdapterBusy(String),
     #[error("the adapter sent a request to `{origin}`, which channel `{channel}` does not allow (allowed: {allowed})")]
     HostNotAllowed { channel: String, origin: String, allowed: String },
     #[error("the adapter refers to secret `{0}`, which it did not declare")]
@@ -127,13 +135,26 @@ pub enum DeliveryError {
     TooManyRequests { channel: String, made: usize, cap: usize },
     #[error("{0}")]
     PrivateAddress(String),
+    /// The caller's check before an attempt said not to send: the host no longer holds
+    /// the send (another host took its run over).
+    #[error("not sent: this host no longer holds the send (another host took its run over)")]
+    Withdrawn,
 }
+
+/// Asked just before each attempt at a request goes out (after pacing and any retry
+/// wait): whether to send it. The journey engine records there when the request went out,
+/// and checks that this host still holds the run.
+pub type BeforeEachAttempt<'call, 'check> = &'call mut (dyn FnMut() -> futures_util::future::BoxFuture<'check, bool> + Send + 'check);
 
 /// The fate of one request after its attempts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempted {
     pub outcome: Outcome,
     pub attempts: u32,
+    /// The last attempt went out and no answer came back (a timeout, a connection cut
+    /// mid-answer): the provider may have it. Not retried blindly; the caller treats the
+    /// send as a crash would have left it, in doubt.
+    pub in_doubt: bool,
 }
 
 struct Channel {
@@ -174,7 +195,7 @@ impl Deliverer {
                 }
                 let rate = NonZeroU32::new(config.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
                 let http = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(15))
+                    .timeout(config.timeout)
                     .redirect(reqwest::redirect::Policy::none())
                     // A proxy from the environment would resolve and connect on our behalf,
                     // past the resolver below that refuses private addresses.
@@ -232,10 +253,20 @@ impl Deliverer {
 
     /// Delivers one rendered message on channel `name`; one outcome per adapter request.
     pub async fn deliver(&self, registry: &Registry, name: &str, message: &Message) -> Result<Vec<Attempted>, DeliveryError> {
+        self.deliver_checked(registry, name, message, &mut || Box::pin(async { true })).await
+    }
+
+    /// [`Deliverer::deliver`], asking `before_each` just before every attempt goes out.
+    pub async fn deliver_checked(
+        &self,
+        registry: &Registry,
+        name: &str,
+        message: &Message,
+        before_each: BeforeEachAttempt<'_, '_>,
+    ) -> Result<Vec<Attempted>, DeliveryError> {
         let (channel, plugin, info, ctx) = self.channel(name, registry)?;
-        let requests =
-            off_thread(&plugin, &ctx, message, |p, ctx, message| p.deliver(ctx, message)).await.map_err(|e| DeliveryError::Adapter(e.to_string()))?;
-        self.perform(&channel, &plugin, &info, &ctx, requests).await
+        let requests = off_thread(&plugin, &ctx, message, |p, ctx, message| p.deliver(ctx, message)).await.map_err(adapter_failed)?;
+        self.perform(&channel, &plugin, &info, &ctx, requests, before_each).await
     }
 
     /// The request asking channel `name`'s provider whether `message` arrived; `None` when
@@ -263,7 +294,9 @@ impl Deliverer {
         let response = match channel.send(&request, &redactor).await {
             Ok(response) => response,
             Err(Failure::Refused(e)) => return Err(e),
-            Err(Failure::Transport(why)) => return Ok(Reconciled::AskAgain { after: ASK_AGAIN_AFTER, why: format!("transport: {why}") }),
+            Err(Failure::Transport(why) | Failure::Unanswered(why)) => {
+                return Ok(Reconciled::AskAgain { after: ASK_AGAIN_AFTER, why: format!("transport: {why}") });
+            }
         };
         if response.status == 429 || response.status >= 500 {
             let after = response
@@ -284,12 +317,26 @@ impl Deliverer {
         }))
     }
 
-    /// Applies one audience change on channel `name`.
-    pub async fn sync_audience(&self, registry: &Registry, name: &str, change: &AudienceChange) -> Result<Vec<Attempted>, DeliveryError> {
+    /// Applies one audience change on channel `name`, made at `at`: the adapter's context
+    /// says that time on every attempt of the change, so a key it derives from the change
+    /// and `now` is one per change, and the same when the change is tried again.
+    pub async fn sync_audience(&self, registry: &Registry, name: &str, change: &AudienceChange, at: i64) -> Result<Vec<Attempted>, DeliveryError> {
+        self.sync_audience_checked(registry, name, change, at, &mut || Box::pin(async { true })).await
+    }
+
+    /// [`Deliverer::sync_audience`], asking `before_each` just before every attempt goes out.
+    pub async fn sync_audience_checked(
+        &self,
+        registry: &Registry,
+        name: &str,
+        change: &AudienceChange,
+        at: i64,
+        before_each: BeforeEachAttempt<'_, '_>,
+    ) -> Result<Vec<Attempted>, DeliveryError> {
         let (channel, plugin, info, ctx) = self.channel(name, registry)?;
-        let requests =
-            off_thread(&plugin, &ctx, change, |p, ctx, change| p.sync_audience(ctx, change)).await.map_err(|e| DeliveryError::Adapter(e.to_string()))?;
-        self.perform(&channel, &plugin, &info, &ctx, requests).await
+        let ctx = Context { now: at, ..ctx };
+        let requests = off_thread(&plugin, &ctx, change, |p, ctx, change| p.sync_audience(ctx, change)).await.map_err(adapter_failed)?;
+        self.perform(&channel, &plugin, &info, &ctx, requests, before_each).await
     }
 
     async fn perform(
@@ -299,27 +346,41 @@ impl Deliverer {
         info: &AdapterInfo,
         ctx: &Context,
         requests: AdapterRequests,
+        before_each: BeforeEachAttempt<'_, '_>,
     ) -> Result<Vec<Attempted>, DeliveryError> {
         let cap = channel.config.max_requests;
         if requests.requests.len() > cap {
             return Err(DeliveryError::TooManyRequests { channel: channel.name.clone(), made: requests.requests.len(), cap });
         }
         if self.dry_run {
-            return Ok(requests.requests.iter().map(|_| Attempted { outcome: Outcome::Delivered(Some("dry run".into())), attempts: 0 }).collect());
+            return Ok(requests
+                .requests
+                .iter()
+                .map(|_| Attempted { outcome: Outcome::Delivered(Some("dry run".into())), attempts: 0, in_doubt: false })
+                .collect());
         }
         // Every request is checked and filled before any is sent: a bad one sends nothing.
         let prepared = channel.prepare(info, &requests)?;
         let mut results = Vec::with_capacity(prepared.len());
         for (original, (request, redactor)) in requests.requests.iter().zip(prepared) {
             let mut attempts = 0;
+            let mut in_doubt = false;
             let outcome = loop {
                 attempts += 1;
                 channel.limiter.until_ready().await;
+                if !before_each().await {
+                    return Err(DeliveryError::Withdrawn);
+                }
                 let outcome = match channel.send(&request, &redactor).await {
                     Ok(response) => redacted(&redactor, call_interpret(plugin, ctx, original, response).await),
                     Err(Failure::Refused(e)) => return Err(e),
                     Err(Failure::Transport(why)) => {
                         Outcome::RetryLater(rekindle_runtime::wit::Retry { after_seconds: None, reason: format!("transport: {why}") })
+                    }
+                    // Sent, perhaps received: a blind retry could message the customer twice.
+                    Err(Failure::Unanswered(why)) => {
+                        in_doubt = true;
+                        break Outcome::RetryLater(rekindle_runtime::wit::Retry { after_seconds: None, reason: format!("no answer after sending: {why}") });
                     }
                 };
                 match &outcome {
@@ -332,9 +393,18 @@ impl Deliverer {
                     _ => break outcome,
                 }
             };
-            results.push(Attempted { outcome, attempts });
+            results.push(Attempted { outcome, attempts, in_doubt });
         }
         Ok(results)
+    }
+}
+
+/// A failed adapter call as a delivery error: busy for the host's reasons (a deadline on a
+/// loaded machine, no free instance or thread), which may pass, or failed for its own.
+fn adapter_failed(e: CallError) -> DeliveryError {
+    match e {
+        CallError::Timeout(_) | CallError::Busy(_) | CallError::Instantiate(_) => DeliveryError::AdapterBusy(e.to_string()),
+        other => DeliveryError::Adapter(other.to_string()),
     }
 }
 
@@ -342,8 +412,11 @@ impl Deliverer {
 enum Failure {
     /// The host would not send it (a private address): no attempt can succeed.
     Refused(DeliveryError),
-    /// The network failed; the text is already redacted.
+    /// The request never reached the provider (no connection); the text is redacted.
     Transport(String),
+    /// The request went out but no whole answer came back (a timeout, a connection cut):
+    /// the provider may have acted on it. The text is redacted.
+    Unanswered(String),
 }
 
 impl Channel {
@@ -455,7 +528,8 @@ impl Channel {
         let failure = |e: reqwest::Error| match private_address_in(&e) {
             Some(refused) => Failure::Refused(DeliveryError::PrivateAddress(refused.to_string())),
             // The URL can hold a secret (Twilio's account SID); the text must not.
-            None => Failure::Transport(redactor.text(&e.without_url().to_string())),
+            None if e.is_connect() => Failure::Transport(redactor.text(&e.without_url().to_string())),
+            None => Failure::Unanswered(redactor.text(&e.without_url().to_string())),
         };
         let mut response = builder.send().await.map_err(failure)?;
         let status = response.status().as_u16();

@@ -18,15 +18,26 @@ use std::sync::Arc;
 
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{AudienceChange, AudienceMember, Found, Outcome};
-use rekindle_store::{ClaimedSend, Clock, EventRef, JourneyLogEntry, JourneyRun, StepSend, Store, StoreError, StoredJourney};
+use rekindle_store::{ClaimedSend, Clock, EventRef, JourneyLogEntry, JourneyRun, Lease, SendClaim, StepSend, Store, StoreError, StoredJourney};
 use serde_json::Value;
 
 use crate::definition::{self, Journey, JourneyError, Step, parse_duration};
-use crate::delivery::{Deliverer, Reconciled};
+use crate::delivery::{Deliverer, DeliveryError, Reconciled};
 use crate::messages::{choose_channel, render};
 
 /// Steps one run may take in one tick; a journey looping without a wait stops here.
 const MAX_STEPS_PER_TICK: usize = 64;
+
+/// Runs a tick advances at once (see [`Engine::tick`]); the channels' rate limits still
+/// pace the requests.
+const LANES: usize = 8;
+
+/// The lease under which one host at a time ticks the journeys of a shared database.
+const TICK_LEASE: &str = "journeys:tick";
+
+/// How long a lease lasts unless the host says otherwise (`run_lease_seconds`): a host
+/// that dies holding runs leaves them to the others this long after its last renewal.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs journeys over the store with the configured channels.
 pub struct Engine {
@@ -35,6 +46,9 @@ pub struct Engine {
     pub deliverer: Arc<Deliverer>,
     /// At most this many messages per customer in this window, across all journeys.
     pub frequency_cap: Option<FrequencyCap>,
+    /// The leases this host takes on the runs it advances and on the tick, so hosts
+    /// sharing a database never advance one run (or tick) at once.
+    pub lease: Lease,
 }
 
 /// A cap on messages per customer across journeys (`frequency_cap = { messages = 3, days = 7 }`
@@ -58,6 +72,12 @@ fn store(engine: &Engine) -> &Store {
 }
 
 impl Engine {
+    /// An engine with no frequency cap, leasing as a host of its own for [`DEFAULT_LEASE`].
+    pub fn new(registry: Arc<Registry>, store: Arc<Store>, deliverer: Arc<Deliverer>) -> Engine {
+        let host = uuid::Uuid::now_v7().simple().to_string();
+        Engine { registry, store, deliverer, frequency_cap: None, lease: Lease::new(&host, DEFAULT_LEASE) }
+    }
+
     /// Checks a journey file against the configured channels and stores it.
     pub async fn deploy(&self, source: &str) -> Result<Journey, JourneyError> {
         let journey = definition::load(source, &self.deliverer.channel_names())?;
@@ -76,7 +96,7 @@ impl Engine {
             return Err(JourneyError::NotEnteredByApi(journey_name.to_string()));
         }
         let profile = store(self).profile(id, 0).await?.ok_or_else(|| JourneyError::UnknownProfile(id.to_string()))?;
-        Ok(self.start(&journey, &profile.id, now).await?)
+        Ok(self.start(&journey, &profile.id, now, None).await?)
     }
 
     /// Ticks every `tick` (at most a minute) at `clock`'s time, for the life of the process.
@@ -93,9 +113,16 @@ impl Engine {
         }
     }
 
-    /// Takes new entrants in, then advances every run that is due at `now`.
+    /// Takes new entrants in, then advances every run that is due at `now`. Of hosts
+    /// sharing a database, one at a time ticks (the others find the tick's lease held and
+    /// do nothing); each run it advances is leased to it besides. A tick that fails midway
+    /// keeps the lease until it passes.
     pub async fn tick(&self, now: i64) -> Result<TickReport, StoreError> {
+        let started = std::time::Instant::now();
         let mut report = TickReport::default();
+        if !store(self).take_lease(TICK_LEASE, &self.lease).await? {
+            return Ok(report);
+        }
         let mut journeys = Vec::new();
         let channels = self.deliverer.channel_names();
         for StoredJourney { name, definition: source, entry_cursor: cursor } in store(self).journeys().await? {
@@ -107,11 +134,12 @@ impl Engine {
                 Err(e) => tracing::error!(journey = name, "journey no longer loads; its runs wait: {e}"),
             }
         }
+        let tick = Tick { now, started };
         // A goal reached while waiting ends the run now, not at its next wake-up.
         for journey in &journeys {
             if let Some(goal) = &journey.goal {
-                for run in store(self).goal_reached(&journey.name, &goal.event, 1000).await? {
-                    self.advance(journey, run, now).await?;
+                for run in store(self).claim_goal_reached(&journey.name, &goal.event, 1000, &self.lease).await? {
+                    self.advance(journey, run, &tick).await?;
                     report.advanced += 1;
                 }
             }
@@ -119,20 +147,51 @@ impl Engine {
         // Runs that finish a step are due again at once; a few rounds settle everything
         // due now, and a journey stuck looping without a wait cannot hold the tick.
         for _ in 0..16 {
-            let due = store(self).due_runs(now, 500).await?;
-            let mut progressed = false;
+            // A tick longer than the lease keeps it by renewing; one that lost it stops.
+            if !store(self).take_lease(TICK_LEASE, &self.lease).await? {
+                tracing::warn!("another host took over the journey tick; this one stops here");
+                break;
+            }
+            let due = store(self).claim_due_runs(now, 500, &self.lease).await?;
+            // Runs go in lanes, one customer's runs in one lane, each lane in order and the
+            // lanes at once: a slow provider answer holds up one lane, not the tick, and one
+            // customer's frequency cap is counted one send at a time.
+            let mut lanes: Vec<Vec<JourneyRun>> = (0..LANES).map(|_| Vec::new()).collect();
             for run in due {
-                let Some(journey) = journeys.iter().find(|j| j.name == run.journey) else { continue };
-                let before = (run.step, run.status.clone(), run.wake_at);
-                let after = self.advance(journey, run, now).await?;
-                progressed |= before != (after.step, after.status.clone(), after.wake_at);
-                report.advanced += 1;
+                lanes[usize::from(bucket(&run.profile_id)) % LANES].push(run);
+            }
+            let lanes = lanes.into_iter().map(|lane| self.advance_lane(&journeys, lane, &tick));
+            let mut progressed = false;
+            for lane in futures_util::future::join_all(lanes).await {
+                let (advanced, moved) = lane?;
+                report.advanced += advanced;
+                progressed |= moved;
             }
             if !progressed {
                 break;
             }
         }
+        // Whichever host comes next takes the next tick.
+        store(self).release_lease(TICK_LEASE, &self.lease.owner).await?;
         Ok(report)
+    }
+
+    /// Advances one lane's runs in order: how many, and whether any moved.
+    async fn advance_lane(&self, journeys: &[Journey], lane: Vec<JourneyRun>, tick: &Tick) -> Result<(usize, bool), StoreError> {
+        let (mut advanced, mut progressed) = (0, false);
+        for run in lane {
+            let Some(journey) = journeys.iter().find(|j| j.name == run.journey) else {
+                // Its journey does not load: let the run go as it is.
+                store(self).save_run(run, Vec::new(), &self.lease).await?;
+                continue;
+            };
+            let before = (run.step, run.status.clone(), run.wake_at);
+            if let Some(after) = self.advance(journey, run, tick).await? {
+                progressed |= before != (after.step, after.status.clone(), after.wake_at);
+            }
+            advanced += 1;
+        }
+        Ok((advanced, progressed))
     }
 
     /// Starts runs for everyone who entered the entry segment (and is still in it), or did
@@ -143,10 +202,10 @@ impl Engine {
             loop {
                 let events = store(self).events_after(event, cursor, 1000).await?;
                 let Some(last) = events.last().map(|e| e.id) else { break };
-                for EventRef { profile_id, timestamp: at, .. } in &events {
+                for EventRef { id, profile_id, timestamp: at } in &events {
                     // The run starts at the event, so a 30-minute wait means 30 minutes
                     // after the cart, however late the tick.
-                    entered += usize::from(self.start(journey, profile_id, (*at).min(now)).await?);
+                    entered += usize::from(self.start(journey, profile_id, (*at).min(now), Some(format!("event:{id}"))).await?);
                 }
                 cursor = last;
                 store(self).set_journey_cursor(&journey.name, cursor).await?;
@@ -161,7 +220,7 @@ impl Engine {
                 if store(self).membership(segment, &change.profile_id).await?.is_none() {
                     continue;
                 }
-                entered += usize::from(self.start(journey, &change.profile_id, now).await?);
+                entered += usize::from(self.start(journey, &change.profile_id, now, Some(format!("change:{}", change.id))).await?);
             }
             cursor = last;
             store(self).set_journey_cursor(&journey.name, cursor).await?;
@@ -169,7 +228,10 @@ impl Engine {
         Ok(entered)
     }
 
-    async fn start(&self, journey: &Journey, profile_id: &str, now: i64) -> Result<bool, StoreError> {
+    /// Starts a run for `profile_id`, taken in by `cause` (a membership change or event; none
+    /// for the API), unless the re-entry policy, test mode or an earlier run for the same
+    /// cause keeps them out.
+    async fn start(&self, journey: &Journey, profile_id: &str, now: i64, cause: Option<String>) -> Result<bool, StoreError> {
         if journey.test_mode {
             let profile = store(self).profile(profile_id, 0).await?;
             let test = profile.is_some_and(|p| p.traits.iter().any(|(name, value, _)| name == "test" && value == &Value::Bool(true)));
@@ -189,55 +251,81 @@ impl Engine {
             step_started_at: now,
             entered_at: now,
             ended_reason: held_out.then(|| "held out".to_string()),
+            entered_by: cause,
+            version: 0,
         };
-        if !store(self).start_run(run.clone(), &journey.re_entry).await? {
-            return Ok(false);
-        }
         let action = if held_out { "held out" } else { "entered" };
         let why = match (&journey.entry.event, &journey.entry.segment) {
             (Some(event), _) => format!("did {event:?}"),
             (None, segment) => format!("entered {:?}", segment.as_deref().unwrap_or("")),
         };
         let entry = log(&run, "entry", action, None, why, now);
-        store(self).save_run(run, vec![entry]).await?;
-        Ok(true)
+        // The run and its entry in one transaction: a host advancing the new run at once
+        // finds its entry logged already.
+        store(self).start_run(run, &journey.re_entry, vec![entry]).await
     }
 
-    /// Moves one run as far as it can go at `now`, saving its position and log.
-    async fn advance(&self, journey: &Journey, mut run: JourneyRun, now: i64) -> Result<JourneyRun, StoreError> {
+    /// Moves one run (leased to this host) as far as it can go at the tick's time, saving
+    /// its position and log; `None` when another host took the run over meanwhile, whose
+    /// copy then stands.
+    async fn advance(&self, journey: &Journey, mut run: JourneyRun, tick: &Tick) -> Result<Option<JourneyRun>, StoreError> {
+        let now = tick.now;
         let mut entries = Vec::new();
         for _ in 0..MAX_STEPS_PER_TICK {
-            if run.status == "done" || self.reached_goal(journey, &mut run, now, &mut entries).await? {
+            if run.status == "done" {
                 break;
+            }
+            match self.reached_goal(journey, &mut run, now, &mut entries).await? {
+                Some(true) => break,
+                Some(false) => {}
+                None => return Ok(self.lost(&run)),
             }
             let Some(step) = journey.steps.get(run.step as usize) else {
                 finish(&mut run, "completed");
                 break;
             };
-            match self.take_step(journey, step, &mut run, now, &mut entries).await? {
+            match self.take_step(journey, step, &mut run, tick, &mut entries).await? {
                 Flow::Stay => break,
                 Flow::Go(next) => follow(journey, step, next, &mut run, now, &mut entries),
+                Flow::Lost => return Ok(self.lost(&run)),
             }
         }
-        store(self).save_run(run.clone(), entries).await?;
-        Ok(run)
+        if !store(self).save_run(run.clone(), entries, &self.lease).await? {
+            return Ok(self.lost(&run));
+        }
+        Ok(Some(run))
+    }
+
+    fn lost(&self, run: &JourneyRun) -> Option<JourneyRun> {
+        tracing::warn!(run = run.id, journey = run.journey, "another host took this run over (its lease passed); its copy stands");
+        None
     }
 
     /// Ends the run when its goal event happened since it entered, leaving the journey's
-    /// audiences; whether it did.
-    async fn reached_goal(&self, journey: &Journey, run: &mut JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<bool, StoreError> {
-        let Some(goal) = &journey.goal else { return Ok(false) };
+    /// audiences; whether it did, or `None` when the run was lost to another host.
+    async fn reached_goal(&self, journey: &Journey, run: &mut JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<Option<bool>, StoreError> {
+        let Some(goal) = &journey.goal else { return Ok(Some(false)) };
         if store(self).events(&run.profile_id, &goal.event, run.entered_at, now, Some(1)).await?.is_empty() {
-            return Ok(false);
+            return Ok(Some(false));
         }
         entries.push(log(run, "goal", "exited", None, format!("{} after entering", goal.event), now));
-        self.leave_audiences(journey, run, now, entries).await?;
+        if !self.leave_audiences(journey, run, now, entries).await? {
+            return Ok(None);
+        }
         finish(run, "goal");
-        Ok(true)
+        Ok(Some(true))
     }
 
     /// Does what the run's current step asks at `now`: where to go next, or to stay.
-    async fn take_step(&self, journey: &Journey, step: &Step, run: &mut JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<Flow, StoreError> {
+    async fn take_step(
+        &self,
+        journey: &Journey,
+        step: &Step,
+        run: &mut JourneyRun,
+        tick: &Tick,
+        entries: &mut Vec<JourneyLogEntry>,
+    ) -> Result<Flow, StoreError> {
+        let now = tick.now;
         let woken = run.status == "waiting" && run.wake_at.is_some_and(|at| at <= now);
         // A send reads the customer once: for their time zone here, and for the message.
         let profile = if matches!(step, Step::Send { .. }) { store(self).profile(&run.profile_id, 0).await? } else { None };
@@ -295,22 +383,29 @@ impl Engine {
                 // A send left in doubt by a crash waits here until its provider can be asked.
                 let send = SendStep { step: step.id(), order: channels, template, voucher: voucher.as_deref(), products: *products, quiet };
                 // A profile erased meanwhile has nobody to send to: the step passes.
-                let ask = match &profile {
-                    Some(profile) => self.send(run, profile, &send, now, entries).await?,
-                    None => None,
+                let sent = match &profile {
+                    Some(profile) => self.send(run, profile, &send, tick, entries).await?,
+                    None => Sent::Done,
                 };
-                match ask {
-                    Some(ask_at) => {
-                        wait_until(run, ask_at);
+                match sent {
+                    Sent::WaitUntil(at) => {
+                        wait_until(run, at);
                         Flow::Stay
                     }
-                    None => Flow::Go(Next::from(next)),
+                    Sent::Done => Flow::Go(Next::from(next)),
+                    Sent::Lost => Flow::Lost,
                 }
             }
             Step::AudienceAdd { audiences, next, .. } | Step::AudienceRemove { audiences, next, .. } => {
                 let add = matches!(step, Step::AudienceAdd { .. });
-                self.audiences(run, step.id(), audiences, add, now, entries).await?;
-                Flow::Go(Next::from(next))
+                match self.audiences(run, step.id(), audiences, add, now, entries).await? {
+                    Synced::Done => Flow::Go(Next::from(next)),
+                    Synced::RetryAt(at) => {
+                        wait_until(run, at);
+                        Flow::Stay
+                    }
+                    Synced::Lost => Flow::Lost,
+                }
             }
             Step::Exit { .. } => Flow::Go(Next::To("exit".into())),
         })
@@ -364,20 +459,23 @@ impl Engine {
         })
     }
 
-    /// Sends one step's message on the first channel that reaches the customer. Returns
-    /// when to try again if the step must wait: a send a crash left in doubt whose provider
-    /// cannot be asked yet, or whose repeat would fall in quiet hours.
+    /// Sends one step's message on the first channel that reaches the customer. Says when
+    /// to come back if the step must wait: a send in doubt whose provider cannot be asked
+    /// yet, one the provider asked to retry later, or a repeat that would fall in quiet
+    /// hours.
     async fn send(
         &self,
         run: &JourneyRun,
         profile: &rekindle_store::ProfileRecord,
         send: &SendStep<'_>,
-        now: i64,
+        tick: &Tick,
         entries: &mut Vec<JourneyLogEntry>,
-    ) -> Result<Option<i64>, StoreError> {
-        let step = send.step;
-        let Some(Claimed { channel, to, key, in_doubt_since }) = self.claim(run, profile, send, now, entries).await? else {
-            return Ok(None);
+    ) -> Result<Sent, StoreError> {
+        let (step, now) = (send.step, tick.now);
+        let Claimed { channel, to, key, claimed_at, earlier } = match self.claim(run, profile, send, now, entries).await? {
+            Claim::Claimed(claimed) => claimed,
+            Claim::Nothing => return Ok(Sent::Done),
+            Claim::Lost => return Ok(Sent::Lost),
         };
         let related = if send.products > 0 { store(self).related_products(&run.profile_id, send.products).await? } else { Vec::new() };
         let message = match render(send.template, profile, send.voucher, &related, to, key.clone()) {
@@ -385,27 +483,62 @@ impl Engine {
             Err(e) => {
                 store(self).settle_send(&key, "failed").await?;
                 entries.push(log(run, step, "failed", Some(&channel), format!("template: {e}"), now));
-                return Ok(None);
+                return Ok(Sent::Done);
             }
         };
         let mut resent = String::new();
-        if let Some(claimed_at) = in_doubt_since {
-            match self.in_doubt(run, step, &channel, &key, &message, claimed_at, now, entries).await? {
-                InDoubt::Settled => return Ok(None),
-                InDoubt::AskAt(at) => return Ok(Some(at)),
-                InDoubt::Resend(why) => resent = format!(" (resent after a restart: {why})"),
-            }
-            // A repeat is a new message to the customer: it keeps to quiet hours.
-            if let Some(until) = send.quiet {
-                entries.push(log(run, step, "quiet hours", Some(&channel), format!("resending the message in doubt at {}", iso(until)), now));
-                return Ok(Some(until));
+        match earlier {
+            Earlier::None => {}
+            // Claimed, but the request never went out: nothing can have arrived.
+            Earlier::NeverSent => resent = " (sent after a restart: the first attempt never went out)".into(),
+            Earlier::Sent(sent_at) => {
+                match self.in_doubt(run, step, &channel, &key, &message, sent_at, now, entries).await? {
+                    InDoubt::Settled => return Ok(Sent::Done),
+                    InDoubt::AskAt(at) => return Ok(Sent::WaitUntil(at)),
+                    InDoubt::Resend(why) => resent = format!(" (resent: {why})"),
+                }
+                // A repeat is a new message to the customer: it keeps to quiet hours.
+                if let Some(until) = send.quiet {
+                    entries.push(log(run, step, "quiet hours", Some(&channel), format!("resending the message in doubt at {}", iso(until)), now));
+                    return Ok(Sent::WaitUntil(until));
+                }
             }
         }
-        let (action, detail) = match self.deliverer.deliver(&self.registry, &channel, &message).await {
+        // Just before each attempt goes out: how long to wait before asking the provider
+        // counts from there (not from the tick's start, nor the first of several attempts),
+        // and a host that lost the run meanwhile sends nothing.
+        let mut before_each = self.mark_sending(&key, run, tick);
+        let delivered = self.deliverer.deliver_checked(&self.registry, &channel, &message, &mut before_each).await;
+        match &delivered {
+            Err(DeliveryError::Withdrawn) => return Ok(Sent::Lost),
+            // Nothing went out: the adapter could not run now (a deadline on a loaded
+            // machine). The claim stays, and the step tries again shortly.
+            Err(DeliveryError::AdapterBusy(why)) if now - claimed_at < GIVE_UP_ON_BUSY_ADAPTER => {
+                let at = now.saturating_add(BUSY_ADAPTER_RETRY);
+                entries.push(log(run, step, "retrying", Some(&channel), format!("the adapter could not run now ({why}); trying again after {}", iso(at)), now));
+                return Ok(Sent::WaitUntil(at));
+            }
+            _ => {}
+        }
+        let last = delivered.as_ref().ok().and_then(|attempts| attempts.last());
+        if let Some(attempt) = last
+            && let Outcome::RetryLater(retry) = &attempt.outcome
+            && now - claimed_at < GIVE_UP_ASKING_AFTER
+        {
+            // No answer after sending is a crash's doubt; a provider that asked to retry
+            // later gets the same send again later, under the same key. Either way the send
+            // stays claimed, and the next visit decides it as one left by a crash.
+            let after = if attempt.in_doubt { 1_000 } else { i64::from(retry.after_seconds.unwrap_or(0)).saturating_mul(1000).max(RETRY_LATER_AFTER) };
+            let at = now.saturating_add(after);
+            let action = if attempt.in_doubt { "in doubt" } else { "retrying" };
+            entries.push(log(run, step, action, Some(&channel), format!("{}; trying again after {}", retry.reason, iso(at)), now));
+            return Ok(Sent::WaitUntil(at));
+        }
+        let (action, detail) = match delivered {
             Ok(attempts) => match attempts.last().map(|a| &a.outcome) {
                 Some(Outcome::Delivered(id)) => ("sent", id.clone().unwrap_or_default()),
                 Some(Outcome::NotEligible(why)) => ("not eligible", why.clone()),
-                Some(Outcome::RetryLater(retry)) => ("failed", format!("gave up: {}", retry.reason)),
+                Some(Outcome::RetryLater(retry)) => ("failed", format!("gave up after a day: {}", retry.reason)),
                 Some(Outcome::Failed(why)) => ("failed", why.clone()),
                 None => ("failed", "the adapter made no request".into()),
             },
@@ -413,14 +546,13 @@ impl Engine {
         };
         store(self).settle_send(&key, action).await?;
         entries.push(log(run, step, action, Some(&channel), detail + &resent, now));
-        Ok(None)
+        Ok(Sent::Done)
     }
 
     /// The channel, address and idempotency key this step sends under, claimed in the
-    /// store; `None` when the step has nothing (more) to send. A claim made for this step
-    /// before decides everything: a send settled on any channel is never repeated, and one
-    /// left in doubt stays on its channel, since another channel could message the
-    /// customer twice.
+    /// store. A claim made for this step before decides everything: a send settled on any
+    /// channel is never repeated, and one left in doubt stays on its channel, since another
+    /// channel could message the customer twice.
     async fn claim(
         &self,
         run: &JourneyRun,
@@ -428,24 +560,30 @@ impl Engine {
         send: &SendStep<'_>,
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
-    ) -> Result<Option<Claimed>, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let step = send.step;
-        let StepSend { key, channel, claimed_at, .. } = match store(self).step_send(&run.id, step).await? {
-            Some(claimed) if claimed.outcome != "pending" => return Ok(None),
+        let StepSend { key, channel, claimed_at, sent_at, .. } = match store(self).step_send(&run.id, step).await? {
+            Some(claimed) if claimed.outcome != "pending" => return Ok(Claim::Nothing),
             Some(claimed) => claimed,
             None => return self.claim_new(run, profile, send, now, entries).await,
         };
+        // The claim is this host's to act on only while it holds the run.
+        match store(self).claim_send(&key, run, &channel, now, &self.lease).await? {
+            SendClaim::LostRun => return Ok(Claim::Lost),
+            SendClaim::Existing(ClaimedSend { outcome, .. }) if outcome != "pending" => return Ok(Claim::Nothing),
+            SendClaim::Existing(_) | SendClaim::New => {}
+        }
         let reach = self.deliverer.needs(&self.registry, &channel).map(|needs| {
             let (chosen, skipped) = choose_channel(std::slice::from_ref(&needs), profile);
             (chosen.map(|(_, to)| to), skipped)
         });
         match reach {
-            Some((Some(to), _)) => Ok(Some(Claimed { channel, to, key, in_doubt_since: Some(claimed_at) })),
+            Some((Some(to), _)) => Ok(Claim::Claimed(Claimed { channel, to, key, claimed_at, earlier: Earlier::from(sent_at) })),
             unreachable => {
                 let why = unreachable.and_then(|(_, skipped)| skipped.into_iter().next()).map_or("the channel is no longer configured".into(), |s| s.reason);
                 store(self).settle_send(&key, "failed").await?;
-                entries.push(log(run, step, "failed", Some(&channel), format!("in doubt after a restart, and no longer sendable: {why}"), now));
-                Ok(None)
+                entries.push(log(run, step, "failed", Some(&channel), format!("in doubt, and no longer sendable: {why}"), now));
+                Ok(Claim::Nothing)
             }
         }
     }
@@ -459,7 +597,7 @@ impl Engine {
         send: &SendStep<'_>,
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
-    ) -> Result<Option<Claimed>, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let step = send.step;
         if let Some(cap) = self.frequency_cap {
             let since = now - i64::from(cap.days) * 86_400_000;
@@ -467,7 +605,7 @@ impl Engine {
             if recent >= i64::from(cap.messages) {
                 let detail = format!("frequency cap: {recent} messages in the last {} days (at most {})", cap.days, cap.messages);
                 entries.push(log(run, step, "capped", None, detail, now));
-                return Ok(None);
+                return Ok(Claim::Nothing);
             }
         }
         let mut needs = Vec::with_capacity(send.order.len());
@@ -483,19 +621,23 @@ impl Engine {
         }
         let Some((channel, to)) = chosen else {
             entries.push(log(run, step, "unreachable", None, "no channel can reach this customer".into(), now));
-            return Ok(None);
+            return Ok(Claim::Nothing);
         };
         let key = format!("{}:{step}:{}", run.id, channel.name);
-        Ok(match store(self).claim_send(&key, &run.id, &channel.name, now).await? {
-            None => Some(Claimed { channel: channel.name.clone(), to, key, in_doubt_since: None }),
-            Some(ClaimedSend { outcome, .. }) if outcome != "pending" => None,
-            Some(ClaimedSend { claimed_at, .. }) => Some(Claimed { channel: channel.name.clone(), to, key, in_doubt_since: Some(claimed_at) }),
+        Ok(match store(self).claim_send(&key, run, &channel.name, now, &self.lease).await? {
+            SendClaim::New => Claim::Claimed(Claimed { channel: channel.name.clone(), to, key, claimed_at: now, earlier: Earlier::None }),
+            SendClaim::Existing(ClaimedSend { outcome, .. }) if outcome != "pending" => Claim::Nothing,
+            SendClaim::Existing(ClaimedSend { claimed_at, sent_at, .. }) => {
+                Claim::Claimed(Claimed { channel: channel.name.clone(), to, key, claimed_at, earlier: Earlier::from(sent_at) })
+            }
+            SendClaim::LostRun => Claim::Lost,
         })
     }
 
-    /// Decides a send a crash left in doubt: asks the provider when the adapter can, once
-    /// `reconcile_after` has passed since the claim; records a message the provider has as
-    /// sent; otherwise says why it must go again.
+    /// Decides a send left in doubt (by a crash, a request that got no answer, or a
+    /// provider that asked to retry later): asks the provider when the adapter can, once
+    /// `reconcile_after` has passed since the request went out; records a message the
+    /// provider has as sent; otherwise says why it must go again.
     #[allow(clippy::too_many_arguments)]
     async fn in_doubt(
         &self,
@@ -504,15 +646,15 @@ impl Engine {
         channel: &str,
         key: &str,
         message: &rekindle_runtime::wit::Message,
-        claimed_at: i64,
+        sent_at: i64,
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<InDoubt, StoreError> {
         let Some(lookup) = self.deliverer.lookup(&self.registry, channel, message).await else {
-            return Ok(InDoubt::Resend("the adapter cannot ask its provider".into()));
+            return Ok(InDoubt::Resend("the adapter cannot ask its provider; sent again under the same key".into()));
         };
         let wait = i64::try_from(lookup.after().as_millis()).unwrap_or(i64::MAX);
-        let ask_at = claimed_at.saturating_add(wait);
+        let ask_at = sent_at.saturating_add(wait);
         if now < ask_at {
             entries.push(log(run, step, "in doubt", Some(channel), format!("asking the provider at {}", iso(ask_at)), now));
             return Ok(InDoubt::AskAt(ask_at));
@@ -520,13 +662,13 @@ impl Engine {
         Ok(match self.deliverer.reconcile(lookup, message).await {
             Ok(Reconciled::Answered(Found::Accepted(id))) => {
                 store(self).settle_send(key, "sent").await?;
-                let detail = format!("{} (confirmed by the provider after a restart; not sent again)", id.unwrap_or_default());
+                let detail = format!("{} (confirmed by the provider; not sent again)", id.unwrap_or_default());
                 entries.push(log(run, step, "sent", Some(channel), detail, now));
                 InDoubt::Settled
             }
             Ok(Reconciled::Answered(Found::Absent)) => InDoubt::Resend("the provider had not received it".into()),
             Ok(Reconciled::Answered(Found::Unknown(why))) => InDoubt::Resend(format!("the provider could not say: {why}")),
-            Ok(Reconciled::AskAgain { after, why }) if now - claimed_at < GIVE_UP_ASKING_AFTER => {
+            Ok(Reconciled::AskAgain { after, why }) if now - sent_at < GIVE_UP_ASKING_AFTER => {
                 let at = now + i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 2);
                 entries.push(log(run, step, "in doubt", Some(channel), format!("the provider could not answer ({why}); asking again at {}", iso(at)), now));
                 InDoubt::AskAt(at)
@@ -536,6 +678,10 @@ impl Engine {
         })
     }
 
+    /// Applies an audience step's changes, one claimed change per channel and audience, so
+    /// none is applied twice and each keeps its own key when tried again. A change the
+    /// provider refused for now is logged as failed and retried (the step waits) for up to
+    /// a day; one it refused for good is logged as failed and the run goes on.
     async fn audiences(
         &self,
         run: &JourneyRun,
@@ -544,35 +690,164 @@ impl Engine {
         add: bool,
         now: i64,
         entries: &mut Vec<JourneyLogEntry>,
-    ) -> Result<(), StoreError> {
-        let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(()) };
+    ) -> Result<Synced, StoreError> {
+        let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(Synced::Done) };
         if add && !profile.consents.iter().any(|c| c.purpose == rekindle_store::Purpose::Ads && c.granted) {
             entries.push(log(run, step, "skipped", None, "no ads consent".into(), now));
-            return Ok(());
+            return Ok(Synced::Done);
         }
         let active = |kind: &str| profile.contacts.iter().filter(|c| c.kind == kind && c.active).map(|c| c.address.clone()).collect::<Vec<_>>();
         let member = AudienceMember { profile_id: profile.id.clone(), emails: active("email"), phones: active("phone") };
+        let (done, failed) = if add { ("audience added", "audience add failed") } else { ("audience removed", "audience remove failed") };
+        let mut retry_at = None;
         for (channel, audience) in audiences {
+            let key = format!("{}:{step}:{channel}:{audience}:{}", run.id, if add { "add" } else { "remove" });
+            let made_at = match store(self).claim_send(&key, run, channel, now, &self.lease).await? {
+                SendClaim::LostRun => return Ok(Synced::Lost),
+                SendClaim::Existing(ClaimedSend { outcome, .. }) if outcome != "pending" => continue,
+                SendClaim::Existing(ClaimedSend { claimed_at, .. }) => claimed_at,
+                SendClaim::New => now,
+            };
             let (add_list, remove_list) = if add { (vec![member.clone()], Vec::new()) } else { (Vec::new(), vec![member.clone()]) };
             let change = AudienceChange { audience: audience.clone(), add: add_list, remove: remove_list };
-            let detail = match self.deliverer.sync_audience(&self.registry, channel, &change).await {
-                Ok(attempts) if attempts.iter().all(|a| matches!(a.outcome, Outcome::Delivered(_))) => audience.clone(),
-                Ok(attempts) => format!("{audience}: {:?}", attempts.last().map(|a| &a.outcome)),
-                Err(e) => format!("{audience}: {e}"),
+            let tick = Tick { now, started: std::time::Instant::now() };
+            let mut before_each = self.mark_sending(&key, run, &tick);
+            let synced = self.deliverer.sync_audience_checked(&self.registry, channel, &change, made_at, &mut before_each).await;
+            if let Err(DeliveryError::Withdrawn) = synced {
+                return Ok(Synced::Lost);
+            }
+            if let Err(DeliveryError::AdapterBusy(why)) = &synced
+                && now - made_at < GIVE_UP_ON_BUSY_ADAPTER
+            {
+                let at = now.saturating_add(BUSY_ADAPTER_RETRY);
+                retry_at = Some(retry_at.map_or(at, |earlier: i64| earlier.min(at)));
+                entries.push(log(
+                    run,
+                    step,
+                    failed,
+                    Some(channel),
+                    format!("{audience}: the adapter could not run now ({why}); trying again after {}", iso(at)),
+                    now,
+                ));
+                continue;
+            }
+            let refusal = match &synced {
+                Ok(attempts) => attempts.iter().find(|a| !matches!(a.outcome, Outcome::Delivered(_))),
+                Err(_) => None,
             };
-            entries.push(log(run, step, if add { "audience added" } else { "audience removed" }, Some(channel), detail, now));
+            let (outcome, detail, again) = match (&synced, refusal) {
+                (Ok(_), None) => ("sent", audience.clone(), false),
+                (Ok(_), Some(attempt)) => {
+                    let again = matches!(attempt.outcome, Outcome::RetryLater(_)) && now - made_at < GIVE_UP_ASKING_AFTER;
+                    ("failed", format!("{audience}: {}", outcome_text(&attempt.outcome)), again)
+                }
+                (Err(e), _) => ("failed", format!("{audience}: {e}"), false),
+            };
+            if again {
+                let at = now.saturating_add(RETRY_LATER_AFTER);
+                retry_at = Some(retry_at.map_or(at, |earlier: i64| earlier.min(at)));
+                entries.push(log(run, step, failed, Some(channel), format!("{detail}; trying again after {}", iso(at)), now));
+                continue;
+            }
+            store(self).settle_send(&key, outcome).await?;
+            entries.push(log(run, step, if outcome == "sent" { done } else { failed }, Some(channel), detail, now));
         }
-        Ok(())
+        Ok(retry_at.map_or(Synced::Done, Synced::RetryAt))
     }
 
-    /// Takes the customer out of every audience the journey adds to.
-    async fn leave_audiences(&self, journey: &Journey, run: &JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<(), StoreError> {
+    /// The check before each attempt at the send claimed under `key`: records when it went
+    /// out, and says whether this host still holds `run`. A store failure counts as no.
+    fn mark_sending<'a>(&'a self, key: &'a str, run: &'a JourneyRun, tick: &'a Tick) -> impl FnMut() -> futures_util::future::BoxFuture<'a, bool> + Send + 'a {
+        move || {
+            Box::pin(async move {
+                match store(self).mark_sending(key, run, tick.current(), &self.lease).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::error!(key, "could not record a send going out; not sending it: {e}");
+                        false
+                    }
+                }
+            })
+        }
+    }
+
+    /// Takes the customer out of every audience the journey adds to; false when the run
+    /// was lost to another host. A removal the provider refuses now is logged as failed:
+    /// the run is ending, so it is not retried.
+    async fn leave_audiences(&self, journey: &Journey, run: &JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<bool, StoreError> {
         for step in journey.steps.iter().take(run.step as usize) {
-            if let Step::AudienceAdd { audiences, .. } = step {
-                self.audiences(run, step.id(), audiences, false, now, entries).await?;
+            if let Step::AudienceAdd { audiences, .. } = step
+                && let Synced::Lost = self.audiences(run, step.id(), audiences, false, now, entries).await?
+            {
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// An adapter's outcome as the journey log says it.
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Delivered(id) => format!("delivered {}", id.as_deref().unwrap_or("")),
+        Outcome::NotEligible(why) => format!("not eligible: {why}"),
+        Outcome::RetryLater(retry) => format!("retry later: {}", retry.reason),
+        Outcome::Failed(why) => format!("failed: {why}"),
+    }
+}
+
+/// The time a tick runs at, and when it started, so a moment inside it can be told.
+struct Tick {
+    now: i64,
+    started: std::time::Instant,
+}
+
+impl Tick {
+    /// The tick's time plus what has passed since it started.
+    fn current(&self) -> i64 {
+        self.now.saturating_add(i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// What a send step's send came to.
+enum Sent {
+    /// Nothing (more) to send here: the step is done.
+    Done,
+    /// The step waits until then.
+    WaitUntil(i64),
+    /// Another host took the run over.
+    Lost,
+}
+
+/// What an audience step's changes came to.
+enum Synced {
+    Done,
+    RetryAt(i64),
+    Lost,
+}
+
+/// What claiming a step's send came to.
+enum Claim {
+    Claimed(Claimed),
+    /// Nothing to send: settled before, capped, or unreachable.
+    Nothing,
+    /// Another host took the run over.
+    Lost,
+}
+
+/// What happened to a claimed send before this visit.
+enum Earlier {
+    /// Nothing: it is claimed now.
+    None,
+    /// Claimed before, but its request never went out.
+    NeverSent,
+    /// Its request went out at this time, and no outcome was recorded.
+    Sent(i64),
+}
+
+impl From<Option<i64>> for Earlier {
+    fn from(sent_at: Option<i64>) -> Earlier {
+        sent_at.map_or(Earlier::NeverSent, Earlier::Sent)
     }
 }
 
@@ -581,19 +856,22 @@ enum Next {
     To(String),
 }
 
-/// A send claimed in the store: its channel, address and idempotency key, and when a
-/// claim left in doubt by a crash was made.
+/// A send claimed in the store: its channel, address and idempotency key, when it was
+/// claimed, and what happened to it before.
 struct Claimed {
     channel: String,
     to: String,
     key: String,
-    in_doubt_since: Option<i64>,
+    claimed_at: i64,
+    earlier: Earlier,
 }
 
 /// What a step decided: go on to another step, or stay at this one (waiting, or done).
 enum Flow {
     Go(Next),
     Stay,
+    /// Another host took the run over: stop without saving.
+    Lost,
 }
 
 /// Moves the run to the step `next` names after `step`, or out of the journey.
@@ -718,8 +996,19 @@ struct SendStep<'a> {
 }
 
 /// How long the engine keeps asking a provider that cannot answer (rate limited, down)
-/// about a send in doubt before sending it again.
+/// about a send in doubt before sending it again, and keeps retrying a send or audience
+/// change the provider asked to retry later before recording it as failed.
 const GIVE_UP_ASKING_AFTER: i64 = 86_400_000;
+
+/// How soon a send or audience change whose adapter could not run (its deadline passed on
+/// a loaded machine, no instance was free) is tried again, and for how long after its claim
+/// before it counts as failed: an adapter that always runs out of time is broken.
+const BUSY_ADAPTER_RETRY: i64 = 5_000;
+const GIVE_UP_ON_BUSY_ADAPTER: i64 = 10 * 60_000;
+
+/// The least wait before a send or audience change the provider asked to retry later (past
+/// the host's own retries) is tried again.
+const RETRY_LATER_AFTER: i64 = 60_000;
 
 #[cfg(test)]
 mod tests {

@@ -67,6 +67,10 @@ struct Confinement {
 /// How long a plugin stays confined after a call of its ran out of time.
 const CONFINED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The least time `describe()` gets at load, whatever the kind's per-call deadline: it runs
+/// once, and a cold start on a busy machine must not fail on a 10 ms deadline.
+const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Confinement {
     fn new(threads: usize) -> Confinement {
         Confinement {
@@ -237,21 +241,24 @@ impl Plugin {
 
     fn call_describe(&self) -> Result<PluginInfo, CallError> {
         let limits = self.limits();
+        // Loading runs once, often while the machine is busy compiling or starting other
+        // hosts: describe() gets a load-time deadline, not the per-call one.
+        let at_load = Limits { deadline: limits.deadline.max(LOAD_DEADLINE), ..limits };
         match &self.pre {
             Pre::Rule(pre) => self
-                .run(|store| {
+                .run_within(at_load, |store| {
                     let instance = pre.instantiate(&mut *store)?;
                     instance.rekindle_plugin_rule().call_describe(store)
                 })
                 .map(PluginInfo::Rule),
             Pre::Channel(pre) => self
-                .run(|store| {
+                .run_within(at_load, |store| {
                     let instance = pre.instantiate(&mut *store)?;
                     instance.rekindle_plugin_adapter().call_describe(store)
                 })
                 .map(PluginInfo::Channel),
             Pre::Tiles(pre) => self
-                .run(|store| {
+                .run_within(at_load, |store| {
                     let instance = pre.instantiate(&mut *store)?;
                     instance.rekindle_plugin_tiles().call_describe(store)
                 })
@@ -384,9 +391,21 @@ impl Plugin {
         self.run_marked(f).map(|(result, _)| result)
     }
 
+    /// [`Plugin::run`] under other limits than the kind's.
+    fn run_within<R>(&self, limits: Limits, f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        self.run_marked_within(limits, f).map(|(result, _)| result)
+    }
+
     /// [`Plugin::run`], also returning the marker of the secret placeholders the call took.
     fn run_marked<R>(&self, f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>) -> Result<(R, Option<SecretMarker>), CallError> {
-        let limits = self.limits();
+        self.run_marked_within(self.limits(), f)
+    }
+
+    fn run_marked_within<R>(
+        &self,
+        limits: Limits,
+        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
+    ) -> Result<(R, Option<SecretMarker>), CallError> {
         let mut store = self.runtime.new_store(self.label.clone(), limits);
         let result = f(&mut store);
         let state = store.data_mut();

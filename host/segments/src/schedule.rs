@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use rekindle_runtime::Registry;
-use rekindle_store::{Clock, SegmentDefinition, Store, StoreError};
+use rekindle_store::{Clock, Lease, SegmentDefinition, Store, StoreError};
 
 use crate::batch::{Plan, RunReport, WasmEvaluator, run_all};
 use crate::definition::{Cutoffs, EvaluateError, period, resolve_auto_params};
@@ -108,8 +108,17 @@ pub async fn member_count(store: &Store, segment: &str) -> Result<usize, StoreEr
     }
 }
 
-/// Every `tick`, runs the segments whose period has passed since their last run.
-pub async fn schedule_loop(registry: Arc<Registry>, store: Arc<Store>, clock: Clock, tick: std::time::Duration) {
+/// The lease under which one host at a time runs the scheduled segments of a shared store.
+const SCHEDULE_LEASE: &str = "segments:schedule";
+const SCHEDULE_LEASE_AT_LEAST: i64 = 10 * 60_000;
+
+/// Every `tick`, runs the segments whose period has passed since their last run. Of hosts
+/// sharing a store, the one holding the schedule's lease runs them, so each scheduled run
+/// happens once; real-time evaluation stays on every host.
+pub async fn schedule_loop(registry: Arc<Registry>, store: Arc<Store>, clock: Clock, tick: std::time::Duration, lease: Lease) {
+    // A run can outlast a run lease; a host that dies holding this one delays the next
+    // scheduled run (hourly at the most) by no more than this.
+    let lease = Lease { length_ms: lease.length_ms.max(SCHEDULE_LEASE_AT_LEAST), ..lease };
     // Segments with auto cutoffs and none recorded for their parameters (defined before
     // cutoffs were recorded) get them now, at the real clock.
     match store.segments().await {
@@ -127,41 +136,57 @@ pub async fn schedule_loop(registry: Arc<Registry>, store: Arc<Store>, clock: Cl
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let segments = match store.segments().await {
-            Ok(all) => all,
+        match store.take_lease(SCHEDULE_LEASE, &lease).await {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(e) => {
-                tracing::error!("the scheduler cannot read segments: {e}");
+                tracing::error!("the scheduler cannot take its lease: {e}");
                 continue;
             }
-        };
-        // Every due segment goes into one run, so each page of profiles is read once.
-        let now = clock.now();
-        let due: Vec<_> = segments.into_iter().filter(|def| def.last_run.is_none_or(|at| now - at >= period(&def.schedule))).collect();
-        if due.is_empty() {
-            continue;
         }
-        let started = std::time::Instant::now();
-        let (plan, refused) = match Plan::new(&registry, &store, &due, now, Cutoffs::Refresh).await {
-            Ok(planned) => planned,
-            Err(e) => {
-                tracing::error!("the scheduler cannot plan a run: {e}");
-                continue;
+        run_due(&registry, &store, clock.now()).await;
+        if let Err(e) = store.release_lease(SCHEDULE_LEASE, &lease.owner).await {
+            tracing::error!("the scheduler cannot release its lease: {e}");
+        }
+    }
+}
+
+/// Runs the segments whose period has passed at `now`, all in one run, so each page of
+/// profiles is read once; what fails is logged.
+async fn run_due(registry: &Registry, store: &Store, now: i64) {
+    let segments = match store.segments().await {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::error!("the scheduler cannot read segments: {e}");
+            return;
+        }
+    };
+    // Every due segment goes into one run, so each page of profiles is read once.
+    let due: Vec<_> = segments.into_iter().filter(|def| def.last_run.is_none_or(|at| now - at >= period(&def.schedule))).collect();
+    if due.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let (plan, refused) = match Plan::new(registry, store, &due, now, Cutoffs::Refresh).await {
+        Ok(planned) => planned,
+        Err(e) => {
+            tracing::error!("the scheduler cannot plan a run: {e}");
+            return;
+        }
+    };
+    for (segment, e) in refused {
+        tracing::error!(segment, "scheduled run skipped: {e}");
+    }
+    match run_planned(store, plan).await {
+        Ok(SegmentRun { report, segments, unrecorded }) => {
+            for (name, (evaluated, failed)) in segments.iter().zip(&report.per_segment) {
+                tracing::info!(segment = name, evaluated, failed, "scheduled run");
             }
-        };
-        for (segment, e) in refused {
-            tracing::error!(segment, "scheduled run skipped: {e}");
-        }
-        match run_planned(&store, plan).await {
-            Ok(SegmentRun { report, segments, unrecorded }) => {
-                for (name, (evaluated, failed)) in segments.iter().zip(&report.per_segment) {
-                    tracing::info!(segment = name, evaluated, failed, "scheduled run");
-                }
-                for (name, e) in unrecorded {
-                    tracing::error!(segment = name, "could not record the run: {e}");
-                }
-                tracing::info!(profiles = report.profiles, changes = report.changes, took = ?started.elapsed(), "scheduled run finished");
+            for (name, e) in unrecorded {
+                tracing::error!(segment = name, "could not record the run: {e}");
             }
-            Err(e) => tracing::error!("scheduled run failed: {e}"),
+            tracing::info!(profiles = report.profiles, changes = report.changes, took = ?started.elapsed(), "scheduled run finished");
         }
+        Err(e) => tracing::error!("scheduled run failed: {e}"),
     }
 }

@@ -1,5 +1,5 @@
 //! The host's background loops: real-time and scheduled segment evaluation, the tile
-//! catalog's refresh and the journey engine's ticks. Each loop lives in its stage's crate;
+//! catalog's refresh, the message-id sweep and the journey engine's ticks. Each loop lives in its stage's crate;
 //! this only starts them, behind a handle that stops them when dropped.
 
 use std::time::Duration;
@@ -11,6 +11,11 @@ use crate::state::AppState;
 /// How often the tile catalog is re-read, so offers changed on another host sharing the
 /// database show up here too.
 const TILES_REFRESH: Duration = Duration::from_secs(10);
+
+/// How long an accepted message id keeps a client's retry from counting twice (Segment
+/// keeps them 24 hours), and how often older ones are swept.
+pub const MESSAGE_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
+const MESSAGE_ID_SWEEP: Duration = Duration::from_secs(600);
 
 /// The running background loops; dropping this stops them.
 pub struct Background(Vec<JoinHandle<()>>);
@@ -26,10 +31,11 @@ impl Background {
         {
             let (registry, store, clock) = (state.registry.clone(), ingestion.store.clone(), state.clock.clone());
             loops.push(tokio::spawn(rekindle_segments::realtime::realtime_loop(registry.clone(), store.clone(), clock.clone(), receiver)));
-            loops.push(tokio::spawn(rekindle_segments::schedule::schedule_loop(registry, store, clock, state.schedule_tick)));
+            loops.push(tokio::spawn(rekindle_segments::schedule::schedule_loop(registry, store, clock, state.schedule_tick, state.lease.clone())));
         }
         if let Some(ingestion) = &state.ingestion {
             loops.push(tokio::spawn(state.tiles.clone().refresh_every(ingestion.store.clone(), state.registry.clone(), TILES_REFRESH)));
+            loops.push(tokio::spawn(ingestion.store.clone().sweep_message_ids_every(MESSAGE_ID_RETENTION, MESSAGE_ID_SWEEP)));
         }
         if let Some(engine) = &state.journeys {
             loops.push(tokio::spawn(engine.clone().run(state.clock.clone(), state.schedule_tick)));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rekindle_journeys::{Deliverer, FrequencyCap};
 use rekindle_runtime::Registry;
-use rekindle_store::{Clock, Store};
+use rekindle_store::{Clock, Lease, Store};
 use rekindle_tiles::TileService;
 use rekindle_tiles::token::TokenKey;
 
@@ -42,6 +42,9 @@ pub struct AppState {
     pub token: Option<(TokenKey, i64)>,
     /// The journey engine, when delivery channels are configured.
     pub journeys: Option<Arc<rekindle_journeys::Engine>>,
+    /// The leases this host takes in a store it may share with other hosts: on journey
+    /// runs, the journey tick and scheduled segment runs.
+    pub lease: Lease,
 }
 
 /// The customer-data store and the sources that may write to it.
@@ -120,7 +123,16 @@ impl AppState {
             tile_origins: Vec::new(),
             token: None,
             journeys: None,
+            lease: Lease::new(&uuid::Uuid::now_v7().simple().to_string(), rekindle_journeys::engine::DEFAULT_LEASE),
         }
+    }
+
+    /// Takes leases as the host `host` (the same across its restarts, so a restarted host
+    /// takes its own runs back at once), each lasting `length`; call before
+    /// [`AppState::with_journeys`].
+    pub fn with_lease(mut self, host: &str, length: Duration) -> AppState {
+        self.lease = Lease::new(host, length);
+        self
     }
 
     /// Runs journeys over customer data, delivering through `deliverer`'s channels; call
@@ -132,6 +144,7 @@ impl AppState {
                 store: ingestion.store.clone(),
                 deliverer: Arc::new(deliverer),
                 frequency_cap,
+                lease: self.lease.clone(),
             }));
         }
         self

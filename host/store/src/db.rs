@@ -108,6 +108,13 @@ pub(crate) trait Db {
         Ok(self.query_opt("SELECT 1 FROM profiles WHERE id = ?1", &[P::Text(id)])?.is_some())
     }
 
+    /// What a `SELECT` that picks rows to claim ends with: PostgreSQL's `FOR UPDATE SKIP
+    /// LOCKED`, so hosts claiming at once each get other rows instead of waiting; nothing on
+    /// SQLite, whose single writer claims one batch at a time.
+    fn skip_locked(&self) -> &'static str {
+        ""
+    }
+
     /// The first row, if any.
     fn query_opt(&mut self, sql: &str, params: &[P<'_>]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())

@@ -15,8 +15,8 @@ pub use clock::{Clock, now_ms};
 pub use logic::TileDocument;
 pub use model::{
     CONTACT_TRAITS, Change, ClaimedSend, Computed, Consent, Contact, EventMapping, EventNeed, EventRef, Ignored, IngestReport, InputNeeds, JourneyLogEntry,
-    JourneyRun, MembershipChange, MembershipRecord, Message, MessageKind, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint,
-    RuleInput, Scope, SegmentDefinition, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
+    JourneyRun, Lease, MembershipChange, MembershipRecord, Message, MessageKind, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint,
+    RuleInput, Scope, SegmentDefinition, SendClaim, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
 };
 
 /// Why a store operation failed.
@@ -270,28 +270,86 @@ impl Store {
     }
 
     /// Starts a run unless the re-entry policy (`never`, `after_exit`, `always`) forbids it.
-    pub async fn start_run(&self, run: JourneyRun, re_entry: &str) -> Result<bool, StoreError> {
+    /// Logs `entry` with it when it starts.
+    pub async fn start_run(&self, run: JourneyRun, re_entry: &str, entry: Vec<JourneyLogEntry>) -> Result<bool, StoreError> {
         let re_entry = re_entry.to_string();
-        on_backend!(self.write(|db, _mapping| logic::start_run(db, &run, &re_entry)))
-    }
-
-    /// Runs due at `now`, at most `limit`.
-    pub async fn due_runs(&self, now: i64, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
-        on_backend!(self.read(|db, _mapping| logic::due_runs(db, now, limit)))
-    }
-
-    /// Waiting runs of `journey` whose customer has done the `goal` event since entering.
-    pub async fn goal_reached(&self, journey: &str, goal: &str, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
-        let (journey, goal) = (journey.to_string(), goal.to_string());
-        on_backend!(self.read(|db, _mapping| logic::goal_reached(db, &journey, &goal, limit)))
-    }
-
-    /// Saves a run's position and state, with what it did, in one transaction.
-    pub async fn save_run(&self, run: JourneyRun, log: Vec<JourneyLogEntry>) -> Result<(), StoreError> {
         on_backend!(self.write(|db, _mapping| {
-            logic::log_journey(db, &log)?;
-            logic::save_run(db, &run)
+            let started = logic::start_run(db, &run, &re_entry)?;
+            if started {
+                logic::log_journey(db, &entry)?;
+            }
+            Ok(started)
         }))
+    }
+
+    /// Leases the runs due at `now` (active, or waiting until then) that no live host
+    /// holds to `lease`, until `lease.length_ms` from the wall clock's now.
+    pub async fn claim_due_runs(&self, now: i64, limit: usize, lease: &Lease) -> Result<Vec<JourneyRun>, StoreError> {
+        let lease = lease.clone();
+        on_backend!(self.write(|db, _mapping| logic::claim_due_runs(db, now, limit, &lease, now_ms())))
+    }
+
+    /// Leases the waiting runs of `journey` whose customer has done the `goal` event since
+    /// entering.
+    pub async fn claim_goal_reached(&self, journey: &str, goal: &str, limit: usize, lease: &Lease) -> Result<Vec<JourneyRun>, StoreError> {
+        let (journey, goal, lease) = (journey.to_string(), goal.to_string(), lease.clone());
+        on_backend!(self.write(|db, _mapping| logic::claim_goal_reached(db, &journey, &goal, limit, &lease, now_ms())))
+    }
+
+    /// Saves a run's position and state, with what it did, in one transaction, and lets
+    /// go of its lease. False, writing nothing, when the run changed since this copy was
+    /// read: another host took it over, and its copy wins.
+    pub async fn save_run(&self, run: JourneyRun, log: Vec<JourneyLogEntry>, lease: &Lease) -> Result<bool, StoreError> {
+        let owner = lease.owner.clone();
+        on_backend!(self.write(|db, _mapping| {
+            if !logic::save_run(db, &run, &owner)? {
+                return Ok(false);
+            }
+            logic::log_journey(db, &log)?;
+            Ok(true)
+        }))
+    }
+
+    /// Takes or keeps the named lease (the journey tick, a scheduled segment run) for
+    /// `lease`'s owner, for its length from now; whether the owner holds it.
+    pub async fn take_lease(&self, name: &str, lease: &Lease) -> Result<bool, StoreError> {
+        let (name, lease) = (name.to_string(), lease.clone());
+        on_backend!(self.write(|db, _mapping| logic::take_lease(db, &name, &lease, now_ms())))
+    }
+
+    /// Lets go of the named lease if `owner` holds it.
+    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        on_backend!(self.write(|db, _mapping| logic::release_lease(db, &name, &owner)))
+    }
+
+    /// Every `every`, forgets accepted message ids older than `retention`, for the life of
+    /// the process: the dedup table holds a day of ids (as Segment keeps), not every id
+    /// ever sent.
+    pub async fn sweep_message_ids_every(self: std::sync::Arc<Self>, retention: std::time::Duration, every: std::time::Duration) {
+        let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match self.sweep_message_ids(now_ms().saturating_sub(retention)).await {
+                Ok(0) => {}
+                Ok(swept) => tracing::info!(swept, "forgot message ids past their retention"),
+                Err(e) => tracing::error!("could not sweep message ids: {e}"),
+            }
+        }
+    }
+
+    /// Forgets accepted message ids received before `before`, in slices; how many.
+    pub async fn sweep_message_ids(&self, before: i64) -> Result<u64, StoreError> {
+        let mut swept = 0;
+        loop {
+            let slice = on_backend!(self.write(|db, _mapping| logic::sweep_message_ids(db, before, 5_000)))?;
+            swept += slice;
+            if slice < 5_000 {
+                return Ok(swept);
+            }
+        }
     }
 
     /// A journey's runs.
@@ -312,11 +370,20 @@ impl Store {
         on_backend!(self.read(|db, _mapping| logic::sends_since(db, &profile_id, since)))
     }
 
-    /// Claims a send before calling the provider; `None` when new, else its recorded outcome
-    /// and when it was claimed.
-    pub async fn claim_send(&self, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<ClaimedSend>, StoreError> {
-        let (key, run, channel) = (key.to_string(), run.to_string(), channel.to_string());
-        on_backend!(self.write(|db, _mapping| logic::claim_send(db, &key, &run, &channel, at)))
+    /// Claims a send before calling the provider, if `lease` still holds the run (whose
+    /// lease it extends): new, claimed before (with its outcome), or the run lost to
+    /// another host.
+    pub async fn claim_send(&self, key: &str, run: &JourneyRun, channel: &str, at: i64, lease: &Lease) -> Result<SendClaim, StoreError> {
+        let (key, run, channel, lease) = (key.to_string(), run.clone(), channel.to_string(), lease.clone());
+        on_backend!(self.write_urgent(|db, _mapping| logic::claim_send(db, &key, &run, &channel, at, &lease, now_ms())))
+    }
+
+    /// Records, just before each attempt goes out, that a claimed send is being sent at
+    /// `at` (how long to wait before asking the provider about it counts from here), if
+    /// `lease` still holds the run; whether it does, and so whether to send.
+    pub async fn mark_sending(&self, key: &str, run: &JourneyRun, at: i64, lease: &Lease) -> Result<bool, StoreError> {
+        let (key, run, lease) = (key.to_string(), run.clone(), lease.clone());
+        on_backend!(self.write_urgent(|db, _mapping| logic::mark_sending(db, &key, &run, at, &lease, now_ms())))
     }
 
     /// The send already claimed for `step` of `run`, on any channel.

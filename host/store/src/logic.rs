@@ -9,8 +9,8 @@ use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::model::{
     CONTACT_TRAITS, Change, ClaimedSend, Computed, Consent, Contact, EventMapping, EventRef, Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun,
-    MembershipChange, MembershipRecord, Message, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint, RuleInput, Scope,
-    SegmentDefinition, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
+    Lease, MembershipChange, MembershipRecord, Message, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint, RuleInput, Scope,
+    SegmentDefinition, SendClaim, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
 };
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
@@ -1070,26 +1070,39 @@ fn run_from(r: &Row) -> JourneyRun {
         step_started_at: r.int(6),
         entered_at: r.int(7),
         ended_reason: r.opt_text(8),
+        entered_by: r.opt_text(9),
+        version: r.int(10),
     }
 }
 
-const RUN_COLUMNS: &str = "id, journey, profile_id, step, status, wake_at, step_started_at, entered_at, ended_reason";
+const RUN_COLUMNS: &str = "id, journey, profile_id, step, status, wake_at, step_started_at, entered_at, ended_reason, entered_by, version";
 
 /// Starts a run unless the re-entry policy forbids it: `never` (one run ever), otherwise
-/// not while another run of the same journey is unfinished. Returns whether it started.
+/// not while another run of the same journey is unfinished; and never twice for one cause
+/// (`entered_by`). Returns whether it started. Hosts sharing a database decide one
+/// customer's entry one at a time, and a unique index on unfinished runs backs that up.
 pub(crate) fn start_run(db: &mut impl Db, run: &JourneyRun, re_entry: &str) -> Result<bool, StoreError> {
+    db.lock_identities(&[format!("journey-entry:{}:{}", run.journey, run.profile_id)])?;
     let who = [P::Text(&run.journey), P::Text(&run.profile_id)];
     let blocking = if re_entry == "never" {
         "SELECT 1 FROM journey_runs WHERE journey = ?1 AND profile_id = ?2 LIMIT 1"
     } else {
         "SELECT 1 FROM journey_runs WHERE journey = ?1 AND profile_id = ?2 AND status <> 'done' LIMIT 1"
     };
-    // Someone erased since they were picked is not taken in.
-    if db.query_opt(blocking, &who)?.is_some() || !db.lock_profile(&run.profile_id, false)? {
+    if db.query_opt(blocking, &who)?.is_some() {
         return Ok(false);
     }
-    db.execute(
-        &format!("INSERT INTO journey_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+    if let Some(cause) = &run.entered_by
+        && db.query_opt("SELECT 1 FROM journey_runs WHERE journey = ?1 AND entered_by = ?2", &[P::Text(&run.journey), P::Text(cause)])?.is_some()
+    {
+        return Ok(false);
+    }
+    // Someone erased since they were picked is not taken in.
+    if !db.lock_profile(&run.profile_id, false)? {
+        return Ok(false);
+    }
+    let inserted = db.execute(
+        &format!("INSERT INTO journey_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0) ON CONFLICT DO NOTHING"),
         &[
             P::Text(&run.id),
             P::Text(&run.journey),
@@ -1100,30 +1113,45 @@ pub(crate) fn start_run(db: &mut impl Db, run: &JourneyRun, re_entry: &str) -> R
             P::Int(run.step_started_at),
             P::Int(run.entered_at),
             P::OptText(run.ended_reason.as_deref()),
+            P::OptText(run.entered_by.as_deref()),
         ],
     )?;
-    Ok(true)
+    Ok(inserted > 0)
 }
 
-/// Runs due at `now`: active ones, and waiting ones whose time has come.
-pub(crate) fn due_runs(db: &mut impl Db, now: i64, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
-    Ok(db
-        .query(
-            &format!(
-                "SELECT {RUN_COLUMNS} FROM journey_runs WHERE status = 'active' OR (status = 'waiting' AND wake_at <= ?1)
-                 ORDER BY COALESCE(wake_at, 0), id LIMIT ?2"
-            ),
-            &[P::Int(now), P::Int(limit as i64)],
-        )?
-        .iter()
-        .map(run_from)
-        .collect())
+/// The condition under which `lease` may take a run: nobody holds it, its lease has passed
+/// at `?N` (wall-clock milliseconds), or an earlier process of the same host held it.
+fn takeable(now: usize, host: usize, owner: usize) -> String {
+    format!("(lease_until IS NULL OR lease_until < ?{now} OR (lease_owner LIKE ?{host} AND lease_owner <> ?{owner}))")
 }
 
-/// Saves a run's position and state.
-pub(crate) fn save_run(db: &mut impl Db, run: &JourneyRun) -> Result<(), StoreError> {
-    db.execute(
-        "UPDATE journey_runs SET step = ?2, status = ?3, wake_at = ?4, step_started_at = ?5, ended_reason = ?6 WHERE id = ?1",
+/// Leases the runs due at `now` to `lease`'s owner until `lease_now + length`: active
+/// ones, and waiting ones whose time has come, that no live host holds.
+pub(crate) fn claim_due_runs(db: &mut impl Db, now: i64, limit: usize, lease: &Lease, lease_now: i64) -> Result<Vec<JourneyRun>, StoreError> {
+    let host = format!("{}/%", lease.host);
+    let sql = format!(
+        "UPDATE journey_runs SET lease_owner = ?3, lease_until = ?4 WHERE id IN (
+             SELECT id FROM journey_runs WHERE (status = 'active' OR (status = 'waiting' AND wake_at <= ?1)) AND {}
+             ORDER BY COALESCE(wake_at, 0), id LIMIT ?2{})
+         RETURNING {RUN_COLUMNS}",
+        takeable(5, 6, 3),
+        db.skip_locked()
+    );
+    let params =
+        [P::Int(now), P::Int(limit as i64), P::Text(&lease.owner), P::Int(lease_now.saturating_add(lease.length_ms)), P::Int(lease_now), P::Text(&host)];
+    let mut runs: Vec<JourneyRun> = db.query(&sql, &params)?.iter().map(run_from).collect();
+    runs.sort_by(|a, b| (a.wake_at.unwrap_or(0), &a.id).cmp(&(b.wake_at.unwrap_or(0), &b.id)));
+    Ok(runs)
+}
+
+/// Saves a run's position and state, and lets go of its lease, unless it changed since
+/// this copy was read or another owner leased it since (another host took it over): then
+/// nothing is written and the answer is false.
+pub(crate) fn save_run(db: &mut impl Db, run: &JourneyRun, owner: &str) -> Result<bool, StoreError> {
+    Ok(db.execute(
+        "UPDATE journey_runs SET step = ?2, status = ?3, wake_at = ?4, step_started_at = ?5, ended_reason = ?6,
+             version = version + 1, lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1 AND version = ?7 AND (lease_owner IS NULL OR lease_owner = ?8)",
         &[
             P::Text(&run.id),
             P::Int(run.step),
@@ -1131,9 +1159,10 @@ pub(crate) fn save_run(db: &mut impl Db, run: &JourneyRun) -> Result<(), StoreEr
             P::OptInt(run.wake_at),
             P::Int(run.step_started_at),
             P::OptText(run.ended_reason.as_deref()),
+            P::Int(run.version),
+            P::Text(owner),
         ],
-    )
-    .map(drop)
+    )? > 0)
 }
 
 /// The runs of a journey, for operators and tests.
@@ -1196,44 +1225,101 @@ pub(crate) fn journey_log(db: &mut impl Db, journey: &str) -> Result<Vec<Journey
         .collect())
 }
 
-/// Claims a send before the provider is called: `None` when it is new, else the outcome
-/// recorded so far (`pending` when a host stopped between claiming and settling) and when
-/// it was claimed.
-pub(crate) fn claim_send(db: &mut impl Db, key: &str, run: &str, channel: &str, at: i64) -> Result<Option<ClaimedSend>, StoreError> {
+/// Claims a send before the provider is called, if this host still holds the run (and
+/// then extends its lease): [`SendClaim::New`] when nobody claimed it before, else what
+/// was recorded (`pending` when a host stopped between claiming and settling).
+pub(crate) fn claim_send(
+    db: &mut impl Db,
+    key: &str,
+    run: &JourneyRun,
+    channel: &str,
+    at: i64,
+    lease: &Lease,
+    lease_now: i64,
+) -> Result<SendClaim, StoreError> {
     // A run erased with its customer since the engine read it is nobody's to message:
     // answered as settled, so nothing is sent.
-    let Some(owner) = db.query_opt("SELECT profile_id FROM journey_runs WHERE id = ?1", &[P::Text(run)])? else {
-        return Ok(Some(ClaimedSend { outcome: "erased".into(), claimed_at: at }));
+    let erased = SendClaim::Existing(ClaimedSend { outcome: "erased".into(), claimed_at: at, sent_at: None });
+    let Some(owner) = db.query_opt("SELECT profile_id FROM journey_runs WHERE id = ?1", &[P::Text(&run.id)])? else {
+        return Ok(erased);
     };
     if !db.lock_profile(&owner.text(0), false)? {
-        return Ok(Some(ClaimedSend { outcome: "erased".into(), claimed_at: at }));
+        return Ok(erased);
+    }
+    let held = db.execute(
+        "UPDATE journey_runs SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 AND version = ?3",
+        &[P::Text(&run.id), P::Text(&lease.owner), P::Int(run.version), P::Int(lease_now.saturating_add(lease.length_ms))],
+    )?;
+    if held == 0 {
+        return Ok(SendClaim::LostRun);
     }
     let inserted = db.execute(
         "INSERT INTO journey_sends (idempotency_key, run_id, channel, outcome, at) VALUES (?1, ?2, ?3, 'pending', ?4)
          ON CONFLICT (idempotency_key) DO NOTHING",
-        &[P::Text(key), P::Text(run), P::Text(channel), P::Int(at)],
+        &[P::Text(key), P::Text(&run.id), P::Text(channel), P::Int(at)],
     )?;
     if inserted > 0 {
-        return Ok(None);
+        return Ok(SendClaim::New);
     }
     Ok(db
-        .query_opt("SELECT outcome, at FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?
-        .map(|r| ClaimedSend { outcome: r.text(0), claimed_at: r.int(1) }))
+        .query_opt("SELECT outcome, at, sent_at FROM journey_sends WHERE idempotency_key = ?1", &[P::Text(key)])?
+        .map_or(SendClaim::New, |r| SendClaim::Existing(ClaimedSend { outcome: r.text(0), claimed_at: r.int(1), sent_at: r.opt_int(2) })))
+}
+
+/// Records that a claimed send's request is going out at `at`, just before it does, if
+/// this host still holds the run (whose lease it extends); whether it does. A request is
+/// sent only after this said yes, so a host whose lease passed sends nothing more.
+pub(crate) fn mark_sending(db: &mut impl Db, key: &str, run: &JourneyRun, at: i64, lease: &Lease, lease_now: i64) -> Result<bool, StoreError> {
+    let held = db.execute(
+        "UPDATE journey_runs SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 AND version = ?3",
+        &[P::Text(&run.id), P::Text(&lease.owner), P::Int(run.version), P::Int(lease_now.saturating_add(lease.length_ms))],
+    )?;
+    if held == 0 {
+        return Ok(false);
+    }
+    Ok(db.execute("UPDATE journey_sends SET sent_at = ?2 WHERE idempotency_key = ?1 AND outcome = 'pending'", &[P::Text(key), P::Int(at)])? > 0)
 }
 
 /// The send already claimed for `step` of `run`, on whichever channel.
 pub(crate) fn step_send(db: &mut impl Db, run: &str, step: &str) -> Result<Option<StepSend>, StoreError> {
     let prefix = format!("{run}:{step}:");
     Ok(db
-        .query("SELECT idempotency_key, channel, outcome, at FROM journey_sends WHERE run_id = ?1", &[P::Text(run)])?
+        .query("SELECT idempotency_key, channel, outcome, at, sent_at FROM journey_sends WHERE run_id = ?1", &[P::Text(run)])?
         .into_iter()
         .find(|r| r.text(0).starts_with(&prefix))
-        .map(|r| StepSend { key: r.text(0), channel: r.text(1), outcome: r.text(2), claimed_at: r.int(3) }))
+        .map(|r| StepSend { key: r.text(0), channel: r.text(1), outcome: r.text(2), claimed_at: r.int(3), sent_at: r.opt_int(4) }))
 }
 
 /// Records what the provider said about a claimed send.
 pub(crate) fn settle_send(db: &mut impl Db, key: &str, outcome: &str) -> Result<(), StoreError> {
     db.execute("UPDATE journey_sends SET outcome = ?2 WHERE idempotency_key = ?1", &[P::Text(key), P::Text(outcome)]).map(drop)
+}
+
+/// Takes (or keeps) the lease `name` for `lease`'s owner until `now` plus its length, if
+/// nobody else holds it (an earlier process of the same host does not count); whether the
+/// owner holds it.
+pub(crate) fn take_lease(db: &mut impl Db, name: &str, lease: &Lease, now: i64) -> Result<bool, StoreError> {
+    let host = format!("{}/%", lease.host);
+    Ok(db.execute(
+        "INSERT INTO leases (name, owner, until) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+         WHERE leases.owner = excluded.owner OR leases.until < ?4 OR leases.owner LIKE ?5",
+        &[P::Text(name), P::Text(&lease.owner), P::Int(now.saturating_add(lease.length_ms)), P::Int(now), P::Text(&host)],
+    )? > 0)
+}
+
+/// Lets go of lease `name` if `owner` holds it.
+pub(crate) fn release_lease(db: &mut impl Db, name: &str, owner: &str) -> Result<(), StoreError> {
+    db.execute("DELETE FROM leases WHERE name = ?1 AND owner = ?2", &[P::Text(name), P::Text(owner)]).map(drop)
+}
+
+/// Forgets accepted message ids received before `before`, at most `limit` of them; how
+/// many. A client retrying a message after that counts it again (Segment keeps 24 hours).
+pub(crate) fn sweep_message_ids(db: &mut impl Db, before: i64, limit: usize) -> Result<u64, StoreError> {
+    db.execute(
+        "DELETE FROM messages WHERE (source, message_id) IN (SELECT source, message_id FROM messages WHERE received_at < ?1 LIMIT ?2)",
+        &[P::Int(before), P::Int(limit as i64)],
+    )
 }
 
 /// Events named `name` stored after event id `after`, oldest first.
@@ -1256,19 +1342,34 @@ pub(crate) fn sends_since(db: &mut impl Db, profile: &str, since: i64) -> Result
         .map_or(0, |r| r.int(0)))
 }
 
-/// Waiting runs of `journey` whose customer has done `goal` since entering: they leave at
-/// once rather than at their next wake-up.
-pub(crate) fn goal_reached(db: &mut impl Db, journey: &str, goal: &str, limit: usize) -> Result<Vec<JourneyRun>, StoreError> {
-    Ok(db
-        .query(
-            &format!(
-                "SELECT {RUN_COLUMNS} FROM journey_runs r WHERE journey = ?1 AND status = 'waiting'
-                 AND EXISTS (SELECT 1 FROM events e WHERE e.profile_id = r.profile_id AND e.name = ?2 AND e.timestamp >= r.entered_at)
-                 LIMIT ?3"
-            ),
-            &[P::Text(journey), P::Text(goal), P::Int(limit as i64)],
-        )?
-        .iter()
-        .map(run_from)
-        .collect())
+/// Leases the waiting runs of `journey` whose customer has done `goal` since entering, as
+/// [`claim_due_runs`] does: they leave at once rather than at their next wake-up.
+pub(crate) fn claim_goal_reached(
+    db: &mut impl Db,
+    journey: &str,
+    goal: &str,
+    limit: usize,
+    lease: &Lease,
+    lease_now: i64,
+) -> Result<Vec<JourneyRun>, StoreError> {
+    let host = format!("{}/%", lease.host);
+    let sql = format!(
+        "UPDATE journey_runs SET lease_owner = ?4, lease_until = ?5 WHERE id IN (
+             SELECT id FROM journey_runs r WHERE journey = ?1 AND status = 'waiting' AND {}
+             AND EXISTS (SELECT 1 FROM events e WHERE e.profile_id = r.profile_id AND e.name = ?2 AND e.timestamp >= r.entered_at)
+             LIMIT ?3{})
+         RETURNING {RUN_COLUMNS}",
+        takeable(6, 7, 4),
+        db.skip_locked()
+    );
+    let params = [
+        P::Text(journey),
+        P::Text(goal),
+        P::Int(limit as i64),
+        P::Text(&lease.owner),
+        P::Int(lease_now.saturating_add(lease.length_ms)),
+        P::Int(lease_now),
+        P::Text(&host),
+    ];
+    Ok(db.query(&sql, &params)?.iter().map(run_from).collect())
 }

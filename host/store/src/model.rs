@@ -343,6 +343,32 @@ pub struct JourneyRun {
     pub step_started_at: i64,
     pub entered_at: i64,
     pub ended_reason: Option<String>,
+    /// What took the customer in (`change:ID`, `event:ID`); one run per cause.
+    #[serde(skip)]
+    pub entered_by: Option<String>,
+    /// The version this copy was read at; a save from an older copy changes nothing.
+    #[serde(skip)]
+    pub version: i64,
+}
+
+/// Who holds the leases a host takes (on the runs it advances, the journey tick, a
+/// scheduled segment run): this process (`owner`), on the host `host` (the same across its
+/// restarts), for `length_ms` at a time. A lease held by an earlier process of the same
+/// host is taken back at once, since that process is gone; one held by another host waits
+/// until it passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub host: String,
+    pub owner: String,
+    pub length_ms: i64,
+}
+
+impl Lease {
+    /// Leases of `length` for a new process on the host `host`.
+    pub fn new(host: &str, length: std::time::Duration) -> Lease {
+        let process = uuid::Uuid::now_v7().simple().to_string();
+        Lease { host: host.to_string(), owner: format!("{host}/{process}"), length_ms: i64::try_from(length.as_millis()).unwrap_or(i64::MAX) }
+    }
 }
 
 /// One thing a journey run did or skipped.
@@ -408,6 +434,19 @@ pub struct EventRef {
 pub struct ClaimedSend {
     pub outcome: String,
     pub claimed_at: i64,
+    /// When the request last went out; `None` when it never did.
+    pub sent_at: Option<i64>,
+}
+
+/// What claiming a send came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendClaim {
+    /// Claimed now: nobody sent it before.
+    New,
+    /// Claimed before, with what became of it.
+    Existing(ClaimedSend),
+    /// This host no longer holds the run: another host took it over.
+    LostRun,
 }
 
 /// The send claimed for one step of a run, on whichever channel.
@@ -417,4 +456,6 @@ pub struct StepSend {
     pub channel: String,
     pub outcome: String,
     pub claimed_at: i64,
+    /// When the request last went out; `None` when it never did.
+    pub sent_at: Option<i64>,
 }

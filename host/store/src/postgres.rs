@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/postgres/0008_journey_sends_by_run.sql")),
     (9, include_str!("../migrations/postgres/0009_written_by_browser.sql")),
     (10, include_str!("../migrations/postgres/0010_segment_cutoffs.sql")),
+    (11, include_str!("../migrations/postgres/0011_several_hosts.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.
@@ -51,8 +52,11 @@ fn db(e: &postgres::Error) -> StoreError {
     })
 }
 
+/// Lost races worth running the transaction again for: serialisation failures, deadlocks,
+/// and a unique key another host inserted first (two hosts backfilling one segment at
+/// start-up), which the retry reads back and updates instead.
 fn retryable(e: &postgres::Error) -> bool {
-    e.code().is_some_and(|c| c.code() == "40001" || c.code() == "40P01")
+    e.code().is_some_and(|c| matches!(c.code(), "40001" | "40P01" | "23505"))
 }
 
 /// A transaction, with the connection's prepared statements, as a [`Db`].
@@ -117,6 +121,10 @@ impl Db for PgTx<'_> {
             self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?1, 0))", &[P::Text(key)])?;
         }
         Ok(())
+    }
+
+    fn skip_locked(&self) -> &'static str {
+        " FOR UPDATE SKIP LOCKED"
     }
 
     fn lock_profile(&mut self, id: &str, exclusive: bool) -> Result<bool, StoreError> {

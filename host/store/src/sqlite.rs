@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/sqlite/0008_journey_sends_by_run.sql")),
     (9, include_str!("../migrations/sqlite/0009_written_by_browser.sql")),
     (10, include_str!("../migrations/sqlite/0010_segment_cutoffs.sql")),
+    (11, include_str!("../migrations/sqlite/0011_several_hosts.sql")),
 ];
 
 /// The least time between checkpoints.

@@ -36,7 +36,20 @@ impl Channel for Webhook {
     fn sync_audience(ctx: &Context, change: &AudienceChange) -> Result<Vec<HttpRequest>, String> {
         let ids = |members: &[AudienceMember]| members.iter().map(|m| m.profile_id.clone()).collect::<Vec<_>>();
         let body = json!({ "type": "audience", "audience": change.audience, "add": ids(&change.add), "remove": ids(&change.remove) });
-        Ok(vec![post(ctx, &change.audience, &body)?])
+        // One key per change: the audience's name alone would make the receiver replay the
+        // first change's answer for every later one.
+        Ok(vec![post(ctx, &audience_change_key(ctx, change), &body)?])
+    }
+
+    /// As usual, except `409 Conflict`: an Idempotency-Key receiver says so while a request
+    /// with the same key is still being processed, so the host asks again later rather than
+    /// taking the message as failed.
+    fn interpret(_ctx: &Context, _request: &HttpRequest, response: &HttpResponse) -> Outcome {
+        if response.status == 409 {
+            let after = response.header("retry-after").and_then(|v| v.trim().parse().ok()).or(Some(1));
+            return Outcome::RetryLater(Retry { after_seconds: after, reason: "409: the receiver is still processing this key".into() });
+        }
+        Outcome::from_status(response)
     }
 }
 
@@ -119,5 +132,25 @@ mod tests {
         assert_eq!(Webhook::interpret(&ctx(""), &request, &response(204)), Outcome::Delivered(None));
         assert!(matches!(Webhook::interpret(&ctx(""), &request, &response(429)), Outcome::RetryLater(r) if r.after_seconds == Some(30)));
         assert!(matches!(Webhook::interpret(&ctx(""), &request, &response(400)), Outcome::Failed(_)));
+        // Still in flight at the receiver: asked again, never taken as failed.
+        assert!(matches!(Webhook::interpret(&ctx(""), &request, &response(409)), Outcome::RetryLater(r) if r.after_seconds == Some(30)));
+    }
+
+    #[test]
+    fn each_audience_change_has_a_key_of_its_own() {
+        let member = AudienceMember { profile_id: "ann".into(), emails: vec![], phones: vec![] };
+        let add = AudienceChange { audience: "lapsed".into(), add: vec![member.clone()], remove: vec![] };
+        let remove = AudienceChange { audience: "lapsed".into(), add: vec![], remove: vec![member] };
+        let key = |now: i64, change: &AudienceChange| {
+            let ctx = Context { now, ..ctx("https://h/x") };
+            let request = Webhook::sync_audience(&ctx, change).unwrap().remove(0);
+            request.headers.iter().find(|(k, _)| k == "idempotency-key").unwrap().1.clone()
+        };
+        // The same change tried again keeps its key; another change, or the same one made
+        // again later, gets another.
+        assert_eq!(key(1_000, &add), key(1_000, &add));
+        assert_ne!(key(1_000, &add), key(1_000, &remove));
+        assert_ne!(key(1_000, &add), key(2_000, &add));
+        assert_ne!(key(1_000, &add), "lapsed");
     }
 }

@@ -52,7 +52,8 @@ pub async fn serve_with_env(args: &[&OsStr], token: &str, env: &[(&str, &str)]) 
             .args(args)
             .env("REKINDLE_ADMIN_TOKEN", token)
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            // REKINDLE_TEST_HOST_LOGS=1 shows the hosts' logs, to see why a test failed.
+            .stdout(if std::env::var_os("REKINDLE_TEST_HOST_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
