@@ -275,7 +275,7 @@ impl Engine {
             if run.status == "done" {
                 break;
             }
-            match self.reached_goal(journey, &mut run, now, &mut entries).await? {
+            match self.reached_goal(journey, &mut run, tick, &mut entries).await? {
                 Some(true) => break,
                 Some(false) => {}
                 None => return Ok(self.lost(&run)),
@@ -303,13 +303,14 @@ impl Engine {
 
     /// Ends the run when its goal event happened since it entered, leaving the journey's
     /// audiences; whether it did, or `None` when the run was lost to another host.
-    async fn reached_goal(&self, journey: &Journey, run: &mut JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<Option<bool>, StoreError> {
+    async fn reached_goal(&self, journey: &Journey, run: &mut JourneyRun, tick: &Tick, entries: &mut Vec<JourneyLogEntry>) -> Result<Option<bool>, StoreError> {
+        let now = tick.now;
         let Some(goal) = &journey.goal else { return Ok(Some(false)) };
         if store(self).events(&run.profile_id, &goal.event, run.entered_at, now, Some(1)).await?.is_empty() {
             return Ok(Some(false));
         }
         entries.push(log(run, "goal", "exited", None, format!("{} after entering", goal.event), now));
-        if !self.leave_audiences(journey, run, now, entries).await? {
+        if !self.leave_audiences(journey, run, tick, entries).await? {
             return Ok(None);
         }
         finish(run, "goal");
@@ -398,7 +399,7 @@ impl Engine {
             }
             Step::AudienceAdd { audiences, next, .. } | Step::AudienceRemove { audiences, next, .. } => {
                 let add = matches!(step, Step::AudienceAdd { .. });
-                match self.audiences(run, step.id(), audiences, add, now, entries).await? {
+                match self.audiences(run, step.id(), audiences, add, tick, entries).await? {
                     Synced::Done => Flow::Go(Next::from(next)),
                     Synced::RetryAt(at) => {
                         wait_until(run, at);
@@ -688,9 +689,10 @@ impl Engine {
         step: &str,
         audiences: &std::collections::BTreeMap<String, String>,
         add: bool,
-        now: i64,
+        tick: &Tick,
         entries: &mut Vec<JourneyLogEntry>,
     ) -> Result<Synced, StoreError> {
+        let now = tick.now;
         let Some(profile) = store(self).profile(&run.profile_id, 0).await? else { return Ok(Synced::Done) };
         if add && !profile.consents.iter().any(|c| c.purpose == rekindle_store::Purpose::Ads && c.granted) {
             entries.push(log(run, step, "skipped", None, "no ads consent".into(), now));
@@ -710,8 +712,7 @@ impl Engine {
             };
             let (add_list, remove_list) = if add { (vec![member.clone()], Vec::new()) } else { (Vec::new(), vec![member.clone()]) };
             let change = AudienceChange { audience: audience.clone(), add: add_list, remove: remove_list };
-            let tick = Tick { now, started: std::time::Instant::now() };
-            let mut before_each = self.mark_sending(&key, run, &tick);
+            let mut before_each = self.mark_sending(&key, run, tick);
             let synced = self.deliverer.sync_audience_checked(&self.registry, channel, &change, made_at, &mut before_each).await;
             if let Err(DeliveryError::Withdrawn) = synced {
                 return Ok(Synced::Lost);
@@ -774,10 +775,10 @@ impl Engine {
     /// Takes the customer out of every audience the journey adds to; false when the run
     /// was lost to another host. A removal the provider refuses now is logged as failed:
     /// the run is ending, so it is not retried.
-    async fn leave_audiences(&self, journey: &Journey, run: &JourneyRun, now: i64, entries: &mut Vec<JourneyLogEntry>) -> Result<bool, StoreError> {
+    async fn leave_audiences(&self, journey: &Journey, run: &JourneyRun, tick: &Tick, entries: &mut Vec<JourneyLogEntry>) -> Result<bool, StoreError> {
         for step in journey.steps.iter().take(run.step as usize) {
             if let Step::AudienceAdd { audiences, .. } = step
-                && let Synced::Lost = self.audiences(run, step.id(), audiences, false, now, entries).await?
+                && let Synced::Lost = self.audiences(run, step.id(), audiences, false, tick, entries).await?
             {
                 return Ok(false);
             }

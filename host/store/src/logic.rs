@@ -1246,11 +1246,7 @@ pub(crate) fn claim_send(
     if !db.lock_profile(&owner.text(0), false)? {
         return Ok(erased);
     }
-    let held = db.execute(
-        "UPDATE journey_runs SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 AND version = ?3",
-        &[P::Text(&run.id), P::Text(&lease.owner), P::Int(run.version), P::Int(lease_now.saturating_add(lease.length_ms))],
-    )?;
-    if held == 0 {
+    if !renew_run_lease(db, run, lease, lease_now)? {
         return Ok(SendClaim::LostRun);
     }
     let inserted = db.execute(
@@ -1266,15 +1262,20 @@ pub(crate) fn claim_send(
         .map_or(SendClaim::New, |r| SendClaim::Existing(ClaimedSend { outcome: r.text(0), claimed_at: r.int(1), sent_at: r.opt_int(2) })))
 }
 
+/// Extends `lease` on `run` if its owner still holds the run at the version it read;
+/// whether it does.
+fn renew_run_lease(db: &mut impl Db, run: &JourneyRun, lease: &Lease, lease_now: i64) -> Result<bool, StoreError> {
+    Ok(db.execute(
+        "UPDATE journey_runs SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 AND version = ?3",
+        &[P::Text(&run.id), P::Text(&lease.owner), P::Int(run.version), P::Int(lease_now.saturating_add(lease.length_ms))],
+    )? > 0)
+}
+
 /// Records that a claimed send's request is going out at `at`, just before it does, if
 /// this host still holds the run (whose lease it extends); whether it does. A request is
 /// sent only after this said yes, so a host whose lease passed sends nothing more.
 pub(crate) fn mark_sending(db: &mut impl Db, key: &str, run: &JourneyRun, at: i64, lease: &Lease, lease_now: i64) -> Result<bool, StoreError> {
-    let held = db.execute(
-        "UPDATE journey_runs SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 AND version = ?3",
-        &[P::Text(&run.id), P::Text(&lease.owner), P::Int(run.version), P::Int(lease_now.saturating_add(lease.length_ms))],
-    )?;
-    if held == 0 {
+    if !renew_run_lease(db, run, lease, lease_now)? {
         return Ok(false);
     }
     Ok(db.execute("UPDATE journey_sends SET sent_at = ?2 WHERE idempotency_key = ?1 AND outcome = 'pending'", &[P::Text(key), P::Int(at)])? > 0)
