@@ -1,6 +1,7 @@
 //! The lapsing rule on a realistic profile (20 orders among 200 events, cut by the declared
-//! input filter), natively and through the Wasm plugin, reused and fresh per call; then
-//! 1,000 hot swaps under two calling threads.
+//! input filter), natively, through the Wasm plugin reused and fresh per call, and as the
+//! same rule in Lua 5.4 (mlua) with a reused and a fresh state, the embedded-scripting
+//! peer; then 1,000 hot swaps under two calling threads.
 //!
 //! `cargo bench -p rekindle-tests --bench runtime`
 
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
+use rekindle_runtime::wit::{Profile, Value};
 use rekindle_runtime::{Plugin, PluginInfo, Registry, Runtime, RuntimeConfig, filter_profile, merge_params};
 use rekindle_sdk::Rule;
 use rekindle_tests::native::{to_sdk_context, to_sdk_profile};
@@ -34,7 +36,63 @@ fn lapsing(c: &mut Criterion) {
     group.bench_function("wasm-fresh-instance", |b| b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&cut)).expect("verdict")));
     group.bench_function("declared-input-filter", |b| b.iter(|| filter_profile(black_box(&full), &info.input, now)));
     group.bench_function("wasm-fresh-instance-unfiltered", |b| b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&full)).expect("verdict")));
+
+    // The peer: the same rule in Lua, handed the same parameters and aggregates as tables
+    // built per call (its boundary), answering the member flag and, when asked, the same
+    // reason. Every engine must agree on the verdict before it is timed.
+    let wasm = plugin.evaluate(&ctx, &cut).expect("verdict");
+    let lua = mlua::Lua::new();
+    let rule: mlua::Function = lua.load(LAPSING_LUA).eval().expect("the Lua rule loads");
+    let (member, reason) = lua_evaluate(&lua, &rule, now, &cut, true);
+    assert_eq!((member, reason.as_deref()), (wasm.member, Some(wasm.reason.as_str())), "Lua and Wasm must agree, reason included");
+    group.bench_function("lua-reused-state", |b| b.iter(|| lua_evaluate(&lua, &rule, black_box(now), black_box(&cut), true)));
+    group.bench_function("lua-reused-state-no-reason", |b| b.iter(|| lua_evaluate(&lua, &rule, black_box(now), black_box(&cut), false)));
+    group.bench_function("lua-fresh-state", |b| {
+        b.iter(|| {
+            let lua = mlua::Lua::new();
+            let rule: mlua::Function = lua.load(LAPSING_LUA).eval().expect("the Lua rule loads");
+            lua_evaluate(&lua, &rule, black_box(now), black_box(&cut), true)
+        })
+    });
     group.finish();
+}
+
+/// lapsing-repeat-buyer in Lua 5.4, line for line the plugin's logic and reason text.
+const LAPSING_LUA: &str = r#"
+local DAY = 86400000
+return function(now, params, aggregates, explain)
+  local min_orders, grace = params.min_orders, params.grace_days
+  local orders = math.tointeger(aggregates.order_count or 0) or 0
+  local first, last = aggregates.first_order_at, aggregates.last_order_at
+  if first == nil or last == nil or orders < 2 then
+    return false, explain and string.format("%d order(s); needs %d to have a usual gap", orders, min_orders) or nil
+  end
+  if orders < min_orders then
+    return false, explain and string.format("%d order(s); needs %d", orders, min_orders) or nil
+  end
+  local gap = (last - first) / (orders - 1) / DAY
+  local since = (now - last) / DAY
+  local due = gap + grace
+  return since >= due, explain and string.format("last order %.1f days ago; usual gap %.1f + %.1f grace = %.1f", since, gap, grace, due) or nil
+end
+"#;
+
+/// One Lua evaluation: the parameters and the profile's aggregates become tables, as the
+/// Wasm call lowers them into the guest's memory.
+fn lua_evaluate(lua: &mlua::Lua, rule: &mlua::Function, now: i64, profile: &Profile, explain: bool) -> (bool, Option<String>) {
+    let params = lua.create_table().expect("table");
+    params.set("min_orders", 2).expect("param");
+    params.set("grace_days", 8.0).expect("param");
+    let aggregates = lua.create_table().expect("table");
+    for field in profile.aggregates.iter().flatten() {
+        match &field.value {
+            Value::Integer(n) => aggregates.set(field.name.as_str(), *n),
+            Value::Number(x) => aggregates.set(field.name.as_str(), *x),
+            _ => Ok(()),
+        }
+        .expect("aggregate");
+    }
+    rule.call::<(bool, Option<String>)>((now, params, aggregates, explain)).expect("the Lua rule answers")
 }
 
 /// 1,000 activations alternating two versions while two threads call without pause.

@@ -36,29 +36,59 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts `rekindle serve` with `args` on a free port; returns it with its base URL once
-/// `/health` answers.
+/// Starts `rekindle serve` with `args` on a port of its own choosing; returns it with its
+/// base URL once `/health` answers.
 pub async fn serve(args: &[&OsStr], token: &str) -> (Server, String) {
     serve_with_env(args, token, &[]).await
 }
 
 /// As [`serve`], with extra environment variables.
+///
+/// The host binds port 0 and the address comes from its log. A port picked here and bound
+/// there later could be taken meanwhile by another test's host, and this test would then
+/// talk to the wrong one.
 pub async fn serve_with_env(args: &[&OsStr], token: &str, env: &[(&str, &str)]) -> (Server, String) {
-    let port = free_port();
-    let server = Server(
-        rekindle()
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env("REKINDLE_ADMIN_TOKEN", token)
-            .envs(env.iter().copied())
-            // REKINDLE_TEST_HOST_LOGS=1 shows the hosts' logs, to see why a test failed.
-            .stdout(if std::env::var_os("REKINDLE_TEST_HOST_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let mut child = rekindle()
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("REKINDLE_ADMIN_TOKEN", token)
+        .env("NO_COLOR", "1")
+        // The address line must be logged whatever filter the caller set.
+        .env("RUST_LOG", format!("{},rekindle::serve=info", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into())))
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let (found, address) = std::sync::mpsc::channel();
+    // Drains the log for the host's whole life, so a full pipe never blocks it.
+    // REKINDLE_TEST_HOST_LOGS=1 shows the hosts' logs, to see why a test failed.
+    std::thread::spawn(move || {
+        let show = std::env::var_os("REKINDLE_TEST_HOST_LOGS").is_some();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Some(at) = line.find("listening on http://") {
+                let url: String = line[at + "listening on ".len()..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = found.send(url);
+            }
+            if show {
+                println!("{line}");
+            }
+        }
+    });
+    let started = Instant::now();
+    let base = loop {
+        match address.try_recv() {
+            Ok(base) => break base,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => panic!("rekindle serve exited before it listened"),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not listen within 60 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     wait_until_up(&format!("{base}/health"), "rekindle serve", Duration::from_secs(60)).await;
     (server, base)
 }
