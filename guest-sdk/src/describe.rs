@@ -200,6 +200,14 @@ impl Verdict {
         Verdict { member, reason: reason.into(), label: None }
     }
 
+    /// A verdict whose reason is built only if the host keeps it. A run asks every profile
+    /// for membership and label, and the reason only of those whose answer changed, so
+    /// formatting it on every call is most of a small rule's cost.
+    pub fn because(member: bool, reason: impl FnOnce() -> String) -> Verdict {
+        let reason = if crate::reason::quiet() { String::new() } else { reason() };
+        Verdict { member, reason, label: None }
+    }
+
     /// A member with a reason.
     pub fn member(reason: impl Into<String>) -> Verdict {
         Verdict::new(true, reason)

@@ -17,7 +17,8 @@
 //!     fn evaluate(ctx: &Context, profile: &Profile) -> Result<Verdict, String> {
 //!         let min = ctx.number("min_ltv")?;
 //!         let ltv = profile.aggregate_number("lifetime_value").unwrap_or(0.0);
-//!         Ok(Verdict::new(ltv > min, format!("lifetime value {ltv} vs {min}")))
+//!         // The reason is built only when the host keeps it (see `Verdict::because`).
+//!         Ok(Verdict::because(ltv > min, || format!("lifetime value {ltv} vs {min}")))
 //!     }
 //! }
 //!
@@ -46,6 +47,7 @@ mod hashing;
 mod log;
 mod params;
 mod profile;
+mod reason;
 mod rfm;
 mod template;
 mod time;
@@ -55,17 +57,19 @@ pub use fmt::OneDecimal;
 pub use hashing::{AdPlatform, audience_change_key, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex};
 pub use log::{log_level, log_line};
 pub use profile::Occurrence;
+pub use reason::{with_reasons, without_reasons};
 pub use rfm::{RfmCutoffs, RfmScore};
 pub use template::render;
 pub use time::{DAY, HOUR, MINUTE, days, hours, minutes};
 
 /// Raw bindings generated from the WIT contract; prefer the re-exports at the crate root.
 pub mod bindings {
-    /// The `segment-rule` world.
+    /// The `placing-segment-rule` world: `segment-rule` plus `placement`, which the SDK
+    /// answers from the same [`crate::Rule::evaluate`].
     pub mod rule {
         wit_bindgen::generate!({
             path: "../wit/since_v0.1.0",
-            world: "segment-rule",
+            world: "placing-segment-rule",
             pub_export_macro: true,
             additional_derives: [PartialEq],
             export_macro_name: "export",
@@ -202,7 +206,8 @@ pub trait Tiles {
     fn decide(ctx: &Context, request: &TileRequest, profile: Option<&Profile>, offers: &[Offer]) -> Result<Vec<Tile>, String>;
 }
 
-/// Exports a [`Rule`] implementation as the component's `segment-rule` world.
+/// Exports a [`Rule`] implementation as the component's `placing-segment-rule` world: its
+/// `evaluate`, and `place`, the same call with [`Verdict::because`] reasons skipped.
 #[macro_export]
 #[rustfmt::skip]
 macro_rules! export_rule {
@@ -223,7 +228,23 @@ macro_rules! export_rule {
                     ctx: $crate::Context,
                     profile: $crate::Profile,
                 ) -> ::core::result::Result<$crate::Verdict, $crate::__private::String> {
-                    <$rule as $crate::Rule>::evaluate(&ctx, &profile)
+                    $crate::with_reasons(|| <$rule as $crate::Rule>::evaluate(&ctx, &profile))
+                }
+            }
+            impl $crate::bindings::rule::exports::rekindle::plugin::placement::Guest for __RekindleRule {
+                fn place(
+                    ctx: $crate::Context,
+                    profile: $crate::Profile,
+                ) -> ::core::result::Result<
+                    $crate::bindings::rule::exports::rekindle::plugin::placement::Placed,
+                    $crate::__private::String,
+                > {
+                    $crate::without_reasons(|| <$rule as $crate::Rule>::evaluate(&ctx, &profile)).map(|verdict| {
+                        $crate::bindings::rule::exports::rekindle::plugin::placement::Placed {
+                            member: verdict.member,
+                            label: verdict.label,
+                        }
+                    })
                 }
             }
             $crate::bindings::rule::export!(__RekindleRule with_types_in $crate::bindings::rule);

@@ -31,9 +31,16 @@ fn lapsing(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("lapsing");
     group.bench_function("native", |b| b.iter(|| LapsingRepeatBuyer::evaluate(black_box(&native_ctx), black_box(&native_profile))));
+    group.bench_function("native-no-reason", |b| {
+        b.iter(|| rekindle_sdk::without_reasons(|| LapsingRepeatBuyer::evaluate(black_box(&native_ctx), black_box(&native_profile))))
+    });
     let mut instance = plugin.rule_instance().expect("instance");
+    assert!(plugin.can_place(), "the SDK builds the placement export");
     group.bench_function("wasm-reused-instance", |b| b.iter(|| instance.evaluate(black_box(&ctx), black_box(&cut)).expect("verdict")));
+    // What a batch or real-time run asks of everyone: membership and label, no reason.
+    group.bench_function("wasm-reused-instance-place", |b| b.iter(|| instance.place(black_box(&ctx), black_box(&cut)).expect("placed")));
     group.bench_function("wasm-fresh-instance", |b| b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&cut)).expect("verdict")));
+    group.bench_function("wasm-fresh-instance-place", |b| b.iter(|| plugin.place(black_box(&ctx), black_box(&cut)).expect("placed")));
     group.bench_function("declared-input-filter", |b| b.iter(|| filter_profile(black_box(&full), &info.input, now)));
     group.bench_function("wasm-fresh-instance-unfiltered", |b| b.iter(|| plugin.evaluate(black_box(&ctx), black_box(&full)).expect("verdict")));
 

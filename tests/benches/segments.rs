@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rekindle_runtime::wit::{Profile, Verdict};
+use rekindle_runtime::wit::{Placed, Profile, Verdict};
 use rekindle_runtime::{CallError, Registry};
 use rekindle_sdk::Rule;
 use rekindle_segments::batch::{Evaluator, Plan, RunReport, WasmEvaluator, Worker, run_all};
@@ -57,6 +57,11 @@ impl Worker for NativeWorker {
         }
         .map_err(CallError::Plugin)?;
         Ok(Verdict { member: verdict.member, reason: verdict.reason, label: verdict.label })
+    }
+
+    // As the components' `placement` export does: the same rules, lazy reasons skipped.
+    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Placed, CallError> {
+        rekindle_sdk::without_reasons(|| self.evaluate(plan, index, profile)).map(Placed::from)
     }
 }
 

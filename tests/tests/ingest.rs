@@ -22,6 +22,7 @@ rekindle_tests::on_each_backend!(
     scheduled_runs_catch_changes_that_come_with_time_alone,
     rfm_cutoffs_come_from_the_population,
     a_rule_failing_mid_batch_costs_only_its_own_verdicts,
+    a_rule_whose_place_and_evaluate_disagree_gets_no_member,
 );
 use serde_json::{Value, json};
 
@@ -45,6 +46,7 @@ async fn start_with(backend: Backend, data: &Path, clock: Clock, tick: Duration)
         ("abandoned-cart", rekindle_tests::components::RULE_ABANDONED_CART),
         ("rfm", rekindle_tests::components::RULE_RFM_WIN_BACK),
         ("flaky", rekindle_tests::components::HOSTILE_PANICS_SOMETIMES),
+        ("two-faced", rekindle_tests::components::HOSTILE_TWO_FACED),
     ]);
     let store = rekindle_tests::open_store(backend, data).await?;
     let sources = [(WRITE_KEY.to_string(), rekindle_server::Source::server("web"))].into_iter().collect();
@@ -598,4 +600,19 @@ async fn a_rule_failing_mid_batch_costs_only_its_own_verdicts(backend: Backend) 
     assert_eq!((body["evaluated"].as_u64(), body["failed"].as_u64(), body["members"].as_u64()), (Some(10), Some(0), Some(9)), "{body}");
     let (_, boom) = host.profile("boom").await;
     assert_eq!(boom["segments"], json!([]), "{boom}");
+}
+
+/// A run asks everyone `place` (no reason) and only the changed `evaluate` (for the reason).
+/// A rule answering the two differently gets no membership stored from either answer: each
+/// such profile counts as failed.
+async fn a_rule_whose_place_and_evaluate_disagree_gets_no_member(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    let batch: Vec<Value> = (0..5).map(|n| order(&format!("t{n}"), &format!("u{n}"), &days_ago(10.0), 40.0, "shoes")).collect();
+    assert_eq!(host.post("/v1/batch", json!({ "batch": batch })).await.0, 200);
+    let (status, body) =
+        host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&json!({"name": "two-faced", "slot": "two-faced"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["evaluated"].as_u64(), body["failed"].as_u64(), body["members"].as_u64()), (Some(0), Some(5), Some(0)), "{body}");
+    assert_eq!(host.profile("u0").await.1["segments"], json!([]));
 }

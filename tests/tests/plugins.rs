@@ -45,6 +45,30 @@ fn lapsing_rule_boundaries_through_wasm_match_native() {
     }
 }
 
+/// `place` (membership and label, no reason) answers what `evaluate` does, reused and fresh,
+/// for every shipped rule around its boundaries (the SDK's own test checks the reason is skipped).
+#[test]
+fn every_shipped_rule_places_as_it_evaluates_without_building_the_reason() {
+    let runtime = runtime();
+    let rules: Vec<_> = components::ALL.iter().filter(|(name, _)| name.starts_with("rule-")).collect();
+    assert!(rules.len() >= 8, "{rules:?}");
+    for (name, path) in rules {
+        let plugin = Plugin::load(&runtime, &component(path)).unwrap();
+        assert!(plugin.can_place(), "{name}: export_rule! builds the placement export");
+        let mut instance = plugin.rule_instance().unwrap();
+        for day in [0, 30, 60, 100, 187, 188, 400] {
+            let ctx = defaults(&plugin, day * DAY);
+            for profile in [buyer("one", &[0]), buyer("three", &[0, 60, 120]), realistic_profile(day * DAY)] {
+                let verdict = plugin.evaluate(&ctx, &profile).unwrap();
+                let expected = rekindle_runtime::wit::Placed { member: verdict.member, label: verdict.label.clone() };
+                assert_eq!(instance.place(&ctx, &profile).unwrap(), expected, "{name} on day {day} for {}", profile.id);
+                assert_eq!(plugin.place(&ctx, &profile).unwrap(), expected, "{name} fresh on day {day} for {}", profile.id);
+                assert!(!verdict.reason.is_empty(), "{name}: evaluate still gives its reason");
+            }
+        }
+    }
+}
+
 #[test]
 fn declared_input_filter_keeps_only_the_order_aggregates_and_the_verdict_is_unchanged() {
     let runtime = runtime();

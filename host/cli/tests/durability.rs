@@ -167,7 +167,9 @@ async fn a_campaign_killed_repeatedly_sends_each_message_exactly_once_to_an_idem
     // Exactly one key per (run, step): none lost, and none sent under a second key.
     assert_eq!(processed.first.len(), CUSTOMERS * STEPS.len(), "every message processed once");
     assert!(processed.first.keys().all(|k| STEPS.iter().any(|step| k.ends_with(&format!(":{step}:hook")))));
-    assert!(processed.replays <= kills, "{} replays from {kills} kills: only the message in flight may repeat", processed.replays);
+    // The engine advances up to 8 runs at once (its lanes), so a kill can catch up to 8
+    // messages in flight; only those may repeat.
+    assert!(processed.replays <= kills * 8, "{} replays from {kills} kills: only the messages in flight may repeat", processed.replays);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

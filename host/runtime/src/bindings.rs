@@ -69,6 +69,25 @@ pub mod wit {
         Unknown(String),
     }
 
+    /// The optional interface a rule exports to answer without building its reason.
+    pub const PLACEMENT_EXPORT: &str = "rekindle:plugin/placement@0.1.0";
+
+    /// A rule's membership and label without the reason, as `placement.place` answers.
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower, Debug, Clone, PartialEq, Eq)]
+    #[component(record)]
+    pub struct Placed {
+        /// Whether the profile belongs to the segment.
+        pub member: bool,
+        /// The branch label, for multi-branch splits.
+        pub label: Option<String>,
+    }
+
+    impl From<Verdict> for Placed {
+        fn from(verdict: Verdict) -> Placed {
+            Placed { member: verdict.member, label: verdict.label }
+        }
+    }
+
     /// The interface names a component exports to be a plugin of each kind, at version 0.1.
     pub const RULE_EXPORT: &str = "rekindle:plugin/rule@0.1.0";
     /// See [`RULE_EXPORT`].

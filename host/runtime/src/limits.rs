@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::bindings::wit::{Found, HttpRequest, Outcome, Tile, Verdict};
+use crate::bindings::wit::{Found, HttpRequest, Outcome, Placed, Tile, Verdict};
 use crate::error::CallError;
 use crate::json::info_to_json;
 use crate::kind::{Kind, PluginInfo};
@@ -117,6 +117,12 @@ impl OutputSize for u8 {
 impl OutputSize for Verdict {
     fn output_size(&self) -> usize {
         self.reason.len() + self.label.output_size()
+    }
+}
+
+impl OutputSize for Placed {
+    fn output_size(&self) -> usize {
+        self.label.output_size()
     }
 }
 

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
-use wasmtime::component::{Component, ComponentExportIndex};
+use wasmtime::component::{Component, ComponentExportIndex, Func, TypedFunc};
 
 use crate::bindings::channel::ChannelAdapterPre;
 use crate::bindings::rule::SegmentRulePre;
 use crate::bindings::tiles::PromoTilesPre;
 use crate::bindings::wit::{
-    AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer, Outcome, Profile, RECONCILE_EXPORT, RuleInfo, Tile, TileRequest, Verdict,
+    AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer, Outcome, PLACEMENT_EXPORT, Placed, Profile, RECONCILE_EXPORT, RuleInfo, Tile,
+    TileRequest, Verdict,
 };
 use crate::engine::{CallState, Runtime, RuntimeInner};
 use crate::error::{CallError, LoadError};
@@ -49,6 +50,9 @@ pub struct Plugin {
     label: Arc<str>,
     /// A channel adapter's optional `reconcile` export: its `lookup` and `confirm`.
     reconcile: Option<(ComponentExportIndex, ComponentExportIndex)>,
+    /// A rule's optional `placement` export: its `place`, checked against the contract's
+    /// type at load.
+    placement: Option<ComponentExportIndex>,
     /// Confines a plugin whose calls ran past their deadline; see [`Plugin::call`].
     confinement: Confinement,
 }
@@ -124,6 +128,10 @@ impl Plugin {
             .then(|| component.get_export_index(None, RECONCILE_EXPORT))
             .flatten()
             .and_then(|at| Some((component.get_export_index(Some(&at), "lookup")?, component.get_export_index(Some(&at), "confirm")?)));
+        let placement = (kind == Kind::Rule)
+            .then(|| component.get_export_index(None, PLACEMENT_EXPORT))
+            .flatten()
+            .and_then(|at| component.get_export_index(Some(&at), "place"));
         let mut plugin = Plugin {
             runtime: inner.clone(),
             pre,
@@ -141,9 +149,11 @@ impl Plugin {
             imports,
             label,
             reconcile,
+            placement,
             confinement: Confinement::new(inner.pool.size()),
         };
         plugin.info = plugin.call_describe().map_err(|e| LoadError::Describe(Box::new(e)))?;
+        plugin.check_placement()?;
         if plugin.info.name().trim().is_empty() {
             return Err(LoadError::Describe(Box::new(CallError::BadOutput("describe() returned an empty name".into()))));
         }
@@ -267,6 +277,18 @@ impl Plugin {
         .and_then(|info| check_size(info, limits))
     }
 
+    /// Refuses a rule whose `placement.place` has another type than the contract's; without
+    /// this, every reused instance would fail instead.
+    fn check_placement(&self) -> Result<(), LoadError> {
+        let (Pre::Rule(pre), Some(place)) = (&self.pre, self.placement) else { return Ok(()) };
+        let at_load = Limits { deadline: self.limits().deadline.max(LOAD_DEADLINE), ..self.limits() };
+        self.run_within(at_load, |store| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            instance.get_typed_func::<(&Context, &Profile), (Result<Placed, String>,)>(&mut *store, place).map(|_| ())
+        })
+        .map_err(|e| LoadError::Invalid(format!("its export {PLACEMENT_EXPORT} does not match the contract: {e}")))
+    }
+
     /// Evaluates a segment rule for one profile, already cut down to its declared input.
     pub fn evaluate(&self, ctx: &Context, profile: &Profile) -> Result<Verdict, CallError> {
         let Pre::Rule(pre) = &self.pre else {
@@ -279,6 +301,21 @@ impl Plugin {
         check_size(verdict.map_err(CallError::Plugin)?, self.limits())
     }
 
+    /// Membership and label for one profile in a fresh instance, without the reason when
+    /// the rule can answer so (`placement`).
+    pub fn place(&self, ctx: &Context, profile: &Profile) -> Result<Placed, CallError> {
+        let (Pre::Rule(pre), Some(at)) = (&self.pre, self.placement) else { return self.evaluate(ctx, profile).map(Placed::from) };
+        let placed = self.run(|store| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            let place = instance.get_func(&mut *store, at).ok_or_else(|| wasmtime::format_err!("no {PLACEMENT_EXPORT} place"))?;
+            // SAFETY: `check_placement` checked this export of this component against exactly
+            // this type at load.
+            let place = unsafe { TypedFunc::<(&Context, &Profile), (Result<Placed, String>,)>::new_unchecked(place) };
+            place.call(&mut *store, (ctx, profile)).map(|(placed,)| placed)
+        })?;
+        check_size(placed.map_err(CallError::Plugin)?, self.limits())
+    }
+
     /// One instance of a rule kept for many calls, for batch callers and benchmarks that
     /// want the boundary cost without instantiation. Unlike [`Plugin::evaluate`], state the
     /// guest keeps in its memory survives from one call to the next, so use it only for
@@ -289,8 +326,21 @@ impl Plugin {
         };
         let limits = self.limits();
         let mut store = self.runtime.new_store(self.label.clone(), limits);
-        let bindings = pre.instantiate(&mut store).map_err(|e| classify(e, store.data(), limits))?;
-        Ok(RuleInstance { store, bindings, limits })
+        let made = pre.instance_pre().instantiate(&mut store).and_then(|instance| {
+            let bindings = crate::bindings::rule::SegmentRule::new(&mut store, &instance)?;
+            let place = match self.placement {
+                Some(at) => Some(*instance.get_typed_func::<(&Context, &Profile), (Result<Placed, String>,)>(&mut store, at)?.func()),
+                None => None,
+            };
+            Ok((bindings, place))
+        });
+        let (bindings, place) = made.map_err(|e| classify(e, store.data(), limits))?;
+        Ok(RuleInstance { store, bindings, place, limits })
+    }
+
+    /// Whether the rule answers membership without its reason (`placement`).
+    pub fn can_place(&self) -> bool {
+        self.placement.is_some()
     }
 
     /// Ranks and personalises tiles for a slot.
@@ -421,6 +471,8 @@ impl Plugin {
 pub struct RuleInstance {
     store: Store<CallState>,
     bindings: crate::bindings::rule::SegmentRule,
+    /// `placement.place`, type-checked when the instance was made.
+    place: Option<Func>,
     limits: Limits,
 }
 
@@ -432,6 +484,20 @@ impl RuleInstance {
         let result = self.bindings.rekindle_plugin_rule().call_evaluate(&mut self.store, ctx, profile);
         let verdict = result.map_err(|e| classify(e, self.store.data(), self.limits))?;
         check_size(verdict.map_err(CallError::Plugin)?, self.limits)
+    }
+
+    /// Membership and label for one profile, without the reason when the rule can answer
+    /// so (`placement`), and from [`RuleInstance::evaluate`] when it cannot.
+    pub fn place(&mut self, ctx: &Context, profile: &Profile) -> Result<Placed, CallError> {
+        let Some(place) = self.place else { return self.evaluate(ctx, profile).map(Placed::from) };
+        let ticks = self.limits.deadline.as_millis().max(1) as u64;
+        self.store.set_epoch_deadline(ticks);
+        // SAFETY: `place` was obtained through `get_typed_func` with exactly this type when
+        // the instance was made, which checked it against the component's export.
+        let place = unsafe { TypedFunc::<(&Context, &Profile), (Result<Placed, String>,)>::new_unchecked(place) };
+        let result = place.call(&mut self.store, (ctx, profile)).map(|(placed,)| placed);
+        let placed = result.map_err(|e| classify(e, self.store.data(), self.limits))?;
+        check_size(placed.map_err(CallError::Plugin)?, self.limits)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use rekindle_runtime::json::{series_from, value_from_json};
-use rekindle_runtime::wit::{Context, Field, InputQuery, Membership, Profile, Verdict};
+use rekindle_runtime::wit::{Context, Field, InputQuery, Membership, Placed, Profile, Verdict};
 use rekindle_runtime::{CallError, Plugin, Registry, RuleInstance, filter_profile};
 use rekindle_store::{EventNeed, InputNeeds, RuleInput, Scope, SegmentDefinition, Store, StoreError, VerdictWrite};
 
@@ -214,6 +214,12 @@ pub trait Evaluator: Send + Sync + 'static {
 pub trait Worker {
     /// The verdict of planned segment `index` for `profile` (already cut to its query).
     fn evaluate(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Verdict, CallError>;
+
+    /// Membership and label alone, which is all a run compares with the stored verdict;
+    /// a rule that can answer without building its reason is asked so.
+    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Placed, CallError> {
+        self.evaluate(plan, index, profile).map(Placed::from)
+    }
 }
 
 /// Evaluates with the sandboxed components. Within one page slice each rule keeps one
@@ -235,19 +241,32 @@ pub struct WasmWorker {
     instances: Vec<Option<RuleInstance>>,
 }
 
-impl Worker for WasmWorker {
-    fn evaluate(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Verdict, CallError> {
-        let segment = &plan.segments[index];
+impl WasmWorker {
+    /// `call` on segment `index`'s instance, made on first use and thrown away when a call
+    /// fails, so a trap never leaks into the next profile's verdict.
+    fn with_instance<R>(&mut self, plan: &Plan, index: usize, call: impl FnOnce(&mut RuleInstance) -> Result<R, CallError>) -> Result<R, CallError> {
         let slot = &mut self.instances[index];
         let instance = match slot {
             Some(instance) => instance,
-            None => slot.insert(segment.plugin.rule_instance()?),
+            None => slot.insert(plan.segments[index].plugin.rule_instance()?),
         };
-        let verdict = instance.evaluate(&segment.ctx, profile);
-        if verdict.is_err() {
+        let result = call(instance);
+        if result.is_err() {
             *slot = None;
         }
-        verdict
+        result
+    }
+}
+
+impl Worker for WasmWorker {
+    fn evaluate(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Verdict, CallError> {
+        let ctx = &plan.segments[index].ctx;
+        self.with_instance(plan, index, |instance| instance.evaluate(ctx, profile))
+    }
+
+    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Placed, CallError> {
+        let ctx = &plan.segments[index].ctx;
+        self.with_instance(plan, index, |instance| instance.place(ctx, profile))
     }
 }
 
@@ -260,21 +279,40 @@ struct SliceResult {
 
 /// Evaluates every planned segment for `inputs` and keeps the verdicts that differ from
 /// the stored membership.
+///
+/// Everyone is asked for membership and label alone; only a profile whose answer differs
+/// from the stored one (or was reached by another version of the rule) is asked again for
+/// the full verdict, whose reason is stored. A stored reason therefore explains the verdict
+/// as it was reached, and a daily re-run does not rewrite every member for a reason that
+/// now says 69 days instead of 68.
 fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) -> SliceResult {
     let mut result = SliceResult { writes: Vec::new(), per_segment: vec![(0, 0); plan.segments.len()], first_error: None };
     for input in inputs {
         let full = plan.profile(input);
         for (index, segment) in plan.segments.iter().enumerate() {
             let profile = filter_profile(&full, &segment.query, plan.now);
-            match worker.evaluate(plan, index, &profile) {
+            let current = input.memberships.iter().find(|m| m.segment == segment.def.name);
+            let verdict = worker.place(plan, index, &profile).and_then(|placed| {
+                let unchanged = match current {
+                    None => !placed.member,
+                    Some(m) => placed.member && m.label == placed.label && m.digest == segment.plugin.digest(),
+                };
+                if unchanged {
+                    return Ok(None);
+                }
+                let verdict = worker.evaluate(plan, index, &profile)?;
+                if verdict.member != placed.member || verdict.label != placed.label {
+                    return Err(CallError::BadOutput(format!(
+                        "place answered member {} label {:?}, but evaluate answered member {} label {:?} for the same input",
+                        placed.member, placed.label, verdict.member, verdict.label
+                    )));
+                }
+                Ok(Some(verdict))
+            });
+            match verdict {
                 Ok(verdict) => {
                     result.per_segment[index].0 += 1;
-                    let current = input.memberships.iter().find(|m| m.segment == segment.def.name);
-                    let unchanged = match current {
-                        None => !verdict.member,
-                        Some(m) => verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == segment.plugin.digest(),
-                    };
-                    if !unchanged {
+                    if let Some(verdict) = verdict {
                         result.writes.push(VerdictWrite {
                             segment: segment.def.name.clone(),
                             profile_id: input.id.clone(),

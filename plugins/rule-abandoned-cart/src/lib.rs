@@ -38,12 +38,12 @@ impl Rule for AbandonedCart {
         let idle = ctx.now - cart;
         let minutes = idle / MINUTE;
         if idle < wait {
-            return Ok(Verdict::not_member(format!("cart active {minutes} minutes ago; waiting {} minutes", wait / MINUTE)));
+            return Ok(Verdict::because(false, || format!("cart active {minutes} minutes ago; waiting {} minutes", wait / MINUTE)));
         }
         if idle > max_age {
-            return Ok(Verdict::not_member(format!("cart left {} days ago; too old", idle / rekindle_sdk::DAY)));
+            return Ok(Verdict::because(false, || format!("cart left {} days ago; too old", idle / rekindle_sdk::DAY)));
         }
-        Ok(Verdict::member(format!("cart left {minutes} minutes ago with no order")))
+        Ok(Verdict::because(true, || format!("cart left {minutes} minutes ago with no order")))
     }
 }
 

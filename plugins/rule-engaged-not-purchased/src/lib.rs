@@ -27,7 +27,7 @@ impl Rule for EngagedNotPurchased {
         }
         let views = profile.count_within(VIEW, days(window), ctx.now);
         let orders = profile.count_within(ORDER, days(window), ctx.now);
-        Ok(Verdict::new(views >= 1 && orders == 0, format!("{views} page view(s) and {orders} order(s) in {window} days")))
+        Ok(Verdict::because(views >= 1 && orders == 0, || format!("{views} page view(s) and {orders} order(s) in {window} days")))
     }
 }
 

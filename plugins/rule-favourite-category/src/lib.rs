@@ -16,7 +16,7 @@ impl Rule for FavouriteCategory {
 
     fn evaluate(ctx: &Context, profile: &Profile) -> Result<Verdict, String> {
         let label = profile.aggregate_text("favourite_category").unwrap_or(ctx.text("fallback")?);
-        Ok(Verdict::member(format!("favourite category {label}")).labelled(label))
+        Ok(Verdict::because(true, || format!("favourite category {label}")).labelled(label))
     }
 }
 

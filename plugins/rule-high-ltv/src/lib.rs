@@ -16,7 +16,7 @@ impl Rule for HighLtv {
     fn evaluate(ctx: &Context, profile: &Profile) -> Result<Verdict, String> {
         let min = ctx.number("min_ltv")?;
         let ltv = profile.aggregate_number("lifetime_value").unwrap_or(0.0);
-        Ok(Verdict::new(ltv > min, format!("lifetime value {ltv} against {min}")))
+        Ok(Verdict::because(ltv > min, || format!("lifetime value {ltv} against {min}")))
     }
 }
 

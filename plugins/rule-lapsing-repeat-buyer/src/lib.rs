@@ -31,14 +31,13 @@ impl Rule for LapsingRepeatBuyer {
         let gap = first.zip(last).filter(|_| orders >= 2).map(|(first, last)| (last - first) as f64 / (orders - 1) as f64 / DAY as f64);
         let since = last.map(|at| (ctx.now - at) as f64 / DAY as f64);
         let (Some(gap), Some(since)) = (gap, since) else {
-            return Ok(Verdict::not_member(format!("{orders} order(s); needs {min_orders} to have a usual gap")));
+            return Ok(Verdict::because(false, || format!("{orders} order(s); needs {min_orders} to have a usual gap")));
         };
         if orders < min_orders {
-            return Ok(Verdict::not_member(format!("{orders} order(s); needs {min_orders}")));
+            return Ok(Verdict::because(false, || format!("{orders} order(s); needs {min_orders}")));
         }
         let due = gap + grace;
-        let reason = format!("last order {} days ago; usual gap {} + {} grace = {}", D(since), D(gap), D(grace), D(due));
-        Ok(Verdict::new(since >= due, reason))
+        Ok(Verdict::because(since >= due, || format!("last order {} days ago; usual gap {} + {} grace = {}", D(since), D(gap), D(grace), D(due))))
     }
 }
 

@@ -19,12 +19,12 @@ impl Rule for OneTimeAboutToSleep {
         let quiet = ctx.integer("quiet_days")?;
         let orders = profile.aggregate_number("order_count").unwrap_or(0.0) as i64;
         if orders != 1 {
-            return Ok(Verdict::not_member(format!("{orders} orders; needs exactly one")));
+            return Ok(Verdict::because(false, || format!("{orders} orders; needs exactly one")));
         }
         let last = profile.aggregate_number("last_order_at").unwrap_or(0.0) as i64;
         // "Zero times within 180 days": the order happened more than 180 days before now.
         let since = ctx.now - last;
-        Ok(Verdict::new(since > quiet * DAY, format!("one order, {} days ago; quiet after {quiet}", since.div_euclid(DAY))))
+        Ok(Verdict::because(since > quiet * DAY, || format!("one order, {} days ago; quiet after {quiet}", since.div_euclid(DAY))))
     }
 }
 

@@ -47,7 +47,7 @@ impl Rule for RfmWinBack {
             && i64::from(score.monetary) >= ctx.integer("min_monetary_score")?
             && i64::from(score.recency) <= ctx.integer("max_recency_score")?;
         let rfm = format!("R{} F{} M{}", score.recency, score.frequency, score.monetary);
-        Ok(Verdict::new(member, format!("{rfm}: {orders} orders, {spend} spent, last {recency:.0} days ago")).labelled(rfm))
+        Ok(Verdict::because(member, || format!("{rfm}: {orders} orders, {spend} spent, last {recency:.0} days ago")).labelled(rfm))
     }
 }
 

@@ -22,7 +22,7 @@ impl Rule for WinBackWindow {
             return Ok(Verdict::not_member("never ordered"));
         };
         let days = (ctx.now - last as i64).div_euclid(DAY);
-        Ok(Verdict::new((min..=max).contains(&days), format!("last order {days} whole days ago; window {min} to {max}")))
+        Ok(Verdict::because((min..=max).contains(&days), || format!("last order {days} whole days ago; window {min} to {max}")))
     }
 }
 
