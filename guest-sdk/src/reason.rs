@@ -42,15 +42,25 @@ pub(crate) fn quiet() -> bool {
 /// Runs `f` with reasons skipped, as the `placement` export does: every
 /// [`crate::Verdict::because`] inside leaves its reason empty.
 pub fn without_reasons<T>(f: impl FnOnce() -> T) -> T {
-    flag::set(true);
-    let out = f();
-    flag::set(false);
-    out
+    quietly(true, f)
 }
 
 /// Runs `f` with reasons built, as `rule.evaluate` does.
 pub fn with_reasons<T>(f: impl FnOnce() -> T) -> T {
-    flag::set(false);
+    quietly(false, f)
+}
+
+/// Runs `f` with the flag at `quiet`, and puts back what it was after, even if `f` panics
+/// (natively a panic can unwind and the thread go on; in a component it aborts the call).
+fn quietly<T>(quiet: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            flag::set(self.0)
+        }
+    }
+    let _restore = Restore(flag::quiet());
+    flag::set(quiet);
     f()
 }
 
@@ -73,7 +83,9 @@ mod tests {
         assert_eq!((quiet.member, quiet.reason.as_str(), built.get()), (true, "", 0));
         let loud = with_reasons(verdict);
         assert_eq!((loud.member, loud.reason.as_str(), built.get()), (true, "why", 1));
-        // Outside both, as in a plugin's unit tests, reasons are built.
+        // Outside both, as in a plugin's unit tests, reasons are built; and nesting puts
+        // back the outer setting.
         assert_eq!(verdict().reason, "why");
+        assert_eq!(without_reasons(|| (with_reasons(verdict).reason, verdict().reason)), ("why".into(), "".into()));
     }
 }

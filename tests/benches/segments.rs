@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rekindle_runtime::wit::{Placed, Profile, Verdict};
 use rekindle_runtime::{CallError, Registry};
 use rekindle_sdk::Rule;
-use rekindle_segments::batch::{Evaluator, Plan, RunReport, WasmEvaluator, Worker, run_all};
+use rekindle_segments::batch::{Answer, Evaluator, Plan, RunReport, WasmEvaluator, Worker, run_all};
 use rekindle_store::{EventMapping, Scope, SegmentDefinition, Store};
 use rekindle_tests::native::{to_sdk_context, to_sdk_profile};
 use rekindle_tests::{component, components};
@@ -60,8 +60,8 @@ impl Worker for NativeWorker {
     }
 
     // As the components' `placement` export does: the same rules, lazy reasons skipped.
-    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Placed, CallError> {
-        rekindle_sdk::without_reasons(|| self.evaluate(plan, index, profile)).map(Placed::from)
+    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Answer, CallError> {
+        rekindle_sdk::without_reasons(|| self.evaluate(plan, index, profile)).map(|verdict| Answer::Placed(Placed::from(verdict)))
     }
 }
 

@@ -23,6 +23,7 @@ rekindle_tests::on_each_backend!(
     rfm_cutoffs_come_from_the_population,
     a_rule_failing_mid_batch_costs_only_its_own_verdicts,
     a_rule_whose_place_and_evaluate_disagree_gets_no_member,
+    redefining_a_segment_rebuilds_reasons_that_no_membership_change_would,
 );
 use serde_json::{Value, json};
 
@@ -610,9 +611,35 @@ async fn a_rule_whose_place_and_evaluate_disagree_gets_no_member(backend: Backen
     let Some(host) = start(backend, data.path()).await else { return };
     let batch: Vec<Value> = (0..5).map(|n| order(&format!("t{n}"), &format!("u{n}"), &days_ago(10.0), 40.0, "shoes")).collect();
     assert_eq!(host.post("/v1/batch", json!({ "batch": batch })).await.0, 200);
+    // Defining asks everyone the full verdict, which says "not a member".
     let (status, body) =
         host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&json!({"name": "two-faced", "slot": "two-faced"}))).await;
+    assert_eq!((status, body["evaluated"].as_u64(), body["failed"].as_u64(), body["members"].as_u64()), (200, Some(5), Some(0), Some(0)), "{body}");
+    // A run, as the schedule's, asks `place`, which says "member", and then `evaluate`.
+    let (status, body) = host.send(host.http.post(format!("{}/v1/segments/run", host.base)).bearer_auth(ADMIN).json(&json!({"segments": ["two-faced"]}))).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((body["evaluated"].as_u64(), body["failed"].as_u64(), body["members"].as_u64()), (Some(0), Some(5), Some(0)), "{body}");
+    let run = &body["segments"][0];
+    assert_eq!((run["evaluated"].as_u64(), run["failed"].as_u64(), run["members"].as_u64()), (Some(0), Some(5), Some(0)), "{body}");
     assert_eq!(host.profile("u0").await.1["segments"], json!([]));
+}
+
+/// Runs store a reason only when membership changes, so new parameters that move nobody in
+/// or out must still rebuild every member's reason when the segment is redefined.
+async fn redefining_a_segment_rebuilds_reasons_that_no_membership_change_would(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(host) = start(backend, data.path()).await else { return };
+    assert_eq!(host.post("/v1/batch", json!({ "batch": [order("w1", "w", &days_ago(60.5), 40.0, "shoes")] })).await.0, 200);
+    let define = |params: Value| {
+        let host = &host;
+        async move {
+            let body = json!({"name": "win-back", "slot": "win-back", "params": params});
+            host.send(host.http.post(format!("{}/v1/segments", host.base)).bearer_auth(ADMIN).json(&body)).await
+        }
+    };
+    let reason = || async { host.profile("w").await.1["segments"][0]["reason"].as_str().unwrap_or_default().to_string() };
+    assert_eq!(define(json!({})).await.0, 200);
+    assert!(reason().await.ends_with("window 45 to 90"), "{}", reason().await);
+    let (status, body) = define(json!({"min_days": 30, "max_days": 120})).await;
+    assert_eq!((status, body["members"].as_u64()), (200, Some(1)), "{body}");
+    assert!(reason().await.ends_with("window 30 to 120"), "the reason must follow the new parameters: {}", reason().await);
 }

@@ -282,11 +282,16 @@ impl Plugin {
     fn check_placement(&self) -> Result<(), LoadError> {
         let (Pre::Rule(pre), Some(place)) = (&self.pre, self.placement) else { return Ok(()) };
         let at_load = Limits { deadline: self.limits().deadline.max(LOAD_DEADLINE), ..self.limits() };
-        self.run_within(at_load, |store| {
+        let checked = self.run_within(at_load, |store| {
             let instance = pre.instance_pre().instantiate(&mut *store)?;
-            instance.get_typed_func::<(&Context, &Profile), (Result<Placed, String>,)>(&mut *store, place).map(|_| ())
-        })
-        .map_err(|e| LoadError::Invalid(format!("its export {PLACEMENT_EXPORT} does not match the contract: {e}")))
+            Ok(instance.get_typed_func::<(&Context, &Profile), (Result<Placed, String>,)>(&mut *store, place).map(drop).map_err(|e| format!("{e:#}")))
+        });
+        match checked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(mismatch)) => Err(LoadError::Invalid(format!("its export {PLACEMENT_EXPORT} does not match the contract: {mismatch}"))),
+            // Not the component's shape: the instance could not be made (a full pool, say).
+            Err(call) => Err(LoadError::Describe(Box::new(call))),
+        }
     }
 
     /// Evaluates a segment rule for one profile, already cut down to its declared input.
@@ -307,10 +312,7 @@ impl Plugin {
         let (Pre::Rule(pre), Some(at)) = (&self.pre, self.placement) else { return self.evaluate(ctx, profile).map(Placed::from) };
         let placed = self.run(|store| {
             let instance = pre.instance_pre().instantiate(&mut *store)?;
-            let place = instance.get_func(&mut *store, at).ok_or_else(|| wasmtime::format_err!("no {PLACEMENT_EXPORT} place"))?;
-            // SAFETY: `check_placement` checked this export of this component against exactly
-            // this type at load.
-            let place = unsafe { TypedFunc::<(&Context, &Profile), (Result<Placed, String>,)>::new_unchecked(place) };
+            let place = instance.get_typed_func::<(&Context, &Profile), (Result<Placed, String>,)>(&mut *store, at)?;
             place.call(&mut *store, (ctx, profile)).map(|(placed,)| placed)
         })?;
         check_size(placed.map_err(CallError::Plugin)?, self.limits())
@@ -484,6 +486,11 @@ impl RuleInstance {
         let result = self.bindings.rekindle_plugin_rule().call_evaluate(&mut self.store, ctx, profile);
         let verdict = result.map_err(|e| classify(e, self.store.data(), self.limits))?;
         check_size(verdict.map_err(CallError::Plugin)?, self.limits)
+    }
+
+    /// Whether the rule answers membership without its reason (`placement`).
+    pub fn can_place(&self) -> bool {
+        self.place.is_some()
     }
 
     /// Membership and label for one profile, without the reason when the rule can answer

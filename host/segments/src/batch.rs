@@ -33,6 +33,10 @@ pub struct PlannedSegment {
 pub struct Plan {
     pub now: i64,
     pub segments: Vec<PlannedSegment>,
+    /// Asks every profile for its full verdict, so every stored reason is rebuilt: for a
+    /// segment just (re)defined, whose parameters may have changed its reasons and nobody's
+    /// membership.
+    pub refresh_reasons: bool,
     reads: Reads,
 }
 
@@ -90,7 +94,7 @@ impl Plan {
     /// A plan over segments already resolved.
     pub fn from_segments(segments: Vec<PlannedSegment>, now: i64) -> Plan {
         let reads = Reads::new(segments.iter().map(|s| &s.query), now);
-        Plan { now, segments, reads }
+        Plan { now, segments, refresh_reasons: false, reads }
     }
 
     /// Whether `touch` can change any planned segment's verdict: it changed something
@@ -215,11 +219,20 @@ pub trait Worker {
     /// The verdict of planned segment `index` for `profile` (already cut to its query).
     fn evaluate(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Verdict, CallError>;
 
-    /// Membership and label alone, which is all a run compares with the stored verdict;
-    /// a rule that can answer without building its reason is asked so.
-    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Placed, CallError> {
-        self.evaluate(plan, index, profile).map(Placed::from)
+    /// Membership and label alone, which is all a run compares with the stored verdict,
+    /// from a rule that can answer without building its reason; the full verdict from one
+    /// that cannot, so it is not asked twice.
+    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Answer, CallError> {
+        self.evaluate(plan, index, profile).map(Answer::Verdict)
     }
+}
+
+/// What [`Worker::place`] got from a rule.
+pub enum Answer {
+    /// Membership and label; ask [`Worker::evaluate`] for the reason.
+    Placed(Placed),
+    /// The full verdict, from a rule without `placement`.
+    Verdict(Verdict),
 }
 
 /// Evaluates with the sandboxed components. Within one page slice each rule keeps one
@@ -264,9 +277,11 @@ impl Worker for WasmWorker {
         self.with_instance(plan, index, |instance| instance.evaluate(ctx, profile))
     }
 
-    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Placed, CallError> {
+    fn place(&mut self, plan: &Plan, index: usize, profile: &Profile) -> Result<Answer, CallError> {
         let ctx = &plan.segments[index].ctx;
-        self.with_instance(plan, index, |instance| instance.place(ctx, profile))
+        self.with_instance(plan, index, |instance| {
+            if instance.can_place() { instance.place(ctx, profile).map(Answer::Placed) } else { instance.evaluate(ctx, profile).map(Answer::Verdict) }
+        })
     }
 }
 
@@ -284,7 +299,8 @@ struct SliceResult {
 /// from the stored one (or was reached by another version of the rule) is asked again for
 /// the full verdict, whose reason is stored. A stored reason therefore explains the verdict
 /// as it was reached, and a daily re-run does not rewrite every member for a reason that
-/// now says 69 days instead of 68.
+/// now says 69 days instead of 68. A plan that `refresh_reasons` (a segment's definition
+/// run) asks everyone for the full verdict and rewrites any reason that changed.
 fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) -> SliceResult {
     let mut result = SliceResult { writes: Vec::new(), per_segment: vec![(0, 0); plan.segments.len()], first_error: None };
     for input in inputs {
@@ -292,7 +308,37 @@ fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) 
         for (index, segment) in plan.segments.iter().enumerate() {
             let profile = filter_profile(&full, &segment.query, plan.now);
             let current = input.memberships.iter().find(|m| m.segment == segment.def.name);
-            let verdict = worker.place(plan, index, &profile).and_then(|placed| {
+            if plan.refresh_reasons {
+                let verdict = worker.evaluate(plan, index, &profile);
+                match verdict {
+                    Ok(verdict) => {
+                        result.per_segment[index].0 += 1;
+                        let unchanged = match current {
+                            None => !verdict.member,
+                            Some(m) => verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == segment.plugin.digest(),
+                        };
+                        if !unchanged {
+                            result.writes.push(verdict_write(segment, input, verdict));
+                        }
+                    }
+                    Err(e) => {
+                        result.per_segment[index].1 += 1;
+                        result.first_error.get_or_insert_with(|| (segment.def.name.clone(), e));
+                    }
+                }
+                continue;
+            }
+            let verdict = worker.place(plan, index, &profile).and_then(|answer| {
+                let placed = match answer {
+                    Answer::Placed(placed) => placed,
+                    Answer::Verdict(verdict) => {
+                        let unchanged = match current {
+                            None => !verdict.member,
+                            Some(m) => verdict.member && m.label == verdict.label && m.digest == segment.plugin.digest(),
+                        };
+                        return Ok((!unchanged).then_some(verdict));
+                    }
+                };
                 let unchanged = match current {
                     None => !placed.member,
                     Some(m) => placed.member && m.label == placed.label && m.digest == segment.plugin.digest(),
@@ -313,14 +359,7 @@ fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) 
                 Ok(verdict) => {
                     result.per_segment[index].0 += 1;
                     if let Some(verdict) = verdict {
-                        result.writes.push(VerdictWrite {
-                            segment: segment.def.name.clone(),
-                            profile_id: input.id.clone(),
-                            member: verdict.member,
-                            label: verdict.label,
-                            reason: verdict.reason,
-                            digest: segment.plugin.digest().to_string(),
-                        });
+                        result.writes.push(verdict_write(segment, input, verdict));
                     }
                 }
                 Err(e) => {
@@ -331,6 +370,17 @@ fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) 
         }
     }
     result
+}
+
+fn verdict_write(segment: &PlannedSegment, input: &RuleInput, verdict: Verdict) -> VerdictWrite {
+    VerdictWrite {
+        segment: segment.def.name.clone(),
+        profile_id: input.id.clone(),
+        member: verdict.member,
+        label: verdict.label,
+        reason: verdict.reason,
+        digest: segment.plugin.digest().to_string(),
+    }
 }
 
 /// Evaluates a page on `lanes` threads and writes what changed.

@@ -67,13 +67,15 @@ pub async fn run_now(registry: &Registry, store: &Store, defs: &[SegmentDefiniti
     Ok(RunNow { profiles: report.profiles, changes: report.changes, segments: outcomes })
 }
 
-/// Evaluates a segment over every stored profile at `now` and records the run.
-/// Returns (evaluated, failed).
+/// Evaluates a segment over every stored profile at `now`, rebuilding every stored reason,
+/// and records the run. Returns (evaluated, failed).
 pub async fn run_segment(registry: &Registry, store: &Store, def: &SegmentDefinition, now: i64) -> Result<(usize, usize), EvaluateError> {
-    let (plan, refused) = Plan::new(registry, store, std::slice::from_ref(def), now, Cutoffs::Refresh).await?;
+    let (mut plan, refused) = Plan::new(registry, store, std::slice::from_ref(def), now, Cutoffs::Refresh).await?;
     if let Some((_, e)) = refused.into_iter().next() {
         return Err(e);
     }
+    // New parameters can change every member's reason without changing a membership.
+    plan.refresh_reasons = true;
     let run = run_planned(store, plan).await?;
     if let Some((_, e)) = run.unrecorded.into_iter().next() {
         return Err(e.into());

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn rekindle() -> Command {
@@ -42,6 +43,9 @@ pub async fn serve(args: &[&OsStr], token: &str) -> (Server, String) {
     serve_with_env(args, token, &[]).await
 }
 
+/// How `rekindle serve` logs its address.
+const LISTENING: &str = "rekindle::serve: listening on http://";
+
 /// As [`serve`], with extra environment variables.
 ///
 /// The host binds port 0 and the address comes from its log. A port picked here and bound
@@ -58,10 +62,22 @@ pub async fn serve_with_env(args: &[&OsStr], token: &str, env: &[(&str, &str)]) 
         .env("RUST_LOG", format!("{},rekindle::serve=info", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into())))
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    // What the host says on stderr (a start-up error, say), for the failure's message.
+    let said: Arc<Mutex<String>> = Arc::default();
+    let heard = said.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let mut heard = heard.lock().unwrap();
+            if heard.len() < 16 * 1024 {
+                heard.push_str(&line);
+                heard.push('\n');
+            }
+        }
+    });
     let server = Server(child);
     let (found, address) = std::sync::mpsc::channel();
     // Drains the log for the host's whole life, so a full pipe never blocks it.
@@ -69,8 +85,9 @@ pub async fn serve_with_env(args: &[&OsStr], token: &str, env: &[(&str, &str)]) 
     std::thread::spawn(move || {
         let show = std::env::var_os("REKINDLE_TEST_HOST_LOGS").is_some();
         for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let url: String = line[at + "listening on ".len()..].chars().take_while(|c| !c.is_whitespace()).collect();
+            // The serve module's own line: a plugin's log could say anything.
+            if let Some(at) = line.find(LISTENING) {
+                let url: String = line[at + LISTENING.len() - "http://".len()..].chars().take_while(|c| !c.is_whitespace()).collect();
                 let _ = found.send(url);
             }
             if show {
@@ -82,7 +99,11 @@ pub async fn serve_with_env(args: &[&OsStr], token: &str, env: &[(&str, &str)]) 
     let base = loop {
         match address.try_recv() {
             Ok(base) => break base,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => panic!("rekindle serve exited before it listened"),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                // The log closed: the host exited. Give its stderr a moment to arrive.
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("rekindle serve exited before it listened; it said:\n{}", said.lock().unwrap())
+            }
             Err(std::sync::mpsc::TryRecvError::Empty) => {
                 assert!(started.elapsed() < Duration::from_secs(60), "rekindle serve did not listen within 60 s");
                 tokio::time::sleep(Duration::from_millis(20)).await;
