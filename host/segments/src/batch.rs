@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rekindle_runtime::json::{series_from, value_from_json};
 use rekindle_runtime::wit::{Context, Field, InputQuery, Membership, Placed, Profile, Verdict};
 use rekindle_runtime::{CallError, Plugin, Registry, RuleInstance, filter_profile};
-use rekindle_store::{EventNeed, InputNeeds, RuleInput, Scope, SegmentDefinition, Store, StoreError, VerdictWrite};
+use rekindle_store::{EventNeed, InputNeeds, MembershipRecord, RuleInput, Scope, SegmentDefinition, Store, StoreError, VerdictWrite};
 
 pub use crate::definition::Cutoffs;
 use crate::definition::{EvaluateError, ResolvedRule, resolve_auto_params, segment_context};
@@ -308,54 +308,7 @@ fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) 
         for (index, segment) in plan.segments.iter().enumerate() {
             let profile = filter_profile(&full, &segment.query, plan.now);
             let current = input.memberships.iter().find(|m| m.segment == segment.def.name);
-            if plan.refresh_reasons {
-                let verdict = worker.evaluate(plan, index, &profile);
-                match verdict {
-                    Ok(verdict) => {
-                        result.per_segment[index].0 += 1;
-                        let unchanged = match current {
-                            None => !verdict.member,
-                            Some(m) => verdict.member && m.label == verdict.label && m.reason == verdict.reason && m.digest == segment.plugin.digest(),
-                        };
-                        if !unchanged {
-                            result.writes.push(verdict_write(segment, input, verdict));
-                        }
-                    }
-                    Err(e) => {
-                        result.per_segment[index].1 += 1;
-                        result.first_error.get_or_insert_with(|| (segment.def.name.clone(), e));
-                    }
-                }
-                continue;
-            }
-            let verdict = worker.place(plan, index, &profile).and_then(|answer| {
-                let placed = match answer {
-                    Answer::Placed(placed) => placed,
-                    Answer::Verdict(verdict) => {
-                        let unchanged = match current {
-                            None => !verdict.member,
-                            Some(m) => verdict.member && m.label == verdict.label && m.digest == segment.plugin.digest(),
-                        };
-                        return Ok((!unchanged).then_some(verdict));
-                    }
-                };
-                let unchanged = match current {
-                    None => !placed.member,
-                    Some(m) => placed.member && m.label == placed.label && m.digest == segment.plugin.digest(),
-                };
-                if unchanged {
-                    return Ok(None);
-                }
-                let verdict = worker.evaluate(plan, index, &profile)?;
-                if verdict.member != placed.member || verdict.label != placed.label {
-                    return Err(CallError::BadOutput(format!(
-                        "place answered member {} label {:?}, but evaluate answered member {} label {:?} for the same input",
-                        placed.member, placed.label, verdict.member, verdict.label
-                    )));
-                }
-                Ok(Some(verdict))
-            });
-            match verdict {
+            match changed_verdict(plan, worker, index, &profile, current) {
                 Ok(verdict) => {
                     result.per_segment[index].0 += 1;
                     if let Some(verdict) = verdict {
@@ -370,6 +323,50 @@ fn evaluate_slice<W: Worker>(plan: &Plan, worker: &mut W, inputs: &[RuleInput]) 
         }
     }
     result
+}
+
+/// Segment `index`'s verdict for `profile` when it differs from `current`, the stored one;
+/// `None` when it does not.
+fn changed_verdict<W: Worker>(
+    plan: &Plan,
+    worker: &mut W,
+    index: usize,
+    profile: &Profile,
+    current: Option<&MembershipRecord>,
+) -> Result<Option<Verdict>, CallError> {
+    let digest = plan.segments[index].plugin.digest();
+    if plan.refresh_reasons {
+        let verdict = worker.evaluate(plan, index, profile)?;
+        let unchanged = same_as_stored(current, verdict.member, &verdict.label, Some(&verdict.reason), digest);
+        return Ok((!unchanged).then_some(verdict));
+    }
+    let placed = match worker.place(plan, index, profile)? {
+        Answer::Placed(placed) => placed,
+        Answer::Verdict(verdict) => {
+            let unchanged = same_as_stored(current, verdict.member, &verdict.label, None, digest);
+            return Ok((!unchanged).then_some(verdict));
+        }
+    };
+    if same_as_stored(current, placed.member, &placed.label, None, digest) {
+        return Ok(None);
+    }
+    let verdict = worker.evaluate(plan, index, profile)?;
+    if verdict.member != placed.member || verdict.label != placed.label {
+        return Err(CallError::BadOutput(format!(
+            "place answered member {} label {:?}, but evaluate answered member {} label {:?} for the same input",
+            placed.member, placed.label, verdict.member, verdict.label
+        )));
+    }
+    Ok(Some(verdict))
+}
+
+/// Whether an answer changes nothing stored: not a member and never was, or the same
+/// member by the same component with the same label (and `reason`, when it is compared).
+fn same_as_stored(current: Option<&MembershipRecord>, member: bool, label: &Option<String>, reason: Option<&str>, digest: &str) -> bool {
+    match current {
+        None => !member,
+        Some(m) => member && m.label == *label && reason.is_none_or(|reason| m.reason == reason) && m.digest == digest,
+    }
 }
 
 fn verdict_write(segment: &PlannedSegment, input: &RuleInput, verdict: Verdict) -> VerdictWrite {
