@@ -6,6 +6,7 @@ mod computed;
 mod db;
 mod logic;
 mod model;
+mod plain;
 mod postgres;
 mod sqlite;
 

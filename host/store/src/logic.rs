@@ -12,6 +12,7 @@ use crate::model::{
     Lease, MembershipChange, MembershipRecord, Message, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint, RuleInput, Scope,
     SegmentDefinition, SendClaim, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
 };
+use crate::plain;
 
 fn lookup(db: &mut impl Db, kind: &str, value: &str) -> Result<Option<String>, StoreError> {
     let row = db.query_opt("SELECT profile_id FROM identities WHERE kind = ?1 AND value = ?2", &[P::Text(kind), P::Text(value)])?;
@@ -91,7 +92,7 @@ fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, b
     save_computed(db, target, &computed)
 }
 
-fn computed_from(row: &Row) -> Computed {
+pub(crate) fn computed_from(row: &Row) -> Computed {
     Computed {
         order_count: row.int(0),
         lifetime_value: row.float(1),
@@ -243,71 +244,111 @@ fn upsert_consent(db: &mut impl Db, profile: &str, purpose: Purpose, granted: bo
     .map(drop)
 }
 
-/// Every identity a batch touches, sorted, for [`Db::lock_identities`].
-fn identity_keys(messages: &[Message]) -> Vec<String> {
-    let mut keys: Vec<String> = messages.iter().flat_map(|m| [&m.user_id, &m.anonymous_id, &m.previous_id]).flatten().cloned().collect();
+/// Every identity some messages touch, sorted, for [`Db::lock_identities`].
+fn identity_keys<'m>(messages: impl Iterator<Item = &'m Message>) -> Vec<String> {
+    let mut keys: Vec<String> = messages.flat_map(|m| [&m.user_id, &m.anonymous_id, &m.previous_id]).flatten().cloned().collect();
     keys.sort();
     keys.dedup();
     keys
 }
 
-/// Stores a batch of messages; duplicates (by source and message id) are skipped.
+/// Whether a message only adds an event that moves nothing another writer could be moving
+/// too: a page view or cart add of someone known needs its people kept from merging or
+/// being erased meanwhile, not kept from each other. Orders move the computed traits,
+/// read and written whole, so they keep their people to themselves.
+fn shares_its_people(mapping: &EventMapping, msg: &Message) -> bool {
+    plain::plain_shape(msg) && msg.event.as_ref() != Some(&mapping.order_completed)
+}
+
+/// Stores a batch of messages; duplicates (by source and message id) are skipped. Events
+/// of people already known go together in a few statements ([`plain`]); any other message
+/// is written on its own, after everything before it.
 pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Message]) -> Result<IngestReport, StoreError> {
-    db.lock_identities(&identity_keys(messages))?;
+    let exclusive = identity_keys(messages.iter().filter(|m| !shares_its_people(mapping, m)));
+    let shared = identity_keys(messages.iter().filter(|m| shares_its_people(mapping, m)));
+    db.lock_identities(&exclusive, &shared)?;
+    let fresh = plain::claim_message_ids(db, messages)?;
     let mut report = IngestReport::default();
+    let mut held = plain::PlainEvents::default();
+    // Read again after a message that may have created, linked or merged someone.
+    let mut known: Option<plain::Known> = None;
     for (index, msg) in messages.iter().enumerate() {
-        let fresh = db.execute(
-            "INSERT INTO messages (source, message_id, received_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (source, message_id) DO NOTHING",
-            &[P::Text(&msg.source), P::Text(&msg.message_id), P::Int(msg.received_at)],
-        )?;
-        if fresh == 0 {
+        if !fresh[index] {
             report.duplicates += 1;
             continue;
         }
         report.accepted += 1;
-        let mut refused = Vec::new();
-        let profile = resolve(db, msg, mapping, &mut refused)?;
-        // A browser source may add to anyone, but not change how an identified person is
-        // reached or what they consented to.
-        let guarded = msg.from_browser && has_user_identity(db, &profile)?;
-        let by = Writer { from_browser: msg.from_browser };
-        db.execute("UPDATE profiles SET updated_at = ?2 WHERE id = ?1 AND updated_at < ?2", &[P::Text(&profile), P::Int(msg.received_at)])?;
-        if let Some(zone) = &msg.timezone {
-            db.execute(
-                "UPDATE profiles SET timezone = ?2, timezone_at = ?3 WHERE id = ?1 AND COALESCE(timezone_at, -1) <= ?3",
-                &[P::Text(&profile), P::Text(zone), P::Int(msg.timestamp)],
-            )?;
-        }
-        write_traits(db, msg, index, &profile, guarded, by, &mut report)?;
-        match &msg.push_token {
-            Some(_) if guarded => report.ignored.push(Ignored {
-                index,
-                field: "context.device.token".into(),
-                reason: "a browser source cannot change an identified profile's push tokens",
-            }),
-            Some((token, active)) => upsert_contact(db, &profile, "push_token", token, *active, msg.timestamp, by)?,
-            None => {}
-        }
-        if guarded && !msg.consents.is_empty() {
-            report.ignored.push(Ignored { index, field: "consents".into(), reason: "a browser source cannot change an identified profile's consents" });
-        } else {
-            for (purpose, granted) in &msg.consents {
-                upsert_consent(db, &profile, *purpose, *granted, msg.timestamp, by)?;
+        if plain::plain_shape(msg) {
+            if known.is_none() {
+                let rest = messages[index..].iter().filter(|m| plain::plain_shape(m));
+                known = Some(plain::Known::read(db, rest)?);
+            }
+            if let Some(profile) = known.as_ref().and_then(|k| k.profile_of(msg)) {
+                report.touched.push(touch(mapping, msg, &profile));
+                held.push(msg, profile);
+                continue;
             }
         }
-        report.ignored.extend(refused.into_iter().map(|(field, reason)| Ignored { index, field: field.into(), reason }));
-        write_event(db, mapping, msg, &profile)?;
-        // Identifying messages may merge two profiles, which moves any kind of data.
-        let may_merge = (msg.user_id.is_some() && msg.anonymous_id.is_some()) || msg.previous_id.is_some();
-        let changes_more = msg.event.is_none() || may_merge || !msg.traits.is_empty() || !msg.consents.is_empty() || msg.push_token.is_some();
-        report.touched.push(Touch {
-            event: if changes_more { None } else { msg.event.clone() },
-            order: msg.event.as_ref() == Some(&mapping.order_completed),
-            profile_id: profile,
-        });
+        held.flush(db, mapping)?;
+        if shares_its_people(mapping, msg) {
+            // Someone not yet known: creating or linking them takes their ids for itself.
+            db.lock_identities(&identity_keys(std::iter::once(msg)), &[])?;
+        }
+        ingest_one(db, mapping, msg, index, &mut report)?;
+        known = None;
     }
+    held.finish(db, mapping)?;
     Ok(report)
+}
+
+/// What real-time evaluation hears of an accepted message.
+fn touch(mapping: &EventMapping, msg: &Message, profile: &str) -> Touch {
+    // Identifying messages may merge two profiles, which moves any kind of data.
+    let may_merge = (msg.user_id.is_some() && msg.anonymous_id.is_some()) || msg.previous_id.is_some();
+    let changes_more = msg.event.is_none() || may_merge || !msg.traits.is_empty() || !msg.consents.is_empty() || msg.push_token.is_some();
+    Touch {
+        event: if changes_more { None } else { msg.event.clone() },
+        order: msg.event.as_ref() == Some(&mapping.order_completed),
+        profile_id: profile.to_string(),
+    }
+}
+
+/// Stores one accepted message: resolves (creating and merging as it must), then writes.
+pub(crate) fn ingest_one(db: &mut impl Db, mapping: &EventMapping, msg: &Message, index: usize, report: &mut IngestReport) -> Result<(), StoreError> {
+    let mut refused = Vec::new();
+    let profile = resolve(db, msg, mapping, &mut refused)?;
+    // A browser source may add to anyone, but not change how an identified person is
+    // reached or what they consented to.
+    let guarded = msg.from_browser && has_user_identity(db, &profile)?;
+    let by = Writer { from_browser: msg.from_browser };
+    db.execute("UPDATE profiles SET updated_at = ?2 WHERE id = ?1 AND updated_at < ?2", &[P::Text(&profile), P::Int(msg.received_at)])?;
+    if let Some(zone) = &msg.timezone {
+        db.execute(
+            "UPDATE profiles SET timezone = ?2, timezone_at = ?3 WHERE id = ?1 AND COALESCE(timezone_at, -1) <= ?3",
+            &[P::Text(&profile), P::Text(zone), P::Int(msg.timestamp)],
+        )?;
+    }
+    write_traits(db, msg, index, &profile, guarded, by, report)?;
+    match &msg.push_token {
+        Some(_) if guarded => report.ignored.push(Ignored {
+            index,
+            field: "context.device.token".into(),
+            reason: "a browser source cannot change an identified profile's push tokens",
+        }),
+        Some((token, active)) => upsert_contact(db, &profile, "push_token", token, *active, msg.timestamp, by)?,
+        None => {}
+    }
+    if guarded && !msg.consents.is_empty() {
+        report.ignored.push(Ignored { index, field: "consents".into(), reason: "a browser source cannot change an identified profile's consents" });
+    } else {
+        for (purpose, granted) in &msg.consents {
+            upsert_consent(db, &profile, *purpose, *granted, msg.timestamp, by)?;
+        }
+    }
+    report.ignored.extend(refused.into_iter().map(|(field, reason)| Ignored { index, field: field.into(), reason }));
+    write_event(db, mapping, msg, &profile)?;
+    report.touched.push(touch(mapping, msg, &profile));
+    Ok(())
 }
 
 /// A message's traits, with the contact points `email` and `phone` carry, except what a
@@ -395,7 +436,7 @@ pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreEr
     let mut keys: Vec<String> = db.query("SELECT value FROM identities WHERE profile_id = ?1", &[P::Text(&profile)])?.iter().map(|r| r.text(0)).collect();
     keys.sort();
     keys.dedup();
-    db.lock_identities(&keys)?;
+    db.lock_identities(&keys, &[])?;
     db.lock_profile(&profile, true)?;
     // Journey sends are keyed by run; the runs and their log name the person.
     db.execute("DELETE FROM journey_sends WHERE run_id IN (SELECT id FROM journey_runs WHERE profile_id = ?1)", &[P::Text(&profile)])?;
@@ -956,7 +997,7 @@ pub(crate) fn tile_documents(db: &mut impl Db, kind: TileDocument) -> Result<Vec
 }
 
 /// The catalog ids of an order's products, each once, in order.
-fn ordered_products(mapping: &EventMapping, properties: &Map<String, Value>) -> Vec<String> {
+pub(crate) fn ordered_products(mapping: &EventMapping, properties: &Map<String, Value>) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     if let Some(Value::Array(products)) = properties.get(&mapping.products_property) {
         for id in products.iter().filter_map(|p| p.get(&mapping.product_id_property)?.as_str()) {
@@ -1082,7 +1123,7 @@ const RUN_COLUMNS: &str = "id, journey, profile_id, step, status, wake_at, step_
 /// (`entered_by`). Returns whether it started. Hosts sharing a database decide one
 /// customer's entry one at a time, and a unique index on unfinished runs backs that up.
 pub(crate) fn start_run(db: &mut impl Db, run: &JourneyRun, re_entry: &str) -> Result<bool, StoreError> {
-    db.lock_identities(&[format!("journey-entry:{}:{}", run.journey, run.profile_id)])?;
+    db.lock_identities(&[format!("journey-entry:{}:{}", run.journey, run.profile_id)], &[])?;
     let who = [P::Text(&run.journey), P::Text(&run.profile_id)];
     let blocking = if re_entry == "never" {
         "SELECT 1 FROM journey_runs WHERE journey = ?1 AND profile_id = ?2 LIMIT 1"

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +39,9 @@ const STATEMENT_CACHE: usize = 256;
 /// Requests one commit may carry; a bound keeps a burst from delaying the first reply.
 const MAX_GROUP: usize = 64;
 
+/// The writer's page cache, in KiB (negative, as `cache_size` takes it).
+const WRITER_CACHE_KIB: i64 = -256 * 1024;
+
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Work = Box<dyn FnOnce(&mut Transaction<'_>, &EventMapping) -> Completion + Send>;
 
@@ -72,18 +75,20 @@ fn db(e: rusqlite::Error) -> StoreError {
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     // secure_delete: a deleted or overwritten row's bytes are zeroed, not left in free
     // space, so an erased person (and every earlier value of their traits) is gone from the
-    // file once the WAL is folded in and truncated.
+    // file once the WAL is folded in and truncated. journal_size_limit: a WAL that grew in
+    // a burst is cut back to 128 MiB when it starts over, instead of keeping its peak size.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = OFF;
          PRAGMA secure_delete = ON;
+         PRAGMA journal_size_limit = 134217728;
          PRAGMA busy_timeout = 5000;",
     )
     .map_err(db)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)").map_err(db)?;
     let tx = conn.transaction().map_err(db)?;
     for (version, sql) in MIGRATIONS {
@@ -104,12 +109,18 @@ impl SqliteStore {
         }
         let mut conn = Connection::open(path).map_err(db)?;
         configure(&conn)?;
+        // The writer walks every index an event lands in: with SQLite's 2 MiB default its
+        // pages were read again from the OS on almost every insert once the file passed a
+        // few hundred MB.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB).map_err(db)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn)?;
         // Checkpoints move off the writer: run inside a commit, one copies thousands of
         // pages into the database and syncs it, and every write queued behind it waits.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(db)?;
-        let checkpoints = start_checkpointer(path)?;
+        // Frames in the WAL, as the last checkpoint counted them.
+        let wal_frames = Arc::new(AtomicI64::new(0));
+        let checkpoints = start_checkpointer(path, wal_frames.clone())?;
         let truncate = checkpoints.clone();
         let (writer, jobs) = mpsc::channel::<Job>();
         let mapping = Arc::new(mapping);
@@ -118,7 +129,7 @@ impl SqliteStore {
         let waiting = urgent_waiting.clone();
         std::thread::Builder::new()
             .name("rekindle-sqlite-writer".into())
-            .spawn(move || write_loop(conn, jobs, waiting, checkpoints, for_writer))
+            .spawn(move || write_loop(conn, jobs, waiting, checkpoints, wal_frames, for_writer))
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer,
@@ -242,7 +253,7 @@ const TRUNCATE_ATTEMPTS: usize = 20;
 
 /// Starts the thread that checkpoints the WAL into the database after commits, on its own
 /// connection, concurrently with the writer. Returns how to signal it.
-fn start_checkpointer(path: &Path) -> Result<mpsc::Sender<Checkpoint>, StoreError> {
+fn start_checkpointer(path: &Path, wal_frames: Arc<AtomicI64>) -> Result<mpsc::Sender<Checkpoint>, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
     let (signals, received) = mpsc::channel::<Checkpoint>();
@@ -261,8 +272,9 @@ fn start_checkpointer(path: &Path) -> Result<mpsc::Sender<Checkpoint>, StoreErro
                 if truncations.is_empty() {
                     // PASSIVE never waits for readers or the writer: it copies what it can,
                     // and the WAL starts over once a checkpoint has caught up.
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!("SQLite checkpoint failed: {e}");
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+                        Ok(frames) => wal_frames.store(frames, Ordering::Relaxed),
+                        Err(e) => tracing::warn!("SQLite checkpoint failed: {e}"),
                     }
                     // Batches the commits of the next moment into one checkpoint.
                     std::thread::sleep(CHECKPOINT_EVERY);
@@ -294,7 +306,14 @@ fn truncate(conn: &Connection) -> Result<(), StoreError> {
     Err(StoreError::Database("the WAL could not be truncated: readers kept it busy".into()))
 }
 
-fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, urgent_waiting: Arc<AtomicUsize>, checkpoints: mpsc::Sender<Checkpoint>, mapping: EventMapping) {
+fn write_loop(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    urgent_waiting: Arc<AtomicUsize>,
+    checkpoints: mpsc::Sender<Checkpoint>,
+    wal_frames: Arc<AtomicI64>,
+    mapping: EventMapping,
+) {
     let (mut urgent, mut bulk): (VecDeque<Work>, VecDeque<Work>) = (VecDeque::new(), VecDeque::new());
     loop {
         // Block only when there is nothing to do; otherwise take what has arrived.
@@ -329,6 +348,29 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, urgent_waiting: A
         }
         // The checkpointer serves every signal sent while it worked in one round.
         let _ = checkpoints.send(Checkpoint::Committed);
+        catch_up(&conn, &wal_frames);
+    }
+}
+
+/// Frames the WAL may hold before the writer stops to let a checkpoint catch up (4 KiB
+/// pages: 32 MiB).
+const CATCH_UP_FRAMES: i64 = 8_192;
+
+/// Lets a checkpoint catch up with the writer once the WAL has grown past
+/// [`CATCH_UP_FRAMES`]. The background checkpointer copies frames while the writer appends
+/// more, so under steady load it never reaches the end, and the WAL, which starts over
+/// only once a checkpoint has, grew by gigabytes a minute. Run here, between transactions,
+/// the checkpoint has only what the background one left to copy, and the next write
+/// starts the WAL over.
+fn catch_up(conn: &Connection, wal_frames: &AtomicI64) {
+    if wal_frames.load(Ordering::Relaxed) < CATCH_UP_FRAMES {
+        return;
+    }
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))) {
+        // Copied to the end: the next write starts the WAL over.
+        Ok((frames, copied)) if frames == copied => wal_frames.store(0, Ordering::Relaxed),
+        Ok((frames, _)) => wal_frames.store(frames, Ordering::Relaxed),
+        Err(e) => tracing::warn!("SQLite checkpoint failed: {e}"),
     }
 }
 

@@ -1,0 +1,480 @@
+//! The common case of ingestion in few statements: events of people already known, which
+//! create, link and merge nothing. A batch of them costs a handful of multi-row statements
+//! instead of about ten per message, which is what makes PostgreSQL (one round trip per
+//! statement) keep up. Everything else takes the per-message path in `logic`, in order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::StoreError;
+use crate::db::{Db, P};
+use crate::logic::{computed_from, ordered_products};
+use crate::model::{Computed, EventMapping, Message};
+
+/// The row counts a multi-row statement is cut into, largest first. A few fixed shapes
+/// mean few distinct statements, and PostgreSQL prepares each once per connection.
+const SHAPES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// `n` rows cut into [`SHAPES`], largest first.
+fn chunks(mut n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for shape in SHAPES {
+        while n >= shape {
+            sizes.push(shape);
+            n -= shape;
+        }
+    }
+    sizes
+}
+
+/// `(?1, ?2), (?3, ?4)`: the placeholders of `rows` rows of `columns` values, numbered
+/// from `first`.
+fn placeholders(rows: usize, columns: usize, first: usize) -> String {
+    let row = |r: usize| format!("({})", (0..columns).map(|c| format!("?{}", first + r * columns + c)).collect::<Vec<_>>().join(", "));
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// `?first, …` for an `IN` list of the smallest shape that holds `n` (at most the
+/// largest): a short list is padded with its last value, which `IN` ignores.
+fn in_list(n: usize, first: usize) -> (usize, String) {
+    let shape = SHAPES.iter().rev().copied().find(|&s| s >= n).unwrap_or(SHAPES[0]);
+    (shape, (0..shape).map(|i| format!("?{}", first + i)).collect::<Vec<_>>().join(", "))
+}
+
+/// Runs `sql(list)` for `values` in `IN` lists of fixed shapes, with `before` as the
+/// leading parameters; the rows of every call.
+fn query_in<'a>(db: &mut impl Db, values: &[&'a str], before: &[P<'a>], sql: impl Fn(&str) -> String) -> Result<Vec<crate::db::Row>, StoreError> {
+    let mut rows = Vec::new();
+    let mut rest = values;
+    while let Some(last) = rest.last() {
+        let (shape, list) = in_list(rest.len(), before.len() + 1);
+        let (now, later) = rest.split_at(shape.min(rest.len()));
+        let mut params: Vec<P<'a>> = before.to_vec();
+        params.extend(now.iter().map(|v| P::Text(v)));
+        params.resize(before.len() + shape, P::Text(last));
+        rows.extend(db.query(&sql(&list), &params)?);
+        rest = later;
+    }
+    Ok(rows)
+}
+
+/// Which messages of a batch are new, by source and message id, claiming their ids in a
+/// few statements. A message repeated within the batch is new only the first time.
+pub(crate) fn claim_message_ids(db: &mut impl Db, messages: &[Message]) -> Result<Vec<bool>, StoreError> {
+    let mut first = HashSet::new();
+    let unique: Vec<&Message> = messages.iter().filter(|m| first.insert((m.source.as_str(), m.message_id.as_str()))).collect();
+    let mut claimed: HashSet<(String, String)> = HashSet::new();
+    let mut rest = unique.as_slice();
+    for size in chunks(unique.len()) {
+        let (now, later) = rest.split_at(size);
+        let sql = format!(
+            "INSERT INTO messages (source, message_id, received_at) VALUES {} ON CONFLICT (source, message_id) DO NOTHING RETURNING source, message_id",
+            placeholders(size, 3, 1)
+        );
+        let params: Vec<P<'_>> = now.iter().flat_map(|m| [P::Text(&m.source), P::Text(&m.message_id), P::Int(m.received_at)]).collect();
+        claimed.extend(db.query(&sql, &params)?.iter().map(|r| (r.text(0), r.text(1))));
+        rest = later;
+    }
+    Ok(messages.iter().map(|m| claimed.remove(&(m.source.clone(), m.message_id.clone()))).collect())
+}
+
+/// Whether a message could take the plain path, if its ids are known: an event that
+/// writes no traits, consents or push token and names no previous id.
+pub(crate) fn plain_shape(msg: &Message) -> bool {
+    msg.event.is_some()
+        && msg.traits.is_empty()
+        && msg.consents.is_empty()
+        && msg.push_token.is_none()
+        && msg.previous_id.is_none()
+        && (msg.user_id.is_some() || msg.anonymous_id.is_some())
+}
+
+/// The profiles of the ids messages name, as the database has them now.
+#[derive(Default)]
+pub(crate) struct Known {
+    users: HashMap<String, String>,
+    anonymous: HashMap<String, String>,
+}
+
+impl Known {
+    /// Looks up the user and anonymous ids of `messages`.
+    pub(crate) fn read<'m>(db: &mut impl Db, messages: impl Iterator<Item = &'m Message>) -> Result<Known, StoreError> {
+        let (mut users, mut anonymous) = (Vec::new(), Vec::new());
+        for msg in messages {
+            users.extend(msg.user_id.as_deref());
+            anonymous.extend(msg.anonymous_id.as_deref());
+        }
+        let mut known = Known::default();
+        for (kind, ids, into) in [("user", users, &mut known.users), ("anonymous", anonymous, &mut known.anonymous)] {
+            let mut ids = ids;
+            ids.sort_unstable();
+            ids.dedup();
+            let rows = query_in(db, &ids, &[P::Text(kind)], |list| format!("SELECT value, profile_id FROM identities WHERE kind = ?1 AND value IN ({list})"))?;
+            into.extend(rows.iter().map(|r| (r.text(0), r.text(1))));
+        }
+        Ok(known)
+    }
+
+    /// The profile of a message of [`plain_shape`] whose every id is known and names the
+    /// same profile; `None` when resolving it would create, link or merge.
+    pub(crate) fn profile_of(&self, msg: &Message) -> Option<String> {
+        let user = msg.user_id.as_ref().map(|u| self.users.get(u));
+        let anonymous = msg.anonymous_id.as_ref().map(|a| self.anonymous.get(a));
+        match (user, anonymous) {
+            (Some(Some(user)), Some(Some(anonymous))) if user == anonymous => Some(user.clone()),
+            (Some(Some(user)), None) => Some(user.clone()),
+            (None, Some(Some(anonymous))) => Some(anonymous.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Plain events held back to be written together, in the order they came.
+#[derive(Default)]
+pub(crate) struct PlainEvents<'m> {
+    held: Vec<(&'m Message, String)>,
+    /// The profiles whose `updated_at` moves, by the time it moves to, for [`Self::finish`].
+    received: BTreeMap<i64, Vec<String>>,
+}
+
+impl<'m> PlainEvents<'m> {
+    pub(crate) fn push(&mut self, msg: &'m Message, profile: String) {
+        self.received.entry(msg.received_at).or_default().push(profile.clone());
+        self.held.push((msg, profile));
+    }
+
+    /// Writes what is held, as the per-message path would have: each profile's latest
+    /// time zone, the events, and for orders the computed traits and the products bought
+    /// together.
+    pub(crate) fn flush(&mut self, db: &mut impl Db, mapping: &EventMapping) -> Result<(), StoreError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.held);
+        set_time_zones(db, &held)?;
+        insert_events(db, &held)?;
+        count_orders(db, mapping, &held)?;
+        Ok(())
+    }
+
+    /// Flushes, then moves each profile's `updated_at` to its latest message's. That is
+    /// the last statement of the batch, in one go: it locks profile rows, which writers
+    /// sharing people both touch, and taking them all at once, in id order, at the end,
+    /// keeps two writers from each waiting for the other and holds them briefly.
+    pub(crate) fn finish(mut self, db: &mut impl Db, mapping: &EventMapping) -> Result<(), StoreError> {
+        self.flush(db, mapping)?;
+        let locked = db.for_update();
+        for (at, mut profiles) in std::mem::take(&mut self.received) {
+            profiles.sort_unstable();
+            profiles.dedup();
+            let profiles: Vec<&str> = profiles.iter().map(String::as_str).collect();
+            if !locked.is_empty() {
+                query_in(db, &profiles, &[P::Int(at)], |list| format!("SELECT id FROM profiles WHERE updated_at < ?1 AND id IN ({list}) ORDER BY id{locked}"))?;
+            }
+            query_in(db, &profiles, &[P::Int(at)], |list| {
+                format!("UPDATE profiles SET updated_at = ?1 WHERE updated_at < ?1 AND id IN ({list}) RETURNING id")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves each profile's time zone to the one of its latest-timestamped message, as the
+/// same updates message by message would.
+fn set_time_zones(db: &mut impl Db, held: &[(&Message, String)]) -> Result<(), StoreError> {
+    let mut zones: BTreeMap<&str, (&str, i64)> = BTreeMap::new();
+    for (msg, profile) in held {
+        if let Some(zone) = &msg.timezone {
+            let latest = zones.entry(profile).or_insert((zone, msg.timestamp));
+            // Later messages win ties, as the per-message update's `<=` lets them.
+            if msg.timestamp >= latest.1 {
+                *latest = (zone, msg.timestamp);
+            }
+        }
+    }
+    for (profile, (zone, at)) in zones {
+        db.execute(
+            "UPDATE profiles SET timezone = ?2, timezone_at = ?3 WHERE id = ?1 AND COALESCE(timezone_at, -1) <= ?3",
+            &[P::Text(profile), P::Text(zone), P::Int(at)],
+        )?;
+    }
+    Ok(())
+}
+
+fn insert_events(db: &mut impl Db, held: &[(&Message, String)]) -> Result<(), StoreError> {
+    let properties: Vec<String> = held.iter().map(|(msg, _)| serde_json::Value::Object(msg.properties.clone()).to_string()).collect();
+    let mut at = 0;
+    for size in chunks(held.len()) {
+        let sql = format!("INSERT INTO events (profile_id, name, timestamp, properties, message_id) VALUES {}", placeholders(size, 5, 1));
+        let mut params = Vec::with_capacity(size * 5);
+        for ((msg, profile), properties) in held[at..at + size].iter().zip(&properties[at..at + size]) {
+            let event = msg.event.as_deref().unwrap_or_default();
+            params.extend([P::Text(profile), P::Text(event), P::Int(msg.timestamp), P::Text(properties), P::Text(&msg.message_id)]);
+        }
+        db.execute(&sql, &params)?;
+        at += size;
+    }
+    Ok(())
+}
+
+/// The computed traits and co-purchase counts the orders among `held` move.
+fn count_orders(db: &mut impl Db, mapping: &EventMapping, held: &[(&Message, String)]) -> Result<(), StoreError> {
+    let orders: Vec<&(&Message, String)> = held.iter().filter(|(msg, _)| msg.event.as_ref() == Some(&mapping.order_completed)).collect();
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let mut buyers: Vec<&str> = orders.iter().map(|(_, profile)| profile.as_str()).collect();
+    buyers.sort_unstable();
+    buyers.dedup();
+    let rows = query_in(db, &buyers, &[], |list| {
+        format!("SELECT order_count, lifetime_value, first_order_at, last_order_at, category_counts, profile_id FROM computed WHERE profile_id IN ({list})")
+    })?;
+    let mut computed: BTreeMap<&str, Computed> = buyers.iter().map(|b| (*b, Computed::default())).collect();
+    for row in &rows {
+        if let Some(slot) = computed.get_mut(row.text(5).as_str()) {
+            *slot = computed_from(row);
+        }
+    }
+    // Pairs in a fixed order, so hosts counting the same pairs at once lock them alike.
+    let mut pairs: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (msg, profile) in orders {
+        if let Some(c) = computed.get_mut(profile.as_str()) {
+            c.add_order(mapping, msg.timestamp, &msg.properties);
+        }
+        let products = ordered_products(mapping, &msg.properties);
+        for a in &products {
+            for b in products.iter().filter(|b| *b != a) {
+                *pairs.entry((a.clone(), b.clone())).or_default() += 1;
+            }
+        }
+    }
+    save_all_computed(db, &computed.into_iter().collect::<Vec<_>>())?;
+    let pairs: Vec<_> = pairs.into_iter().collect();
+    let mut at = 0;
+    for size in chunks(pairs.len()) {
+        let sql = format!(
+            "INSERT INTO co_purchases (product_id, other_id, orders) VALUES {}
+             ON CONFLICT (product_id, other_id) DO UPDATE SET orders = co_purchases.orders + excluded.orders",
+            placeholders(size, 3, 1)
+        );
+        let params: Vec<P<'_>> = pairs[at..at + size].iter().flat_map(|((a, b), n)| [P::Text(a), P::Text(b), P::Int(*n)]).collect();
+        db.execute(&sql, &params)?;
+        at += size;
+    }
+    Ok(())
+}
+
+/// Saves each profile's computed traits, as `logic::save_computed` does one at a time.
+fn save_all_computed(db: &mut impl Db, computed: &[(&str, Computed)]) -> Result<(), StoreError> {
+    let rows: Vec<(&str, &Computed, String)> = computed
+        .iter()
+        .filter(|(_, c)| c.order_count > 0)
+        .map(|(profile, c)| (*profile, c, serde_json::Value::Object(c.category_counts.clone()).to_string()))
+        .collect();
+    let mut at = 0;
+    for size in chunks(rows.len()) {
+        let sql = format!(
+            "INSERT INTO computed (profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts) VALUES {}
+             ON CONFLICT (profile_id) DO UPDATE SET order_count = excluded.order_count, lifetime_value = excluded.lifetime_value,
+                 first_order_at = excluded.first_order_at, last_order_at = excluded.last_order_at, category_counts = excluded.category_counts",
+            placeholders(size, 6, 1)
+        );
+        let params: Vec<P<'_>> = rows[at..at + size]
+            .iter()
+            .flat_map(|(profile, c, categories)| {
+                [
+                    P::Text(profile),
+                    P::Int(c.order_count),
+                    P::Float(c.lifetime_value),
+                    P::OptInt(c.first_order_at),
+                    P::OptInt(c.last_order_at),
+                    P::Text(categories),
+                ]
+            })
+            .collect();
+        db.execute(&sql, &params)?;
+        at += size;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-message path every message took before: the reference the plain path must
+    /// match, table for table.
+    fn one_by_one(db: &mut impl Db, mapping: &EventMapping, messages: &[Message]) -> crate::model::IngestReport {
+        let mut report = crate::model::IngestReport::default();
+        for (index, msg) in messages.iter().enumerate() {
+            let sql = "INSERT INTO messages (source, message_id, received_at) VALUES (?1, ?2, ?3) ON CONFLICT (source, message_id) DO NOTHING";
+            if db.execute(sql, &[P::Text(&msg.source), P::Text(&msg.message_id), P::Int(msg.received_at)]).unwrap() == 0 {
+                report.duplicates += 1;
+                continue;
+            }
+            report.accepted += 1;
+            crate::logic::ingest_one(db, mapping, msg, index, &mut report).unwrap();
+        }
+        report
+    }
+
+    /// A mixed stream: anonymous browsing, logins, aliases, orders with products, time
+    /// zones and repeated message ids, over a few people, from a fixed seed.
+    fn stream(batch: usize, seed: &mut u64) -> Vec<Message> {
+        let mut next = |n: u64| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (*seed >> 33) % n
+        };
+        (0..40)
+            .map(|i| {
+                let person = next(6);
+                let mut msg = Message {
+                    source: "shop".into(),
+                    message_id: format!("m{batch}-{}", if next(10) == 0 { 0 } else { i }),
+                    kind: crate::model::MessageKind::Track,
+                    user_id: None,
+                    anonymous_id: None,
+                    previous_id: None,
+                    event: Some("Page Viewed".into()),
+                    properties: serde_json::Map::new(),
+                    traits: serde_json::Map::new(),
+                    // Coarse, so time zones tie and the later message must win.
+                    timestamp: 1_000_000 + ((batch * 100 + i) / 4) as i64 * 10 - next(3) as i64 * 10,
+                    received_at: 2_000_000 + batch as i64 * 1000 + next(3) as i64,
+                    timezone: (next(4) == 0).then(|| ["Europe/Paris", "America/Chicago"][next(2) as usize].to_string()),
+                    consents: Vec::new(),
+                    push_token: None,
+                    from_browser: next(3) == 0,
+                };
+                match next(8) {
+                    0 => msg.user_id = Some(format!("u{person}")),
+                    1 | 2 => msg.anonymous_id = Some(format!("a{person}-{}", next(2))),
+                    3 => {
+                        msg.user_id = Some(format!("u{person}"));
+                        msg.anonymous_id = Some(format!("a{person}-{}", next(2)));
+                    }
+                    4 => {
+                        msg.kind = crate::model::MessageKind::Identify;
+                        msg.event = None;
+                        msg.user_id = Some(format!("u{person}"));
+                        msg.anonymous_id = Some(format!("a{person}-{}", next(2)));
+                        msg.traits.insert("first_name".into(), format!("P{person}").into());
+                    }
+                    5 => {
+                        msg.kind = crate::model::MessageKind::Alias;
+                        msg.event = None;
+                        msg.user_id = Some(format!("u{person}"));
+                        msg.previous_id = Some(format!("a{}-0", next(6)));
+                    }
+                    _ => {
+                        msg.event = Some("Order Completed".into());
+                        msg.user_id = Some(format!("u{person}"));
+                        let products: Vec<serde_json::Value> =
+                            (0..next(4)).map(|p| serde_json::json!({"product_id": format!("p{}", (p + next(3)) % 5), "category": "shoes"})).collect();
+                        msg.properties.insert("revenue".into(), (10 + next(90)).into());
+                        msg.properties.insert("products".into(), products.into());
+                    }
+                }
+                msg
+            })
+            .collect()
+    }
+
+    /// Every table a message writes, with profile ids replaced by the identities each
+    /// profile has (ids are random per database).
+    fn dump(db: &mut impl Db) -> Vec<String> {
+        let mut names: HashMap<String, String> = HashMap::new();
+        for row in db.query("SELECT profile_id, kind || ':' || value FROM identities ORDER BY kind, value", &[]).unwrap() {
+            let name = names.entry(row.text(0)).or_default();
+            name.push_str(&row.text(1));
+            name.push(' ');
+        }
+        let mut out = Vec::new();
+        for (table, sql) in [
+            ("profiles", "SELECT id, updated_at, timezone, timezone_at FROM profiles"),
+            ("events", "SELECT profile_id, name, timestamp, properties, message_id FROM events ORDER BY id"),
+            ("computed", "SELECT profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts FROM computed"),
+            ("traits", "SELECT profile_id, name, value, updated_at FROM traits"),
+            ("identities", "SELECT profile_id, kind, value FROM identities"),
+            ("co_purchases", "SELECT product_id, other_id, orders FROM co_purchases"),
+            ("messages", "SELECT source, message_id, received_at FROM messages"),
+        ] {
+            let mut rows: Vec<String> = db
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let values: Vec<String> = r.0.iter().map(|v| format!("{v:?}")).collect();
+                    let mut line = values.join(" | ");
+                    for (id, name) in &names {
+                        line = line.replace(id, name);
+                    }
+                    format!("{table}: {line}")
+                })
+                .collect();
+            // Events keep their order; the other tables are sets.
+            if table != "events" {
+                rows.sort();
+            }
+            out.extend(rows);
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_through_the_plain_path_writes_what_one_message_at_a_time_wrote() {
+        let mapping = EventMapping::default();
+        let open = || {
+            let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+            crate::sqlite::migrate(&mut conn).unwrap();
+            conn
+        };
+        let (plain, reference) = (open(), open());
+        let canonical = |db: &mut crate::sqlite::Lite<'_>, report: crate::model::IngestReport| {
+            let names: HashMap<String, String> = db
+                .query(
+                    "SELECT profile_id, group_concat(kind || ':' || value, ' ') FROM (SELECT * FROM identities ORDER BY kind, value) GROUP BY profile_id",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.text(0), r.text(1)))
+                .collect();
+            let touched: Vec<String> =
+                report.touched.iter().map(|t| format!("{} {:?} {}", names.get(&t.profile_id).cloned().unwrap_or_default(), t.event, t.order)).collect();
+            let ignored: Vec<String> = report.ignored.iter().map(|i| format!("{} {} {}", i.index, i.field, i.reason)).collect();
+            (report.accepted, report.duplicates, touched, ignored)
+        };
+        let mut seed = 7;
+        let mut plain_paths = 0;
+        for batch in 0..30 {
+            let messages = stream(batch, &mut seed);
+            let mut a = crate::sqlite::Lite(&plain);
+            let mut b = crate::sqlite::Lite(&reference);
+            let report = crate::logic::ingest(&mut a, &mapping, &messages).unwrap();
+            let by_one = one_by_one(&mut b, &mapping, &messages);
+            // Touches that name an event took the plain path, or could have.
+            plain_paths += report.touched.iter().filter(|t| t.event.is_some()).count();
+            // Later batches may merge a profile a touch named, so compare each batch's now.
+            assert_eq!(canonical(&mut a, report), canonical(&mut b, by_one), "batch {batch}");
+            assert_eq!(dump(&mut a), dump(&mut b), "after batch {batch}");
+        }
+        assert!(plain_paths > 200, "the stream must exercise the plain path: {plain_paths}");
+    }
+
+    #[test]
+    fn rows_are_cut_into_few_shapes_that_add_up() {
+        for n in 0..700 {
+            let sizes = chunks(n);
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| SHAPES.contains(s)));
+        }
+        assert_eq!(chunks(100), [64, 16, 16, 4]);
+    }
+
+    #[test]
+    fn placeholders_number_rows_in_order() {
+        assert_eq!(placeholders(2, 3, 1), "(?1, ?2, ?3), (?4, ?5, ?6)");
+        assert_eq!(in_list(3, 2), (4, "?2, ?3, ?4, ?5".to_string()));
+        assert_eq!(in_list(1000, 1).0, 256);
+    }
+}
