@@ -130,16 +130,9 @@ async fn a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_neve
     let entered =
         http.post(format!("{host}/v1/journeys/Hello/entries")).bearer_auth("admin-token-for-tests").json(&json!({"userId": "mallory"})).send().await.unwrap();
     assert_eq!(entered.status(), 200, "{}", entered.text().await.unwrap());
-    // On a loaded machine the adapter may miss its turn; the engine then says so in the log
-    // and tries again a few seconds later, which the test follows on its clock.
-    for _ in 0..20 {
-        engine.tick(clock.now()).await.unwrap();
-        if !received.lock().unwrap().is_empty() {
-            break;
-        }
-        let log: Value = http.get(format!("{host}/v1/journeys/Hello/log")).bearer_auth("admin-token-for-tests").send().await.unwrap().json().await.unwrap();
-        assert!(log["log"].as_array().unwrap().iter().any(|e| e["action"] == "retrying"), "nothing reached the provider: {log}");
-        clock.advance(10_000);
+    // The host's own journey loop ticks too; a tick that found it ticking did nothing.
+    while engine.tick(clock.now()).await.unwrap().skipped {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     // The provider got the name exactly as written, escaped in the HTML part, and no key.
@@ -412,7 +405,9 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
     assert_eq!(send("/v1/identify", json!({"userId": "ann", "traits": {"renewal_date": max}}).to_string()).await.0, 200);
     let entered = http.post(format!("{host}/v1/journeys/Renewal/entries")).bearer_auth(ADMIN).json(&json!({"userId": "ann"})).send().await.unwrap();
     assert_eq!(entered.status(), 200);
-    engine.tick(clock.now()).await.unwrap();
+    while engine.tick(clock.now()).await.unwrap().skipped {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let log: Value = http.get(format!("{host}/v1/journeys/Renewal/log")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
     assert!(log["log"].as_array().unwrap().iter().any(|e| e["detail"] == "no date in trait `renewal_date`"), "{log}");
 }

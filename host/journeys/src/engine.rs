@@ -65,6 +65,8 @@ pub struct FrequencyCap {
 pub struct TickReport {
     pub entered: usize,
     pub advanced: usize,
+    /// Another host, or this host's own loop, held the tick: this one did nothing.
+    pub skipped: bool,
 }
 
 fn store(engine: &Engine) -> &Store {
@@ -121,7 +123,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let mut report = TickReport::default();
         if !store(self).take_lease(TICK_LEASE, &self.lease).await? {
-            return Ok(report);
+            return Ok(TickReport { skipped: true, ..report });
         }
         let mut journeys = Vec::new();
         let channels = self.deliverer.channel_names();

@@ -92,11 +92,10 @@ pub(crate) trait Db {
     /// Runs a query; returns every row.
     fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>, StoreError>;
 
-    /// Serialises writers that touch the same identities: a key locked `exclusive` waits
-    /// for every other holder, one locked `shared` only for exclusive ones. SQLite's single
-    /// writer needs nothing; PostgreSQL takes transaction-scoped advisory locks, since
-    /// several hosts may ingest for the same person at once.
-    fn lock_identities(&mut self, _exclusive: &[String], _shared: &[String]) -> Result<(), StoreError> {
+    /// Serialises writers that touch the same identities. SQLite's single writer needs
+    /// nothing; PostgreSQL takes transaction-scoped advisory locks, since several hosts
+    /// may ingest for the same person at once.
+    fn lock_identities(&mut self, _keys: &[String]) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -116,8 +115,9 @@ pub(crate) trait Db {
         ""
     }
 
-    /// What a `SELECT` that locks the rows it reads ends with: PostgreSQL's `FOR UPDATE`;
-    /// nothing on SQLite, whose single writer holds every row already.
+    /// What a `SELECT` that locks the rows it reads, to update them, ends with:
+    /// PostgreSQL's `FOR NO KEY UPDATE`; nothing on SQLite, whose single writer holds every
+    /// row already.
     fn for_update(&self) -> &'static str {
         ""
     }

@@ -252,21 +252,15 @@ fn identity_keys<'m>(messages: impl Iterator<Item = &'m Message>) -> Vec<String>
     keys
 }
 
-/// Whether a message only adds an event that moves nothing another writer could be moving
-/// too: a page view or cart add of someone known needs its people kept from merging or
-/// being erased meanwhile, not kept from each other. Orders move the computed traits,
-/// read and written whole, so they keep their people to themselves.
-fn shares_its_people(mapping: &EventMapping, msg: &Message) -> bool {
-    plain::plain_shape(msg) && msg.event.as_ref() != Some(&mapping.order_completed)
-}
-
 /// Stores a batch of messages; duplicates (by source and message id) are skipped. Events
 /// of people already known go together in a few statements ([`plain`]); any other message
 /// is written on its own, after everything before it.
 pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Message]) -> Result<IngestReport, StoreError> {
-    let exclusive = identity_keys(messages.iter().filter(|m| !shares_its_people(mapping, m)));
-    let shared = identity_keys(messages.iter().filter(|m| shares_its_people(mapping, m)));
-    db.lock_identities(&exclusive, &shared)?;
+    // Every identity the batch names, page views included: shared locks for page views
+    // were tried, and let two writers read a profile's computed traits at once and lose
+    // an order, and upgrading one for a visitor not yet known deadlocked against the same
+    // visitor's next request.
+    db.lock_identities(&identity_keys(messages.iter()))?;
     let fresh = plain::claim_message_ids(db, messages)?;
     let mut report = IngestReport::default();
     let mut held = plain::PlainEvents::default();
@@ -280,8 +274,10 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
         report.accepted += 1;
         if plain::plain_shape(msg) {
             if known.is_none() {
-                let rest = messages[index..].iter().filter(|m| plain::plain_shape(m));
-                known = Some(plain::Known::read(db, rest)?);
+                // Up to the next message that may change who is who: past it, this read
+                // would be stale anyway.
+                let run = messages[index..].iter().take_while(|m| plain::plain_shape(m));
+                known = Some(plain::Known::read(db, run)?);
             }
             if let Some(profile) = known.as_ref().and_then(|k| k.profile_of(msg)) {
                 report.touched.push(touch(mapping, msg, &profile));
@@ -290,10 +286,6 @@ pub(crate) fn ingest(db: &mut impl Db, mapping: &EventMapping, messages: &[Messa
             }
         }
         held.flush(db, mapping)?;
-        if shares_its_people(mapping, msg) {
-            // Someone not yet known: creating or linking them takes their ids for itself.
-            db.lock_identities(&identity_keys(std::iter::once(msg)), &[])?;
-        }
         ingest_one(db, mapping, msg, index, &mut report)?;
         known = None;
     }
@@ -436,7 +428,7 @@ pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreEr
     let mut keys: Vec<String> = db.query("SELECT value FROM identities WHERE profile_id = ?1", &[P::Text(&profile)])?.iter().map(|r| r.text(0)).collect();
     keys.sort();
     keys.dedup();
-    db.lock_identities(&keys, &[])?;
+    db.lock_identities(&keys)?;
     db.lock_profile(&profile, true)?;
     // Journey sends are keyed by run; the runs and their log name the person.
     db.execute("DELETE FROM journey_sends WHERE run_id IN (SELECT id FROM journey_runs WHERE profile_id = ?1)", &[P::Text(&profile)])?;
@@ -1123,7 +1115,7 @@ const RUN_COLUMNS: &str = "id, journey, profile_id, step, status, wake_at, step_
 /// (`entered_by`). Returns whether it started. Hosts sharing a database decide one
 /// customer's entry one at a time, and a unique index on unfinished runs backs that up.
 pub(crate) fn start_run(db: &mut impl Db, run: &JourneyRun, re_entry: &str) -> Result<bool, StoreError> {
-    db.lock_identities(&[format!("journey-entry:{}:{}", run.journey, run.profile_id)], &[])?;
+    db.lock_identities(&[format!("journey-entry:{}:{}", run.journey, run.profile_id)])?;
     let who = [P::Text(&run.journey), P::Text(&run.profile_id)];
     let blocking = if re_entry == "never" {
         "SELECT 1 FROM journey_runs WHERE journey = ?1 AND profile_id = ?2 LIMIT 1"

@@ -116,20 +116,15 @@ impl Db for PgTx<'_> {
         rows.iter().map(row_values).collect()
     }
 
-    fn lock_identities(&mut self, exclusive: &[String], shared: &[String]) -> Result<(), StoreError> {
-        if exclusive.is_empty() && shared.is_empty() {
+    fn lock_identities(&mut self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
             return Ok(());
         }
         // One round trip for the whole batch. Every writer takes its locks in the order of
         // their hashes (PostgreSQL evaluates a volatile target list after the sort), so two
-        // writers cannot each hold a lock the other waits for; a key asked for both ways
-        // is taken exclusive.
-        let sql = "SELECT CASE WHEN x THEN pg_advisory_xact_lock(h) ELSE pg_advisory_xact_lock_shared(h) END
-                   FROM (SELECT hashtextextended(k, 0) AS h, bool_or(x) AS x FROM unnest($1::text[], $2::bool[]) AS t(k, x) GROUP BY 1) AS keys
-                   ORDER BY h";
-        let keys: Vec<&str> = exclusive.iter().chain(shared).map(String::as_str).collect();
-        let modes: Vec<bool> = exclusive.iter().map(|_| true).chain(shared.iter().map(|_| false)).collect();
-        let result = self.statement(sql).and_then(|s| self.tx.execute(&s, &[&keys, &modes]));
+        // writers cannot each hold a lock the other waits for.
+        let sql = "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k) AS keys ORDER BY h";
+        let result = self.statement(sql).and_then(|s| self.tx.execute(&s, &[&keys]));
         result.map(drop).map_err(|e| {
             let err = db(&e);
             self.last_error = Some(e);
@@ -142,7 +137,7 @@ impl Db for PgTx<'_> {
     }
 
     fn for_update(&self) -> &'static str {
-        " FOR UPDATE"
+        " FOR NO KEY UPDATE"
     }
 
     fn lock_profile(&mut self, id: &str, exclusive: bool) -> Result<bool, StoreError> {

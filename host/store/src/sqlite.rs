@@ -273,7 +273,9 @@ fn start_checkpointer(path: &Path, wal_frames: Arc<AtomicI64>) -> Result<mpsc::S
                     // PASSIVE never waits for readers or the writer: it copies what it can,
                     // and the WAL starts over once a checkpoint has caught up.
                     match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-                        Ok(frames) => wal_frames.store(frames, Ordering::Relaxed),
+                        // -1 when the writer's own checkpoint was running.
+                        Ok(frames) if frames >= 0 => wal_frames.store(frames, Ordering::Relaxed),
+                        Ok(_) => {}
                         Err(e) => tracing::warn!("SQLite checkpoint failed: {e}"),
                     }
                     // Batches the commits of the next moment into one checkpoint.
@@ -366,10 +368,12 @@ fn catch_up(conn: &Connection, wal_frames: &AtomicI64) {
     if wal_frames.load(Ordering::Relaxed) < CATCH_UP_FRAMES {
         return;
     }
-    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))) {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))) {
+        // Another checkpoint was running (it answers -1 frames): the next commit asks again.
+        Ok((busy, _, _)) if busy != 0 => {}
         // Copied to the end: the next write starts the WAL over.
-        Ok((frames, copied)) if frames == copied => wal_frames.store(0, Ordering::Relaxed),
-        Ok((frames, _)) => wal_frames.store(frames, Ordering::Relaxed),
+        Ok((_, frames, copied)) if frames == copied => wal_frames.store(0, Ordering::Relaxed),
+        Ok((_, frames, _)) => wal_frames.store(frames, Ordering::Relaxed),
         Err(e) => tracing::warn!("SQLite checkpoint failed: {e}"),
     }
 }
