@@ -137,6 +137,8 @@ pub(crate) struct PlainEvents<'m> {
     held: Vec<(&'m Message, String)>,
     /// The profiles whose `updated_at` moves, by the time it moves to, for [`Self::finish`].
     received: BTreeMap<i64, Vec<String>>,
+    /// Orders counted for each pair of products bought together, for [`Self::finish`].
+    pairs: BTreeMap<(String, String), i64>,
 }
 
 impl<'m> PlainEvents<'m> {
@@ -155,7 +157,7 @@ impl<'m> PlainEvents<'m> {
         let held = std::mem::take(&mut self.held);
         set_time_zones(db, &held)?;
         insert_events(db, &held)?;
-        count_orders(db, mapping, &held)?;
+        count_orders(db, mapping, &held, &mut self.pairs)?;
         Ok(())
     }
 
@@ -164,6 +166,7 @@ impl<'m> PlainEvents<'m> {
     /// batch, so the row locks are held briefly.
     pub(crate) fn finish(mut self, db: &mut impl Db, mapping: &EventMapping) -> Result<(), StoreError> {
         self.flush(db, mapping)?;
+        count_co_purchases(db, std::mem::take(&mut self.pairs))?;
         let locked = db.for_update();
         for (at, mut profiles) in std::mem::take(&mut self.received) {
             profiles.sort_unstable();
@@ -218,8 +221,9 @@ fn insert_events(db: &mut impl Db, held: &[(&Message, String)]) -> Result<(), St
     Ok(())
 }
 
-/// The computed traits and co-purchase counts the orders among `held` move.
-fn count_orders(db: &mut impl Db, mapping: &EventMapping, held: &[(&Message, String)]) -> Result<(), StoreError> {
+/// The computed traits the orders among `held` move, and the pairs of products they
+/// bought together, counted into `pairs`.
+fn count_orders(db: &mut impl Db, mapping: &EventMapping, held: &[(&Message, String)], pairs: &mut BTreeMap<(String, String), i64>) -> Result<(), StoreError> {
     let orders: Vec<&(&Message, String)> = held.iter().filter(|(msg, _)| msg.event.as_ref() == Some(&mapping.order_completed)).collect();
     if orders.is_empty() {
         return Ok(());
@@ -242,8 +246,6 @@ fn count_orders(db: &mut impl Db, mapping: &EventMapping, held: &[(&Message, Str
             *slot = computed_from(row);
         }
     }
-    // Pairs in a fixed order, so hosts counting the same pairs at once lock them alike.
-    let mut pairs: BTreeMap<(String, String), i64> = BTreeMap::new();
     for (msg, profile) in orders {
         if let Some(c) = computed.get_mut(profile.as_str()) {
             c.add_order(mapping, msg.timestamp, &msg.properties);
@@ -256,6 +258,13 @@ fn count_orders(db: &mut impl Db, mapping: &EventMapping, held: &[(&Message, Str
         }
     }
     save_all_computed(db, &computed.into_iter().collect::<Vec<_>>())?;
+    Ok(())
+}
+
+/// Adds `pairs` to the co-purchase counts: once per batch and in key order, since writers
+/// for different people count the same pairs at once, and in any other order two of them
+/// could each wait for the other.
+fn count_co_purchases(db: &mut impl Db, pairs: BTreeMap<(String, String), i64>) -> Result<(), StoreError> {
     let pairs: Vec<_> = pairs.into_iter().collect();
     let mut at = 0;
     for size in chunks(pairs.len()) {
