@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::db::Row;
 use crate::model::{Computed, EventMapping};
 
 impl Computed {
@@ -68,6 +69,31 @@ fn categories(mapping: &EventMapping, properties: &Map<String, Value>) -> Vec<(S
             (!category.is_empty()).then(|| (category.to_string(), units))
         })
         .collect()
+}
+
+/// Computed traits as stored: `order_count, lifetime_value, first_order_at, last_order_at,
+/// category_counts`, in that order.
+pub(crate) fn computed_from(row: &Row) -> Computed {
+    Computed {
+        order_count: row.int(0),
+        lifetime_value: row.float(1),
+        first_order_at: row.opt_int(2),
+        last_order_at: row.opt_int(3),
+        category_counts: serde_json::from_str(&row.text(4)).unwrap_or_default(),
+    }
+}
+
+/// The catalog ids of an order's products, each once, in order.
+pub(crate) fn ordered_products(mapping: &EventMapping, properties: &Map<String, Value>) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    if let Some(Value::Array(products)) = properties.get(&mapping.products_property) {
+        for id in products.iter().filter_map(|p| p.get(&mapping.product_id_property)?.as_str()) {
+            if !id.is_empty() && !ids.iter().any(|seen| seen == id) {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use crate::StoreError;
+use crate::computed::{computed_from, ordered_products};
 use crate::db::{Db, P, Row};
 use crate::model::{
     CONTACT_TRAITS, Change, ClaimedSend, Computed, Consent, Contact, EventMapping, EventRef, Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun,
@@ -90,16 +91,6 @@ fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, b
         computed.add_order(mapping, row.int(0), &properties);
     }
     save_computed(db, target, &computed)
-}
-
-pub(crate) fn computed_from(row: &Row) -> Computed {
-    Computed {
-        order_count: row.int(0),
-        lifetime_value: row.float(1),
-        first_order_at: row.opt_int(2),
-        last_order_at: row.opt_int(3),
-        category_counts: serde_json::from_str(&row.text(4)).unwrap_or_default(),
-    }
 }
 
 fn load_computed(db: &mut impl Db, profile: &str) -> Result<Computed, StoreError> {
@@ -986,19 +977,6 @@ pub(crate) fn tile_documents(db: &mut impl Db, kind: TileDocument) -> Result<Vec
         TileDocument::PageSlot => "SELECT name, definition, updated_at FROM tile_slots ORDER BY name",
     };
     Ok(db.query(sql, &[])?.into_iter().map(|r| StoredDocument { id: r.text(0), definition: r.text(1), updated_at: r.int(2) }).collect())
-}
-
-/// The catalog ids of an order's products, each once, in order.
-pub(crate) fn ordered_products(mapping: &EventMapping, properties: &Map<String, Value>) -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    if let Some(Value::Array(products)) = properties.get(&mapping.products_property) {
-        for id in products.iter().filter_map(|p| p.get(&mapping.product_id_property)?.as_str()) {
-            if !id.is_empty() && !ids.iter().any(|seen| seen == id) {
-                ids.push(id.to_string());
-            }
-        }
-    }
-    ids
 }
 
 /// Counts one more order for every pair of products bought together in it.

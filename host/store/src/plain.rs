@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::StoreError;
+use crate::computed::{computed_from, ordered_products};
 use crate::db::{Db, P};
-use crate::logic::{computed_from, ordered_products};
 use crate::model::{Computed, EventMapping, Message};
 
 /// The row counts a multi-row statement is cut into, largest first. A few fixed shapes
