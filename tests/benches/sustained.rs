@@ -11,7 +11,8 @@
 //! - `postgres` and `postgres3`: one host, then three hosts sharing one database, on the
 //!   durable server `REKINDLE_BENCH_POSTGRES` names (`REKINDLE_PG_DURABLE=1 scripts/postgres`).
 //!
-//! `RUNS=sqlite,postgres,postgres3` picks them. With `REALTIME=on` the abandoned-cart
+//! `RUNS=sqlite,postgres,postgres3` picks them. `RATE` offers that many events/s instead
+//! of sending each batch as soon as the last was acknowledged. With `REALTIME=on` the abandoned-cart
 //! segment is real-time (`wait_minutes` 0) and a probe sends a new visitor's cart add every
 //! 1.5 s, timing until the first host lists the membership: real-time p99 at this load.
 //!
@@ -122,7 +123,7 @@ struct Report {
     probes: Vec<Duration>,
 }
 
-async fn load(hosts: &[String], seconds: u64, realtime: bool) -> Report {
+async fn load(hosts: &[String], seconds: u64, rate: Option<u64>, realtime: bool) -> Report {
     let http = reqwest::Client::new();
     if realtime {
         let segment = json!({"name": "carts", "slot": "abandoned-cart", "params": {"wait_minutes": 0}, "schedule": "realtime"});
@@ -155,7 +156,12 @@ async fn load(hosts: &[String], seconds: u64, realtime: bool) -> Report {
         let (http, stop, next_batch, acknowledged, now) = (http.clone(), stop.clone(), next_batch.clone(), acknowledged.clone(), now.clone());
         clients.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            // Each client's share of the offered rate, as one batch per tick.
+            let mut ticks = rate.map(|rate| tokio::time::interval(Duration::from_secs_f64((CLIENTS * PER_BATCH) as f64 / rate as f64)));
             while !stop.load(Ordering::Relaxed) {
+                if let Some(ticks) = &mut ticks {
+                    ticks.tick().await;
+                }
                 let body = batch(next_batch.fetch_add(1, Ordering::Relaxed), &now);
                 let sent = Instant::now();
                 let response = http.post(&url).basic_auth("bench-key", Some("")).header("content-type", "application/json").body(body).send().await.unwrap();
@@ -215,7 +221,11 @@ async fn probe_realtime(http: &reqwest::Client, hosts: &[String], stop: &AtomicB
                 latencies.push(acknowledged.elapsed());
                 break;
             }
-            assert!(acknowledged.elapsed() < Duration::from_secs(30), "probe {p} never entered: {profile}");
+            // A probe still waiting after two minutes is reported as that, not timed.
+            if acknowledged.elapsed() > Duration::from_secs(120) {
+                println!("    probe {p} not listed after 120 s");
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -246,6 +256,7 @@ fn stored_events(database: &Database) -> i64 {
 fn main() {
     let seconds: u64 = std::env::var("SECONDS").map_or(300, |s| s.parse().expect("SECONDS: a number"));
     let realtime = std::env::var("REALTIME").as_deref() == Ok("on");
+    let rate: Option<u64> = std::env::var("RATE").ok().map(|r| r.parse().expect("RATE: events per second"));
     let postgres = std::env::var("REKINDLE_BENCH_POSTGRES").ok();
     let runs = std::env::var("RUNS").unwrap_or_else(|_| if postgres.is_some() { "sqlite,postgres,postgres3".into() } else { "sqlite".into() });
     let client = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -261,7 +272,7 @@ fn main() {
         };
         let bases: Vec<String> = (0..hosts).map(|_| serve(database.clone())).collect();
         println!("{run}: {hosts} host(s), {seconds} s, {CLIENTS} clients, batches of {PER_BATCH}{}", if realtime { ", real-time cart segment" } else { "" });
-        let report = client.block_on(load(&bases, seconds, realtime));
+        let report = client.block_on(load(&bases, seconds, rate, realtime));
         let stored = stored_events(&database);
         let size = match &database {
             Database::Sqlite(path) => std::fs::metadata(path).map_or(0, |m| m.len()) / 1_000_000,
