@@ -26,6 +26,16 @@ fn chunks(mut n: usize) -> Vec<usize> {
     sizes
 }
 
+/// `rows` cut into slices of the [`SHAPES`], largest first.
+fn shaped<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    chunks(rows.len()).into_iter().map(move |size| {
+        let (now, later) = rest.split_at(size);
+        rest = later;
+        now
+    })
+}
+
 /// `(?1, ?2), (?3, ?4)`: the placeholders of `rows` rows of `columns` values, numbered
 /// from `first`.
 fn placeholders(rows: usize, columns: usize, first: usize) -> String {
@@ -66,16 +76,13 @@ pub(crate) fn claim_message_ids(db: &mut impl Db, messages: &[Message]) -> Resul
     // host) wait on them in the same order instead of each on the other.
     unique.sort_unstable_by(|a, b| (&a.source, &a.message_id).cmp(&(&b.source, &b.message_id)));
     let mut claimed: HashSet<(String, String)> = HashSet::new();
-    let mut rest = unique.as_slice();
-    for size in chunks(unique.len()) {
-        let (now, later) = rest.split_at(size);
+    for now in shaped(&unique) {
         let sql = format!(
             "INSERT INTO messages (source, message_id, received_at) VALUES {} ON CONFLICT (source, message_id) DO NOTHING RETURNING source, message_id",
-            placeholders(size, 3, 1)
+            placeholders(now.len(), 3, 1)
         );
         let params: Vec<P<'_>> = now.iter().flat_map(|m| [P::Text(&m.source), P::Text(&m.message_id), P::Int(m.received_at)]).collect();
         claimed.extend(db.query(&sql, &params)?.iter().map(|r| (r.text(0), r.text(1))));
-        rest = later;
     }
     Ok(messages.iter().map(|m| claimed.remove(&(m.source.clone(), m.message_id.clone()))).collect())
 }
@@ -206,17 +213,18 @@ fn set_time_zones(db: &mut impl Db, held: &[(&Message, String)]) -> Result<(), S
 }
 
 fn insert_events(db: &mut impl Db, held: &[(&Message, String)]) -> Result<(), StoreError> {
-    let properties: Vec<String> = held.iter().map(|(msg, _)| serde_json::Value::Object(msg.properties.clone()).to_string()).collect();
-    let mut at = 0;
-    for size in chunks(held.len()) {
-        let sql = format!("INSERT INTO events (profile_id, name, timestamp, properties, message_id) VALUES {}", placeholders(size, 5, 1));
-        let mut params = Vec::with_capacity(size * 5);
-        for ((msg, profile), properties) in held[at..at + size].iter().zip(&properties[at..at + size]) {
-            let event = msg.event.as_deref().unwrap_or_default();
-            params.extend([P::Text(profile), P::Text(event), P::Int(msg.timestamp), P::Text(properties), P::Text(&msg.message_id)]);
-        }
+    let rows: Vec<(&Message, &str, String)> =
+        held.iter().map(|(msg, profile)| (*msg, profile.as_str(), serde_json::Value::Object(msg.properties.clone()).to_string())).collect();
+    for now in shaped(&rows) {
+        let sql = format!("INSERT INTO events (profile_id, name, timestamp, properties, message_id) VALUES {}", placeholders(now.len(), 5, 1));
+        let params: Vec<P<'_>> = now
+            .iter()
+            .flat_map(|(msg, profile, properties)| {
+                let event = msg.event.as_deref().unwrap_or_default();
+                [P::Text(profile), P::Text(event), P::Int(msg.timestamp), P::Text(properties), P::Text(&msg.message_id)]
+            })
+            .collect();
         db.execute(&sql, &params)?;
-        at += size;
     }
     Ok(())
 }
@@ -266,16 +274,14 @@ fn count_orders(db: &mut impl Db, mapping: &EventMapping, held: &[(&Message, Str
 /// could each wait for the other.
 fn count_co_purchases(db: &mut impl Db, pairs: BTreeMap<(String, String), i64>) -> Result<(), StoreError> {
     let pairs: Vec<_> = pairs.into_iter().collect();
-    let mut at = 0;
-    for size in chunks(pairs.len()) {
+    for now in shaped(&pairs) {
         let sql = format!(
             "INSERT INTO co_purchases (product_id, other_id, orders) VALUES {}
              ON CONFLICT (product_id, other_id) DO UPDATE SET orders = co_purchases.orders + excluded.orders",
-            placeholders(size, 3, 1)
+            placeholders(now.len(), 3, 1)
         );
-        let params: Vec<P<'_>> = pairs[at..at + size].iter().flat_map(|((a, b), n)| [P::Text(a), P::Text(b), P::Int(*n)]).collect();
+        let params: Vec<P<'_>> = now.iter().flat_map(|((a, b), n)| [P::Text(a), P::Text(b), P::Int(*n)]).collect();
         db.execute(&sql, &params)?;
-        at += size;
     }
     Ok(())
 }
@@ -287,15 +293,14 @@ fn save_all_computed(db: &mut impl Db, computed: &[(&str, Computed)]) -> Result<
         .filter(|(_, c)| c.order_count > 0)
         .map(|(profile, c)| (*profile, c, serde_json::Value::Object(c.category_counts.clone()).to_string()))
         .collect();
-    let mut at = 0;
-    for size in chunks(rows.len()) {
+    for now in shaped(&rows) {
         let sql = format!(
             "INSERT INTO computed (profile_id, order_count, lifetime_value, first_order_at, last_order_at, category_counts) VALUES {}
              ON CONFLICT (profile_id) DO UPDATE SET order_count = excluded.order_count, lifetime_value = excluded.lifetime_value,
                  first_order_at = excluded.first_order_at, last_order_at = excluded.last_order_at, category_counts = excluded.category_counts",
-            placeholders(size, 6, 1)
+            placeholders(now.len(), 6, 1)
         );
-        let params: Vec<P<'_>> = rows[at..at + size]
+        let params: Vec<P<'_>> = now
             .iter()
             .flat_map(|(profile, c, categories)| {
                 [
@@ -309,7 +314,6 @@ fn save_all_computed(db: &mut impl Db, computed: &[(&str, Computed)]) -> Result<
             })
             .collect();
         db.execute(&sql, &params)?;
-        at += size;
     }
     Ok(())
 }
