@@ -246,30 +246,26 @@ impl HttpRequest {
 
 /// `application/x-www-form-urlencoded` text of `pairs`, as form APIs (Twilio) take it.
 pub fn form_urlencoded(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (i, (key, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        for (j, text) in [key, value].into_iter().enumerate() {
-            if j == 1 {
-                out.push('=');
-            }
-            for byte in text.bytes() {
-                match byte {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(byte as char),
-                    b' ' => out.push('+'),
-                    _ => {
-                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                        out.push('%');
-                        out.push(HEX[(byte >> 4) as usize] as char);
-                        out.push(HEX[(byte & 0xf) as usize] as char);
-                    }
-                }
-            }
-        }
+    ::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+/// The name and value pairs of `application/x-www-form-urlencoded` text (a form body, or a
+/// URL's query), decoded; a malformed escape is kept as written.
+pub fn form_decode(text: &str) -> Vec<(String, String)> {
+    ::form_urlencoded::parse(text.as_bytes()).map(|(name, value)| (name.into_owned(), value.into_owned())).collect()
+}
+
+impl HttpRequest {
+    /// The first header of `name`, compared case-insensitively.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
-    out
+
+    /// The decoded parameters of the URL's query.
+    pub fn query(&self) -> Vec<(String, String)> {
+        let query = self.url.split_once('?').map_or("", |(_, q)| q);
+        form_decode(query.split('#').next().unwrap_or(""))
+    }
 }
 
 impl HttpResponse {

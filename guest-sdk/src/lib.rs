@@ -52,7 +52,7 @@ mod rfm;
 mod template;
 mod time;
 
-pub use describe::form_urlencoded;
+pub use describe::{form_decode, form_urlencoded};
 pub use fmt::OneDecimal;
 pub use hashing::{AdPlatform, audience_change_key, hash_email, hash_phone, normalize_email, normalize_phone, percent_bucket, sha256_hex};
 pub use log::{log_level, log_line};
@@ -78,13 +78,14 @@ pub mod bindings {
         });
     }
 
-    /// The `channel-adapter-with-secrets` world: `channel-adapter` plus the optional
-    /// `reconcile` interface, which answers `unknown` unless the adapter implements it, and
-    /// the `secrets` import behind [`crate::secret`].
+    /// The `feedback-channel-adapter` world: `channel-adapter` plus the optional
+    /// `reconcile` interface, which answers `unknown` unless the adapter implements it, the
+    /// optional `feedback` interface, which answers `none` unless it does, and the
+    /// `secrets` import behind [`crate::secret`].
     pub mod channel {
         wit_bindgen::generate!({
             path: "../wit/since_v0.1.0",
-            world: "channel-adapter-with-secrets",
+            world: "feedback-channel-adapter",
             pub_export_macro: true,
             additional_derives: [PartialEq],
             export_macro_name: "export",
@@ -118,6 +119,7 @@ pub mod bindings {
 pub use bindings::channel::exports::rekindle::plugin::adapter::{
     AdapterInfo, AudienceChange, AudienceMember, ChannelKind, HttpMethod, HttpRequest, HttpResponse, Message, Outcome, Retry,
 };
+pub use bindings::channel::exports::rekindle::plugin::feedback::{FeedbackEvent, FeedbackKind, SignatureScheme};
 pub use bindings::channel::exports::rekindle::plugin::reconcile::Found;
 pub use bindings::rule::exports::rekindle::plugin::rule::{RuleInfo, Verdict};
 pub use bindings::rule::rekindle::plugin::log::Level;
@@ -170,6 +172,18 @@ pub trait Channel {
     fn confirm(_ctx: &Context, _message: &Message, _response: &HttpResponse) -> Found {
         Found::Unknown(NO_LOOKUP.into())
     }
+
+    /// How the provider signs its delivery webhooks, naming a declared secret; the host
+    /// checks the signature before [`Channel::parse_feedback`] sees the request. The
+    /// default takes no feedback.
+    fn signature() -> Option<SignatureScheme> {
+        None
+    }
+
+    /// The delivery reports in one webhook request whose signature the host checked.
+    fn parse_feedback(_ctx: &Context, _request: &HttpRequest) -> Result<Vec<FeedbackEvent>, String> {
+        Err(NO_FEEDBACK.into())
+    }
 }
 
 /// Where secret `name` goes in a request: the host puts the value there when it performs
@@ -194,6 +208,9 @@ pub fn basic_auth(user: &str, password: &str) -> String {
     #[cfg(not(target_arch = "wasm32"))]
     return alloc::format!("{{{{basic-auth:{user}:{password}#test}}}}");
 }
+
+/// Why an adapter without a feedback reader refuses webhooks.
+const NO_FEEDBACK: &str = "this adapter does not read its provider's webhooks";
 
 /// Why an adapter without a lookup cannot reconcile.
 const NO_LOOKUP: &str = "this adapter cannot ask its provider whether a message arrived";
@@ -252,7 +269,7 @@ macro_rules! export_rule {
     };
 }
 
-/// Exports a [`Channel`] implementation as the component's `channel-adapter-with-secrets`
+/// Exports a [`Channel`] implementation as the component's `feedback-channel-adapter`
 /// world.
 #[macro_export]
 #[rustfmt::skip]
@@ -310,6 +327,19 @@ macro_rules! export_channel {
                     <$channel as $crate::Channel>::confirm(&ctx, &message, &response)
                 }
             }
+            impl $crate::bindings::channel::exports::rekindle::plugin::feedback::Guest
+                for __RekindleChannel
+            {
+                fn signature() -> ::core::option::Option<$crate::SignatureScheme> {
+                    <$channel as $crate::Channel>::signature()
+                }
+                fn parse(
+                    ctx: $crate::Context,
+                    request: $crate::HttpRequest,
+                ) -> ::core::result::Result<Vec<$crate::FeedbackEvent>, String> {
+                    <$channel as $crate::Channel>::parse_feedback(&ctx, &request)
+                }
+            }
             $crate::bindings::channel::export!(__RekindleChannel with_types_in $crate::bindings::channel);
         };
     };
@@ -351,9 +381,10 @@ macro_rules! export_tiles {
 /// `format!` and `vec!`, since plugins are `#![no_std]`.
 pub mod prelude {
     pub use crate::{
-        AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context, EventQuery, EventSeries, Field, Found, HttpMethod,
-        HttpRequest, HttpResponse, InputQuery, Message, Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Retry, Rule, RuleInfo, Tile,
-        TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, audience_change_key, basic_auth, days, hours, minutes, secret,
+        AdapterInfo, AudienceChange, AudienceMember, Channel, ChannelKind, ContactKind, Context, EventQuery, EventSeries, FeedbackEvent, FeedbackKind, Field,
+        Found, HttpMethod, HttpRequest, HttpResponse, InputQuery, Message, Occurrence, Offer, Outcome, ParamKind, ParamSpec, Profile, Purpose, Retry, Rule,
+        RuleInfo, SignatureScheme, Tile, TileRequest, Tiles, TilesInfo, Timestamp, Value, Verdict, audience_change_key, basic_auth, days, hours, minutes,
+        secret,
     };
     pub use alloc::borrow::ToOwned;
     pub use alloc::boxed::Box;

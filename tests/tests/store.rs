@@ -9,7 +9,8 @@ rekindle_tests::on_each_backend!(
     anonymous_history_merges_into_the_user_on_login,
     concurrent_writers_each_get_their_answer,
     bulk_rule_inputs_page_through_everyone_with_what_rules_declared,
-    related_products_are_bought_together_then_from_favourite_categories
+    related_products_are_bought_together_then_from_favourite_categories,
+    a_resting_address_comes_back_when_its_suppression_expires_and_a_permanent_one_when_lifted
 );
 use serde_json::{Map, Value, json};
 
@@ -245,4 +246,37 @@ async fn related_products_are_bought_together_then_from_favourite_categories(bac
     assert_eq!(ids(store.related_products("ann", 10).await.unwrap()), ["sock", "scarf", "lace"]);
     assert_eq!(ids(store.related_products("ann", 1).await.unwrap()), ["sock"]);
     assert!(store.related_products("nobody", 10).await.unwrap().is_empty());
+}
+
+async fn a_resting_address_comes_back_when_its_suppression_expires_and_a_permanent_one_when_lifted(backend: Backend) {
+    use rekindle_store::{Suppress, SuppressTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let now = rekindle_store::now_ms();
+    store.ingest(vec![msg("i", Some("ann"), None, None, now, json!({"email": "ann@example.com", "phone": "+15550000001"}), json!({}))]).await.unwrap();
+    let active = |kind: &'static str| {
+        let store = &store;
+        async move { store.profile("ann", 0).await.unwrap().unwrap().contacts.iter().any(|c| c.kind == kind && c.active) }
+    };
+    let contact = |kind: &str| SuppressTarget::Contact { kind: kind.into(), address: None };
+    // A soft bounce rests the address for a while; here, a moment.
+    let soft = Suppress { target: contact("email"), reason: "soft bounce".into(), detail: None, expires_at: Some(rekindle_store::now_ms() + 300) };
+    assert_eq!(store.suppress("ann", "email", "k1", soft, now).await.unwrap(), 1);
+    assert!(!active("email").await, "resting");
+    let hard = Suppress { target: contact("phone"), reason: "hard bounce".into(), detail: Some("30006".into()), expires_at: None };
+    assert_eq!(store.suppress("ann", "sms", "k2", hard, now).await.unwrap(), 1);
+    assert!(!active("phone").await);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(active("email").await, "a soft bounce expires by itself");
+    assert!(!active("phone").await, "a hard bounce holds");
+    let live = store.suppressions(0, 10, false, rekindle_store::now_ms()).await.unwrap();
+    assert_eq!(live.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(), ["phone:+15550000001"]);
+    assert_eq!(store.suppressions(0, 10, true, rekindle_store::now_ms()).await.unwrap().len(), 2);
+    let lifted = store.lift_suppression(live[0].id, "ops", rekindle_store::now_ms()).await.unwrap().unwrap();
+    assert_eq!(lifted.lifted_by.as_deref(), Some("ops"));
+    assert!(active("phone").await, "lifted");
+    assert!(store.lift_suppression(live[0].id, "ops", rekindle_store::now_ms()).await.unwrap().is_none());
+    // Nobody by that id: nothing recorded.
+    let nobody = Suppress { target: contact("email"), reason: "hard bounce".into(), detail: None, expires_at: None };
+    assert_eq!(store.suppress("nobody", "email", "k3", nobody, now).await.unwrap(), 0);
 }

@@ -53,6 +53,10 @@ pub struct Config {
     /// How often the journey engine ticks and the scheduler looks for due segments
     /// (default 60; at most 60).
     pub tick_seconds: u64,
+    /// The URL the internet reaches this host at (`https://rekindle.example.com`), without
+    /// a path: providers are told to send delivery webhooks to
+    /// `PUBLIC_URL/v1/feedback/CHANNEL`, and sign them against that URL.
+    pub public_url: Option<String>,
 }
 
 /// `[[channels]]`: a name journeys use (`email`), the adapter's slot, its parameters, the
@@ -156,6 +160,7 @@ impl Default for Config {
             frequency_cap: None,
             run_lease_seconds: rekindle_journeys::engine::DEFAULT_LEASE.as_secs(),
             tick_seconds: 60,
+            public_url: None,
         }
     }
 }

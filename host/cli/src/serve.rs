@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// change contact points, consents and identified profiles, so keep it off web pages.
     #[arg(long = "server-source", value_parser = parse_server_source)]
     server_sources: Vec<SourceConfig>,
+    /// The URL the internet reaches this host at, which providers send delivery webhooks
+    /// to and sign them against (https://rekindle.example.com).
+    #[arg(long, env = "REKINDLE_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 fn parse_source(text: &str, kind: SourceKind) -> Result<SourceConfig, String> {
@@ -81,6 +85,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.sources.extend(args.sources);
     config.sources.extend(args.server_sources);
     config.postgres_url = args.postgres.or(config.postgres_url);
+    config.public_url = args.public_url.or(config.public_url);
+    if let Some(url) = &config.public_url {
+        check_public_url(url)?;
+    }
 
     let runtime = Runtime::new(RuntimeConfig {
         limits: config.kind_limits(),
@@ -111,6 +119,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_tile_origins(config.tiles.origins.clone())
         .with_lease(&host_id(&config.data_dir)?, std::time::Duration::from_secs(config.run_lease_seconds.max(1)));
     state.schedule_tick = std::time::Duration::from_secs(config.tick_seconds.clamp(1, 60));
+    state.public_url = config.public_url.as_ref().map(|url| url.trim_end_matches('/').to_string());
     let token_secret = match std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
         Some(value) => Some(long_secret(&value, "the token secret ([tiles] token_secret or REKINDLE_TOKEN_SECRET)")?),
         None => None,
@@ -120,7 +129,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_token_secret(secret.as_bytes(), ttl);
     }
     if !config.channels.is_empty() {
-        let channels = channel_configs(&config.channels)?;
+        let channels = channel_configs(&config.channels, state.public_url.as_deref())?;
         check_lease_outlasts_requests(config.run_lease_seconds, &channels)?;
         state = state.with_journeys(rekindle_journeys::delivery::Deliverer::new(channels)?, config.frequency_cap);
     }
@@ -314,6 +323,7 @@ async fn shutdown() {
 /// environment; a missing variable is an error naming the channel and the secret.
 fn channel_configs(
     sections: &[crate::config::ChannelSection],
+    public_url: Option<&str>,
 ) -> anyhow::Result<std::collections::HashMap<String, rekindle_journeys::delivery::ChannelConfig>> {
     let mut channels = std::collections::HashMap::new();
     for section in sections {
@@ -343,7 +353,28 @@ fn channel_configs(
         if let Some(seconds) = section.request_timeout_seconds {
             config.timeout = std::time::Duration::from_secs(seconds.max(1));
         }
+        if !section.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            anyhow::bail!("channel `{}`: a channel name may hold only letters, digits, `-`, `_` and `.`: it is part of its webhook URL", section.name);
+        }
+        config.feedback_url = public_url.map(|base| format!("{base}/v1/feedback/{}", section.name));
         channels.insert(section.name.clone(), config);
     }
     Ok(channels)
+}
+
+/// A public URL must be an absolute http(s) URL with no path, query or credentials:
+/// providers sign webhooks against exactly the URL they call.
+fn check_public_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("public_url `{url}` is not a URL"))?;
+    let ok = matches!(parsed.scheme(), "http" | "https")
+        && parsed.host_str().is_some()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.path() == "/"
+        && parsed.query().is_none()
+        && parsed.fragment().is_none();
+    if !ok {
+        anyhow::bail!("public_url `{url}` must be an http(s) URL with a host and nothing after it, like https://rekindle.example.com");
+    }
+    Ok(())
 }

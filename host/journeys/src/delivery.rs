@@ -32,6 +32,10 @@ use crate::egress::{FORBIDDEN_HEADERS, GuardedResolver, Origin, Redactor, privat
 /// answers are small, and an endpoint streaming gigabytes must not fill the host's memory.
 pub const MAX_ANSWER_BYTES: usize = 64 << 10;
 
+/// The parameter through which an adapter learns where its provider should send delivery
+/// webhooks (Twilio takes a callback URL on each message).
+pub const FEEDBACK_URL_PARAM: &str = "feedback_url";
+
 /// The longest the host waits between two attempts at one request, whatever the
 /// provider's Retry-After says: journeys wait on the send meanwhile.
 const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(30);
@@ -66,6 +70,10 @@ pub struct ChannelConfig {
     pub max_requests: usize,
     /// How long one request may take, answer included; past it the request is in doubt.
     pub timeout: Duration,
+    /// Where this host takes the channel's delivery webhooks
+    /// (`https://rekindle.example.com/v1/feedback/email`): given to an adapter that
+    /// declares a `feedback_url` parameter the operator left unset.
+    pub feedback_url: Option<String>,
 }
 
 impl std::fmt::Debug for ChannelConfig {
@@ -81,6 +89,7 @@ impl std::fmt::Debug for ChannelConfig {
             .field("rate_per_second", &self.rate_per_second)
             .field("max_attempts", &self.max_attempts)
             .field("max_requests", &self.max_requests)
+            .field("feedback_url", &self.feedback_url)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +110,7 @@ impl ChannelConfig {
             reconcile_after: Duration::from_secs(120),
             max_requests: 10,
             timeout: Duration::from_secs(15),
+            feedback_url: None,
         }
     }
 }
@@ -224,8 +234,24 @@ impl Deliverer {
             return Err(DeliveryError::Adapter(format!("slot `{}` holds a {} plugin, not a channel adapter", channel.config.slot, plugin.kind())));
         };
         let info = info.clone();
-        let params = merge_params(&info.params, &channel.config.params).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
+        let mut params = merge_params(&info.params, &channel.config.params).map_err(|e| DeliveryError::Adapter(e.to_string()))?;
+        if let Some(url) = &channel.config.feedback_url
+            && !channel.config.params.iter().any(|f| f.name == FEEDBACK_URL_PARAM)
+            && let Some(field) = params.iter_mut().find(|f| f.name == FEEDBACK_URL_PARAM)
+        {
+            field.value = rekindle_runtime::wit::Value::Text(url.clone());
+        }
         Ok((channel, plugin.clone(), info, Context { now: rekindle_store::now_ms(), params }))
+    }
+
+    /// Channel `name`'s adapter, what it declared, and a context for calling it now.
+    pub(crate) fn adapter(&self, name: &str, registry: &Registry) -> Result<(Arc<Plugin>, AdapterInfo, Context), DeliveryError> {
+        self.channel(name, registry).map(|(_, plugin, info, ctx)| (plugin, info, ctx))
+    }
+
+    /// The value of secret `secret` on channel `name`, if configured.
+    pub(crate) fn secret(&self, name: &str, secret: &str) -> Option<&str> {
+        self.channels.get(name)?.config.secrets.get(secret).map(String::as_str)
     }
 
     /// The configured channel names.

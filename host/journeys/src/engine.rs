@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use rekindle_runtime::Registry;
 use rekindle_runtime::wit::{AudienceChange, AudienceMember, Found, Outcome};
-use rekindle_store::{ClaimedSend, Clock, EventRef, JourneyLogEntry, JourneyRun, Lease, SendClaim, StepSend, Store, StoreError, StoredJourney};
+use rekindle_store::{
+    ClaimedSend, Clock, EventRef, JourneyLogEntry, JourneyRun, Lease, SendClaim, StepSend, Store, StoreError, StoredJourney, Suppress, SuppressTarget,
+};
 use serde_json::Value;
 
 use crate::definition::{self, Journey, JourneyError, Step, parse_duration};
@@ -481,6 +483,7 @@ impl Engine {
             Claim::Lost => return Ok(Sent::Lost),
         };
         let related = if send.products > 0 { store(self).related_products(&run.profile_id, send.products).await? } else { Vec::new() };
+        let address = to.clone();
         let message = match render(send.template, profile, send.voucher, &related, to, key.clone()) {
             Ok(message) => message,
             Err(e) => {
@@ -548,6 +551,15 @@ impl Engine {
             Err(e) => ("failed", e.to_string()),
         };
         store(self).settle_send(&key, action).await?;
+        if action == "not eligible"
+            && let Some(kind) = self.deliverer.needs(&self.registry, &channel).and_then(|needs| needs.contact)
+        {
+            // The provider refused the address itself (a number that texted STOP, a push
+            // token no longer registered): no journey tries it again until an operator lifts it.
+            let target = SuppressTarget::Contact { kind, address: Some(address) };
+            let suppress = Suppress { target, reason: "refused by provider".into(), detail: Some(detail.clone()), expires_at: None };
+            store(self).suppress(&run.profile_id, &channel, &key, suppress, now).await?;
+        }
         entries.push(log(run, step, action, Some(&channel), detail + &resent, now));
         Ok(Sent::Done)
     }

@@ -8,8 +8,10 @@ pub mod definition;
 pub mod delivery;
 mod egress;
 pub mod engine;
+pub mod feedback;
 pub mod messages;
 
 pub use definition::{Journey, JourneyError};
 pub use delivery::Deliverer;
 pub use engine::{Engine, FrequencyCap};
+pub use feedback::{FeedbackError, Webhook};

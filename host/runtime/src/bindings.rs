@@ -69,6 +69,108 @@ pub mod wit {
         Unknown(String),
     }
 
+    /// The optional interface a channel adapter exports to read its provider's webhooks.
+    pub const FEEDBACK_EXPORT: &str = "rekindle:plugin/feedback@0.1.0";
+
+    /// How a provider signs its webhooks, as `feedback.signature` answers; each names the
+    /// secret that checks the signature.
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower, Debug, Clone, PartialEq, Eq)]
+    #[component(variant)]
+    pub enum SignatureScheme {
+        /// ECDSA P-256 over SendGrid's timestamp header then the body.
+        #[component(name = "sendgrid-ecdsa")]
+        SendgridEcdsa(String),
+        /// HMAC-SHA1 over Twilio's URL and sorted form parameters.
+        #[component(name = "twilio-hmac-sha1")]
+        TwilioHmacSha1(String),
+        /// Rekindle's own timestamped HMAC-SHA256.
+        #[component(name = "hmac-sha256")]
+        HmacSha256(String),
+    }
+
+    impl SignatureScheme {
+        /// The secret that checks the signature.
+        pub fn secret(&self) -> &str {
+            match self {
+                SignatureScheme::SendgridEcdsa(name) | SignatureScheme::TwilioHmacSha1(name) | SignatureScheme::HmacSha256(name) => name,
+            }
+        }
+    }
+
+    /// What happened to a message after the provider accepted it.
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[component(enum)]
+    #[repr(u8)]
+    pub enum FeedbackKind {
+        #[component(name = "processed")]
+        Processed,
+        #[component(name = "sent")]
+        Sent,
+        #[component(name = "deferred")]
+        Deferred,
+        #[component(name = "delivered")]
+        Delivered,
+        #[component(name = "opened")]
+        Opened,
+        #[component(name = "clicked")]
+        Clicked,
+        #[component(name = "hard-bounce")]
+        HardBounce,
+        #[component(name = "soft-bounce")]
+        SoftBounce,
+        #[component(name = "dropped")]
+        Dropped,
+        #[component(name = "failed")]
+        Failed,
+        #[component(name = "spam-report")]
+        SpamReport,
+        #[component(name = "unsubscribed")]
+        Unsubscribed,
+    }
+
+    impl FeedbackKind {
+        /// The kind as the contract spells it, which is how the store keeps it.
+        pub fn name(self) -> &'static str {
+            match self {
+                FeedbackKind::Processed => "processed",
+                FeedbackKind::Sent => "sent",
+                FeedbackKind::Deferred => "deferred",
+                FeedbackKind::Delivered => "delivered",
+                FeedbackKind::Opened => "opened",
+                FeedbackKind::Clicked => "clicked",
+                FeedbackKind::HardBounce => "hard-bounce",
+                FeedbackKind::SoftBounce => "soft-bounce",
+                FeedbackKind::Dropped => "dropped",
+                FeedbackKind::Failed => "failed",
+                FeedbackKind::SpamReport => "spam-report",
+                FeedbackKind::Unsubscribed => "unsubscribed",
+            }
+        }
+    }
+
+    /// One thing a provider reports about one message, as `feedback.parse` answers.
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower, Debug, Clone, PartialEq, Eq)]
+    #[component(record)]
+    pub struct FeedbackEvent {
+        /// The message's idempotency key.
+        #[component(name = "send-key")]
+        pub send_key: String,
+        /// The provider's id for this report.
+        #[component(name = "event-id")]
+        pub event_id: String,
+        pub kind: FeedbackKind,
+        /// When it happened, in ms since the epoch.
+        pub at: i64,
+        /// The address reported about, when the provider names one.
+        pub recipient: Option<String>,
+        /// The provider's reason or error code.
+        pub reason: Option<String>,
+        /// The link clicked.
+        pub url: Option<String>,
+        /// An open by a privacy proxy, not a person.
+        pub machine: bool,
+    }
+
     /// The optional interface a rule exports to answer without building its reason.
     pub const PLACEMENT_EXPORT: &str = "rekindle:plugin/placement@0.1.0";
 

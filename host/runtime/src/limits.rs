@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::bindings::wit::{Found, HttpRequest, Outcome, Placed, Tile, Verdict};
+use crate::bindings::wit::{FeedbackEvent, Found, HttpRequest, Outcome, Placed, Tile, Verdict};
 use crate::error::CallError;
 use crate::json::info_to_json;
 use crate::kind::{Kind, PluginInfo};
@@ -152,6 +152,12 @@ impl OutputSize for Outcome {
             Outcome::RetryLater(retry) => retry.reason.len() + 4,
             Outcome::Failed(reason) | Outcome::NotEligible(reason) => reason.len(),
         }
+    }
+}
+
+impl OutputSize for FeedbackEvent {
+    fn output_size(&self) -> usize {
+        self.send_key.len() + self.event_id.len() + self.recipient.output_size() + self.reason.output_size() + self.url.output_size() + 10
     }
 }
 

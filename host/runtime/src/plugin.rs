@@ -11,8 +11,8 @@ use crate::bindings::channel::ChannelAdapterPre;
 use crate::bindings::rule::SegmentRulePre;
 use crate::bindings::tiles::PromoTilesPre;
 use crate::bindings::wit::{
-    AudienceChange, Context, Found, HttpRequest, HttpResponse, Message, Offer, Outcome, PLACEMENT_EXPORT, Placed, Profile, RECONCILE_EXPORT, RuleInfo, Tile,
-    TileRequest, Verdict,
+    AudienceChange, Context, FEEDBACK_EXPORT, FeedbackEvent, Found, HttpRequest, HttpResponse, Message, Offer, Outcome, PLACEMENT_EXPORT, Placed, Profile,
+    RECONCILE_EXPORT, RuleInfo, SignatureScheme, Tile, TileRequest, Verdict,
 };
 use crate::engine::{CallState, Runtime, RuntimeInner};
 use crate::error::{CallError, LoadError};
@@ -53,6 +53,9 @@ pub struct Plugin {
     /// A rule's optional `placement` export: its `place`, checked against the contract's
     /// type at load.
     placement: Option<ComponentExportIndex>,
+    /// A channel adapter's optional `feedback` export: how its provider signs webhooks (as
+    /// `signature()` answered at load) and its `parse`; `None` when it takes no feedback.
+    feedback: Option<(SignatureScheme, ComponentExportIndex)>,
     /// Confines a plugin whose calls ran past their deadline; see [`Plugin::call`].
     confinement: Confinement,
 }
@@ -150,10 +153,12 @@ impl Plugin {
             label,
             reconcile,
             placement,
+            feedback: None,
             confinement: Confinement::new(inner.pool.size()),
         };
         plugin.info = plugin.call_describe().map_err(|e| LoadError::Describe(Box::new(e)))?;
         plugin.check_placement()?;
+        plugin.feedback = plugin.load_feedback(&component)?;
         if plugin.info.name().trim().is_empty() {
             return Err(LoadError::Describe(Box::new(CallError::BadOutput("describe() returned an empty name".into()))));
         }
@@ -292,6 +297,63 @@ impl Plugin {
             // Not the component's shape: the instance could not be made (a full pool, say).
             Err(call) => Err(LoadError::Describe(Box::new(call))),
         }
+    }
+
+    /// How the adapter's provider signs webhooks and the `parse` to call on them, asked once
+    /// at load under the load-time deadline; `None` for an adapter that takes no feedback.
+    fn load_feedback(&self, component: &Component) -> Result<Option<(SignatureScheme, ComponentExportIndex)>, LoadError> {
+        let Pre::Channel(pre) = &self.pre else { return Ok(None) };
+        let Some(at) = component.get_export_index(None, FEEDBACK_EXPORT) else { return Ok(None) };
+        let mismatch = |what: String| LoadError::Invalid(format!("its export {FEEDBACK_EXPORT} does not match the contract: {what}"));
+        let (Some(signature), Some(parse)) = (component.get_export_index(Some(&at), "signature"), component.get_export_index(Some(&at), "parse")) else {
+            return Err(mismatch("it lacks `signature` or `parse`".into()));
+        };
+        let at_load = Limits { deadline: self.limits().deadline.max(LOAD_DEADLINE), ..self.limits() };
+        let answered = self.run_within(at_load, |store| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            if let Err(e) = instance.get_typed_func::<(&Context, &HttpRequest), (Result<Vec<FeedbackEvent>, String>,)>(&mut *store, parse) {
+                return Ok(Err(format!("{e:#}")));
+            }
+            let signature = match instance.get_typed_func::<(), (Option<SignatureScheme>,)>(&mut *store, signature) {
+                Ok(func) => func,
+                Err(e) => return Ok(Err(format!("{e:#}"))),
+            };
+            let (answer,) = signature.call(&mut *store, ())?;
+            Ok(Ok(answer))
+        });
+        let signature = match answered {
+            Ok(Ok(signature)) => signature,
+            Ok(Err(why)) => return Err(mismatch(why)),
+            Err(call) => return Err(LoadError::Describe(Box::new(call))),
+        };
+        let Some(signature) = signature else { return Ok(None) };
+        let PluginInfo::Channel(info) = &self.info else { return Ok(None) };
+        if !info.secrets.iter().any(|s| s == signature.secret()) {
+            let why = format!("feedback.signature() names the secret `{}`, which describe() does not declare", signature.secret());
+            return Err(LoadError::Describe(Box::new(CallError::BadOutput(why))));
+        }
+        Ok(Some((signature, parse)))
+    }
+
+    /// How the adapter's provider signs its webhooks; `None` when it takes no feedback.
+    pub fn feedback_signature(&self) -> Option<&SignatureScheme> {
+        self.feedback.as_ref().map(|(signature, _)| signature)
+    }
+
+    /// The delivery reports in one webhook request, whose signature the caller checked
+    /// against [`Plugin::feedback_signature`].
+    pub fn parse_feedback(&self, ctx: &Context, request: &HttpRequest) -> Result<Vec<FeedbackEvent>, CallError> {
+        let (Pre::Channel(pre), Some((_, parse))) = (&self.pre, &self.feedback) else {
+            return Err(CallError::WrongKind { function: "parse", kind: self.kind });
+        };
+        let parse = *parse;
+        let events = self.run(|store| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            let parse = instance.get_typed_func::<(&Context, &HttpRequest), (Result<Vec<FeedbackEvent>, String>,)>(&mut *store, parse)?;
+            let (events,) = parse.call(&mut *store, (ctx, request))?;
+            Ok(events)
+        })?;
+        check_size(events.map_err(CallError::Plugin)?, self.limits())
     }
 
     /// Evaluates a segment rule for one profile, already cut down to its declared input.

@@ -1,6 +1,7 @@
 //! The HTTP API, one module per area.
 
 pub(crate) mod admin;
+pub(crate) mod feedback;
 pub(crate) mod health;
 pub(crate) mod ingest;
 pub(crate) mod journeys;
@@ -43,8 +44,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(segments::router())
         .merge(tiles::admin_router())
         .merge(journeys::router())
+        .merge(feedback::admin_router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_admin_token));
-    Router::new().merge(health::router()).merge(admin).merge(browser).layer(axum::middleware::map_response(json_too_large)).with_state(state)
+    Router::new()
+        .merge(health::router())
+        .merge(admin)
+        .merge(browser)
+        .merge(feedback::public_router())
+        .layer(axum::middleware::map_response(json_too_large))
+        .with_state(state)
 }
 
 /// What the body-size limit answers, in our JSON error shape rather than axum's plain text,

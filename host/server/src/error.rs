@@ -30,6 +30,11 @@ pub enum ApiError {
     /// A part of the host this request needs is not configured or not running.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Refused with its own status and code, naming the field at fault when there is one:
+    /// what a provider's webhook gets (401 for a signature that does not hold, 422 for a
+    /// report about a send this host never made).
+    #[error("{message}")]
+    Refused { status: StatusCode, code: &'static str, message: String, field: Option<String> },
     /// The store failed; details go to the log only.
     #[error("the store could not complete the request")]
     Store(String),
@@ -65,6 +70,7 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Refused { status, .. } => *status,
         }
     }
 
@@ -80,6 +86,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Store(_) => "store",
+            ApiError::Refused { code, .. } => code,
         }
     }
 }
@@ -90,7 +97,7 @@ impl IntoResponse for ApiError {
             tracing::error!("internal error: {detail}");
         }
         let mut error = json!({ "code": self.code(), "message": self.to_string() });
-        if let ApiError::BadRequest { field: Some(field), .. } = &self {
+        if let ApiError::BadRequest { field: Some(field), .. } | ApiError::Refused { field: Some(field), .. } = &self {
             error["field"] = json!(field);
         }
         (self.status_code(), Json(json!({ "error": error }))).into_response()

@@ -45,6 +45,9 @@ pub struct AppState {
     /// The leases this host takes in a store it may share with other hosts: on journey
     /// runs, the journey tick and scheduled segment runs.
     pub lease: Lease,
+    /// The URL the internet reaches this host at (`https://rekindle.example.com`), which
+    /// providers sign their webhooks against; `None` takes the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 /// The customer-data store and the sources that may write to it.
@@ -124,6 +127,7 @@ impl AppState {
             token: None,
             journeys: None,
             lease: Lease::new(&uuid::Uuid::now_v7().simple().to_string(), rekindle_journeys::engine::DEFAULT_LEASE),
+            public_url: None,
         }
     }
 

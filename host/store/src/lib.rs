@@ -4,6 +4,7 @@
 mod clock;
 mod computed;
 mod db;
+mod feedback;
 mod logic;
 mod model;
 mod plain;
@@ -15,9 +16,10 @@ use std::path::Path;
 pub use clock::{Clock, now_ms};
 pub use logic::TileDocument;
 pub use model::{
-    CONTACT_TRAITS, Change, ClaimedSend, Computed, Consent, Contact, EventMapping, EventNeed, EventRef, Ignored, IngestReport, InputNeeds, JourneyLogEntry,
-    JourneyRun, Lease, MembershipChange, MembershipRecord, Message, MessageKind, Product, ProfileRecord, Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint,
-    RuleInput, Scope, SegmentDefinition, SendClaim, StepSend, StoredDocument, StoredEvent, StoredJourney, Touch, VerdictWrite,
+    CONTACT_TRAITS, Change, ClaimedSend, Computed, Consent, Contact, EventMapping, EventNeed, EventRef, FeedbackRefusal, FeedbackReport, FeedbackWrite,
+    Ignored, IngestReport, InputNeeds, JourneyLogEntry, JourneyRun, Lease, MembershipChange, MembershipRecord, Message, MessageKind, Product, ProfileRecord,
+    Purpose, RESERVED_TRAITS, RecordedCutoffs, RfmPoint, RuleInput, Scope, SegmentDefinition, SendClaim, StepSend, StoredDocument, StoredEvent, StoredJourney,
+    Suppress, SuppressTarget, Suppression, Touch, VerdictWrite,
 };
 
 /// Why a store operation failed.
@@ -119,6 +121,40 @@ impl Store {
     pub async fn set_contact(&self, id: &str, kind: &str, address: &str, active: bool, at: i64) -> Result<bool, StoreError> {
         let (id, kind, address) = (id.to_string(), kind.to_string(), address.to_string());
         on_backend!(self.write(|db, _mapping| logic::set_contact(db, &id, &kind, &address, active, at)))
+    }
+
+    /// Records a provider webhook's reports on `channel` atomically: refused as a whole
+    /// when one names a send this host never made; replayed reports change nothing.
+    pub async fn record_feedback(
+        &self,
+        channel: &str,
+        writes: Vec<FeedbackWrite>,
+        received_at: i64,
+    ) -> Result<Result<FeedbackReport, FeedbackRefusal>, StoreError> {
+        let channel = channel.to_string();
+        on_backend!(self.write(|db, _mapping| feedback::record_feedback(db, &channel, &writes, received_at)))
+    }
+
+    /// Switches off what `suppress` names on the profile `id` names, for a refused send on
+    /// `channel` (`send_key`); how many suppressions it recorded (0 when nobody matched).
+    pub async fn suppress(&self, id: &str, channel: &str, send_key: &str, suppress: Suppress, at: i64) -> Result<usize, StoreError> {
+        let (id, channel, send_key) = (id.to_string(), channel.to_string(), send_key.to_string());
+        on_backend!(self.write(|db, _mapping| {
+            let Some(profile) = logic::resolve_id(db, &id)? else { return Ok(0) };
+            feedback::suppress_profile(db, &profile, Some(&channel), Some(&send_key), &suppress, at)
+        }))
+    }
+
+    /// Suppressions with ids after `after`, oldest first, at most `limit`: only those
+    /// holding at `now`, or every one (lifted and expired too) when `all`.
+    pub async fn suppressions(&self, after: i64, limit: usize, all: bool, now: i64) -> Result<Vec<Suppression>, StoreError> {
+        on_backend!(self.read(|db, _mapping| feedback::suppressions(db, after, limit, all, now)))
+    }
+
+    /// Lifts suppression `id` on behalf of `by`; `None` when it is not live.
+    pub async fn lift_suppression(&self, id: i64, by: &str, at: i64) -> Result<Option<Suppression>, StoreError> {
+        let by = by.to_string();
+        on_backend!(self.write(|db, _mapping| feedback::lift_suppression(db, id, &by, at)))
     }
 
     /// Inserts or replaces catalog products.

@@ -60,6 +60,9 @@ fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, b
     for sql in [
         "UPDATE identities SET profile_id = ?2 WHERE profile_id = ?1",
         "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
+        // What providers reported and what it switched off follow the person.
+        "UPDATE feedback SET profile_id = ?2 WHERE profile_id = ?1",
+        "UPDATE suppressions SET profile_id = ?2 WHERE profile_id = ?1",
         "UPDATE profiles SET timezone = (SELECT timezone FROM profiles WHERE id = ?1),
                              timezone_at = (SELECT timezone_at FROM profiles WHERE id = ?1)
              WHERE id = ?2 AND COALESCE(timezone_at, -1) < COALESCE((SELECT timezone_at FROM profiles WHERE id = ?1), -1)",
@@ -198,12 +201,12 @@ fn forget_browser_contacts(db: &mut impl Db, profile: &str) -> Result<(), StoreE
 
 /// Who wrote a row: the merge rule above reads it.
 #[derive(Clone, Copy)]
-struct Writer {
+pub(crate) struct Writer {
     from_browser: bool,
 }
 
 /// What the admin API and provider feedback write: the operator's own word.
-const OPERATOR: Writer = Writer { from_browser: false };
+pub(crate) const OPERATOR: Writer = Writer { from_browser: false };
 
 fn upsert_trait(db: &mut impl Db, profile: &str, name: &str, value: &Value, at: i64, by: Writer) -> Result<(), StoreError> {
     db.execute(
@@ -225,7 +228,7 @@ fn upsert_contact(db: &mut impl Db, profile: &str, kind: &str, address: &str, ac
     .map(drop)
 }
 
-fn upsert_consent(db: &mut impl Db, profile: &str, purpose: Purpose, granted: bool, at: i64, by: Writer) -> Result<(), StoreError> {
+pub(crate) fn upsert_consent(db: &mut impl Db, profile: &str, purpose: Purpose, granted: bool, at: i64, by: Writer) -> Result<(), StoreError> {
     db.execute(
         "INSERT INTO consents (profile_id, purpose, granted, updated_at, from_browser) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at, from_browser = excluded.from_browser
@@ -423,7 +426,20 @@ pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreEr
     db.lock_profile(&profile, true)?;
     // Journey sends are keyed by run; the runs and their log name the person.
     db.execute("DELETE FROM journey_sends WHERE run_id IN (SELECT id FROM journey_runs WHERE profile_id = ?1)", &[P::Text(&profile)])?;
-    for table in ["events", "traits", "contacts", "consents", "computed", "identities", "memberships", "membership_log", "journey_runs", "journey_log"] {
+    for table in [
+        "events",
+        "traits",
+        "contacts",
+        "consents",
+        "computed",
+        "identities",
+        "memberships",
+        "membership_log",
+        "journey_runs",
+        "journey_log",
+        "feedback",
+        "suppressions",
+    ] {
         db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &[P::Text(&profile)])?;
     }
     db.execute("DELETE FROM profiles WHERE id = ?1", &[P::Text(&profile)])?;
@@ -453,6 +469,19 @@ pub(crate) fn upsert_products(db: &mut impl Db, products: &[Product], at: i64) -
     Ok(products.len())
 }
 
+/// The live suppressions of `profile` at `now`, as (kind, target) pairs: not lifted and
+/// not expired.
+pub(crate) fn live_targets(db: &mut impl Db, profile: &str, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(db
+        .query(
+            "SELECT kind, target FROM suppressions WHERE profile_id = ?1 AND lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
+            &[P::Text(profile), P::Int(now)],
+        )?
+        .iter()
+        .map(|r| (r.text(0), r.text(1)))
+        .collect())
+}
+
 /// Everything about one profile, with its `recent` latest events.
 pub(crate) fn read_profile(db: &mut impl Db, id: &str, recent: usize) -> Result<Option<ProfileRecord>, StoreError> {
     let Some(profile) = resolve_id(db, id)? else { return Ok(None) };
@@ -469,15 +498,26 @@ pub(crate) fn read_profile(db: &mut impl Db, id: &str, recent: usize) -> Result<
         .into_iter()
         .map(|r| (r.text(0), serde_json::from_str(&r.text(1)).unwrap_or(Value::Null), r.int(2)))
         .collect();
+    // A live suppression (a bounce, a complaint, an unsubscribe) holds whatever later
+    // messages said about the address or the consent.
+    let suppressed = live_targets(db, &profile, crate::clock::now_ms())?;
+    let held = |kind: &str, target: &str| suppressed.iter().any(|(k, t)| k == kind && t == target);
     let consents = db
         .query("SELECT purpose, granted, updated_at FROM consents WHERE profile_id = ?1 ORDER BY purpose", &who)?
         .into_iter()
-        .filter_map(|r| Some(Consent { purpose: Purpose::parse(&r.text(0))?, granted: r.bool(1), updated_at: r.int(2) }))
+        .filter_map(|r| {
+            let purpose = Purpose::parse(&r.text(0))?;
+            Some(Consent { purpose, granted: r.bool(1) && !held("consent", purpose.name()), updated_at: r.int(2) })
+        })
         .collect();
     let contacts = db
         .query("SELECT kind, address, active, updated_at FROM contacts WHERE profile_id = ?1 ORDER BY kind, address", &who)?
         .into_iter()
-        .map(|r| Contact { kind: r.text(0), address: r.text(1), active: r.bool(2), updated_at: r.int(3) })
+        .map(|r| {
+            let (kind, address) = (r.text(0), r.text(1));
+            let active = r.bool(2) && !held("contact", &format!("{kind}:{address}"));
+            Contact { kind, address, active, updated_at: r.int(3) }
+        })
         .collect();
     let recent_events = db
         .query(

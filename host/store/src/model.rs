@@ -459,3 +459,83 @@ pub struct StepSend {
     /// When the request last went out; `None` when it never did.
     pub sent_at: Option<i64>,
 }
+
+/// One provider report about a send, with what the deliver stage decided it means.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackWrite {
+    /// The provider's id for the report; one report per id and channel is kept.
+    pub event_id: String,
+    /// The send's idempotency key.
+    pub send_key: String,
+    /// The contract's kind (`delivered`, `hard-bounce`).
+    pub kind: String,
+    /// When it happened, in ms.
+    pub at: i64,
+    pub recipient: Option<String>,
+    pub reason: Option<String>,
+    pub url: Option<String>,
+    /// An open by a privacy proxy: kept, not counted.
+    pub machine: bool,
+    /// The profile event it records (`Email Opened`), if any.
+    pub event: Option<String>,
+    /// What it switches off, if anything.
+    pub suppress: Option<Suppress>,
+}
+
+/// What a suppression switches off, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Suppress {
+    pub target: SuppressTarget,
+    /// Short and stable: `hard bounce`, `spam complaint`, `unsubscribed`.
+    pub reason: String,
+    /// The provider's words or code.
+    pub detail: Option<String>,
+    /// When it stops holding; `None` holds until lifted.
+    pub expires_at: Option<i64>,
+}
+
+/// A contact point (by kind, and address when the report names one) or a consent purpose.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SuppressTarget {
+    Contact { kind: String, address: Option<String> },
+    Consent(Purpose),
+}
+
+/// What recording a webhook's reports did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FeedbackReport {
+    pub accepted: usize,
+    /// Reports recorded before (a replayed webhook).
+    pub duplicates: usize,
+    /// Suppressions the reports switched on.
+    pub suppressed: usize,
+    /// The profiles the reports changed, for real-time segments.
+    #[serde(skip)]
+    pub touched: Vec<Touch>,
+}
+
+/// Why a webhook's reports were refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedbackRefusal {
+    /// Report `index` names a send this host never made.
+    UnknownSendKey { index: usize, key: String },
+}
+
+/// A recorded suppression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Suppression {
+    pub id: i64,
+    pub profile_id: String,
+    /// `contact` or `consent`.
+    pub kind: String,
+    /// `email:ann@example.com` for a contact point, the purpose for a consent.
+    pub target: String,
+    pub reason: String,
+    pub detail: Option<String>,
+    pub channel: Option<String>,
+    pub send_key: Option<String>,
+    pub at: i64,
+    pub expires_at: Option<i64>,
+    pub lifted_at: Option<i64>,
+    pub lifted_by: Option<String>,
+}

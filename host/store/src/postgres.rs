@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/postgres/0009_written_by_browser.sql")),
     (10, include_str!("../migrations/postgres/0010_segment_cutoffs.sql")),
     (11, include_str!("../migrations/postgres/0011_several_hosts.sql")),
+    (12, include_str!("../migrations/postgres/0012_feedback.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/sqlite/0009_written_by_browser.sql")),
     (10, include_str!("../migrations/sqlite/0010_segment_cutoffs.sql")),
     (11, include_str!("../migrations/sqlite/0011_several_hosts.sql")),
+    (12, include_str!("../migrations/sqlite/0012_feedback.sql")),
 ];
 
 /// The least time between checkpoints.

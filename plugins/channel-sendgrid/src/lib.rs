@@ -6,6 +6,10 @@
 //! whether a message carries the send's idempotency key in its `custom_args`. That API
 //! needs SendGrid's extended activity history and an API key with Email Activity access;
 //! without them the lookup answers `unknown` and the host resends.
+//!
+//! SendGrid's signed Event Webhook reports what became of each message: the host checks
+//! its ECDSA signature with `SENDGRID_WEBHOOK_KEY` (the verification key SendGrid shows),
+//! and `parse_feedback` reads the events carrying our idempotency key back.
 #![no_std]
 
 use rekindle_sdk::prelude::*;
@@ -21,6 +25,7 @@ impl Channel for SendGrid {
             .consent(Purpose::Email)
             .host("api.sendgrid.com")
             .secret("SENDGRID_API_KEY")
+            .secret("SENDGRID_WEBHOOK_KEY")
             .param(ParamSpec::text("base_url", "https://api.sendgrid.com", "SendGrid's API root"))
             .param(ParamSpec::text("from_email", "", "The verified sender address"))
             .param(ParamSpec::text("from_name", "", "The sender name shown to customers"))
@@ -78,6 +83,64 @@ impl Channel for SendGrid {
             None => Found::Unknown("Email Activity's answer has no `messages` list".into()),
         }
     }
+
+    fn signature() -> Option<SignatureScheme> {
+        Some(SignatureScheme::SendgridEcdsa("SENDGRID_WEBHOOK_KEY".into()))
+    }
+
+    /// SendGrid posts a JSON array of events; those without our idempotency key (mail this
+    /// host did not send through the same account) are left out.
+    fn parse_feedback(ctx: &Context, request: &HttpRequest) -> Result<Vec<FeedbackEvent>, String> {
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&request.body).map_err(|e| format!("the body is not a JSON array of events: {e}"))?;
+        let mut out = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let text = |key: &str| event.get(key).and_then(|v| v.as_str()).map(String::from);
+            let Some(send_key) = text("idempotency_key") else { continue };
+            let name = text("event").ok_or_else(|| format!("event {index} has no `event`"))?;
+            let reason = text("reason").or_else(|| text("response")).or_else(|| text("status"));
+            let Some(kind) = kind_of(&name, text("type").as_deref(), reason.as_deref()) else { continue };
+            let at = event.get("timestamp").and_then(|t| t.as_i64()).map_or(ctx.now, |s| s.saturating_mul(1000));
+            // SendGrid's id is the same each time it sends an event again.
+            let event_id = text("sg_event_id").unwrap_or_else(|| format!("{}:{name}:{at}", text("sg_message_id").unwrap_or_default()));
+            out.push(FeedbackEvent {
+                send_key,
+                event_id,
+                kind,
+                at,
+                recipient: text("email"),
+                reason,
+                url: text("url"),
+                machine: event.get("sg_machine_open").and_then(|m| m.as_bool()).unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// What one SendGrid event is; `None` for those saying nothing about delivery
+/// (`group_resubscribe`) or unknown to this adapter.
+fn kind_of(event: &str, bounce_type: Option<&str>, reason: Option<&str>) -> Option<FeedbackKind> {
+    Some(match event {
+        "processed" => FeedbackKind::Processed,
+        "deferred" => FeedbackKind::Deferred,
+        "delivered" => FeedbackKind::Delivered,
+        "open" => FeedbackKind::Opened,
+        "click" => FeedbackKind::Clicked,
+        // `blocked` is the receiving server refusing for now (reputation, rate); a `bounce`
+        // is the address refused for good.
+        "bounce" if bounce_type == Some("blocked") => FeedbackKind::SoftBounce,
+        "bounce" => FeedbackKind::HardBounce,
+        // SendGrid drops mail to addresses on its own suppression lists: the same verdict.
+        "dropped" => match reason.unwrap_or("") {
+            r if r.contains("Bounced Address") || r.contains("Invalid") => FeedbackKind::HardBounce,
+            r if r.contains("Spam Reporting Address") => FeedbackKind::SpamReport,
+            r if r.contains("Unsubscribed Address") => FeedbackKind::Unsubscribed,
+            _ => FeedbackKind::Dropped,
+        },
+        "spamreport" => FeedbackKind::SpamReport,
+        "unsubscribe" | "group_unsubscribe" => FeedbackKind::Unsubscribed,
+        _ => return None,
+    })
 }
 
 rekindle_sdk::export_channel!(SendGrid);
@@ -120,6 +183,37 @@ mod tests {
             image: None,
             data: vec![],
         }
+    }
+
+    #[test]
+    fn reads_sendgrids_events_back_by_idempotency_key() {
+        let body = br#"[
+            {"email":"ann@example.com","timestamp":1700000000,"event":"delivered","sg_event_id":"e1","idempotency_key":"run-1:send:email"},
+            {"email":"ann@example.com","timestamp":1700000001,"event":"open","sg_event_id":"e2","sg_machine_open":true,"idempotency_key":"run-1:send:email"},
+            {"email":"ann@example.com","timestamp":1700000002,"event":"click","url":"https://shop.example/x","sg_event_id":"e3","idempotency_key":"run-1:send:email"},
+            {"email":"bob@example.com","timestamp":1700000003,"event":"bounce","type":"blocked","reason":"421 try later","sg_event_id":"e4","idempotency_key":"run-2:send:email"},
+            {"email":"cy@example.com","timestamp":1700000004,"event":"dropped","reason":"Bounced Address","sg_event_id":"e5","idempotency_key":"run-3:send:email"},
+            {"email":"other@example.com","timestamp":1700000005,"event":"delivered","sg_event_id":"e6"},
+            {"email":"ann@example.com","timestamp":1700000006,"event":"group_resubscribe","sg_event_id":"e7","idempotency_key":"run-1:send:email"}
+        ]"#;
+        let request = HttpRequest::new(HttpMethod::Post, "https://rekindle.example/v1/feedback/email").body(body.to_vec());
+        let events = SendGrid::parse_feedback(&ctx(), &request).unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| (e.event_id.as_str(), e.kind, e.machine)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("e1", FeedbackKind::Delivered, false),
+                ("e2", FeedbackKind::Opened, true),
+                ("e3", FeedbackKind::Clicked, false),
+                ("e4", FeedbackKind::SoftBounce, false),
+                ("e5", FeedbackKind::HardBounce, false)
+            ]
+        );
+        assert_eq!(events[0].at, 1_700_000_000_000);
+        assert_eq!(events[2].url.as_deref(), Some("https://shop.example/x"));
+        assert_eq!(events[3].reason.as_deref(), Some("421 try later"));
+        let not_json = HttpRequest::new(HttpMethod::Post, "https://x/").body(b"nonsense".to_vec());
+        assert!(SendGrid::parse_feedback(&ctx(), &not_json).unwrap_err().contains("JSON array"));
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! exactly the same body. One is taken as this message. The same text to the same number
 //! from another send within that window would be taken for it too; journeys rarely repeat
 //! a text so soon, and a repeat of it is what that case would otherwise cost.
+//!
+//! Each text asks Twilio to report its status to `feedback_url` (the host fills it in from
+//! its public URL), with the send's idempotency key in the query. The host checks Twilio's
+//! signature (HMAC-SHA1 under the auth token) before `parse_feedback` reads the report.
 #![no_std]
 
 use rekindle_sdk::form_urlencoded;
@@ -30,6 +34,7 @@ impl Channel for Twilio {
             .secret("TWILIO_AUTH_TOKEN")
             .param(ParamSpec::text("base_url", "https://api.twilio.com", "Twilio's API root"))
             .param(ParamSpec::text("from", "", "The sending number (E.164) or a Messaging Service SID (MG...)"))
+            .param(ParamSpec::text("feedback_url", "", "Where Twilio reports delivery (StatusCallback); the host sets it from its public URL"))
     }
 
     fn deliver(ctx: &Context, message: &Message) -> Result<Vec<HttpRequest>, String> {
@@ -40,7 +45,15 @@ impl Channel for Twilio {
             other => return Err(format!("parameter `from` must be an E.164 number or a Messaging Service SID, got `{other}`")),
         };
         let text = text_of(message);
-        let body = form_urlencoded(&[("To", &message.to), (sender, from), ("Body", &text)]);
+        let feedback = ctx.text("feedback_url")?;
+        let body = if feedback.is_empty() {
+            form_urlencoded(&[("To", &message.to), (sender, from), ("Body", &text)])
+        } else {
+            // Twilio keeps no key of ours on a message: the callback URL carries it back.
+            let separator = if feedback.contains('?') { '&' } else { '?' };
+            let callback = format!("{feedback}{separator}{}", form_urlencoded(&[("key", &message.idempotency_key)]));
+            form_urlencoded(&[("To", &message.to), (sender, from), ("Body", &text), ("StatusCallback", &callback)])
+        };
         let url = format!("{}/Messages.json", account_url(ctx)?);
         Ok(vec![
             HttpRequest::new(HttpMethod::Post, url)
@@ -83,6 +96,58 @@ impl Channel for Twilio {
             Some(found) => Found::Accepted(found["sid"].as_str().map(String::from)),
             None => Found::Absent,
         }
+    }
+
+    fn signature() -> Option<SignatureScheme> {
+        Some(SignatureScheme::TwilioHmacSha1("TWILIO_AUTH_TOKEN".into()))
+    }
+
+    /// One status callback: a form with `MessageSid`, `MessageStatus` and, when it did not
+    /// arrive, `ErrorCode`; the send's key is in the URL's query.
+    fn parse_feedback(ctx: &Context, request: &HttpRequest) -> Result<Vec<FeedbackEvent>, String> {
+        let Some((_, send_key)) = request.query().into_iter().find(|(name, _)| name == "key") else {
+            // Not a callback this host asked for.
+            return Ok(Vec::new());
+        };
+        let form = rekindle_sdk::form_decode(core::str::from_utf8(&request.body).map_err(|_| "the body is not UTF-8 form data".to_string())?);
+        let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let sid = field("MessageSid").or_else(|| field("SmsSid")).ok_or("the callback has no MessageSid")?;
+        let status = field("MessageStatus").or_else(|| field("SmsStatus")).ok_or("the callback has no MessageStatus")?;
+        let code = field("ErrorCode").and_then(|c| c.trim().parse::<i64>().ok());
+        let kind = match status.as_str() {
+            "accepted" | "queued" | "scheduled" => FeedbackKind::Processed,
+            "sending" | "sent" => FeedbackKind::Sent,
+            "delivered" => FeedbackKind::Delivered,
+            "read" => FeedbackKind::Opened,
+            "undelivered" | "failed" => failure_kind(code),
+            // canceled, receiving, received: nothing about this send's delivery.
+            _ => return Ok(Vec::new()),
+        };
+        Ok(vec![FeedbackEvent {
+            send_key,
+            // Twilio calls back once per status of a message.
+            event_id: format!("{sid}:{status}"),
+            kind,
+            // A callback carries no time; it comes as the status changes.
+            at: ctx.now,
+            recipient: field("To"),
+            reason: code.map(|c| format!("Twilio error {c}")),
+            url: None,
+            machine: false,
+        }])
+    }
+}
+
+/// Twilio error codes on an undelivered or failed text, by what they say about the number.
+fn failure_kind(code: Option<i64>) -> FeedbackKind {
+    match code {
+        // The recipient replied STOP.
+        Some(21610) => FeedbackKind::Unsubscribed,
+        // Unknown, unreachable or landline number; invalid or non-mobile To.
+        Some(30005 | 30006 | 21211 | 21614) => FeedbackKind::HardBounce,
+        // The handset is off or out of coverage: try again later.
+        Some(30003) => FeedbackKind::SoftBounce,
+        _ => FeedbackKind::Failed,
     }
 }
 
@@ -159,7 +224,38 @@ mod tests {
 
     fn ctx(from: &str) -> Context {
         let text = |name: &str, value: &str| Field { name: name.into(), value: Value::Text(value.into()) };
-        Context { now: 0, params: vec![text("base_url", "https://api.twilio.com"), text("from", from)] }
+        Context { now: 0, params: vec![text("base_url", "https://api.twilio.com"), text("from", from), text("feedback_url", "")] }
+    }
+
+    #[test]
+    fn asks_for_status_callbacks_and_reads_them() {
+        let mut ctx = ctx("+15550000000");
+        ctx.params[2].value = Value::Text("https://rekindle.example/v1/feedback/sms".into());
+        let request = Twilio::deliver(&ctx, &message()).unwrap().remove(0);
+        let form = rekindle_sdk::form_decode(core::str::from_utf8(&request.body).unwrap());
+        let callback = form.iter().find(|(k, _)| k == "StatusCallback").map(|(_, v)| v.as_str());
+        assert_eq!(callback, Some("https://rekindle.example/v1/feedback/sms?key=run-1%3Asend%3Asms"));
+        let report = |status: &str, code: &str| {
+            let body = format!("MessageSid=SM1&MessageStatus={status}&To=%2B15551230000&ErrorCode={code}");
+            HttpRequest::new(HttpMethod::Post, callback.unwrap()).body(body.into_bytes())
+        };
+        ctx.now = 42;
+        let delivered = Twilio::parse_feedback(&ctx, &report("delivered", "")).unwrap();
+        assert_eq!(delivered.len(), 1);
+        assert_eq!(
+            (delivered[0].send_key.as_str(), delivered[0].event_id.as_str(), delivered[0].kind),
+            ("run-1:send:sms", "SM1:delivered", FeedbackKind::Delivered)
+        );
+        assert_eq!((delivered[0].at, delivered[0].recipient.as_deref()), (42, Some("+15551230000")));
+        assert_eq!(Twilio::parse_feedback(&ctx, &report("undelivered", "21610")).unwrap()[0].kind, FeedbackKind::Unsubscribed);
+        assert_eq!(Twilio::parse_feedback(&ctx, &report("failed", "30006")).unwrap()[0].kind, FeedbackKind::HardBounce);
+        assert_eq!(Twilio::parse_feedback(&ctx, &report("undelivered", "30003")).unwrap()[0].kind, FeedbackKind::SoftBounce);
+        assert_eq!(Twilio::parse_feedback(&ctx, &report("undelivered", "30008")).unwrap()[0].kind, FeedbackKind::Failed);
+        // A callback without our key is not ours.
+        let foreign = HttpRequest::new(HttpMethod::Post, "https://rekindle.example/v1/feedback/sms").body(b"MessageSid=SM2&MessageStatus=sent".to_vec());
+        assert!(Twilio::parse_feedback(&ctx, &foreign).unwrap().is_empty());
+        let broken = HttpRequest::new(HttpMethod::Post, callback.unwrap()).body(b"MessageStatus=sent".to_vec());
+        assert!(Twilio::parse_feedback(&ctx, &broken).unwrap_err().contains("MessageSid"));
     }
 
     fn message() -> Message {

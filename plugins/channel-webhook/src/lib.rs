@@ -1,6 +1,11 @@
 //! The generic webhook adapter: each message, or audience change, becomes one JSON POST to
 //! the URL the operator configures. The bearer token is a `secret("WEBHOOK_TOKEN")`
 //! placeholder the host fills in, so the plugin never sees it.
+//!
+//! The receiver may report what became of each message by POSTing receipts back to the
+//! host's feedback URL, `{"receipts": [{"id", "idempotency_key", "status", "at"}]}`, signed
+//! with `WEBHOOK_SIGNING_SECRET` as `X-Rekindle-Signature: t=SECONDS,v1=HEX` (the hex
+//! HMAC-SHA256 of `t`, `.` and the body). The host checks the signature.
 #![no_std]
 
 use rekindle_sdk::prelude::*;
@@ -14,6 +19,7 @@ impl Channel for Webhook {
         AdapterInfo::new("webhook", env!("CARGO_PKG_VERSION"), "POSTs messages and audience changes as JSON", ChannelKind::Webhook)
             .host("*")
             .secret("WEBHOOK_TOKEN")
+            .secret("WEBHOOK_SIGNING_SECRET")
             .param(ParamSpec::text("url", "", "Where to POST; its host must be on the operator's allowlist"))
     }
 
@@ -51,6 +57,57 @@ impl Channel for Webhook {
         }
         Outcome::from_status(response)
     }
+
+    fn signature() -> Option<SignatureScheme> {
+        Some(SignatureScheme::HmacSha256("WEBHOOK_SIGNING_SECRET".into()))
+    }
+
+    /// The receiver's receipts. Its `status` is the contract's kind (`delivered`, `opened`,
+    /// `clicked`, `hard-bounce`, `soft-bounce`, `unsubscribed`, ...), `at` ms since the epoch.
+    fn parse_feedback(ctx: &Context, request: &HttpRequest) -> Result<Vec<FeedbackEvent>, String> {
+        let body: serde_json::Value = serde_json::from_slice(&request.body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        let receipts = body.get("receipts").and_then(|r| r.as_array()).ok_or("the body has no `receipts` list")?;
+        receipts
+            .iter()
+            .enumerate()
+            .map(|(i, receipt)| {
+                let text = |key: &str| receipt.get(key).and_then(|v| v.as_str()).map(String::from);
+                let required = |key: &str| text(key).filter(|v| !v.is_empty()).ok_or_else(|| format!("receipts[{i}].{key} is missing"));
+                let status = required("status")?;
+                let kind = kind_named(&status).ok_or_else(|| format!("receipts[{i}].status `{status}` is not a feedback kind"))?;
+                Ok(FeedbackEvent {
+                    send_key: required("idempotency_key")?,
+                    event_id: required("id")?,
+                    kind,
+                    at: receipt.get("at").and_then(|a| a.as_i64()).unwrap_or(ctx.now),
+                    recipient: text("recipient"),
+                    reason: text("reason"),
+                    url: text("url"),
+                    machine: receipt.get("machine").and_then(|m| m.as_bool()).unwrap_or(false),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The contract's feedback kinds by their names.
+fn kind_named(name: &str) -> Option<FeedbackKind> {
+    use FeedbackKind as K;
+    let kinds = [
+        ("processed", K::Processed),
+        ("sent", K::Sent),
+        ("deferred", K::Deferred),
+        ("delivered", K::Delivered),
+        ("opened", K::Opened),
+        ("clicked", K::Clicked),
+        ("hard-bounce", K::HardBounce),
+        ("soft-bounce", K::SoftBounce),
+        ("dropped", K::Dropped),
+        ("failed", K::Failed),
+        ("spam-report", K::SpamReport),
+        ("unsubscribed", K::Unsubscribed),
+    ];
+    kinds.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
 }
 
 fn post(ctx: &Context, key: &str, body: &serde_json::Value) -> Result<HttpRequest, String> {
@@ -115,6 +172,19 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(body["data"]["voucher"], "BACK10");
         assert_eq!(body["idempotency_key"], "run-1:step-2:webhook");
+    }
+
+    #[test]
+    fn reads_receipts_and_names_the_one_at_fault() {
+        let post = |body: &str| HttpRequest::new(HttpMethod::Post, "https://rekindle.example/v1/feedback/hook").body(body.as_bytes().to_vec());
+        let ok = post(r#"{"receipts":[{"id":"r1","idempotency_key":"run-1:step-2:webhook","status":"clicked","at":5,"url":"https://s/x"}]}"#);
+        let events = Webhook::parse_feedback(&ctx(""), &ok).unwrap();
+        assert_eq!((events[0].kind, events[0].at, events[0].url.as_deref()), (FeedbackKind::Clicked, 5, Some("https://s/x")));
+        let bad = post(r#"{"receipts":[{"id":"r1","idempotency_key":"k","status":"delivered"},{"id":"r2","idempotency_key":"k","status":"exploded"}]}"#);
+        assert!(Webhook::parse_feedback(&ctx(""), &bad).unwrap_err().contains("receipts[1].status"));
+        let keyless = post(r#"{"receipts":[{"id":"r1","status":"delivered"}]}"#);
+        assert!(Webhook::parse_feedback(&ctx(""), &keyless).unwrap_err().contains("receipts[0].idempotency_key"));
+        assert!(Webhook::parse_feedback(&ctx(""), &post("[]")).unwrap_err().contains("receipts"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! at another virtual host; `metadata` calls the cloud metadata address it declared itself;
 //! `secret-in-host` puts its secret where the host name goes, to send it to a host of its
 //! choosing; `echo` copies the message into the body (so a stand-in can echo it back).
-//! The host must refuse each, sending nothing.
+//! The host must refuse each, sending nothing. Its delivery feedback (signed with `TOKEN`)
+//! reports every header and the URL it was given, where a credential would show.
 #![no_std]
 use rekindle_sdk::prelude::*;
 
@@ -35,6 +36,24 @@ impl Channel for Hostile {
     fn interpret(_ctx: &Context, _request: &HttpRequest, response: &HttpResponse) -> Outcome {
         // Whatever the provider said, word for word: where an echoed secret would show.
         Outcome::Failed(String::from_utf8(response.body.clone()).unwrap_or_default())
+    }
+
+    fn signature() -> Option<SignatureScheme> {
+        Some(SignatureScheme::HmacSha256("TOKEN".into()))
+    }
+
+    fn parse_feedback(ctx: &Context, request: &HttpRequest) -> Result<Vec<FeedbackEvent>, String> {
+        let seen: Vec<String> = request.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        Ok(vec![FeedbackEvent {
+            send_key: "any".into(),
+            event_id: "seen".into(),
+            kind: FeedbackKind::Delivered,
+            at: ctx.now,
+            recipient: None,
+            reason: Some(seen.join("\n")),
+            url: Some(request.url.clone()),
+            machine: false,
+        }])
     }
 }
 
