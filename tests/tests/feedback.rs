@@ -52,6 +52,9 @@ fn sendgrid_signed(body: &[u8], timestamp: &str) -> Vec<(&'static str, String)> 
 
 const TWILIO_TOKEN: &str = "twilio-auth-token";
 
+/// Where the internet reaches the host, behind a proxy the test does without.
+const PUBLIC: &str = "https://rekindle.example";
+
 /// What Twilio sends to a StatusCallback: form parameters, signed with the auth token over
 /// the URL then each parameter's name and value, sorted by name.
 fn twilio_signed(url: &str, params: &[(&str, &str)]) -> (Vec<(&'static str, String)>, Vec<u8>) {
@@ -130,12 +133,13 @@ async fn provider_webhooks_change_profiles_and_suppressions_and_forgeries_change
     sms.params = vec![text("base_url", &provider_base), text("from", "+15550000000")];
     sms.secrets = HashMap::from([("TWILIO_ACCOUNT_SID".to_string(), "AC1".to_string()), ("TWILIO_AUTH_TOKEN".to_string(), TWILIO_TOKEN.to_string())]);
     sms.allowed_hosts = vec![provider_base.clone()];
-    sms.feedback_url = Some(format!("{host}/v1/feedback/sms"));
+    // The public URL is what Twilio signs; the test reaches the same host on loopback.
+    sms.feedback_url = Some(format!("{PUBLIC}/v1/feedback/sms"));
     let deliverer = Deliverer::new(HashMap::from([("email".to_string(), email), ("sms".to_string(), sms)])).unwrap();
     let sources = [("key".to_string(), rekindle_server::Source::server("backend"))].into_iter().collect();
     let mut state =
         AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store: store.into(), sources }).with_journeys(deliverer, None);
-    state.public_url = Some(host.clone());
+    state.public_url = Some(PUBLIC.to_string());
     let engine = state.journeys.clone().unwrap();
     let store = state.ingestion.clone().unwrap().store.clone();
     let app = rekindle_server::app(state);
@@ -163,7 +167,9 @@ async fn provider_webhooks_change_profiles_and_suppressions_and_forgeries_change
     let text_to_bob = sent.iter().find(|r| r.path.ends_with("/Messages.json")).expect("a text to Bob");
     let form: HashMap<String, String> = form_urlencoded::parse(&text_to_bob.body).into_owned().collect();
     let callback = form["StatusCallback"].clone();
-    assert!(callback.starts_with(&format!("{host}/v1/feedback/sms?key=")), "{callback}");
+    assert!(callback.starts_with(&format!("{PUBLIC}/v1/feedback/sms?key=")), "{callback}");
+    let bob_key: String = form_urlencoded::parse(callback.split_once('?').unwrap().1.as_bytes()).find(|(k, _)| k == "key").unwrap().1.into_owned();
+    let on_loopback = |url: &str| url.replace(PUBLIC, &host);
 
     let http = reqwest::Client::new();
     let post = |path: String, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
@@ -218,12 +224,34 @@ async fn provider_webhooks_change_profiles_and_suppressions_and_forgeries_change
     other_key[1].1 = base64::engine::general_purpose::STANDARD.encode(stranger.to_der().as_bytes());
     assert_eq!(post(feedback_email.clone(), other_key, tampered.clone()).await.unwrap().status(), 401);
     assert_eq!(post(feedback_email.clone(), vec![("content-type", "application/json".into())], tampered).await.unwrap().status(), 401);
-    // Signed, but about a send this host never made: refused whole, naming the report.
-    let foreign = serde_json::to_vec(&json!([sg("e5", "delivered", json!({})), sg("e6", "bounce", json!({"idempotency_key": "run-x:hello:email"}))])).unwrap();
+    // Signed, but about sends this host never made on this channel (one is Bob's text):
+    // refused whole, naming the report.
+    let foreign = serde_json::to_vec(&json!([
+        sg("e5", "delivered", json!({"idempotency_key": "run-x:hello:email"})),
+        sg("e6", "bounce", json!({"idempotency_key": bob_key}))
+    ]))
+    .unwrap();
     let unknown = post(feedback_email.clone(), sendgrid_signed(&foreign, &at.to_string()), foreign).await.unwrap();
     assert_eq!(unknown.status(), 422);
     let unknown: Value = unknown.json().await.unwrap();
-    assert_eq!(unknown["error"]["field"], "reports[1].send_key", "{unknown}");
+    assert_eq!(unknown["error"]["field"], "reports[0].send_key", "{unknown}");
+    // One stray report among ours does not hold the others up; it is named.
+    let mixed = serde_json::to_vec(&json!([sg("e6", "bounce", json!({"idempotency_key": bob_key})), sg("e8", "deferred", json!({}))])).unwrap();
+    let mixed: Value = post(feedback_email.clone(), sendgrid_signed(&mixed, &at.to_string()), mixed).await.unwrap().json().await.unwrap();
+    assert_eq!(mixed["accepted"], 1, "{mixed}");
+    assert_eq!(mixed["ignored"][0]["field"], "reports[0].send_key", "{mixed}");
+    // Over the body limit; a Twilio callback has a lower one, checked before its signature.
+    // The host may answer 413 and close before the client has written it all; a client that
+    // then cannot finish writing was refused just the same.
+    let refused_as_too_large = |sent: Result<reqwest::Response, reqwest::Error>| match sent {
+        Ok(answer) => answer.status() == 413,
+        Err(e) => e.is_request(),
+    };
+    let huge = vec![b' '; 5 << 20];
+    assert!(refused_as_too_large(post(feedback_email.clone(), sendgrid_signed(&huge, &at.to_string()), huge).await));
+    let big_form = format!("MessageSid=SM1&x={}", "a".repeat(100 << 10)).into_bytes();
+    let big = post(on_loopback(&callback), vec![("X-Twilio-Signature", "AAAA".into())], big_form).await.unwrap();
+    assert_eq!(big.status(), 413, "{}", big.text().await.unwrap());
     // Signed, but not SendGrid's format.
     let malformed = post(feedback_email.clone(), sendgrid_signed(b"{\"not\": \"a list\"}", &at.to_string()), b"{\"not\": \"a list\"}".to_vec()).await.unwrap();
     assert_eq!(malformed.status(), 400);
@@ -258,15 +286,15 @@ async fn provider_webhooks_change_profiles_and_suppressions_and_forgeries_change
 
     // Twilio reports Bob's text delivered, then (another status) the number texted STOP.
     let (headers, body) = twilio_signed(&callback, &[("MessageSid", "SM1"), ("MessageStatus", "delivered"), ("To", "+15551230002"), ("AccountSid", "AC1")]);
-    let answer = post(callback.clone(), headers, body).await.unwrap();
+    let answer = post(on_loopback(&callback), headers, body).await.unwrap();
     assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
     assert_eq!(events_of("bob").await, ["SMS Delivered"]);
     // Signed for another URL (another send's key): refused.
-    let elsewhere = callback.replace("key=", "key=x");
+    let elsewhere = on_loopback(&callback).replace("key=", "key=x");
     let (headers, body) = twilio_signed(&callback, &[("MessageSid", "SM1"), ("MessageStatus", "failed"), ("ErrorCode", "21610")]);
     assert_eq!(post(elsewhere, headers, body).await.unwrap().status(), 401);
     let (headers, body) = twilio_signed(&callback, &[("MessageSid", "SM1"), ("MessageStatus", "undelivered"), ("ErrorCode", "21610"), ("To", "+15551230002")]);
-    let answer = post(callback.clone(), headers, body).await.unwrap();
+    let answer = post(on_loopback(&callback), headers, body).await.unwrap();
     assert_eq!(answer.json::<Value>().await.unwrap(), json!({"accepted": 1, "duplicates": 0, "suppressed": 1}));
     let bob = store.profile("bob", 0).await.unwrap().unwrap();
     assert!(bob.consents.iter().any(|c| c.purpose == Purpose::Sms && !c.granted), "STOP withdraws SMS consent: {:?}", bob.consents);
@@ -379,7 +407,7 @@ async fn the_adapter_reads_a_verified_webhook_without_the_credentials_on_it() {
     };
     let signed = rekindle_journeys::feedback::rekindle_signature("webhook-secret", now / 1000, &body);
     let writes = deliverer.read_feedback(&registry, "hostile", webhook(signed), now).await.unwrap();
-    let seen = writes[0].reason.clone().unwrap();
+    let seen = writes.writes[0].reason.clone().unwrap();
     assert!(seen.contains("content-type: application/json") && seen.contains("x-rekindle-signature"), "{seen}");
     for withheld in ["authorization", "b3BzOmh1bnRlcjI", "cookie", "session=operator", "x-forwarded-for", "10.0.0.7"] {
         assert!(!seen.to_ascii_lowercase().contains(&withheld.to_ascii_lowercase()), "the adapter saw {withheld}: {seen}");

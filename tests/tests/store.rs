@@ -10,7 +10,8 @@ rekindle_tests::on_each_backend!(
     concurrent_writers_each_get_their_answer,
     bulk_rule_inputs_page_through_everyone_with_what_rules_declared,
     related_products_are_bought_together_then_from_favourite_categories,
-    a_resting_address_comes_back_when_its_suppression_expires_and_a_permanent_one_when_lifted
+    a_resting_address_comes_back_when_its_suppression_expires_and_a_permanent_one_when_lifted,
+    a_browser_login_cannot_carry_an_unsubscribe_onto_someone_else
 );
 use serde_json::{Map, Value, json};
 
@@ -259,14 +260,14 @@ async fn a_resting_address_comes_back_when_its_suppression_expires_and_a_permane
         async move { store.profile("ann", 0).await.unwrap().unwrap().contacts.iter().any(|c| c.kind == kind && c.active) }
     };
     let contact = |kind: &str| SuppressTarget::Contact { kind: kind.into(), address: None };
-    // A soft bounce rests the address for a while; here, a moment.
-    let soft = Suppress { target: contact("email"), reason: "soft bounce".into(), detail: None, expires_at: Some(rekindle_store::now_ms() + 300) };
+    // A soft bounce rests the address for a while; here, two seconds.
+    let soft = Suppress { target: contact("email"), reason: "soft bounce".into(), detail: None, expires_at: Some(rekindle_store::now_ms() + 2_000) };
     assert_eq!(store.suppress("ann", "email", "k1", soft, now).await.unwrap(), 1);
     assert!(!active("email").await, "resting");
     let hard = Suppress { target: contact("phone"), reason: "hard bounce".into(), detail: Some("30006".into()), expires_at: None };
     assert_eq!(store.suppress("ann", "sms", "k2", hard, now).await.unwrap(), 1);
     assert!(!active("phone").await);
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     assert!(active("email").await, "a soft bounce expires by itself");
     assert!(!active("phone").await, "a hard bounce holds");
     let live = store.suppressions(0, 10, false, rekindle_store::now_ms()).await.unwrap();
@@ -279,4 +280,26 @@ async fn a_resting_address_comes_back_when_its_suppression_expires_and_a_permane
     // Nobody by that id: nothing recorded.
     let nobody = Suppress { target: contact("email"), reason: "hard bounce".into(), detail: None, expires_at: None };
     assert_eq!(store.suppress("nobody", "email", "k3", nobody, now).await.unwrap(), 0);
+}
+
+async fn a_browser_login_cannot_carry_an_unsubscribe_onto_someone_else(backend: Backend) {
+    use rekindle_store::{Purpose, Suppress, SuppressTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = rekindle_tests::open_store(backend, dir.path()).await else { return };
+    let now = rekindle_store::now_ms();
+    let mut victim = msg("v", Some("victim"), None, None, now - 10, json!({"email": "victim@example.com"}), json!({}));
+    victim.consents = vec![(Purpose::Email, true)];
+    let anonymous = msg("a", None, Some("anon-1"), Some("Page Viewed"), now - 5, json!({}), json!({}));
+    store.ingest(vec![victim, anonymous]).await.unwrap();
+    // The attacker's anonymous profile got itself unsubscribed...
+    let off = Suppress { target: SuppressTarget::Consent(Purpose::Email), reason: "unsubscribed".into(), detail: None, expires_at: None };
+    assert_eq!(store.suppress("anon-1", "email", "k", off, now).await.unwrap(), 1);
+    // ...and a browser key now says it is the victim logging in.
+    let mut login = msg("l", Some("victim"), Some("anon-1"), None, now, json!({}), json!({}));
+    login.from_browser = true;
+    store.ingest(vec![login]).await.unwrap();
+    let victim = store.profile("victim", 0).await.unwrap().unwrap();
+    assert!(victim.anonymous_ids.contains(&"anon-1".to_string()), "merged: {victim:?}");
+    assert!(victim.consents.iter().any(|c| c.purpose == Purpose::Email && c.granted), "{:?}", victim.consents);
+    assert!(store.suppressions(0, 10, true, now).await.unwrap().is_empty(), "the suppression went with the anonymous profile");
 }

@@ -32,10 +32,24 @@ const MAX_FIELD_CHARS: usize = 2048;
 
 /// Request headers the adapter never sees: credentials an operator may have put on the
 /// webhook (basic auth in the URL the provider calls) and what a proxy adds.
-const WITHHELD_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-forwarded-for"];
+const WITHHELD_HEADERS: [&str; 8] =
+    ["authorization", "proxy-authorization", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "x-amzn-oidc-data"];
 
 /// The header carrying Rekindle's own webhook signature.
 pub const REKINDLE_SIGNATURE_HEADER: &str = "X-Rekindle-Signature";
+
+/// The most of a Twilio callback read before its signature is checked: a callback is a
+/// few hundred bytes, and parsing a large form to check it costs memory before anything
+/// is known about the caller.
+pub const MAX_TWILIO_CALLBACK_BYTES: usize = 64 << 10;
+
+/// What a webhook's reports mean, and the reports left out with why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reports {
+    pub writes: Vec<FeedbackWrite>,
+    /// (index in the adapter's list, why) for reports the host cannot use.
+    pub ignored: Vec<(usize, String)>,
+}
 
 /// One webhook request as the host received it.
 #[derive(Debug, Clone)]
@@ -63,6 +77,8 @@ pub enum FeedbackError {
     MissingSecret { channel: String, secret: String },
     #[error("the signature does not hold: {0}")]
     BadSignature(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the adapter could not read the webhook: {0}")]
     Unreadable(String),
     /// The adapter broke the contract (a trap, a report without a send key); the provider
@@ -75,6 +91,13 @@ pub enum FeedbackError {
 
 /// Checks `webhook` against `scheme` under `secret`, at `now` (ms).
 pub fn verify(scheme: &SignatureScheme, secret: &str, webhook: &Webhook, now: i64) -> Result<(), String> {
+    // Two copies of a signature header (a proxy adding one) leave it unclear which the
+    // provider sent: refused rather than guessed.
+    for name in [SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE, REKINDLE_SIGNATURE_HEADER] {
+        if webhook.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count() > 1 {
+            return Err(format!("{name} is given more than once"));
+        }
+    }
     match scheme {
         SignatureScheme::SendgridEcdsa(_) => verify_sendgrid(secret, webhook),
         SignatureScheme::TwilioHmacSha1(_) => verify_twilio(secret, webhook),
@@ -89,8 +112,12 @@ const SENDGRID_TIMESTAMP: &str = "X-Twilio-Email-Event-Webhook-Timestamp";
 /// raw body, with the verification key SendGrid shows (base64 DER).
 fn verify_sendgrid(key: &str, webhook: &Webhook) -> Result<(), String> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64.decode(key.trim()).map_err(|_| "the configured verification key is not base64".to_string())?;
-    let key = p256::ecdsa::VerifyingKey::from_public_key_der(&key).map_err(|_| "the configured verification key is not a P-256 public key".to_string())?;
+    let key = b64.decode(key.trim()).ok().and_then(|der| p256::ecdsa::VerifyingKey::from_public_key_der(&der).ok());
+    let Some(key) = key else {
+        // The operator's mistake, not the caller's: logged, and refused like any signature.
+        tracing::warn!("SENDGRID_WEBHOOK_KEY is not a base64 DER P-256 public key; every SendGrid webhook is refused");
+        return Err("the signature cannot be checked".to_string());
+    };
     let signature = webhook.header(SENDGRID_SIGNATURE).ok_or_else(|| format!("no {SENDGRID_SIGNATURE} header"))?;
     let timestamp = webhook.header(SENDGRID_TIMESTAMP).ok_or_else(|| format!("no {SENDGRID_TIMESTAMP} header"))?;
     let signature = b64.decode(signature.trim()).map_err(|_| format!("{SENDGRID_SIGNATURE} is not base64"))?;
@@ -170,7 +197,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Deliverer {
     /// Reads one webhook on channel `name`: checks its signature, has the adapter parse it,
     /// and says what each report means. Nothing is recorded here.
-    pub async fn read_feedback(&self, registry: &Registry, name: &str, webhook: Webhook, now: i64) -> Result<Vec<FeedbackWrite>, FeedbackError> {
+    pub async fn read_feedback(&self, registry: &Registry, name: &str, webhook: Webhook, now: i64) -> Result<Reports, FeedbackError> {
         let (plugin, info, ctx) = self.adapter(name, registry).map_err(|e| match e {
             DeliveryError::UnknownChannel(name) => FeedbackError::UnknownChannel(name),
             other => FeedbackError::Busy(other.to_string()),
@@ -179,6 +206,9 @@ impl Deliverer {
         let Some(secret) = self.secret(name, scheme.secret()) else {
             return Err(FeedbackError::MissingSecret { channel: name.to_string(), secret: scheme.secret().to_string() });
         };
+        if matches!(scheme, SignatureScheme::TwilioHmacSha1(_)) && webhook.body.len() > MAX_TWILIO_CALLBACK_BYTES {
+            return Err(FeedbackError::TooLarge(format!("a Twilio callback is at most {MAX_TWILIO_CALLBACK_BYTES} bytes")));
+        }
         verify(scheme, secret, &webhook, now).map_err(FeedbackError::BadSignature)?;
         let headers = webhook.headers.into_iter().filter(|(k, _)| !WITHHELD_HEADERS.iter().any(|w| k.eq_ignore_ascii_case(w))).collect();
         let request = HttpRequest { method: HttpMethod::Post, url: webhook.url, headers, body: webhook.body };
@@ -190,11 +220,14 @@ impl Deliverer {
         if events.len() > MAX_REPORTS {
             return Err(FeedbackError::Unreadable(format!("{} reports in one webhook; at most {MAX_REPORTS} are taken", events.len())));
         }
-        events
-            .into_iter()
-            .enumerate()
-            .map(|(index, event)| meaning(&info, event, now).map_err(|why| FeedbackError::AdapterFailed(format!("report {index}: {why}"))))
-            .collect()
+        let mut reports = Reports::default();
+        for (index, event) in events.into_iter().enumerate() {
+            match meaning(&info, index, event, now) {
+                Ok(write) => reports.writes.push(write),
+                Err(why) => reports.ignored.push((index, why)),
+            }
+        }
+        Ok(reports)
     }
 
     /// Whether channel `name`'s adapter reads webhooks, and under which secret.
@@ -206,18 +239,16 @@ impl Deliverer {
 
 /// What one report means on a channel of `info`'s kind: the profile event it records and
 /// what it switches off.
-fn meaning(info: &rekindle_runtime::wit::AdapterInfo, event: FeedbackEvent, now: i64) -> Result<FeedbackWrite, String> {
-    for (field, value) in [
-        ("send-key", Some(&event.send_key)),
-        ("event-id", Some(&event.event_id)),
-        ("recipient", event.recipient.as_ref()),
-        ("reason", event.reason.as_ref()),
-        ("url", event.url.as_ref()),
-    ] {
-        match value {
-            Some(text) if text.chars().count() > MAX_FIELD_CHARS => return Err(format!("{field} is longer than {MAX_FIELD_CHARS} characters")),
-            Some(text) if text.is_empty() && matches!(field, "send-key" | "event-id") => return Err(format!("{field} is empty")),
-            _ => {}
+fn meaning(info: &rekindle_runtime::wit::AdapterInfo, index: usize, mut event: FeedbackEvent, now: i64) -> Result<FeedbackWrite, String> {
+    for (field, value) in [("send-key", &event.send_key), ("event-id", &event.event_id)] {
+        if value.is_empty() || value.chars().count() > MAX_FIELD_CHARS {
+            return Err(format!("the adapter gave an empty {field}, or one over {MAX_FIELD_CHARS} characters"));
+        }
+    }
+    // A long bounce reason or click URL is kept in part rather than losing the report.
+    for text in [&mut event.recipient, &mut event.reason, &mut event.url].into_iter().flatten() {
+        if let Some((cut, _)) = text.char_indices().nth(MAX_FIELD_CHARS) {
+            text.truncate(cut);
         }
     }
     // A report from the future (a skewed provider clock) is taken as of now.
@@ -245,6 +276,7 @@ fn meaning(info: &rekindle_runtime::wit::AdapterInfo, event: FeedbackEvent, now:
         _ => None,
     };
     Ok(FeedbackWrite {
+        index,
         event: event_name(info.kind, event.kind, event.machine).map(str::to_string),
         event_id: event.event_id,
         send_key: event.send_key,
@@ -331,7 +363,10 @@ mod tests {
         tampered[2] = b'k';
         assert!(verify(&scheme, SENDGRID_KEY, &signed("1588788367", &tampered), 0).is_err(), "another body");
         assert!(verify(&scheme, SENDGRID_KEY, &webhook("https://x/", &[(SENDGRID_TIMESTAMP, "1588788367")], SENDGRID_BODY), 0).is_err(), "no signature");
-        assert!(verify(&scheme, "not-a-key", &signed("1588788367", SENDGRID_BODY), 0).unwrap_err().contains("verification key"));
+        assert!(verify(&scheme, "not-a-key", &signed("1588788367", SENDGRID_BODY), 0).is_err());
+        let mut twice = signed("1588788367", SENDGRID_BODY);
+        twice.headers.push((SENDGRID_SIGNATURE.into(), SENDGRID_SIG.into()));
+        assert!(verify(&scheme, SENDGRID_KEY, &twice, 0).unwrap_err().contains("more than once"), "a duplicated header is refused");
     }
 
     #[test]
@@ -388,22 +423,24 @@ mod tests {
             url: None,
             machine: false,
         };
-        let soft = meaning(&email, report(FeedbackKind::SoftBounce), 5_000).unwrap().suppress.unwrap();
+        let soft = meaning(&email, 0, report(FeedbackKind::SoftBounce), 5_000).unwrap().suppress.unwrap();
         assert_eq!(soft.expires_at, Some(1_000 + 72 * 3_600_000));
         assert_eq!(soft.target, SuppressTarget::Contact { kind: "email".into(), address: Some("ann@example.com".into()) });
-        let hard = meaning(&email, report(FeedbackKind::HardBounce), 5_000).unwrap().suppress.unwrap();
+        let hard = meaning(&email, 0, report(FeedbackKind::HardBounce), 5_000).unwrap().suppress.unwrap();
         assert_eq!(hard.expires_at, None);
-        let spam = meaning(&email, report(FeedbackKind::SpamReport), 5_000).unwrap();
+        let spam = meaning(&email, 0, report(FeedbackKind::SpamReport), 5_000).unwrap();
         assert_eq!(spam.suppress.unwrap().target, SuppressTarget::Consent(Purpose::Email));
         assert_eq!(spam.event.as_deref(), Some("Email Marked as Spam"));
-        assert_eq!(meaning(&email, report(FeedbackKind::Unsubscribed), 5_000).unwrap().event.as_deref(), Some("Unsubscribed"));
-        assert!(meaning(&email, report(FeedbackKind::Delivered), 5_000).unwrap().suppress.is_none());
+        assert_eq!(meaning(&email, 0, report(FeedbackKind::Unsubscribed), 5_000).unwrap().event.as_deref(), Some("Unsubscribed"));
+        assert!(meaning(&email, 0, report(FeedbackKind::Delivered), 5_000).unwrap().suppress.is_none());
         // From the future: taken as of now.
-        assert_eq!(meaning(&email, FeedbackEvent { at: 9_000, ..report(FeedbackKind::Opened) }, 5_000).unwrap().at, 5_000);
-        assert!(meaning(&email, FeedbackEvent { event_id: String::new(), ..report(FeedbackKind::Opened) }, 5_000).unwrap_err().contains("event-id"));
+        assert_eq!(meaning(&email, 0, FeedbackEvent { at: 9_000, ..report(FeedbackKind::Opened) }, 5_000).unwrap().at, 5_000);
+        assert!(meaning(&email, 0, FeedbackEvent { event_id: String::new(), ..report(FeedbackKind::Opened) }, 5_000).unwrap_err().contains("event-id"));
+        let long = FeedbackEvent { url: Some("é".repeat(3000)), ..report(FeedbackKind::Clicked) };
+        assert_eq!(meaning(&email, 0, long, 5_000).unwrap().url.unwrap().chars().count(), MAX_FIELD_CHARS, "cut on a character boundary");
         // A webhook receiver has no contact point or consent to switch off.
         let hook = info(ChannelKind::Webhook, None, None);
-        assert!(meaning(&hook, report(FeedbackKind::HardBounce), 5_000).unwrap().suppress.is_none());
+        assert!(meaning(&hook, 0, report(FeedbackKind::HardBounce), 5_000).unwrap().suppress.is_none());
     }
 
     #[test]

@@ -14,4 +14,4 @@ pub mod messages;
 pub use definition::{Journey, JourneyError};
 pub use delivery::Deliverer;
 pub use engine::{Engine, FrequencyCap};
-pub use feedback::{FeedbackError, Webhook};
+pub use feedback::{FeedbackError, Reports, Webhook};

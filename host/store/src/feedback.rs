@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::StoreError;
 use crate::db::{Db, P, Row};
-use crate::logic::{OPERATOR, live_targets, upsert_consent};
+use crate::logic::{OPERATOR, upsert_consent};
 use crate::model::{FeedbackRefusal, FeedbackReport, FeedbackWrite, Suppress, SuppressTarget, Suppression, Touch};
 
 /// The send an idempotency key names on `channel`: its customer and journey. A send made
@@ -31,15 +31,23 @@ pub(crate) fn record_feedback(
     writes: &[FeedbackWrite],
     received_at: i64,
 ) -> Result<Result<FeedbackReport, FeedbackRefusal>, StoreError> {
-    let mut owners = Vec::with_capacity(writes.len());
-    for (index, write) in writes.iter().enumerate() {
+    let mut report = FeedbackReport::default();
+    let mut known = Vec::with_capacity(writes.len());
+    for write in writes {
         match send_owner(db, channel, &write.send_key)? {
-            Some(owner) => owners.push(owner),
-            None => return Ok(Err(FeedbackRefusal::UnknownSendKey { index, key: write.send_key.clone() })),
+            Some(owner) => known.push((write, owner)),
+            None => report.unknown.push(write.index),
         }
     }
-    let mut report = FeedbackReport::default();
-    for (write, (profile, journey)) in writes.iter().zip(owners) {
+    // A webhook about nothing this host sent is refused; one that mixes in reports about
+    // sends it does not know (another host on the same provider account, a person since
+    // erased) records the rest, so one stray report cannot hold up everyone's.
+    if known.is_empty()
+        && let Some(first) = writes.first()
+    {
+        return Ok(Err(FeedbackRefusal::UnknownSendKey { index: first.index, key: first.send_key.clone() }));
+    }
+    for (write, (profile, journey)) in known {
         let inserted = db.execute(
             "INSERT INTO feedback (channel, event_id, send_key, profile_id, journey, kind, at, recipient, reason, url, machine, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (channel, event_id) DO NOTHING",
@@ -87,7 +95,9 @@ pub(crate) fn record_feedback(
             report.touched.push(Touch { profile_id: profile.clone(), event: Some(event.clone()), order: false });
         }
         if let Some(suppress) = &write.suppress {
-            let added = suppress_profile(db, &profile, Some(channel), Some(&write.send_key), suppress, write.at)?;
+            // Recorded as of the report, but a consent is withdrawn as of now: a grant the
+            // store saw after the report's time must not outrank the withdrawal.
+            let added = suppress_profile(db, &profile, Some(channel), Some(&write.send_key), suppress, write.at.max(received_at))?;
             if added > 0 {
                 report.suppressed += added;
                 report.touched.push(Touch { profile_id: profile.clone(), event: None, order: false });
@@ -200,7 +210,14 @@ pub(crate) fn lift_suppression(db: &mut impl Db, id: i64, by: &str, at: i64) -> 
         return Ok(None);
     }
     let Some(lifted) = suppression(db, id)? else { return Ok(None) };
-    let still_held = live_targets(db, &lifted.profile_id, at)?.iter().any(|(kind, target)| *kind == lifted.kind && *target == lifted.target);
+    // Only a permanent suppression switches the address row off; a resting one (a soft
+    // bounce) holds through the overlay and lapses by itself.
+    let still_held = db
+        .query_opt(
+            "SELECT id FROM suppressions WHERE profile_id = ?1 AND kind = ?2 AND target = ?3 AND lifted_at IS NULL AND expires_at IS NULL",
+            &[P::Text(&lifted.profile_id), P::Text(&lifted.kind), P::Text(&lifted.target)],
+        )?
+        .is_some();
     if lifted.kind == "contact"
         && lifted.expires_at.is_none()
         && !still_held

@@ -60,9 +60,8 @@ fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, b
     for sql in [
         "UPDATE identities SET profile_id = ?2 WHERE profile_id = ?1",
         "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
-        // What providers reported and what it switched off follow the person.
+        // What providers reported follows the person.
         "UPDATE feedback SET profile_id = ?2 WHERE profile_id = ?1",
-        "UPDATE suppressions SET profile_id = ?2 WHERE profile_id = ?1",
         "UPDATE profiles SET timezone = (SELECT timezone FROM profiles WHERE id = ?1),
                              timezone_at = (SELECT timezone_at FROM profiles WHERE id = ?1)
              WHERE id = ?2 AND COALESCE(timezone_at, -1) < COALESCE((SELECT timezone_at FROM profiles WHERE id = ?1), -1)",
@@ -79,10 +78,13 @@ fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, b
              SELECT ?2, purpose, granted, updated_at FROM consents WHERE profile_id = ?1 AND NOT from_browser AND ?3
              ON CONFLICT (profile_id, purpose) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at, from_browser = excluded.from_browser
              WHERE excluded.updated_at > consents.updated_at",
+        // What it switched off moves with the contact points and consents it holds off:
+        // a browser key must not carry an unsubscribe onto someone else's profile.
+        "UPDATE suppressions SET profile_id = ?2 WHERE profile_id = ?1 AND ?3",
     ] {
         db.execute(sql, &guarded)?;
     }
-    for table in ["traits", "contacts", "consents", "computed"] {
+    for table in ["traits", "contacts", "consents", "computed", "suppressions"] {
         db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &source_only)?;
     }
     db.execute("DELETE FROM profiles WHERE id = ?1", &source_only)?;

@@ -463,6 +463,8 @@ pub struct StepSend {
 /// One provider report about a send, with what the deliver stage decided it means.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackWrite {
+    /// Where the report stood in the adapter's list, for answers naming it.
+    pub index: usize,
     /// The provider's id for the report; one report per id and channel is kept.
     pub event_id: String,
     /// The send's idempotency key.
@@ -512,6 +514,10 @@ pub struct FeedbackReport {
     /// The profiles the reports changed, for real-time segments.
     #[serde(skip)]
     pub touched: Vec<Touch>,
+    /// Reports (by [`FeedbackWrite::index`]) about sends this host did not make on the
+    /// channel: left out.
+    #[serde(skip)]
+    pub unknown: Vec<usize>,
 }
 
 /// Why a webhook's reports were refused as a whole.

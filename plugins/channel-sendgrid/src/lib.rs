@@ -132,9 +132,10 @@ fn kind_of(event: &str, bounce_type: Option<&str>, reason: Option<&str>) -> Opti
         "bounce" => FeedbackKind::HardBounce,
         // SendGrid drops mail to addresses on its own suppression lists: the same verdict.
         "dropped" => match reason.unwrap_or("") {
-            r if r.contains("Bounced Address") || r.contains("Invalid") => FeedbackKind::HardBounce,
-            r if r.contains("Spam Reporting Address") => FeedbackKind::SpamReport,
-            r if r.contains("Unsubscribed Address") => FeedbackKind::Unsubscribed,
+            // `Invalid` alone is the address; `Invalid SMTPAPI header` is ours, not theirs.
+            "Bounced Address" | "Invalid" => FeedbackKind::HardBounce,
+            "Spam Reporting Address" => FeedbackKind::SpamReport,
+            "Unsubscribed Address" => FeedbackKind::Unsubscribed,
             _ => FeedbackKind::Dropped,
         },
         "spamreport" => FeedbackKind::SpamReport,

@@ -18,8 +18,10 @@ use rekindle_sdk::form_urlencoded;
 use rekindle_sdk::prelude::*;
 
 /// Twilio errors that mean this recipient cannot get texts: invalid number, unsubscribed
-/// (STOP), not a mobile number, unreachable country.
-const NOT_ELIGIBLE: [i64; 5] = [21211, 21610, 21614, 21408, 21612];
+/// (STOP), not a mobile number. The host switches the number off on them, so errors about
+/// the account's own settings (21408, a region not enabled; 21612, a route the sender
+/// cannot use) are failures, not the recipient's.
+const NOT_ELIGIBLE: [i64; 3] = [21211, 21610, 21614];
 
 /// The adapter; callable natively for tests.
 pub struct Twilio;

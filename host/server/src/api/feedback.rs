@@ -53,10 +53,12 @@ fn feedback_error(channel: &str, e: FeedbackError) -> ApiError {
     match e {
         FeedbackError::UnknownChannel(_) | FeedbackError::NoFeedback(_) => ApiError::NotFound(e.to_string()),
         FeedbackError::MissingSecret { .. } => {
-            // The provider is doing its part; the operator has not configured the secret.
+            // The provider is doing its part; the operator has not configured the secret,
+            // whose name is for the log, not for whoever calls.
             tracing::warn!(channel, "webhook refused: {e}");
-            refused(StatusCode::SERVICE_UNAVAILABLE, "not_configured", e.to_string())
+            refused(StatusCode::SERVICE_UNAVAILABLE, "not_configured", "this channel's webhook secret is not configured".into())
         }
+        FeedbackError::TooLarge(why) => ApiError::TooLarge(why),
         FeedbackError::BadSignature(why) => {
             tracing::info!(channel, "webhook refused: bad signature: {why}");
             refused(StatusCode::UNAUTHORIZED, "bad_signature", format!("the webhook's signature does not hold: {why}"))
@@ -86,16 +88,24 @@ async fn receive(
     let headers = headers.iter().filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))).collect();
     let now = rekindle_store::now_ms();
     let webhook = Webhook { url, headers, body: body.to_vec() };
-    let writes = engine.deliverer.read_feedback(&engine.registry, &channel, webhook, now).await.map_err(|e| feedback_error(&channel, e))?;
-    let reports = writes.len();
-    let mut report = match ingestion.store.record_feedback(&channel, writes, now).await? {
+    let read = engine.deliverer.read_feedback(&engine.registry, &channel, webhook, now).await.map_err(|e| feedback_error(&channel, e))?;
+    let mut ignored: Vec<Value> = read
+        .ignored
+        .iter()
+        .map(|(index, why)| {
+            tracing::warn!(channel, index, "a report was left out: {why}");
+            json!({"field": format!("reports[{index}]"), "reason": why})
+        })
+        .collect();
+    let reports = read.writes.len();
+    let mut report = match ingestion.store.record_feedback(&channel, read.writes, now).await? {
         Ok(report) => report,
         Err(FeedbackRefusal::UnknownSendKey { index, key }) => {
             return Err(ApiError::Refused {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "unknown_send",
                 message: format!(
-                    "report {index} is about send `{key}`, which this host never made on channel `{channel}`; nothing in this webhook was recorded"
+                    "report {index} is about send `{key}`, which this host never made on channel `{channel}`, and so is every other; nothing was recorded"
                 ),
                 field: Some(format!("reports[{index}].send_key")),
             });
@@ -110,8 +120,19 @@ async fn receive(
         // The evaluator outlives every request; a closed queue only means shutdown.
         let _ = realtime.sender.send(std::mem::take(&mut report.touched));
     }
+    ignored.extend(
+        report
+            .unknown
+            .iter()
+            .map(|index| json!({"field": format!("reports[{index}].send_key"), "reason": format!("no send under this key was made on channel `{channel}`")})),
+    );
     tracing::debug!(channel, accepted = report.accepted, duplicates = report.duplicates, suppressed = report.suppressed, "feedback");
-    Ok(Json(json!({ "accepted": report.accepted, "duplicates": report.duplicates, "suppressed": report.suppressed })))
+    let mut answer = json!({ "accepted": report.accepted, "duplicates": report.duplicates, "suppressed": report.suppressed });
+    if !ignored.is_empty() {
+        // Taken, minus these: said, so nothing is lost silently.
+        answer["ignored"] = Value::Array(ignored);
+    }
+    Ok(Json(answer))
 }
 
 #[derive(serde::Deserialize)]

@@ -28,7 +28,8 @@ CREATE INDEX feedback_by_profile ON feedback(profile_id);
 -- and the send that caused it. Live while not lifted and not expired (soft bounces
 -- expire); a live contact suppression keeps the address off whatever later messages say.
 CREATE TABLE suppressions (
-    id INTEGER PRIMARY KEY,
+    -- Never reused after an erasure, so a stale id cannot lift someone else's.
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     profile_id TEXT NOT NULL,
     kind       TEXT NOT NULL,
     target     TEXT NOT NULL,
