@@ -21,6 +21,11 @@ use rekindle_tests::Backend;
 use rekindle_tests::provider::provider;
 use serde_json::{Value, json};
 
+/// Unsubscribe links for a host the test reaches at `base`; emails carry them.
+fn links() -> rekindle_journeys::unsubscribe::Links {
+    rekindle_journeys::unsubscribe::Links { base_url: "http://127.0.0.1:9".into(), key: rekindle_journeys::unsubscribe::LinkKey::new(&[3u8; 32]) }
+}
+
 rekindle_tests::on_each_backend!(
     provider_webhooks_change_profiles_and_suppressions_and_forgeries_change_nothing,
     a_push_token_fcm_no_longer_knows_is_switched_off_and_the_next_send_takes_email
@@ -137,8 +142,10 @@ async fn provider_webhooks_change_profiles_and_suppressions_and_forgeries_change
     sms.feedback_url = Some(format!("{PUBLIC}/v1/feedback/sms"));
     let deliverer = Deliverer::new(HashMap::from([("email".to_string(), email), ("sms".to_string(), sms)])).unwrap();
     let sources = [("key".to_string(), rekindle_server::Source::server("backend"))].into_iter().collect();
-    let mut state =
-        AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store: store.into(), sources }).with_journeys(deliverer, None);
+    let mut state = AppState::new(registry, None, Some("admin".into()))
+        .with_ingestion(Ingestion { store: store.into(), sources })
+        .with_links(links())
+        .with_journeys(deliverer, None);
     state.public_url = Some(PUBLIC.to_string());
     let engine = state.journeys.clone().unwrap();
     let store = state.ingestion.clone().unwrap().store.clone();
@@ -354,7 +361,10 @@ async fn a_push_token_fcm_no_longer_knows_is_switched_off_and_the_next_send_take
     email.allowed_hosts = vec![base.clone()];
     let deliverer = Deliverer::new(HashMap::from([("push".to_string(), push), ("email".to_string(), email)])).unwrap();
     let sources = [("key".to_string(), rekindle_server::Source::server("backend"))].into_iter().collect();
-    let state = AppState::new(registry, None, Some("admin".into())).with_ingestion(Ingestion { store: store.into(), sources }).with_journeys(deliverer, None);
+    let state = AppState::new(registry, None, Some("admin".into()))
+        .with_ingestion(Ingestion { store: store.into(), sources })
+        .with_links(links())
+        .with_journeys(deliverer, None);
     let engine = state.journeys.clone().unwrap();
     let store = state.ingestion.clone().unwrap().store.clone();
 

@@ -18,6 +18,11 @@ use rekindle_tests::Backend;
 use rekindle_tests::provider::provider;
 use serde_json::{Value, json};
 
+/// Unsubscribe links for a host the test reaches at `base`; emails carry them.
+fn links() -> rekindle_journeys::unsubscribe::Links {
+    rekindle_journeys::unsubscribe::Links { base_url: "http://127.0.0.1:9".into(), key: rekindle_journeys::unsubscribe::LinkKey::new(&[3u8; 32]) }
+}
+
 rekindle_tests::on_each_backend!(
     a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase,
     the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_ad_audience,
@@ -134,8 +139,11 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     let deliverer = Arc::new(Deliverer::new(channels).unwrap());
     // A cap of three messages a week leaves this journey's two alone; a tighter cap is
     // checked at the end.
-    let engine =
-        Engine { frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }), ..Engine::new(registry.clone(), ingestion.store.clone(), deliverer.clone()) };
+    let engine = Engine {
+        frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }),
+        links: Some(links()),
+        ..Engine::new(registry.clone(), ingestion.store.clone(), deliverer.clone())
+    };
     let journey = engine.deploy(JOURNEY).await.unwrap();
     assert_eq!(journey.steps.len(), 3);
     assert!(engine.deploy(&JOURNEY.replace("\"sms\", \"email\"", "\"fax\"")).await.unwrap_err().to_string().contains("no channel `fax`"));
@@ -165,8 +173,11 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
 
     // Dan buys on day 1; a restarted host (a new engine on the same store) carries on.
     ingestion.store.ingest(vec![message("dan-buys", "dan", Some("Order Completed"), t0 + DAY, json!({}))]).await.unwrap();
-    let restarted =
-        Engine { frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }), ..Engine::new(registry.clone(), ingestion.store.clone(), deliverer.clone()) };
+    let restarted = Engine {
+        frequency_cap: Some(FrequencyCap { messages: 3, days: 7 }),
+        links: Some(links()),
+        ..Engine::new(registry.clone(), ingestion.store.clone(), deliverer.clone())
+    };
     restarted.tick(t0 + DAY).await.unwrap();
     assert_eq!(emails().len(), 2, "nothing is due on day 1");
 
@@ -185,7 +196,8 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
 
     // An API-entry journey, through the HTTP API of a host running this engine.
     let api_journey = "name = \"Welcome back\"\n[entry]\napi = true\n[[steps]]\nid = \"hello\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Hello {{ traits.first_name }}\" }\n";
-    let host_state = state.clone().with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email_channel.clone())])).unwrap(), None);
+    let host_state =
+        state.clone().with_links(links()).with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email_channel.clone())])).unwrap(), None);
     let api = rekindle_tests::serve(rekindle_server::app(host_state)).await;
     let http = reqwest::Client::new();
     let deployed = http.post(format!("{api}/v1/journeys")).bearer_auth("admin").body(api_journey).send().await.unwrap();
@@ -217,7 +229,11 @@ async fn a_win_back_journey_messages_by_consent_waits_and_exits_on_purchase(back
     assert!(emails().iter().any(|e| e.contains("Hello Ann")), "{:?}", emails());
 
     // With a cap of one message a week, Ann's second journey message is held back.
-    let capped = Engine { frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }), ..Engine::new(registry, ingestion.store.clone(), deliverer) };
+    let capped = Engine {
+        frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }),
+        links: Some(links()),
+        ..Engine::new(registry, ingestion.store.clone(), deliverer)
+    };
     capped.deploy(&JOURNEY.replace("name = \"Win back\"", "name = \"Win back again\"")).await.unwrap();
     while capped.tick(t0 + 3 * DAY).await.unwrap().skipped {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -292,7 +308,7 @@ async fn the_abandoned_cart_template_reminds_after_thirty_minutes_and_runs_its_a
         ("meta".to_string(), channel("channel-meta-audiences", vec![text("base_url", &format!("{base}/v21.0"))], &[("META_ACCESS_TOKEN", "m")])),
     ]))
     .unwrap();
-    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(deliverer));
+    let engine = Engine { links: Some(links()), ..Engine::new(registry, ingestion.store.clone(), Arc::new(deliverer)) };
     let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/abandoned-cart/journey.toml")).unwrap();
     engine.deploy(&source).await.unwrap();
     let requests =
@@ -350,7 +366,10 @@ async fn a_wait_until_a_date_trait_plus_days(backend: Backend) {
     email.params = vec![text("base_url", &base), text("from_email", "shop@example.com")];
     email.secrets = HashMap::from([("SENDGRID_API_KEY".to_string(), "k".to_string())]);
     email.allowed_hosts = vec![base.to_string()];
-    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()));
+    let engine = Engine {
+        links: Some(links()),
+        ..Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap()))
+    };
     engine
         .deploy("name = \"Renewal\"\n[entry]\napi = true\n[[steps]]\nid = \"until\"\ntype = \"wait\"\nuntil_trait = \"renewal\"\nplus_days = 1\n[[steps]]\nid = \"remind\"\ntype = \"send\"\nchannels = [\"email\"]\ntemplate = { text = \"Time to renew\" }\n")
         .await
@@ -440,7 +459,7 @@ async fn the_lapsing_and_win_back_templates_run_end_to_end(backend: Backend) {
     batch.push(message("wes-o", "wes", Some("Order Completed"), t0 - 60 * DAY, json!({})));
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap()));
+    let engine = Engine { links: Some(links()), ..Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap())) };
     let usecases = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases");
     for name in ["lapsing-repeat-buyers", "win-back-45"] {
         let segments: toml::Table = toml::from_str(&std::fs::read_to_string(usecases.join(name).join("segments.toml")).unwrap()).unwrap();
@@ -504,7 +523,7 @@ async fn the_about_to_sleep_template_splits_by_value_and_favourite_category(back
     }
     ingestion.store.ingest(batch).await.unwrap();
 
-    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap()));
+    let engine = Engine { links: Some(links()), ..Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap())) };
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/about-to-sleep");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -591,7 +610,7 @@ async fn the_rfm_template_recommends_related_products_to_subscribers(backend: Ba
         }
     }
     ingestion.store.ingest(batch).await.unwrap();
-    let engine = Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap()));
+    let engine = Engine { links: Some(links()), ..Engine::new(registry, ingestion.store.clone(), Arc::new(Deliverer::new(all_channels(&base)).unwrap())) };
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../usecases/rfm-win-back");
     let segments: toml::Table = toml::from_str(&std::fs::read_to_string(template.join("segments.toml")).unwrap()).unwrap();
     for segment in segments["segments"].as_array().unwrap() {
@@ -671,7 +690,11 @@ async fn a_send_left_in_doubt_by_a_crash_is_looked_up_before_it_is_sent_again(ba
     let deliverer = Arc::new(Deliverer::new(HashMap::from([("email".to_string(), email), ("hook".to_string(), hook)])).unwrap());
     // A cap of one message a week: the hook's repeats count, and must not hold back the
     // emails in doubt, which were decided before the crash.
-    let engine = Engine { frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }), ..Engine::new(registry, ingestion.store.clone(), deliverer) };
+    let engine = Engine {
+        frequency_cap: Some(FrequencyCap { messages: 1, days: 7 }),
+        links: Some(links()),
+        ..Engine::new(registry, ingestion.store.clone(), deliverer)
+    };
     let journey = |name: &str, channels: &str| {
         format!(
             "name = \"{name}\"\n[entry]\nsegment = \"Win back\"\n[[steps]]\nid = \"pause\"\ntype = \"wait\"\nduration = \"1h\"\n\

@@ -13,6 +13,11 @@ use rekindle_server::{AppState, Clock, Ingestion};
 use rekindle_tests::{Backend, components};
 use serde_json::{Value, json};
 
+/// Unsubscribe links for a host the test reaches at `base`; emails carry them.
+fn links() -> rekindle_journeys::unsubscribe::Links {
+    rekindle_journeys::unsubscribe::Links { base_url: "http://127.0.0.1:9".into(), key: rekindle_journeys::unsubscribe::LinkKey::new(&[3u8; 32]) }
+}
+
 rekindle_tests::on_each_backend!(
     a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_never_holds_a_secret,
     a_browser_write_key_cannot_redirect_or_absorb_an_identified_customer,
@@ -115,6 +120,7 @@ async fn a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_neve
     let state = AppState::new(registry, None, Some("admin-token-for-tests".into()))
         .with_ingestion(Ingestion { store: store.into(), sources: HashMap::from([("server-key".to_string(), rekindle_server::Source::server("backend"))]) })
         .with_clock(clock.clone(), Duration::from_secs(3600))
+        .with_links(links())
         .with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap(), None);
     let engine = state.journeys.clone().unwrap();
     let host = rekindle_tests::serve(rekindle_server::app(state)).await;
@@ -140,8 +146,11 @@ async fn a_customer_s_traits_reach_the_provider_as_text_and_the_journey_log_neve
     assert_eq!(bodies.len(), 1);
     let mail: Value = serde_json::from_slice(&bodies[0]).unwrap();
     assert_eq!(mail["subject"], format!("Hi {HOSTILE_NAME}"));
-    assert_eq!(mail["content"][0]["value"], format!("Hi {HOSTILE_NAME}"));
-    let html = mail["content"][1]["value"].as_str().unwrap();
+    // Then the host's unsubscribe footer, which is the only live link.
+    let text = mail["content"][0]["value"].as_str().unwrap();
+    assert!(text.starts_with(&format!("Hi {HOSTILE_NAME}\n\nUnsubscribe: http://127.0.0.1:9/v1/unsubscribe/")), "{text}");
+    let (html, footer) = mail["content"][1]["value"].as_str().unwrap().split_once("<p><a href=\"http://127.0.0.1:9/v1/unsubscribe/").unwrap();
+    assert!(footer.ends_with("\">Unsubscribe</a></p>"), "{footer}");
     assert!(html.starts_with("<p>Hi {{secret:SENDGRID_API_KEY}} &lt;a href=&quot;"), "{html}");
     assert!(!html.contains("<a "), "markup from a trait must not be live HTML: {html}");
     assert!(!String::from_utf8_lossy(&bodies[0]).contains(SENDGRID_KEY));
@@ -296,6 +305,7 @@ async fn bad_numbers_strings_and_times_are_refused_not_stored(backend: Backend) 
         .with_ingestion(Ingestion { store: store.into(), sources })
         .with_clock(clock.clone(), Duration::from_secs(3600))
         .with_token_secret(b"security-test-token-secret-0123456789", Duration::from_secs(3600))
+        .with_links(links())
         .with_journeys(Deliverer::new(HashMap::from([("email".to_string(), email)])).unwrap(), None);
     let engine = state.journeys.clone().unwrap();
     let host = rekindle_tests::serve(rekindle_server::app(state)).await;

@@ -110,6 +110,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(token) => check_admin_token(token)?,
     }
     let store = open_store(&config)?;
+    // Bound before the state is made, so links name the port really listened on (`:0`).
+    let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let links = unsubscribe_links(&config, bound, &store)?;
     if config.sources.is_empty() {
         tracing::warn!("no event sources: ingestion refuses every write key (add --source NAME=WRITE_KEY)");
     }
@@ -120,6 +125,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_lease(&host_id(&config.data_dir)?, std::time::Duration::from_secs(config.run_lease_seconds.max(1)));
     state.schedule_tick = std::time::Duration::from_secs(config.tick_seconds.clamp(1, 60));
     state.public_url = config.public_url.as_ref().map(|url| url.trim_end_matches('/').to_string());
+    state.links = links;
     let token_secret = match std::env::var("REKINDLE_TOKEN_SECRET").ok().or(config.tiles.token_secret.clone()) {
         Some(value) => Some(long_secret(&value, "the token secret ([tiles] token_secret or REKINDLE_TOKEN_SECRET)")?),
         None => None,
@@ -134,10 +140,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         state = state.with_journeys(rekindle_journeys::delivery::Deliverer::new(channels)?, config.frequency_cap);
     }
     let config_name = args.config.as_ref().map_or("the config".to_string(), |p| p.display().to_string());
-    let listen = config.listen;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         define_from_config(&state, &config, &config_name).await?;
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         axum::serve(listener, rekindle_server::app(state)).with_graceful_shutdown(shutdown()).await?;
         Ok(())
@@ -248,6 +253,26 @@ fn check_admin_token(token: &str) -> anyhow::Result<()> {
 
 /// The customer-data store the configuration names: PostgreSQL when a URL is given,
 /// otherwise the embedded SQLite file.
+/// Where unsubscribe links point: the public URL, or this host itself when it listens on
+/// loopback only (a demo, a test), where the link works for whoever can reach it. A host
+/// reachable from elsewhere without `public_url` has none, and sends no email.
+fn unsubscribe_links(config: &Config, bound: SocketAddr, store: &Store) -> anyhow::Result<Option<rekindle_journeys::unsubscribe::Links>> {
+    let base = match &config.public_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None if bound.ip().is_loopback() => format!("http://{bound}"),
+        None => {
+            if !config.channels.is_empty() {
+                tracing::warn!("no public_url: emails cannot carry a working unsubscribe link, so none is sent (set public_url)");
+            }
+            return Ok(None);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Kept in the database, so every host sharing it opens every host's links.
+    let secret = runtime.block_on(store.host_secret("unsubscribe-links")).context("reading the unsubscribe link key")?;
+    Ok(Some(rekindle_journeys::unsubscribe::Links { base_url: base, key: rekindle_journeys::unsubscribe::LinkKey::new(secret.as_bytes()) }))
+}
+
 fn open_store(config: &Config) -> anyhow::Result<Store> {
     if let Some(url) = &config.postgres_url {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

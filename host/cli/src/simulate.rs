@@ -71,7 +71,12 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
         let store = Store::open_sqlite(&copy, EventMapping::default())?;
         let ingestion = Arc::new(Ingestion { store: store.into(), sources: HashMap::new() });
-        let engine = Engine::new(registry.clone(), ingestion.store.clone(), Arc::new(Deliverer::dry_run(channels)?));
+        let mut engine = Engine::new(registry.clone(), ingestion.store.clone(), Arc::new(Deliverer::dry_run(channels)?));
+        // Nothing is sent: the links only have to be there, as they would be on a host.
+        engine.links = Some(rekindle_journeys::unsubscribe::Links {
+            base_url: "https://rekindle.invalid".into(),
+            key: rekindle_journeys::unsubscribe::LinkKey::new(b"simulation: no message leaves, no link opens"),
+        });
         define_segments_beside(&args.journey, &registry, &ingestion.store).await?;
         let journey = engine.deploy(&source).await.map_err(|e| anyhow::anyhow!("{}: {e}", args.journey.display()))?;
         const HOUR: i64 = 3_600_000;

@@ -25,7 +25,8 @@ use serde_json::Value;
 
 use crate::definition::{self, Journey, JourneyError, Step, parse_duration};
 use crate::delivery::{Deliverer, DeliveryError, Reconciled};
-use crate::messages::{choose_channel, render};
+use crate::messages::{UnsubscribeLink, choose_channel, render};
+use crate::unsubscribe::Subscription;
 
 /// Steps one run may take in one tick; a journey looping without a wait stops here.
 const MAX_STEPS_PER_TICK: usize = 64;
@@ -51,6 +52,9 @@ pub struct Engine {
     /// The leases this host takes on the runs it advances and on the tick, so hosts
     /// sharing a database never advance one run (or tick) at once.
     pub lease: Lease,
+    /// Where unsubscribe links point and the key sealing them; without them no email goes
+    /// out, since an email must carry a working one-click unsubscribe.
+    pub links: Option<crate::unsubscribe::Links>,
 }
 
 /// A cap on messages per customer across journeys (`frequency_cap = { messages = 3, days = 7 }`
@@ -79,7 +83,7 @@ impl Engine {
     /// An engine with no frequency cap, leasing as a host of its own for [`DEFAULT_LEASE`].
     pub fn new(registry: Arc<Registry>, store: Arc<Store>, deliverer: Arc<Deliverer>) -> Engine {
         let host = uuid::Uuid::now_v7().simple().to_string();
-        Engine { registry, store, deliverer, frequency_cap: None, lease: Lease::new(&host, DEFAULT_LEASE) }
+        Engine { registry, store, deliverer, frequency_cap: None, lease: Lease::new(&host, DEFAULT_LEASE), links: None }
     }
 
     /// Checks a journey file against the configured channels and stores it.
@@ -484,7 +488,22 @@ impl Engine {
         };
         let related = if send.products > 0 { store(self).related_products(&run.profile_id, send.products).await? } else { Vec::new() };
         let address = to.clone();
-        let message = match render(send.template, profile, send.voucher, &related, to, key.clone()) {
+        let needs = self.deliverer.needs(&self.registry, &channel);
+        let email = needs.as_ref().is_some_and(|n| n.contact.as_deref() == Some("email"));
+        let unsubscribe = match (needs.as_ref().and_then(|n| n.consent), &self.links) {
+            (Some(purpose), Some(links)) => {
+                let subscription = Subscription { profile_id: run.profile_id.clone(), purpose, topic: None, send_key: key.clone(), channel: channel.clone() };
+                Some(UnsubscribeLink { url: links.url(&subscription), email })
+            }
+            _ => None,
+        };
+        if email && unsubscribe.is_none() {
+            store(self).settle_send(&key, "failed").await?;
+            let why = "an email needs a one-click unsubscribe link, and this host has none: set public_url";
+            entries.push(log(run, step, "failed", Some(&channel), why.into(), now));
+            return Ok(Sent::Done);
+        }
+        let message = match render(send.template, profile, send.voucher, &related, to, key.clone(), unsubscribe.as_ref()) {
             Ok(message) => message,
             Err(e) => {
                 store(self).settle_send(&key, "failed").await?;

@@ -10,6 +10,7 @@ mod egress;
 pub mod engine;
 pub mod feedback;
 pub mod messages;
+pub mod unsubscribe;
 
 pub use definition::{Journey, JourneyError};
 pub use delivery::Deliverer;

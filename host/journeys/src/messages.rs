@@ -108,8 +108,17 @@ fn describe_error(e: &minijinja::Error) -> String {
     }
 }
 
+/// A message's unsubscribe link, and whether it is an email, which must show it and carry
+/// the one-click headers (RFC 8058).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsubscribeLink {
+    pub url: String,
+    pub email: bool,
+}
+
 /// The rendered message for `profile` on one channel: `to` is the address the channel
-/// chose, `key` the idempotency key of this (journey run, step, channel).
+/// chose, `key` the idempotency key of this (journey run, step, channel). An email with an
+/// unsubscribe link shows it even when the template forgot `{{ unsubscribe_url }}`.
 pub fn render(
     template: &MessageTemplate,
     profile: &ProfileRecord,
@@ -117,6 +126,7 @@ pub fn render(
     products: &[Product],
     to: String,
     key: String,
+    unsubscribe: Option<&UnsubscribeLink>,
 ) -> Result<Message, String> {
     let env = environment();
     let traits: serde_json::Map<String, Value> = profile.traits.iter().map(|(name, value, _)| (name.clone(), value.clone())).collect();
@@ -126,6 +136,7 @@ pub fn render(
         .collect();
     let ctx = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
         "traits": traits, "voucher": voucher, "products": products, "profile": {"id": profile.id},
+        "unsubscribe_url": unsubscribe.map(|u| u.url.as_str()),
     })));
     let one = |name: &str, source: &str| -> Result<String, String> {
         env.render_named_str(name, source, &ctx).map_err(|e| format!("{name}: {}", describe_error(&e)))
@@ -138,13 +149,28 @@ pub fn render(
     if !products.is_empty() {
         data.push(Field { name: "products".into(), value: WitValue::Json(Value::Array(products.clone()).to_string()) });
     }
+    let mut text = one("text", &template.text)?;
+    let mut html = optional("html", &template.html)?;
+    if let Some(link) = unsubscribe.filter(|link| link.email) {
+        if !text.contains(&link.url) {
+            text.push_str(&format!("\n\nUnsubscribe: {}", link.url));
+        }
+        if let Some(html) = html.as_mut().filter(|html| !html.contains(&link.url)) {
+            let href = link.url.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;");
+            html.push_str(&format!("<p><a href=\"{href}\">Unsubscribe</a></p>"));
+        }
+        // The adapter puts these in the email's headers; mail clients show an unsubscribe
+        // button that POSTs to the link.
+        data.push(Field { name: "List-Unsubscribe".into(), value: WitValue::Text(format!("<{}>", link.url)) });
+        data.push(Field { name: "List-Unsubscribe-Post".into(), value: WitValue::Text("List-Unsubscribe=One-Click".into()) });
+    }
     Ok(Message {
         idempotency_key: key,
         profile_id: profile.id.clone(),
         to,
         subject: optional("subject", &template.subject)?,
-        text: one("text", &template.text)?,
-        html: optional("html", &template.html)?,
+        text,
+        html,
         link: optional("link", &template.link)?,
         image: optional("image", &template.image)?,
         data,
@@ -225,14 +251,14 @@ mod tests {
             ..MessageTemplate::default()
         };
         let boot = Product { id: "boot".into(), name: "Boot".into(), category: None, price: Some(80.0), url: None, image: None, in_stock: true };
-        let message = render(&template, &ann(&[], &[]), Some("BACK10"), &[boot], "ann@example.com".into(), "run:1:email".into()).unwrap();
+        let message = render(&template, &ann(&[], &[]), Some("BACK10"), &[boot], "ann@example.com".into(), "run:1:email".into(), None).unwrap();
         assert_eq!(message.subject.as_deref(), Some("Ann, we miss you"));
         assert_eq!(message.text, "Use BACK10. Boot");
         assert_eq!(message.link.as_deref(), Some("https://shop.example/?v=BACK10"));
         assert_eq!(message.idempotency_key, "run:1:email");
         let mut stranger = ann(&[], &[]);
         stranger.traits.clear();
-        let message = render(&template, &stranger, None, &[], "x".into(), "k".into()).unwrap();
+        let message = render(&template, &stranger, None, &[], "x".into(), "k".into(), None).unwrap();
         assert_eq!(message.subject.as_deref(), Some("there, we miss you"));
     }
 
@@ -246,7 +272,7 @@ mod tests {
         };
         let mut phisher = ann(&[], &[]);
         phisher.traits = vec![("first_name".into(), json!("<a href=\"https://evil.example\">Verify your account</a>"), 0)];
-        let message = render(&template, &phisher, None, &[], "x".into(), "k".into()).unwrap();
+        let message = render(&template, &phisher, None, &[], "x".into(), "k".into(), None).unwrap();
         assert_eq!(
             message.html.as_deref(),
             Some(
@@ -261,9 +287,30 @@ mod tests {
     fn a_broken_template_names_its_part_and_line() {
         let template =
             MessageTemplate { text: "fine".into(), html: Some("<p>\n{{ traits.first_name | nosuchfilter }}</p>".into()), ..MessageTemplate::default() };
-        let err = check_template(&template).err().or_else(|| render(&template, &ann(&[], &[]), None, &[], "x".into(), "k".into()).err()).unwrap();
+        let err = check_template(&template).err().or_else(|| render(&template, &ann(&[], &[]), None, &[], "x".into(), "k".into(), None).err()).unwrap();
         assert!(err.starts_with("html: line 2"), "{err}");
         let unclosed = MessageTemplate { text: "{% if voucher %}".into(), ..MessageTemplate::default() };
         assert!(check_template(&unclosed).unwrap_err().starts_with("text: "), "must name the part");
+    }
+
+    #[test]
+    fn an_email_shows_its_unsubscribe_link_and_carries_the_one_click_headers() {
+        let link = UnsubscribeLink { url: "https://rekindle.example/v1/unsubscribe/u1.abc.def".into(), email: true };
+        let forgot = MessageTemplate { text: "Come back".into(), html: Some("<p>Come back</p>".into()), ..Default::default() };
+        let message = render(&forgot, &ann(&[], &[]), None, &[], "ann@example.com".into(), "k".into(), Some(&link)).unwrap();
+        assert_eq!(message.text, "Come back\n\nUnsubscribe: https://rekindle.example/v1/unsubscribe/u1.abc.def");
+        assert_eq!(message.html.as_deref(), Some("<p>Come back</p><p><a href=\"https://rekindle.example/v1/unsubscribe/u1.abc.def\">Unsubscribe</a></p>"));
+        let header = |name: &str| message.data.iter().find(|f| f.name == name).map(|f| f.value.clone());
+        assert_eq!(header("List-Unsubscribe"), Some(WitValue::Text("<https://rekindle.example/v1/unsubscribe/u1.abc.def>".into())));
+        assert_eq!(header("List-Unsubscribe-Post"), Some(WitValue::Text("List-Unsubscribe=One-Click".into())));
+        // A template placing the link itself is left as written.
+        let placed = MessageTemplate { text: "Bye: {{ unsubscribe_url }}".into(), ..Default::default() };
+        let message = render(&placed, &ann(&[], &[]), None, &[], "ann@example.com".into(), "k".into(), Some(&link)).unwrap();
+        assert_eq!(message.text, "Bye: https://rekindle.example/v1/unsubscribe/u1.abc.def");
+        // A text message gets the variable, not the footer or the headers.
+        let sms = UnsubscribeLink { email: false, ..link };
+        let message = render(&forgot, &ann(&[], &[]), None, &[], "+1555".into(), "k".into(), Some(&sms)).unwrap();
+        assert_eq!(message.text, "Come back");
+        assert!(message.data.is_empty());
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod profiles;
 pub mod segments;
 pub(crate) mod tiles;
 pub(crate) mod tracking_api;
+pub(crate) mod unsubscribe;
 
 pub(crate) use crate::extract::{json_body, refuse_nul};
 
@@ -51,6 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(browser)
         .merge(feedback::public_router())
+        .merge(unsubscribe::router())
         .layer(axum::middleware::map_response(json_too_large))
         .with_state(state)
 }

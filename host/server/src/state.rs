@@ -48,6 +48,9 @@ pub struct AppState {
     /// The URL the internet reaches this host at (`https://rekindle.example.com`), which
     /// providers sign their webhooks against; `None` takes the request's `Host`.
     pub public_url: Option<String>,
+    /// Where unsubscribe links point and the key sealing them; journeys send no email
+    /// without them. Set before [`AppState::with_journeys`].
+    pub links: Option<rekindle_journeys::unsubscribe::Links>,
 }
 
 /// The customer-data store and the sources that may write to it.
@@ -128,6 +131,7 @@ impl AppState {
             journeys: None,
             lease: Lease::new(&uuid::Uuid::now_v7().simple().to_string(), rekindle_journeys::engine::DEFAULT_LEASE),
             public_url: None,
+            links: None,
         }
     }
 
@@ -136,6 +140,13 @@ impl AppState {
     /// [`AppState::with_journeys`].
     pub fn with_lease(mut self, host: &str, length: Duration) -> AppState {
         self.lease = Lease::new(host, length);
+        self
+    }
+
+    /// Seals unsubscribe links with `links`' key, pointing at its URL; call before
+    /// [`AppState::with_journeys`], which sends no email without them.
+    pub fn with_links(mut self, links: rekindle_journeys::unsubscribe::Links) -> AppState {
+        self.links = Some(links);
         self
     }
 
@@ -149,6 +160,7 @@ impl AppState {
                 deliverer: Arc::new(deliverer),
                 frequency_cap,
                 lease: self.lease.clone(),
+                links: self.links.clone(),
             }));
         }
         self

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use crate::StoreError;
 use crate::db::{Db, P, Row};
 use crate::logic::{OPERATOR, upsert_consent};
-use crate::model::{FeedbackRefusal, FeedbackReport, FeedbackWrite, Suppress, SuppressTarget, Suppression, Touch};
+use crate::model::{FeedbackRefusal, FeedbackReport, FeedbackWrite, Purpose, Suppress, SuppressTarget, Suppression, Touch};
 
 /// The send an idempotency key names on `channel`: its customer and journey. A send made
 /// on another channel is not this provider's to report on.
@@ -229,4 +229,63 @@ pub(crate) fn lift_suppression(db: &mut impl Db, id: i64, by: &str, at: i64) -> 
         )?;
     }
     Ok(Some(lifted))
+}
+
+/// This host's secret `name`, made on first use (32 random bytes, hex) and kept in the
+/// database, so every host sharing it seals and opens the same links.
+pub(crate) fn host_secret(db: &mut impl Db, name: &str) -> Result<String, StoreError> {
+    let fresh: String = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].iter().map(|u| u.simple().to_string()).collect();
+    db.execute("INSERT INTO host_secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING", &[P::Text(name), P::Text(&fresh)])?;
+    // Whoever inserted first, this host or another, its value is the one.
+    Ok(db.query_opt("SELECT value FROM host_secrets WHERE name = ?1", &[P::Text(name)])?.map_or(fresh, |r| r.text(0)))
+}
+
+/// Unsubscribes the profile `id` names from `purpose`, through the link that came with
+/// `send_key` on `channel`: withdraws the consent and records `Unsubscribed`. `None` when
+/// nobody by that id exists (erased since); `Some(false)` when this send's link was used
+/// already, which changes nothing.
+pub(crate) fn unsubscribe(
+    db: &mut impl Db,
+    id: &str,
+    purpose: Purpose,
+    send_key: &str,
+    channel: &str,
+    at: i64,
+) -> Result<Option<(bool, Vec<Touch>)>, StoreError> {
+    let Some(profile) = crate::logic::resolve_id(db, id)? else { return Ok(None) };
+    if !db.lock_profile(&profile, false)? {
+        return Ok(None);
+    }
+    let first = db.execute(
+        "INSERT INTO unsubscribes (send_key, purpose, profile_id, channel, at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (send_key, purpose) DO NOTHING",
+        &[P::Text(send_key), P::Text(purpose.name()), P::Text(&profile), P::Text(channel), P::Int(at)],
+    )? > 0;
+    if !first {
+        return Ok(Some((false, Vec::new())));
+    }
+    // No suppression row: a customer who later opts in again on the shop's own form is
+    // believed, unlike a bounce or a complaint.
+    upsert_consent(db, &profile, purpose, false, at, OPERATOR)?;
+    let journey = db
+        .query_opt("SELECT r.journey FROM journey_sends s JOIN journey_runs r ON r.id = s.run_id WHERE s.idempotency_key = ?1", &[P::Text(send_key)])?
+        .map(|r| r.text(0));
+    let mut properties = Map::new();
+    properties.insert("channel".into(), json!(channel));
+    properties.insert("purpose".into(), json!(purpose.name()));
+    properties.insert("send_key".into(), json!(send_key));
+    properties.insert("source".into(), json!("link"));
+    if let Some(journey) = journey {
+        properties.insert("journey".into(), json!(journey));
+    }
+    db.execute(
+        "INSERT INTO events (profile_id, name, timestamp, properties, message_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &[
+            P::Text(&profile),
+            P::Text("Unsubscribed"),
+            P::Int(at),
+            P::Text(&Value::Object(properties).to_string()),
+            P::Text(&format!("unsubscribe:{send_key}:{}", purpose.name())),
+        ],
+    )?;
+    Ok(Some((true, vec![Touch { profile_id: profile, event: Some("Unsubscribed".into()), order: false }])))
 }

@@ -151,6 +151,21 @@ impl Store {
         on_backend!(self.read(|db, _mapping| feedback::suppressions(db, after, limit, all, now)))
     }
 
+    /// This host's secret `name` (hex), made on first use and shared through the database
+    /// with every host on it.
+    pub async fn host_secret(&self, name: &str) -> Result<String, StoreError> {
+        let name = name.to_string();
+        on_backend!(self.write(|db, _mapping| feedback::host_secret(db, &name)))
+    }
+
+    /// Unsubscribes the person `id` names from `purpose` through the link sent with
+    /// `send_key` on `channel`: `None` when nobody by that id exists, `Some(false)` when
+    /// that link was used before (nothing changes), else the profiles touched.
+    pub async fn unsubscribe(&self, id: &str, purpose: Purpose, send_key: &str, channel: &str, at: i64) -> Result<Option<(bool, Vec<Touch>)>, StoreError> {
+        let (id, send_key, channel) = (id.to_string(), send_key.to_string(), channel.to_string());
+        on_backend!(self.write(|db, _mapping| feedback::unsubscribe(db, &id, purpose, &send_key, &channel, at)))
+    }
+
     /// Lifts suppression `id` on behalf of `by`; `None` when it is not live.
     pub async fn lift_suppression(&self, id: i64, by: &str, at: i64) -> Result<Option<Suppression>, StoreError> {
         let by = by.to_string();

@@ -60,8 +60,9 @@ fn merge(db: &mut impl Db, source: &str, target: &str, mapping: &EventMapping, b
     for sql in [
         "UPDATE identities SET profile_id = ?2 WHERE profile_id = ?1",
         "UPDATE events SET profile_id = ?2 WHERE profile_id = ?1",
-        // What providers reported follows the person.
+        // What providers reported, and the links used, follow the person.
         "UPDATE feedback SET profile_id = ?2 WHERE profile_id = ?1",
+        "UPDATE unsubscribes SET profile_id = ?2 WHERE profile_id = ?1",
         "UPDATE profiles SET timezone = (SELECT timezone FROM profiles WHERE id = ?1),
                              timezone_at = (SELECT timezone_at FROM profiles WHERE id = ?1)
              WHERE id = ?2 AND COALESCE(timezone_at, -1) < COALESCE((SELECT timezone_at FROM profiles WHERE id = ?1), -1)",
@@ -441,6 +442,7 @@ pub(crate) fn delete_profile(db: &mut impl Db, id: &str) -> Result<bool, StoreEr
         "journey_log",
         "feedback",
         "suppressions",
+        "unsubscribes",
     ] {
         db.execute(&format!("DELETE FROM {table} WHERE profile_id = ?1"), &[P::Text(&profile)])?;
     }

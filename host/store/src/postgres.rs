@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/postgres/0010_segment_cutoffs.sql")),
     (11, include_str!("../migrations/postgres/0011_several_hosts.sql")),
     (12, include_str!("../migrations/postgres/0012_feedback.sql")),
+    (13, include_str!("../migrations/postgres/0013_unsubscribe.sql")),
 ];
 
 /// Any constant works; it only has to be the same on every host.

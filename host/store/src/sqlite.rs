@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/sqlite/0010_segment_cutoffs.sql")),
     (11, include_str!("../migrations/sqlite/0011_several_hosts.sql")),
     (12, include_str!("../migrations/sqlite/0012_feedback.sql")),
+    (13, include_str!("../migrations/sqlite/0013_unsubscribe.sql")),
 ];
 
 /// The least time between checkpoints.

@@ -40,7 +40,15 @@ impl Channel for SendGrid {
         if let Some(html) = &message.html {
             content.push(json!({"type": "text/html", "value": html}));
         }
-        let body = json!({
+        // The host's one-click unsubscribe (RFC 8058) arrives as message data; SendGrid
+        // sets custom headers from `headers`.
+        let mut headers = serde_json::Map::new();
+        for field in &message.data {
+            if let ("List-Unsubscribe" | "List-Unsubscribe-Post", Value::Text(value)) = (field.name.as_str(), &field.value) {
+                headers.insert(field.name.clone(), json!(value));
+            }
+        }
+        let mut body = json!({
             "personalizations": [{"to": [{"email": message.to}]}],
             "from": {"email": from, "name": ctx.text("from_name")?},
             "subject": message.subject.as_deref().unwrap_or(""),
@@ -48,6 +56,9 @@ impl Channel for SendGrid {
             // Echoed back in SendGrid's event webhooks, so opens and clicks join the journey run.
             "custom_args": {"idempotency_key": message.idempotency_key, "profile_id": message.profile_id},
         });
+        if !headers.is_empty() {
+            body["headers"] = serde_json::Value::Object(headers);
+        }
         Ok(vec![
             HttpRequest::new(HttpMethod::Post, format!("{}/v3/mail/send", ctx.text("base_url")?.trim_end_matches('/')))
                 .header("authorization", format!("Bearer {}", secret("SENDGRID_API_KEY")))
@@ -227,6 +238,16 @@ mod tests {
         assert_eq!(body["from"], json!({"email": "shop@example.com", "name": "Shop"}));
         assert_eq!(body["content"][1], json!({"type": "text/html", "value": "<p>Come back</p>"}));
         assert_eq!(body["custom_args"]["idempotency_key"], "run-1:send:email");
+        assert!(body.get("headers").is_none());
+        let mut unsubscribable = message();
+        let text = |name: &str, value: &str| Field { name: name.into(), value: Value::Text(value.into()) };
+        unsubscribable.data = vec![
+            text("List-Unsubscribe", "<https://r.example/v1/unsubscribe/t>"),
+            text("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            text("voucher", "X"),
+        ];
+        let body: serde_json::Value = serde_json::from_slice(&SendGrid::deliver(&ctx(), &unsubscribable).unwrap()[0].body).unwrap();
+        assert_eq!(body["headers"], json!({"List-Unsubscribe": "<https://r.example/v1/unsubscribe/t>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}));
     }
 
     #[test]
