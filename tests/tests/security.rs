@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 /// Unsubscribe links for a host the test reaches at `base`; emails carry them.
 fn links() -> rekindle_journeys::unsubscribe::Links {
-    rekindle_journeys::unsubscribe::Links { base_url: "http://127.0.0.1:9".into(), key: rekindle_journeys::unsubscribe::LinkKey::new(&[3u8; 32]) }
+    rekindle_journeys::unsubscribe::Links { base_url: Some("http://127.0.0.1:9".into()), key: rekindle_journeys::unsubscribe::LinkKey::new(&[3u8; 32]) }
 }
 
 rekindle_tests::on_each_backend!(

@@ -67,7 +67,7 @@ async fn an_email_carries_a_one_click_unsubscribe_that_works_once_and_cannot_be_
     let sources = [("key".to_string(), rekindle_server::Source::server("backend"))].into_iter().collect();
     let state = AppState::new(registry.clone(), None, Some("admin".into()))
         .with_ingestion(Ingestion { store: store.into(), sources })
-        .with_links(Links { base_url: host.clone(), key })
+        .with_links(Links { base_url: Some(host.clone()), key: key.clone() })
         .with_journeys(Deliverer::new(channels.clone()).unwrap(), None);
     let engine = state.journeys.clone().unwrap();
     let store = state.ingestion.clone().unwrap().store.clone();
@@ -142,22 +142,32 @@ async fn an_email_carries_a_one_click_unsubscribe_that_works_once_and_cannot_be_
     let page = http.post(&url).header("accept", "text/html").send().await.unwrap().text().await.unwrap();
     assert!(page.contains("You are unsubscribed"), "{page}");
 
-    // The next email skips Ann.
+    // The next email skips Ann, for that reason.
     received.lock().unwrap().clear();
     engine.deploy(&journey("Second")).await.unwrap();
     assert!(engine.enter_by_api("Second", "ann", now).await.unwrap());
     engine.tick(rekindle_store::now_ms()).await.unwrap();
     assert!(received.lock().unwrap().is_empty(), "no email after unsubscribing");
+    let log = store.journey_log("Second").await.unwrap();
+    assert!(log.iter().any(|e| e.action == "skipped" && e.detail.contains("no email consent")), "{log:?}");
+
+    // She opts in again on the shop's form, then presses the old email's button: it counts.
+    store.set_consents("ann", vec![(Purpose::Email, true)], rekindle_store::now_ms()).await.unwrap();
+    assert!(email_consent("ann").await);
+    let pressed: Value = one_click().await.unwrap().json().await.unwrap();
+    assert_eq!(pressed["changed"], false, "the same send's link records one event");
+    assert!(!email_consent("ann").await, "but withdraws the consent again");
+    assert_eq!(unsubscribed("ann").await.len(), 1);
 
     // A host with no unsubscribe links sends no email at all, and says why.
-    // Same host (its lease), no links.
+    // Same host (its lease), able to open links but not to make working ones.
     let bare = Engine {
         registry,
         store: store.clone(),
         deliverer: Arc::new(Deliverer::new(channels).unwrap()),
         frequency_cap: None,
         lease: engine.lease.clone(),
-        links: None,
+        links: Some(Links { base_url: None, key }),
     };
     bare.deploy(&journey("Third")).await.unwrap();
     assert!(bare.enter_by_api("Third", "cy", now).await.unwrap());

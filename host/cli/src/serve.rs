@@ -251,28 +251,41 @@ fn check_admin_token(token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The customer-data store the configuration names: PostgreSQL when a URL is given,
-/// otherwise the embedded SQLite file.
 /// Where unsubscribe links point: the public URL, or this host itself when it listens on
 /// loopback only (a demo, a test), where the link works for whoever can reach it. A host
-/// reachable from elsewhere without `public_url` has none, and sends no email.
+/// reachable from elsewhere without `public_url` makes none, and sends no email; it still
+/// opens other hosts' links.
 fn unsubscribe_links(config: &Config, bound: SocketAddr, store: &Store) -> anyhow::Result<Option<rekindle_journeys::unsubscribe::Links>> {
     let base = match &config.public_url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None if bound.ip().is_loopback() => format!("http://{bound}"),
+        Some(url) => Some(url.trim_end_matches('/').to_string()),
+        None if bound.ip().is_loopback() => {
+            if !config.channels.is_empty() {
+                tracing::warn!("no public_url: unsubscribe links point at http://{bound}, which only this machine reaches; set public_url behind a proxy");
+            }
+            Some(format!("http://{bound}"))
+        }
         None => {
             if !config.channels.is_empty() {
                 tracing::warn!("no public_url: emails cannot carry a working unsubscribe link, so none is sent (set public_url)");
             }
-            return Ok(None);
+            None
         }
     };
+    if let Some(base) = &base
+        && !base.starts_with("https://")
+        && !bound.ip().is_loopback()
+    {
+        tracing::warn!("public_url {base} is not https: mail clients (Gmail) ignore a one-click unsubscribe that is not https (RFC 8058)");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Kept in the database, so every host sharing it opens every host's links.
     let secret = runtime.block_on(store.host_secret("unsubscribe-links")).context("reading the unsubscribe link key")?;
+    // Every host opens links, whether or not it can make them.
     Ok(Some(rekindle_journeys::unsubscribe::Links { base_url: base, key: rekindle_journeys::unsubscribe::LinkKey::new(secret.as_bytes()) }))
 }
 
+/// The customer-data store the configuration names: PostgreSQL when a URL is given,
+/// otherwise the embedded SQLite file.
 fn open_store(config: &Config) -> anyhow::Result<Store> {
     if let Some(url) = &config.postgres_url {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

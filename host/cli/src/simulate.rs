@@ -74,7 +74,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         let mut engine = Engine::new(registry.clone(), ingestion.store.clone(), Arc::new(Deliverer::dry_run(channels)?));
         // Nothing is sent: the links only have to be there, as they would be on a host.
         engine.links = Some(rekindle_journeys::unsubscribe::Links {
-            base_url: "https://rekindle.invalid".into(),
+            base_url: Some("https://rekindle.invalid".into()),
             key: rekindle_journeys::unsubscribe::LinkKey::new(b"simulation: no message leaves, no link opens"),
         });
         define_segments_beside(&args.journey, &registry, &ingestion.store).await?;

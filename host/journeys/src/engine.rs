@@ -493,7 +493,7 @@ impl Engine {
         let unsubscribe = match (needs.as_ref().and_then(|n| n.consent), &self.links) {
             (Some(purpose), Some(links)) => {
                 let subscription = Subscription { profile_id: run.profile_id.clone(), purpose, topic: None, send_key: key.clone(), channel: channel.clone() };
-                Some(UnsubscribeLink { url: links.url(&subscription), email })
+                links.url(&subscription).map(|url| UnsubscribeLink { url, email })
             }
             _ => None,
         };

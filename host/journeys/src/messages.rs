@@ -157,7 +157,12 @@ pub fn render(
         }
         if let Some(html) = html.as_mut().filter(|html| !html.contains(&link.url)) {
             let href = link.url.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;");
-            html.push_str(&format!("<p><a href=\"{href}\">Unsubscribe</a></p>"));
+            let footer = format!("<p><a href=\"{href}\">Unsubscribe</a></p>");
+            // Inside the body of a whole document, else at the end.
+            match html.to_ascii_lowercase().rfind("</body>") {
+                Some(at) => html.insert_str(at, &footer),
+                None => html.push_str(&footer),
+            }
         }
         // The adapter puts these in the email's headers; mail clients show an unsubscribe
         // button that POSTs to the link.
@@ -303,6 +308,9 @@ mod tests {
         let header = |name: &str| message.data.iter().find(|f| f.name == name).map(|f| f.value.clone());
         assert_eq!(header("List-Unsubscribe"), Some(WitValue::Text("<https://rekindle.example/v1/unsubscribe/u1.abc.def>".into())));
         assert_eq!(header("List-Unsubscribe-Post"), Some(WitValue::Text("List-Unsubscribe=One-Click".into())));
+        let document = MessageTemplate { text: "x".into(), html: Some("<html><body><p>Hi</p></BODY></html>".into()), ..Default::default() };
+        let message = render(&document, &ann(&[], &[]), None, &[], "ann@example.com".into(), "k".into(), Some(&link)).unwrap();
+        assert!(message.html.unwrap().ends_with("Unsubscribe</a></p></BODY></html>"), "the footer goes inside the body");
         // A template placing the link itself is left as written.
         let placed = MessageTemplate { text: "Bye: {{ unsubscribe_url }}".into(), ..Default::default() };
         let message = render(&placed, &ann(&[], &[]), None, &[], "ann@example.com".into(), "k".into(), Some(&link)).unwrap();

@@ -110,15 +110,16 @@ impl LinkKey {
 /// Where the host's unsubscribe links point, and the key that seals them.
 #[derive(Debug, Clone)]
 pub struct Links {
-    /// The host's public URL, without a trailing slash.
-    pub base_url: String,
+    /// The host's public URL, without a trailing slash; `None` on a host that opens links
+    /// but cannot make working ones (no public URL), which sends no email.
+    pub base_url: Option<String>,
     pub key: LinkKey,
 }
 
 impl Links {
-    /// The one-click unsubscribe URL for `subscription`.
-    pub fn url(&self, subscription: &Subscription) -> String {
-        format!("{}/v1/unsubscribe/{}", self.base_url, self.key.seal(subscription))
+    /// The one-click unsubscribe URL for `subscription`, when this host can make one.
+    pub fn url(&self, subscription: &Subscription) -> Option<String> {
+        self.base_url.as_ref().map(|base| format!("{base}/v1/unsubscribe/{}", self.key.seal(subscription)))
     }
 }
 

@@ -256,16 +256,22 @@ pub(crate) fn unsubscribe(
     if !db.lock_profile(&profile, false)? {
         return Ok(None);
     }
+    // The consent is withdrawn every time: a customer who opted in again since and now
+    // presses the old link's button means it again. No suppression row: a customer who
+    // later opts in on the shop's own form is believed, unlike a bounce or a complaint.
+    // A consent stamped later than now (a skewed client clock) must not outrank this.
+    let stamped = db
+        .query_opt("SELECT updated_at FROM consents WHERE profile_id = ?1 AND purpose = ?2", &[P::Text(&profile), P::Text(purpose.name())])?
+        .map_or(at, |r| r.int(0).saturating_add(1));
+    upsert_consent(db, &profile, purpose, false, at.max(stamped), OPERATOR)?;
     let first = db.execute(
         "INSERT INTO unsubscribes (send_key, purpose, profile_id, channel, at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (send_key, purpose) DO NOTHING",
         &[P::Text(send_key), P::Text(purpose.name()), P::Text(&profile), P::Text(channel), P::Int(at)],
     )? > 0;
     if !first {
-        return Ok(Some((false, Vec::new())));
+        // One `Unsubscribed` per send and purpose, however often it is pressed.
+        return Ok(Some((false, vec![Touch { profile_id: profile, event: None, order: false }])));
     }
-    // No suppression row: a customer who later opts in again on the shop's own form is
-    // believed, unlike a bounce or a complaint.
-    upsert_consent(db, &profile, purpose, false, at, OPERATOR)?;
     let journey = db
         .query_opt("SELECT r.journey FROM journey_sends s JOIN journey_runs r ON r.id = s.run_id WHERE s.idempotency_key = ?1", &[P::Text(send_key)])?
         .map(|r| r.text(0));

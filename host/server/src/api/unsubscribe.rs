@@ -46,7 +46,7 @@ async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Respo
         Ok(subscription) => html_page(
             StatusCode::OK,
             &format!(
-                "<h1>Unsubscribe</h1><p>Stop {} from us to this address?</p><form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>",
+                "<h1>Unsubscribe</h1><p>Stop {} from us?</p><form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>",
                 what(&subscription)
             ),
         ),
@@ -79,7 +79,7 @@ async fn unsubscribe(State(state): State<AppState>, Path(token): Path<String>, h
     }
     let browser = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"));
     if browser {
-        return Ok(html_page(StatusCode::OK, &format!("<h1>You are unsubscribed</h1><p>We will send no more {} to this address.</p>", what(&subscription))));
+        return Ok(html_page(StatusCode::OK, &format!("<h1>You are unsubscribed</h1><p>We will send you no more {}.</p>", what(&subscription))));
     }
     Ok(Json(json!({ "unsubscribed": subscription.purpose.name(), "changed": changed })).into_response())
 }
